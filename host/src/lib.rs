@@ -1,0 +1,23 @@
+//! Toolhost: a WebAssembly tool sandbox host for AI agents.
+//!
+//! A tool is a WebAssembly component with a WIT interface. Every invocation
+//! runs in a fresh instance under fuel, memory, wall-clock and capability
+//! limits, and passes one gate (policy → budget → audit). See
+//! `ARCHITECTURE.md` for the code map.
+
+pub mod capability;
+pub mod error;
+pub mod gate;
+pub mod invoke;
+pub mod limits;
+pub mod runtime;
+pub mod sandbox;
+pub mod schema;
+pub mod tool;
+pub mod value;
+
+pub use error::{Error, ErrorKind, Result};
+pub use invoke::{Call, Host, Outcome, Usage};
+pub use limits::Limits;
+pub use runtime::{Runtime, RuntimeConfig};
+pub use tool::{LoadOptions, Tool};

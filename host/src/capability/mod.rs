@@ -1,0 +1,88 @@
+//! Capabilities a tool may use, each one room: its wiring into the sandbox
+//! and its mediation by the gate.
+//!
+//! * [`http`]: `wasi:http/outgoing-handler`, mediated in `WasiHttpHooks::send_request`.
+//! * [`sockets`]: `wasi:sockets`, mediated by the socket address check.
+//! * [`log`]: `toolhost:tool/log`, bounded structured log lines.
+//! * Files and environment variables are granted up front by
+//!   [`crate::gate::Grants`] and wired in [`crate::sandbox`].
+//!
+//! Every outbound use goes through one [`Mediator`] per invocation, which asks
+//! the gate and records the decision as a [`CapabilityEvent`].
+
+pub mod http;
+pub mod log;
+pub mod sockets;
+
+use crate::gate::{Admission, Gate, OutboundCall, Verdict};
+use serde::Serialize;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+/// One outbound use of a capability and the gate's decision on it.
+#[derive(Debug, Clone, Serialize)]
+pub struct CapabilityEvent {
+    #[serde(flatten)]
+    pub call: OutboundCall,
+    pub allowed: bool,
+    pub rule: String,
+    /// Milliseconds since the invocation started.
+    pub at_ms: u64,
+}
+
+/// The per-invocation link between running guest code and the gate.
+pub struct Mediator {
+    gate: Arc<dyn Gate>,
+    admission: Admission,
+    started: Instant,
+    events: Mutex<Vec<CapabilityEvent>>,
+}
+
+/// Events kept per invocation; a guest looping on denied calls cannot grow
+/// the log without bound.
+const MAX_EVENTS: usize = 1024;
+
+impl Mediator {
+    pub fn new(gate: Arc<dyn Gate>, admission: Admission) -> Arc<Self> {
+        Arc::new(Mediator {
+            gate,
+            admission,
+            started: Instant::now(),
+            events: Mutex::new(Vec::new()),
+        })
+    }
+
+    pub fn admission(&self) -> &Admission {
+        &self.admission
+    }
+
+    /// Ask the gate about one outbound call and record its answer.
+    pub fn check(&self, call: OutboundCall) -> Verdict {
+        let verdict = self.gate.outbound(&self.admission, &call);
+        let mut events = self.events.lock().unwrap_or_else(|e| e.into_inner());
+        if events.len() < MAX_EVENTS {
+            events.push(CapabilityEvent {
+                call,
+                allowed: verdict.allowed,
+                rule: verdict.rule.clone(),
+                at_ms: self.started.elapsed().as_millis() as u64,
+            });
+        }
+        verdict
+    }
+
+    /// The recorded events.
+    pub fn events(&self) -> Vec<CapabilityEvent> {
+        self.events.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The first denied call, if any.
+    pub fn first_denial(&self) -> Option<CapabilityEvent> {
+        self.events
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .find(|e| !e.allowed)
+            .cloned()
+    }
+}

@@ -1,0 +1,72 @@
+//! The `host` command line. A contract: scripts depend on its flags, its
+//! stdout and its exit codes (0 success, 1 the invocation or command failed,
+//! 2 bad usage).
+
+mod docs;
+mod inspect;
+mod run;
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+/// Toolhost: run WebAssembly tools for AI agents under hard limits.
+#[derive(Debug, Parser)]
+#[command(name = "host", version, about, max_term_width = 100)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// List a component's functions with descriptions and JSON Schemas.
+    Inspect(inspect::Args),
+    /// Run one function of a component once, under limits.
+    Run(run::Args),
+    /// Work with a tool's WIT docs.
+    #[command(subcommand)]
+    Docs(docs::Command),
+}
+
+/// Options shared by commands that load a component.
+#[derive(Debug, clap::Args)]
+pub struct ComponentArgs {
+    /// The component (`.wasm`, built for wasm32-wasip2).
+    pub component: PathBuf,
+    /// The tool's WIT source directory: docs are taken from it, and the
+    /// component must match it.
+    #[arg(long, value_name = "DIR")]
+    pub wit: Option<PathBuf>,
+}
+
+impl ComponentArgs {
+    pub fn load_options(&self) -> toolhost::LoadOptions {
+        toolhost::LoadOptions {
+            wit: self.wit.clone(),
+        }
+    }
+}
+
+/// Run the command line; returns the process exit code.
+pub async fn main() -> i32 {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Inspect(args) => inspect::main(args),
+        Command::Run(args) => run::main(args).await,
+        Command::Docs(cmd) => docs::main(cmd),
+    }
+}
+
+/// A runtime sized for one-shot CLI use.
+pub fn runtime() -> Result<std::sync::Arc<toolhost::Runtime>, toolhost::Error> {
+    let config = toolhost::RuntimeConfig {
+        max_instances: 4,
+        ..Default::default()
+    };
+    toolhost::Runtime::new(&config).map(std::sync::Arc::new)
+}
+
+/// Print an error the standard way: `error[kind]: message` on stderr.
+pub fn report(e: &toolhost::Error) {
+    eprintln!("error[{}]: {}", e.kind, e.message);
+}

@@ -1,0 +1,151 @@
+//! `host run`: one invocation, under limits, through the gate.
+
+use super::ComponentArgs;
+use std::io::Read;
+use std::sync::Arc;
+use toolhost::gate::{CallContext, SandboxOnly};
+use toolhost::limits::{parse_bytes, parse_duration};
+use toolhost::{Call, Error, ErrorKind, Host, Limits};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    component: ComponentArgs,
+    /// The function: its WIT name (`lookup-order`), `interface/function`
+    /// (`crm/divide`), or a bare name when unambiguous. snake_case works too.
+    function: String,
+    /// Arguments: a JSON object keyed by parameter name; `@FILE` reads it
+    /// from a file, `-` from stdin.
+    #[arg(long, default_value = "{}")]
+    args: String,
+    /// Fuel (deterministic CPU budget), or `unlimited`.
+    #[arg(long, default_value_t = Limits::DEFAULT_FUEL.to_string())]
+    fuel: String,
+    /// Linear-memory cap, e.g. `64MiB`.
+    #[arg(long, default_value = "64MiB")]
+    memory: String,
+    /// Wall-clock deadline, e.g. `2s`, `500ms`.
+    #[arg(long, default_value = "10s")]
+    timeout: String,
+    /// Cap on the result's size as JSON, e.g. `1MiB`.
+    #[arg(long, default_value = "1MiB")]
+    max_output: String,
+    /// Cap on captured stdout and on stderr, each, e.g. `64KiB`.
+    #[arg(long, default_value = "64KiB")]
+    max_stdio: String,
+    /// Print one JSON object with the outcome, usage, stdout and stderr.
+    #[arg(long)]
+    json: bool,
+}
+
+fn limits(args: &Args) -> Result<Limits, String> {
+    let fuel = match args.fuel.as_str() {
+        "unlimited" | "none" => None,
+        n => Some(
+            n.replace('_', "")
+                .parse::<u64>()
+                .map_err(|_| format!("--fuel: `{n}` is not a number or `unlimited`"))?,
+        ),
+    };
+    let memory_bytes = parse_bytes(&args.memory).map_err(|e| format!("--memory: {e}"))?;
+    if memory_bytes > Limits::MAX_MEMORY {
+        return Err(format!(
+            "--memory: at most {} bytes (4GiB) is supported",
+            Limits::MAX_MEMORY
+        ));
+    }
+    let size = |s: &str, flag: &str| -> Result<usize, String> {
+        parse_bytes(s)
+            .map_err(|e| format!("{flag}: {e}"))
+            .and_then(|n| usize::try_from(n).map_err(|_| format!("{flag}: too large")))
+    };
+    Ok(Limits {
+        fuel,
+        memory_bytes,
+        timeout: parse_duration(&args.timeout).map_err(|e| format!("--timeout: {e}"))?,
+        max_output_bytes: size(&args.max_output, "--max-output")?,
+        max_stdio_bytes: size(&args.max_stdio, "--max-stdio")?,
+        ..Limits::default()
+    })
+}
+
+fn read_args(spec: &str) -> Result<serde_json::Value, String> {
+    let text = if spec == "-" {
+        let mut s = String::new();
+        std::io::stdin()
+            .read_to_string(&mut s)
+            .map_err(|e| format!("--args: reading stdin: {e}"))?;
+        s
+    } else if let Some(path) = spec.strip_prefix('@') {
+        std::fs::read_to_string(path).map_err(|e| format!("--args: reading {path}: {e}"))?
+    } else {
+        spec.to_string()
+    };
+    serde_json::from_str(&text).map_err(|e| format!("--args is not valid JSON: {e}"))
+}
+
+fn fail(json: bool, e: Error) -> i32 {
+    if json {
+        println!("{}", serde_json::json!({"ok": false, "error": e}));
+    }
+    super::report(&e);
+    1
+}
+
+pub async fn main(args: Args) -> i32 {
+    let limits = match limits(&args) {
+        Ok(l) => l,
+        Err(msg) => {
+            eprintln!("error: {msg}");
+            return 2;
+        }
+    };
+    let call_args = match read_args(&args.args) {
+        Ok(a) => a,
+        Err(msg) => return fail(args.json, Error::new(ErrorKind::InvalidArgs, msg)),
+    };
+    let runtime = match super::runtime() {
+        Ok(r) => r,
+        Err(e) => return fail(args.json, e),
+    };
+    let tool = match runtime.load_file(&args.component.component, &args.component.load_options()) {
+        Ok(t) => t,
+        Err(e) => return fail(args.json, e),
+    };
+    let host = Host::new(runtime, Arc::new(SandboxOnly));
+    let call = Call {
+        function: args.function.clone(),
+        args: call_args,
+        limits,
+        context: CallContext::default(),
+    };
+    let outcome = host.invoke(&tool, &call).await;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string(&outcome).unwrap_or_else(|e| format!("{{\"ok\":false,\"error\":{{\"kind\":\"internal\",\"message\":\"{e}\"}}}}"))
+        );
+    } else {
+        // The guest's own output goes to stderr: stdout is the result alone.
+        eprint!("{}", outcome.stdout);
+        if outcome.stdout_truncated {
+            eprintln!("[guest stdout truncated]");
+        }
+        eprint!("{}", outcome.stderr);
+        if outcome.stderr_truncated {
+            eprintln!("[guest stderr truncated]");
+        }
+        for line in &outcome.logs {
+            eprintln!("[{}] {}", line.level, line.message);
+        }
+        for event in outcome.outbound.iter().filter(|e| !e.allowed) {
+            eprintln!("denied: {} ({})", event.call.describe(), event.rule);
+        }
+        match (&outcome.result, &outcome.error) {
+            (_, Some(e)) => super::report(e),
+            (Some(r), None) => println!("{}", serde_json::to_string_pretty(r).unwrap_or_default()),
+            (None, None) => {}
+        }
+    }
+    i32::from(!outcome.ok)
+}

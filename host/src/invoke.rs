@@ -1,0 +1,201 @@
+//! The invocation path: request → gate → sandbox → gate → response.
+//!
+//! [`Host::invoke`] is the only way a tool function runs. It resolves the
+//! function, converts the JSON arguments, asks the gate for admission, runs
+//! the sandbox with the admitted grants and a per-invocation mediator, turns
+//! the results into JSON under the output cap, and has the gate settle and
+//! record the outcome before returning it.
+
+use crate::capability::log::LogLine;
+use crate::capability::{CapabilityEvent, Mediator};
+use crate::error::{Error, ErrorKind};
+use crate::gate::{CallContext, Gate, InvocationReport, InvocationRequest};
+use crate::limits::Limits;
+use crate::runtime::Runtime;
+use crate::sandbox::{self, Run, stdio::Captured};
+use crate::tool::Tool;
+use crate::value;
+use serde::Serialize;
+use std::sync::Arc;
+
+/// One call of one function.
+#[derive(Debug, Clone)]
+pub struct Call {
+    /// The function: `lookup-order`, `crm/divide`, or a bare unambiguous name.
+    pub function: String,
+    /// A JSON object keyed by parameter name.
+    pub args: serde_json::Value,
+    pub limits: Limits,
+    pub context: CallContext,
+}
+
+/// Resources an invocation used.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Usage {
+    pub fuel: u64,
+    pub wall_ms: u64,
+    pub memory_peak_bytes: u64,
+}
+
+/// Everything an invocation produced. Serializes to the `host run --json`
+/// shape.
+#[derive(Debug, Clone, Serialize)]
+pub struct Outcome {
+    pub ok: bool,
+    /// The function's result as JSON (`null` for a function without one).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub result: Option<serde_json::Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<Error>,
+    pub usage: Usage,
+    pub stdout: String,
+    pub stderr: String,
+    pub stdout_truncated: bool,
+    pub stderr_truncated: bool,
+    pub logs: Vec<LogLine>,
+    #[serde(skip_serializing_if = "is_zero")]
+    pub logs_dropped: u64,
+    /// Outbound calls the guest attempted, with the gate's decisions.
+    pub outbound: Vec<CapabilityEvent>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+impl Outcome {
+    fn failed(error: Error) -> Outcome {
+        Outcome {
+            ok: false,
+            result: None,
+            error: Some(error),
+            usage: Usage::default(),
+            stdout: String::new(),
+            stderr: String::new(),
+            stdout_truncated: false,
+            stderr_truncated: false,
+            logs: Vec::new(),
+            logs_dropped: 0,
+            outbound: Vec::new(),
+        }
+    }
+
+    /// The error kind, if the invocation failed.
+    pub fn error_kind(&self) -> Option<ErrorKind> {
+        self.error.as_ref().map(|e| e.kind)
+    }
+}
+
+/// The runtime and the gate: where invocations happen.
+pub struct Host {
+    runtime: Arc<Runtime>,
+    gate: Arc<dyn Gate>,
+}
+
+impl Host {
+    pub fn new(runtime: Arc<Runtime>, gate: Arc<dyn Gate>) -> Host {
+        Host { runtime, gate }
+    }
+
+    pub fn runtime(&self) -> &Arc<Runtime> {
+        &self.runtime
+    }
+
+    /// Run one invocation of `tool` through the gate and the sandbox.
+    pub async fn invoke(&self, tool: &Tool, call: &Call) -> Outcome {
+        let (function, export) = match tool.function(&call.function) {
+            Ok(f) => f,
+            Err(e) => return Outcome::failed(e),
+        };
+        let params = match value::args_to_vals(&function.name, &function.params, &call.args) {
+            Ok(p) => p,
+            Err(msg) => return Outcome::failed(Error::invalid_args(msg)),
+        };
+        let request = InvocationRequest {
+            tool: tool.name(),
+            function,
+            args: &call.args,
+            context: &call.context,
+        };
+        let admission = match self.gate.admit(&request) {
+            Ok(a) => a,
+            Err(e) => return Outcome::failed(e),
+        };
+        let mediator = Mediator::new(self.gate.clone(), admission);
+        let out = sandbox::run(
+            self.runtime.engine(),
+            Run {
+                pre: tool.instance_pre(),
+                export,
+                params: &params,
+                result_count: usize::from(function.result.is_some()),
+                limits: &call.limits,
+                grants: &mediator.admission().grants,
+                mediator: mediator.clone(),
+            },
+        )
+        .await;
+
+        let result = out.result.and_then(|vals| match (&function.result, vals.first()) {
+            (Some(ty), Some(val)) => {
+                let mut budget = call.limits.max_output_bytes;
+                value::val_to_json(ty, val, &mut budget).map_err(|()| {
+                    Error::new(
+                        ErrorKind::OutputTooLarge,
+                        format!(
+                            "the result is larger than the {}-byte output cap",
+                            call.limits.max_output_bytes
+                        ),
+                    )
+                })
+            }
+            _ => Ok(serde_json::Value::Null),
+        });
+        let usage = Usage {
+            fuel: out.fuel_used,
+            wall_ms: out.wall.as_millis() as u64,
+            memory_peak_bytes: out.memory_peak_bytes,
+        };
+        let outbound = mediator.events();
+        let (result, mut error) = match result {
+            Ok(v) => (Some(v), None),
+            Err(e) => (None, Some(e)),
+        };
+        let report = InvocationReport {
+            tool: tool.name(),
+            function: &function.name,
+            context: &call.context,
+            error: error.as_ref(),
+            usage: &usage,
+            outbound: &outbound,
+        };
+        if let Err(e) = self.gate.complete(mediator.admission(), &report).await {
+            // The outcome could not be recorded: it must not be returned as
+            // if it had been.
+            error = Some(e);
+        }
+        let Captured {
+            text: stdout,
+            truncated: stdout_truncated,
+            ..
+        } = out.stdout;
+        let Captured {
+            text: stderr,
+            truncated: stderr_truncated,
+            ..
+        } = out.stderr;
+        Outcome {
+            ok: error.is_none(),
+            result: if error.is_none() { result } else { None },
+            error,
+            usage,
+            stdout,
+            stderr,
+            stdout_truncated,
+            stderr_truncated,
+            logs: out.logs,
+            logs_dropped: out.logs_dropped,
+            outbound,
+        }
+    }
+}

@@ -1,0 +1,195 @@
+//! A tool: a validated, reflected, compiled and pre-instantiated component.
+//!
+//! Loading does all the work that does not depend on the call: check the
+//! binary, decode its WIT, reject imports the host cannot provide and types it
+//! cannot carry, take docs, compile, pre-instantiate, and resolve each
+//! function's export index. Invoking a tool then costs one instantiation.
+
+pub mod docs;
+pub mod reflect;
+pub mod ty;
+
+pub use reflect::{Catalog, FunctionInfo, Param};
+pub use ty::Ty;
+
+use crate::error::{Error, Result};
+use crate::runtime::Runtime;
+use crate::sandbox::SandboxState;
+use std::path::PathBuf;
+use wasmtime::component::{Component, ComponentExportIndex, InstancePre};
+use wit_parser::decoding::DecodedWasm;
+
+/// How to load a tool.
+#[derive(Debug, Clone, Default)]
+pub struct LoadOptions {
+    /// The tool's WIT source (`--wit DIR`): docs come from it, and the
+    /// component must match it.
+    pub wit: Option<PathBuf>,
+}
+
+/// A loaded tool.
+pub struct Tool {
+    name: String,
+    pre: InstancePre<SandboxState>,
+    catalog: Catalog,
+    /// Export index of each function, parallel to `catalog.functions`.
+    exports: Vec<ComponentExportIndex>,
+    warnings: Vec<String>,
+}
+
+/// Interfaces the host provides, without version. WASI at any 0.2.x,
+/// `toolhost:tool` at any 0.1.x.
+const PROVIDED: &[(&str, &[&str])] = &[
+    (
+        "wasi:cli",
+        &[
+            "environment",
+            "exit",
+            "stdin",
+            "stdout",
+            "stderr",
+            "terminal-input",
+            "terminal-output",
+            "terminal-stdin",
+            "terminal-stdout",
+            "terminal-stderr",
+        ],
+    ),
+    ("wasi:clocks", &["monotonic-clock", "wall-clock"]),
+    ("wasi:filesystem", &["types", "preopens"]),
+    ("wasi:io", &["error", "poll", "streams"]),
+    ("wasi:random", &["random", "insecure", "insecure-seed"]),
+    (
+        "wasi:sockets",
+        &[
+            "network",
+            "instance-network",
+            "udp",
+            "udp-create-socket",
+            "tcp",
+            "tcp-create-socket",
+            "ip-name-lookup",
+        ],
+    ),
+    ("wasi:http", &["types", "outgoing-handler"]),
+    ("toolhost:tool", &["log"]),
+];
+
+/// Check that the host provides every import, naming the first it does not.
+pub fn check_imports(imports: &[String]) -> Result<()> {
+    for import in imports {
+        let (path, version) = import.split_once('@').unwrap_or((import, ""));
+        let provided = path.split_once('/').is_some_and(|(package, iface)| {
+            PROVIDED.iter().any(|(p, ifaces)| *p == package && ifaces.contains(&iface))
+        });
+        let version_ok = if path.starts_with("toolhost:") {
+            version.starts_with("0.1.")
+        } else {
+            version.starts_with("0.2.")
+        };
+        if !provided {
+            return Err(Error::invalid_component(format!(
+                "the component imports `{import}`, which the host does not provide (see wit/world.wit for what a tool may import)"
+            )));
+        }
+        if !version_ok {
+            return Err(Error::invalid_component(format!(
+                "the component imports `{import}`; the host provides {} at version {}",
+                path,
+                if path.starts_with("toolhost:") { "0.1.x" } else { "0.2.x" }
+            )));
+        }
+    }
+    Ok(())
+}
+
+impl Tool {
+    pub(crate) fn load(runtime: &Runtime, name: &str, bytes: &[u8], options: &LoadOptions) -> Result<Tool> {
+        docs::check_header(bytes)?;
+        let (package_docs, stripped) = docs::split_package_docs(bytes)?;
+        let decoded = wit_parser::decoding::decode(&stripped).map_err(|e| {
+            Error::invalid_component(format!("cannot decode the component's interface: {e:#}"))
+        })?;
+        let (mut resolve, world) = match decoded {
+            DecodedWasm::Component(resolve, world) => (resolve, world),
+            DecodedWasm::WitPackage(..) => {
+                return Err(Error::invalid_component(
+                    "this is a WIT package, not a component",
+                ));
+            }
+        };
+        let mut warnings = Vec::new();
+        if let Some(data) = package_docs
+            && let Err(e) = docs::apply_package_docs(&mut resolve, world, &data)
+        {
+            warnings.push(format!("the package-docs section was ignored: {e}"));
+        }
+        let mut catalog = Catalog::from_world(&resolve, world)?;
+        check_imports(&catalog.imports)?;
+        if let Some(dir) = &options.wit {
+            let source = docs::WitSource::parse(dir)?;
+            let (_, documented) = source.world_for(&catalog)?;
+            catalog.adopt_docs_from(&documented)?;
+        }
+        if catalog.functions.is_empty() {
+            return Err(Error::invalid_component("the component exports no functions"));
+        }
+
+        let component = Component::new(runtime.engine(), bytes)
+            .map_err(|e| Error::invalid_component(format!("compiling the component: {e:#}")))?;
+        let pre = runtime.linker().instantiate_pre(&component).map_err(|e| {
+            Error::invalid_component(format!("the host cannot satisfy the component's imports: {e:#}"))
+        })?;
+        let mut exports = Vec::with_capacity(catalog.functions.len());
+        for f in &catalog.functions {
+            let parent = match &f.interface {
+                Some(iface) => Some(component.get_export_index(None, iface).ok_or_else(|| {
+                    Error::invalid_component(format!("exported interface `{iface}` not found"))
+                })?),
+                None => None,
+            };
+            let index = component
+                .get_export_index(parent.as_ref(), &f.function)
+                .ok_or_else(|| Error::invalid_component(format!("export `{}` not found", f.name)))?;
+            exports.push(index);
+        }
+        Ok(Tool {
+            name: name.to_string(),
+            pre,
+            catalog,
+            exports,
+            warnings,
+        })
+    }
+
+    /// The tool's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The tool's functions and imports.
+    pub fn catalog(&self) -> &Catalog {
+        &self.catalog
+    }
+
+    /// Things a tool author should know that did not stop loading.
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
+    }
+
+    /// Find a function and its export index.
+    pub fn function(&self, name: &str) -> Result<(&FunctionInfo, &ComponentExportIndex)> {
+        let f = self.catalog.find(name)?;
+        let i = self
+            .catalog
+            .functions
+            .iter()
+            .position(|g| std::ptr::eq(g, f))
+            .expect("found function is in the catalog");
+        Ok((f, &self.exports[i]))
+    }
+
+    pub(crate) fn instance_pre(&self) -> &InstancePre<SandboxState> {
+        &self.pre
+    }
+}
