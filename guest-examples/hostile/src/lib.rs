@@ -8,6 +8,7 @@ wit_bindgen::generate!({
 
 use std::hint::black_box;
 use std::io::Write;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 struct Hostile;
 
@@ -76,6 +77,11 @@ impl Guest for Hostile {
             Ok(s) => Ok(format!("connected to {:?}", s.peer_addr())),
             Err(e) => Err(e.to_string()),
         }
+    }
+
+    fn bump() -> u32 {
+        static COUNTER: AtomicU32 = AtomicU32::new(0);
+        COUNTER.fetch_add(1, Ordering::SeqCst) + 1
     }
 
     fn echo(s: String) -> String {

@@ -107,6 +107,9 @@ fn wasi_ctx(run: &Run<'_>, stdout: &Capture, stderr: &Capture) -> Result<WasiCtx
             })?;
     }
     b.allow_ip_name_lookup(run.grants.ip_name_lookup);
+    // TCP and UDP are "allowed" so that every address reaches the gate,
+    // which denies by default and records each attempt.
+    b.allow_tcp(true).allow_udp(true);
     b.socket_addr_check(sockets::address_check(run.mediator.clone()));
     Ok(b.build())
 }
@@ -142,11 +145,12 @@ pub async fn run(engine: &Engine, run: Run<'_>) -> RunOutput {
     };
     let mut store = Store::new(engine, state);
     store.limiter(|s| &mut s.limiter);
-    let fuel = limits.fuel.unwrap_or(u64::MAX);
-    if let Err(e) = store.set_fuel(fuel) {
+    if let Err(e) = store.set_fuel(limits.fuel.unwrap_or(u64::MAX)) {
         let log = std::mem::take(&mut store.data_mut().log);
         return finish(Err(Error::internal(format!("setting fuel: {e}"))), 0, 0, log);
     }
+    // The store may clamp "unlimited"; measure from what it actually holds.
+    let fuel = store.get_fuel().unwrap_or(0);
     // Running code checks the clock at every epoch tick, yielding to the
     // executor in between so that a busy guest never hogs a worker thread.
     store.set_epoch_deadline(1);
@@ -265,7 +269,8 @@ fn stderr_tail(stderr: &Captured) -> Option<String> {
     }
     let lines: Vec<&str> = text
         .lines()
-        .filter(|l| !l.starts_with("note: run with `RUST_BACKTRACE"))
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with("note: run with `RUST_BACKTRACE"))
         .collect();
     let tail = lines[lines.len().saturating_sub(4)..].join(" | ");
     let mut cut = tail.len().min(1024);
