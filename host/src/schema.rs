@@ -65,7 +65,9 @@ pub fn schema(ty: &Ty) -> Value {
         Ty::U32 => int(0, u32::MAX.into()),
         Ty::S64 => int(i64::MIN.into(), i64::MAX.into()),
         Ty::U64 => int(0, u64::MAX.into()),
-        Ty::F32 | Ty::F64 => json!({"type": "number"}),
+        Ty::F32 | Ty::F64 => json!({
+            "anyOf": [{"type": "number"}, {"enum": ["NaN", "Infinity", "-Infinity"]}]
+        }),
         Ty::Char => json!({"type": "string", "minLength": 1, "maxLength": 1}),
         Ty::String => json!({"type": "string"}),
         Ty::List(elem) if **elem == Ty::U8 => {
