@@ -31,8 +31,18 @@ fn path(p: &std::path::Path) -> &str {
 #[test]
 fn run_prints_the_result_as_json_and_exits_zero() {
     let refund = guest("refund");
-    let out = host(&["run", path(&refund), "lookup-order", "--args", r#"{"order_id": "ord_1003"}"#]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = host(&[
+        "run",
+        path(&refund),
+        "lookup-order",
+        "--args",
+        r#"{"order_id": "ord_1003"}"#,
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v = stdout_json(&out);
     assert_eq!(v["ok"]["id"], "ord_1003");
     assert_eq!(v["ok"]["status"], "paid");
@@ -75,22 +85,48 @@ fn failures_exit_nonzero_with_a_stable_kind() {
     assert_eq!(v["error"]["kind"], "fuel_exhausted");
     assert_eq!(v["usage"]["fuel"], 1_000_000);
 
-    let out = host(&["run", path(&hostile), "spin", "--fuel", "unlimited", "--timeout", "200ms", "--json"]);
+    let out = host(&[
+        "run",
+        path(&hostile),
+        "spin",
+        "--fuel",
+        "unlimited",
+        "--timeout",
+        "200ms",
+        "--json",
+    ]);
     assert_eq!(stdout_json(&out)["error"]["kind"], "timeout");
 
-    let out = host(&["run", path(&hostile), "alloc-forever", "--memory", "8MiB", "--json"]);
+    let out = host(&[
+        "run",
+        path(&hostile),
+        "alloc-forever",
+        "--memory",
+        "8MiB",
+        "--json",
+    ]);
     assert_eq!(stdout_json(&out)["error"]["kind"], "memory_limit");
 
     let out = host(&["run", path(&hostile), "echo", "--args", r#"{"s": 5}"#]);
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("error[invalid_args]: args.s: expected a string"), "{stderr}");
+    assert!(
+        stderr.contains("error[invalid_args]: args.s: expected a string"),
+        "{stderr}"
+    );
     assert!(out.stdout.is_empty(), "no result on stdout for a failure");
 
     let out = host(&["run", path(&hostile), "nope", "--json"]);
     assert_eq!(stdout_json(&out)["error"]["kind"], "unknown_function");
 
-    let out = host(&["run", path(&hostile), "echo", "--args", "{not json", "--json"]);
+    let out = host(&[
+        "run",
+        path(&hostile),
+        "echo",
+        "--args",
+        "{not json",
+        "--json",
+    ]);
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(stdout_json(&out)["error"]["kind"], "invalid_args");
 
@@ -104,7 +140,13 @@ fn args_may_come_from_a_file() {
     let dir = tempdir();
     let file = dir.join("args.json");
     std::fs::write(&file, r#"{"name": "file"}"#).unwrap();
-    let out = host(&["run", path(&guest("text-tools")), "hello", "--args", &format!("@{}", file.display())]);
+    let out = host(&[
+        "run",
+        path(&guest("text-tools")),
+        "hello",
+        "--args",
+        &format!("@{}", file.display()),
+    ]);
     assert!(out.status.success());
     assert_eq!(stdout_json(&out), json!("Hello, file!"));
 }
@@ -112,20 +154,46 @@ fn args_may_come_from_a_file() {
 #[test]
 fn inspect_json_lists_functions_schemas_and_openai_tools() {
     let out = host(&["inspect", path(&guest("types")), "--format", "json"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v = stdout_json(&out);
     let functions = v["functions"].as_array().unwrap();
-    let names: Vec<&str> = functions.iter().map(|f| f["name"].as_str().unwrap()).collect();
-    assert!(names.contains(&"divide") && names.contains(&"crm/divide") && names.contains(&"roundtrip/echo-u64"));
-    let div = functions.iter().find(|f| f["name"] == "crm/divide").unwrap();
-    assert_eq!(div["signature"], "crm/divide(a: s32, b: s32) -> result<s32, string>");
+    let names: Vec<&str> = functions
+        .iter()
+        .map(|f| f["name"].as_str().unwrap())
+        .collect();
+    assert!(
+        names.contains(&"divide")
+            && names.contains(&"crm/divide")
+            && names.contains(&"roundtrip/echo-u64")
+    );
+    let div = functions
+        .iter()
+        .find(|f| f["name"] == "crm/divide")
+        .unwrap();
+    assert_eq!(
+        div["signature"],
+        "crm/divide(a: s32, b: s32) -> result<s32, string>"
+    );
     assert_eq!(div["parameters"]["required"], json!(["a", "b"]));
     let tools = v["openai_tools"].as_array().unwrap();
     assert_eq!(tools.len(), functions.len());
-    let t = tools.iter().find(|t| t["function"]["name"] == "crm__divide").unwrap();
+    let t = tools
+        .iter()
+        .find(|t| t["function"]["name"] == "crm__divide")
+        .unwrap();
     assert_eq!(t["type"], "function");
     assert_eq!(t["function"]["parameters"]["type"], "object");
-    assert!(v["imports"].as_array().unwrap().iter().any(|i| i.as_str().unwrap().starts_with("wasi:cli/")));
+    assert!(
+        v["imports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|i| i.as_str().unwrap().starts_with("wasi:cli/"))
+    );
 }
 
 #[test]
@@ -136,19 +204,41 @@ fn docs_come_from_wit_and_can_be_embedded() {
     let plain = stdout_json(&host(&["inspect", path(&refund), "--format", "json"]));
     assert_eq!(plain["functions"][0]["description"], Value::Null);
     // --wit takes docs from the source.
-    let with_wit = stdout_json(&host(&["inspect", path(&refund), "--wit", path(&wit), "--format", "json"]));
+    let with_wit = stdout_json(&host(&[
+        "inspect",
+        path(&refund),
+        "--wit",
+        path(&wit),
+        "--format",
+        "json",
+    ]));
     let lookup = &with_wit["functions"][0];
     assert_eq!(lookup["description"], "Look an order up by its id.");
     let order = &lookup["result"]["oneOf"][0]["properties"]["ok"];
     assert_eq!(order["title"], "order");
     assert_eq!(order["description"], "An order as the shop knows it.");
-    assert_eq!(order["properties"]["email"]["description"], "The customer's e-mail address (personal data: redact it in logs).");
+    assert_eq!(
+        order["properties"]["email"]["description"],
+        "The customer's e-mail address (personal data: redact it in logs)."
+    );
     // Embedding writes them into the component; inspect then reads them
     // without --wit, and the component still runs.
     let dir = tempdir();
     let documented = dir.join("refund.wasm");
-    let out = host(&["docs", "embed", path(&refund), "--wit", path(&wit), "-o", path(&documented)]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = host(&[
+        "docs",
+        "embed",
+        path(&refund),
+        "--wit",
+        path(&wit),
+        "-o",
+        path(&documented),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let embedded = stdout_json(&host(&["inspect", path(&documented), "--format", "json"]));
     assert_eq!(embedded["functions"], with_wit["functions"]);
     assert_eq!(embedded["warnings"], json!([]));
@@ -159,7 +249,13 @@ fn docs_come_from_wit_and_can_be_embedded() {
         let once = std::fs::read(dir.join("refund.wasm")).unwrap();
         once.len()
     });
-    let run = host(&["run", path(&documented), "issue-refund", "--args", r#"{"order-id": "ord_1001", "amount-usd": 10}"#]);
+    let run = host(&[
+        "run",
+        path(&documented),
+        "issue-refund",
+        "--args",
+        r#"{"order-id": "ord_1001", "amount-usd": 10}"#,
+    ]);
     assert!(run.status.success());
     assert_eq!(stdout_json(&run)["ok"]["refund-id"], "re_ord_1001_1000");
 }
@@ -174,17 +270,29 @@ fn a_component_that_does_not_match_its_wit_is_refused() {
     ]);
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("error[invalid_component]") && stderr.contains("does not match"), "{stderr}");
+    assert!(
+        stderr.contains("error[invalid_component]") && stderr.contains("does not match"),
+        "{stderr}"
+    );
 }
 
 #[test]
 fn bad_components_get_clear_errors() {
     let dir = tempdir();
     let cases: Vec<(std::path::PathBuf, &str)> = vec![
-        (guest("bad-import"), "imports `example:bad-import/backdoor`, which the host does not provide"),
+        (
+            guest("bad-import"),
+            "imports `example:bad-import/backdoor`, which the host does not provide",
+        ),
         (guest("resource-export"), "resources are not supported"),
-        (write(&dir, "module.wasm", b"\0asm\x01\0\0\0"), "core WebAssembly module, not a component"),
-        (write(&dir, "text.wasm", b"hello, world"), "not a WebAssembly binary"),
+        (
+            write(&dir, "module.wasm", b"\0asm\x01\0\0\0"),
+            "core WebAssembly module, not a component",
+        ),
+        (
+            write(&dir, "text.wasm", b"hello, world"),
+            "not a WebAssembly binary",
+        ),
         (write(&dir, "empty.wasm", b""), "not a WebAssembly binary"),
         (dir.join("missing.wasm"), "cannot read"),
     ];
@@ -199,7 +307,11 @@ fn bad_components_get_clear_errors() {
         let out = host(&["inspect", path(&file)]);
         assert_eq!(out.status.code(), Some(1), "{}", file.display());
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(stderr.contains("error[invalid_component]"), "{}: {stderr}", file.display());
+        assert!(
+            stderr.contains("error[invalid_component]"),
+            "{}: {stderr}",
+            file.display()
+        );
         assert!(stderr.contains(expected), "{}: {stderr}", file.display());
     }
     for file in [truncated, corrupt] {

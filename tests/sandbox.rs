@@ -10,15 +10,27 @@ use toolhost::{ErrorKind, Limits};
 
 /// Run `function` of the hostile guest; assert it fails with `kind`; then
 /// assert the same host still serves a normal call.
-async fn contained(function: &str, args: serde_json::Value, limits: Limits, kind: ErrorKind) -> toolhost::Outcome {
+async fn contained(
+    function: &str,
+    args: serde_json::Value,
+    limits: Limits,
+    kind: ErrorKind,
+) -> toolhost::Outcome {
     let host = host();
     let hostile = tool("hostile");
     let mut c = call(function, args);
     c.limits = limits;
     let outcome = host.invoke(&hostile, &c).await;
     assert!(!outcome.ok, "{function} should fail, got {outcome:?}");
-    assert_eq!(outcome.error_kind(), Some(kind), "{function}: {:?}", outcome.error);
-    let next = host.invoke(&hostile, &call("echo", json!({"s": "still here"}))).await;
+    assert_eq!(
+        outcome.error_kind(),
+        Some(kind),
+        "{function}: {:?}",
+        outcome.error
+    );
+    let next = host
+        .invoke(&hostile, &call("echo", json!({"s": "still here"})))
+        .await;
     assert!(next.ok, "host did not recover after {function}: {next:?}");
     assert_eq!(next.result, Some(json!("still here")));
     outcome
@@ -43,7 +55,11 @@ async fn infinite_loop_with_unlimited_fuel_hits_the_deadline() {
         ..Limits::default()
     };
     let out = contained("spin", json!({}), limits, ErrorKind::Timeout).await;
-    assert!(out.usage.wall_ms >= 300 && out.usage.wall_ms < 5_000, "{:?}", out.usage);
+    assert!(
+        out.usage.wall_ms >= 300 && out.usage.wall_ms < 5_000,
+        "{:?}",
+        out.usage
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -59,9 +75,17 @@ async fn memory_bomb_is_memory_limit_not_trap() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn deep_recursion_is_stack_overflow() {
-    contained("recurse", json!({"depth": 100_000_000u64}), Limits::default(), ErrorKind::StackOverflow).await;
+    contained(
+        "recurse",
+        json!({"depth": 100_000_000u64}),
+        Limits::default(),
+        ErrorKind::StackOverflow,
+    )
+    .await;
     // Shallow recursion is fine.
-    let ok = host().invoke(&tool("hostile"), &call("recurse", json!({"depth": 100}))).await;
+    let ok = host()
+        .invoke(&tool("hostile"), &call("recurse", json!({"depth": 100})))
+        .await;
     assert_eq!(ok.result, Some(json!(100)));
 }
 
@@ -71,7 +95,13 @@ async fn huge_return_value_is_output_too_large() {
         max_output_bytes: 1 << 20,
         ..Limits::default()
     };
-    contained("huge-output", json!({"bytes": 4_000_000}), limits.clone(), ErrorKind::OutputTooLarge).await;
+    contained(
+        "huge-output",
+        json!({"bytes": 4_000_000}),
+        limits.clone(),
+        ErrorKind::OutputTooLarge,
+    )
+    .await;
     let mut small = call("huge-output", json!({"bytes": 1000}));
     small.limits = limits;
     let ok = host().invoke(&tool("hostile"), &small).await;
@@ -104,7 +134,13 @@ async fn sleeping_forever_in_a_host_call_hits_the_deadline() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn guest_panic_is_a_trap_with_its_message() {
-    let out = contained("panic", json!({"message": "kaboom 42"}), Limits::default(), ErrorKind::Trap).await;
+    let out = contained(
+        "panic",
+        json!({"message": "kaboom 42"}),
+        Limits::default(),
+        ErrorKind::Trap,
+    )
+    .await;
     assert!(out.error.unwrap().message.contains("kaboom 42"));
     assert!(out.stderr.contains("kaboom 42"));
 }
@@ -112,7 +148,10 @@ async fn guest_panic_is_a_trap_with_its_message() {
 #[tokio::test(flavor = "multi_thread")]
 async fn host_files_are_invisible() {
     let out = host()
-        .invoke(&tool("hostile"), &call("read-file", json!({"path": "/etc/passwd"})))
+        .invoke(
+            &tool("hostile"),
+            &call("read-file", json!({"path": "/etc/passwd"})),
+        )
         .await;
     assert!(out.ok, "{out:?}");
     let result = out.result.unwrap();
@@ -120,7 +159,10 @@ async fn host_files_are_invisible() {
     assert!(!result.to_string().contains("root:"));
     let manifest = concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml");
     let out = host()
-        .invoke(&tool("hostile"), &call("read-file", json!({"path": manifest})))
+        .invoke(
+            &tool("hostile"),
+            &call("read-file", json!({"path": manifest})),
+        )
         .await;
     assert!(out.result.unwrap().get("err").is_some());
 }
@@ -129,7 +171,9 @@ async fn host_files_are_invisible() {
 async fn host_environment_is_invisible() {
     // The test process's own environment (PATH, HOME, CARGO_*) must not leak.
     assert!(std::env::var("PATH").is_ok());
-    let out = host().invoke(&tool("hostile"), &call("read-env", json!({}))).await;
+    let out = host()
+        .invoke(&tool("hostile"), &call("read-env", json!({})))
+        .await;
     assert_eq!(out.result, Some(json!([])));
 }
 
@@ -139,7 +183,10 @@ async fn raw_tcp_to_loopback_is_denied_and_recorded() {
     let addr = listener.local_addr().unwrap();
     listener.set_nonblocking(true).unwrap();
     let out = host()
-        .invoke(&tool("hostile"), &call("tcp-connect", json!({"addr": addr.to_string()})))
+        .invoke(
+            &tool("hostile"),
+            &call("tcp-connect", json!({"addr": addr.to_string()})),
+        )
         .await;
     assert!(out.ok, "{out:?}");
     let result = out.result.unwrap();
@@ -166,7 +213,10 @@ async fn outbound_http_is_denied_without_a_grant() {
     assert_eq!(event["capability"], "http");
     assert_eq!(event["host"], "127.0.0.1");
     assert_eq!(event["port"], port);
-    assert_eq!(event["path"], "/orders", "the query never reaches the record");
+    assert_eq!(
+        event["path"], "/orders",
+        "the query never reaches the record"
+    );
     assert_eq!(event["allowed"], false);
     assert!(listener.accept().is_err(), "the request left the host");
 }
@@ -186,7 +236,10 @@ async fn fuel_is_deterministic() {
     let host = host();
     let text = tool("text-tools");
     // (Not `top-words`: its HashMap is seeded from wasi:random, so its work varies.)
-    let c = call("slugify", json!({"text": "Agents Act: Refunds, PRs & Secrets"}));
+    let c = call(
+        "slugify",
+        json!({"text": "Agents Act: Refunds, PRs & Secrets"}),
+    );
     let a = host.invoke(&text, &c).await;
     let b = host.invoke(&text, &c).await;
     assert_eq!(a.result, Some(json!("agents-act-refunds-prs-secrets")));
@@ -226,7 +279,10 @@ async fn attacks_and_normal_calls_interleave() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn top_words_counts() {
-    let c = call("top-words", json!({"text": "the cat and the hat and the bat", "n": 2}));
+    let c = call(
+        "top-words",
+        json!({"text": "the cat and the hat and the bat", "n": 2}),
+    );
     let out = host().invoke(&tool("text-tools"), &c).await;
     assert_eq!(out.result, Some(json!([["the", 3], ["and", 2]])));
 }
@@ -234,7 +290,10 @@ async fn top_words_counts() {
 #[tokio::test(flavor = "multi_thread")]
 async fn structured_logs_are_captured() {
     let out = host()
-        .invoke(&tool("refund"), &call("lookup-order", json!({"order-id": "ord_1002"})))
+        .invoke(
+            &tool("refund"),
+            &call("lookup-order", json!({"order-id": "ord_1002"})),
+        )
         .await;
     assert!(out.ok);
     assert_eq!(out.logs.len(), 1);

@@ -69,7 +69,12 @@ async fn scalars_round_trip_at_their_limits() {
 async fn compound_types_round_trip() {
     roundtrip("echo-bytes", json!("AAECA/8=")).await;
     // An array of bytes is also accepted on input (outside the schema); output is base64.
-    let out = host().invoke(&tool("types"), &call("echo-bytes", json!({"v": [0, 1, 2, 3, 255]}))).await;
+    let out = host()
+        .invoke(
+            &tool("types"),
+            &call("echo-bytes", json!({"v": [0, 1, 2, 3, 255]})),
+        )
+        .await;
     assert_eq!(out.result, Some(json!("AAECA/8=")));
     roundtrip("echo-list", json!([["a", "b"], [], ["c"]])).await;
     roundtrip("echo-tuple", json!([7, "seven", true])).await;
@@ -77,7 +82,12 @@ async fn compound_types_round_trip() {
     roundtrip("echo-shape", json!({"rect": [1.0, 2.0]})).await;
     roundtrip("echo-shape", json!("point")).await;
     // `{"point": null}` is accepted too (outside the schema).
-    let out = host().invoke(&tool("types"), &call("echo-shape", json!({"v": {"point": null}}))).await;
+    let out = host()
+        .invoke(
+            &tool("types"),
+            &call("echo-shape", json!({"v": {"point": null}})),
+        )
+        .await;
     assert_eq!(out.result, Some(json!("point")));
     roundtrip("echo-tier", json!("enterprise")).await;
     roundtrip("echo-perms", json!(["read", "admin"])).await;
@@ -109,7 +119,12 @@ async fn a_record_of_every_type_round_trips() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn optional_fields_and_params_may_be_omitted_and_snake_case_is_accepted() {
-    let out = echo_arg("echo-customer", "c", json!({"name": "Ann", "tier": "free", "tags": []})).await;
+    let out = echo_arg(
+        "echo-customer",
+        "c",
+        json!({"name": "Ann", "tier": "free", "tags": []}),
+    )
+    .await;
     assert_eq!(out["nickname"], Value::Null);
     let types = tool("types");
     let out = host()
@@ -144,31 +159,56 @@ async fn argument_errors_name_the_json_path() {
         "{msg}"
     );
     let msg = bad_args("echo-u8", json!({"v": 256})).await;
-    assert!(msg.starts_with("args.v: 256 is out of range for u8"), "{msg}");
+    assert!(
+        msg.starts_with("args.v: 256 is out of range for u8"),
+        "{msg}"
+    );
     let msg = bad_args("echo-s8", json!({"v": 1.5})).await;
     assert!(msg.starts_with("args.v: expected an integer"), "{msg}");
     let msg = bad_args("echo-list", json!({"v": [["a"], ["b", 3]]})).await;
     assert!(msg.starts_with("args.v[1][1]: expected a string"), "{msg}");
     let msg = bad_args("echo-tuple", json!({"v": [1, "x"]})).await;
-    assert!(msg.starts_with("args.v: expected a tuple of 3 items"), "{msg}");
+    assert!(
+        msg.starts_with("args.v: expected a tuple of 3 items"),
+        "{msg}"
+    );
     let msg = bad_args("echo-char", json!({"v": "ab"})).await;
-    assert!(msg.starts_with("args.v: expected exactly one character"), "{msg}");
+    assert!(
+        msg.starts_with("args.v: expected exactly one character"),
+        "{msg}"
+    );
     let msg = bad_args("echo-shape", json!({"v": {"circle": "big"}})).await;
     assert!(msg.starts_with("args.v.circle: expected a number"), "{msg}");
     let msg = bad_args("echo-shape", json!({"v": "circle"})).await;
     assert!(msg.contains("needs a payload"), "{msg}");
     let msg = bad_args("echo-perms", json!({"v": ["read", "root"]})).await;
-    assert!(msg.starts_with("args.v[1]: expected one of read, write, admin"), "{msg}");
+    assert!(
+        msg.starts_with("args.v[1]: expected one of read, write, admin"),
+        "{msg}"
+    );
     let msg = bad_args("echo-result", json!({"v": {"maybe": 1}})).await;
-    assert!(msg.starts_with("args.v: expected key `ok` or `err`"), "{msg}");
+    assert!(
+        msg.starts_with("args.v: expected key `ok` or `err`"),
+        "{msg}"
+    );
     let msg = bad_args("echo-bytes", json!({"v": "not base64!"})).await;
     assert!(msg.starts_with("args.v: expected base64"), "{msg}");
-    let msg = bad_args("echo-customer", json!({"c": {"name": "A", "tier": "pro", "tags": [], "age": 3}})).await;
+    let msg = bad_args(
+        "echo-customer",
+        json!({"c": {"name": "A", "tier": "pro", "tags": [], "age": 3}}),
+    )
+    .await;
     assert!(msg.contains("unknown field `age`"), "{msg}");
     let msg = bad_args("echo-customer", json!({"c": {"tier": "pro", "tags": []}})).await;
-    assert!(msg.starts_with("args.c.name: missing required field"), "{msg}");
+    assert!(
+        msg.starts_with("args.c.name: missing required field"),
+        "{msg}"
+    );
     let msg = bad_args("echo-u32", json!({})).await;
-    assert!(msg.starts_with("args.v: missing required argument"), "{msg}");
+    assert!(
+        msg.starts_with("args.v: missing required argument"),
+        "{msg}"
+    );
     let msg = bad_args("echo-u32", json!({"v": 1, "w": 2})).await;
     assert!(msg.starts_with("args.w: unknown argument"), "{msg}");
     let msg = bad_args("echo-u32", json!([1])).await;
@@ -181,14 +221,27 @@ async fn functions_are_found_by_every_documented_name() {
     let host = host();
     let div = |f: &str| call(f, json!({"a": 7, "b": 2}));
     // Top-level `divide` (f64) and `crm/divide` (s32) both exist.
-    assert_eq!(host.invoke(&types, &div("divide")).await.result, Some(json!(3.5)));
-    assert_eq!(host.invoke(&types, &div("crm/divide")).await.result, Some(json!({"ok": 3})));
-    assert_eq!(host.invoke(&types, &div("crm__divide")).await.result, Some(json!({"ok": 3})));
     assert_eq!(
-        host.invoke(&types, &div("example:types/crm/divide")).await.result,
+        host.invoke(&types, &div("divide")).await.result,
+        Some(json!(3.5))
+    );
+    assert_eq!(
+        host.invoke(&types, &div("crm/divide")).await.result,
         Some(json!({"ok": 3}))
     );
-    let zero = host.invoke(&types, &call("crm/divide", json!({"a": 1, "b": 0}))).await;
+    assert_eq!(
+        host.invoke(&types, &div("crm__divide")).await.result,
+        Some(json!({"ok": 3}))
+    );
+    assert_eq!(
+        host.invoke(&types, &div("example:types/crm/divide"))
+            .await
+            .result,
+        Some(json!({"ok": 3}))
+    );
+    let zero = host
+        .invoke(&types, &call("crm/divide", json!({"a": 1, "b": 0})))
+        .await;
     assert!(zero.ok, "a tool's own error is data");
     assert_eq!(zero.result, Some(json!({"err": "division by zero"})));
     // Bare interface-function names resolve when unambiguous.
@@ -197,9 +250,14 @@ async fn functions_are_found_by_every_documented_name() {
     let out = host.invoke(&types, &call("nothing", json!({}))).await;
     assert!(out.ok);
     assert_eq!(out.result, Some(Value::Null));
-    let missing = host.invoke(&types, &call("launch-missiles", json!({}))).await;
+    let missing = host
+        .invoke(&types, &call("launch-missiles", json!({})))
+        .await;
     assert_eq!(missing.error_kind(), Some(ErrorKind::UnknownFunction));
-    assert!(missing.error.unwrap().message.contains("crm/divide"), "lists what exists");
+    assert!(
+        missing.error.unwrap().message.contains("crm/divide"),
+        "lists what exists"
+    );
 }
 
 #[test]
@@ -211,17 +269,33 @@ fn schemas_describe_wit_types_precisely() {
     assert_eq!(v["type"], "object");
     assert_eq!(v["additionalProperties"], false);
     let p = &v["properties"];
-    assert_eq!(p["v-u8"], json!({"type": "integer", "minimum": 0, "maximum": 255}));
+    assert_eq!(
+        p["v-u8"],
+        json!({"type": "integer", "minimum": 0, "maximum": 255})
+    );
     assert_eq!(p["v-s64"]["minimum"], json!(i64::MIN));
     assert_eq!(p["v-u64"]["maximum"], json!(u64::MAX));
     assert_eq!(p["bytes"]["contentEncoding"], "base64");
     assert_eq!(p["tier"]["enum"], json!(["free", "pro", "enterprise"]));
     assert_eq!(p["perms"]["uniqueItems"], true);
     assert_eq!(p["pair"]["prefixItems"].as_array().unwrap().len(), 2);
-    let required: Vec<&str> = v["required"].as_array().unwrap().iter().map(|r| r.as_str().unwrap()).collect();
-    assert!(required.contains(&"b") && !required.contains(&"maybe") && !required.contains(&"maybe-maybe"));
+    let required: Vec<&str> = v["required"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_str().unwrap())
+        .collect();
+    assert!(
+        required.contains(&"b")
+            && !required.contains(&"maybe")
+            && !required.contains(&"maybe-maybe")
+    );
     // Names LLM APIs accept.
-    let re = |n: &str| n.len() <= 64 && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    let re = |n: &str| {
+        n.len() <= 64
+            && n.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    };
     for f in &types.catalog().functions {
         assert!(re(&schema::api_name(f)), "{}", schema::api_name(f));
     }

@@ -136,21 +136,23 @@ impl Host {
         )
         .await;
 
-        let result = out.result.and_then(|vals| match (&function.result, vals.first()) {
-            (Some(ty), Some(val)) => {
-                let mut budget = call.limits.max_output_bytes;
-                value::val_to_json(ty, val, &mut budget).map_err(|()| {
-                    Error::new(
-                        ErrorKind::OutputTooLarge,
-                        format!(
-                            "the result is larger than the {}-byte output cap",
-                            call.limits.max_output_bytes
-                        ),
-                    )
-                })
-            }
-            _ => Ok(serde_json::Value::Null),
-        });
+        let result = out
+            .result
+            .and_then(|vals| match (&function.result, vals.first()) {
+                (Some(ty), Some(val)) => {
+                    let mut budget = call.limits.max_output_bytes;
+                    value::val_to_json(ty, val, &mut budget).map_err(|value::OverBudget| {
+                        Error::new(
+                            ErrorKind::OutputTooLarge,
+                            format!(
+                                "the result is larger than the {}-byte output cap",
+                                call.limits.max_output_bytes
+                            ),
+                        )
+                    })
+                }
+                _ => Ok(serde_json::Value::Null),
+            });
         let usage = Usage {
             fuel: out.fuel_used,
             wall_ms: out.wall.as_millis() as u64,

@@ -68,7 +68,8 @@ impl Runtime {
             .max_tables_per_component(32)
             .max_memory_size(Limits::MAX_MEMORY as usize);
         cfg.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
-        let engine = Engine::new(&cfg).map_err(|e| Error::internal(format!("creating the engine: {e:#}")))?;
+        let engine = Engine::new(&cfg)
+            .map_err(|e| Error::internal(format!("creating the engine: {e:#}")))?;
 
         let mut linker = Linker::new(&engine);
         let wire = |r: wasmtime::Result<()>, what: &str| {

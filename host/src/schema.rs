@@ -123,7 +123,11 @@ pub fn schema(ty: &Ty) -> Value {
             let documented: Vec<String> = e
                 .items
                 .iter()
-                .filter_map(|c| c.docs.as_ref().map(|d| format!("`{}`: {}", c.name, d.trim())))
+                .filter_map(|c| {
+                    c.docs
+                        .as_ref()
+                        .map(|d| format!("`{}`: {}", c.name, d.trim()))
+                })
                 .collect();
             let docs = match (&e.docs, documented.is_empty()) {
                 (d, true) => d.clone(),
@@ -197,7 +201,13 @@ pub fn api_name(f: &FunctionInfo) -> String {
         .name
         .replace('/', "__")
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
     name.truncate(64);
     name

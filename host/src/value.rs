@@ -83,8 +83,7 @@ fn kind(v: &Value) -> &'static str {
 
 /// Look a key up as written (kebab-case) or in snake_case.
 fn lookup<'v>(obj: &'v Map<String, Value>, name: &str) -> Option<&'v Value> {
-    obj.get(name)
-        .or_else(|| obj.get(&name.replace('-', "_")))
+    obj.get(name).or_else(|| obj.get(&name.replace('-', "_")))
 }
 
 fn known(names: impl Iterator<Item = String>, key: &str) -> bool {
@@ -94,7 +93,11 @@ fn known(names: impl Iterator<Item = String>, key: &str) -> bool {
 
 /// Convert a call's JSON arguments (an object keyed by parameter name) into
 /// component values.
-pub fn args_to_vals<'a>(function: &str, params: &'a [Param], args: &'a Value) -> Result<Vec<Val>, String> {
+pub fn args_to_vals<'a>(
+    function: &str,
+    params: &'a [Param],
+    args: &'a Value,
+) -> Result<Vec<Val>, String> {
     let obj = match args {
         Value::Object(o) => o,
         Value::Null if params.iter().all(|p| matches!(p.ty, Ty::Option(_))) => {
@@ -123,7 +126,10 @@ pub fn args_to_vals<'a>(function: &str, params: &'a [Param], args: &'a Value) ->
             path.with(Seg::Key(&p.name), |path| match lookup(obj, &p.name) {
                 Some(v) => to_val(&p.ty, v, path),
                 None if matches!(p.ty, Ty::Option(_)) => Ok(Val::Option(None)),
-                None => Err(path.err(format!("missing required argument of type {}", p.ty.wit_name()))),
+                None => Err(path.err(format!(
+                    "missing required argument of type {}",
+                    p.ty.wit_name()
+                ))),
             })
         })
         .collect()
@@ -140,7 +146,13 @@ fn param_list(params: &[Param]) -> String {
         .join(", ")
 }
 
-fn int<T: TryFrom<i128>>(v: &Value, path: &Path, name: &str, min: i128, max: i128) -> Result<T, String> {
+fn int<T: TryFrom<i128>>(
+    v: &Value,
+    path: &Path,
+    name: &str,
+    min: i128,
+    max: i128,
+) -> Result<T, String> {
     let n: Option<i128> = match v {
         Value::Number(n) => n
             .as_i64()
@@ -153,7 +165,8 @@ fn int<T: TryFrom<i128>>(v: &Value, path: &Path, name: &str, min: i128, max: i12
             }),
         _ => None,
     };
-    let n = n.ok_or_else(|| path.err(format!("expected an integer ({name}), got {}", describe(v))))?;
+    let n =
+        n.ok_or_else(|| path.err(format!("expected an integer ({name}), got {}", describe(v))))?;
     if n < min || n > max {
         return Err(path.err(format!("{n} is out of range for {name} ({min}..={max})")));
     }
@@ -176,12 +189,19 @@ fn float(v: &Value, path: &Path, name: &str) -> Result<f64, String> {
         Value::String(s) if s == "NaN" => Ok(f64::NAN),
         Value::String(s) if s == "Infinity" => Ok(f64::INFINITY),
         Value::String(s) if s == "-Infinity" => Ok(f64::NEG_INFINITY),
-        other => Err(path.err(format!("expected a number ({name}), got {}", describe(other)))),
+        other => Err(path.err(format!(
+            "expected a number ({name}), got {}",
+            describe(other)
+        ))),
     }
 }
 
 fn case_names(cases: &[crate::tool::ty::Case]) -> String {
-    cases.iter().map(|c| c.name.as_str()).collect::<Vec<_>>().join(", ")
+    cases
+        .iter()
+        .map(|c| c.name.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn to_val<'a>(ty: &'a Ty, v: &'a Value, path: &mut Path<'a>) -> Result<Val, String> {
@@ -207,9 +227,12 @@ fn to_val<'a>(ty: &'a Ty, v: &'a Value, path: &mut Path<'a>) -> Result<Val, Stri
         }
         Ty::F64 => Val::Float64(float(v, path, "f64")?),
         Ty::Char => {
-            let s = v
-                .as_str()
-                .ok_or_else(|| path.err(format!("expected a one-character string, got {}", describe(v))))?;
+            let s = v.as_str().ok_or_else(|| {
+                path.err(format!(
+                    "expected a one-character string, got {}",
+                    describe(v)
+                ))
+            })?;
             let mut chars = s.chars();
             match (chars.next(), chars.next()) {
                 (Some(c), None) => Val::Char(c),
@@ -274,9 +297,14 @@ fn to_val<'a>(ty: &'a Ty, v: &'a Value, path: &mut Path<'a>) -> Result<Val, Stri
                 }
                 Val::Map(pairs)
             }
-            (Ty::String, other) => return Err(path.err(format!("expected an object, got {}", kind(other)))),
+            (Ty::String, other) => {
+                return Err(path.err(format!("expected an object, got {}", kind(other))));
+            }
             (_, other) => {
-                return Err(path.err(format!("expected an array of [key, value] pairs, got {}", kind(other))));
+                return Err(path.err(format!(
+                    "expected an array of [key, value] pairs, got {}",
+                    kind(other)
+                )));
             }
         },
         Ty::Tuple(tys) => match v {
@@ -294,7 +322,9 @@ fn to_val<'a>(ty: &'a Ty, v: &'a Value, path: &mut Path<'a>) -> Result<Val, Stri
                     items.len()
                 )));
             }
-            other => return Err(path.err(format!("expected an array (tuple), got {}", kind(other)))),
+            other => {
+                return Err(path.err(format!("expected an array (tuple), got {}", kind(other))));
+            }
         },
         Ty::Record(rec) => {
             let obj = v
@@ -304,7 +334,11 @@ fn to_val<'a>(ty: &'a Ty, v: &'a Value, path: &mut Path<'a>) -> Result<Val, Stri
                 if !known(rec.items.iter().map(|f| f.name.clone()), key) {
                     return Err(path.err(format!(
                         "unknown field `{key}`; expected fields: {}",
-                        rec.items.iter().map(|f| f.name.as_str()).collect::<Vec<_>>().join(", ")
+                        rec.items
+                            .iter()
+                            .map(|f| f.name.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
                     )));
                 }
             }
@@ -313,7 +347,10 @@ fn to_val<'a>(ty: &'a Ty, v: &'a Value, path: &mut Path<'a>) -> Result<Val, Stri
                 let val = path.with(Seg::Key(&f.name), |p| match lookup(obj, &f.name) {
                     Some(item) => to_val(&f.ty, item, p),
                     None if matches!(f.ty, Ty::Option(_)) => Ok(Val::Option(None)),
-                    None => Err(p.err(format!("missing required field of type {}", f.ty.wit_name()))),
+                    None => Err(p.err(format!(
+                        "missing required field of type {}",
+                        f.ty.wit_name()
+                    ))),
                 })?;
                 fields.push((f.name.clone(), val));
             }
@@ -321,27 +358,46 @@ fn to_val<'a>(ty: &'a Ty, v: &'a Value, path: &mut Path<'a>) -> Result<Val, Stri
         }
         Ty::Enum(e) => {
             let s = v.as_str().ok_or_else(|| {
-                path.err(format!("expected one of {}, got {}", case_names(&e.items), describe(v)))
+                path.err(format!(
+                    "expected one of {}, got {}",
+                    case_names(&e.items),
+                    describe(v)
+                ))
             })?;
             let case = e
                 .items
                 .iter()
                 .find(|c| c.name == s || c.name == s.replace('_', "-"))
-                .ok_or_else(|| path.err(format!("expected one of {}, got {s:?}", case_names(&e.items))))?;
+                .ok_or_else(|| {
+                    path.err(format!(
+                        "expected one of {}, got {s:?}",
+                        case_names(&e.items)
+                    ))
+                })?;
             Val::Enum(case.name.clone())
         }
         Ty::Flags(f) => {
-            let items = v
-                .as_array()
-                .ok_or_else(|| path.err(format!("expected an array of flags ({}), got {}", case_names(&f.items), kind(v))))?;
+            let items = v.as_array().ok_or_else(|| {
+                path.err(format!(
+                    "expected an array of flags ({}), got {}",
+                    case_names(&f.items),
+                    kind(v)
+                ))
+            })?;
             let mut set = Vec::with_capacity(items.len());
             for (i, item) in items.iter().enumerate() {
                 let name = item.as_str().and_then(|s| {
-                    f.items.iter().find(|c| c.name == s || c.name == s.replace('_', "-"))
+                    f.items
+                        .iter()
+                        .find(|c| c.name == s || c.name == s.replace('_', "-"))
                 });
                 let Some(case) = name else {
                     return Err(path.with(Seg::Index(i), |p| {
-                        p.err(format!("expected one of {}, got {}", case_names(&f.items), describe(item)))
+                        p.err(format!(
+                            "expected one of {}, got {}",
+                            case_names(&f.items),
+                            describe(item)
+                        ))
                     }));
                 };
                 if !set.contains(&case.name) {
@@ -369,13 +425,20 @@ fn to_val<'a>(ty: &'a Ty, v: &'a Value, path: &mut Path<'a>) -> Result<Val, Stri
                 .items
                 .iter()
                 .find(|c| c.name == name || c.name == name.replace('_', "-"))
-                .ok_or_else(|| path.err(format!("expected one of {}, got {name:?}", case_names(&var.items))))?;
+                .ok_or_else(|| {
+                    path.err(format!(
+                        "expected one of {}, got {name:?}",
+                        case_names(&var.items)
+                    ))
+                })?;
             let payload = match (&case.ty, payload) {
                 (None, None | Some(Value::Null)) => None,
                 (None, Some(_)) => {
                     return Err(path.err(format!("case `{}` takes no payload", case.name)));
                 }
-                (Some(t), Some(p)) => Some(Box::new(path.with(Seg::Key(&case.name), |path| to_val(t, p, path))?)),
+                (Some(t), Some(p)) => Some(Box::new(
+                    path.with(Seg::Key(&case.name), |path| to_val(t, p, path))?,
+                )),
                 (Some(t), None) => {
                     return Err(path.err(format!(
                         "case `{}` needs a payload of type {}: {{\"{}\": ...}}",
@@ -390,9 +453,9 @@ fn to_val<'a>(ty: &'a Ty, v: &'a Value, path: &mut Path<'a>) -> Result<Val, Stri
         Ty::Option(inner) => match v {
             Value::Null => Val::Option(None),
             _ if matches!(**inner, Ty::Option(_)) => match v {
-                Value::Object(o) if o.len() == 1 && o.contains_key("some") => Val::Option(Some(Box::new(
-                    path.with(Seg::Key("some"), |p| to_val(inner, &o["some"], p))?,
-                ))),
+                Value::Object(o) if o.len() == 1 && o.contains_key("some") => Val::Option(Some(
+                    Box::new(path.with(Seg::Key("some"), |p| to_val(inner, &o["some"], p))?),
+                )),
                 other => {
                     return Err(path.err(format!(
                         "expected null or {{\"some\": value}} (nested option), got {}",
@@ -404,14 +467,22 @@ fn to_val<'a>(ty: &'a Ty, v: &'a Value, path: &mut Path<'a>) -> Result<Val, Stri
         },
         Ty::Result { ok, err } => {
             let obj = v.as_object().filter(|o| o.len() == 1).ok_or_else(|| {
-                path.err(format!("expected {{\"ok\": value}} or {{\"err\": value}}, got {}", kind(v)))
+                path.err(format!(
+                    "expected {{\"ok\": value}} or {{\"err\": value}}, got {}",
+                    kind(v)
+                ))
             })?;
             let (k, payload) = obj.iter().next().expect("one entry");
-            let side = |t: &'a Option<Box<Ty>>, path: &mut Path<'a>, key: &'a str| -> Result<Option<Box<Val>>, String> {
+            let side = |t: &'a Option<Box<Ty>>,
+                        path: &mut Path<'a>,
+                        key: &'a str|
+             -> Result<Option<Box<Val>>, String> {
                 match t {
                     None if payload.is_null() => Ok(None),
                     None => Err(path.err(format!("`{key}` takes no value (use null)"))),
-                    Some(t) => Ok(Some(Box::new(path.with(Seg::Key(key), |p| to_val(t, payload, p))?))),
+                    Some(t) => Ok(Some(Box::new(
+                        path.with(Seg::Key(key), |p| to_val(t, payload, p))?,
+                    ))),
                 }
             };
             match k.as_str() {
@@ -435,26 +506,33 @@ fn list<'a>(elem: &'a Ty, items: &'a [Value], path: &mut Path<'a>) -> Result<Val
     ))
 }
 
+/// The JSON form of a result would exceed its byte budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OverBudget;
+
 /// Convert a component value to JSON. `budget` is the most bytes the JSON may
-/// take (roughly, as compact text); `Err(())` when it is exceeded.
-pub fn val_to_json(ty: &Ty, val: &Val, budget: &mut usize) -> Result<Value, ()> {
-    fn spend(budget: &mut usize, n: usize) -> Result<(), ()> {
-        *budget = budget.checked_sub(n).ok_or(())?;
+/// take (roughly, as compact text); conversion stops as soon as it is spent,
+/// so an oversized result never becomes an oversized JSON tree.
+pub fn val_to_json(ty: &Ty, val: &Val, budget: &mut usize) -> Result<Value, OverBudget> {
+    fn spend(budget: &mut usize, n: usize) -> Result<(), OverBudget> {
+        *budget = budget.checked_sub(n).ok_or(OverBudget)?;
         Ok(())
     }
     fn num(f: f64) -> Value {
-        serde_json::Number::from_f64(f).map(Value::Number).unwrap_or_else(|| {
-            Value::String(
-                if f.is_nan() {
-                    "NaN"
-                } else if f > 0.0 {
-                    "Infinity"
-                } else {
-                    "-Infinity"
-                }
-                .into(),
-            )
-        })
+        serde_json::Number::from_f64(f)
+            .map(Value::Number)
+            .unwrap_or_else(|| {
+                Value::String(
+                    if f.is_nan() {
+                        "NaN"
+                    } else if f > 0.0 {
+                        "Infinity"
+                    } else {
+                        "-Infinity"
+                    }
+                    .into(),
+                )
+            })
     }
     spend(budget, 2)?;
     Ok(match (ty, val) {
@@ -497,7 +575,10 @@ pub fn val_to_json(ty: &Ty, val: &Val, budget: &mut usize) -> Result<Value, ()> 
                 .collect();
             Value::String(B64.encode(bytes))
         }
-        (Ty::List(elem) | Ty::FixedList(elem, _), Val::List(items) | Val::FixedLengthList(items)) => Value::Array(
+        (
+            Ty::List(elem) | Ty::FixedList(elem, _),
+            Val::List(items) | Val::FixedLengthList(items),
+        ) => Value::Array(
             items
                 .iter()
                 .map(|v| val_to_json(elem, v, budget))
@@ -523,7 +604,7 @@ pub fn val_to_json(ty: &Ty, val: &Val, budget: &mut usize) -> Result<Value, ()> 
                                 val_to_json(v, value, budget)?,
                             ]))
                         })
-                        .collect::<Result<_, ()>>()?,
+                        .collect::<Result<_, OverBudget>>()?,
                 )
             }
         }
@@ -548,7 +629,11 @@ pub fn val_to_json(ty: &Ty, val: &Val, budget: &mut usize) -> Result<Value, ()> 
         }
         (Ty::Variant(var), Val::Variant(name, payload)) => {
             spend(budget, name.len())?;
-            let case_ty = var.items.iter().find(|c| &c.name == name).and_then(|c| c.ty.as_ref());
+            let case_ty = var
+                .items
+                .iter()
+                .find(|c| &c.name == name)
+                .and_then(|c| c.ty.as_ref());
             match (case_ty, payload) {
                 (Some(t), Some(p)) => {
                     let mut obj = Map::new();

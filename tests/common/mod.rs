@@ -11,7 +11,10 @@ use toolhost::gate::SandboxOnly;
 use toolhost::{Host, LoadOptions, Runtime, RuntimeConfig, Tool};
 
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 /// Build every guest example once; return the directory holding the `.wasm` files.

@@ -73,7 +73,10 @@ impl Mediator {
 
     /// The recorded events.
     pub fn events(&self) -> Vec<CapabilityEvent> {
-        self.events.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.events
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// The first denied call, if any.

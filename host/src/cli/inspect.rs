@@ -92,7 +92,11 @@ fn print_human(tool: &Tool) {
         "{} — {} function{}",
         tool.name(),
         catalog.functions.len(),
-        if catalog.functions.len() == 1 { "" } else { "s" }
+        if catalog.functions.len() == 1 {
+            ""
+        } else {
+            "s"
+        }
     );
     if let Some(d) = &catalog.docs {
         println!("{}", d.trim());
@@ -106,7 +110,9 @@ fn print_human(tool: &Tool) {
                     println!("    {line}");
                 }
             }
-            None => println!("    (no description: embed docs with `host docs embed`, or pass --wit)"),
+            None => {
+                println!("    (no description: embed docs with `host docs embed`, or pass --wit)")
+            }
         }
         let indent = |v: serde_json::Value| {
             serde_json::to_string_pretty(&v)

@@ -123,7 +123,9 @@ pub async fn main(args: Args) -> i32 {
     if args.json {
         println!(
             "{}",
-            serde_json::to_string(&outcome).unwrap_or_else(|e| format!("{{\"ok\":false,\"error\":{{\"kind\":\"internal\",\"message\":\"{e}\"}}}}"))
+            serde_json::to_string(&outcome).unwrap_or_else(|e| format!(
+                "{{\"ok\":false,\"error\":{{\"kind\":\"internal\",\"message\":\"{e}\"}}}}"
+            ))
         );
     } else {
         // The guest's own output goes to stderr: stdout is the result alone.

@@ -102,7 +102,10 @@ fn wasi_ctx(run: &Run<'_>, stdout: &Capture, stderr: &Capture) -> Result<WasiCtx
             .map_err(|e| {
                 Error::new(
                     ErrorKind::CapabilityDenied,
-                    format!("granted directory {} cannot be opened: {e}", p.host_path.display()),
+                    format!(
+                        "granted directory {} cannot be opened: {e}",
+                        p.host_path.display()
+                    ),
                 )
             })?;
     }
@@ -147,7 +150,12 @@ pub async fn run(engine: &Engine, run: Run<'_>) -> RunOutput {
     store.limiter(|s| &mut s.limiter);
     if let Err(e) = store.set_fuel(limits.fuel.unwrap_or(u64::MAX)) {
         let log = std::mem::take(&mut store.data_mut().log);
-        return finish(Err(Error::internal(format!("setting fuel: {e}"))), 0, 0, log);
+        return finish(
+            Err(Error::internal(format!("setting fuel: {e}"))),
+            0,
+            0,
+            log,
+        );
     }
     // The store may clamp "unlimited"; measure from what it actually holds.
     let fuel = store.get_fuel().unwrap_or(0);
@@ -168,7 +176,8 @@ pub async fn run(engine: &Engine, run: Run<'_>) -> RunOutput {
             .get_func(&mut store, run.export)
             .ok_or_else(|| wasmtime::format_err!("export is not a function"))?;
         let mut results = vec![Val::Bool(false); run.result_count];
-        func.call_async(&mut store, run.params, &mut results).await?;
+        func.call_async(&mut store, run.params, &mut results)
+            .await?;
         Ok::<_, wasmtime::Error>(results)
     };
     // Code blocked in a host call (sleep, slow I/O) sees no epoch ticks: the
@@ -182,7 +191,13 @@ pub async fn run(engine: &Engine, run: Run<'_>) -> RunOutput {
     drop(store);
     let result = match outcome {
         Ok(Ok(results)) => Ok(results),
-        Ok(Err(err)) => Err(classify(&err, refused, limits, &stderr.finish(), &run.mediator)),
+        Ok(Err(err)) => Err(classify(
+            &err,
+            refused,
+            limits,
+            &stderr.finish(),
+            &run.mediator,
+        )),
         Err(_elapsed) => Err(Error::new(
             ErrorKind::Timeout,
             format!(

@@ -23,10 +23,22 @@ pub const PACKAGE_DOCS: &str = PackageMetadata::SECTION_NAME;
 /// in dependency order, so a tool's WIT can refer to it without vendoring it.
 const HOST_WIT: &[(&str, &str)] = &[
     ("deps/io.wit", include_str!("../../../wit/deps/io.wit")),
-    ("deps/clocks.wit", include_str!("../../../wit/deps/clocks.wit")),
-    ("deps/random.wit", include_str!("../../../wit/deps/random.wit")),
-    ("deps/filesystem.wit", include_str!("../../../wit/deps/filesystem.wit")),
-    ("deps/sockets.wit", include_str!("../../../wit/deps/sockets.wit")),
+    (
+        "deps/clocks.wit",
+        include_str!("../../../wit/deps/clocks.wit"),
+    ),
+    (
+        "deps/random.wit",
+        include_str!("../../../wit/deps/random.wit"),
+    ),
+    (
+        "deps/filesystem.wit",
+        include_str!("../../../wit/deps/filesystem.wit"),
+    ),
+    (
+        "deps/sockets.wit",
+        include_str!("../../../wit/deps/sockets.wit"),
+    ),
     ("deps/cli.wit", include_str!("../../../wit/deps/cli.wit")),
     ("deps/http.wit", include_str!("../../../wit/deps/http.wit")),
     ("world.wit", include_str!("../../../wit/world.wit")),
@@ -162,7 +174,11 @@ pub fn with_package_docs(bytes: &[u8], data: &[u8]) -> Result<Vec<u8>> {
 /// `root:component/root` world. World-level docs are applied by giving the
 /// root world each documented world's name in turn; interface docs are
 /// applied to the package that holds interfaces of those names.
-pub fn apply_package_docs(resolve: &mut Resolve, world: WorldId, data: &[u8]) -> Result<(), String> {
+pub fn apply_package_docs(
+    resolve: &mut Resolve,
+    world: WorldId,
+    data: &[u8],
+) -> Result<(), String> {
     let (&version, json) = data.split_first().ok_or("empty package-docs section")?;
     let doc: serde_json::Value =
         serde_json::from_slice(json).map_err(|e| format!("package-docs is not JSON: {e}"))?;
@@ -171,7 +187,9 @@ pub fn apply_package_docs(resolve: &mut Resolve, world: WorldId, data: &[u8]) ->
         bytes.extend(serde_json::to_vec(&v).map_err(|e| e.to_string())?);
         PackageMetadata::decode(&bytes).map_err(|e| format!("{e:#}"))
     };
-    let root_pkg = resolve.worlds[world].package.ok_or("decoded world has no package")?;
+    let root_pkg = resolve.worlds[world]
+        .package
+        .ok_or("decoded world has no package")?;
     let mut applied = false;
     let mut errors = Vec::new();
     if let Some(worlds) = doc.get("worlds").and_then(|w| w.as_object()) {
@@ -247,7 +265,9 @@ impl WitSource {
                 let mut resolve2 = Resolve::new();
                 for (name, text) in HOST_WIT {
                     resolve2.push_str(name, text).map_err(|e| {
-                        Error::internal(format!("the host's own WIT ({name}) does not parse: {e:#}"))
+                        Error::internal(format!(
+                            "the host's own WIT ({name}) does not parse: {e:#}"
+                        ))
                     })?;
                 }
                 match resolve2.push_path(path) {
@@ -270,7 +290,8 @@ impl WitSource {
     /// The world of this package that describes `component` (the one whose
     /// exports match, or the only one).
     pub fn world_for(&self, component: &Catalog) -> Result<(WorldId, Catalog)> {
-        let worlds: Vec<(&String, &WorldId)> = self.resolve.packages[self.package].worlds.iter().collect();
+        let worlds: Vec<(&String, &WorldId)> =
+            self.resolve.packages[self.package].worlds.iter().collect();
         let mut last_err = None;
         for (_, id) in &worlds {
             match Catalog::from_world(&self.resolve, **id) {
@@ -289,11 +310,18 @@ impl WitSource {
                 "package `{}` has no world",
                 self.resolve.packages[self.package].name
             )),
-            (1, Some(e)) => Error::invalid_component(format!("the component does not match its WIT: {}", e.message)),
+            (1, Some(e)) => Error::invalid_component(format!(
+                "the component does not match its WIT: {}",
+                e.message
+            )),
             (_, _) => Error::invalid_component(format!(
                 "no world of package `{}` matches the component's exports (worlds: {})",
                 self.resolve.packages[self.package].name,
-                worlds.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(", ")
+                worlds
+                    .iter()
+                    .map(|(n, _)| n.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             )),
         })
     }

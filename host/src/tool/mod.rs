@@ -80,7 +80,9 @@ pub fn check_imports(imports: &[String]) -> Result<()> {
     for import in imports {
         let (path, version) = import.split_once('@').unwrap_or((import, ""));
         let provided = path.split_once('/').is_some_and(|(package, iface)| {
-            PROVIDED.iter().any(|(p, ifaces)| *p == package && ifaces.contains(&iface))
+            PROVIDED
+                .iter()
+                .any(|(p, ifaces)| *p == package && ifaces.contains(&iface))
         });
         let version_ok = if path.starts_with("toolhost:") {
             version.starts_with("0.1.")
@@ -96,7 +98,11 @@ pub fn check_imports(imports: &[String]) -> Result<()> {
             return Err(Error::invalid_component(format!(
                 "the component imports `{import}`; the host provides {} at version {}",
                 path,
-                if path.starts_with("toolhost:") { "0.1.x" } else { "0.2.x" }
+                if path.starts_with("toolhost:") {
+                    "0.1.x"
+                } else {
+                    "0.2.x"
+                }
             )));
         }
     }
@@ -104,7 +110,12 @@ pub fn check_imports(imports: &[String]) -> Result<()> {
 }
 
 impl Tool {
-    pub(crate) fn load(runtime: &Runtime, name: &str, bytes: &[u8], options: &LoadOptions) -> Result<Tool> {
+    pub(crate) fn load(
+        runtime: &Runtime,
+        name: &str,
+        bytes: &[u8],
+        options: &LoadOptions,
+    ) -> Result<Tool> {
         docs::check_header(bytes)?;
         let (package_docs, stripped) = docs::split_package_docs(bytes)?;
         let decoded = wit_parser::decoding::decode(&stripped).map_err(|e| {
@@ -132,13 +143,17 @@ impl Tool {
             catalog.adopt_docs_from(&documented)?;
         }
         if catalog.functions.is_empty() {
-            return Err(Error::invalid_component("the component exports no functions"));
+            return Err(Error::invalid_component(
+                "the component exports no functions",
+            ));
         }
 
         let component = Component::new(runtime.engine(), bytes)
             .map_err(|e| Error::invalid_component(format!("compiling the component: {e:#}")))?;
         let pre = runtime.linker().instantiate_pre(&component).map_err(|e| {
-            Error::invalid_component(format!("the host cannot satisfy the component's imports: {e:#}"))
+            Error::invalid_component(format!(
+                "the host cannot satisfy the component's imports: {e:#}"
+            ))
         })?;
         let mut exports = Vec::with_capacity(catalog.functions.len());
         for f in &catalog.functions {
@@ -150,7 +165,9 @@ impl Tool {
             };
             let index = component
                 .get_export_index(parent.as_ref(), &f.function)
-                .ok_or_else(|| Error::invalid_component(format!("export `{}` not found", f.name)))?;
+                .ok_or_else(|| {
+                    Error::invalid_component(format!("export `{}` not found", f.name))
+                })?;
             exports.push(index);
         }
         Ok(Tool {

@@ -67,7 +67,9 @@ impl Catalog {
         for (key, item) in &world.exports {
             match item {
                 WorldItem::Function(f) => {
-                    catalog.functions.push(function(resolve, f, None, f.name.clone())?);
+                    catalog
+                        .functions
+                        .push(function(resolve, f, None, f.name.clone())?);
                 }
                 WorldItem::Interface { id, .. } => {
                     let full = resolve.name_world_key(key);
@@ -133,7 +135,10 @@ impl Catalog {
                 crate::ErrorKind::UnknownFunction,
                 format!(
                     "`{wanted}` is ambiguous; say which: {}",
-                    many.iter().map(|f| f.name.as_str()).collect::<Vec<_>>().join(", ")
+                    many.iter()
+                        .map(|f| f.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 ),
             )),
         }
