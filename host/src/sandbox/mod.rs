@@ -61,6 +61,9 @@ impl HasLog for SandboxState {
     }
 }
 
+/// Fuel between cooperative yields (about 2 ms of guest compute here).
+const FUEL_YIELD_INTERVAL: u64 = 10_000_000;
+
 /// What one run of the sandbox produced.
 #[derive(Debug)]
 pub struct RunOutput {
@@ -159,6 +162,13 @@ pub async fn run(engine: &Engine, run: Run<'_>) -> RunOutput {
     }
     // The store may clamp "unlimited"; measure from what it actually holds.
     let fuel = store.get_fuel().unwrap_or(0);
+    // Yielding every few milliseconds of compute also flushes the guest's
+    // fuel counter, so fuel is reported (to within this interval) even when
+    // an epoch deadline interrupts a loop that makes no calls.
+    if let Err(e) = store.fuel_async_yield_interval(Some(FUEL_YIELD_INTERVAL)) {
+        let log = std::mem::take(&mut store.data_mut().log);
+        return finish(Err(Error::internal(format!("setting fuel yield: {e}"))), 0, 0, log);
+    }
     // Running code checks the clock at every epoch tick, yielding to the
     // executor in between so that a busy guest never hogs a worker thread.
     store.set_epoch_deadline(1);
