@@ -34,6 +34,8 @@ pub enum ErrorKind {
     CapabilityDenied,
     /// Policy refused the invocation.
     PolicyDenied,
+    /// A policy file is malformed (names its file, line and field).
+    InvalidPolicy,
     /// Policy requires a human's approval before the invocation may run.
     ApprovalRequired,
     /// A budget limit would be exceeded.
@@ -57,6 +59,7 @@ impl ErrorKind {
             ErrorKind::OutputTooLarge => "output_too_large",
             ErrorKind::CapabilityDenied => "capability_denied",
             ErrorKind::PolicyDenied => "policy_denied",
+            ErrorKind::InvalidPolicy => "invalid_policy",
             ErrorKind::ApprovalRequired => "approval_required",
             ErrorKind::BudgetExceeded => "budget_exceeded",
             ErrorKind::Internal => "internal",

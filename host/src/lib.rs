@@ -10,6 +10,7 @@ pub mod error;
 pub mod gate;
 pub mod invoke;
 pub mod limits;
+pub mod policy;
 pub mod runtime;
 pub mod sandbox;
 pub mod schema;

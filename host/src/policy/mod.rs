@@ -1,0 +1,516 @@
+//! Policy: which tools may run, for whom, with which grants, limits and
+//! prices — evaluated by Cedar.
+//!
+//! A policy file ([`file`]) is compiled into one Cedar policy set per
+//! document. Each request is governed by exactly one document, the most
+//! specific for its tenant and workflow (tenant + workflow, then workflow,
+//! then tenant + `*`, then `*`); no matching document means deny.
+//!
+//! How the essay's rules become Cedar (every policy carries an `@id`, and
+//! every decision names the rules that made it):
+//!
+//! * `policy.allow_tools[i]`: `permit` when the function matches.
+//! * `policy.deny_tools[i]`: `forbid` when it matches. If the tool also has an
+//!   `approval.required_for` rule, the forbid is an *approval* forbid instead:
+//!   the tool never runs autonomously, every call escalates to a human, and an
+//!   approved call is permitted. (The essay lists `issue_refund` under both
+//!   with the comment "requires approval": this is that meaning.)
+//! * `approval.required_for[i]`: an approval forbid when the amount (found by
+//!   `amount_field`, default the `amount_usd` argument) exceeds
+//!   `threshold_usd`, or cannot be found.
+//! * `cedar`: the operator's own policies, as written.
+//!
+//! Decision: Cedar allows → allow. Cedar denies and every determining policy
+//! is an approval forbid → needs approval. Otherwise → deny (with no
+//! determining policy: the default deny). A policy that fails to evaluate
+//! denies (fail closed), naming the policy and the error.
+
+pub mod file;
+pub mod outbound;
+
+use crate::error::{Error, ErrorKind};
+use crate::tool::{FunctionInfo, Ty};
+use cedar_policy::{
+    Authorizer, Context, Decision as CedarDecision, Entities, Entity, EntityUid, PolicyId,
+    PolicySet, Request,
+};
+use file::{Document, ToolSettings};
+use serde::Serialize;
+use serde_json::{Map, Value, json};
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::str::FromStr;
+
+/// A loaded, compiled policy file.
+pub struct Policy {
+    name: String,
+    documents: Vec<Compiled>,
+}
+
+struct Compiled {
+    doc: Document,
+    set: PolicySet,
+    /// Policy id → the rule as people name it.
+    labels: HashMap<String, String>,
+    approval_ids: HashSet<String>,
+    /// `amounts.rN` → where to find the amount, for approval rule N.
+    amounts: Vec<(String, Option<String>)>,
+}
+
+/// What the policy says about one invocation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Effect {
+    Allow,
+    Deny,
+    NeedsApproval,
+}
+
+/// A decision and the rule(s) that made it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Decision {
+    pub effect: Effect,
+    /// The deciding rules, e.g. `seed.yaml: policy.allow_tools[0] (lookup_order)`.
+    pub rule: String,
+}
+
+/// The invocation being decided.
+pub struct Subject<'a> {
+    pub tenant: Option<&'a str>,
+    pub workflow: Option<&'a str>,
+    pub task_id: Option<&'a str>,
+    /// Who is asking: an API key id, or `cli`.
+    pub principal: &'a str,
+    /// The tool's (registered) name.
+    pub tool: &'a str,
+    pub function: &'a FunctionInfo,
+    pub args: &'a Value,
+    /// Whether a human has approved this invocation.
+    pub approved: bool,
+}
+
+/// Policy names compare in snake_case.
+pub fn normalize(name: &str) -> String {
+    name.trim().replace('-', "_")
+}
+
+/// Where a policy file went wrong.
+fn policy_error(message: String) -> Error {
+    Error::new(ErrorKind::InvalidPolicy, message)
+}
+
+impl Policy {
+    /// Load a policy file.
+    pub fn load(path: &Path) -> Result<Policy, Error> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| policy_error(format!("{}: cannot read: {e}", path.display())))?;
+        Policy::parse(&path.display().to_string(), &text)
+    }
+
+    /// Parse and compile policy text; `name` is used in messages (a path).
+    pub fn parse(name: &str, text: &str) -> Result<Policy, Error> {
+        let mut documents = Vec::new();
+        for (i, de) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
+            let doc: Document = serde_path_to_error::deserialize(de).map_err(|e| {
+                let path = e.path().to_string();
+                let inner = e.into_inner();
+                let at = inner
+                    .location()
+                    .map(|l| format!("{name}:{}:{}", l.line(), l.column()))
+                    .unwrap_or_else(|| format!("{name} (document {})", i + 1));
+                let field = if path == "." { String::new() } else { format!("{path}: ") };
+                let msg = inner.to_string();
+                // serde_yaml_ng appends " at line L column C"; the prefix says it.
+                let msg = msg.split(" at line ").next().unwrap_or(&msg).to_string();
+                policy_error(format!("{at}: {field}{msg}"))
+            })?;
+            documents.push(compile(name, text, i, doc)?);
+        }
+        if documents.is_empty() {
+            return Err(policy_error(format!("{name}: no policy document")));
+        }
+        let mut seen = HashSet::new();
+        for d in &documents {
+            if !seen.insert((d.doc.tenant.clone(), d.doc.workflow.clone())) {
+                return Err(policy_error(format!(
+                    "{name}: two documents govern workflow `{}`{}",
+                    d.doc.workflow,
+                    d.doc.tenant.as_deref().map(|t| format!(" for tenant `{t}`")).unwrap_or_default()
+                )));
+            }
+        }
+        Ok(Policy {
+            name: name.to_string(),
+            documents,
+        })
+    }
+
+    /// The file's name, as given.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The workflow a request without one falls under: the only workflow the
+    /// file names, if it names exactly one.
+    pub fn default_workflow(&self) -> Option<&str> {
+        let mut names = self.documents.iter().map(|d| d.doc.workflow.as_str()).filter(|w| *w != "*");
+        let first = names.next()?;
+        names.all(|w| w == first).then_some(first)
+    }
+
+    fn governing(&self, tenant: Option<&str>, workflow: Option<&str>) -> Option<&Compiled> {
+        // Most specific first: tenant + workflow, workflow, tenant + `*`, `*`.
+        let mut order: Vec<(Option<&str>, &str)> = Vec::with_capacity(4);
+        for w in [workflow, Some("*")].into_iter().flatten() {
+            if tenant.is_some() {
+                order.push((tenant, w));
+            }
+            order.push((None, w));
+        }
+        order.into_iter().find_map(|(t, w)| {
+            self.documents
+                .iter()
+                .find(|d| d.doc.tenant.as_deref() == t && d.doc.workflow == w)
+        })
+    }
+
+    /// The document governing a tenant and workflow.
+    pub fn document(&self, tenant: Option<&str>, workflow: Option<&str>) -> Option<&Document> {
+        self.governing(tenant, workflow).map(|c| &c.doc)
+    }
+
+    /// Decide one invocation.
+    pub fn decide(&self, s: &Subject<'_>) -> Decision {
+        let Some(compiled) = self.governing(s.tenant, s.workflow) else {
+            return Decision {
+                effect: Effect::Deny,
+                rule: format!(
+                    "{}: default deny: no policy document governs workflow `{}`{}",
+                    self.name,
+                    s.workflow.unwrap_or("(none)"),
+                    s.tenant.map(|t| format!(" for tenant `{t}`")).unwrap_or_default()
+                ),
+            };
+        };
+        compiled.decide(&self.name, s)
+    }
+}
+
+impl Compiled {
+    fn decide(&self, file: &str, s: &Subject<'_>) -> Decision {
+        let deny = |rule: String| Decision {
+            effect: Effect::Deny,
+            rule,
+        };
+        let request = match self.request(s) {
+            Ok(r) => r,
+            Err(e) => return deny(format!("{file}: policy request could not be built: {e}")),
+        };
+        let (req, entities) = request;
+        let response = Authorizer::new().is_authorized(&req, &self.set, &entities);
+        let errors: Vec<String> = response.diagnostics().errors().map(|e| e.to_string()).collect();
+        if !errors.is_empty() {
+            let hint = if errors.iter().any(|e| e.contains("decimal")) {
+                " (fractional numbers are Cedar decimals: compare with decimal(\"50.0\"))"
+            } else {
+                ""
+            };
+            return deny(format!("{file}: fail closed: {}{hint}", errors.join("; ")));
+        }
+        let reasons: Vec<String> = response.diagnostics().reason().map(|id| id.to_string()).collect();
+        let labels = || {
+            let mut l: Vec<&str> = reasons
+                .iter()
+                .map(|id| self.labels.get(id).map_or(id.as_str(), String::as_str))
+                .collect();
+            l.sort_unstable();
+            l.join("; ")
+        };
+        match response.decision() {
+            CedarDecision::Allow => Decision {
+                effect: Effect::Allow,
+                rule: labels(),
+            },
+            CedarDecision::Deny if reasons.is_empty() => deny(format!(
+                "{file}: default deny: no rule of workflow `{}` permits `{}`",
+                self.doc.workflow,
+                normalize(&s.function.name)
+            )),
+            CedarDecision::Deny if reasons.iter().all(|id| self.approval_ids.contains(id)) => Decision {
+                effect: Effect::NeedsApproval,
+                rule: labels(),
+            },
+            CedarDecision::Deny => {
+                // Name only the hard forbids: they are why approval cannot help.
+                let hard: Vec<&str> = reasons
+                    .iter()
+                    .filter(|id| !self.approval_ids.contains(*id))
+                    .map(|id| self.labels.get(id).map_or(id.as_str(), String::as_str))
+                    .collect();
+                deny(hard.join("; "))
+            }
+        }
+    }
+
+    fn request(&self, s: &Subject<'_>) -> Result<(Request, Entities), String> {
+        let function = normalize(&s.function.function);
+        let function_path = normalize(&s.function.name);
+        let tool = normalize(s.tool);
+        let mut amounts = Map::new();
+        for (key, field) in &self.amounts {
+            let micros = amount_micros(s.args, field.as_deref()).unwrap_or(-1);
+            amounts.insert(key.clone(), json!(micros));
+        }
+        let context = json!({
+            "tenant": s.tenant.unwrap_or(""),
+            "workflow": s.workflow.unwrap_or(""),
+            "task_id": s.task_id.unwrap_or(""),
+            "tool": tool,
+            "function": function,
+            "function_path": function_path,
+            "qualified": format!("{tool}/{function_path}"),
+            "approved": s.approved,
+            "amounts": amounts,
+            "args": cedar_args(&s.function.params, s.args),
+        });
+        let context = Context::from_json_value(context, None).map_err(|e| e.to_string())?;
+        let uid = |ty: &str, id: &str| {
+            EntityUid::from_str(&format!("{ty}::{}", serde_json::to_string(id).unwrap_or_default()))
+                .map_err(|e| e.to_string())
+        };
+        let tenant = uid("Tenant", s.tenant.unwrap_or(""))?;
+        let principal = uid("Caller", s.principal)?;
+        let tool_uid = uid("Tool", &tool)?;
+        let resource = uid("Function", &format!("{tool}/{function_path}"))?;
+        let entities = Entities::from_entities(
+            [
+                Entity::new_no_attrs(principal.clone(), HashSet::from([tenant.clone()])),
+                Entity::new_no_attrs(tenant, HashSet::new()),
+                Entity::new_no_attrs(resource.clone(), HashSet::from([tool_uid.clone()])),
+                Entity::new_no_attrs(tool_uid, HashSet::new()),
+            ],
+            None,
+        )
+        .map_err(|e| e.to_string())?;
+        let action = uid("Action", "invoke")?;
+        let request = Request::new(principal, action, resource, context, None).map_err(|e| e.to_string())?;
+        Ok((request, entities))
+    }
+}
+
+/// The amount of an approval rule, in micro-USD.
+fn amount_micros(args: &Value, field: Option<&str>) -> Option<i64> {
+    let found = match field {
+        Some(f) if f.starts_with('/') => args.pointer(f),
+        Some(f) => f.split('.').try_fold(args, |v, k| {
+            v.get(k).or_else(|| v.get(k.replace('_', "-"))).or_else(|| v.get(k.replace('-', "_")))
+        }),
+        None => args.get("amount_usd").or_else(|| args.get("amount-usd")),
+    }?;
+    let v = found.as_f64()?;
+    (v.is_finite() && v.abs() < 9.0e12).then(|| (v * 1_000_000.0).round() as i64)
+}
+
+/// Arguments as a Cedar context record: keys in snake_case, integers as
+/// `Long`, floats as `decimal`, lists as sets, `none` omitted.
+fn cedar_args(params: &[crate::tool::Param], args: &Value) -> Value {
+    let mut out = Map::new();
+    for p in params {
+        let v = args.get(&p.name).or_else(|| args.get(normalize(&p.name)));
+        if let Some(v) = v.and_then(|v| cedar_value(&p.ty, v)) {
+            out.insert(normalize(&p.name), v);
+        }
+    }
+    Value::Object(out)
+}
+
+fn cedar_value(ty: &Ty, v: &Value) -> Option<Value> {
+    Some(match (ty, v) {
+        (_, Value::Null) => return None,
+        (Ty::F32 | Ty::F64, Value::Number(n)) => {
+            let f = n.as_f64()?;
+            if f.abs() < 9.2e14 {
+                let s = format!("{f:.4}");
+                json!({"__extn": {"fn": "decimal", "arg": s}})
+            } else {
+                Value::String(f.to_string())
+            }
+        }
+        (_, Value::Number(n)) => match n.as_i64() {
+            Some(i) => json!(i),
+            None => Value::String(n.to_string()),
+        },
+        (Ty::Option(inner), v) => return cedar_value(inner, v),
+        (Ty::List(t) | Ty::FixedList(t, _), Value::Array(items)) => {
+            Value::Array(items.iter().filter_map(|i| cedar_value(t, i)).collect())
+        }
+        (Ty::Tuple(ts), Value::Array(items)) => {
+            Value::Array(ts.iter().zip(items).filter_map(|(t, i)| cedar_value(t, i)).collect())
+        }
+        (Ty::Record(r), Value::Object(o)) => {
+            let mut m = Map::new();
+            for f in &r.items {
+                let v = o.get(&f.name).or_else(|| o.get(&normalize(&f.name)));
+                if let Some(v) = v.and_then(|v| cedar_value(&f.ty, v)) {
+                    m.insert(normalize(&f.name), v);
+                }
+            }
+            Value::Object(m)
+        }
+        (Ty::Variant(var), Value::Object(o)) => {
+            let mut m = Map::new();
+            for (k, payload) in o {
+                let ty = var.items.iter().find(|c| c.name == *k || normalize(&c.name) == *k).and_then(|c| c.ty.as_ref());
+                if let Some(v) = ty.and_then(|t| cedar_value(t, payload)) {
+                    m.insert(normalize(k), v);
+                }
+            }
+            Value::Object(m)
+        }
+        (Ty::Result { ok, err }, Value::Object(o)) => {
+            let mut m = Map::new();
+            for (k, t) in [("ok", ok), ("err", err)] {
+                if let (Some(p), Some(t)) = (o.get(k), t) {
+                    if let Some(v) = cedar_value(t, p) {
+                        m.insert(k.into(), v);
+                    }
+                }
+            }
+            Value::Object(m)
+        }
+        (Ty::Map(_, vt), Value::Object(o)) => Value::Object(
+            o.iter()
+                .filter_map(|(k, v)| cedar_value(vt, v).map(|v| (k.clone(), v)))
+                .collect(),
+        ),
+        (_, Value::Array(items)) => Value::Array(items.iter().filter_map(|i| cedar_value(&Ty::String, i)).collect()),
+        (_, Value::Object(_)) => return None,
+        (_, other) => other.clone(),
+    })
+}
+
+/// Cedar string literal.
+fn lit(s: &str) -> String {
+    serde_json::to_string(s).unwrap_or_default()
+}
+
+/// The Cedar condition "this request is for tool `name`": the function's
+/// bare name, its qualified name, or either prefixed by the tool's name.
+fn matches_tool(name: &str) -> String {
+    let n = lit(&normalize(name));
+    format!("(context.function == {n} || context.function_path == {n} || context.qualified == {n})")
+}
+
+/// The 1-based line of `needle` (a YAML key) in `text`, after `from_line`.
+fn line_of(text: &str, needle: &str) -> Option<usize> {
+    text.lines().position(|l| l.trim_start().starts_with(needle)).map(|i| i + 1)
+}
+
+fn compile(file: &str, text: &str, index: usize, doc: Document) -> Result<Compiled, Error> {
+    let mut src: Vec<(String, String, String, bool)> = Vec::new(); // (id, label, text, approval)
+    let scope = format!("{}{}", file, if index > 0 { format!(" (document {})", index + 1) } else { String::new() });
+    let approval_tools: HashSet<String> = doc.approval.required_for.iter().map(|r| normalize(&r.tool)).collect();
+    for (i, tool) in doc.policy.allow_tools.iter().enumerate() {
+        src.push((
+            format!("allow{i}"),
+            format!("{scope}: policy.allow_tools[{i}] ({tool})"),
+            format!("permit (principal, action == Action::\"invoke\", resource) when {{ {} }};", matches_tool(tool)),
+            false,
+        ));
+    }
+    for (i, tool) in doc.policy.deny_tools.iter().enumerate() {
+        let m = matches_tool(tool);
+        if approval_tools.contains(&normalize(tool)) {
+            src.push((
+                format!("deny{i}"),
+                format!("{scope}: policy.deny_tools[{i}] ({tool}): never autonomous, escalate to a human"),
+                format!("forbid (principal, action == Action::\"invoke\", resource) when {{ {m} }} unless {{ context.approved }};"),
+                true,
+            ));
+            src.push((
+                format!("deny{i}_approved"),
+                format!("{scope}: policy.deny_tools[{i}] ({tool}) with a human's approval"),
+                format!("permit (principal, action == Action::\"invoke\", resource) when {{ {m} && context.approved }};"),
+                false,
+            ));
+        } else {
+            src.push((
+                format!("deny{i}"),
+                format!("{scope}: policy.deny_tools[{i}] ({tool})"),
+                format!("forbid (principal, action == Action::\"invoke\", resource) when {{ {m} }};"),
+                false,
+            ));
+        }
+    }
+    let mut amounts = Vec::new();
+    for (i, rule) in doc.approval.required_for.iter().enumerate() {
+        let key = format!("r{i}");
+        let m = matches_tool(&rule.tool);
+        let (cond, label) = match rule.threshold_usd {
+            Some(t) => (
+                format!("{m} && (context.amounts.{key} < 0 || context.amounts.{key} > {})", (t * 1_000_000.0).round() as i64),
+                format!(
+                    "{scope}: approval.required_for[{i}] ({} over {t} USD, amount from `{}`)",
+                    rule.tool,
+                    rule.amount_field.as_deref().unwrap_or("amount_usd")
+                ),
+            ),
+            None => (m, format!("{scope}: approval.required_for[{i}] ({})", rule.tool)),
+        };
+        amounts.push((key, rule.amount_field.clone()));
+        src.push((
+            format!("approval{i}"),
+            label,
+            format!("forbid (principal, action == Action::\"invoke\", resource) when {{ {cond} }} unless {{ context.approved }};"),
+            true,
+        ));
+    }
+    let mut set = PolicySet::new();
+    let mut labels = HashMap::new();
+    let mut approval_ids = HashSet::new();
+    for (id, label, text, approval) in src {
+        let policy = cedar_policy::Policy::parse(Some(PolicyId::new(&id)), &text)
+            .map_err(|e| Error::internal(format!("generated Cedar for {label} does not parse: {e}")))?;
+        set.add(policy).map_err(|e| Error::internal(e.to_string()))?;
+        if approval {
+            approval_ids.insert(id.clone());
+        }
+        labels.insert(id, label);
+    }
+    if let Some(cedar) = &doc.cedar {
+        let base = line_of(text, "cedar:").unwrap_or(0);
+        let parsed = PolicySet::from_str(cedar).map_err(|e| {
+            policy_error(format!("{scope}:{}: cedar: {e}", base + 1))
+        })?;
+        for (n, p) in parsed.policies().enumerate() {
+            let id = format!("cedar{n}");
+            let label = match p.annotation("id") {
+                Some(name) => format!("{scope}: cedar policy `{name}`"),
+                None => format!("{scope}: cedar policy #{}", n + 1),
+            };
+            set.add(p.new_id(PolicyId::new(&id))).map_err(|e| policy_error(format!("{label}: {e}")))?;
+            labels.insert(id, label);
+        }
+    }
+    Ok(Compiled {
+        doc,
+        set,
+        labels,
+        approval_ids,
+        amounts,
+    })
+}
+
+/// The settings for a function in a document: by function name (bare or
+/// qualified, optionally prefixed by the tool), else by tool name.
+pub fn tool_settings<'d>(doc: &'d Document, tool: &str, function: &FunctionInfo) -> Option<&'d ToolSettings> {
+    let tool = normalize(tool);
+    let bare = normalize(&function.function);
+    let path = normalize(&function.name);
+    let forms = [bare.clone(), path.clone(), format!("{tool}/{path}"), format!("{tool}/{bare}")];
+    doc.tools
+        .iter()
+        .find(|(k, _)| forms.contains(&normalize(k)))
+        .or_else(|| doc.tools.iter().find(|(k, _)| normalize(k) == tool))
+        .map(|(_, v)| v)
+}
