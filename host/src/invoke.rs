@@ -41,6 +41,8 @@ pub struct Usage {
 /// shape.
 #[derive(Debug, Clone, Serialize)]
 pub struct Outcome {
+    /// Unique id of this invocation (in the audit trail too).
+    pub invocation_id: String,
     pub ok: bool,
     /// The function's result as JSON (`null` for a function without one).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -64,8 +66,9 @@ fn is_zero(n: &u64) -> bool {
 }
 
 impl Outcome {
-    fn failed(error: Error) -> Outcome {
+    fn failed(invocation_id: String, error: Error) -> Outcome {
         Outcome {
+            invocation_id,
             ok: false,
             result: None,
             error: Some(error),
@@ -103,24 +106,50 @@ impl Host {
 
     /// Run one invocation of `tool` through the gate and the sandbox.
     pub async fn invoke(&self, tool: &Tool, call: &Call) -> Outcome {
+        let invocation_id = new_invocation_id();
         let (function, export) = match tool.function(&call.function) {
             Ok(f) => f,
-            Err(e) => return Outcome::failed(e),
+            Err(e) => return Outcome::failed(invocation_id, e),
         };
         let params = match value::args_to_vals(&function.name, &function.params, &call.args) {
             Ok(p) => p,
-            Err(msg) => return Outcome::failed(Error::invalid_args(msg)),
+            Err(msg) => return Outcome::failed(invocation_id, Error::invalid_args(msg)),
         };
         let request = InvocationRequest {
+            invocation_id: &invocation_id,
             tool: tool.name(),
             function,
             args: &call.args,
             context: &call.context,
+            limits: &call.limits,
         };
-        let admission = match self.gate.admit(&request) {
+        let admission = match self.gate.admit(&request).await {
             Ok(a) => a,
-            Err(e) => return Outcome::failed(e),
+            Err(refusal) => {
+                // Refusals are audited too; if even that fails, say so.
+                let usage = Usage::default();
+                let report = InvocationReport {
+                    invocation_id: &invocation_id,
+                    tool: tool.name(),
+                    function: &function.name,
+                    context: &call.context,
+                    args: &call.args,
+                    result: None,
+                    error: Some(&refusal),
+                    usage: &usage,
+                    outbound: &[],
+                };
+                let error = match self.gate.complete(None, &report).await {
+                    Ok(()) => refusal,
+                    Err(e) => e,
+                };
+                return Outcome::failed(invocation_id, error);
+            }
         };
+        let limits = admission
+            .limits
+            .clone()
+            .unwrap_or_else(|| call.limits.clone());
         let mediator = Mediator::new(self.gate.clone(), admission);
         let out = sandbox::run(
             self.runtime.engine(),
@@ -129,7 +158,7 @@ impl Host {
                 export,
                 params: &params,
                 result_count: usize::from(function.result.is_some()),
-                limits: &call.limits,
+                limits: &limits,
                 grants: &mediator.admission().grants,
                 mediator: mediator.clone(),
             },
@@ -140,13 +169,13 @@ impl Host {
             .result
             .and_then(|vals| match (&function.result, vals.first()) {
                 (Some(ty), Some(val)) => {
-                    let mut budget = call.limits.max_output_bytes;
+                    let mut budget = limits.max_output_bytes;
                     value::val_to_json(ty, val, &mut budget).map_err(|value::OverBudget| {
                         Error::new(
                             ErrorKind::OutputTooLarge,
                             format!(
                                 "the result is larger than the {}-byte output cap",
-                                call.limits.max_output_bytes
+                                limits.max_output_bytes
                             ),
                         )
                     })
@@ -164,14 +193,21 @@ impl Host {
             Err(e) => (None, Some(e)),
         };
         let report = InvocationReport {
+            invocation_id: &invocation_id,
             tool: tool.name(),
             function: &function.name,
             context: &call.context,
+            args: &call.args,
+            result: result.as_ref(),
             error: error.as_ref(),
             usage: &usage,
             outbound: &outbound,
         };
-        if let Err(e) = self.gate.complete(mediator.admission(), &report).await {
+        if let Err(e) = self
+            .gate
+            .complete(Some(mediator.admission()), &report)
+            .await
+        {
             // The outcome could not be recorded: it must not be returned as
             // if it had been.
             error = Some(e);
@@ -187,6 +223,7 @@ impl Host {
             ..
         } = out.stderr;
         Outcome {
+            invocation_id,
             ok: error.is_none(),
             result: if error.is_none() { result } else { None },
             error,
@@ -200,4 +237,12 @@ impl Host {
             outbound,
         }
     }
+}
+
+/// A new invocation id: `inv_` and 128 random bits in hex.
+pub fn new_invocation_id() -> String {
+    use rand_core::RngCore;
+    let mut bytes = [0u8; 16];
+    rand_core::OsRng.fill_bytes(&mut bytes);
+    format!("inv_{}", hex::encode(bytes))
 }

@@ -5,6 +5,8 @@
 //! limits, and passes one gate (policy → budget → audit). See
 //! `ARCHITECTURE.md` for the code map.
 
+pub mod audit;
+pub mod budget;
 pub mod capability;
 pub mod error;
 pub mod gate;
@@ -14,6 +16,8 @@ pub mod policy;
 pub mod runtime;
 pub mod sandbox;
 pub mod schema;
+pub mod secrets;
+pub mod storage;
 pub mod tool;
 pub mod value;
 

@@ -8,7 +8,8 @@
 //!   [`crate::gate::Grants`] and wired in [`crate::sandbox`].
 //!
 //! Every outbound use goes through one [`Mediator`] per invocation, which asks
-//! the gate and records the decision as a [`CapabilityEvent`].
+//! the gate and records the decision — and, for HTTP, what happened — as a
+//! [`CapabilityEvent`].
 
 pub mod http;
 pub mod log;
@@ -19,6 +20,21 @@ use serde::Serialize;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+/// What happened to an allowed outbound call.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct CallResult {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    /// Response body bytes the guest read.
+    pub response_bytes: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub latency_ms: Option<u64>,
+    /// Why it failed or was stopped after the gate allowed it (a refused
+    /// address, a timeout, the response cap).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
 /// One outbound use of a capability and the gate's decision on it.
 #[derive(Debug, Clone, Serialize)]
 pub struct CapabilityEvent {
@@ -28,6 +44,8 @@ pub struct CapabilityEvent {
     pub rule: String,
     /// Milliseconds since the invocation started.
     pub at_ms: u64,
+    #[serde(flatten)]
+    pub result: CallResult,
 }
 
 /// The per-invocation link between running guest code and the gate.
@@ -56,19 +74,41 @@ impl Mediator {
         &self.admission
     }
 
-    /// Ask the gate about one outbound call and record its answer.
-    pub fn check(&self, call: OutboundCall) -> Verdict {
+    /// Ask the gate about one outbound call and record its answer. Returns
+    /// the verdict and the event's index, for [`Mediator::update`].
+    pub fn check(&self, call: OutboundCall) -> (Verdict, Option<usize>) {
         let verdict = self.gate.outbound(&self.admission, &call);
         let mut events = self.events.lock().unwrap_or_else(|e| e.into_inner());
-        if events.len() < MAX_EVENTS {
+        let index = (events.len() < MAX_EVENTS).then(|| {
             events.push(CapabilityEvent {
                 call,
                 allowed: verdict.allowed,
                 rule: verdict.rule.clone(),
                 at_ms: self.started.elapsed().as_millis() as u64,
+                result: CallResult::default(),
             });
+            events.len() - 1
+        });
+        (verdict, index)
+    }
+
+    /// Record what happened to an allowed call; `refused` turns it into a
+    /// denial with that rule (e.g. its address was off limits).
+    pub fn update(
+        &self,
+        index: Option<usize>,
+        f: impl FnOnce(&mut CallResult),
+        refused: Option<String>,
+    ) {
+        let Some(i) = index else { return };
+        let mut events = self.events.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(e) = events.get_mut(i) {
+            f(&mut e.result);
+            if let Some(rule) = refused {
+                e.allowed = false;
+                e.rule = rule;
+            }
         }
-        verdict
     }
 
     /// The recorded events.

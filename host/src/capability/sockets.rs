@@ -37,6 +37,7 @@ pub fn address_check(
                 addr,
                 operation: operation(use_),
             })
+            .0
             .allowed;
         Box::pin(async move { allowed })
     }

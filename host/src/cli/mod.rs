@@ -2,6 +2,9 @@
 //! stdout and its exit codes (0 success, 1 the invocation or command failed,
 //! 2 bad usage).
 
+mod audit;
+mod budget;
+mod data;
 mod docs;
 mod inspect;
 mod run;
@@ -22,10 +25,16 @@ enum Command {
     /// List a component's functions with descriptions and JSON Schemas.
     Inspect(inspect::Args),
     /// Run one function of a component once, under limits.
-    Run(run::Args),
+    Run(Box<run::Args>),
     /// Work with a tool's WIT docs.
     #[command(subcommand)]
     Docs(docs::Command),
+    /// Verify, export and prune the tamper-evident audit trail.
+    #[command(subcommand)]
+    Audit(audit::Command),
+    /// Report model tokens against a task; show budget ledgers.
+    #[command(subcommand)]
+    Budget(budget::Command),
 }
 
 /// Options shared by commands that load a component.
@@ -52,8 +61,10 @@ pub async fn main() -> i32 {
     let cli = Cli::parse();
     match cli.command {
         Command::Inspect(args) => inspect::main(args),
-        Command::Run(args) => run::main(args).await,
+        Command::Run(args) => run::main(*args).await,
         Command::Docs(cmd) => docs::main(cmd),
+        Command::Audit(cmd) => audit::main(cmd).await,
+        Command::Budget(cmd) => budget::main(cmd).await,
     }
 }
 

@@ -2,6 +2,7 @@
 
 use super::ComponentArgs;
 use std::io::Read;
+use std::path::PathBuf;
 use std::sync::Arc;
 use toolhost::gate::{CallContext, SandboxOnly};
 use toolhost::limits::{parse_bytes, parse_duration};
@@ -36,6 +37,30 @@ pub struct Args {
     /// Print one JSON object with the outcome, usage, stdout and stderr.
     #[arg(long)]
     json: bool,
+    /// Run through the governed gate with this policy file: its decisions,
+    /// grants, limits and budgets apply, and the invocation is audited in
+    /// the data dir. Without it, nothing is granted and nothing recorded.
+    #[arg(long, value_name = "FILE")]
+    policy: Option<PathBuf>,
+    /// The tenant the call is made for.
+    #[arg(long)]
+    tenant: Option<String>,
+    /// The workflow (default: the policy's only workflow).
+    #[arg(long)]
+    workflow: Option<String>,
+    /// The task id, for per-task budgets.
+    #[arg(long)]
+    task: Option<String>,
+    /// Secret values (a YAML/JSON map), for `{{secret:NAME}}` in the policy;
+    /// `TOOLHOST_SECRET_<NAME>` environment variables work too.
+    #[arg(long, value_name = "FILE")]
+    secrets: Option<PathBuf>,
+    /// Print the audit records this invocation produced (to stderr, or in
+    /// the --json object as `audit`).
+    #[arg(long)]
+    audit: bool,
+    #[command(flatten)]
+    data: super::data::DataDir,
 }
 
 fn limits(args: &Args) -> Result<Limits, String> {
@@ -112,22 +137,67 @@ pub async fn main(args: Args) -> i32 {
         Ok(t) => t,
         Err(e) => return fail(args.json, e),
     };
-    let host = Host::new(runtime, Arc::new(SandboxOnly));
+    let context = CallContext {
+        tenant: args.tenant.clone(),
+        workflow: args.workflow.clone(),
+        task_id: args.task.clone(),
+        principal: Some("cli".into()),
+    };
+    let (host, audit) = match &args.policy {
+        None => (Host::new(runtime, Arc::new(SandboxOnly)), None),
+        Some(policy) => {
+            match super::data::governed(&args.data, policy, args.secrets.as_deref()).await {
+                Ok(gate) => {
+                    let audit = gate.audit().clone();
+                    (Host::new(runtime, Arc::new(gate)), Some(audit))
+                }
+                Err(e) => return fail(args.json, e),
+            }
+        }
+    };
+    let chain = toolhost::audit::chain_of(args.tenant.as_deref());
+    let head_before = match &audit {
+        Some(a) if args.audit => a.storage().checkpoints(&chain).await.ok().and_then(|c| {
+            c.into_iter()
+                .filter(|c| c.kind == "head")
+                .map(|c| c.seq)
+                .max()
+        }),
+        _ => None,
+    };
     let call = Call {
         function: args.function.clone(),
         args: call_args,
         limits,
-        context: CallContext::default(),
+        context,
     };
     let outcome = host.invoke(&tool, &call).await;
+    let mut records = Vec::new();
+    if let (Some(a), true) = (&audit, args.audit) {
+        let entries = a
+            .storage()
+            .audit_read(&chain, head_before.unwrap_or(0), 100_000)
+            .await
+            .unwrap_or_default();
+        for e in entries {
+            if e.body.contains(&outcome.invocation_id) {
+                records.push(serde_json::json!({
+                    "chain": e.chain, "seq": e.seq, "hash": e.hash, "prev_hash": e.prev_hash,
+                    "record": serde_json::from_str::<serde_json::Value>(&e.body).unwrap_or_default(),
+                }));
+            }
+        }
+    }
     if args.json {
-        println!(
-            "{}",
-            serde_json::to_string(&outcome).unwrap_or_else(|e| format!(
-                "{{\"ok\":false,\"error\":{{\"kind\":\"internal\",\"message\":\"{e}\"}}}}"
-            ))
-        );
+        let mut v = serde_json::to_value(&outcome).unwrap_or_default();
+        if args.audit {
+            v["audit"] = serde_json::Value::Array(records);
+        }
+        println!("{v}");
     } else {
+        for r in &records {
+            eprintln!("audit: {r}");
+        }
         // The guest's own output goes to stderr: stdout is the result alone.
         eprint!("{}", outcome.stdout);
         if outcome.stdout_truncated {

@@ -12,17 +12,29 @@
 //! * [`Gate::outbound`] decides each HTTP request or socket address the guest
 //!   uses while it runs. A denial is an ordinary error for the guest.
 //! * [`Gate::complete`] settles the budget and appends the audit record; the
-//!   response is not returned before it resolves.
+//!   response is not returned before it resolves. It is called for refused
+//!   invocations too (with no admission), so refusals are audited.
 //!
 //! Invariant: nothing reaches the sandbox, and nothing leaves it, except
 //! through these three calls.
 
+pub mod governed;
+
+use crate::capability::CapabilityEvent;
 use crate::error::Result;
+use crate::limits::Limits;
+use crate::secrets::Secret;
 use crate::tool::FunctionInfo;
+use ipnet::IpNet;
 use serde::Serialize;
+use std::any::Any;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use governed::Governed;
 
 /// Who is calling, on whose behalf, as part of what.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -30,15 +42,20 @@ pub struct CallContext {
     pub tenant: Option<String>,
     pub workflow: Option<String>,
     pub task_id: Option<String>,
+    /// The caller's identity (an API key id; `cli` for `host run`).
+    pub principal: Option<String>,
 }
 
 /// An invocation about to run, as the gate sees it.
 pub struct InvocationRequest<'a> {
+    pub invocation_id: &'a str,
     /// The tool's name (registered name, or the file name for `host run`).
     pub tool: &'a str,
     pub function: &'a FunctionInfo,
     pub args: &'a serde_json::Value,
     pub context: &'a CallContext,
+    /// The limits the caller asked for.
+    pub limits: &'a Limits,
 }
 
 /// A directory the guest may see.
@@ -49,22 +66,27 @@ pub struct Preopen {
     pub writable: bool,
 }
 
-/// Capabilities granted to one invocation. Empty by default: no files, no
-/// environment, no name lookups. (Outbound HTTP and socket addresses are
-/// decided per call by [`Gate::outbound`].)
-#[derive(Debug, Clone, Default, Serialize)]
+/// Capabilities granted to one invocation up front. Empty by default: no
+/// files, no environment, no name lookups. (Outbound HTTP and socket
+/// addresses are decided per call by [`Gate::outbound`].)
+#[derive(Debug, Clone, Default)]
 pub struct Grants {
-    pub env: Vec<(String, String)>,
+    /// Values may be secrets: they are never logged or audited.
+    pub env: Vec<(String, Secret)>,
     pub preopens: Vec<Preopen>,
     pub ip_name_lookup: bool,
 }
 
 /// The gate's permission for one invocation to run.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct Admission {
     pub grants: Grants,
     /// The rule that admitted the invocation.
     pub rule: String,
+    /// Limits as the gate set them (a policy may override the caller's).
+    pub limits: Option<Limits>,
+    /// The gate's own per-invocation state.
+    pub state: Option<Arc<dyn Any + Send + Sync>>,
 }
 
 /// An outbound use of a capability by a running guest.
@@ -102,24 +124,52 @@ impl OutboundCall {
     }
 }
 
+/// How an allowed HTTP request is to be sent.
+#[derive(Debug, Clone, Default)]
+pub struct HttpPermit {
+    /// Headers set at the host boundary (values may hold secrets).
+    pub headers: Vec<(String, Secret)>,
+    pub max_response_bytes: u64,
+    pub timeout: Option<Duration>,
+    /// Restricted address ranges the destination may resolve to anyway.
+    pub allow_cidrs: Vec<IpNet>,
+    /// An `Idempotency-Key` to send, if the invocation has one.
+    pub idempotency_key: Option<String>,
+}
+
 /// The gate's answer to an outbound call.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone)]
 pub struct Verdict {
     pub allowed: bool,
     /// The rule that decided.
     pub rule: String,
+    /// For an allowed HTTP request: how to send it.
+    pub http: Option<HttpPermit>,
+}
+
+impl Verdict {
+    pub fn deny(rule: impl Into<String>) -> Verdict {
+        Verdict {
+            allowed: false,
+            rule: rule.into(),
+            http: None,
+        }
+    }
 }
 
 /// What the gate learns when an invocation is over.
-#[derive(Debug, Clone, Serialize)]
 pub struct InvocationReport<'a> {
+    pub invocation_id: &'a str,
     pub tool: &'a str,
     pub function: &'a str,
     pub context: &'a CallContext,
+    pub args: &'a serde_json::Value,
+    /// The result, when the invocation succeeded.
+    pub result: Option<&'a serde_json::Value>,
     /// `None` when the invocation succeeded.
     pub error: Option<&'a crate::Error>,
     pub usage: &'a crate::invoke::Usage,
-    pub outbound: &'a [crate::capability::CapabilityEvent],
+    pub outbound: &'a [CapabilityEvent],
 }
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -127,15 +177,16 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// The one gate every invocation and every outbound call passes.
 pub trait Gate: Send + Sync + 'static {
     /// Policy, then budget: may this invocation run, and with what grants?
-    fn admit(&self, request: &InvocationRequest<'_>) -> Result<Admission>;
+    fn admit<'a>(&'a self, request: &'a InvocationRequest<'a>) -> BoxFuture<'a, Result<Admission>>;
 
     /// Decide one outbound call of a running invocation.
     fn outbound(&self, admission: &Admission, call: &OutboundCall) -> Verdict;
 
-    /// Settle the budget and record the invocation durably.
+    /// Settle the budget and record the invocation durably. `admission` is
+    /// `None` when [`Gate::admit`] refused it.
     fn complete<'a>(
         &'a self,
-        admission: &'a Admission,
+        admission: Option<&'a Admission>,
         report: &'a InvocationReport<'a>,
     ) -> BoxFuture<'a, Result<()>>;
 }
@@ -151,23 +202,25 @@ impl SandboxOnly {
 }
 
 impl Gate for SandboxOnly {
-    fn admit(&self, _request: &InvocationRequest<'_>) -> Result<Admission> {
-        Ok(Admission {
-            grants: Grants::default(),
-            rule: Self::RULE.to_string(),
+    fn admit<'a>(
+        &'a self,
+        _request: &'a InvocationRequest<'a>,
+    ) -> BoxFuture<'a, Result<Admission>> {
+        Box::pin(async {
+            Ok(Admission {
+                rule: Self::RULE.to_string(),
+                ..Admission::default()
+            })
         })
     }
 
     fn outbound(&self, _admission: &Admission, _call: &OutboundCall) -> Verdict {
-        Verdict {
-            allowed: false,
-            rule: Self::RULE.to_string(),
-        }
+        Verdict::deny(Self::RULE)
     }
 
     fn complete<'a>(
         &'a self,
-        _admission: &'a Admission,
+        _admission: Option<&'a Admission>,
         _report: &'a InvocationReport<'a>,
     ) -> BoxFuture<'a, Result<()>> {
         Box::pin(async { Ok(()) })

@@ -247,7 +247,9 @@ impl<'de> Deserialize<'de> for Cidr {
         s.parse::<IpNet>()
             .or_else(|_| s.parse::<std::net::IpAddr>().map(IpNet::from))
             .map(Cidr)
-            .map_err(|_| serde::de::Error::custom(format!("`{s}` is not a CIDR block (e.g. 10.0.0.0/8)")))
+            .map_err(|_| {
+                serde::de::Error::custom(format!("`{s}` is not a CIDR block (e.g. 10.0.0.0/8)"))
+            })
     }
 }
 
@@ -296,6 +298,8 @@ fn duration_opt<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::
     match Option::<Dur>::deserialize(d)? {
         None => Ok(None),
         Some(Dur::N(ms)) => Ok(Some(Duration::from_millis(ms))),
-        Some(Dur::S(s)) => parse_duration(&s).map(Some).map_err(serde::de::Error::custom),
+        Some(Dur::S(s)) => parse_duration(&s)
+            .map(Some)
+            .map_err(serde::de::Error::custom),
     }
 }

@@ -118,7 +118,11 @@ impl Policy {
                     .location()
                     .map(|l| format!("{name}:{}:{}", l.line(), l.column()))
                     .unwrap_or_else(|| format!("{name} (document {})", i + 1));
-                let field = if path == "." { String::new() } else { format!("{path}: ") };
+                let field = if path == "." {
+                    String::new()
+                } else {
+                    format!("{path}: ")
+                };
                 let msg = inner.to_string();
                 // serde_yaml_ng appends " at line L column C"; the prefix says it.
                 let msg = msg.split(" at line ").next().unwrap_or(&msg).to_string();
@@ -135,7 +139,11 @@ impl Policy {
                 return Err(policy_error(format!(
                     "{name}: two documents govern workflow `{}`{}",
                     d.doc.workflow,
-                    d.doc.tenant.as_deref().map(|t| format!(" for tenant `{t}`")).unwrap_or_default()
+                    d.doc
+                        .tenant
+                        .as_deref()
+                        .map(|t| format!(" for tenant `{t}`"))
+                        .unwrap_or_default()
                 )));
             }
         }
@@ -153,7 +161,11 @@ impl Policy {
     /// The workflow a request without one falls under: the only workflow the
     /// file names, if it names exactly one.
     pub fn default_workflow(&self) -> Option<&str> {
-        let mut names = self.documents.iter().map(|d| d.doc.workflow.as_str()).filter(|w| *w != "*");
+        let mut names = self
+            .documents
+            .iter()
+            .map(|d| d.doc.workflow.as_str())
+            .filter(|w| *w != "*");
         let first = names.next()?;
         names.all(|w| w == first).then_some(first)
     }
@@ -188,7 +200,9 @@ impl Policy {
                     "{}: default deny: no policy document governs workflow `{}`{}",
                     self.name,
                     s.workflow.unwrap_or("(none)"),
-                    s.tenant.map(|t| format!(" for tenant `{t}`")).unwrap_or_default()
+                    s.tenant
+                        .map(|t| format!(" for tenant `{t}`"))
+                        .unwrap_or_default()
                 ),
             };
         };
@@ -208,7 +222,11 @@ impl Compiled {
         };
         let (req, entities) = request;
         let response = Authorizer::new().is_authorized(&req, &self.set, &entities);
-        let errors: Vec<String> = response.diagnostics().errors().map(|e| e.to_string()).collect();
+        let errors: Vec<String> = response
+            .diagnostics()
+            .errors()
+            .map(|e| e.to_string())
+            .collect();
         if !errors.is_empty() {
             let hint = if errors.iter().any(|e| e.contains("decimal")) {
                 " (fractional numbers are Cedar decimals: compare with decimal(\"50.0\"))"
@@ -217,7 +235,11 @@ impl Compiled {
             };
             return deny(format!("{file}: fail closed: {}{hint}", errors.join("; ")));
         }
-        let reasons: Vec<String> = response.diagnostics().reason().map(|id| id.to_string()).collect();
+        let reasons: Vec<String> = response
+            .diagnostics()
+            .reason()
+            .map(|id| id.to_string())
+            .collect();
         let labels = || {
             let mut l: Vec<&str> = reasons
                 .iter()
@@ -236,10 +258,12 @@ impl Compiled {
                 self.doc.workflow,
                 normalize(&s.function.name)
             )),
-            CedarDecision::Deny if reasons.iter().all(|id| self.approval_ids.contains(id)) => Decision {
-                effect: Effect::NeedsApproval,
-                rule: labels(),
-            },
+            CedarDecision::Deny if reasons.iter().all(|id| self.approval_ids.contains(id)) => {
+                Decision {
+                    effect: Effect::NeedsApproval,
+                    rule: labels(),
+                }
+            }
             CedarDecision::Deny => {
                 // Name only the hard forbids: they are why approval cannot help.
                 let hard: Vec<&str> = reasons
@@ -275,8 +299,11 @@ impl Compiled {
         });
         let context = Context::from_json_value(context, None).map_err(|e| e.to_string())?;
         let uid = |ty: &str, id: &str| {
-            EntityUid::from_str(&format!("{ty}::{}", serde_json::to_string(id).unwrap_or_default()))
-                .map_err(|e| e.to_string())
+            EntityUid::from_str(&format!(
+                "{ty}::{}",
+                serde_json::to_string(id).unwrap_or_default()
+            ))
+            .map_err(|e| e.to_string())
         };
         let tenant = uid("Tenant", s.tenant.unwrap_or(""))?;
         let principal = uid("Caller", s.principal)?;
@@ -293,7 +320,8 @@ impl Compiled {
         )
         .map_err(|e| e.to_string())?;
         let action = uid("Action", "invoke")?;
-        let request = Request::new(principal, action, resource, context, None).map_err(|e| e.to_string())?;
+        let request =
+            Request::new(principal, action, resource, context, None).map_err(|e| e.to_string())?;
         Ok((request, entities))
     }
 }
@@ -303,7 +331,9 @@ fn amount_micros(args: &Value, field: Option<&str>) -> Option<i64> {
     let found = match field {
         Some(f) if f.starts_with('/') => args.pointer(f),
         Some(f) => f.split('.').try_fold(args, |v, k| {
-            v.get(k).or_else(|| v.get(k.replace('_', "-"))).or_else(|| v.get(k.replace('-', "_")))
+            v.get(k)
+                .or_else(|| v.get(k.replace('_', "-")))
+                .or_else(|| v.get(k.replace('-', "_")))
         }),
         None => args.get("amount_usd").or_else(|| args.get("amount-usd")),
     }?;
@@ -344,9 +374,12 @@ fn cedar_value(ty: &Ty, v: &Value) -> Option<Value> {
         (Ty::List(t) | Ty::FixedList(t, _), Value::Array(items)) => {
             Value::Array(items.iter().filter_map(|i| cedar_value(t, i)).collect())
         }
-        (Ty::Tuple(ts), Value::Array(items)) => {
-            Value::Array(ts.iter().zip(items).filter_map(|(t, i)| cedar_value(t, i)).collect())
-        }
+        (Ty::Tuple(ts), Value::Array(items)) => Value::Array(
+            ts.iter()
+                .zip(items)
+                .filter_map(|(t, i)| cedar_value(t, i))
+                .collect(),
+        ),
         (Ty::Record(r), Value::Object(o)) => {
             let mut m = Map::new();
             for f in &r.items {
@@ -360,7 +393,11 @@ fn cedar_value(ty: &Ty, v: &Value) -> Option<Value> {
         (Ty::Variant(var), Value::Object(o)) => {
             let mut m = Map::new();
             for (k, payload) in o {
-                let ty = var.items.iter().find(|c| c.name == *k || normalize(&c.name) == *k).and_then(|c| c.ty.as_ref());
+                let ty = var
+                    .items
+                    .iter()
+                    .find(|c| c.name == *k || normalize(&c.name) == *k)
+                    .and_then(|c| c.ty.as_ref());
                 if let Some(v) = ty.and_then(|t| cedar_value(t, payload)) {
                     m.insert(normalize(k), v);
                 }
@@ -370,10 +407,10 @@ fn cedar_value(ty: &Ty, v: &Value) -> Option<Value> {
         (Ty::Result { ok, err }, Value::Object(o)) => {
             let mut m = Map::new();
             for (k, t) in [("ok", ok), ("err", err)] {
-                if let (Some(p), Some(t)) = (o.get(k), t) {
-                    if let Some(v) = cedar_value(t, p) {
-                        m.insert(k.into(), v);
-                    }
+                if let (Some(p), Some(t)) = (o.get(k), t)
+                    && let Some(v) = cedar_value(t, p)
+                {
+                    m.insert(k.into(), v);
                 }
             }
             Value::Object(m)
@@ -383,7 +420,12 @@ fn cedar_value(ty: &Ty, v: &Value) -> Option<Value> {
                 .filter_map(|(k, v)| cedar_value(vt, v).map(|v| (k.clone(), v)))
                 .collect(),
         ),
-        (_, Value::Array(items)) => Value::Array(items.iter().filter_map(|i| cedar_value(&Ty::String, i)).collect()),
+        (_, Value::Array(items)) => Value::Array(
+            items
+                .iter()
+                .filter_map(|i| cedar_value(&Ty::String, i))
+                .collect(),
+        ),
         (_, Value::Object(_)) => return None,
         (_, other) => other.clone(),
     })
@@ -403,18 +445,36 @@ fn matches_tool(name: &str) -> String {
 
 /// The 1-based line of `needle` (a YAML key) in `text`, after `from_line`.
 fn line_of(text: &str, needle: &str) -> Option<usize> {
-    text.lines().position(|l| l.trim_start().starts_with(needle)).map(|i| i + 1)
+    text.lines()
+        .position(|l| l.trim_start().starts_with(needle))
+        .map(|i| i + 1)
 }
 
 fn compile(file: &str, text: &str, index: usize, doc: Document) -> Result<Compiled, Error> {
     let mut src: Vec<(String, String, String, bool)> = Vec::new(); // (id, label, text, approval)
-    let scope = format!("{}{}", file, if index > 0 { format!(" (document {})", index + 1) } else { String::new() });
-    let approval_tools: HashSet<String> = doc.approval.required_for.iter().map(|r| normalize(&r.tool)).collect();
+    let scope = format!(
+        "{}{}",
+        file,
+        if index > 0 {
+            format!(" (document {})", index + 1)
+        } else {
+            String::new()
+        }
+    );
+    let approval_tools: HashSet<String> = doc
+        .approval
+        .required_for
+        .iter()
+        .map(|r| normalize(&r.tool))
+        .collect();
     for (i, tool) in doc.policy.allow_tools.iter().enumerate() {
         src.push((
             format!("allow{i}"),
             format!("{scope}: policy.allow_tools[{i}] ({tool})"),
-            format!("permit (principal, action == Action::\"invoke\", resource) when {{ {} }};", matches_tool(tool)),
+            format!(
+                "permit (principal, action == Action::\"invoke\", resource) when {{ {} }};",
+                matches_tool(tool)
+            ),
             false,
         ));
     }
@@ -437,7 +497,9 @@ fn compile(file: &str, text: &str, index: usize, doc: Document) -> Result<Compil
             src.push((
                 format!("deny{i}"),
                 format!("{scope}: policy.deny_tools[{i}] ({tool})"),
-                format!("forbid (principal, action == Action::\"invoke\", resource) when {{ {m} }};"),
+                format!(
+                    "forbid (principal, action == Action::\"invoke\", resource) when {{ {m} }};"
+                ),
                 false,
             ));
         }
@@ -448,14 +510,20 @@ fn compile(file: &str, text: &str, index: usize, doc: Document) -> Result<Compil
         let m = matches_tool(&rule.tool);
         let (cond, label) = match rule.threshold_usd {
             Some(t) => (
-                format!("{m} && (context.amounts.{key} < 0 || context.amounts.{key} > {})", (t * 1_000_000.0).round() as i64),
+                format!(
+                    "{m} && (context.amounts.{key} < 0 || context.amounts.{key} > {})",
+                    (t * 1_000_000.0).round() as i64
+                ),
                 format!(
                     "{scope}: approval.required_for[{i}] ({} over {t} USD, amount from `{}`)",
                     rule.tool,
                     rule.amount_field.as_deref().unwrap_or("amount_usd")
                 ),
             ),
-            None => (m, format!("{scope}: approval.required_for[{i}] ({})", rule.tool)),
+            None => (
+                m,
+                format!("{scope}: approval.required_for[{i}] ({})", rule.tool),
+            ),
         };
         amounts.push((key, rule.amount_field.clone()));
         src.push((
@@ -469,9 +537,11 @@ fn compile(file: &str, text: &str, index: usize, doc: Document) -> Result<Compil
     let mut labels = HashMap::new();
     let mut approval_ids = HashSet::new();
     for (id, label, text, approval) in src {
-        let policy = cedar_policy::Policy::parse(Some(PolicyId::new(&id)), &text)
-            .map_err(|e| Error::internal(format!("generated Cedar for {label} does not parse: {e}")))?;
-        set.add(policy).map_err(|e| Error::internal(e.to_string()))?;
+        let policy = cedar_policy::Policy::parse(Some(PolicyId::new(&id)), &text).map_err(|e| {
+            Error::internal(format!("generated Cedar for {label} does not parse: {e}"))
+        })?;
+        set.add(policy)
+            .map_err(|e| Error::internal(e.to_string()))?;
         if approval {
             approval_ids.insert(id.clone());
         }
@@ -479,16 +549,16 @@ fn compile(file: &str, text: &str, index: usize, doc: Document) -> Result<Compil
     }
     if let Some(cedar) = &doc.cedar {
         let base = line_of(text, "cedar:").unwrap_or(0);
-        let parsed = PolicySet::from_str(cedar).map_err(|e| {
-            policy_error(format!("{scope}:{}: cedar: {e}", base + 1))
-        })?;
+        let parsed = PolicySet::from_str(cedar)
+            .map_err(|e| policy_error(format!("{scope}:{}: cedar: {e}", base + 1)))?;
         for (n, p) in parsed.policies().enumerate() {
             let id = format!("cedar{n}");
             let label = match p.annotation("id") {
                 Some(name) => format!("{scope}: cedar policy `{name}`"),
                 None => format!("{scope}: cedar policy #{}", n + 1),
             };
-            set.add(p.new_id(PolicyId::new(&id))).map_err(|e| policy_error(format!("{label}: {e}")))?;
+            set.add(p.new_id(PolicyId::new(&id)))
+                .map_err(|e| policy_error(format!("{label}: {e}")))?;
             labels.insert(id, label);
         }
     }
@@ -503,11 +573,20 @@ fn compile(file: &str, text: &str, index: usize, doc: Document) -> Result<Compil
 
 /// The settings for a function in a document: by function name (bare or
 /// qualified, optionally prefixed by the tool), else by tool name.
-pub fn tool_settings<'d>(doc: &'d Document, tool: &str, function: &FunctionInfo) -> Option<&'d ToolSettings> {
+pub fn tool_settings<'d>(
+    doc: &'d Document,
+    tool: &str,
+    function: &FunctionInfo,
+) -> Option<&'d ToolSettings> {
     let tool = normalize(tool);
     let bare = normalize(&function.function);
     let path = normalize(&function.name);
-    let forms = [bare.clone(), path.clone(), format!("{tool}/{path}"), format!("{tool}/{bare}")];
+    let forms = [
+        bare.clone(),
+        path.clone(),
+        format!("{tool}/{path}"),
+        format!("{tool}/{bare}"),
+    ];
     doc.tools
         .iter()
         .find(|(k, _)| forms.contains(&normalize(k)))

@@ -48,7 +48,9 @@ impl HostPattern {
         let host_ok = match &self.host {
             HostMatch::Any => true,
             HostMatch::Exact(h) => h == host,
-            HostMatch::Subdomains(suffix) => host.ends_with(suffix.as_str()) && host.len() > suffix.len(),
+            HostMatch::Subdomains(suffix) => {
+                host.ends_with(suffix.as_str()) && host.len() > suffix.len()
+            }
         };
         let port_ok = match self.port {
             PortMatch::Any => true,
@@ -76,11 +78,18 @@ impl FromStr for HostPattern {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, String> {
-        let bad = |why: &str| format!("`{s}` is not a destination ({why}); expected scheme://host[:port], e.g. https://api.example.com or https://*.example.com:8000-8100");
+        let bad = |why: &str| {
+            format!(
+                "`{s}` is not a destination ({why}); expected scheme://host[:port], e.g. https://api.example.com or https://*.example.com:8000-8100"
+            )
+        };
         let (scheme, rest) = s.split_once("://").ok_or_else(|| bad("no scheme"))?;
         let scheme = match scheme {
             "*" => None,
-            s if !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '+' || c == '-') => {
+            s if !s.is_empty()
+                && s.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '+' || c == '-') =>
+            {
                 Some(s.to_ascii_lowercase())
             }
             _ => return Err(bad("invalid scheme")),
@@ -141,7 +150,9 @@ impl FromStr for HostPattern {
 
 impl<'de> Deserialize<'de> for HostPattern {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
     }
 }
 
@@ -156,7 +167,8 @@ pub struct SocketGrant {
 
 impl SocketGrant {
     pub fn matches(&self, addr: &SocketAddr) -> bool {
-        self.net.contains(&canonical_ip(addr.ip())) && (self.ports.0..=self.ports.1).contains(&addr.port())
+        self.net.contains(&canonical_ip(addr.ip()))
+            && (self.ports.0..=self.ports.1).contains(&addr.port())
     }
 
     pub fn as_str(&self) -> &str {
@@ -168,7 +180,11 @@ impl FromStr for SocketGrant {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, String> {
-        let bad = || format!("`{s}` is not a socket grant; expected ADDR:PORT, CIDR:PORT or [V6-CIDR]:PORT, with PORT a number, a range or *");
+        let bad = || {
+            format!(
+                "`{s}` is not a socket grant; expected ADDR:PORT, CIDR:PORT or [V6-CIDR]:PORT, with PORT a number, a range or *"
+            )
+        };
         let (addr, port) = if let Some(after) = s.strip_prefix('[') {
             let (a, tail) = after.split_once(']').ok_or_else(bad)?;
             (a, tail.strip_prefix(':').ok_or_else(bad)?)
@@ -201,7 +217,9 @@ impl FromStr for SocketGrant {
 
 impl<'de> Deserialize<'de> for SocketGrant {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
     }
 }
 
@@ -264,9 +282,15 @@ fn restricted_v6(ip: Ipv6Addr) -> Option<&'static str> {
         Some("multicast")
     } else if seg[0] == 0x64 && seg[1] == 0xff9b {
         // NAT64: judge the embedded IPv4 address.
-        let v4 = Ipv4Addr::new((seg[6] >> 8) as u8, seg[6] as u8, (seg[7] >> 8) as u8, seg[7] as u8);
+        let v4 = Ipv4Addr::new(
+            (seg[6] >> 8) as u8,
+            seg[6] as u8,
+            (seg[7] >> 8) as u8,
+            seg[7] as u8,
+        );
         restricted_v4(v4).map(|_| "NAT64 of a restricted IPv4 address")
-    } else if seg[0] == 0 && seg[1] == 0 && seg[2] == 0 && seg[3] == 0 && seg[4] == 0 && seg[5] == 0 {
+    } else if seg[0] == 0 && seg[1] == 0 && seg[2] == 0 && seg[3] == 0 && seg[4] == 0 && seg[5] == 0
+    {
         // IPv4-compatible (deprecated) ::a.b.c.d
         Some("IPv4-compatible")
     } else if seg[0] == 0x2001 && seg[1] == 0x0db8 {
@@ -298,7 +322,14 @@ mod tests {
         assert!(p("*://*:*").matches("http", "anything", 1));
         assert!(p("https://API.Example.com.").matches("https", "api.example.com.", 443));
         assert!(p("http://[::1]:8080").matches("http", "[::1]", 8080));
-        for bad in ["api.example.com", "https://", "https://a*.b.com", "https://x.com/path", "tcp://x.com", "https://x.com:9-1"] {
+        for bad in [
+            "api.example.com",
+            "https://",
+            "https://a*.b.com",
+            "https://x.com/path",
+            "tcp://x.com",
+            "https://x.com:9-1",
+        ] {
             assert!(bad.parse::<HostPattern>().is_err(), "{bad}");
         }
     }
@@ -306,13 +337,30 @@ mod tests {
     #[test]
     fn restricted_addresses() {
         for ip in [
-            "127.0.0.1", "10.1.2.3", "172.16.0.1", "192.168.1.1", "169.254.169.254", "169.254.1.1",
-            "100.64.0.1", "0.0.0.0", "::1", "::ffff:127.0.0.1", "::ffff:169.254.169.254", "fd00::1",
-            "fe80::1", "64:ff9b::7f00:1", "224.0.0.1",
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "169.254.1.1",
+            "100.64.0.1",
+            "0.0.0.0",
+            "::1",
+            "::ffff:127.0.0.1",
+            "::ffff:169.254.169.254",
+            "fd00::1",
+            "fe80::1",
+            "64:ff9b::7f00:1",
+            "224.0.0.1",
         ] {
             assert!(restricted(ip.parse().unwrap()).is_some(), "{ip}");
         }
-        for ip in ["93.184.216.34", "8.8.8.8", "2606:4700::1111", "::ffff:8.8.8.8"] {
+        for ip in [
+            "93.184.216.34",
+            "8.8.8.8",
+            "2606:4700::1111",
+            "::ffff:8.8.8.8",
+        ] {
             assert!(restricted(ip.parse().unwrap()).is_none(), "{ip}");
         }
     }

@@ -93,7 +93,7 @@ fn wasi_ctx(run: &Run<'_>, stdout: &Capture, stderr: &Capture) -> Result<WasiCtx
     let mut b = WasiCtxBuilder::new();
     b.stdout(stdout.clone()).stderr(stderr.clone());
     for (k, v) in &run.grants.env {
-        b.env(k, v);
+        b.env(k, v.expose());
     }
     for p in &run.grants.preopens {
         let perms = if p.writable {
@@ -167,7 +167,12 @@ pub async fn run(engine: &Engine, run: Run<'_>) -> RunOutput {
     // an epoch deadline interrupts a loop that makes no calls.
     if let Err(e) = store.fuel_async_yield_interval(Some(FUEL_YIELD_INTERVAL)) {
         let log = std::mem::take(&mut store.data_mut().log);
-        return finish(Err(Error::internal(format!("setting fuel yield: {e}"))), 0, 0, log);
+        return finish(
+            Err(Error::internal(format!("setting fuel yield: {e}"))),
+            0,
+            0,
+            log,
+        );
     }
     // Running code checks the clock at every epoch tick, yielding to the
     // executor in between so that a busy guest never hogs a worker thread.

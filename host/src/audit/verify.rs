@@ -1,0 +1,383 @@
+//! Verification of an audit chain, in the data dir or in an export file, and
+//! the export itself.
+//!
+//! Both paths feed entries to one [`ChainCheck`], so an independent verifier
+//! of an export applies exactly the checks `host audit verify` does.
+
+use super::{GENESIS, chain_hash, checkpoint_message};
+use crate::error::{Error, Result};
+use crate::storage::{Checkpoint, Storage, StoredEntry};
+use ed25519_dalek::{Signature, Verifier, VerifyingKey};
+use serde::Serialize;
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::io::{BufRead, Write};
+
+/// The result of verifying one chain.
+#[derive(Debug, Clone, Serialize)]
+pub struct ChainReport {
+    pub chain: String,
+    pub entries: u64,
+    pub first_seq: Option<i64>,
+    pub last_seq: Option<i64>,
+    /// What is wrong, and where. Empty when the chain verifies.
+    pub problems: Vec<String>,
+}
+
+/// The result of verifying a trail.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub ok: bool,
+    pub public_key: String,
+    pub entries: u64,
+    pub chains: Vec<ChainReport>,
+}
+
+const MAX_PROBLEMS: usize = 100;
+
+/// Checks one chain, entry by entry.
+pub struct ChainCheck<'k> {
+    key: &'k VerifyingKey,
+    report: ChainReport,
+    expected_seq: i64,
+    expected_prev: String,
+    last_hash: Option<String>,
+    checkpoints: BTreeMap<i64, Vec<Checkpoint>>,
+    dropped: usize,
+}
+
+fn signature_ok(key: &VerifyingKey, c: &Checkpoint) -> bool {
+    let Some(sig) = hex::decode(&c.signature)
+        .ok()
+        .and_then(|b| Signature::from_slice(&b).ok())
+    else {
+        return false;
+    };
+    key.verify(
+        checkpoint_message(&c.chain, c.seq, &c.hash, c.time_ms).as_bytes(),
+        &sig,
+    )
+    .is_ok()
+}
+
+impl<'k> ChainCheck<'k> {
+    /// Start a chain at `seq`, whose previous hash must be `prev_hash`.
+    pub fn new(key: &'k VerifyingKey, chain: &str, seq: i64, prev_hash: &str) -> Self {
+        ChainCheck {
+            key,
+            report: ChainReport {
+                chain: chain.to_string(),
+                entries: 0,
+                first_seq: None,
+                last_seq: None,
+                problems: Vec::new(),
+            },
+            expected_seq: seq,
+            expected_prev: prev_hash.to_string(),
+            last_hash: None,
+            checkpoints: BTreeMap::new(),
+            dropped: 0,
+        }
+    }
+
+    fn problem(&mut self, p: String) {
+        if self.report.problems.len() < MAX_PROBLEMS {
+            self.report.problems.push(p);
+        } else {
+            self.dropped += 1;
+        }
+    }
+
+    /// Checkpoints (periodic) to compare against the entries as they pass.
+    pub fn expect_checkpoints(&mut self, checkpoints: impl IntoIterator<Item = Checkpoint>) {
+        for c in checkpoints {
+            if !signature_ok(self.key, &c) {
+                self.problem(format!(
+                    "the {} checkpoint at entry {} has an invalid signature",
+                    c.kind, c.seq
+                ));
+                continue;
+            }
+            self.checkpoints.entry(c.seq).or_default().push(c);
+        }
+    }
+
+    /// Check the next entry.
+    pub fn push(&mut self, e: &StoredEntry) {
+        self.report.entries += 1;
+        self.report.first_seq.get_or_insert(e.seq);
+        self.report.last_seq = Some(e.seq);
+        if e.seq > self.expected_seq {
+            let gap = if e.seq - 1 == self.expected_seq {
+                format!("entry {} is missing (removed)", self.expected_seq)
+            } else {
+                format!(
+                    "entries {} to {} are missing (removed)",
+                    self.expected_seq,
+                    e.seq - 1
+                )
+            };
+            self.problem(gap);
+        } else if e.seq < self.expected_seq {
+            self.problem(format!(
+                "entry {} appears after entry {} (inserted or reordered)",
+                e.seq,
+                self.expected_seq - 1
+            ));
+        }
+        if e.prev_hash != self.expected_prev {
+            self.problem(format!(
+                "entry {}: does not link to the entry before it (an entry was modified, removed, inserted or reordered before it)",
+                e.seq
+            ));
+        }
+        if chain_hash(&e.prev_hash, e.time_ms, &e.body) != e.hash {
+            self.problem(format!(
+                "entry {}: its content does not match its hash (modified)",
+                e.seq
+            ));
+        }
+        if let Some(cps) = self.checkpoints.get(&e.seq)
+            && cps.iter().any(|c| c.hash != e.hash)
+        {
+            self.problem(format!(
+                "entry {}: differs from the signed checkpoint at it (modified)",
+                e.seq
+            ));
+        }
+        self.expected_seq = e.seq + 1;
+        self.expected_prev = e.hash.clone();
+        self.last_hash = Some(e.hash.clone());
+    }
+
+    /// Finish, checking the end of the chain against its signed head.
+    pub fn finish(mut self, head: Option<&Checkpoint>) -> ChainReport {
+        let last = self.report.last_seq.unwrap_or(self.expected_seq - 1);
+        match head {
+            None if self.report.entries > 0 => self.problem(
+                "no signed head checkpoint: the end of the chain cannot be checked for truncation".into(),
+            ),
+            None => {}
+            Some(h) if !signature_ok(self.key, h) => {
+                self.problem("the signed head checkpoint's signature is invalid".into())
+            }
+            Some(h) if h.seq > last => self.problem(if h.seq == last + 1 {
+                format!("entry {} is missing: the chain ends before its signed head (truncated)", h.seq)
+            } else {
+                format!(
+                    "entries {} to {} are missing: the chain ends before its signed head (truncated)",
+                    last + 1,
+                    h.seq
+                )
+            }),
+            Some(h) if h.seq < last => self.problem(format!(
+                "entries {} to {last} are not covered by the signed head (appended outside Toolhost)",
+                h.seq + 1
+            )),
+            Some(h) if self.last_hash.as_deref().is_some_and(|l| l != h.hash) => {
+                self.problem(format!("entry {last}: differs from the signed head (modified)"));
+            }
+            Some(_) => {}
+        }
+        if self.dropped > 0 {
+            let n = self.dropped;
+            self.report
+                .problems
+                .push(format!("… and {n} more problems"));
+        }
+        self.report
+    }
+}
+
+/// Verify every chain (or one) in the store.
+pub async fn verify(
+    storage: &dyn Storage,
+    key: &VerifyingKey,
+    only: Option<&str>,
+) -> Result<Report> {
+    let chains = match only {
+        Some(c) => vec![c.to_string()],
+        None => storage.audit_chains().await?,
+    };
+    let mut reports = Vec::new();
+    for chain in chains {
+        let checkpoints = storage.checkpoints(&chain).await?;
+        let anchor = checkpoints
+            .iter()
+            .filter(|c| c.kind == "prune")
+            .max_by_key(|c| c.seq)
+            .cloned();
+        let head = checkpoints.iter().find(|c| c.kind == "head").cloned();
+        let (start, prev) = match &anchor {
+            Some(a) => (a.seq + 1, a.hash.clone()),
+            None => (1, GENESIS.to_string()),
+        };
+        let mut check = ChainCheck::new(key, &chain, start, &prev);
+        let mut periodic: Vec<Checkpoint> = checkpoints
+            .iter()
+            .filter(|c| c.kind == "periodic")
+            .cloned()
+            .collect();
+        if let Some(a) = anchor {
+            periodic.push(a);
+        }
+        check.expect_checkpoints(periodic);
+        // Entries up to a pruning anchor are gone by design, not "missing".
+        let mut after = start - 1;
+        loop {
+            let page = storage.audit_read(&chain, after, 20_000).await?;
+            let Some(last) = page.last() else { break };
+            after = last.seq;
+            for e in &page {
+                check.push(e);
+            }
+        }
+        reports.push(check.finish(head.as_ref()));
+    }
+    let entries = reports.iter().map(|r| r.entries).sum();
+    Ok(Report {
+        ok: reports.iter().all(|r| r.problems.is_empty()),
+        public_key: hex::encode(key.to_bytes()),
+        entries,
+        chains: reports,
+    })
+}
+
+/// Write an export of `chain`'s entries with `since_ms <= time_ms < until_ms`
+/// as JSON lines: a header, the entries, the checkpoints that fall inside,
+/// and a fresh `export` checkpoint signed over the last entry written, so the
+/// file verifies on its own ([`verify_export`]).
+pub async fn export(
+    log: &super::AuditLog,
+    chain: &str,
+    since_ms: Option<i64>,
+    until_ms: Option<i64>,
+    out: &mut dyn Write,
+) -> Result<u64> {
+    let storage = log.storage();
+    let io = |e: std::io::Error| Error::internal(format!("writing the export: {e}"));
+    let header = json!({
+        "type": "header",
+        "format": "toolhost-audit-export/v1",
+        "chain": chain,
+        "public_key": log.public_key(),
+        "hash": "sha256(prev_hash + \"\\n\" + time_ms + \"\\n\" + body), lowercase hex; the first entry of a chain links to 64 zeros",
+        "checkpoint": "ed25519 over \"toolhost-audit-checkpoint/v1\\n{chain}\\n{seq}\\n{hash}\\n{time_ms}\"",
+    });
+    writeln!(out, "{header}").map_err(io)?;
+    let mut after = 0;
+    let mut written = 0u64;
+    let mut last: Option<StoredEntry> = None;
+    'pages: loop {
+        let page = storage.audit_read(chain, after, 20_000).await?;
+        let Some(tail) = page.last() else { break };
+        after = tail.seq;
+        for e in page {
+            if since_ms.is_some_and(|s| e.time_ms < s) {
+                continue;
+            }
+            if until_ms.is_some_and(|u| e.time_ms >= u) {
+                break 'pages;
+            }
+            let line = json!({
+                "type": "entry", "chain": e.chain, "seq": e.seq, "time_ms": e.time_ms,
+                "prev_hash": e.prev_hash, "hash": e.hash, "body": e.body,
+            });
+            writeln!(out, "{line}").map_err(io)?;
+            written += 1;
+            last = Some(e);
+        }
+    }
+    if let Some(last) = &last {
+        let first_seq = last.seq - written as i64 + 1;
+        for c in storage.checkpoints(chain).await? {
+            if c.kind != "head" && c.seq >= first_seq && c.seq <= last.seq {
+                writeln!(out, "{}", json!({"type": "checkpoint", "checkpoint": c})).map_err(io)?;
+            }
+        }
+        let c = log.sign(chain, last.seq, &last.hash, last.time_ms, "export");
+        writeln!(out, "{}", json!({"type": "checkpoint", "checkpoint": c})).map_err(io)?;
+    }
+    Ok(written)
+}
+
+/// Verify an export file on its own. `trusted_key` (hex) should be the
+/// public key obtained independently; without it, the file's own is used
+/// and the report says so.
+pub fn verify_export(input: &mut dyn BufRead, trusted_key: Option<&str>) -> Result<Report> {
+    let bad = |line: usize, why: String| Error::invalid_args(format!("export line {line}: {why}"));
+    let mut key: Option<VerifyingKey> = None;
+    let mut chain = String::new();
+    let mut entries: Vec<StoredEntry> = Vec::new();
+    let mut checkpoints: Vec<Checkpoint> = Vec::new();
+    for (i, line) in input.lines().enumerate() {
+        let n = i + 1;
+        let line = line.map_err(|e| bad(n, e.to_string()))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let v: serde_json::Value =
+            serde_json::from_str(&line).map_err(|e| bad(n, e.to_string()))?;
+        match v["type"].as_str() {
+            Some("header") => {
+                chain = v["chain"].as_str().unwrap_or_default().to_string();
+                let hexkey = trusted_key.or(v["public_key"].as_str()).unwrap_or_default();
+                key = Some(parse_key(hexkey).map_err(|e| bad(n, e))?);
+            }
+            Some("entry") => entries.push(StoredEntry {
+                chain: v["chain"].as_str().unwrap_or_default().into(),
+                seq: v["seq"]
+                    .as_i64()
+                    .ok_or_else(|| bad(n, "entry without seq".into()))?,
+                time_ms: v["time_ms"]
+                    .as_i64()
+                    .ok_or_else(|| bad(n, "entry without time_ms".into()))?,
+                body: v["body"].as_str().unwrap_or_default().into(),
+                prev_hash: v["prev_hash"].as_str().unwrap_or_default().into(),
+                hash: v["hash"].as_str().unwrap_or_default().into(),
+            }),
+            Some("checkpoint") => checkpoints.push(
+                serde_json::from_value(v["checkpoint"].clone())
+                    .map_err(|e| bad(n, e.to_string()))?,
+            ),
+            other => return Err(bad(n, format!("unknown line type {other:?}"))),
+        }
+    }
+    let key = key.ok_or_else(|| Error::invalid_args("the export has no header"))?;
+    let (start, prev) = entries
+        .first()
+        .map(|e| (e.seq, e.prev_hash.clone()))
+        .unwrap_or((1, GENESIS.to_string()));
+    let mut check = ChainCheck::new(&key, &chain, start, &prev);
+    let head = checkpoints
+        .iter()
+        .filter(|c| c.kind == "export")
+        .max_by_key(|c| c.seq)
+        .cloned();
+    check.expect_checkpoints(checkpoints.into_iter().filter(|c| c.kind != "export"));
+    for e in &entries {
+        if e.chain != chain {
+            check.problem(format!(
+                "entry {} belongs to chain `{}`, not `{chain}`",
+                e.seq, e.chain
+            ));
+        }
+        check.push(e);
+    }
+    let report = check.finish(head.as_ref());
+    Ok(Report {
+        ok: report.problems.is_empty(),
+        public_key: hex::encode(key.to_bytes()),
+        entries: report.entries,
+        chains: vec![report],
+    })
+}
+
+/// Parse a hex ed25519 public key.
+pub fn parse_key(hexkey: &str) -> std::result::Result<VerifyingKey, String> {
+    hex::decode(hexkey.trim())
+        .ok()
+        .and_then(|b| <[u8; 32]>::try_from(b).ok())
+        .and_then(|b| VerifyingKey::from_bytes(&b).ok())
+        .ok_or_else(|| format!("`{hexkey}` is not an ed25519 public key (64 hex digits)"))
+}

@@ -1,0 +1,262 @@
+//! Budgets: ledgers per task, per workflow and per tenant (day and month
+//! windows, UTC), reserve-then-settle so concurrent invocations never
+//! overspend.
+//!
+//! An invocation reserves its worst case before it runs — one tool call, its
+//! fuel limit, its timeout, its outbound-call limit and the cost of all of
+//! those — and settles to what it actually used when it is over. Model
+//! tokens are reported by the orchestrator ([`Ledger::report_tokens`]); a
+//! task over its token budget may run no further tools.
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::policy::file::{Budget, Limits, Price};
+use crate::storage::{Charge, Exceeded, Storage};
+use serde::Serialize;
+use std::sync::Arc;
+
+/// What an invocation may spend (reserved) or did spend (settled).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Spend {
+    pub tool_calls: i64,
+    pub outbound_calls: i64,
+    pub fuel: i64,
+    pub wall_ms: i64,
+    pub cost_micro_usd: i64,
+    pub input_tokens: i64,
+    pub output_tokens: i64,
+}
+
+impl Spend {
+    /// The cost of an invocation at `price`, in micro-USD (rounded up).
+    pub fn priced(mut self, price: &Price) -> Spend {
+        let usd = price.per_call_usd * self.tool_calls as f64
+            + price.per_million_fuel_usd * self.fuel as f64 / 1e6
+            + price.per_outbound_call_usd * self.outbound_calls as f64;
+        self.cost_micro_usd = (usd * 1e6).ceil().min(i64::MAX as f64) as i64;
+        self
+    }
+
+    fn metrics(&self) -> [(&'static str, i64); 7] {
+        [
+            ("tool_calls", self.tool_calls),
+            ("outbound_calls", self.outbound_calls),
+            ("fuel", self.fuel),
+            ("wall_ms", self.wall_ms),
+            ("cost_micro_usd", self.cost_micro_usd),
+            ("input_tokens", self.input_tokens),
+            ("output_tokens", self.output_tokens),
+        ]
+    }
+}
+
+fn limit_of(limits: &Limits, metric: &str) -> Option<i64> {
+    let clamp = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+    match metric {
+        "tool_calls" => limits.max_tool_calls.map(clamp),
+        "outbound_calls" => limits.max_outbound_calls.map(clamp),
+        "fuel" => limits.max_fuel.map(clamp),
+        "wall_ms" => limits.max_wall_ms.map(clamp),
+        "cost_micro_usd" => limits.max_cost_usd.map(|u| (u * 1e6).floor() as i64),
+        "input_tokens" => limits.max_input_tokens.map(clamp),
+        "output_tokens" => limits.max_output_tokens.map(clamp),
+        _ => None,
+    }
+}
+
+/// The policy name of a metric's limit.
+fn limit_name(metric: &str) -> &'static str {
+    match metric {
+        "tool_calls" => "max_tool_calls",
+        "outbound_calls" => "max_outbound_calls",
+        "fuel" => "max_fuel",
+        "wall_ms" => "max_wall_ms",
+        "cost_micro_usd" => "max_cost_usd",
+        "input_tokens" => "max_input_tokens",
+        "output_tokens" => "max_output_tokens",
+        _ => "limit",
+    }
+}
+
+/// Whose ledgers an invocation is charged to.
+#[derive(Debug, Clone)]
+pub struct Scope {
+    pub tenant: String,
+    pub workflow: String,
+    pub task: Option<String>,
+}
+
+/// A UTC calendar date from Unix milliseconds: (year, month, day).
+pub fn civil_date(unix_ms: i64) -> (i64, u32, u32) {
+    // Howard Hinnant's civil_from_days.
+    let z = unix_ms.div_euclid(86_400_000) + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+/// The ledger lines an amount is charged to, with their limits.
+pub fn charges(budget: &Budget, scope: &Scope, now_ms: i64, spend: &Spend) -> Vec<Charge> {
+    let (y, m, d) = civil_date(now_ms);
+    let day = format!("day:{y:04}-{m:02}-{d:02}");
+    let month = format!("month:{y:04}-{m:02}");
+    let mut levels: Vec<(String, String, Limits)> = Vec::new();
+    if let Some(task) = &scope.task {
+        levels.push((
+            format!("task:{}/{task}", scope.tenant),
+            "all".into(),
+            budget.per_task(),
+        ));
+    }
+    let wf = format!("workflow:{}/{}", scope.tenant, scope.workflow);
+    let tn = format!("tenant:{}", scope.tenant);
+    for (s, windows) in [(wf, &budget.per_workflow), (tn, &budget.per_tenant)] {
+        if let Some(l) = &windows.day {
+            levels.push((s.clone(), day.clone(), l.clone()));
+        }
+        if let Some(l) = &windows.month {
+            levels.push((s.clone(), month.clone(), l.clone()));
+        }
+    }
+    let mut out = Vec::new();
+    for (scope, window, limits) in levels {
+        if limits == Limits::default() {
+            continue;
+        }
+        for (metric, amount) in spend.metrics() {
+            let limit = limit_of(&limits, metric);
+            if amount != 0 || limit.is_some() {
+                out.push(Charge {
+                    scope: scope.clone(),
+                    window: window.clone(),
+                    metric: metric.into(),
+                    amount,
+                    limit,
+                });
+            }
+        }
+    }
+    out
+}
+
+/// The error for a refused reservation, naming the limit and what remains.
+pub fn exceeded_error(e: &Exceeded) -> Error {
+    let name = limit_name(&e.metric);
+    let fmt = |v: i64| {
+        if e.metric == "cost_micro_usd" {
+            format!("{:.6} USD", v as f64 / 1e6)
+        } else {
+            v.to_string()
+        }
+    };
+    let remaining = (e.limit - e.used - e.reserved).max(0);
+    let window = if e.window == "all" {
+        String::new()
+    } else {
+        format!(" ({})", e.window)
+    };
+    Error::new(
+        ErrorKind::BudgetExceeded,
+        format!(
+            "{}{window}: {name} is {}; used {}, reserved by running invocations {}, remaining {}, this invocation needs {}",
+            e.scope,
+            fmt(e.limit),
+            fmt(e.used),
+            fmt(e.reserved),
+            fmt(remaining),
+            fmt(e.requested)
+        ),
+    )
+}
+
+/// Budget ledgers over a storage backend.
+#[derive(Clone)]
+pub struct Ledger {
+    storage: Arc<dyn Storage>,
+}
+
+impl Ledger {
+    pub fn new(storage: Arc<dyn Storage>) -> Ledger {
+        Ledger { storage }
+    }
+
+    /// Reserve `charges` atomically, or fail with `budget_exceeded`.
+    pub async fn reserve(&self, charges: Vec<Charge>) -> Result<()> {
+        match self.storage.budget_reserve(charges).await? {
+            Ok(()) => Ok(()),
+            Err(e) => Err(exceeded_error(&e)),
+        }
+    }
+
+    /// Release a reservation and record the actual spend.
+    pub async fn settle(&self, reserved: Vec<Charge>, used: Vec<Charge>) -> Result<()> {
+        self.storage.budget_settle(reserved, used).await
+    }
+
+    /// Record model tokens the orchestrator used for a task. Returns the
+    /// token limits now exceeded (the tokens are recorded regardless: they
+    /// were spent).
+    pub async fn report_tokens(
+        &self,
+        budget: &Budget,
+        scope: &Scope,
+        now_ms: i64,
+        input: i64,
+        output: i64,
+    ) -> Result<Vec<Error>> {
+        let spend = Spend {
+            input_tokens: input,
+            output_tokens: output,
+            ..Spend::default()
+        };
+        let charges = charges(budget, scope, now_ms, &spend);
+        self.storage
+            .budget_settle(Vec::new(), charges.clone())
+            .await?;
+        let mut over = Vec::new();
+        for c in charges.iter().filter(|c| c.metric.ends_with("_tokens")) {
+            if let Some(limit) = c.limit {
+                let usage = self.storage.budget_usage(&c.scope).await?;
+                if let Some(u) = usage
+                    .iter()
+                    .find(|u| u.window == c.window && u.metric == c.metric)
+                    && u.used > limit
+                {
+                    over.push(exceeded_error(&Exceeded {
+                        scope: c.scope.clone(),
+                        window: c.window.clone(),
+                        metric: c.metric.clone(),
+                        limit,
+                        used: u.used,
+                        reserved: u.reserved,
+                        requested: 0,
+                    }));
+                }
+            }
+        }
+        Ok(over)
+    }
+
+    /// The ledger lines of a scope (`task:<tenant>/<task>`, ...).
+    pub async fn usage(&self, scope: &str) -> Result<Vec<crate::storage::Usage>> {
+        self.storage.budget_usage(scope).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn calendar() {
+        assert_eq!(civil_date(0), (1970, 1, 1));
+        assert_eq!(civil_date(1_795_651_200_000), (2026, 11, 26));
+        assert_eq!(civil_date(951_782_400_000), (2000, 2, 29));
+        assert_eq!(civil_date(-86_400_000), (1969, 12, 31));
+    }
+}

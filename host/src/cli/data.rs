@@ -1,0 +1,100 @@
+//! Shared flags for commands that use the data dir and the governed gate.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use toolhost::audit::AuditLog;
+use toolhost::budget::Ledger;
+use toolhost::gate::Governed;
+use toolhost::policy::Policy;
+use toolhost::secrets::FileAndEnv;
+use toolhost::storage::Storage;
+use toolhost::storage::sqlite::SqliteStorage;
+use toolhost::{Error, Result};
+
+/// Where Toolhost keeps its state.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DataDir {
+    /// The data directory (default: $TOOLHOST_DATA_DIR, else
+    /// $XDG_DATA_HOME/toolhost, else ~/.local/share/toolhost).
+    #[arg(long, value_name = "DIR", global = true)]
+    pub data_dir: Option<PathBuf>,
+}
+
+impl DataDir {
+    pub fn path(&self) -> PathBuf {
+        if let Some(p) = &self.data_dir {
+            return p.clone();
+        }
+        if let Some(p) = std::env::var_os("TOOLHOST_DATA_DIR") {
+            return PathBuf::from(p);
+        }
+        if let Some(p) = std::env::var_os("XDG_DATA_HOME") {
+            return PathBuf::from(p).join("toolhost");
+        }
+        match std::env::var_os("HOME") {
+            Some(home) => PathBuf::from(home).join(".local/share/toolhost"),
+            None => PathBuf::from(".toolhost"),
+        }
+    }
+
+    pub async fn storage(&self) -> Result<Arc<dyn Storage>> {
+        Ok(Arc::new(SqliteStorage::open(&self.path()).await?))
+    }
+
+    pub async fn audit(&self) -> Result<Arc<AuditLog>> {
+        AuditLog::open(self.storage().await?, &self.path()).await
+    }
+}
+
+/// The governed gate from a policy file, a data dir and a secrets file.
+pub async fn governed(
+    data: &DataDir,
+    policy: &std::path::Path,
+    secrets: Option<&std::path::Path>,
+) -> Result<Governed> {
+    let policy = Arc::new(Policy::load(policy)?);
+    let storage = data.storage().await?;
+    let audit = AuditLog::open(storage.clone(), &data.path()).await?;
+    let secrets =
+        FileAndEnv::new(secrets).map_err(|e| Error::new(toolhost::ErrorKind::InvalidArgs, e))?;
+    Ok(Governed::new(
+        policy,
+        Ledger::new(storage),
+        audit,
+        Arc::new(secrets),
+    ))
+}
+
+/// Parse `2026-11-26`, `2026-11-26T10:00:00Z` (UTC) or Unix milliseconds.
+pub fn parse_time(s: &str) -> std::result::Result<i64, String> {
+    if let Ok(ms) = s.parse::<i64>() {
+        return Ok(ms);
+    }
+    let bad = || {
+        format!("`{s}` is not a time (use 2026-11-26, 2026-11-26T10:00:00Z or Unix milliseconds)")
+    };
+    let (date, time) = s.split_once('T').unwrap_or((s, "00:00:00"));
+    let mut d = date.split('-').map(|p| p.parse::<i64>());
+    let (Some(Ok(y)), Some(Ok(m)), Some(Ok(day)), None) = (d.next(), d.next(), d.next(), d.next())
+    else {
+        return Err(bad());
+    };
+    let time = time.trim_end_matches('Z');
+    let mut t = time.split(':').map(|p| p.parse::<f64>());
+    let h = t.next().unwrap_or(Ok(0.0)).map_err(|_| bad())?;
+    let min = t.next().unwrap_or(Ok(0.0)).map_err(|_| bad())?;
+    let sec = t.next().unwrap_or(Ok(0.0)).map_err(|_| bad())?;
+    if !(1..=12).contains(&m) || !(1..=31).contains(&day) || h >= 24.0 || min >= 60.0 || sec >= 61.0
+    {
+        return Err(bad());
+    }
+    // Howard Hinnant's days_from_civil.
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Ok(days * 86_400_000 + ((h * 3600.0 + min * 60.0 + sec) * 1000.0) as i64)
+}

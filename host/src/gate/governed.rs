@@ -1,0 +1,432 @@
+//! The governed gate: policy (Cedar), then budget (reserve/settle), then
+//! audit (durable, tamper-evident), for every invocation; policy grants and
+//! per-invocation limits for every outbound call.
+
+use super::{
+    Admission, BoxFuture, Gate, Grants, HttpPermit, InvocationReport, InvocationRequest,
+    OutboundCall, Preopen, Verdict,
+};
+use crate::audit::{AuditLog, canonical, chain_of};
+use crate::budget::{Ledger, Scope, Spend, charges};
+use crate::error::{Error, ErrorKind, Result};
+use crate::limits::Limits;
+use crate::policy::file::{Document, FileMode, ToolSettings};
+use crate::policy::{Effect, Policy, Subject, tool_settings};
+use crate::secrets::{SecretSource, expand};
+use crate::storage::Charge;
+use serde_json::json;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+/// Default cap on outbound calls per invocation when a tool has grants.
+pub const DEFAULT_MAX_OUTBOUND: u32 = 16;
+/// Default cap on one HTTP response body.
+pub const DEFAULT_MAX_RESPONSE_BYTES: u64 = 8 << 20;
+
+/// The gate with a policy file, budget ledgers and the audit trail.
+pub struct Governed {
+    policy: Arc<Policy>,
+    ledger: Ledger,
+    audit: Arc<AuditLog>,
+    secrets: Arc<dyn SecretSource>,
+}
+
+/// What the gate keeps about one admitted invocation.
+struct State {
+    workflow: String,
+    settings: ToolSettings,
+    redact: Vec<String>,
+    scope: Scope,
+    reserved: Vec<Charge>,
+    document: Document,
+    outbound: AtomicU32,
+    max_outbound: u32,
+}
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+impl Governed {
+    pub fn new(
+        policy: Arc<Policy>,
+        ledger: Ledger,
+        audit: Arc<AuditLog>,
+        secrets: Arc<dyn SecretSource>,
+    ) -> Governed {
+        Governed {
+            policy,
+            ledger,
+            audit,
+            secrets,
+        }
+    }
+
+    pub fn policy(&self) -> &Arc<Policy> {
+        &self.policy
+    }
+
+    pub fn audit(&self) -> &Arc<AuditLog> {
+        &self.audit
+    }
+
+    pub fn ledger(&self) -> &Ledger {
+        &self.ledger
+    }
+
+    fn workflow(&self, requested: Option<&str>) -> Option<String> {
+        requested
+            .map(str::to_string)
+            .or_else(|| self.policy.default_workflow().map(str::to_string))
+    }
+
+    /// The budget scope of a call context.
+    pub fn scope(&self, context: &super::CallContext) -> Scope {
+        Scope {
+            tenant: context.tenant.clone().unwrap_or_else(|| "_".into()),
+            workflow: self
+                .workflow(context.workflow.as_deref())
+                .unwrap_or_else(|| "*".into()),
+            task: context.task_id.clone(),
+        }
+    }
+
+    /// Record model tokens used by a task; returns the token limits now
+    /// exceeded.
+    pub async fn report_tokens(
+        &self,
+        context: &super::CallContext,
+        input: i64,
+        output: i64,
+    ) -> Result<Vec<Error>> {
+        let workflow = self.workflow(context.workflow.as_deref());
+        let doc = self
+            .policy
+            .document(context.tenant.as_deref(), workflow.as_deref())
+            .ok_or_else(|| {
+                Error::new(
+                    ErrorKind::PolicyDenied,
+                    "no policy document governs this task's workflow",
+                )
+            })?;
+        self.ledger
+            .report_tokens(&doc.budget, &self.scope(context), now_ms(), input, output)
+            .await
+    }
+
+    fn grants(&self, settings: &ToolSettings) -> Result<Grants> {
+        let mut env = Vec::new();
+        for (k, v) in &settings.env {
+            let value = expand(v, self.secrets.as_ref()).map_err(|e| {
+                Error::new(
+                    ErrorKind::CapabilityDenied,
+                    format!("environment variable {k}: {e}"),
+                )
+            })?;
+            env.push((k.clone(), value));
+        }
+        let preopens = settings
+            .files
+            .iter()
+            .map(|f| Preopen {
+                host_path: f.host.clone(),
+                guest_path: f.guest.clone(),
+                writable: f.mode == FileMode::Rw,
+            })
+            .collect();
+        Ok(Grants {
+            env,
+            preopens,
+            ip_name_lookup: settings.dns,
+        })
+    }
+}
+
+fn effective_limits(requested: &Limits, settings: &ToolSettings) -> Limits {
+    let l = &settings.limits;
+    Limits {
+        fuel: l.fuel.map(Some).unwrap_or(requested.fuel),
+        memory_bytes: l
+            .memory
+            .unwrap_or(requested.memory_bytes)
+            .min(Limits::MAX_MEMORY),
+        timeout: l.timeout.unwrap_or(requested.timeout),
+        max_output_bytes: l
+            .max_output
+            .map(|b| usize::try_from(b).unwrap_or(usize::MAX))
+            .unwrap_or(requested.max_output_bytes),
+        ..requested.clone()
+    }
+}
+
+impl Gate for Governed {
+    fn admit<'a>(&'a self, r: &'a InvocationRequest<'a>) -> BoxFuture<'a, Result<Admission>> {
+        Box::pin(async move {
+            let workflow = self.workflow(r.context.workflow.as_deref());
+            let decision = self.policy.decide(&Subject {
+                tenant: r.context.tenant.as_deref(),
+                workflow: workflow.as_deref(),
+                task_id: r.context.task_id.as_deref(),
+                principal: r.context.principal.as_deref().unwrap_or("anonymous"),
+                tool: r.tool,
+                function: r.function,
+                args: r.args,
+                approved: false,
+            });
+            match decision.effect {
+                Effect::Allow => {}
+                Effect::Deny => {
+                    return Err(Error::new(
+                        ErrorKind::PolicyDenied,
+                        format!("denied by {}", decision.rule),
+                    ));
+                }
+                Effect::NeedsApproval => {
+                    return Err(Error::new(
+                        ErrorKind::ApprovalRequired,
+                        format!("a human must approve this call: {}", decision.rule),
+                    ));
+                }
+            }
+            let document = self
+                .policy
+                .document(r.context.tenant.as_deref(), workflow.as_deref())
+                .cloned()
+                .ok_or_else(|| Error::internal("an allowed call has no governing document"))?;
+            let settings = tool_settings(&document, r.tool, r.function)
+                .cloned()
+                .unwrap_or_default();
+            let grants = self.grants(&settings)?;
+            let limits = effective_limits(r.limits, &settings);
+            let has_outbound = !settings.http.is_empty() || !settings.sockets.is_empty();
+            let max_outbound = settings
+                .limits
+                .max_outbound_calls
+                .unwrap_or(if has_outbound {
+                    DEFAULT_MAX_OUTBOUND
+                } else {
+                    0
+                });
+
+            // Reserve the worst case: this call, all its fuel, its whole
+            // deadline, every outbound call it may make, and their price.
+            let scope = self.scope(r.context);
+            let worst = Spend {
+                tool_calls: 1,
+                outbound_calls: i64::from(max_outbound),
+                fuel: limits
+                    .fuel
+                    .map_or(i64::MAX, |f| i64::try_from(f).unwrap_or(i64::MAX)),
+                wall_ms: limits.timeout.as_millis() as i64,
+                ..Spend::default()
+            }
+            .priced(&settings.price);
+            let reserved = charges(&document.budget, &scope, now_ms(), &worst);
+            self.ledger.reserve(reserved.clone()).await?;
+
+            let state = State {
+                workflow: workflow.unwrap_or_else(|| "*".into()),
+                redact: document.logging.redact_fields.clone(),
+                settings,
+                scope,
+                reserved,
+                document,
+                outbound: AtomicU32::new(0),
+                max_outbound,
+            };
+            Ok(Admission {
+                grants,
+                rule: decision.rule,
+                limits: Some(limits),
+                state: Some(Arc::new(state)),
+            })
+        })
+    }
+
+    fn outbound(&self, admission: &Admission, call: &OutboundCall) -> Verdict {
+        let Some(state) = admission
+            .state
+            .as_ref()
+            .and_then(|s| s.downcast_ref::<State>())
+        else {
+            return Verdict::deny("no admission state: deny");
+        };
+        let settings = &state.settings;
+        let count = |state: &State| -> Option<Verdict> {
+            let n = state.outbound.fetch_add(1, Ordering::SeqCst);
+            (n >= state.max_outbound).then(|| {
+                Verdict::deny(format!(
+                    "limit: at most {} outbound calls per invocation",
+                    state.max_outbound
+                ))
+            })
+        };
+        match call {
+            OutboundCall::Http {
+                method,
+                scheme,
+                host,
+                port,
+                ..
+            } => {
+                let Some((i, grant)) = settings.http.iter().enumerate().find(|(_, g)| {
+                    g.url.matches(scheme, host, *port)
+                        && g.methods
+                            .as_ref()
+                            .is_none_or(|m| m.iter().any(|m| m.eq_ignore_ascii_case(method)))
+                }) else {
+                    return Verdict::deny(format!(
+                        "default deny: no http grant of this tool covers {method} {scheme}://{host}:{port}"
+                    ));
+                };
+                if let Some(denied) = count(state) {
+                    return denied;
+                }
+                let mut headers = Vec::new();
+                for (name, template) in &grant.headers {
+                    match expand(template, self.secrets.as_ref()) {
+                        Ok(v) => headers.push((name.clone(), v)),
+                        Err(e) => return Verdict::deny(format!("http[{i}] header {name}: {e}")),
+                    }
+                }
+                Verdict {
+                    allowed: true,
+                    rule: format!("http[{i}] {}", grant.url.as_str()),
+                    http: Some(HttpPermit {
+                        headers,
+                        max_response_bytes: grant
+                            .max_response_bytes
+                            .unwrap_or(DEFAULT_MAX_RESPONSE_BYTES),
+                        timeout: grant.timeout,
+                        allow_cidrs: settings.allow_cidrs.iter().map(|c| c.0).collect(),
+                        idempotency_key: None,
+                    }),
+                }
+            }
+            OutboundCall::Socket { addr, operation } => {
+                let implicit_bind = matches!(*operation, "tcp-bind" | "udp-bind")
+                    && addr.ip().is_unspecified()
+                    && addr.port() == 0;
+                if implicit_bind && !settings.sockets.is_empty() {
+                    return Verdict {
+                        allowed: true,
+                        rule: "sockets: ephemeral bind for a granted address".into(),
+                        http: None,
+                    };
+                }
+                let Some((i, grant)) = settings
+                    .sockets
+                    .iter()
+                    .enumerate()
+                    .find(|(_, g)| g.matches(addr))
+                else {
+                    return Verdict::deny(format!(
+                        "default deny: no socket grant of this tool covers {operation} {addr}"
+                    ));
+                };
+                if let Some(denied) = count(state) {
+                    return denied;
+                }
+                Verdict {
+                    allowed: true,
+                    rule: format!("sockets[{i}] {}", grant.as_str()),
+                    http: None,
+                }
+            }
+        }
+    }
+
+    fn complete<'a>(
+        &'a self,
+        admission: Option<&'a Admission>,
+        report: &'a InvocationReport<'a>,
+    ) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            let state = admission
+                .and_then(|a| a.state.as_ref())
+                .and_then(|s| s.downcast_ref::<State>());
+            let time_ms = now_ms();
+            let ctx = report.context;
+            let workflow = match state {
+                Some(s) => Some(s.workflow.clone()),
+                None => self.workflow(ctx.workflow.as_deref()),
+            };
+            let redact: Vec<String> = match state {
+                Some(s) => s.redact.clone(),
+                None => self
+                    .policy
+                    .document(ctx.tenant.as_deref(), workflow.as_deref())
+                    .map(|d| d.logging.redact_fields.clone())
+                    .unwrap_or_default(),
+            };
+
+            // Settle: release the reservation, charge what was used.
+            let mut charged = None;
+            if let Some(s) = state {
+                let allowed_outbound = report.outbound.iter().filter(|e| e.allowed).count() as i64;
+                let used = Spend {
+                    tool_calls: 1,
+                    outbound_calls: allowed_outbound,
+                    fuel: i64::try_from(report.usage.fuel).unwrap_or(i64::MAX),
+                    wall_ms: report.usage.wall_ms as i64,
+                    ..Spend::default()
+                }
+                .priced(&s.settings.price);
+                let used_charges = charges(&s.document.budget, &s.scope, time_ms, &used);
+                self.ledger.settle(s.reserved.clone(), used_charges).await?;
+                charged = Some(used);
+            }
+
+            let decision = match (admission, report.error) {
+                (Some(a), _) => json!({"effect": "allow", "rule": a.rule}),
+                (None, Some(e)) => json!({"effect": e.kind, "rule": e.message}),
+                (None, None) => json!({"effect": "allow", "rule": ""}),
+            };
+            let chain = chain_of(ctx.tenant.as_deref());
+            let mut records = vec![(
+                chain.clone(),
+                time_ms,
+                json!({
+                    "type": "invocation",
+                    "invocation_id": report.invocation_id,
+                    "time_ms": time_ms,
+                    "tenant": ctx.tenant,
+                    "workflow": workflow,
+                    "task_id": ctx.task_id,
+                    "principal": ctx.principal,
+                    "tool": report.tool,
+                    "function": report.function,
+                    "args_sha256": canonical::fingerprint(report.args),
+                    "args": canonical::redact(report.args, &redact),
+                    "decision": decision,
+                    "charged": charged,
+                    "outcome": {
+                        "ok": report.error.is_none(),
+                        "error_kind": report.error.map(|e| e.kind),
+                        "error": report.error.map(|e| canonical::redact(&json!(e.message), &redact)),
+                    },
+                    "result_sha256": report.result.map(canonical::fingerprint),
+                    "result": report.result.map(|r| canonical::redact(r, &redact)),
+                    "usage": report.usage,
+                    "outbound_calls": report.outbound.len(),
+                }),
+            )];
+            for (i, e) in report.outbound.iter().enumerate() {
+                let mut record = serde_json::to_value(e).unwrap_or_default();
+                if let Some(obj) = record.as_object_mut() {
+                    obj.insert("type".into(), json!("outbound"));
+                    obj.insert("invocation_id".into(), json!(report.invocation_id));
+                    obj.insert("index".into(), json!(i));
+                    obj.insert("time_ms".into(), json!(time_ms));
+                    obj.remove("at_ms").map(|at| obj.insert("at_ms".into(), at));
+                }
+                records.push((chain.clone(), time_ms, record));
+            }
+            self.audit.append(records).await?;
+            Ok(())
+        })
+    }
+}

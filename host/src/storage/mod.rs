@@ -1,0 +1,148 @@
+//! All persistent state, behind one trait.
+//!
+//! [`Storage`] is what the gate's layers (budget ledgers, the audit chain,
+//! signing keys) need from a database, and nothing more. The embedded default
+//! is SQLite ([`sqlite::SqliteStorage`]) in the data dir; a PostgreSQL backend
+//! implements the same trait so that many `host serve` replicas share one
+//! truth. Callers hold an `Arc<dyn Storage>` and never see SQL.
+//!
+//! Invariants every backend keeps:
+//! * `audit_append` links each entry to the previous entry of its chain
+//!   ([`crate::audit::chain_hash`]) inside one transaction that also holds the
+//!   chain head, so concurrent writers (threads, processes, replicas) never
+//!   fork a chain; entries are durable when it returns.
+//! * `budget_reserve` checks and reserves all charges atomically: either all
+//!   are reserved or none, and concurrent reservations never overspend.
+
+pub mod sqlite;
+
+use crate::error::Result;
+use crate::gate::BoxFuture;
+use serde::Serialize;
+
+/// An audit entry to append: its chain (one per tenant) and its canonical
+/// JSON body.
+#[derive(Debug, Clone)]
+pub struct NewEntry {
+    pub chain: String,
+    pub time_ms: i64,
+    pub body: String,
+}
+
+/// Signs a checkpoint: `(chain, seq, hash, time_ms)` → hex signature.
+pub type Signer = dyn Fn(&str, i64, &str, i64) -> String + Send + Sync;
+
+/// An audit entry as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StoredEntry {
+    pub chain: String,
+    pub seq: i64,
+    pub time_ms: i64,
+    pub body: String,
+    pub prev_hash: String,
+    pub hash: String,
+}
+
+/// A signed statement of a chain's state: its last `seq` and `hash` at a time.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct Checkpoint {
+    pub chain: String,
+    pub seq: i64,
+    pub hash: String,
+    pub time_ms: i64,
+    /// ed25519 signature (hex) over [`crate::audit::checkpoint_message`].
+    pub signature: String,
+    /// Why it was written: `head` (the latest state), `periodic`, or `prune`
+    /// (the anchor for the first entry left after pruning).
+    pub kind: String,
+}
+
+/// One charge against a budget ledger.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Charge {
+    /// `task:<tenant>/<task>`, `workflow:<tenant>/<workflow>`, `tenant:<tenant>`.
+    pub scope: String,
+    /// `all`, `day:2026-11-26`, `month:2026-11`.
+    pub window: String,
+    /// `tool_calls`, `outbound_calls`, `fuel`, `wall_ms`, `cost_micro_usd`,
+    /// `input_tokens`, `output_tokens`.
+    pub metric: String,
+    pub amount: i64,
+    /// The limit, if any: a reservation that would pass it fails.
+    pub limit: Option<i64>,
+}
+
+/// A reservation refused: which limit, and what was left.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Exceeded {
+    pub scope: String,
+    pub window: String,
+    pub metric: String,
+    pub limit: i64,
+    pub used: i64,
+    pub reserved: i64,
+    pub requested: i64,
+}
+
+/// A ledger line.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Usage {
+    pub scope: String,
+    pub window: String,
+    pub metric: String,
+    pub used: i64,
+    pub reserved: i64,
+}
+
+/// Everything Toolhost persists.
+pub trait Storage: Send + Sync + 'static {
+    /// Append entries, chaining each to its chain's head, and in the same
+    /// transaction store a signed `head` checkpoint for every chain touched
+    /// (and a `periodic` one each [`crate::audit::CHECKPOINT_EVERY`] entries);
+    /// durable on return. Returns the stored entries in order.
+    fn audit_append<'a>(
+        &'a self,
+        entries: Vec<NewEntry>,
+        signer: &'a Signer,
+    ) -> BoxFuture<'a, Result<Vec<StoredEntry>>>;
+
+    /// Entries of a chain with `seq > after`, in order, at most `limit`.
+    fn audit_read(
+        &self,
+        chain: &str,
+        after: i64,
+        limit: i64,
+    ) -> BoxFuture<'_, Result<Vec<StoredEntry>>>;
+
+    /// The names of all chains.
+    fn audit_chains(&self) -> BoxFuture<'_, Result<Vec<String>>>;
+
+    /// Store a checkpoint (a `head` checkpoint replaces the previous head).
+    fn checkpoint_put(&self, checkpoint: Checkpoint) -> BoxFuture<'_, Result<()>>;
+
+    /// All checkpoints of a chain, oldest first.
+    fn checkpoints(&self, chain: &str) -> BoxFuture<'_, Result<Vec<Checkpoint>>>;
+
+    /// Delete a chain's entries with `seq <= upto` (retention). The caller
+    /// stores the `prune` anchor first.
+    fn audit_prune(&self, chain: &str, upto: i64) -> BoxFuture<'_, Result<u64>>;
+
+    /// Reserve all charges, or none: `Ok(Err(..))` names the first limit
+    /// that would be passed.
+    fn budget_reserve(
+        &self,
+        charges: Vec<Charge>,
+    ) -> BoxFuture<'_, Result<std::result::Result<(), Exceeded>>>;
+
+    /// Release reservations and record what was actually used.
+    fn budget_settle(&self, reserved: Vec<Charge>, used: Vec<Charge>) -> BoxFuture<'_, Result<()>>;
+
+    /// Ledger lines of a scope.
+    fn budget_usage(&self, scope: &str) -> BoxFuture<'_, Result<Vec<Usage>>>;
+
+    /// A small named value (keys, settings).
+    fn meta_get(&self, key: &str) -> BoxFuture<'_, Result<Option<String>>>;
+
+    /// Set a named value if it is not set yet; returns the value that is set.
+    fn meta_init(&self, key: &str, value: &str) -> BoxFuture<'_, Result<String>>;
+}
