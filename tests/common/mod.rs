@@ -82,3 +82,75 @@ pub fn call(function: &str, args: serde_json::Value) -> toolhost::Call {
         context: Default::default(),
     }
 }
+
+/// A fresh temporary directory.
+pub fn tempdir(tag: &str) -> PathBuf {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let d = std::env::temp_dir().join(format!(
+        "toolhost-{tag}-{}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, std::sync::atomic::Ordering::SeqCst),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    ));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// A tiny HTTP/1.1 server on 127.0.0.1 for outbound tests. Paths:
+/// `/json` a small JSON body, `/big` 2 MiB, `/slow` answers after 5 s;
+/// anything else 404. Every request's head is kept.
+pub struct TestServer {
+    pub port: u16,
+    pub requests: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl TestServer {
+    pub async fn start() -> TestServer {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let requests: Arc<std::sync::Mutex<Vec<String>>> = Default::default();
+        let seen = requests.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut sock, _)) = listener.accept().await else {
+                    return;
+                };
+                let seen = seen.clone();
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match sock.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    let head = String::from_utf8_lossy(&buf).to_string();
+                    seen.lock().unwrap().push(head.clone());
+                    let path = head.split_whitespace().nth(1).unwrap_or("/").to_string();
+                    let (status, body): (&str, Vec<u8>) = match path.split('?').next().unwrap() {
+                        "/json" => ("200 OK", br#"{"orders": 3}"#.to_vec()),
+                        "/big" => ("200 OK", vec![b'x'; 2 << 20]),
+                        "/slow" => {
+                            tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+                            ("200 OK", b"{}".to_vec())
+                        }
+                        _ => ("404 Not Found", b"{}".to_vec()),
+                    };
+                    let resp = format!(
+                        "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                        body.len()
+                    );
+                    let _ = sock.write_all(resp.as_bytes()).await;
+                    let _ = sock.write_all(&body).await;
+                    let _ = sock.shutdown().await;
+                });
+            }
+        });
+        TestServer { port, requests }
+    }
+}

@@ -68,6 +68,10 @@ impl Guest for Hostile {
         std::fs::read_to_string(&path).map_err(|e| e.to_string())
     }
 
+    fn write_file(path: String, contents: String) -> Result<(), String> {
+        std::fs::write(&path, contents).map_err(|e| e.to_string())
+    }
+
     fn read_env() -> Vec<(String, String)> {
         std::env::vars().collect()
     }

@@ -98,6 +98,12 @@ impl Guest for HttpJson {
         send(Method::Get, &url, None)
     }
 
+    fn get_many(urls: Vec<String>) -> Vec<Result<u16, String>> {
+        urls.iter()
+            .map(|u| send(Method::Get, u, None).map(|r| r.status))
+            .collect()
+    }
+
     fn post_json(url: String, body: String) -> Result<Response, String> {
         send(Method::Post, &url, Some(&body))
     }

@@ -12,9 +12,9 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::limits::Limits;
 use crate::policy::file::{Document, FileMode, ToolSettings};
 use crate::policy::{Effect, Policy, Subject, tool_settings};
-use crate::secrets::{SecretSource, expand};
+use crate::secrets::{Secret, SecretSource, expand};
 use crate::storage::Charge;
-use serde_json::json;
+use serde_json::{Value, json};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -41,6 +41,9 @@ struct State {
     document: Document,
     outbound: AtomicU32,
     max_outbound: u32,
+    /// Secret values this invocation's guest was given (env grants): they
+    /// are scrubbed from its audit records.
+    handed_out: Vec<Secret>,
 }
 
 pub fn now_ms() -> i64 {
@@ -227,7 +230,20 @@ impl Gate for Governed {
             let reserved = charges(&document.budget, &scope, now_ms(), &worst);
             self.ledger.reserve(reserved.clone()).await?;
 
+            let handed_out = settings
+                .env
+                .iter()
+                .filter(|(_, template)| template.contains("{{secret:"))
+                .filter_map(|(k, _)| {
+                    grants
+                        .env
+                        .iter()
+                        .find(|(name, _)| name == k)
+                        .map(|(_, v)| v.clone())
+                })
+                .collect();
             let state = State {
+                handed_out,
                 workflow: workflow.unwrap_or_else(|| "*".into()),
                 redact: document.logging.redact_fields.clone(),
                 settings,
@@ -385,6 +401,10 @@ impl Gate for Governed {
                 (None, Some(e)) => json!({"effect": e.kind, "rule": e.message}),
                 (None, None) => json!({"effect": "allow", "rule": ""}),
             };
+            let scrub = |v: Value| match state {
+                Some(s) if !s.handed_out.is_empty() => scrub_secrets(v, &s.handed_out),
+                _ => v,
+            };
             let chain = chain_of(ctx.tenant.as_deref());
             let mut records = vec![(
                 chain.clone(),
@@ -400,16 +420,16 @@ impl Gate for Governed {
                     "tool": report.tool,
                     "function": report.function,
                     "args_sha256": canonical::fingerprint(report.args),
-                    "args": canonical::redact(report.args, &redact),
+                    "args": scrub(canonical::redact(report.args, &redact)),
                     "decision": decision,
                     "charged": charged,
                     "outcome": {
                         "ok": report.error.is_none(),
                         "error_kind": report.error.map(|e| e.kind),
-                        "error": report.error.map(|e| canonical::redact(&json!(e.message), &redact)),
+                        "error": report.error.map(|e| scrub(json!(e.message))),
                     },
                     "result_sha256": report.result.map(canonical::fingerprint),
-                    "result": report.result.map(|r| canonical::redact(r, &redact)),
+                    "result": report.result.map(|r| scrub(canonical::redact(r, &redact))),
                     "usage": report.usage,
                     "outbound_calls": report.outbound.len(),
                 }),
@@ -428,5 +448,31 @@ impl Gate for Governed {
             self.audit.append(records).await?;
             Ok(())
         })
+    }
+}
+
+/// Replace every occurrence of a secret value in the strings of `v`.
+fn scrub_secrets(v: Value, secrets: &[Secret]) -> Value {
+    match v {
+        Value::String(mut s) => {
+            for secret in secrets {
+                if !secret.expose().is_empty() && s.contains(secret.expose()) {
+                    s = s.replace(secret.expose(), "[SECRET]");
+                }
+            }
+            Value::String(s)
+        }
+        Value::Array(items) => Value::Array(
+            items
+                .into_iter()
+                .map(|i| scrub_secrets(i, secrets))
+                .collect(),
+        ),
+        Value::Object(map) => Value::Object(
+            map.into_iter()
+                .map(|(k, v)| (k, scrub_secrets(v, secrets)))
+                .collect(),
+        ),
+        other => other,
     }
 }

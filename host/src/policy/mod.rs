@@ -124,8 +124,14 @@ impl Policy {
                     format!("{path}: ")
                 };
                 let msg = inner.to_string();
-                // serde_yaml_ng appends " at line L column C"; the prefix says it.
-                let msg = msg.split(" at line ").next().unwrap_or(&msg).to_string();
+                // serde_yaml_ng appends " at line L column C" and may prefix
+                // part of the path; our prefix says both.
+                let mut msg = msg.split(" at line ").next().unwrap_or(&msg).to_string();
+                if let Some((head, rest)) = msg.split_once(": ")
+                    && path.starts_with(head)
+                {
+                    msg = rest.to_string();
+                }
                 policy_error(format!("{at}: {field}{msg}"))
             })?;
             documents.push(compile(name, text, i, doc)?);
@@ -229,7 +235,7 @@ impl Compiled {
             .collect();
         if !errors.is_empty() {
             let hint = if errors.iter().any(|e| e.contains("decimal")) {
-                " (fractional numbers are Cedar decimals: compare with decimal(\"50.0\"))"
+                " (fractional numbers are Cedar decimals: compare with .greaterThan(decimal(\"50.0\")) and friends)"
             } else {
                 ""
             };
