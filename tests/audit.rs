@@ -1,0 +1,341 @@
+//! The audit trail is tamper-evident: `verify` finds every edit, removal,
+//! insertion, reordering and truncation and says where; pruning and export
+//! keep what remains verifiable.
+
+mod common;
+
+use common::tempdir;
+use serde_json::json;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use toolhost::audit::verify::{self, Report};
+use toolhost::audit::{AuditLog, chain_hash};
+use toolhost::storage::Storage;
+use toolhost::storage::sqlite::SqliteStorage;
+
+const T0: i64 = 1_790_000_000_000;
+
+async fn trail(n: i64) -> (PathBuf, Arc<AuditLog>) {
+    let dir = tempdir("audit");
+    let storage: Arc<dyn Storage> = Arc::new(SqliteStorage::open(&dir).await.unwrap());
+    let log = AuditLog::open(storage, &dir).await.unwrap();
+    for i in 1..=n {
+        log.append(vec![(
+            "acme".into(),
+            T0 + i * 86_400_000,
+            json!({"type": "invocation", "n": i}),
+        )])
+        .await
+        .unwrap();
+    }
+    (dir, log)
+}
+
+async fn check(log: &AuditLog) -> Report {
+    let key = verify::parse_key(&log.public_key()).unwrap();
+    verify::verify(log.storage().as_ref(), &key, None)
+        .await
+        .unwrap()
+}
+
+async fn sql(dir: &Path, statements: &[&str]) {
+    use sqlx::Connection;
+    let url = format!("sqlite://{}", dir.join("toolhost.db").display());
+    let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    for s in statements {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(s.to_string()))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+    }
+}
+
+fn problems(r: &Report) -> Vec<String> {
+    r.chains.iter().flat_map(|c| c.problems.clone()).collect()
+}
+
+fn assert_finds(r: &Report, needle: &str) {
+    assert!(!r.ok, "verification passed but should have found: {needle}");
+    let p = problems(r);
+    assert!(
+        p.iter().any(|p| p.contains(needle)),
+        "expected `{needle}` in {p:#?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_untouched_trail_verifies() {
+    let (_dir, log) = trail(30).await;
+    let r = check(&log).await;
+    assert!(r.ok, "{:#?}", problems(&r));
+    assert_eq!(r.entries, 30);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_edited_record_is_found() {
+    let (dir, log) = trail(30).await;
+    sql(
+        &dir,
+        &["UPDATE audit_entries SET body = replace(body, '\"n\":5', '\"n\":500') WHERE seq = 5"],
+    )
+    .await;
+    assert_finds(
+        &check(&log).await,
+        "entry 5: its content does not match its hash (modified)",
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_edit_with_a_recomputed_hash_is_found_at_the_next_link() {
+    let (dir, log) = trail(30).await;
+    let row: (String, i64) = {
+        use sqlx::Connection;
+        let url = format!("sqlite://{}", dir.join("toolhost.db").display());
+        let mut c = sqlx::SqliteConnection::connect(&url).await.unwrap();
+        sqlx::query_as("SELECT prev_hash, time_ms FROM audit_entries WHERE seq = 5")
+            .fetch_one(&mut c)
+            .await
+            .unwrap()
+    };
+    let body = r#"{"n":5,"type":"forged"}"#;
+    let hash = chain_hash(&row.0, row.1, body);
+    sql(
+        &dir,
+        &[&format!(
+            "UPDATE audit_entries SET body = '{body}', hash = '{hash}' WHERE seq = 5"
+        )],
+    )
+    .await;
+    assert_finds(
+        &check(&log).await,
+        "entry 6: does not link to the entry before it",
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_changed_timestamp_is_found() {
+    let (dir, log) = trail(10).await;
+    sql(
+        &dir,
+        &["UPDATE audit_entries SET time_ms = time_ms + 1 WHERE seq = 3"],
+    )
+    .await;
+    assert_finds(
+        &check(&log).await,
+        "entry 3: its content does not match its hash",
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_removed_record_is_found() {
+    let (dir, log) = trail(30).await;
+    sql(&dir, &["DELETE FROM audit_entries WHERE seq = 7"]).await;
+    let r = check(&log).await;
+    assert_finds(&r, "entry 7 is missing (removed)");
+    assert_finds(&r, "entry 8: does not link");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_inserted_record_is_found() {
+    let (dir, log) = trail(30).await;
+    // Make room at seq 10 and forge a well-linked entry there.
+    sql(
+        &dir,
+        &[
+            "UPDATE audit_entries SET seq = -seq WHERE seq >= 10",
+            "UPDATE audit_entries SET seq = -seq + 1 WHERE seq < 0",
+        ],
+    )
+    .await;
+    let prev: String = {
+        use sqlx::Connection;
+        let url = format!("sqlite://{}", dir.join("toolhost.db").display());
+        let mut c = sqlx::SqliteConnection::connect(&url).await.unwrap();
+        sqlx::query_scalar("SELECT hash FROM audit_entries WHERE seq = 9")
+            .fetch_one(&mut c)
+            .await
+            .unwrap()
+    };
+    let body = r#"{"n":"inserted"}"#;
+    let hash = chain_hash(&prev, T0, body);
+    sql(
+        &dir,
+        &[&format!(
+            "INSERT INTO audit_entries (chain, seq, time_ms, body, prev_hash, hash) VALUES ('acme', 10, {T0}, '{body}', '{prev}', '{hash}')"
+        )],
+    )
+    .await;
+    let r = check(&log).await;
+    assert_finds(&r, "entry 11: does not link");
+    assert_finds(&r, "not covered by the signed head");
+    // Appending at the end, however well linked, is not covered by a signature.
+    let (dir, log) = trail(5).await;
+    let prev: String = {
+        use sqlx::Connection;
+        let url = format!("sqlite://{}", dir.join("toolhost.db").display());
+        let mut c = sqlx::SqliteConnection::connect(&url).await.unwrap();
+        sqlx::query_scalar("SELECT hash FROM audit_entries WHERE seq = 5")
+            .fetch_one(&mut c)
+            .await
+            .unwrap()
+    };
+    let hash = chain_hash(&prev, T0, body);
+    sql(
+        &dir,
+        &[&format!(
+            "INSERT INTO audit_entries (chain, seq, time_ms, body, prev_hash, hash) VALUES ('acme', 6, {T0}, '{body}', '{prev}', '{hash}')"
+        )],
+    )
+    .await;
+    assert_finds(
+        &check(&log).await,
+        "entries 6 to 6 are not covered by the signed head (appended outside Toolhost)",
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reordered_records_are_found() {
+    let (dir, log) = trail(30).await;
+    sql(
+        &dir,
+        &[
+            "UPDATE audit_entries SET seq = 1000 WHERE seq = 3",
+            "UPDATE audit_entries SET seq = 3 WHERE seq = 4",
+            "UPDATE audit_entries SET seq = 4 WHERE seq = 1000",
+        ],
+    )
+    .await;
+    let r = check(&log).await;
+    assert_finds(&r, "entry 3: does not link");
+    assert_finds(&r, "entry 4: does not link");
+    assert_finds(&r, "entry 5: does not link");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn truncation_is_found() {
+    let (dir, log) = trail(30).await;
+    sql(&dir, &["DELETE FROM audit_entries WHERE seq > 25"]).await;
+    assert_finds(
+        &check(&log).await,
+        "entries 26 to 30 are missing: the chain ends before its signed head (truncated)",
+    );
+    // Cutting the head off instead.
+    let (dir, log) = trail(10).await;
+    sql(&dir, &["DELETE FROM audit_entries WHERE seq <= 2"]).await;
+    assert_finds(&check(&log).await, "entries 1 to 2 are missing (removed)");
+    // Forging the signed head to match the truncation fails its signature.
+    let (dir, log) = trail(10).await;
+    sql(
+        &dir,
+        &[
+            "DELETE FROM audit_entries WHERE seq > 8",
+            "UPDATE audit_checkpoints SET seq = 8, hash = (SELECT hash FROM audit_entries WHERE seq = 8) WHERE kind = 'head'",
+        ],
+    )
+    .await;
+    assert_finds(&check(&log).await, "signature is invalid");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pruning_keeps_the_rest_verifiable() {
+    let (dir, log) = trail(30).await;
+    // Keep the last 10 days of records.
+    let cutoff = T0 + 21 * 86_400_000;
+    assert_eq!(log.prune("acme", cutoff).await.unwrap(), 20);
+    let r = check(&log).await;
+    assert!(r.ok, "{:#?}", problems(&r));
+    assert_eq!(r.entries, 10);
+    assert_eq!(r.chains[0].first_seq, Some(21));
+    // Tampering after pruning is still found.
+    sql(&dir, &["DELETE FROM audit_entries WHERE seq = 21"]).await;
+    assert_finds(&check(&log).await, "entry 21 is missing (removed)");
+    // New records keep chaining after a prune.
+    let (_dir, log) = trail(5).await;
+    log.prune("acme", T0 + 10 * 86_400_000).await.unwrap();
+    log.append(vec![(
+        "acme".into(),
+        T0 + 20 * 86_400_000,
+        json!({"n": "after"}),
+    )])
+    .await
+    .unwrap();
+    let r = check(&log).await;
+    assert!(r.ok, "{:#?}", problems(&r));
+    assert_eq!(r.entries, 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn exports_verify_on_their_own_and_show_tampering() {
+    let (_dir, log) = trail(30).await;
+    let mut out = Vec::new();
+    let n = verify::export(
+        &log,
+        "acme",
+        Some(T0 + 5 * 86_400_000),
+        Some(T0 + 15 * 86_400_000),
+        &mut out,
+    )
+    .await
+    .unwrap();
+    assert_eq!(n, 10);
+    let text = String::from_utf8(out).unwrap();
+    let r = verify::verify_export(&mut text.as_bytes(), Some(&log.public_key())).unwrap();
+    assert!(r.ok, "{:#?}", problems(&r));
+    assert_eq!(r.entries, 10);
+    // Change one exported record.
+    let tampered = text.replacen(r#"\"n\":7"#, r#"\"n\":70"#, 1);
+    assert_ne!(tampered, text);
+    let r = verify::verify_export(&mut tampered.as_bytes(), Some(&log.public_key())).unwrap();
+    assert!(!r.ok);
+    // Drop one line.
+    let lines: Vec<&str> = text.lines().collect();
+    let dropped = [&lines[..3], &lines[4..]].concat().join("\n");
+    let r = verify::verify_export(&mut dropped.as_bytes(), Some(&log.public_key())).unwrap();
+    assert!(!r.ok);
+    // Another key does not vouch for it.
+    let other = "11".repeat(32);
+    let r = verify::verify_export(&mut text.as_bytes(), Some(&other));
+    assert!(r.map(|r| !r.ok).unwrap_or(true));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_appends_form_one_unbroken_chain() {
+    let (dir, log) = trail(0).await;
+    let mut tasks = Vec::new();
+    for i in 0..200 {
+        let log = log.clone();
+        tasks.push(tokio::spawn(async move {
+            log.append(vec![("acme".into(), T0 + i, json!({"i": i}))])
+                .await
+                .unwrap()
+        }));
+    }
+    let mut seqs: Vec<i64> = Vec::new();
+    for t in tasks {
+        seqs.extend(t.await.unwrap().iter().map(|e| e.seq));
+    }
+    seqs.sort_unstable();
+    assert_eq!(seqs, (1..=200).collect::<Vec<_>>());
+    let r = check(&log).await;
+    assert!(r.ok, "{:#?}", problems(&r));
+    // Durable: a second connection to the data dir sees every record.
+    let other = SqliteStorage::open(&dir).await.unwrap();
+    assert_eq!(other.audit_read("acme", 0, 1000).await.unwrap().len(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_data_dir_is_bound_to_its_key() {
+    let (dir, log) = trail(3).await;
+    drop(log);
+    std::fs::write(dir.join(toolhost::audit::KEY_FILE), "22".repeat(32)).unwrap();
+    let storage: Arc<dyn Storage> = Arc::new(SqliteStorage::open(&dir).await.unwrap());
+    let err = AuditLog::open(storage, &dir)
+        .await
+        .err()
+        .expect("a swapped key is refused");
+    assert!(
+        err.message.contains("does not match the key"),
+        "{}",
+        err.message
+    );
+}
