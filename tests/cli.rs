@@ -340,3 +340,238 @@ fn tempdir() -> std::path::PathBuf {
     std::fs::create_dir_all(&d).unwrap();
     d
 }
+
+fn policy_path() -> String {
+    repo_root()
+        .join("policies/refund-request.yaml")
+        .display()
+        .to_string()
+}
+
+#[test]
+fn run_with_a_policy_goes_through_the_gate_and_is_audited() {
+    let data = tempdir();
+    let d = data.display().to_string();
+    let refund = guest("refund");
+    let p = policy_path();
+    let base = ["run", path(&refund)];
+    let gated = |function: &str, args: &str, extra: &[&str]| {
+        let mut a: Vec<&str> = base.to_vec();
+        a.extend([
+            function,
+            "--args",
+            args,
+            "--policy",
+            p.as_str(),
+            "--data-dir",
+            d.as_str(),
+            "--task",
+            "cli-task",
+        ]);
+        a.extend(extra);
+        host(&a)
+    };
+    let out = gated(
+        "lookup-order",
+        r#"{"order-id": "ord_1002"}"#,
+        &["--json", "--audit"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v = stdout_json(&out);
+    assert_eq!(v["ok"], true);
+    let audit = v["audit"].as_array().unwrap();
+    assert_eq!(audit.len(), 1);
+    let record = &audit[0]["record"];
+    assert_eq!(record["invocation_id"], v["invocation_id"]);
+    assert_eq!(record["decision"]["effect"], "allow");
+    assert_eq!(record["result"]["ok"]["email"], "[REDACTED]");
+    assert_eq!(
+        record["workflow"], "refund_request",
+        "the policy's only workflow is the default"
+    );
+
+    let out = gated(
+        "issue-refund",
+        r#"{"order-id": "ord_1002", "amount-usd": 99}"#,
+        &["--json"],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(stdout_json(&out)["error"]["kind"], "approval_required");
+
+    let verify = host(&["audit", "verify", "--data-dir", &d]);
+    assert!(
+        verify.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verify.stdout)
+    );
+    assert!(String::from_utf8_lossy(&verify.stdout).contains("chain _: 2 records: ok"));
+
+    let export = data.join("export.jsonl");
+    let out = host(&[
+        "audit",
+        "export",
+        "--data-dir",
+        &d,
+        "--since",
+        "2000-01-01",
+        "-o",
+        path(&export),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines = std::fs::read_to_string(&export).unwrap();
+    assert_eq!(
+        lines
+            .lines()
+            .filter(|l| l.contains(r#""type":"entry""#))
+            .count(),
+        2
+    );
+    let out = host(&["audit", "verify", "--file", path(&export)]);
+    assert!(out.status.success());
+
+    // Three more tool calls use up the task's budget of four.
+    for _ in 0..3 {
+        assert!(
+            gated("lookup-order", r#"{"order-id": "ord_1001"}"#, &[])
+                .status
+                .success()
+        );
+    }
+    let out = gated("lookup-order", r#"{"order-id": "ord_1001"}"#, &["--json"]);
+    let v = stdout_json(&out);
+    assert_eq!(v["error"]["kind"], "budget_exceeded");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("max_tool_calls is 4")
+    );
+
+    // Token reports count against the task too.
+    let out = host(&[
+        "budget",
+        "tokens",
+        "--data-dir",
+        &d,
+        "--policy",
+        &p,
+        "--task",
+        "tok",
+        "--input",
+        "3500",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("max_input_tokens is 3000"));
+
+    // Tampering with the database is caught by the CLI as well.
+    let url = format!("sqlite://{}", data.join("toolhost.db").display());
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        use sqlx::Connection;
+        let mut c = sqlx::SqliteConnection::connect(&url).await.unwrap();
+        sqlx::query(
+            "UPDATE audit_entries SET body = replace(body, 'ord_1002', 'ord_9999') WHERE seq = 1",
+        )
+        .execute(&mut c)
+        .await
+        .unwrap();
+    });
+    let out = host(&["audit", "verify", "--data-dir", &d]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("entry 1: its content does not match its hash (modified)"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn an_invalid_policy_file_is_rejected_with_file_line_and_field() {
+    let dir = tempdir();
+    let bad = write(
+        &dir,
+        "bad.yaml",
+        b"workflow: w\nbudget:\n  max_tool_calls: lots\n",
+    );
+    let out = host(&[
+        "run",
+        path(&guest("text-tools")),
+        "hello",
+        "--policy",
+        path(&bad),
+        "--data-dir",
+        path(&dir),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("error[invalid_policy]"), "{stderr}");
+    assert!(
+        stderr.contains(&format!("{}:3:", bad.display())),
+        "{stderr}"
+    );
+    assert!(stderr.contains("budget.max_tool_calls"), "{stderr}");
+}
+
+#[test]
+fn secrets_never_reach_logs_or_the_data_dir() {
+    let dir = tempdir();
+    let secret = "ghp_SUPER_SECRET_value_91x";
+    let secrets = write(
+        &dir,
+        "secrets.yaml",
+        format!("api_token: {secret}\n").as_bytes(),
+    );
+    let policy = write(
+        &dir,
+        "p.yaml",
+        br#"
+workflow: w
+policy:
+  allow_tools: [get-json]
+tools:
+  http-json:
+    http:
+      - url: https://api.example.invalid
+        headers: {Authorization: "token {{secret:api_token}}"}
+"#,
+    );
+    let data = dir.join("data");
+    let out = host(&[
+        "run",
+        path(&guest("http-json")),
+        "get-json",
+        "--args",
+        r#"{"url": "https://api.example.invalid/user"}"#,
+        "--policy",
+        path(&policy),
+        "--secrets",
+        path(&secrets),
+        "--data-dir",
+        path(&data),
+        "--json",
+        "--audit",
+    ]);
+    let all = [out.stdout.clone(), out.stderr.clone()].concat();
+    assert!(
+        !all.windows(secret.len()).any(|w| w == secret.as_bytes()),
+        "secret in CLI output"
+    );
+    let v = stdout_json(&out);
+    assert_eq!(v["outbound"][0]["allowed"], true, "{v}");
+    for entry in std::fs::read_dir(&data).unwrap() {
+        let bytes = std::fs::read(entry.unwrap().path()).unwrap();
+        assert!(!bytes.windows(secret.len()).any(|w| w == secret.as_bytes()));
+    }
+}

@@ -187,6 +187,9 @@ impl Ledger {
 
     /// Reserve `charges` atomically, or fail with `budget_exceeded`.
     pub async fn reserve(&self, charges: Vec<Charge>) -> Result<()> {
+        if charges.is_empty() {
+            return Ok(());
+        }
         match self.storage.budget_reserve(charges).await? {
             Ok(()) => Ok(()),
             Err(e) => Err(exceeded_error(&e)),
@@ -195,6 +198,9 @@ impl Ledger {
 
     /// Release a reservation and record the actual spend.
     pub async fn settle(&self, reserved: Vec<Charge>, used: Vec<Charge>) -> Result<()> {
+        if reserved.is_empty() && used.is_empty() {
+            return Ok(());
+        }
         self.storage.budget_settle(reserved, used).await
     }
 
