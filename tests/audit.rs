@@ -33,9 +33,7 @@ async fn trail(n: i64) -> (PathBuf, Arc<AuditLog>) {
 
 async fn check(log: &AuditLog) -> Report {
     let key = verify::parse_key(&log.public_key()).unwrap();
-    verify::verify(log.storage().as_ref(), &key, None)
-        .await
-        .unwrap()
+    verify::verify(log.storage(), &key, None).await.unwrap()
 }
 
 async fn sql(dir: &Path, statements: &[&str]) {
@@ -48,6 +46,17 @@ async fn sql(dir: &Path, statements: &[&str]) {
             .await
             .unwrap();
     }
+}
+
+async fn hash_of(dir: &Path, seq: i64) -> (String, i64) {
+    use sqlx::Connection;
+    let url = format!("sqlite://{}", dir.join("toolhost.db").display());
+    let mut c = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    sqlx::query_as("SELECT hash, time_ms FROM audit_entries WHERE seq = ?")
+        .bind(seq)
+        .fetch_one(&mut c)
+        .await
+        .unwrap()
 }
 
 fn problems(r: &Report) -> Vec<String> {
@@ -88,17 +97,10 @@ async fn an_edited_record_is_found() {
 #[tokio::test(flavor = "multi_thread")]
 async fn an_edit_with_a_recomputed_hash_is_found_at_the_next_link() {
     let (dir, log) = trail(30).await;
-    let row: (String, i64) = {
-        use sqlx::Connection;
-        let url = format!("sqlite://{}", dir.join("toolhost.db").display());
-        let mut c = sqlx::SqliteConnection::connect(&url).await.unwrap();
-        sqlx::query_as("SELECT prev_hash, time_ms FROM audit_entries WHERE seq = 5")
-            .fetch_one(&mut c)
-            .await
-            .unwrap()
-    };
+    let (prev, _) = hash_of(&dir, 4).await;
+    let (_, time_ms) = hash_of(&dir, 5).await;
     let body = r#"{"n":5,"type":"forged"}"#;
-    let hash = chain_hash(&row.0, row.1, body);
+    let hash = chain_hash(&prev, time_ms, body);
     sql(
         &dir,
         &[&format!(
@@ -147,15 +149,7 @@ async fn an_inserted_record_is_found() {
         ],
     )
     .await;
-    let prev: String = {
-        use sqlx::Connection;
-        let url = format!("sqlite://{}", dir.join("toolhost.db").display());
-        let mut c = sqlx::SqliteConnection::connect(&url).await.unwrap();
-        sqlx::query_scalar("SELECT hash FROM audit_entries WHERE seq = 9")
-            .fetch_one(&mut c)
-            .await
-            .unwrap()
-    };
+    let (prev, _) = hash_of(&dir, 9).await;
     let body = r#"{"n":"inserted"}"#;
     let hash = chain_hash(&prev, T0, body);
     sql(
@@ -170,15 +164,7 @@ async fn an_inserted_record_is_found() {
     assert_finds(&r, "not covered by the signed head");
     // Appending at the end, however well linked, is not covered by a signature.
     let (dir, log) = trail(5).await;
-    let prev: String = {
-        use sqlx::Connection;
-        let url = format!("sqlite://{}", dir.join("toolhost.db").display());
-        let mut c = sqlx::SqliteConnection::connect(&url).await.unwrap();
-        sqlx::query_scalar("SELECT hash FROM audit_entries WHERE seq = 5")
-            .fetch_one(&mut c)
-            .await
-            .unwrap()
-    };
+    let (prev, _) = hash_of(&dir, 5).await;
     let hash = chain_hash(&prev, T0, body);
     sql(
         &dir,
@@ -229,7 +215,7 @@ async fn truncation_is_found() {
         &dir,
         &[
             "DELETE FROM audit_entries WHERE seq > 8",
-            "UPDATE audit_checkpoints SET seq = 8, hash = (SELECT hash FROM audit_entries WHERE seq = 8) WHERE kind = 'head'",
+            "UPDATE audit_heads SET seq = 8, hash = (SELECT hash FROM audit_entries WHERE seq = 8)",
         ],
     )
     .await;
@@ -338,4 +324,26 @@ async fn the_data_dir_is_bound_to_its_key() {
         "{}",
         err.message
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_in_memory_backend_keeps_the_same_contract() {
+    use toolhost::storage::memory::MemoryStorage;
+    let dir = tempdir("audit-mem");
+    let storage: Arc<dyn Storage> = Arc::new(MemoryStorage::new());
+    let log = AuditLog::open(storage, &dir).await.unwrap();
+    for i in 1..=2500 {
+        log.append(vec![("acme".into(), T0 + i, json!({"n": i}))])
+            .await
+            .unwrap();
+    }
+    let r = check(&log).await;
+    assert!(r.ok, "{:#?}", problems(&r));
+    assert_eq!(r.entries, 2500);
+    let periodic = log.storage().checkpoints("acme").await.unwrap();
+    assert_eq!(periodic.iter().filter(|c| c.kind == "periodic").count(), 2);
+    assert_eq!(log.prune("acme", T0 + 1001).await.unwrap(), 1000);
+    let r = check(&log).await;
+    assert!(r.ok, "{:#?}", problems(&r));
+    assert_eq!(r.chains[0].first_seq, Some(1001));
 }

@@ -16,7 +16,7 @@ pub mod canonical;
 pub mod verify;
 
 use crate::error::{Error, Result};
-use crate::storage::{Checkpoint, NewEntry, Signer, Storage, StoredEntry};
+use crate::storage::{Batch, Charge, Checkpoint, NewEntry, Signer, Storage, StoredEntry};
 use ed25519_dalek::{Signer as _, SigningKey};
 use serde_json::Value;
 use std::path::Path;
@@ -108,7 +108,7 @@ fn signer_for(key: SigningKey) -> Arc<Signer> {
 }
 
 struct Pending {
-    entries: Vec<NewEntry>,
+    batch: Batch,
     done: oneshot::Sender<Result<Vec<StoredEntry>>>,
 }
 
@@ -140,24 +140,26 @@ impl AuditLog {
         let signer = signer_for(key.clone());
         tokio::spawn(async move {
             while let Some(first) = rx.recv().await {
-                let mut batch = vec![first];
-                let mut count = batch[0].entries.len();
+                let mut pending = vec![first];
+                let mut count = pending[0].batch.entries.len();
                 while count < MAX_BATCH {
                     match rx.try_recv() {
                         Ok(p) => {
-                            count += p.entries.len();
-                            batch.push(p);
+                            count += p.batch.entries.len();
+                            pending.push(p);
                         }
                         Err(_) => break,
                     }
                 }
-                let mut entries = Vec::with_capacity(count);
-                let mut waiters = Vec::with_capacity(batch.len());
-                for p in batch {
-                    waiters.push((p.entries.len(), p.done));
-                    entries.extend(p.entries);
+                let mut batch = Batch::default();
+                let mut waiters = Vec::with_capacity(pending.len());
+                for p in pending {
+                    waiters.push((p.batch.entries.len(), p.done));
+                    batch.entries.extend(p.batch.entries);
+                    batch.release.extend(p.batch.release);
+                    batch.charge.extend(p.batch.charge);
                 }
-                match writer_storage.audit_append(entries, signer.as_ref()).await {
+                match writer_storage.audit_append(batch, signer.as_ref()).await {
                     Ok(stored) => {
                         let mut stored = stored.into_iter();
                         for (n, done) in waiters {
@@ -190,7 +192,18 @@ impl AuditLog {
 
     /// Append records (canonicalised here) and wait until they are durable.
     pub async fn append(&self, records: Vec<(String, i64, Value)>) -> Result<Vec<StoredEntry>> {
-        if records.is_empty() {
+        self.append_settling(records, Vec::new(), Vec::new()).await
+    }
+
+    /// [`AuditLog::append`], settling budget lines in the same transaction:
+    /// `release` reservations, record `charge` as used.
+    pub async fn append_settling(
+        &self,
+        records: Vec<(String, i64, Value)>,
+        release: Vec<Charge>,
+        charge: Vec<Charge>,
+    ) -> Result<Vec<StoredEntry>> {
+        if records.is_empty() && release.is_empty() && charge.is_empty() {
             return Ok(Vec::new());
         }
         let entries: Vec<NewEntry> = records
@@ -203,7 +216,14 @@ impl AuditLog {
             .collect();
         let (done, wait) = oneshot::channel();
         self.queue
-            .send(Pending { entries, done })
+            .send(Pending {
+                batch: Batch {
+                    entries,
+                    release,
+                    charge,
+                },
+                done,
+            })
             .await
             .map_err(|_| Error::internal("the audit writer has stopped"))?;
         wait.await

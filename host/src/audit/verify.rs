@@ -12,6 +12,7 @@ use serde::Serialize;
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::io::{BufRead, Write};
+use std::sync::Arc;
 
 /// The result of verifying one chain.
 #[derive(Debug, Clone, Serialize)]
@@ -34,6 +35,35 @@ pub struct Report {
 }
 
 const MAX_PROBLEMS: usize = 100;
+
+/// Entries read per page while verifying.
+const PAGE: i64 = 20_000;
+
+/// Whether each entry's hash matches its content, computed on all cores.
+fn hash_all(page: &[StoredEntry]) -> Vec<bool> {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(8);
+    let chunk = page.len().div_ceil(threads).max(1);
+    let check = |part: &[StoredEntry]| -> Vec<bool> {
+        part.iter()
+            .map(|e| chain_hash(&e.prev_hash, e.time_ms, &e.body) == e.hash)
+            .collect()
+    };
+    if threads == 1 || page.len() < 1024 {
+        return check(page);
+    }
+    std::thread::scope(|s| {
+        let handles: Vec<_> = page
+            .chunks(chunk)
+            .map(|part| s.spawn(move || check(part)))
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap_or_default())
+            .collect()
+    })
+}
 
 /// Checks one chain, entry by entry.
 pub struct ChainCheck<'k> {
@@ -104,6 +134,12 @@ impl<'k> ChainCheck<'k> {
 
     /// Check the next entry.
     pub fn push(&mut self, e: &StoredEntry) {
+        let hash_ok = chain_hash(&e.prev_hash, e.time_ms, &e.body) == e.hash;
+        self.push_hashed(e, hash_ok);
+    }
+
+    /// Check the next entry, whose own hash was already checked (`hash_ok`).
+    pub fn push_hashed(&mut self, e: &StoredEntry, hash_ok: bool) {
         self.report.entries += 1;
         self.report.first_seq.get_or_insert(e.seq);
         self.report.last_seq = Some(e.seq);
@@ -131,7 +167,7 @@ impl<'k> ChainCheck<'k> {
                 e.seq
             ));
         }
-        if chain_hash(&e.prev_hash, e.time_ms, &e.body) != e.hash {
+        if !hash_ok {
             self.problem(format!(
                 "entry {}: its content does not match its hash (modified)",
                 e.seq
@@ -191,7 +227,7 @@ impl<'k> ChainCheck<'k> {
 
 /// Verify every chain (or one) in the store.
 pub async fn verify(
-    storage: &dyn Storage,
+    storage: &Arc<dyn Storage>,
     key: &VerifyingKey,
     only: Option<&str>,
 ) -> Result<Report> {
@@ -223,13 +259,27 @@ pub async fn verify(
         }
         check.expect_checkpoints(periodic);
         // Entries up to a pruning anchor are gone by design, not "missing".
-        let mut after = start - 1;
-        loop {
-            let page = storage.audit_read(&chain, after, 20_000).await?;
+        // Read the next page while this one is checked; hash each page's
+        // entries on all cores (each hash is independent), then walk the
+        // links in order.
+        let read = |after: i64| {
+            let (storage, chain) = (storage.clone(), chain.clone());
+            tokio::spawn(async move { storage.audit_read(&chain, after, PAGE).await })
+        };
+        let joined = |e: tokio::task::JoinError| Error::internal(format!("verifier task: {e}"));
+        let mut next = Some(read(start - 1));
+        while let Some(pending) = next.take() {
+            let page = pending.await.map_err(joined)??;
             let Some(last) = page.last() else { break };
-            after = last.seq;
-            for e in &page {
-                check.push(e);
+            next = Some(read(last.seq));
+            let (page, ok) = tokio::task::spawn_blocking(move || {
+                let ok = hash_all(&page);
+                (page, ok)
+            })
+            .await
+            .map_err(joined)?;
+            for (e, ok) in page.iter().zip(ok) {
+                check.push_hashed(e, ok);
             }
         }
         reports.push(check.finish(head.as_ref()));

@@ -93,8 +93,7 @@ async fn run(cmd: Command) -> toolhost::Result<i32> {
                     };
                     let chain = tenant.as_deref().map(|t| chain_of(Some(t)));
                     let started = std::time::Instant::now();
-                    let report =
-                        verify::verify(log.storage().as_ref(), &key, chain.as_deref()).await?;
+                    let report = verify::verify(log.storage(), &key, chain.as_deref()).await?;
                     let secs = started.elapsed().as_secs_f64();
                     if !json {
                         eprintln!(

@@ -38,6 +38,7 @@ struct State {
     redact: Vec<String>,
     scope: Scope,
     reserved: Vec<Charge>,
+    admitted_ms: i64,
     document: Document,
     outbound: AtomicU32,
     max_outbound: u32,
@@ -227,7 +228,13 @@ impl Gate for Governed {
                 ..Spend::default()
             }
             .priced(&settings.price);
-            let reserved = charges(&document.budget, &scope, now_ms(), &worst);
+            // Only limited lines need a reservation; the clock is fixed at
+            // admission so that settling hits the same windows.
+            let admitted_ms = now_ms();
+            let reserved: Vec<Charge> = charges(&document.budget, &scope, admitted_ms, &worst)
+                .into_iter()
+                .filter(|c| c.limit.is_some())
+                .collect();
             self.ledger.reserve(reserved.clone()).await?;
 
             let handed_out = settings
@@ -243,6 +250,7 @@ impl Gate for Governed {
                 })
                 .collect();
             let state = State {
+                admitted_ms,
                 handed_out,
                 workflow: workflow.unwrap_or_else(|| "*".into()),
                 redact: document.logging.redact_fields.clone(),
@@ -379,8 +387,10 @@ impl Gate for Governed {
                     .unwrap_or_default(),
             };
 
-            // Settle: release the reservation, charge what was used.
+            // Settle: release the reservation, charge what was used — in the
+            // same transaction as the audit records.
             let mut charged = None;
+            let mut settle = (Vec::new(), Vec::new());
             if let Some(s) = state {
                 let allowed_outbound = report.outbound.iter().filter(|e| e.allowed).count() as i64;
                 let used = Spend {
@@ -391,8 +401,10 @@ impl Gate for Governed {
                     ..Spend::default()
                 }
                 .priced(&s.settings.price);
-                let used_charges = charges(&s.document.budget, &s.scope, time_ms, &used);
-                self.ledger.settle(s.reserved.clone(), used_charges).await?;
+                settle = (
+                    s.reserved.clone(),
+                    charges(&s.document.budget, &s.scope, s.admitted_ms, &used),
+                );
                 charged = Some(used);
             }
 
@@ -445,7 +457,9 @@ impl Gate for Governed {
                 }
                 records.push((chain.clone(), time_ms, record));
             }
-            self.audit.append(records).await?;
+            self.audit
+                .append_settling(records, settle.0, settle.1)
+                .await?;
             Ok(())
         })
     }

@@ -14,6 +14,7 @@
 //! * `budget_reserve` checks and reserves all charges atomically: either all
 //!   are reserved or none, and concurrent reservations never overspend.
 
+pub mod memory;
 pub mod sqlite;
 
 use crate::error::Result;
@@ -27,6 +28,16 @@ pub struct NewEntry {
     pub chain: String,
     pub time_ms: i64,
     pub body: String,
+}
+
+/// What one audit commit writes.
+#[derive(Debug, Clone, Default)]
+pub struct Batch {
+    pub entries: Vec<NewEntry>,
+    /// Reservations to release.
+    pub release: Vec<Charge>,
+    /// Usage to record.
+    pub charge: Vec<Charge>,
 }
 
 /// Signs a checkpoint: `(chain, seq, hash, time_ms)` → hex signature.
@@ -96,13 +107,14 @@ pub struct Usage {
 
 /// Everything Toolhost persists.
 pub trait Storage: Send + Sync + 'static {
-    /// Append entries, chaining each to its chain's head, and in the same
-    /// transaction store a signed `head` checkpoint for every chain touched
-    /// (and a `periodic` one each [`crate::audit::CHECKPOINT_EVERY`] entries);
-    /// durable on return. Returns the stored entries in order.
+    /// Commit a batch in one transaction: append its entries, chaining each
+    /// to its chain's head, store a signed `head` checkpoint for every chain
+    /// touched (and a `periodic` one each [`crate::audit::CHECKPOINT_EVERY`]
+    /// entries), and settle its budget lines. Durable on return. Returns the
+    /// stored entries in order.
     fn audit_append<'a>(
         &'a self,
-        entries: Vec<NewEntry>,
+        batch: Batch,
         signer: &'a Signer,
     ) -> BoxFuture<'a, Result<Vec<StoredEntry>>>;
 
@@ -117,10 +129,10 @@ pub trait Storage: Send + Sync + 'static {
     /// The names of all chains.
     fn audit_chains(&self) -> BoxFuture<'_, Result<Vec<String>>>;
 
-    /// Store a checkpoint (a `head` checkpoint replaces the previous head).
+    /// Store a `prune` anchor or `periodic` checkpoint.
     fn checkpoint_put(&self, checkpoint: Checkpoint) -> BoxFuture<'_, Result<()>>;
 
-    /// All checkpoints of a chain, oldest first.
+    /// All checkpoints of a chain, oldest first, the signed head last.
     fn checkpoints(&self, chain: &str) -> BoxFuture<'_, Result<Vec<Checkpoint>>>;
 
     /// Delete a chain's entries with `seq <= upto` (retention). The caller

@@ -3,7 +3,7 @@
 //! migrations, and `BEGIN IMMEDIATE` for every read-modify-write so that
 //! concurrent processes on one data dir serialise correctly.
 
-use super::{Charge, Checkpoint, Exceeded, NewEntry, Signer, Storage, StoredEntry, Usage};
+use super::{Batch, Charge, Checkpoint, Exceeded, Signer, Storage, StoredEntry, Usage};
 use crate::audit::chain_hash;
 use crate::error::{Error, Result};
 use crate::gate::BoxFuture;
@@ -27,7 +27,9 @@ const MIGRATIONS: &[&str] = &[
     CREATE TABLE audit_heads (
         chain TEXT PRIMARY KEY,
         seq INTEGER NOT NULL,
-        hash TEXT NOT NULL
+        hash TEXT NOT NULL,
+        time_ms INTEGER NOT NULL,
+        signature TEXT NOT NULL
     ) WITHOUT ROWID;
     CREATE TABLE audit_checkpoints (
         id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -159,17 +161,53 @@ async fn insert_checkpoint(
     Ok(())
 }
 
+/// Release reservations and record usage, inside a transaction.
+async fn settle(
+    tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>,
+    release: &[Charge],
+    charge: &[Charge],
+) -> Result<()> {
+    for (c, is_release) in release
+        .iter()
+        .map(|c| (c, true))
+        .chain(charge.iter().map(|c| (c, false)))
+    {
+        if c.amount == 0 {
+            continue;
+        }
+        let (r, u) = if is_release {
+            (-c.amount, 0)
+        } else {
+            (0, c.amount)
+        };
+        sqlx::query(
+            "INSERT INTO budget (scope, window, metric, used, reserved) VALUES (?, ?, ?, ?, ?)
+             ON CONFLICT (scope, window, metric) DO UPDATE
+             SET used = used + excluded.used, reserved = max(0, reserved + excluded.reserved)",
+        )
+        .bind(&c.scope)
+        .bind(&c.window)
+        .bind(&c.metric)
+        .bind(u)
+        .bind(r)
+        .execute(&mut **tx)
+        .await
+        .map_err(db)?;
+    }
+    Ok(())
+}
+
 impl Storage for SqliteStorage {
     fn audit_append<'a>(
         &'a self,
-        entries: Vec<NewEntry>,
+        batch: Batch,
         signer: &'a Signer,
     ) -> BoxFuture<'a, Result<Vec<StoredEntry>>> {
         Box::pin(async move {
             let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(db)?;
             let mut heads: std::collections::HashMap<String, (i64, String)> = Default::default();
-            let mut stored = Vec::with_capacity(entries.len());
-            for e in entries {
+            let mut stored = Vec::with_capacity(batch.entries.len());
+            for e in batch.entries {
                 if !heads.contains_key(&e.chain) {
                     let head = sqlx::query("SELECT seq, hash FROM audit_heads WHERE chain = ?")
                         .bind(&e.chain)
@@ -211,23 +249,22 @@ impl Storage for SqliteStorage {
             }
             let now = stored.last().map_or(0, |e| e.time_ms);
             for (chain, (seq, hash)) in heads {
+                let signature = signer(&chain, seq, &hash, now);
                 sqlx::query(
-                    "INSERT INTO audit_heads (chain, seq, hash) VALUES (?, ?, ?)
-                     ON CONFLICT (chain) DO UPDATE SET seq = excluded.seq, hash = excluded.hash",
+                    "INSERT INTO audit_heads (chain, seq, hash, time_ms, signature) VALUES (?, ?, ?, ?, ?)
+                     ON CONFLICT (chain) DO UPDATE SET seq = excluded.seq, hash = excluded.hash,
+                         time_ms = excluded.time_ms, signature = excluded.signature",
                 )
                 .bind(&chain)
                 .bind(seq)
                 .bind(&hash)
+                .bind(now)
+                .bind(signature)
                 .execute(&mut *tx)
                 .await
                 .map_err(db)?;
-                sqlx::query("DELETE FROM audit_checkpoints WHERE chain = ? AND kind = 'head'")
-                    .bind(&chain)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(db)?;
-                insert_checkpoint(&mut tx, &chain, seq, &hash, now, signer, "head").await?;
             }
+            settle(&mut tx, &batch.release, &batch.charge).await?;
             tx.commit().await.map_err(db)?;
             Ok(stored)
         })
@@ -269,13 +306,6 @@ impl Storage for SqliteStorage {
     fn checkpoint_put(&self, c: Checkpoint) -> BoxFuture<'_, Result<()>> {
         Box::pin(async move {
             let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(db)?;
-            if c.kind == "head" {
-                sqlx::query("DELETE FROM audit_checkpoints WHERE chain = ? AND kind = 'head'")
-                    .bind(&c.chain)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(db)?;
-            }
             sqlx::query(
                 "INSERT INTO audit_checkpoints (chain, seq, hash, time_ms, signature, kind) VALUES (?, ?, ?, ?, ?, ?)",
             )
@@ -296,8 +326,11 @@ impl Storage for SqliteStorage {
         let chain = chain.to_string();
         Box::pin(async move {
             let rows = sqlx::query(
-                "SELECT chain, seq, hash, time_ms, signature, kind FROM audit_checkpoints
-                 WHERE chain = ? ORDER BY seq, id",
+                "SELECT chain, seq, hash, time_ms, signature, kind FROM
+                   (SELECT chain, seq, hash, time_ms, signature, kind, id AS o FROM audit_checkpoints WHERE chain = ?1
+                    UNION ALL
+                    SELECT chain, seq, hash, time_ms, signature, 'head', 9223372036854775807 FROM audit_heads WHERE chain = ?1)
+                 ORDER BY o = 9223372036854775807, seq, o",
             )
             .bind(chain)
             .fetch_all(&self.pool)
@@ -349,42 +382,49 @@ impl Storage for SqliteStorage {
         Box::pin(async move {
             let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(db)?;
             for c in &charges {
-                let row = sqlx::query("SELECT used, reserved FROM budget WHERE scope = ? AND window = ? AND metric = ?")
+                // Reserve only if the limit holds: one statement per line.
+                let fits = c.limit.is_none_or(|l| c.amount <= l);
+                let affected = if fits {
+                    sqlx::query(
+                        "INSERT INTO budget (scope, window, metric, used, reserved) VALUES (?1, ?2, ?3, 0, ?4)
+                         ON CONFLICT (scope, window, metric) DO UPDATE SET reserved = reserved + excluded.reserved
+                         WHERE ?5 IS NULL OR used + reserved + excluded.reserved <= ?5",
+                    )
+                    .bind(&c.scope)
+                    .bind(&c.window)
+                    .bind(&c.metric)
+                    .bind(c.amount)
+                    .bind(c.limit)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db)?
+                    .rows_affected()
+                } else {
+                    0
+                };
+                if affected == 0 {
+                    let row = sqlx::query(
+                        "SELECT used, reserved FROM budget WHERE scope = ? AND window = ? AND metric = ?",
+                    )
                     .bind(&c.scope)
                     .bind(&c.window)
                     .bind(&c.metric)
                     .fetch_optional(&mut *tx)
                     .await
                     .map_err(db)?;
-                let (used, reserved) = row
-                    .map(|r| (r.get::<i64, _>(0), r.get::<i64, _>(1)))
-                    .unwrap_or((0, 0));
-                if let Some(limit) = c.limit
-                    && used.saturating_add(reserved).saturating_add(c.amount) > limit
-                {
+                    let (used, reserved) = row
+                        .map(|r| (r.get::<i64, _>(0), r.get::<i64, _>(1)))
+                        .unwrap_or((0, 0));
                     tx.rollback().await.map_err(db)?;
                     return Ok(Err(Exceeded {
                         scope: c.scope.clone(),
                         window: c.window.clone(),
                         metric: c.metric.clone(),
-                        limit,
+                        limit: c.limit.unwrap_or(i64::MAX),
                         used,
                         reserved,
                         requested: c.amount,
                     }));
-                }
-                if c.amount != 0 {
-                    sqlx::query(
-                        "INSERT INTO budget (scope, window, metric, used, reserved) VALUES (?, ?, ?, 0, ?)
-                         ON CONFLICT (scope, window, metric) DO UPDATE SET reserved = reserved + excluded.reserved",
-                    )
-                    .bind(&c.scope)
-                    .bind(&c.window)
-                    .bind(&c.metric)
-                    .bind(c.amount)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(db)?;
                 }
             }
             tx.commit().await.map_err(db)?;
@@ -395,33 +435,7 @@ impl Storage for SqliteStorage {
     fn budget_settle(&self, reserved: Vec<Charge>, used: Vec<Charge>) -> BoxFuture<'_, Result<()>> {
         Box::pin(async move {
             let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(db)?;
-            for (c, column_reserved) in reserved
-                .iter()
-                .map(|c| (c, true))
-                .chain(used.iter().map(|c| (c, false)))
-            {
-                if c.amount == 0 {
-                    continue;
-                }
-                let (r, u) = if column_reserved {
-                    (-c.amount, 0)
-                } else {
-                    (0, c.amount)
-                };
-                sqlx::query(
-                    "INSERT INTO budget (scope, window, metric, used, reserved) VALUES (?, ?, ?, ?, ?)
-                     ON CONFLICT (scope, window, metric) DO UPDATE
-                     SET used = used + excluded.used, reserved = max(0, reserved + excluded.reserved)",
-                )
-                .bind(&c.scope)
-                .bind(&c.window)
-                .bind(&c.metric)
-                .bind(u)
-                .bind(r)
-                .execute(&mut *tx)
-                .await
-                .map_err(db)?;
-            }
+            settle(&mut tx, &reserved, &used).await?;
             tx.commit().await.map_err(db)
         })
     }

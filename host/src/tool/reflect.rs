@@ -306,6 +306,15 @@ fn ty(resolve: &Resolve, t: &Type) -> std::result::Result<Ty, String> {
     })
 }
 
+/// An enum case or flag: a name and its docs, no payload.
+fn plain_case(name: &str, docs: &wit_parser::Docs) -> Case {
+    Case {
+        name: name.to_string(),
+        docs: docs.contents.clone(),
+        ty: None,
+    }
+}
+
 fn typedef(resolve: &Resolve, id: TypeId) -> std::result::Result<Ty, String> {
     let def = &resolve.types[id];
     fn named_as<T>(def: &wit_parser::TypeDef, items: T) -> Named<T> {
@@ -348,21 +357,13 @@ fn typedef(resolve: &Resolve, id: TypeId) -> std::result::Result<Ty, String> {
         TypeDefKind::Enum(e) => Ty::Enum(named_cases(
             e.cases
                 .iter()
-                .map(|c| Case {
-                    name: c.name.clone(),
-                    docs: c.docs.contents.clone(),
-                    ty: None,
-                })
+                .map(|c| plain_case(&c.name, &c.docs))
                 .collect(),
         )),
         TypeDefKind::Flags(f) => Ty::Flags(named_cases(
             f.flags
                 .iter()
-                .map(|c| Case {
-                    name: c.name.clone(),
-                    docs: c.docs.contents.clone(),
-                    ty: None,
-                })
+                .map(|c| plain_case(&c.name, &c.docs))
                 .collect(),
         )),
         TypeDefKind::Tuple(t) => Ty::Tuple(

@@ -1,0 +1,266 @@
+//! An in-memory backend: the [`Storage`] contract with no durability. For
+//! tests, for measuring the gate without the durability wait, and as the
+//! reference the SQL backends must agree with.
+
+use super::{Batch, Charge, Checkpoint, Exceeded, Signer, Storage, StoredEntry, Usage};
+use crate::audit::{CHECKPOINT_EVERY, GENESIS, chain_hash};
+use crate::error::Result;
+use crate::gate::BoxFuture;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+
+#[derive(Default)]
+struct Inner {
+    entries: BTreeMap<String, BTreeMap<i64, StoredEntry>>,
+    heads: HashMap<String, Checkpoint>,
+    checkpoints: HashMap<String, Vec<Checkpoint>>,
+    budget: BTreeMap<(String, String, String), (i64, i64)>,
+    meta: HashMap<String, String>,
+}
+
+/// Storage that forgets everything when dropped.
+#[derive(Default)]
+pub struct MemoryStorage {
+    inner: Mutex<Inner>,
+}
+
+impl MemoryStorage {
+    pub fn new() -> MemoryStorage {
+        MemoryStorage::default()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+fn key(c: &Charge) -> (String, String, String) {
+    (c.scope.clone(), c.window.clone(), c.metric.clone())
+}
+
+fn settle(inner: &mut Inner, release: &[Charge], charge: &[Charge]) {
+    for c in release {
+        let line = inner.budget.entry(key(c)).or_default();
+        line.1 = (line.1 - c.amount).max(0);
+    }
+    for c in charge {
+        inner.budget.entry(key(c)).or_default().0 += c.amount;
+    }
+}
+
+impl Storage for MemoryStorage {
+    fn audit_append<'a>(
+        &'a self,
+        batch: Batch,
+        signer: &'a Signer,
+    ) -> BoxFuture<'a, Result<Vec<StoredEntry>>> {
+        Box::pin(async move {
+            let mut inner = self.lock();
+            let mut stored = Vec::with_capacity(batch.entries.len());
+            let mut touched: Vec<String> = Vec::new();
+            for e in batch.entries {
+                let (seq, prev) = inner
+                    .heads
+                    .get(&e.chain)
+                    .map(|h| (h.seq, h.hash.clone()))
+                    .unwrap_or((0, GENESIS.to_string()));
+                let seq = seq + 1;
+                let hash = chain_hash(&prev, e.time_ms, &e.body);
+                let entry = StoredEntry {
+                    chain: e.chain.clone(),
+                    seq,
+                    time_ms: e.time_ms,
+                    body: e.body,
+                    prev_hash: prev,
+                    hash: hash.clone(),
+                };
+                inner
+                    .entries
+                    .entry(e.chain.clone())
+                    .or_default()
+                    .insert(seq, entry.clone());
+                if seq % CHECKPOINT_EVERY == 0 {
+                    let signature = signer(&e.chain, seq, &hash, e.time_ms);
+                    inner
+                        .checkpoints
+                        .entry(e.chain.clone())
+                        .or_default()
+                        .push(Checkpoint {
+                            chain: e.chain.clone(),
+                            seq,
+                            hash: hash.clone(),
+                            time_ms: e.time_ms,
+                            signature,
+                            kind: "periodic".into(),
+                        });
+                }
+                // The head advances with every entry; it is signed below.
+                inner.heads.insert(
+                    e.chain.clone(),
+                    Checkpoint {
+                        chain: e.chain.clone(),
+                        seq,
+                        hash,
+                        time_ms: e.time_ms,
+                        signature: String::new(),
+                        kind: "head".into(),
+                    },
+                );
+                if !touched.contains(&e.chain) {
+                    touched.push(e.chain.clone());
+                }
+                stored.push(entry);
+            }
+            let now = stored.last().map_or(0, |e| e.time_ms);
+            for chain in touched {
+                if let Some(h) = inner.heads.get_mut(&chain) {
+                    h.time_ms = now;
+                    h.signature = signer(&chain, h.seq, &h.hash, now);
+                }
+            }
+            settle(&mut inner, &batch.release, &batch.charge);
+            Ok(stored)
+        })
+    }
+
+    fn audit_read(
+        &self,
+        chain: &str,
+        after: i64,
+        limit: i64,
+    ) -> BoxFuture<'_, Result<Vec<StoredEntry>>> {
+        let chain = chain.to_string();
+        Box::pin(async move {
+            let inner = self.lock();
+            Ok(inner
+                .entries
+                .get(&chain)
+                .map(|m| {
+                    m.range(after.saturating_add(1)..)
+                        .take(usize::try_from(limit).unwrap_or(0))
+                        .map(|(_, e)| e.clone())
+                        .collect()
+                })
+                .unwrap_or_default())
+        })
+    }
+
+    fn audit_chains(&self) -> BoxFuture<'_, Result<Vec<String>>> {
+        Box::pin(async move {
+            let inner = self.lock();
+            let mut chains: Vec<String> = inner
+                .entries
+                .keys()
+                .cloned()
+                .chain(inner.heads.keys().cloned())
+                .collect();
+            chains.sort();
+            chains.dedup();
+            Ok(chains)
+        })
+    }
+
+    fn checkpoint_put(&self, checkpoint: Checkpoint) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            self.lock()
+                .checkpoints
+                .entry(checkpoint.chain.clone())
+                .or_default()
+                .push(checkpoint);
+            Ok(())
+        })
+    }
+
+    fn checkpoints(&self, chain: &str) -> BoxFuture<'_, Result<Vec<Checkpoint>>> {
+        let chain = chain.to_string();
+        Box::pin(async move {
+            let inner = self.lock();
+            let mut out = inner.checkpoints.get(&chain).cloned().unwrap_or_default();
+            out.sort_by_key(|c| c.seq);
+            out.extend(inner.heads.get(&chain).cloned());
+            Ok(out)
+        })
+    }
+
+    fn audit_prune(&self, chain: &str, upto: i64) -> BoxFuture<'_, Result<u64>> {
+        let chain = chain.to_string();
+        Box::pin(async move {
+            let mut inner = self.lock();
+            let mut n = 0;
+            if let Some(m) = inner.entries.get_mut(&chain) {
+                let keep = m.split_off(&(upto + 1));
+                n = m.len() as u64;
+                *m = keep;
+            }
+            if let Some(c) = inner.checkpoints.get_mut(&chain) {
+                c.retain(|c| c.kind != "periodic" || c.seq >= upto);
+            }
+            Ok(n)
+        })
+    }
+
+    fn budget_reserve(
+        &self,
+        charges: Vec<Charge>,
+    ) -> BoxFuture<'_, Result<std::result::Result<(), Exceeded>>> {
+        Box::pin(async move {
+            let mut inner = self.lock();
+            for c in &charges {
+                let (used, reserved) = inner.budget.get(&key(c)).copied().unwrap_or((0, 0));
+                if let Some(limit) = c.limit
+                    && used.saturating_add(reserved).saturating_add(c.amount) > limit
+                {
+                    return Ok(Err(Exceeded {
+                        scope: c.scope.clone(),
+                        window: c.window.clone(),
+                        metric: c.metric.clone(),
+                        limit,
+                        used,
+                        reserved,
+                        requested: c.amount,
+                    }));
+                }
+            }
+            for c in &charges {
+                inner.budget.entry(key(c)).or_default().1 += c.amount;
+            }
+            Ok(Ok(()))
+        })
+    }
+
+    fn budget_settle(&self, reserved: Vec<Charge>, used: Vec<Charge>) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            settle(&mut self.lock(), &reserved, &used);
+            Ok(())
+        })
+    }
+
+    fn budget_usage(&self, scope: &str) -> BoxFuture<'_, Result<Vec<Usage>>> {
+        let scope = scope.to_string();
+        Box::pin(async move {
+            Ok(self
+                .lock()
+                .budget
+                .iter()
+                .filter(|((s, _, _), _)| *s == scope)
+                .map(|((s, w, m), (used, reserved))| Usage {
+                    scope: s.clone(),
+                    window: w.clone(),
+                    metric: m.clone(),
+                    used: *used,
+                    reserved: *reserved,
+                })
+                .collect())
+        })
+    }
+
+    fn meta_get(&self, key: &str) -> BoxFuture<'_, Result<Option<String>>> {
+        let key = key.to_string();
+        Box::pin(async move { Ok(self.lock().meta.get(&key).cloned()) })
+    }
+
+    fn meta_init(&self, key: &str, value: &str) -> BoxFuture<'_, Result<String>> {
+        let (key, value) = (key.to_string(), value.to_string());
+        Box::pin(async move { Ok(self.lock().meta.entry(key).or_insert(value).clone()) })
+    }
+}
