@@ -612,7 +612,7 @@ async fn outbound_http_denials() {
         let out = get(url.clone()).await;
         let err = out.result.unwrap()["err"].as_str().unwrap().to_string();
         assert!(err.contains("HttpRequestDenied"), "{url}: {err}");
-        assert_eq!(out.outbound[0].allowed, false);
+        assert!(!out.outbound[0].allowed);
         assert!(out.outbound[0].rule.starts_with("default deny"));
     }
     // A method outside the grant.
