@@ -98,6 +98,30 @@ fn bench(c: &mut Criterion) {
         b.to_async(&rt).iter(|| disk.invoke(&tool, &call))
     });
     group.finish();
+
+    // Where the gate's time goes: the policy decision alone, and one audit
+    // append (in memory) alone.
+    let policy = Policy::parse("bench.yaml", POLICY).unwrap();
+    let (function, _) = tool.function("hello").unwrap();
+    let args = json!({"name": "bench"});
+    let subject = toolhost::policy::Subject {
+        tenant: None,
+        workflow: Some("bench"),
+        task_id: Some("t"),
+        principal: "bench",
+        tool: "text-tools",
+        function,
+        args: &args,
+        approved: false,
+    };
+    c.bench_function("parts/policy-decide", |b| b.iter(|| policy.decide(&subject)));
+    let log = rt.block_on(async {
+        let storage: Arc<dyn Storage> = Arc::new(toolhost::storage::memory::MemoryStorage::new());
+        AuditLog::open(storage, &common::tempdir("bench-log")).await.unwrap()
+    });
+    c.bench_function("parts/audit-append-memory", |b| {
+        b.to_async(&rt).iter(|| log.append(vec![("_".into(), 1, json!({"type": "invocation", "n": 1}))]))
+    });
     let _ = std::fs::remove_dir_all(fast_dir);
     let _ = std::fs::remove_dir_all(disk_dir);
 }

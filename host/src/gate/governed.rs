@@ -34,12 +34,11 @@ pub struct Governed {
 /// What the gate keeps about one admitted invocation.
 struct State {
     workflow: String,
-    settings: ToolSettings,
-    redact: Vec<String>,
+    settings: Arc<ToolSettings>,
     scope: Scope,
     reserved: Vec<Charge>,
     admitted_ms: i64,
-    document: Document,
+    document: Arc<Document>,
     outbound: AtomicU32,
     max_outbound: u32,
     /// Secret values this invocation's guest was given (env grants): they
@@ -253,7 +252,6 @@ impl Gate for Governed {
                 admitted_ms,
                 handed_out,
                 workflow: workflow.unwrap_or_else(|| "*".into()),
-                redact: document.logging.redact_fields.clone(),
                 settings,
                 scope,
                 reserved,
@@ -378,14 +376,11 @@ impl Gate for Governed {
                 Some(s) => Some(s.workflow.clone()),
                 None => self.workflow(ctx.workflow.as_deref()),
             };
-            let redact: Vec<String> = match state {
-                Some(s) => s.redact.clone(),
-                None => self
-                    .policy
-                    .document(ctx.tenant.as_deref(), workflow.as_deref())
-                    .map(|d| d.logging.redact_fields.clone())
-                    .unwrap_or_default(),
+            let document = match state {
+                Some(s) => Some(s.document.clone()),
+                None => self.policy.document(ctx.tenant.as_deref(), workflow.as_deref()).cloned(),
             };
+            let redact: &[String] = document.as_ref().map_or(&[], |d| &d.logging.redact_fields);
 
             // Settle: release the reservation, charge what was used — in the
             // same transaction as the audit records.
@@ -432,7 +427,7 @@ impl Gate for Governed {
                     "tool": report.tool,
                     "function": report.function,
                     "args_sha256": canonical::fingerprint(report.args),
-                    "args": scrub(canonical::redact(report.args, &redact)),
+                    "args": scrub(canonical::redact(report.args, redact)),
                     "decision": decision,
                     "charged": charged,
                     "outcome": {
@@ -441,7 +436,7 @@ impl Gate for Governed {
                         "error": report.error.map(|e| scrub(json!(e.message))),
                     },
                     "result_sha256": report.result.map(canonical::fingerprint),
-                    "result": report.result.map(|r| scrub(canonical::redact(r, &redact))),
+                    "result": report.result.map(|r| scrub(canonical::redact(r, redact))),
                     "usage": report.usage,
                     "outbound_calls": report.outbound.len(),
                 }),

@@ -32,7 +32,7 @@ pub struct Document {
     pub logging: Logging,
     /// Per-tool grants, limits and prices, keyed by tool name.
     #[serde(default)]
-    pub tools: BTreeMap<String, ToolSettings>,
+    pub tools: BTreeMap<String, std::sync::Arc<ToolSettings>>,
     /// Raw Cedar policies, added to the generated ones.
     #[serde(default)]
     pub cedar: Option<String>,

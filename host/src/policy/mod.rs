@@ -31,15 +31,16 @@ pub mod outbound;
 use crate::error::{Error, ErrorKind};
 use crate::tool::{FunctionInfo, Ty};
 use cedar_policy::{
-    Authorizer, Context, Decision as CedarDecision, Entities, Entity, EntityUid, PolicyId,
-    PolicySet, Request,
+    Authorizer, Context, Decision as CedarDecision, Entities, Entity, EntityId, EntityTypeName,
+    EntityUid, PolicyId, PolicySet, Request, RestrictedExpression,
 };
 use file::{Document, ToolSettings};
 use serde::Serialize;
-use serde_json::{Map, Value, json};
+use serde_json::Value;
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::Arc;
 
 /// A loaded, compiled policy file.
 pub struct Policy {
@@ -48,7 +49,7 @@ pub struct Policy {
 }
 
 struct Compiled {
-    doc: Document,
+    doc: Arc<Document>,
     set: PolicySet,
     /// Policy id → the rule as people name it.
     labels: HashMap<String, String>,
@@ -193,7 +194,7 @@ impl Policy {
     }
 
     /// The document governing a tenant and workflow.
-    pub fn document(&self, tenant: Option<&str>, workflow: Option<&str>) -> Option<&Document> {
+    pub fn document(&self, tenant: Option<&str>, workflow: Option<&str>) -> Option<&Arc<Document>> {
         self.governing(tenant, workflow).map(|c| &c.doc)
     }
 
@@ -286,30 +287,29 @@ impl Compiled {
         let function = normalize(&s.function.function);
         let function_path = normalize(&s.function.name);
         let tool = normalize(s.tool);
-        let mut amounts = Map::new();
-        for (key, field) in &self.amounts {
+        let amounts = record(self.amounts.iter().map(|(key, field)| {
             let micros = amount_micros(s.args, field.as_deref()).unwrap_or(-1);
-            amounts.insert(key.clone(), json!(micros));
-        }
-        let context = json!({
-            "tenant": s.tenant.unwrap_or(""),
-            "workflow": s.workflow.unwrap_or(""),
-            "task_id": s.task_id.unwrap_or(""),
-            "tool": tool,
-            "function": function,
-            "function_path": function_path,
-            "qualified": format!("{tool}/{function_path}"),
-            "approved": s.approved,
-            "amounts": amounts,
-            "args": cedar_args(&s.function.params, s.args),
-        });
-        let context = Context::from_json_value(context, None).map_err(|e| e.to_string())?;
-        let uid = |ty: &str, id: &str| {
-            EntityUid::from_str(&format!(
-                "{ty}::{}",
-                serde_json::to_string(id).unwrap_or_default()
+            (key.clone(), RestrictedExpression::new_long(micros))
+        }));
+        let text = |v: &str| RestrictedExpression::new_string(v.to_string());
+        let context = Context::from_pairs([
+            ("tenant".to_string(), text(s.tenant.unwrap_or(""))),
+            ("workflow".to_string(), text(s.workflow.unwrap_or(""))),
+            ("task_id".to_string(), text(s.task_id.unwrap_or(""))),
+            ("tool".to_string(), text(&tool)),
+            ("function".to_string(), text(&function)),
+            ("function_path".to_string(), text(&function_path)),
+            ("qualified".to_string(), text(&format!("{tool}/{function_path}"))),
+            ("approved".to_string(), RestrictedExpression::new_bool(s.approved)),
+            ("amounts".to_string(), amounts),
+            ("args".to_string(), cedar_args(&s.function.params, s.args)),
+        ])
+        .map_err(|e| e.to_string())?;
+        let uid = |ty: &str, id: &str| -> Result<EntityUid, String> {
+            Ok(EntityUid::from_type_name_and_id(
+                EntityTypeName::from_str(ty).map_err(|e| e.to_string())?,
+                EntityId::new(id),
             ))
-            .map_err(|e| e.to_string())
         };
         let tenant = uid("Tenant", s.tenant.unwrap_or(""))?;
         let principal = uid("Caller", s.principal)?;
@@ -349,91 +349,69 @@ fn amount_micros(args: &Value, field: Option<&str>) -> Option<i64> {
 
 /// Arguments as a Cedar context record: keys in snake_case, integers as
 /// `Long`, floats as `decimal`, lists as sets, `none` omitted.
-fn cedar_args(params: &[crate::tool::Param], args: &Value) -> Value {
-    let mut out = Map::new();
-    for p in params {
-        let v = args.get(&p.name).or_else(|| args.get(normalize(&p.name)));
-        if let Some(v) = v.and_then(|v| cedar_value(&p.ty, v)) {
-            out.insert(normalize(&p.name), v);
-        }
-    }
-    Value::Object(out)
+fn cedar_args(params: &[crate::tool::Param], args: &Value) -> RestrictedExpression {
+    let fields = params.iter().filter_map(|p| {
+        let v = args.get(&p.name).or_else(|| args.get(normalize(&p.name)))?;
+        cedar_value(&p.ty, v).map(|v| (normalize(&p.name), v))
+    });
+    record(fields)
 }
 
-fn cedar_value(ty: &Ty, v: &Value) -> Option<Value> {
+fn record(fields: impl Iterator<Item = (String, RestrictedExpression)>) -> RestrictedExpression {
+    // Keys are distinct by construction (WIT names); on a clash keep the first.
+    let mut seen = HashSet::new();
+    let fields: Vec<_> = fields.filter(|(k, _)| seen.insert(k.clone())).collect();
+    RestrictedExpression::new_record(fields).unwrap_or_else(|_| RestrictedExpression::new_record([]).expect("empty record"))
+}
+
+fn cedar_value(ty: &Ty, v: &Value) -> Option<RestrictedExpression> {
     Some(match (ty, v) {
         (_, Value::Null) => return None,
         (Ty::F32 | Ty::F64, Value::Number(n)) => {
             let f = n.as_f64()?;
             if f.abs() < 9.2e14 {
-                let s = format!("{f:.4}");
-                json!({"__extn": {"fn": "decimal", "arg": s}})
+                RestrictedExpression::new_decimal(format!("{f:.4}"))
             } else {
-                Value::String(f.to_string())
+                RestrictedExpression::new_string(f.to_string())
             }
         }
         (_, Value::Number(n)) => match n.as_i64() {
-            Some(i) => json!(i),
-            None => Value::String(n.to_string()),
+            Some(i) => RestrictedExpression::new_long(i),
+            None => RestrictedExpression::new_string(n.to_string()),
         },
+        (_, Value::Bool(b)) => RestrictedExpression::new_bool(*b),
+        (_, Value::String(s)) => RestrictedExpression::new_string(s.clone()),
         (Ty::Option(inner), v) => return cedar_value(inner, v),
         (Ty::List(t) | Ty::FixedList(t, _), Value::Array(items)) => {
-            Value::Array(items.iter().filter_map(|i| cedar_value(t, i)).collect())
+            RestrictedExpression::new_set(items.iter().filter_map(|i| cedar_value(t, i)))
         }
-        (Ty::Tuple(ts), Value::Array(items)) => Value::Array(
-            ts.iter()
-                .zip(items)
-                .filter_map(|(t, i)| cedar_value(t, i))
-                .collect(),
-        ),
-        (Ty::Record(r), Value::Object(o)) => {
-            let mut m = Map::new();
-            for f in &r.items {
-                let v = o.get(&f.name).or_else(|| o.get(&normalize(&f.name)));
-                if let Some(v) = v.and_then(|v| cedar_value(&f.ty, v)) {
-                    m.insert(normalize(&f.name), v);
-                }
-            }
-            Value::Object(m)
+        (Ty::Tuple(ts), Value::Array(items)) => {
+            RestrictedExpression::new_set(ts.iter().zip(items).filter_map(|(t, i)| cedar_value(t, i)))
         }
-        (Ty::Variant(var), Value::Object(o)) => {
-            let mut m = Map::new();
-            for (k, payload) in o {
-                let ty = var
-                    .items
-                    .iter()
-                    .find(|c| c.name == *k || normalize(&c.name) == *k)
-                    .and_then(|c| c.ty.as_ref());
-                if let Some(v) = ty.and_then(|t| cedar_value(t, payload)) {
-                    m.insert(normalize(k), v);
-                }
-            }
-            Value::Object(m)
-        }
-        (Ty::Result { ok, err }, Value::Object(o)) => {
-            let mut m = Map::new();
-            for (k, t) in [("ok", ok), ("err", err)] {
-                if let (Some(p), Some(t)) = (o.get(k), t)
-                    && let Some(v) = cedar_value(t, p)
-                {
-                    m.insert(k.into(), v);
-                }
-            }
-            Value::Object(m)
-        }
-        (Ty::Map(_, vt), Value::Object(o)) => Value::Object(
-            o.iter()
-                .filter_map(|(k, v)| cedar_value(vt, v).map(|v| (k.clone(), v)))
-                .collect(),
-        ),
-        (_, Value::Array(items)) => Value::Array(
-            items
+        (Ty::Record(r), Value::Object(o)) => record(r.items.iter().filter_map(|f| {
+            let v = o.get(&f.name).or_else(|| o.get(&normalize(&f.name)))?;
+            cedar_value(&f.ty, v).map(|v| (normalize(&f.name), v))
+        })),
+        (Ty::Variant(var), Value::Object(o)) => record(o.iter().filter_map(|(k, payload)| {
+            let ty = var
+                .items
                 .iter()
-                .filter_map(|i| cedar_value(&Ty::String, i))
-                .collect(),
+                .find(|c| c.name == *k || normalize(&c.name) == *k)
+                .and_then(|c| c.ty.as_ref())?;
+            cedar_value(ty, payload).map(|v| (normalize(k), v))
+        })),
+        (Ty::Result { ok, err }, Value::Object(o)) => record(
+            [("ok", ok), ("err", err)]
+                .into_iter()
+                .filter_map(|(k, t)| Some((k.to_string(), cedar_value(t.as_ref()?, o.get(k)?)?))),
         ),
+        (Ty::Map(_, vt), Value::Object(o)) => {
+            record(o.iter().filter_map(|(k, v)| cedar_value(vt, v).map(|v| (k.clone(), v))))
+        }
+        (_, Value::Array(items)) => {
+            RestrictedExpression::new_set(items.iter().filter_map(|i| cedar_value(&Ty::String, i)))
+        }
         (_, Value::Object(_)) => return None,
-        (_, other) => other.clone(),
     })
 }
 
@@ -569,7 +547,7 @@ fn compile(file: &str, text: &str, index: usize, doc: Document) -> Result<Compil
         }
     }
     Ok(Compiled {
-        doc,
+        doc: Arc::new(doc),
         set,
         labels,
         approval_ids,
@@ -583,7 +561,7 @@ pub fn tool_settings<'d>(
     doc: &'d Document,
     tool: &str,
     function: &FunctionInfo,
-) -> Option<&'d ToolSettings> {
+) -> Option<&'d Arc<ToolSettings>> {
     let tool = normalize(tool);
     let bare = normalize(&function.function);
     let path = normalize(&function.name);
