@@ -90,7 +90,9 @@ fn bench(c: &mut Criterion) {
     group.bench_function("sandbox-only", |b| {
         b.to_async(&rt).iter(|| bare.invoke(&tool, &call))
     });
-    group.bench_function("governed-memory", |b| b.to_async(&rt).iter(|| memory.invoke(&tool, &call)));
+    group.bench_function("governed-memory", |b| {
+        b.to_async(&rt).iter(|| memory.invoke(&tool, &call))
+    });
     group.bench_function("governed-tmpfs", |b| {
         b.to_async(&rt).iter(|| fast.invoke(&tool, &call))
     });
@@ -114,13 +116,18 @@ fn bench(c: &mut Criterion) {
         args: &args,
         approved: false,
     };
-    c.bench_function("parts/policy-decide", |b| b.iter(|| policy.decide(&subject)));
+    c.bench_function("parts/policy-decide", |b| {
+        b.iter(|| policy.decide(&subject))
+    });
     let log = rt.block_on(async {
         let storage: Arc<dyn Storage> = Arc::new(toolhost::storage::memory::MemoryStorage::new());
-        AuditLog::open(storage, &common::tempdir("bench-log")).await.unwrap()
+        AuditLog::open(storage, &common::tempdir("bench-log"))
+            .await
+            .unwrap()
     });
     c.bench_function("parts/audit-append-memory", |b| {
-        b.to_async(&rt).iter(|| log.append(vec![("_".into(), 1, json!({"type": "invocation", "n": 1}))]))
+        b.to_async(&rt)
+            .iter(|| log.append(vec![("_".into(), 1, json!({"type": "invocation", "n": 1}))]))
     });
     let _ = std::fs::remove_dir_all(fast_dir);
     let _ = std::fs::remove_dir_all(disk_dir);

@@ -8,9 +8,11 @@
 //! digest chain is the model). [`verify`] then detects any modified, removed,
 //! inserted, reordered or truncated entry and says where.
 //!
-//! Appends go through one writer task that commits whatever has queued up in
-//! one transaction (group commit); [`AuditLog::append`] returns only once its
-//! entries are durable.
+//! Appends use leader-based group commit: every appender queues its batch and
+//! takes the commit lock; whoever holds it commits everything queued so far
+//! in one transaction, so a lone caller commits inline (no thread hop) and
+//! concurrent callers share commits. [`AuditLog::append`] returns only once
+//! its entries are durable.
 
 pub mod canonical;
 pub mod verify;
@@ -21,7 +23,8 @@ use ed25519_dalek::{Signer as _, SigningKey};
 use serde_json::Value;
 use std::path::Path;
 use std::sync::Arc;
-use tokio::sync::{mpsc, oneshot};
+use std::sync::Mutex;
+use tokio::sync::oneshot;
 
 /// The `prev_hash` of a chain's first entry.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -116,7 +119,11 @@ struct Pending {
 pub struct AuditLog {
     storage: Arc<dyn Storage>,
     key: SigningKey,
-    queue: mpsc::Sender<Pending>,
+    signer: Arc<Signer>,
+    /// Batches waiting for a commit.
+    queue: Mutex<Vec<Pending>>,
+    /// Held by the one appender that is committing.
+    committing: tokio::sync::Mutex<()>,
 }
 
 /// Most entries committed in one transaction.
@@ -135,50 +142,56 @@ impl AuditLog {
                 data_dir.join(KEY_FILE).display()
             )));
         }
-        let (queue, mut rx) = mpsc::channel::<Pending>(4096);
-        let writer_storage = storage.clone();
-        let signer = signer_for(key.clone());
-        tokio::spawn(async move {
-            while let Some(first) = rx.recv().await {
-                let mut pending = vec![first];
-                let mut count = pending[0].batch.entries.len();
-                while count < MAX_BATCH {
-                    match rx.try_recv() {
-                        Ok(p) => {
-                            count += p.batch.entries.len();
-                            pending.push(p);
-                        }
-                        Err(_) => break,
+        Ok(Arc::new(AuditLog {
+            storage,
+            signer: signer_for(key.clone()),
+            key,
+            queue: Mutex::new(Vec::new()),
+            committing: tokio::sync::Mutex::new(()),
+        }))
+    }
+
+    /// Commit everything queued, in batches of at most [`MAX_BATCH`]
+    /// entries, answering each waiter.
+    async fn commit_queued(&self) {
+        loop {
+            let pending: Vec<Pending> = {
+                let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+                let (mut count, mut take) = (0, 0);
+                for p in q.iter() {
+                    if take > 0 && count + p.batch.entries.len() > MAX_BATCH {
+                        break;
+                    }
+                    count += p.batch.entries.len();
+                    take += 1;
+                }
+                q.drain(..take).collect()
+            };
+            if pending.is_empty() {
+                return;
+            }
+            let mut batch = Batch::default();
+            let mut waiters = Vec::with_capacity(pending.len());
+            for p in pending {
+                waiters.push((p.batch.entries.len(), p.done));
+                batch.entries.extend(p.batch.entries);
+                batch.release.extend(p.batch.release);
+                batch.charge.extend(p.batch.charge);
+            }
+            match self.storage.audit_append(batch, self.signer.as_ref()).await {
+                Ok(stored) => {
+                    let mut stored = stored.into_iter();
+                    for (n, done) in waiters {
+                        let _ = done.send(Ok(stored.by_ref().take(n).collect()));
                     }
                 }
-                let mut batch = Batch::default();
-                let mut waiters = Vec::with_capacity(pending.len());
-                for p in pending {
-                    waiters.push((p.batch.entries.len(), p.done));
-                    batch.entries.extend(p.batch.entries);
-                    batch.release.extend(p.batch.release);
-                    batch.charge.extend(p.batch.charge);
-                }
-                match writer_storage.audit_append(batch, signer.as_ref()).await {
-                    Ok(stored) => {
-                        let mut stored = stored.into_iter();
-                        for (n, done) in waiters {
-                            let _ = done.send(Ok(stored.by_ref().take(n).collect()));
-                        }
-                    }
-                    Err(e) => {
-                        for (_, done) in waiters {
-                            let _ = done.send(Err(e.clone()));
-                        }
+                Err(e) => {
+                    for (_, done) in waiters {
+                        let _ = done.send(Err(e.clone()));
                     }
                 }
             }
-        });
-        Ok(Arc::new(AuditLog {
-            storage,
-            key,
-            queue,
-        }))
+        }
     }
 
     /// The public key that verifies this trail's checkpoints (hex).
@@ -214,20 +227,28 @@ impl AuditLog {
                 body: canonical::canonical_json(&body),
             })
             .collect();
-        let (done, wait) = oneshot::channel();
+        let (done, mut wait) = oneshot::channel();
         self.queue
-            .send(Pending {
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Pending {
                 batch: Batch {
                     entries,
                     release,
                     charge,
                 },
                 done,
-            })
-            .await
-            .map_err(|_| Error::internal("the audit writer has stopped"))?;
+            });
+        // Whoever gets the lock commits for everyone queued; if an earlier
+        // holder already committed ours, the answer is waiting.
+        let guard = self.committing.lock().await;
+        if let Ok(answer) = wait.try_recv() {
+            return answer;
+        }
+        self.commit_queued().await;
+        drop(guard);
         wait.await
-            .map_err(|_| Error::internal("the audit writer has stopped"))?
+            .map_err(|_| Error::internal("the audit commit was abandoned"))?
     }
 
     /// Sign a checkpoint now.

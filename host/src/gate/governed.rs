@@ -378,7 +378,10 @@ impl Gate for Governed {
             };
             let document = match state {
                 Some(s) => Some(s.document.clone()),
-                None => self.policy.document(ctx.tenant.as_deref(), workflow.as_deref()).cloned(),
+                None => self
+                    .policy
+                    .document(ctx.tenant.as_deref(), workflow.as_deref())
+                    .cloned(),
             };
             let redact: &[String] = document.as_ref().map_or(&[], |d| &d.logging.redact_fields);
 

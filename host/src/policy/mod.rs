@@ -299,8 +299,14 @@ impl Compiled {
             ("tool".to_string(), text(&tool)),
             ("function".to_string(), text(&function)),
             ("function_path".to_string(), text(&function_path)),
-            ("qualified".to_string(), text(&format!("{tool}/{function_path}"))),
-            ("approved".to_string(), RestrictedExpression::new_bool(s.approved)),
+            (
+                "qualified".to_string(),
+                text(&format!("{tool}/{function_path}")),
+            ),
+            (
+                "approved".to_string(),
+                RestrictedExpression::new_bool(s.approved),
+            ),
             ("amounts".to_string(), amounts),
             ("args".to_string(), cedar_args(&s.function.params, s.args)),
         ])
@@ -361,7 +367,8 @@ fn record(fields: impl Iterator<Item = (String, RestrictedExpression)>) -> Restr
     // Keys are distinct by construction (WIT names); on a clash keep the first.
     let mut seen = HashSet::new();
     let fields: Vec<_> = fields.filter(|(k, _)| seen.insert(k.clone())).collect();
-    RestrictedExpression::new_record(fields).unwrap_or_else(|_| RestrictedExpression::new_record([]).expect("empty record"))
+    RestrictedExpression::new_record(fields)
+        .unwrap_or_else(|_| RestrictedExpression::new_record([]).expect("empty record"))
 }
 
 fn cedar_value(ty: &Ty, v: &Value) -> Option<RestrictedExpression> {
@@ -385,9 +392,9 @@ fn cedar_value(ty: &Ty, v: &Value) -> Option<RestrictedExpression> {
         (Ty::List(t) | Ty::FixedList(t, _), Value::Array(items)) => {
             RestrictedExpression::new_set(items.iter().filter_map(|i| cedar_value(t, i)))
         }
-        (Ty::Tuple(ts), Value::Array(items)) => {
-            RestrictedExpression::new_set(ts.iter().zip(items).filter_map(|(t, i)| cedar_value(t, i)))
-        }
+        (Ty::Tuple(ts), Value::Array(items)) => RestrictedExpression::new_set(
+            ts.iter().zip(items).filter_map(|(t, i)| cedar_value(t, i)),
+        ),
         (Ty::Record(r), Value::Object(o)) => record(r.items.iter().filter_map(|f| {
             let v = o.get(&f.name).or_else(|| o.get(&normalize(&f.name)))?;
             cedar_value(&f.ty, v).map(|v| (normalize(&f.name), v))
@@ -405,9 +412,10 @@ fn cedar_value(ty: &Ty, v: &Value) -> Option<RestrictedExpression> {
                 .into_iter()
                 .filter_map(|(k, t)| Some((k.to_string(), cedar_value(t.as_ref()?, o.get(k)?)?))),
         ),
-        (Ty::Map(_, vt), Value::Object(o)) => {
-            record(o.iter().filter_map(|(k, v)| cedar_value(vt, v).map(|v| (k.clone(), v))))
-        }
+        (Ty::Map(_, vt), Value::Object(o)) => record(
+            o.iter()
+                .filter_map(|(k, v)| cedar_value(vt, v).map(|v| (k.clone(), v))),
+        ),
         (_, Value::Array(items)) => {
             RestrictedExpression::new_set(items.iter().filter_map(|i| cedar_value(&Ty::String, i)))
         }

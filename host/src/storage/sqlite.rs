@@ -8,7 +8,8 @@ use crate::audit::chain_hash;
 use crate::error::{Error, Result};
 use crate::gate::BoxFuture;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Row, SqlitePool};
+use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::time::Duration;
 
@@ -47,6 +48,7 @@ const MIGRATIONS: &[&str] = &[
         metric TEXT NOT NULL,
         used INTEGER NOT NULL DEFAULT 0,
         reserved INTEGER NOT NULL DEFAULT 0,
+        lim INTEGER,
         PRIMARY KEY (scope, window, metric)
     ) WITHOUT ROWID;
     CREATE TABLE meta (
@@ -137,7 +139,7 @@ fn entry(row: &sqlx::sqlite::SqliteRow) -> StoredEntry {
 }
 
 async fn insert_checkpoint(
-    tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>,
+    tx: &mut sqlx::Transaction<'static, Sqlite>,
     chain: &str,
     seq: i64,
     hash: &str,
@@ -161,39 +163,40 @@ async fn insert_checkpoint(
     Ok(())
 }
 
-/// Release reservations and record usage, inside a transaction.
+/// Release reservations and record usage, in one statement.
 async fn settle(
-    tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>,
+    tx: &mut sqlx::Transaction<'static, Sqlite>,
     release: &[Charge],
     charge: &[Charge],
 ) -> Result<()> {
-    for (c, is_release) in release
-        .iter()
-        .map(|c| (c, true))
-        .chain(charge.iter().map(|c| (c, false)))
-    {
-        if c.amount == 0 {
-            continue;
-        }
-        let (r, u) = if is_release {
-            (-c.amount, 0)
-        } else {
-            (0, c.amount)
-        };
-        sqlx::query(
-            "INSERT INTO budget (scope, window, metric, used, reserved) VALUES (?, ?, ?, ?, ?)
-             ON CONFLICT (scope, window, metric) DO UPDATE
-             SET used = used + excluded.used, reserved = max(0, reserved + excluded.reserved)",
-        )
-        .bind(&c.scope)
-        .bind(&c.window)
-        .bind(&c.metric)
-        .bind(u)
-        .bind(r)
-        .execute(&mut **tx)
-        .await
-        .map_err(db)?;
+    // Net change per ledger line: (used += u, reserved -= r).
+    let mut lines: BTreeMap<(&str, &str, &str), (i64, i64)> = BTreeMap::new();
+    for c in release.iter().filter(|c| c.amount != 0) {
+        lines.entry((&c.scope, &c.window, &c.metric)).or_default().1 += c.amount;
     }
+    for c in charge.iter().filter(|c| c.amount != 0) {
+        lines.entry((&c.scope, &c.window, &c.metric)).or_default().0 += c.amount;
+    }
+    if lines.is_empty() {
+        return Ok(());
+    }
+    let mut q =
+        QueryBuilder::<Sqlite>::new("INSERT INTO budget (scope, window, metric, used, reserved) ");
+    q.push_values(
+        &lines,
+        |mut row, ((scope, window, metric), (used, released))| {
+            row.push_bind(*scope)
+                .push_bind(*window)
+                .push_bind(*metric)
+                .push_bind(*used)
+                .push_bind(-*released);
+        },
+    );
+    q.push(
+        " ON CONFLICT (scope, window, metric) DO UPDATE
+          SET used = used + excluded.used, reserved = max(0, reserved + excluded.reserved)",
+    );
+    q.build().execute(&mut **tx).await.map_err(db)?;
     Ok(())
 }
 
@@ -205,37 +208,35 @@ impl Storage for SqliteStorage {
     ) -> BoxFuture<'a, Result<Vec<StoredEntry>>> {
         Box::pin(async move {
             let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(db)?;
-            let mut heads: std::collections::HashMap<String, (i64, String)> = Default::default();
-            let mut stored = Vec::with_capacity(batch.entries.len());
-            for e in batch.entries {
-                if !heads.contains_key(&e.chain) {
-                    let head = sqlx::query("SELECT seq, hash FROM audit_heads WHERE chain = ?")
-                        .bind(&e.chain)
-                        .fetch_optional(&mut *tx)
-                        .await
-                        .map_err(db)?
-                        .map(|r| (r.get::<i64, _>(0), r.get::<String, _>(1)))
-                        .unwrap_or((0, crate::audit::GENESIS.to_string()));
-                    heads.insert(e.chain.clone(), head);
+            // The heads of every chain in the batch, in one query.
+            let mut chains: Vec<String> = batch.entries.iter().map(|e| e.chain.clone()).collect();
+            chains.sort_unstable();
+            chains.dedup();
+            let mut heads: HashMap<String, (i64, String)> = HashMap::new();
+            if !chains.is_empty() {
+                let mut q = QueryBuilder::<Sqlite>::new(
+                    "SELECT chain, seq, hash FROM audit_heads WHERE chain IN (",
+                );
+                let mut list = q.separated(", ");
+                for c in &chains {
+                    list.push_bind(c.as_str());
                 }
-                let (seq, prev) = heads.get(&e.chain).cloned().expect("head loaded");
+                q.push(")");
+                for row in q.build().fetch_all(&mut *tx).await.map_err(db)? {
+                    heads.insert(row.get(0), (row.get(1), row.get(2)));
+                }
+            }
+            let mut stored = Vec::with_capacity(batch.entries.len());
+            let mut periodic = Vec::new();
+            for e in batch.entries {
+                let (seq, prev) = heads
+                    .get(&e.chain)
+                    .cloned()
+                    .unwrap_or((0, crate::audit::GENESIS.to_string()));
                 let seq = seq + 1;
                 let hash = chain_hash(&prev, e.time_ms, &e.body);
-                sqlx::query(
-                    "INSERT INTO audit_entries (chain, seq, time_ms, body, prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?)",
-                )
-                .bind(&e.chain)
-                .bind(seq)
-                .bind(e.time_ms)
-                .bind(&e.body)
-                .bind(&prev)
-                .bind(&hash)
-                .execute(&mut *tx)
-                .await
-                .map_err(db)?;
                 if seq % crate::audit::CHECKPOINT_EVERY == 0 {
-                    insert_checkpoint(&mut tx, &e.chain, seq, &hash, e.time_ms, signer, "periodic")
-                        .await?;
+                    periodic.push((e.chain.clone(), seq, hash.clone(), e.time_ms));
                 }
                 heads.insert(e.chain.clone(), (seq, hash.clone()));
                 stored.push(StoredEntry {
@@ -247,22 +248,48 @@ impl Storage for SqliteStorage {
                     hash,
                 });
             }
-            let now = stored.last().map_or(0, |e| e.time_ms);
-            for (chain, (seq, hash)) in heads {
-                let signature = signer(&chain, seq, &hash, now);
-                sqlx::query(
-                    "INSERT INTO audit_heads (chain, seq, hash, time_ms, signature) VALUES (?, ?, ?, ?, ?)
-                     ON CONFLICT (chain) DO UPDATE SET seq = excluded.seq, hash = excluded.hash,
-                         time_ms = excluded.time_ms, signature = excluded.signature",
-                )
-                .bind(&chain)
-                .bind(seq)
-                .bind(&hash)
-                .bind(now)
-                .bind(signature)
-                .execute(&mut *tx)
-                .await
-                .map_err(db)?;
+            // Entries, many rows per statement (SQLite allows 32766 variables).
+            for chunk in stored.chunks(4000) {
+                let mut q = QueryBuilder::<Sqlite>::new(
+                    "INSERT INTO audit_entries (chain, seq, time_ms, body, prev_hash, hash) ",
+                );
+                q.push_values(chunk, |mut row, e| {
+                    row.push_bind(&e.chain)
+                        .push_bind(e.seq)
+                        .push_bind(e.time_ms)
+                        .push_bind(&e.body)
+                        .push_bind(&e.prev_hash)
+                        .push_bind(&e.hash);
+                });
+                q.build().execute(&mut *tx).await.map_err(db)?;
+            }
+            for (chain, seq, hash, time_ms) in periodic {
+                insert_checkpoint(&mut tx, &chain, seq, &hash, time_ms, signer, "periodic").await?;
+            }
+            if !stored.is_empty() {
+                let now = stored.last().map_or(0, |e| e.time_ms);
+                let touched: Vec<(String, i64, String, String)> = chains
+                    .iter()
+                    .filter_map(|c| {
+                        let (seq, hash) = heads.get(c)?;
+                        Some((c.clone(), *seq, hash.clone(), signer(c, *seq, hash, now)))
+                    })
+                    .collect();
+                let mut q = QueryBuilder::<Sqlite>::new(
+                    "INSERT INTO audit_heads (chain, seq, hash, time_ms, signature) ",
+                );
+                q.push_values(&touched, |mut row, (chain, seq, hash, signature)| {
+                    row.push_bind(chain)
+                        .push_bind(*seq)
+                        .push_bind(hash)
+                        .push_bind(now)
+                        .push_bind(signature);
+                });
+                q.push(
+                    " ON CONFLICT (chain) DO UPDATE SET seq = excluded.seq, hash = excluded.hash,
+                      time_ms = excluded.time_ms, signature = excluded.signature",
+                );
+                q.build().execute(&mut *tx).await.map_err(db)?;
             }
             settle(&mut tx, &batch.release, &batch.charge).await?;
             tx.commit().await.map_err(db)?;
@@ -380,55 +407,88 @@ impl Storage for SqliteStorage {
         charges: Vec<Charge>,
     ) -> BoxFuture<'_, Result<std::result::Result<(), Exceeded>>> {
         Box::pin(async move {
-            let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(db)?;
-            for c in &charges {
-                // Reserve only if the limit holds: one statement per line.
-                let fits = c.limit.is_none_or(|l| c.amount <= l);
-                let affected = if fits {
-                    sqlx::query(
-                        "INSERT INTO budget (scope, window, metric, used, reserved) VALUES (?1, ?2, ?3, 0, ?4)
-                         ON CONFLICT (scope, window, metric) DO UPDATE SET reserved = reserved + excluded.reserved
-                         WHERE ?5 IS NULL OR used + reserved + excluded.reserved <= ?5",
-                    )
-                    .bind(&c.scope)
-                    .bind(&c.window)
-                    .bind(&c.metric)
-                    .bind(c.amount)
-                    .bind(c.limit)
-                    .execute(&mut *tx)
+            if charges.is_empty() {
+                return Ok(Ok(()));
+            }
+            // One atomic statement reserves every line whose limit holds; a
+            // line that would pass its limit is left alone. All or nothing:
+            // if any line was left alone, the others are released again.
+            let too_big = charges
+                .iter()
+                .position(|c| c.limit.is_some_and(|l| c.amount > l));
+            let mut reserved: Vec<(String, String, String)> = Vec::new();
+            if too_big.is_none() {
+                let mut q = QueryBuilder::<Sqlite>::new(
+                    "INSERT INTO budget (scope, window, metric, used, reserved, lim) ",
+                );
+                q.push_values(&charges, |mut row, c| {
+                    row.push_bind(&c.scope)
+                        .push_bind(&c.window)
+                        .push_bind(&c.metric)
+                        .push_bind(0i64)
+                        .push_bind(c.amount)
+                        .push_bind(c.limit);
+                });
+                q.push(
+                    " ON CONFLICT (scope, window, metric) DO UPDATE
+                      SET reserved = reserved + excluded.reserved, lim = excluded.lim
+                      WHERE excluded.lim IS NULL OR used + reserved + excluded.reserved <= excluded.lim
+                      RETURNING scope, window, metric",
+                );
+                reserved = q
+                    .build()
+                    .fetch_all(&self.pool)
                     .await
                     .map_err(db)?
-                    .rows_affected()
-                } else {
-                    0
-                };
-                if affected == 0 {
-                    let row = sqlx::query(
-                        "SELECT used, reserved FROM budget WHERE scope = ? AND window = ? AND metric = ?",
-                    )
-                    .bind(&c.scope)
-                    .bind(&c.window)
-                    .bind(&c.metric)
-                    .fetch_optional(&mut *tx)
-                    .await
-                    .map_err(db)?;
-                    let (used, reserved) = row
-                        .map(|r| (r.get::<i64, _>(0), r.get::<i64, _>(1)))
-                        .unwrap_or((0, 0));
-                    tx.rollback().await.map_err(db)?;
-                    return Ok(Err(Exceeded {
-                        scope: c.scope.clone(),
-                        window: c.window.clone(),
-                        metric: c.metric.clone(),
-                        limit: c.limit.unwrap_or(i64::MAX),
-                        used,
-                        reserved,
-                        requested: c.amount,
-                    }));
+                    .iter()
+                    .map(|r| (r.get(0), r.get(1), r.get(2)))
+                    .collect();
+                if reserved.len() == charges.len() {
+                    return Ok(Ok(()));
                 }
             }
-            tx.commit().await.map_err(db)?;
-            Ok(Ok(()))
+            let failed = too_big.unwrap_or_else(|| {
+                charges
+                    .iter()
+                    .position(|c| {
+                        !reserved.contains(&(c.scope.clone(), c.window.clone(), c.metric.clone()))
+                    })
+                    .unwrap_or(0)
+            });
+            let undo: Vec<Charge> = charges
+                .iter()
+                .filter(|c| {
+                    reserved.contains(&(c.scope.clone(), c.window.clone(), c.metric.clone()))
+                })
+                .cloned()
+                .collect();
+            if !undo.is_empty() {
+                let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(db)?;
+                settle(&mut tx, &undo, &[]).await?;
+                tx.commit().await.map_err(db)?;
+            }
+            let c = &charges[failed];
+            let row = sqlx::query(
+                "SELECT used, reserved FROM budget WHERE scope = ? AND window = ? AND metric = ?",
+            )
+            .bind(&c.scope)
+            .bind(&c.window)
+            .bind(&c.metric)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db)?;
+            let (used, reserved) = row
+                .map(|r| (r.get::<i64, _>(0), r.get::<i64, _>(1)))
+                .unwrap_or((0, 0));
+            Ok(Err(Exceeded {
+                scope: c.scope.clone(),
+                window: c.window.clone(),
+                metric: c.metric.clone(),
+                limit: c.limit.unwrap_or(i64::MAX),
+                used,
+                reserved,
+                requested: c.amount,
+            }))
         })
     }
 
