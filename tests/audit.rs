@@ -115,6 +115,20 @@ async fn an_edit_with_a_recomputed_hash_is_found_at_the_next_link() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_record_edited_with_control_characters_is_found() {
+    let (dir, log) = trail(10).await;
+    sql(
+        &dir,
+        &["UPDATE audit_entries SET body = body || char(30) || '9' || char(31) WHERE seq = 4"],
+    )
+    .await;
+    assert_finds(
+        &check(&log).await,
+        "entry 4: its content does not match its hash (modified)",
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_changed_timestamp_is_found() {
     let (dir, log) = trail(10).await;
     sql(

@@ -37,7 +37,10 @@ pub struct Report {
 const MAX_PROBLEMS: usize = 100;
 
 /// Entries read per page while verifying.
-const PAGE: i64 = 20_000;
+const PAGE: i64 = 10_000;
+
+/// Pages read ahead, concurrently, while verifying.
+const READ_AHEAD: usize = 3;
 
 /// Whether each entry's hash matches its content, computed on all cores.
 fn hash_all(page: &[StoredEntry]) -> Vec<bool> {
@@ -259,27 +262,47 @@ pub async fn verify(
         }
         check.expect_checkpoints(periodic);
         // Entries up to a pruning anchor are gone by design, not "missing".
-        // Read the next page while this one is checked; hash each page's
-        // entries on all cores (each hash is independent), then walk the
-        // links in order.
-        let read = |after: i64| {
+        // Read pages of the signed range on several connections at once
+        // (a page is a seq range, so gaps cannot shift pages), hash each
+        // page on all cores, and walk the links in order. Whatever lies past
+        // the signed head is read after it.
+        let read = |after: i64, upto: i64| {
             let (storage, chain) = (storage.clone(), chain.clone());
-            tokio::spawn(async move { storage.audit_read(&chain, after, PAGE).await })
+            tokio::spawn(async move {
+                let page = storage.audit_range(&chain, after, upto).await?;
+                tokio::task::spawn_blocking(move || {
+                    let ok = hash_all(&page);
+                    (page, ok)
+                })
+                .await
+                .map_err(|e| Error::internal(format!("verifier task: {e}")))
+            })
         };
         let joined = |e: tokio::task::JoinError| Error::internal(format!("verifier task: {e}"));
-        let mut next = Some(read(start - 1));
-        while let Some(pending) = next.take() {
-            let page = pending.await.map_err(joined)??;
-            let Some(last) = page.last() else { break };
-            next = Some(read(last.seq));
-            let (page, ok) = tokio::task::spawn_blocking(move || {
-                let ok = hash_all(&page);
-                (page, ok)
-            })
-            .await
-            .map_err(joined)?;
+        let end = head.as_ref().map_or(start - 1, |h| h.seq);
+        let mut ranges = (start - 1..end)
+            .step_by(PAGE as usize)
+            .map(|a| (a, (a + PAGE).min(end)));
+        let mut inflight = std::collections::VecDeque::new();
+        for r in ranges.by_ref().take(READ_AHEAD) {
+            inflight.push_back(read(r.0, r.1));
+        }
+        while let Some(pending) = inflight.pop_front() {
+            if let Some(r) = ranges.next() {
+                inflight.push_back(read(r.0, r.1));
+            }
+            let (page, ok) = pending.await.map_err(joined)??;
             for (e, ok) in page.iter().zip(ok) {
                 check.push_hashed(e, ok);
+            }
+        }
+        let mut after = end.max(start - 1);
+        loop {
+            let page = storage.audit_read(&chain, after, PAGE).await?;
+            let Some(last) = page.last() else { break };
+            after = last.seq;
+            for e in &page {
+                check.push(e);
             }
         }
         reports.push(check.finish(head.as_ref()));

@@ -145,6 +145,30 @@ impl Storage for MemoryStorage {
         })
     }
 
+    fn audit_range(
+        &self,
+        chain: &str,
+        after: i64,
+        upto: i64,
+    ) -> BoxFuture<'_, Result<Vec<StoredEntry>>> {
+        let chain = chain.to_string();
+        Box::pin(async move {
+            let inner = self.lock();
+            Ok(inner
+                .entries
+                .get(&chain)
+                .map(|m| {
+                    if upto <= after {
+                        return Vec::new();
+                    }
+                    m.range(after.saturating_add(1)..=upto)
+                        .map(|(_, e)| e.clone())
+                        .collect()
+                })
+                .unwrap_or_default())
+        })
+    }
+
     fn audit_chains(&self) -> BoxFuture<'_, Result<Vec<String>>> {
         Box::pin(async move {
             let inner = self.lock();

@@ -126,6 +126,14 @@ pub trait Storage: Send + Sync + 'static {
         limit: i64,
     ) -> BoxFuture<'_, Result<Vec<StoredEntry>>>;
 
+    /// Entries of a chain with `after < seq <= upto`, in order.
+    fn audit_range(
+        &self,
+        chain: &str,
+        after: i64,
+        upto: i64,
+    ) -> BoxFuture<'_, Result<Vec<StoredEntry>>>;
+
     /// The names of all chains.
     fn audit_chains(&self) -> BoxFuture<'_, Result<Vec<String>>>;
 
