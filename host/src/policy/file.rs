@@ -39,6 +39,10 @@ pub struct Document {
 }
 
 /// Budget limits. The top-level limits apply per task.
+///
+/// The per-task fields repeat [`Limits`] rather than `#[serde(flatten)]` it:
+/// serde cannot combine `flatten` with `deny_unknown_fields`, and a typo'd
+/// budget key must be an error, not a silently unlimited budget.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Budget {

@@ -32,6 +32,23 @@ impl MemoryStorage {
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
+
+    /// Entries of `chain` with `after < seq <= upto`, at most `limit`.
+    fn entries(&self, chain: &str, after: i64, upto: i64, limit: i64) -> Vec<StoredEntry> {
+        if upto <= after {
+            return Vec::new();
+        }
+        self.lock()
+            .entries
+            .get(chain)
+            .map(|m| {
+                m.range(after.saturating_add(1)..=upto)
+                    .take(usize::try_from(limit).unwrap_or(0))
+                    .map(|(_, e)| e.clone())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
 }
 
 fn key(c: &Charge) -> (String, String, String) {
@@ -129,20 +146,8 @@ impl Storage for MemoryStorage {
         after: i64,
         limit: i64,
     ) -> BoxFuture<'_, Result<Vec<StoredEntry>>> {
-        let chain = chain.to_string();
-        Box::pin(async move {
-            let inner = self.lock();
-            Ok(inner
-                .entries
-                .get(&chain)
-                .map(|m| {
-                    m.range(after.saturating_add(1)..)
-                        .take(usize::try_from(limit).unwrap_or(0))
-                        .map(|(_, e)| e.clone())
-                        .collect()
-                })
-                .unwrap_or_default())
-        })
+        let entries = self.entries(chain, after, i64::MAX, limit);
+        Box::pin(async move { Ok(entries) })
     }
 
     fn audit_range(
@@ -151,22 +156,8 @@ impl Storage for MemoryStorage {
         after: i64,
         upto: i64,
     ) -> BoxFuture<'_, Result<Vec<StoredEntry>>> {
-        let chain = chain.to_string();
-        Box::pin(async move {
-            let inner = self.lock();
-            Ok(inner
-                .entries
-                .get(&chain)
-                .map(|m| {
-                    if upto <= after {
-                        return Vec::new();
-                    }
-                    m.range(after.saturating_add(1)..=upto)
-                        .map(|(_, e)| e.clone())
-                        .collect()
-                })
-                .unwrap_or_default())
-        })
+        let entries = self.entries(chain, after, upto, i64::MAX);
+        Box::pin(async move { Ok(entries) })
     }
 
     fn audit_chains(&self) -> BoxFuture<'_, Result<Vec<String>>> {

@@ -71,6 +71,7 @@ impl Catalog {
                         .functions
                         .push(function(resolve, f, None, f.name.clone())?);
                 }
+                WorldItem::Interface { id, .. } if toolchain_internal(resolve, key, *id) => {}
                 WorldItem::Interface { id, .. } => {
                     let full = resolve.name_world_key(key);
                     let short = short_interface_name(resolve, key, *id);
@@ -216,6 +217,21 @@ impl Catalog {
         }
         Ok(())
     }
+}
+
+/// Exports a language toolchain adds for itself, not for callers: hidden
+/// from the catalog so no agent can call them. componentize-py exports an
+/// inline interface `exports` with `init(app-name, symbols, stub-wasi)`, its
+/// pre-initialisation hook.
+fn toolchain_internal(resolve: &Resolve, key: &WorldKey, id: wit_parser::InterfaceId) -> bool {
+    let iface = &resolve.interfaces[id];
+    matches!(key, WorldKey::Name(n) if n == "exports")
+        && iface.name.is_none()
+        && iface.functions.len() == 1
+        && iface
+            .functions
+            .get("init")
+            .is_some_and(|f| f.params.iter().any(|p| p.name == "symbols"))
 }
 
 /// Interface names compared without their version.
@@ -392,4 +408,42 @@ fn typedef(resolve: &Resolve, id: TypeId) -> std::result::Result<Ty, String> {
         }
         TypeDefKind::Unknown => return Err("a type of unknown structure".into()),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn catalog(wit: &str) -> Catalog {
+        let mut resolve = Resolve::new();
+        let pkg = resolve.push_str("test.wit", wit).unwrap();
+        let world = resolve.select_world(&[pkg], None).unwrap();
+        Catalog::from_world(&resolve, world).unwrap()
+    }
+
+    #[test]
+    fn componentize_py_init_hook_is_hidden() {
+        let c = catalog(
+            "package test:py;
+             world w {
+                 export exports: interface {
+                     record symbols { types: list<string> }
+                     init: func(app-name: string, symbols: symbols, stub-wasi: bool) -> result<_, string>;
+                 }
+                 export add: func(a: s32, b: s32) -> s32;
+             }",
+        );
+        assert_eq!(c.names(), vec!["add"]);
+    }
+
+    #[test]
+    fn a_tools_own_exports_interface_is_kept() {
+        let c = catalog(
+            "package test:mine;
+             world w {
+                 export exports: interface { init: func(name: string) -> string; }
+             }",
+        );
+        assert_eq!(c.names(), vec!["exports/init"]);
+    }
 }
