@@ -40,6 +40,13 @@ pub enum ErrorKind {
     ApprovalRequired,
     /// A budget limit would be exceeded.
     BudgetExceeded,
+    /// No such tool (or version) is registered for the caller's tenant.
+    NotFound,
+    /// The tool is registered but disabled by an operator.
+    ToolDisabled,
+    /// The request conflicts with stored state (e.g. an immutable version
+    /// registered again with other bytes).
+    Conflict,
     /// A fault in the host itself, not the guest's or caller's.
     Internal,
 }
@@ -62,6 +69,9 @@ impl ErrorKind {
             ErrorKind::InvalidPolicy => "invalid_policy",
             ErrorKind::ApprovalRequired => "approval_required",
             ErrorKind::BudgetExceeded => "budget_exceeded",
+            ErrorKind::NotFound => "not_found",
+            ErrorKind::ToolDisabled => "tool_disabled",
+            ErrorKind::Conflict => "conflict",
             ErrorKind::Internal => "internal",
         }
     }

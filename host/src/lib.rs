@@ -13,6 +13,7 @@ pub mod gate;
 pub mod invoke;
 pub mod limits;
 pub mod policy;
+pub mod registry;
 pub mod runtime;
 pub mod sandbox;
 pub mod schema;

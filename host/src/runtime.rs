@@ -113,6 +113,33 @@ impl Runtime {
         Tool::load(self, name, bytes, options)
     }
 
+    /// Load a tool from an artifact of [`Runtime::precompile`]: no compiling.
+    pub fn load_precompiled(
+        &self,
+        name: &str,
+        bytes: &[u8],
+        artifact: &[u8],
+        options: &LoadOptions,
+    ) -> Result<Tool> {
+        Tool::load_precompiled(self, name, bytes, artifact, options)
+    }
+
+    /// Compile a component to an artifact this engine (and any engine with
+    /// the same [`Runtime::compatibility`]) can load without compiling.
+    pub fn precompile(&self, bytes: &[u8]) -> Result<Vec<u8>> {
+        self.engine
+            .precompile_component(bytes)
+            .map_err(|e| Error::invalid_component(format!("compiling the component: {e:#}")))
+    }
+
+    /// A fingerprint of the engine settings artifacts depend on.
+    pub fn compatibility(&self) -> String {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        self.engine.precompile_compatibility_hash().hash(&mut h);
+        format!("{:016x}", h.finish())
+    }
+
     /// [`Runtime::load`] a component file; the tool is named after the file.
     pub fn load_file(&self, path: &Path, options: &LoadOptions) -> Result<Tool> {
         let bytes = std::fs::read(path).map_err(|e| {

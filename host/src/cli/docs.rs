@@ -32,6 +32,7 @@ pub fn main(cmd: Command) -> i32 {
             &component,
             &toolhost::LoadOptions {
                 wit: Some(wit.clone()),
+                docs: None,
             },
         )?;
         let bytes = std::fs::read(&component).map_err(|e| {

@@ -8,6 +8,7 @@ mod data;
 mod docs;
 mod inspect;
 mod run;
+mod tools;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -29,6 +30,11 @@ enum Command {
     /// Work with a tool's WIT docs.
     #[command(subcommand)]
     Docs(docs::Command),
+    /// Register a component as a versioned tool in the data dir.
+    Register(Box<tools::RegisterArgs>),
+    /// List, describe, deploy, disable and enable registered tools.
+    #[command(subcommand)]
+    Tools(tools::Command),
     /// Verify, export and prune the tamper-evident audit trail.
     #[command(subcommand)]
     Audit(audit::Command),
@@ -52,6 +58,7 @@ impl ComponentArgs {
     pub fn load_options(&self) -> toolhost::LoadOptions {
         toolhost::LoadOptions {
             wit: self.wit.clone(),
+            docs: None,
         }
     }
 }
@@ -63,6 +70,8 @@ pub async fn main() -> i32 {
         Command::Inspect(args) => inspect::main(args),
         Command::Run(args) => run::main(*args).await,
         Command::Docs(cmd) => docs::main(cmd),
+        Command::Register(args) => tools::register(*args).await,
+        Command::Tools(cmd) => tools::main(cmd).await,
         Command::Audit(cmd) => audit::main(cmd).await,
         Command::Budget(cmd) => budget::main(cmd).await,
     }

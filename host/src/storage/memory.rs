@@ -2,7 +2,10 @@
 //! tests, for measuring the gate without the durability wait, and as the
 //! reference the SQL backends must agree with.
 
-use super::{Batch, Charge, Checkpoint, Exceeded, Signer, Storage, StoredEntry, Usage};
+use super::{
+    Batch, Charge, Checkpoint, Exceeded, Registered, Signer, Storage, StoredEntry, ToolEntry,
+    ToolVersion, Usage,
+};
 use crate::audit::{CHECKPOINT_EVERY, GENESIS, chain_hash};
 use crate::error::Result;
 use crate::gate::BoxFuture;
@@ -16,6 +19,9 @@ struct Inner {
     checkpoints: HashMap<String, Vec<Checkpoint>>,
     budget: BTreeMap<(String, String, String), (i64, i64)>,
     meta: HashMap<String, String>,
+    blobs: HashMap<String, Vec<u8>>,
+    versions: BTreeMap<(String, String, String), ToolVersion>,
+    tools: BTreeMap<(String, String), ToolEntry>,
 }
 
 /// Storage that forgets everything when dropped.
@@ -277,5 +283,150 @@ impl Storage for MemoryStorage {
     fn meta_init(&self, key: &str, value: &str) -> BoxFuture<'_, Result<String>> {
         let (key, value) = (key.to_string(), value.to_string());
         Box::pin(async move { Ok(self.lock().meta.entry(key).or_insert(value).clone()) })
+    }
+
+    fn blob_put<'a>(&'a self, digest: &'a str, bytes: &'a [u8]) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            self.lock()
+                .blobs
+                .entry(digest.to_string())
+                .or_insert_with(|| bytes.to_vec());
+            Ok(())
+        })
+    }
+
+    fn blob_get(&self, digest: &str) -> BoxFuture<'_, Result<Option<Vec<u8>>>> {
+        let found = self.lock().blobs.get(digest).cloned();
+        Box::pin(async move { Ok(found) })
+    }
+
+    fn tool_register(&self, v: ToolVersion, deploy: bool) -> BoxFuture<'_, Result<Registered>> {
+        Box::pin(async move {
+            let mut inner = self.lock();
+            let key = (v.tenant.clone(), v.name.clone(), v.version.clone());
+            let outcome = match inner.versions.get(&key) {
+                Some(e) if e.digest == v.digest => Registered::Exists,
+                Some(e) => {
+                    return Ok(Registered::Conflict {
+                        digest: e.digest.clone(),
+                    });
+                }
+                None => Registered::Created,
+            };
+            if outcome == Registered::Created {
+                inner.versions.insert(key, v.clone());
+            }
+            if deploy {
+                let entry = inner
+                    .tools
+                    .entry((v.tenant.clone(), v.name.clone()))
+                    .or_insert_with(|| ToolEntry {
+                        tenant: v.tenant.clone(),
+                        name: v.name.clone(),
+                        current: v.version.clone(),
+                        disabled: false,
+                        updated_ms: v.created_ms,
+                    });
+                entry.current = v.version.clone();
+                entry.updated_ms = v.created_ms;
+            }
+            Ok(outcome)
+        })
+    }
+
+    fn tool_version(
+        &self,
+        tenant: &str,
+        name: &str,
+        version: &str,
+    ) -> BoxFuture<'_, Result<Option<ToolVersion>>> {
+        let found = self
+            .lock()
+            .versions
+            .get(&(tenant.to_string(), name.to_string(), version.to_string()))
+            .cloned();
+        Box::pin(async move { Ok(found) })
+    }
+
+    fn tool_versions(&self, tenant: &str, name: &str) -> BoxFuture<'_, Result<Vec<ToolVersion>>> {
+        let mut found: Vec<ToolVersion> = self
+            .lock()
+            .versions
+            .values()
+            .filter(|v| v.tenant == tenant && v.name == name)
+            .cloned()
+            .collect();
+        found.sort_by(|a, b| (a.created_ms, &a.version).cmp(&(b.created_ms, &b.version)));
+        Box::pin(async move { Ok(found) })
+    }
+
+    fn tool_get(&self, tenant: &str, name: &str) -> BoxFuture<'_, Result<Option<ToolEntry>>> {
+        let found = self
+            .lock()
+            .tools
+            .get(&(tenant.to_string(), name.to_string()))
+            .cloned();
+        Box::pin(async move { Ok(found) })
+    }
+
+    fn tool_list(&self, tenant: &str) -> BoxFuture<'_, Result<Vec<ToolEntry>>> {
+        let found = self
+            .lock()
+            .tools
+            .values()
+            .filter(|t| t.tenant == tenant)
+            .cloned()
+            .collect();
+        Box::pin(async move { Ok(found) })
+    }
+
+    fn tool_update(
+        &self,
+        tenant: &str,
+        name: &str,
+        version: Option<&str>,
+        disabled: Option<bool>,
+    ) -> BoxFuture<'_, Result<bool>> {
+        let mut inner = self.lock();
+        let key = (tenant.to_string(), name.to_string());
+        let ok = version.is_none_or(|v| {
+            inner
+                .versions
+                .contains_key(&(key.0.clone(), key.1.clone(), v.to_string()))
+        });
+        let updated = ok
+            && match inner.tools.get_mut(&key) {
+                Some(t) => {
+                    if let Some(v) = version {
+                        t.current = v.to_string();
+                    }
+                    if let Some(d) = disabled {
+                        t.disabled = d;
+                    }
+                    t.updated_ms = crate::gate::governed::now_ms();
+                    true
+                }
+                None => false,
+            };
+        Box::pin(async move { Ok(updated) })
+    }
+
+    fn tool_set_artifact(
+        &self,
+        tenant: &str,
+        name: &str,
+        version: &str,
+        artifact: &str,
+        engine: &str,
+    ) -> BoxFuture<'_, Result<()>> {
+        if let Some(v) = self.lock().versions.get_mut(&(
+            tenant.to_string(),
+            name.to_string(),
+            version.to_string(),
+        )) {
+            v.artifact = Some(artifact.to_string());
+            v.engine = Some(engine.to_string());
+        }
+        Box::pin(async move { Ok(()) })
     }
 }

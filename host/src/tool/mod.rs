@@ -25,6 +25,9 @@ pub struct LoadOptions {
     /// The tool's WIT source (`--wit DIR`): docs come from it, and the
     /// component must match it.
     pub wit: Option<PathBuf>,
+    /// A `package-docs` section to use instead of the component's own (the
+    /// registry keeps the docs a tool was registered with this way).
+    pub docs: Option<Vec<u8>>,
 }
 
 /// A loaded tool.
@@ -116,8 +119,34 @@ impl Tool {
         bytes: &[u8],
         options: &LoadOptions,
     ) -> Result<Tool> {
+        let (catalog, warnings) = Self::reflect(bytes, options)?;
+        let component = Component::new(runtime.engine(), bytes)
+            .map_err(|e| Error::invalid_component(format!("compiling the component: {e:#}")))?;
+        Self::assemble(runtime, name, component, catalog, warnings)
+    }
+
+    /// Load from an artifact made by [`Runtime::precompile`] for this engine:
+    /// no compilation.
+    pub(crate) fn load_precompiled(
+        runtime: &Runtime,
+        name: &str,
+        bytes: &[u8],
+        artifact: &[u8],
+        options: &LoadOptions,
+    ) -> Result<Tool> {
+        let (catalog, warnings) = Self::reflect(bytes, options)?;
+        // SAFETY: `artifact` is only ever produced by `Runtime::precompile`
+        // and kept in the host's own store, which is as trusted as the host's
+        // binary; a mismatched engine is detected by wasmtime and refused.
+        let component = unsafe { Component::deserialize(runtime.engine(), artifact) }
+            .map_err(|e| Error::internal(format!("loading the precompiled artifact: {e:#}")))?;
+        Self::assemble(runtime, name, component, catalog, warnings)
+    }
+
+    /// Validate a component and reflect its functions, without compiling.
+    pub fn reflect(bytes: &[u8], options: &LoadOptions) -> Result<(Catalog, Vec<String>)> {
         docs::check_header(bytes)?;
-        let (package_docs, stripped) = docs::split_package_docs(bytes)?;
+        let (embedded_docs, stripped) = docs::split_package_docs(bytes)?;
         let decoded = wit_parser::decoding::decode(&stripped).map_err(|e| {
             Error::invalid_component(format!("cannot decode the component's interface: {e:#}"))
         })?;
@@ -130,7 +159,7 @@ impl Tool {
             }
         };
         let mut warnings = Vec::new();
-        if let Some(data) = package_docs
+        if let Some(data) = options.docs.clone().or(embedded_docs)
             && let Err(e) = docs::apply_package_docs(&mut resolve, world, &data)
         {
             warnings.push(format!("the package-docs section was ignored: {e}"));
@@ -147,9 +176,16 @@ impl Tool {
                 "the component exports no functions",
             ));
         }
+        Ok((catalog, warnings))
+    }
 
-        let component = Component::new(runtime.engine(), bytes)
-            .map_err(|e| Error::invalid_component(format!("compiling the component: {e:#}")))?;
+    fn assemble(
+        runtime: &Runtime,
+        name: &str,
+        component: Component,
+        catalog: Catalog,
+        warnings: Vec<String>,
+    ) -> Result<Tool> {
         let pre = runtime.linker().instantiate_pre(&component).map_err(|e| {
             Error::invalid_component(format!(
                 "the host cannot satisfy the component's imports: {e:#}"

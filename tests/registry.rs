@@ -1,0 +1,286 @@
+//! The tool registry: validated, content-addressed, immutable versions that
+//! load after a restart without recompiling.
+
+mod common;
+
+use common::{guest, tempdir};
+use serde_json::json;
+use std::path::Path;
+use std::sync::Arc;
+use toolhost::gate::SandboxOnly;
+use toolhost::registry::Registry;
+use toolhost::storage::Storage;
+use toolhost::storage::sqlite::SqliteStorage;
+use toolhost::{Call, ErrorKind, Host, Runtime, RuntimeConfig};
+
+async fn open(dir: &Path) -> (Registry, Arc<dyn Storage>, Arc<Runtime>) {
+    let storage: Arc<dyn Storage> = Arc::new(SqliteStorage::open(dir).await.unwrap());
+    // A fresh runtime each time: what a restarted process has.
+    let runtime = Arc::new(Runtime::new(&RuntimeConfig::default()).unwrap());
+    (
+        Registry::new(storage.clone(), runtime.clone()),
+        storage,
+        runtime,
+    )
+}
+
+fn bytes(name: &str) -> Vec<u8> {
+    std::fs::read(guest(name)).unwrap()
+}
+
+fn quiet(_: std::time::Duration) {}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn registered_tools_survive_a_restart_without_recompiling() {
+    let dir = tempdir("registry");
+    {
+        let (registry, _, _) = open(&dir).await;
+        let wit = common::repo_root().join("guest-examples/refund/wit");
+        let r = registry
+            .register(
+                "acme",
+                "refund",
+                None,
+                bytes("refund"),
+                Some(&wit),
+                true,
+                &quiet,
+            )
+            .await
+            .unwrap();
+        assert!(r.created && r.deployed);
+        assert_eq!(r.version, "1");
+        assert_eq!(r.digest.len(), 64);
+        assert_eq!(
+            r.functions[0],
+            "lookup-order(order-id: string) -> result<order, string>"
+        );
+    }
+    let (registry, _, runtime) = open(&dir).await;
+    let loaded = registry.load("acme", "refund").await.unwrap();
+    assert!(
+        loaded.from_artifact,
+        "a restart loads the precompiled artifact"
+    );
+    // The docs given at registration are kept.
+    let (f, _) = loaded.tool.function("lookup-order").unwrap();
+    assert_eq!(
+        f.docs.as_deref().map(str::trim),
+        Some("Look an order up by its id.")
+    );
+    let host = Host::new(runtime, Arc::new(SandboxOnly));
+    let out = host
+        .invoke(
+            &loaded.tool,
+            &Call {
+                function: "lookup-order".into(),
+                args: json!({"order-id": "ord_1001"}),
+                limits: Default::default(),
+                context: Default::default(),
+            },
+        )
+        .await;
+    assert_eq!(out.result.unwrap()["ok"]["id"], "ord_1001");
+    // Tenants do not see each other's tools.
+    let other = registry.load("globex", "refund").await.err().unwrap();
+    assert_eq!(other.kind, ErrorKind::NotFound);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn versions_are_immutable_and_names_deploy_and_roll_back() {
+    let dir = tempdir("registry");
+    let (registry, _, _) = open(&dir).await;
+    let v1 = registry
+        .register("_", "t", None, bytes("refund"), None, true, &quiet)
+        .await
+        .unwrap();
+    let again = registry
+        .register("_", "t", None, bytes("refund"), None, true, &quiet)
+        .await
+        .unwrap();
+    assert_eq!(
+        (again.version.as_str(), again.created),
+        ("1", false),
+        "same bytes, same version"
+    );
+    let conflict = registry
+        .register("_", "t", Some("1"), bytes("text-tools"), None, true, &quiet)
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(conflict.kind, ErrorKind::Conflict);
+    assert!(conflict.message.contains(&v1.digest));
+    let v2 = registry
+        .register("_", "t", None, bytes("text-tools"), None, true, &quiet)
+        .await
+        .unwrap();
+    assert_eq!(v2.version, "2");
+    assert!(
+        registry
+            .load("_", "t")
+            .await
+            .unwrap()
+            .tool
+            .function("hello")
+            .is_ok()
+    );
+    registry.deploy("_", "t", "1").await.unwrap();
+    assert!(
+        registry
+            .load("_", "t")
+            .await
+            .unwrap()
+            .tool
+            .function("lookup-order")
+            .is_ok()
+    );
+    assert_eq!(
+        registry.deploy("_", "t", "9").await.err().unwrap().kind,
+        ErrorKind::NotFound
+    );
+    // Registering without deploying leaves the pointer alone.
+    let v3 = registry
+        .register("_", "t", Some("3.0"), bytes("types"), None, false, &quiet)
+        .await
+        .unwrap();
+    assert!(!v3.deployed);
+    assert_eq!(registry.describe("_", "t").await.unwrap().0.current, "1");
+    assert_eq!(registry.describe("_", "t").await.unwrap().1.len(), 3);
+    // Disabled tools do not load.
+    registry.set_disabled("_", "t", true).await.unwrap();
+    assert_eq!(
+        registry.load("_", "t").await.err().unwrap().kind,
+        ErrorKind::ToolDisabled
+    );
+    registry.set_disabled("_", "t", false).await.unwrap();
+    assert!(registry.load("_", "t").await.is_ok());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_uploads_are_refused_and_leave_stored_state_untouched() {
+    let dir = tempdir("registry");
+    let (registry, storage, _) = open(&dir).await;
+    registry
+        .register("_", "good", None, bytes("text-tools"), None, true, &quiet)
+        .await
+        .unwrap();
+    let before = (
+        storage.tool_list("_").await.unwrap(),
+        storage.tool_versions("_", "good").await.unwrap(),
+    );
+    let cases: Vec<(&str, Vec<u8>, ErrorKind)> = vec![
+        (
+            "good",
+            b"not wasm at all".to_vec(),
+            ErrorKind::InvalidComponent,
+        ),
+        ("good", bytes("bad-import"), ErrorKind::InvalidComponent),
+        (
+            "good",
+            bytes("resource-export"),
+            ErrorKind::InvalidComponent,
+        ),
+        (
+            "good",
+            bytes("refund")[..1000].to_vec(),
+            ErrorKind::InvalidComponent,
+        ),
+        ("bad name!", bytes("refund"), ErrorKind::InvalidArgs),
+        ("x__y", bytes("refund"), ErrorKind::InvalidArgs),
+    ];
+    for (name, b, kind) in cases {
+        let err = registry
+            .register("_", name, None, b, None, true, &quiet)
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(err.kind, kind, "{name}: {}", err.message);
+    }
+    let bad_version = registry
+        .register(
+            "_",
+            "good",
+            Some("../1"),
+            bytes("refund"),
+            None,
+            true,
+            &quiet,
+        )
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(bad_version.kind, ErrorKind::InvalidArgs);
+    let after = (
+        storage.tool_list("_").await.unwrap(),
+        storage.tool_versions("_", "good").await.unwrap(),
+    );
+    assert_eq!(before, after);
+    assert!(registry.load("_", "good").await.is_ok());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_artifact_for_another_engine_is_rebuilt_once() {
+    let dir = tempdir("registry");
+    {
+        let (registry, _, _) = open(&dir).await;
+        registry
+            .register("_", "t", None, bytes("text-tools"), None, true, &quiet)
+            .await
+            .unwrap();
+    }
+    {
+        use sqlx::Connection;
+        let url = format!("sqlite://{}", dir.join("toolhost.db").display());
+        let mut c = sqlx::SqliteConnection::connect(&url).await.unwrap();
+        sqlx::query("UPDATE tool_versions SET engine = 'another-engine'")
+            .execute(&mut c)
+            .await
+            .unwrap();
+    }
+    let (registry, _, _) = open(&dir).await;
+    let first = registry.load("_", "t").await.unwrap();
+    assert!(!first.from_artifact, "rebuilt for this engine");
+    let second = registry.load("_", "t").await.unwrap();
+    assert!(second.from_artifact, "and kept");
+}
+
+#[test]
+fn the_cli_registers_lists_and_describes() {
+    let dir = tempdir("registry-cli");
+    let d = dir.display().to_string();
+    let host = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_host"))
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let refund = guest("refund").display().to_string();
+    let out = host(&[
+        "register",
+        &refund,
+        "--name",
+        "refund",
+        "--data-dir",
+        &d,
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (r["name"].as_str(), r["version"].as_str()),
+        (Some("refund"), Some("1"))
+    );
+    let out = host(&["tools", "list", "--data-dir", &d, "--json"]);
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(list[0]["tool"]["name"], "refund");
+    assert_eq!(list[0]["current"]["functions"].as_array().unwrap().len(), 3);
+    let out = host(&["tools", "describe", "refund", "--data-dir", &d]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("* 1 sha256:"));
+    let out = host(&["tools", "disable", "nope", "--data-dir", &d]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("error[not_found]"));
+}
