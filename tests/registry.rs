@@ -8,7 +8,7 @@ use serde_json::json;
 use std::path::Path;
 use std::sync::Arc;
 use toolhost::gate::SandboxOnly;
-use toolhost::registry::Registry;
+use toolhost::registry::{Registry, Upload};
 use toolhost::storage::Storage;
 use toolhost::storage::sqlite::SqliteStorage;
 use toolhost::{Call, ErrorKind, Host, Runtime, RuntimeConfig};
@@ -28,7 +28,26 @@ fn bytes(name: &str) -> Vec<u8> {
     std::fs::read(guest(name)).unwrap()
 }
 
-fn quiet(_: std::time::Duration) {}
+/// Register through the library, with no progress output.
+async fn reg(
+    registry: &Registry,
+    tenant: &str,
+    name: &str,
+    version: Option<&str>,
+    bytes: Vec<u8>,
+    wit: Option<&Path>,
+    deploy: bool,
+) -> toolhost::Result<toolhost::registry::Registration> {
+    let upload = Upload {
+        tenant,
+        name,
+        version,
+        bytes,
+        wit,
+        deploy,
+    };
+    registry.register(upload, &|_| {}).await
+}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn registered_tools_survive_a_restart_without_recompiling() {
@@ -36,18 +55,17 @@ async fn registered_tools_survive_a_restart_without_recompiling() {
     {
         let (registry, _, _) = open(&dir).await;
         let wit = common::repo_root().join("guest-examples/refund/wit");
-        let r = registry
-            .register(
-                "acme",
-                "refund",
-                None,
-                bytes("refund"),
-                Some(&wit),
-                true,
-                &quiet,
-            )
-            .await
-            .unwrap();
+        let r = reg(
+            &registry,
+            "acme",
+            "refund",
+            None,
+            bytes("refund"),
+            Some(wit.as_path()),
+            true,
+        )
+        .await
+        .unwrap();
         assert!(r.created && r.deployed);
         assert_eq!(r.version, "1");
         assert_eq!(r.digest.len(), 64);
@@ -90,12 +108,10 @@ async fn registered_tools_survive_a_restart_without_recompiling() {
 async fn versions_are_immutable_and_names_deploy_and_roll_back() {
     let dir = tempdir("registry");
     let (registry, _, _) = open(&dir).await;
-    let v1 = registry
-        .register("_", "t", None, bytes("refund"), None, true, &quiet)
+    let v1 = reg(&registry, "_", "t", None, bytes("refund"), None, true)
         .await
         .unwrap();
-    let again = registry
-        .register("_", "t", None, bytes("refund"), None, true, &quiet)
+    let again = reg(&registry, "_", "t", None, bytes("refund"), None, true)
         .await
         .unwrap();
     assert_eq!(
@@ -103,15 +119,21 @@ async fn versions_are_immutable_and_names_deploy_and_roll_back() {
         ("1", false),
         "same bytes, same version"
     );
-    let conflict = registry
-        .register("_", "t", Some("1"), bytes("text-tools"), None, true, &quiet)
-        .await
-        .err()
-        .unwrap();
+    let conflict = reg(
+        &registry,
+        "_",
+        "t",
+        Some("1"),
+        bytes("text-tools"),
+        None,
+        true,
+    )
+    .await
+    .err()
+    .unwrap();
     assert_eq!(conflict.kind, ErrorKind::Conflict);
     assert!(conflict.message.contains(&v1.digest));
-    let v2 = registry
-        .register("_", "t", None, bytes("text-tools"), None, true, &quiet)
+    let v2 = reg(&registry, "_", "t", None, bytes("text-tools"), None, true)
         .await
         .unwrap();
     assert_eq!(v2.version, "2");
@@ -139,10 +161,17 @@ async fn versions_are_immutable_and_names_deploy_and_roll_back() {
         ErrorKind::NotFound
     );
     // Registering without deploying leaves the pointer alone.
-    let v3 = registry
-        .register("_", "t", Some("3.0"), bytes("types"), None, false, &quiet)
-        .await
-        .unwrap();
+    let v3 = reg(
+        &registry,
+        "_",
+        "t",
+        Some("3.0"),
+        bytes("types"),
+        None,
+        false,
+    )
+    .await
+    .unwrap();
     assert!(!v3.deployed);
     assert_eq!(registry.describe("_", "t").await.unwrap().0.current, "1");
     assert_eq!(registry.describe("_", "t").await.unwrap().1.len(), 3);
@@ -160,10 +189,17 @@ async fn versions_are_immutable_and_names_deploy_and_roll_back() {
 async fn bad_uploads_are_refused_and_leave_stored_state_untouched() {
     let dir = tempdir("registry");
     let (registry, storage, _) = open(&dir).await;
-    registry
-        .register("_", "good", None, bytes("text-tools"), None, true, &quiet)
-        .await
-        .unwrap();
+    reg(
+        &registry,
+        "_",
+        "good",
+        None,
+        bytes("text-tools"),
+        None,
+        true,
+    )
+    .await
+    .unwrap();
     let before = (
         storage.tool_list("_").await.unwrap(),
         storage.tool_versions("_", "good").await.unwrap(),
@@ -189,26 +225,24 @@ async fn bad_uploads_are_refused_and_leave_stored_state_untouched() {
         ("x__y", bytes("refund"), ErrorKind::InvalidArgs),
     ];
     for (name, b, kind) in cases {
-        let err = registry
-            .register("_", name, None, b, None, true, &quiet)
+        let err = reg(&registry, "_", name, None, b, None, true)
             .await
             .err()
             .unwrap();
         assert_eq!(err.kind, kind, "{name}: {}", err.message);
     }
-    let bad_version = registry
-        .register(
-            "_",
-            "good",
-            Some("../1"),
-            bytes("refund"),
-            None,
-            true,
-            &quiet,
-        )
-        .await
-        .err()
-        .unwrap();
+    let bad_version = reg(
+        &registry,
+        "_",
+        "good",
+        Some("../1"),
+        bytes("refund"),
+        None,
+        true,
+    )
+    .await
+    .err()
+    .unwrap();
     assert_eq!(bad_version.kind, ErrorKind::InvalidArgs);
     let after = (
         storage.tool_list("_").await.unwrap(),
@@ -223,8 +257,7 @@ async fn an_artifact_for_another_engine_is_rebuilt_once() {
     let dir = tempdir("registry");
     {
         let (registry, _, _) = open(&dir).await;
-        registry
-            .register("_", "t", None, bytes("text-tools"), None, true, &quiet)
+        reg(&registry, "_", "t", None, bytes("text-tools"), None, true)
             .await
             .unwrap();
     }

@@ -45,6 +45,21 @@ pub struct Registration {
     pub compile_ms: u64,
 }
 
+/// A component to register.
+#[derive(Debug, Clone)]
+pub struct Upload<'a> {
+    pub tenant: &'a str,
+    pub name: &'a str,
+    /// The version; default: the next number (or the existing version of
+    /// the same bytes).
+    pub version: Option<&'a str>,
+    pub bytes: Vec<u8>,
+    /// The tool's WIT source, for docs.
+    pub wit: Option<&'a Path>,
+    /// Point the name at this version.
+    pub deploy: bool,
+}
+
 /// A loaded tool and where it came from.
 pub struct Loaded {
     pub tool: Tool,
@@ -109,14 +124,17 @@ impl Registry {
     /// time spent so far.
     pub async fn register(
         &self,
-        tenant: &str,
-        name: &str,
-        version: Option<&str>,
-        bytes: Vec<u8>,
-        wit: Option<&Path>,
-        deploy: bool,
+        upload: Upload<'_>,
         progress: &(dyn Fn(Duration) + Sync),
     ) -> Result<Registration> {
+        let Upload {
+            tenant,
+            name,
+            version,
+            bytes,
+            wit,
+            deploy,
+        } = upload;
         validate_name(name)?;
         if let Some(v) = version {
             check_version(v)?;

@@ -101,17 +101,15 @@ pub async fn register(args: RegisterArgs) -> i32 {
             );
             let _ = std::io::stderr().flush();
         };
-        let r = registry
-            .register(
-                &args.tenant,
-                &args.name,
-                args.version.as_deref(),
-                bytes,
-                args.wit.as_deref(),
-                !args.no_deploy,
-                &progress,
-            )
-            .await;
+        let upload = toolhost::registry::Upload {
+            tenant: &args.tenant,
+            name: &args.name,
+            version: args.version.as_deref(),
+            bytes,
+            wit: args.wit.as_deref(),
+            deploy: !args.no_deploy,
+        };
+        let r = registry.register(upload, &progress).await;
         if r.as_ref().is_ok_and(|r| r.compile_ms >= 500) {
             eprintln!();
         }
