@@ -300,3 +300,30 @@ async fn structured_logs_are_captured() {
     assert_eq!(out.logs[0].level, "info");
     assert_eq!(out.logs[0].message, "lookup ord_1002");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hoarding_host_resources_is_capped() {
+    let limits = Limits {
+        max_host_resources: 1000,
+        ..Limits::default()
+    };
+    let out = contained(
+        "hoard-pollables",
+        json!({"n": 1_000_000}),
+        limits,
+        ErrorKind::Trap,
+    )
+    .await;
+    assert!(
+        out.error.unwrap().message.contains("resource"),
+        "names the cause"
+    );
+    // Under the cap, it is allowed.
+    let ok = host()
+        .invoke(
+            &tool("hostile"),
+            &call("hoard-pollables", json!({"n": 100})),
+        )
+        .await;
+    assert_eq!(ok.result, Some(json!(100)));
+}

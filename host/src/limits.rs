@@ -25,6 +25,9 @@ pub struct Limits {
     pub max_log_lines: usize,
     /// Cap on the bytes of one log line.
     pub max_log_line_bytes: usize,
+    /// Cap on host resources (streams, pollables, sockets, HTTP handles)
+    /// the guest may hold at once.
+    pub max_host_resources: usize,
 }
 
 fn ser_ms<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -50,6 +53,7 @@ impl Default for Limits {
             max_stdio_bytes: 64 << 10,
             max_log_lines: 1000,
             max_log_line_bytes: 4 << 10,
+            max_host_resources: 10_000,
         }
     }
 }

@@ -88,6 +88,13 @@ impl Guest for Hostile {
         COUNTER.fetch_add(1, Ordering::SeqCst) + 1
     }
 
+    fn hoard_pollables(n: u64) -> u64 {
+        for _ in 0..n {
+            std::mem::forget(wasi::clocks::monotonic_clock::subscribe_duration(1_000_000_000));
+        }
+        n
+    }
+
     fn echo(s: String) -> String {
         s
     }

@@ -61,6 +61,9 @@ impl HasLog for SandboxState {
     }
 }
 
+/// Most random bytes one `get-random-bytes` call may ask for.
+const MAX_RANDOM_BYTES: u64 = 1 << 20;
+
 /// Fuel between cooperative yields (about 2 ms of guest compute here).
 const FUEL_YIELD_INTERVAL: u64 = 10_000_000;
 
@@ -113,6 +116,9 @@ fn wasi_ctx(run: &Run<'_>, stdout: &Capture, stderr: &Capture) -> Result<WasiCtx
             })?;
     }
     b.allow_ip_name_lookup(run.grants.ip_name_lookup);
+    // One call may ask for at most this much randomness (wasmtime's default
+    // is 64 MiB, a memory lever for a hostile guest).
+    b.max_random_size(MAX_RANDOM_BYTES);
     // TCP and UDP are "allowed" so that every address reaches the gate,
     // which denies by default and records each attempt.
     b.allow_tcp(true).allow_udp(true);
@@ -141,9 +147,11 @@ pub async fn run(engine: &Engine, run: Run<'_>) -> RunOutput {
         Ok(w) => w,
         Err(e) => return finish(Err(e), 0, 0, LogBuffer::default()),
     };
+    let mut table = ResourceTable::new();
+    table.set_max_capacity(limits.max_host_resources);
     let state = SandboxState {
         wasi,
-        table: ResourceTable::new(),
+        table,
         http: WasiHttpCtx::new(),
         hooks: HttpHooks::new(run.mediator.clone(), deadline),
         limiter: Limiter::new(limits.memory_bytes),
