@@ -875,3 +875,32 @@ fn the_policy_file_in_the_repo_is_the_essays_example() {
         assert!(ours.contains(line), "{line}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn calls_that_never_run_are_audited_too() {
+    let g = gated(SEED).await;
+    let bad = g
+        .run("refund", "lookup-order", json!({"order-id": 7}), task("x"))
+        .await;
+    assert_eq!(kind(&bad), Some(ErrorKind::InvalidArgs));
+    let missing = g
+        .run("refund", "no-such-function", json!({}), task("x"))
+        .await;
+    assert_eq!(kind(&missing), Some(ErrorKind::UnknownFunction));
+    let records = g.records("_").await;
+    assert_eq!(records.len(), 2);
+    assert_eq!(records[0]["decision"]["effect"], "invalid_args");
+    assert_eq!(records[0]["invocation_id"], json!(bad.invocation_id));
+    assert_eq!(records[1]["function"], "no-such-function");
+    assert_eq!(records[1]["decision"]["effect"], "unknown_function");
+    // They cost nothing.
+    assert!(
+        g.gate
+            .ledger()
+            .usage("task:_/x")
+            .await
+            .unwrap()
+            .iter()
+            .all(|u| u.used == 0)
+    );
+}

@@ -109,11 +109,20 @@ impl Host {
         let invocation_id = new_invocation_id();
         let (function, export) = match tool.function(&call.function) {
             Ok(f) => f,
-            Err(e) => return Outcome::failed(invocation_id, e),
+            Err(e) => {
+                return self
+                    .refuse(tool, &call.function, call, invocation_id, e)
+                    .await;
+            }
         };
         let params = match value::args_to_vals(&function.name, &function.params, &call.args) {
             Ok(p) => p,
-            Err(msg) => return Outcome::failed(invocation_id, Error::invalid_args(msg)),
+            Err(msg) => {
+                let e = Error::invalid_args(msg);
+                return self
+                    .refuse(tool, &function.name, call, invocation_id, e)
+                    .await;
+            }
         };
         let request = InvocationRequest {
             invocation_id: &invocation_id,
@@ -126,24 +135,9 @@ impl Host {
         let admission = match self.gate.admit(&request).await {
             Ok(a) => a,
             Err(refusal) => {
-                // Refusals are audited too; if even that fails, say so.
-                let usage = Usage::default();
-                let report = InvocationReport {
-                    invocation_id: &invocation_id,
-                    tool: tool.name(),
-                    function: &function.name,
-                    context: &call.context,
-                    args: &call.args,
-                    result: None,
-                    error: Some(&refusal),
-                    usage: &usage,
-                    outbound: &[],
-                };
-                let error = match self.gate.complete(None, &report).await {
-                    Ok(()) => refusal,
-                    Err(e) => e,
-                };
-                return Outcome::failed(invocation_id, error);
+                return self
+                    .refuse(tool, &function.name, call, invocation_id, refusal)
+                    .await;
             }
         };
         let limits = admission
@@ -236,6 +230,37 @@ impl Host {
             logs_dropped: out.logs_dropped,
             outbound,
         }
+    }
+}
+
+impl Host {
+    /// An invocation that never ran: the gate records it too (without an
+    /// admission), and if even that fails, that is the error returned.
+    async fn refuse(
+        &self,
+        tool: &Tool,
+        function: &str,
+        call: &Call,
+        invocation_id: String,
+        refusal: Error,
+    ) -> Outcome {
+        let usage = Usage::default();
+        let report = InvocationReport {
+            invocation_id: &invocation_id,
+            tool: tool.name(),
+            function,
+            context: &call.context,
+            args: &call.args,
+            result: None,
+            error: Some(&refusal),
+            usage: &usage,
+            outbound: &[],
+        };
+        let error = match self.gate.complete(None, &report).await {
+            Ok(()) => refusal,
+            Err(e) => e,
+        };
+        Outcome::failed(invocation_id, error)
     }
 }
 
