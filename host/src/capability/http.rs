@@ -230,21 +230,12 @@ async fn send(
         .map_err(|_| Error::HttpRequestUriInvalid)?;
 
     let response = if tls {
-        let roots = rustls::RootCertStore {
-            roots: webpki_roots::TLS_SERVER_ROOTS.into(),
-        };
-        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .map_err(|_| Error::TlsProtocolError)?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        let config = tls_config().ok_or(Error::TlsProtocolError)?;
         let name = rustls::pki_types::ServerName::try_from(host.clone())
             .map_err(Error::InvalidDnsNameError)?;
         let tls_stream = tokio::time::timeout(
             connect_timeout,
-            tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, stream),
+            tokio_rustls::TlsConnector::from(config).connect(name, stream),
         )
         .await
         .map_err(|_| Error::ConnectionTimeout)?
@@ -266,6 +257,27 @@ async fn send(
         })
     });
     Ok((response, io))
+}
+
+/// The TLS client configuration (webpki roots, ring), built once.
+fn tls_config() -> Option<Arc<rustls::ClientConfig>> {
+    static CONFIG: std::sync::OnceLock<Option<Arc<rustls::ClientConfig>>> =
+        std::sync::OnceLock::new();
+    CONFIG
+        .get_or_init(|| {
+            let roots = rustls::RootCertStore {
+                roots: webpki_roots::TLS_SERVER_ROOTS.into(),
+            };
+            let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .ok()?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+            Some(Arc::new(config))
+        })
+        .clone()
 }
 
 /// Handshake, send, and wait for the response head while driving the
