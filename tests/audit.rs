@@ -28,6 +28,7 @@ async fn trail(n: i64) -> (PathBuf, Arc<AuditLog>) {
         .await
         .unwrap();
     }
+    log.flush().await.unwrap();
     (dir, log)
 }
 
@@ -175,7 +176,7 @@ async fn an_inserted_record_is_found() {
     .await;
     let r = check(&log).await;
     assert_finds(&r, "entry 11: does not link");
-    assert_finds(&r, "not covered by the signed head");
+    assert_finds(&r, "past the chain's head");
     // Appending at the end, however well linked, is not covered by a signature.
     let (dir, log) = trail(5).await;
     let (prev, _) = hash_of(&dir, 5).await;
@@ -189,7 +190,7 @@ async fn an_inserted_record_is_found() {
     .await;
     assert_finds(
         &check(&log).await,
-        "entries 6 to 6 are not covered by the signed head (appended outside Toolhost)",
+        "entries 6 to 6 are past the chain's head (appended outside Toolhost)",
     );
 }
 
@@ -217,19 +218,35 @@ async fn truncation_is_found() {
     sql(&dir, &["DELETE FROM audit_entries WHERE seq > 25"]).await;
     assert_finds(
         &check(&log).await,
-        "entries 26 to 30 are missing: the chain ends before its signed head (truncated)",
+        "entries 26 to 30 are missing: the chain ends before its head (truncated)",
     );
     // Cutting the head off instead.
     let (dir, log) = trail(10).await;
     sql(&dir, &["DELETE FROM audit_entries WHERE seq <= 2"]).await;
     assert_finds(&check(&log).await, "entries 1 to 2 are missing (removed)");
-    // Forging the signed head to match the truncation fails its signature.
+    // Rewriting the head row to match the truncation: the signed head still
+    // says where the chain ended.
     let (dir, log) = trail(10).await;
     sql(
         &dir,
         &[
             "DELETE FROM audit_entries WHERE seq > 8",
             "UPDATE audit_heads SET seq = 8, hash = (SELECT hash FROM audit_entries WHERE seq = 8)",
+        ],
+    )
+    .await;
+    assert_finds(
+        &check(&log).await,
+        "entries 9 to 10 are missing: the chain ends before its signed head",
+    );
+    // Moving the signed head too breaks its signature.
+    let (dir, log) = trail(10).await;
+    sql(
+        &dir,
+        &[
+            "DELETE FROM audit_entries WHERE seq > 8",
+            "UPDATE audit_heads SET seq = 8, hash = (SELECT hash FROM audit_entries WHERE seq = 8),
+                 signed_seq = 8, signed_hash = (SELECT hash FROM audit_entries WHERE seq = 8)",
         ],
     )
     .await;

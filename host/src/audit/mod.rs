@@ -120,11 +120,25 @@ pub struct AuditLog {
     storage: Arc<dyn Storage>,
     key: SigningKey,
     signer: Arc<Signer>,
+    /// When this process last signed each chain's head.
+    signed_at: Mutex<std::collections::HashMap<String, std::time::Instant>>,
+    /// Chains committed since their last signature, with the head this
+    /// process committed (only that is ever signed).
+    unsigned: Mutex<std::collections::HashMap<String, (i64, String)>>,
+    /// Held while signing deferred heads.
+    signing: tokio::sync::Mutex<()>,
+    /// Whether a deferred signing is scheduled.
+    deferred: std::sync::atomic::AtomicBool,
+    me: std::sync::Weak<AuditLog>,
     /// Batches waiting for a commit.
     queue: Mutex<Vec<Pending>>,
     /// Held by the one appender that is committing.
     committing: tokio::sync::Mutex<()>,
 }
+
+/// A chain's head is signed at most this often (and always by the first
+/// commit to it in a process, and by [`AuditLog::flush`]).
+pub const SIGN_EVERY: std::time::Duration = std::time::Duration::from_millis(10);
 
 /// Most entries committed in one transaction.
 const MAX_BATCH: usize = 2048;
@@ -142,10 +156,15 @@ impl AuditLog {
                 data_dir.join(KEY_FILE).display()
             )));
         }
-        Ok(Arc::new(AuditLog {
+        Ok(Arc::new_cyclic(|me| AuditLog {
             storage,
             signer: signer_for(key.clone()),
             key,
+            signed_at: Mutex::default(),
+            unsigned: Mutex::default(),
+            signing: tokio::sync::Mutex::new(()),
+            deferred: std::sync::atomic::AtomicBool::new(false),
+            me: me.clone(),
             queue: Mutex::new(Vec::new()),
             committing: tokio::sync::Mutex::new(()),
         }))
@@ -178,7 +197,43 @@ impl AuditLog {
                 batch.release.extend(p.batch.release);
                 batch.charge.extend(p.batch.charge);
             }
-            match self.storage.audit_append(batch, self.signer.as_ref()).await {
+            // Sign each chain's head at most every SIGN_EVERY: the first
+            // commit of a chain in this process always signs; later ones
+            // within the interval leave it to a deferred signing.
+            let now = std::time::Instant::now();
+            let mut chains: Vec<String> = batch.entries.iter().map(|e| e.chain.clone()).collect();
+            chains.sort_unstable();
+            chains.dedup();
+            {
+                let signed_at = self.signed_at.lock().unwrap_or_else(|e| e.into_inner());
+                batch.sign = chains
+                    .iter()
+                    .filter(|c| {
+                        signed_at
+                            .get(*c)
+                            .is_none_or(|t| now.duration_since(*t) >= SIGN_EVERY)
+                    })
+                    .cloned()
+                    .collect();
+            }
+            let signing = batch.sign.clone();
+            let result = self.storage.audit_append(batch, self.signer.as_ref()).await;
+            if let Ok(stored) = &result {
+                let mut signed_at = self.signed_at.lock().unwrap_or_else(|e| e.into_inner());
+                let mut unsigned = self.unsigned.lock().unwrap_or_else(|e| e.into_inner());
+                for c in &chains {
+                    if signing.contains(c) {
+                        signed_at.insert(c.clone(), now);
+                        unsigned.remove(c);
+                    } else if let Some(last) = stored.iter().rev().find(|e| &e.chain == c) {
+                        unsigned.insert(c.clone(), (last.seq, last.hash.clone()));
+                    }
+                }
+                if !unsigned.is_empty() {
+                    self.schedule_signing();
+                }
+            }
+            match result {
                 Ok(stored) => {
                     let mut stored = stored.into_iter();
                     for (n, done) in waiters {
@@ -192,6 +247,50 @@ impl AuditLog {
                 }
             }
         }
+    }
+
+    /// Sign, soon, the heads of chains committed without a signature.
+    fn schedule_signing(&self) {
+        use std::sync::atomic::Ordering;
+        if self.deferred.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let Some(me) = self.me.upgrade() else { return };
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            self.deferred.store(false, Ordering::SeqCst);
+            return;
+        };
+        handle.spawn(async move {
+            tokio::time::sleep(SIGN_EVERY).await;
+            me.deferred.store(false, Ordering::SeqCst);
+            let _ = me.flush().await;
+        });
+    }
+
+    /// Sign the heads this process committed since their last signature,
+    /// if they are still the chains' heads. Call before exiting.
+    pub async fn flush(&self) -> Result<()> {
+        let _signing = self.signing.lock().await;
+        let heads: Vec<(String, (i64, String))> = {
+            let mut unsigned = self.unsigned.lock().unwrap_or_else(|e| e.into_inner());
+            unsigned.drain().collect()
+        };
+        for (chain, (seq, hash)) in heads {
+            let c = self.sign(&chain, seq, &hash, crate::gate::governed::now_ms(), "head");
+            // A later commit may have moved the head on (and signed it, or
+            // queued it here again): then there is nothing to do.
+            if self
+                .storage
+                .head_sign(&chain, c.seq, &c.hash, c.time_ms, &c.signature)
+                .await?
+            {
+                self.signed_at
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(chain, std::time::Instant::now());
+            }
+        }
+        Ok(())
     }
 
     /// The public key that verifies this trail's checkpoints (hex).
@@ -234,6 +333,7 @@ impl AuditLog {
             .push(Pending {
                 batch: Batch {
                     entries,
+                    sign: Vec::new(),
                     release,
                     charge,
                 },

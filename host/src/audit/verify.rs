@@ -189,33 +189,48 @@ impl<'k> ChainCheck<'k> {
         self.last_hash = Some(e.hash.clone());
     }
 
-    /// Finish, checking the end of the chain against its signed head.
-    pub fn finish(mut self, head: Option<&Checkpoint>) -> ChainReport {
+    /// Finish, checking the end of the chain against its current head (the
+    /// unsigned `tip` row) and its last signed head.
+    pub fn finish(mut self, tip: Option<&Checkpoint>, head: Option<&Checkpoint>) -> ChainReport {
         let last = self.report.last_seq.unwrap_or(self.expected_seq - 1);
-        match head {
-            None if self.report.entries > 0 => self.problem(
-                "no signed head checkpoint: the end of the chain cannot be checked for truncation".into(),
+        let missing = |from: i64, to: i64| {
+            if from == to {
+                format!("entry {from} is missing")
+            } else {
+                format!("entries {from} to {to} are missing")
+            }
+        };
+        match tip {
+            None if self.report.entries > 0 => {
+                self.problem("the chain has no head row: its end cannot be checked".into())
+            }
+            None => {}
+            Some(t) if t.seq > last => self.problem(format!(
+                "{}: the chain ends before its head (truncated)",
+                missing(last + 1, t.seq)
+            )),
+            Some(t) if t.seq < last => self.problem(format!(
+                "entries {} to {last} are past the chain's head (appended outside Toolhost)",
+                t.seq + 1
+            )),
+            Some(t) if self.last_hash.as_deref().is_some_and(|l| l != t.hash) => self.problem(
+                format!("entry {last}: differs from the chain's head (modified)"),
             ),
+            Some(_) => {}
+        }
+        match head {
+            None if self.report.entries > 0 => {
+                self.problem("no signed head checkpoint: the chain's end is not signed".into())
+            }
             None => {}
             Some(h) if !signature_ok(self.key, h) => {
                 self.problem("the signed head checkpoint's signature is invalid".into())
             }
-            Some(h) if h.seq > last => self.problem(if h.seq == last + 1 {
-                format!("entry {} is missing: the chain ends before its signed head (truncated)", h.seq)
-            } else {
-                format!(
-                    "entries {} to {} are missing: the chain ends before its signed head (truncated)",
-                    last + 1,
-                    h.seq
-                )
-            }),
-            Some(h) if h.seq < last => self.problem(format!(
-                "entries {} to {last} are not covered by the signed head (appended outside Toolhost)",
-                h.seq + 1
+            Some(h) if h.seq > last => self.problem(format!(
+                "{}: the chain ends before its signed head (truncated)",
+                missing(last + 1, h.seq)
             )),
-            Some(h) if self.last_hash.as_deref().is_some_and(|l| l != h.hash) => {
-                self.problem(format!("entry {last}: differs from the signed head (modified)"));
-            }
+            // At or before the end: compared with its entry as it passed.
             Some(_) => {}
         }
         if self.dropped > 0 {
@@ -247,6 +262,7 @@ pub async fn verify(
             .max_by_key(|c| c.seq)
             .cloned();
         let head = checkpoints.iter().find(|c| c.kind == "head").cloned();
+        let tip = checkpoints.iter().find(|c| c.kind == "tip").cloned();
         let (start, prev) = match &anchor {
             Some(a) => (a.seq + 1, a.hash.clone()),
             None => (1, GENESIS.to_string()),
@@ -254,7 +270,7 @@ pub async fn verify(
         let mut check = ChainCheck::new(key, &chain, start, &prev);
         let mut periodic: Vec<Checkpoint> = checkpoints
             .iter()
-            .filter(|c| c.kind == "periodic")
+            .filter(|c| c.kind == "periodic" || c.kind == "head")
             .cloned()
             .collect();
         if let Some(a) = anchor {
@@ -279,7 +295,7 @@ pub async fn verify(
             })
         };
         let joined = |e: tokio::task::JoinError| Error::internal(format!("verifier task: {e}"));
-        let end = head.as_ref().map_or(start - 1, |h| h.seq);
+        let end = tip.as_ref().map_or(start - 1, |h| h.seq);
         let mut ranges = (start - 1..end)
             .step_by(PAGE as usize)
             .map(|a| (a, (a + PAGE).min(end)));
@@ -305,7 +321,7 @@ pub async fn verify(
                 check.push(e);
             }
         }
-        reports.push(check.finish(head.as_ref()));
+        reports.push(check.finish(tip.as_ref(), head.as_ref()));
     }
     let entries = reports.iter().map(|r| r.entries).sum();
     Ok(Report {
@@ -364,7 +380,10 @@ pub async fn export(
     if let Some(last) = &last {
         let first_seq = last.seq - written as i64 + 1;
         for c in storage.checkpoints(chain).await? {
-            if c.kind != "head" && c.seq >= first_seq && c.seq <= last.seq {
+            if (c.kind == "periodic" || c.kind == "prune")
+                && c.seq >= first_seq
+                && c.seq <= last.seq
+            {
                 writeln!(out, "{}", json!({"type": "checkpoint", "checkpoint": c})).map_err(io)?;
             }
         }
@@ -437,7 +456,7 @@ pub fn verify_export(input: &mut dyn BufRead, trusted_key: Option<&str>) -> Resu
         }
         check.push(e);
     }
-    let report = check.finish(head.as_ref());
+    let report = check.finish(head.as_ref(), head.as_ref());
     Ok(Report {
         ok: report.problems.is_empty(),
         public_key: hex::encode(key.to_bytes()),

@@ -172,6 +172,11 @@ pub async fn main(args: Args) -> i32 {
         context,
     };
     let outcome = host.invoke(&tool, &call).await;
+    if let Some(a) = &audit
+        && let Err(e) = a.flush().await
+    {
+        super::report(&e);
+    }
     let mut records = Vec::new();
     if let (Some(a), true) = (&audit, args.audit) {
         let entries = a

@@ -15,6 +15,9 @@ use std::sync::Mutex;
 #[derive(Default)]
 struct Inner {
     entries: BTreeMap<String, BTreeMap<i64, StoredEntry>>,
+    /// Current (unsigned) head of each chain.
+    tips: HashMap<String, (i64, String)>,
+    /// Last signed head of each chain.
     heads: HashMap<String, Checkpoint>,
     checkpoints: HashMap<String, Vec<Checkpoint>>,
     budget: BTreeMap<(String, String, String), (i64, i64)>,
@@ -83,9 +86,9 @@ impl Storage for MemoryStorage {
             let mut touched: Vec<String> = Vec::new();
             for e in batch.entries {
                 let (seq, prev) = inner
-                    .heads
+                    .tips
                     .get(&e.chain)
-                    .map(|h| (h.seq, h.hash.clone()))
+                    .cloned()
                     .unwrap_or((0, GENESIS.to_string()));
                 let seq = seq + 1;
                 let hash = chain_hash(&prev, e.time_ms, &e.body);
@@ -117,33 +120,61 @@ impl Storage for MemoryStorage {
                             kind: "periodic".into(),
                         });
                 }
-                // The head advances with every entry; it is signed below.
-                inner.heads.insert(
-                    e.chain.clone(),
-                    Checkpoint {
-                        chain: e.chain.clone(),
-                        seq,
-                        hash,
-                        time_ms: e.time_ms,
-                        signature: String::new(),
-                        kind: "head".into(),
-                    },
-                );
+                inner.tips.insert(e.chain.clone(), (seq, hash.clone()));
                 if !touched.contains(&e.chain) {
                     touched.push(e.chain.clone());
                 }
                 stored.push(entry);
             }
             let now = stored.last().map_or(0, |e| e.time_ms);
-            for chain in touched {
-                if let Some(h) = inner.heads.get_mut(&chain) {
-                    h.time_ms = now;
-                    h.signature = signer(&chain, h.seq, &h.hash, now);
+            for chain in touched.into_iter().filter(|c| batch.sign.contains(c)) {
+                if let Some((seq, hash)) = inner.tips.get(&chain).cloned() {
+                    let signature = signer(&chain, seq, &hash, now);
+                    inner.heads.insert(
+                        chain.clone(),
+                        Checkpoint {
+                            chain,
+                            seq,
+                            hash,
+                            time_ms: now,
+                            signature,
+                            kind: "head".into(),
+                        },
+                    );
                 }
             }
             settle(&mut inner, &batch.release, &batch.charge);
             Ok(stored)
         })
+    }
+
+    fn head_sign(
+        &self,
+        chain: &str,
+        seq: i64,
+        hash: &str,
+        time_ms: i64,
+        signature: &str,
+    ) -> BoxFuture<'_, Result<bool>> {
+        let mut inner = self.lock();
+        let current = inner
+            .tips
+            .get(chain)
+            .is_some_and(|(s, h)| *s == seq && h == hash);
+        if current {
+            inner.heads.insert(
+                chain.to_string(),
+                Checkpoint {
+                    chain: chain.to_string(),
+                    seq,
+                    hash: hash.to_string(),
+                    time_ms,
+                    signature: signature.to_string(),
+                    kind: "head".into(),
+                },
+            );
+        }
+        Box::pin(async move { Ok(current) })
     }
 
     fn audit_read(
@@ -173,7 +204,7 @@ impl Storage for MemoryStorage {
                 .entries
                 .keys()
                 .cloned()
-                .chain(inner.heads.keys().cloned())
+                .chain(inner.tips.keys().cloned())
                 .collect();
             chains.sort();
             chains.dedup();
@@ -198,6 +229,14 @@ impl Storage for MemoryStorage {
             let inner = self.lock();
             let mut out = inner.checkpoints.get(&chain).cloned().unwrap_or_default();
             out.sort_by_key(|c| c.seq);
+            out.extend(inner.tips.get(&chain).map(|(seq, hash)| Checkpoint {
+                chain: chain.clone(),
+                seq: *seq,
+                hash: hash.clone(),
+                time_ms: 0,
+                signature: String::new(),
+                kind: "tip".into(),
+            }));
             out.extend(inner.heads.get(&chain).cloned());
             Ok(out)
         })

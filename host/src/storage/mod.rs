@@ -34,6 +34,9 @@ pub struct NewEntry {
 #[derive(Debug, Clone, Default)]
 pub struct Batch {
     pub entries: Vec<NewEntry>,
+    /// Chains whose new head is signed in this commit (the others keep their
+    /// last signature until [`Storage::head_sign`]).
+    pub sign: Vec<String>,
     /// Reservations to release.
     pub release: Vec<Charge>,
     /// Usage to record.
@@ -157,6 +160,17 @@ pub trait Storage: Send + Sync + 'static {
         batch: Batch,
         signer: &'a Signer,
     ) -> BoxFuture<'a, Result<Vec<StoredEntry>>>;
+
+    /// Sign a chain's head if it is still at `seq`/`hash`; returns whether
+    /// it was.
+    fn head_sign(
+        &self,
+        chain: &str,
+        seq: i64,
+        hash: &str,
+        time_ms: i64,
+        signature: &str,
+    ) -> BoxFuture<'_, Result<bool>>;
 
     /// Entries of a chain with `seq > after`, in order, at most `limit`.
     fn audit_read(

@@ -32,8 +32,10 @@ const MIGRATIONS: &[&str] = &[
         chain TEXT PRIMARY KEY,
         seq INTEGER NOT NULL,
         hash TEXT NOT NULL,
-        time_ms INTEGER NOT NULL,
-        signature TEXT NOT NULL
+        signed_seq INTEGER,
+        signed_hash TEXT,
+        signed_time_ms INTEGER,
+        signature TEXT
     ) WITHOUT ROWID;
     CREATE TABLE audit_checkpoints (
         id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -323,32 +325,66 @@ impl Storage for SqliteStorage {
             }
             if !stored.is_empty() {
                 let now = stored.last().map_or(0, |e| e.time_ms);
-                let touched: Vec<(String, i64, String, String)> = chains
+                let touched: Vec<(String, i64, String, Option<String>)> = chains
                     .iter()
                     .filter_map(|c| {
                         let (seq, hash) = heads.get(c)?;
-                        Some((c.clone(), *seq, hash.clone(), signer(c, *seq, hash, now)))
+                        let signature = batch.sign.contains(c).then(|| signer(c, *seq, hash, now));
+                        Some((c.clone(), *seq, hash.clone(), signature))
                     })
                     .collect();
                 let mut q = QueryBuilder::<Sqlite>::new(
-                    "INSERT INTO audit_heads (chain, seq, hash, time_ms, signature) ",
+                    "INSERT INTO audit_heads (chain, seq, hash, signed_seq, signed_hash, signed_time_ms, signature) ",
                 );
                 q.push_values(&touched, |mut row, (chain, seq, hash, signature)| {
+                    let signed = signature.is_some();
                     row.push_bind(chain)
                         .push_bind(*seq)
                         .push_bind(hash)
-                        .push_bind(now)
+                        .push_bind(signed.then_some(*seq))
+                        .push_bind(signed.then_some(hash))
+                        .push_bind(signed.then_some(now))
                         .push_bind(signature);
                 });
                 q.push(
                     " ON CONFLICT (chain) DO UPDATE SET seq = excluded.seq, hash = excluded.hash,
-                      time_ms = excluded.time_ms, signature = excluded.signature",
+                      signed_seq = coalesce(excluded.signed_seq, signed_seq),
+                      signed_hash = coalesce(excluded.signed_hash, signed_hash),
+                      signed_time_ms = coalesce(excluded.signed_time_ms, signed_time_ms),
+                      signature = coalesce(excluded.signature, signature)",
                 );
                 q.build().execute(&mut *tx).await.map_err(db)?;
             }
             settle(&mut tx, &batch.release, &batch.charge).await?;
             tx.commit().await.map_err(db)?;
             Ok(stored)
+        })
+    }
+
+    fn head_sign(
+        &self,
+        chain: &str,
+        seq: i64,
+        hash: &str,
+        time_ms: i64,
+        signature: &str,
+    ) -> BoxFuture<'_, Result<bool>> {
+        let (chain, hash, signature) = (chain.to_string(), hash.to_string(), signature.to_string());
+        Box::pin(async move {
+            let n = sqlx::query(
+                "UPDATE audit_heads SET signed_seq = seq, signed_hash = hash, signed_time_ms = ?, signature = ?
+                 WHERE chain = ? AND seq = ? AND hash = ?",
+            )
+            .bind(time_ms)
+            .bind(signature)
+            .bind(chain)
+            .bind(seq)
+            .bind(hash)
+            .execute(&self.pool)
+            .await
+            .map_err(db)?
+            .rows_affected();
+            Ok(n > 0)
         })
     }
 
@@ -486,8 +522,11 @@ impl Storage for SqliteStorage {
                 "SELECT chain, seq, hash, time_ms, signature, kind FROM
                    (SELECT chain, seq, hash, time_ms, signature, kind, id AS o FROM audit_checkpoints WHERE chain = ?1
                     UNION ALL
-                    SELECT chain, seq, hash, time_ms, signature, 'head', 9223372036854775807 FROM audit_heads WHERE chain = ?1)
-                 ORDER BY o = 9223372036854775807, seq, o",
+                    SELECT chain, seq, hash, 0, '', 'tip', 9223372036854775806 FROM audit_heads WHERE chain = ?1
+                    UNION ALL
+                    SELECT chain, signed_seq, signed_hash, signed_time_ms, signature, 'head', 9223372036854775807
+                      FROM audit_heads WHERE chain = ?1 AND signature IS NOT NULL)
+                 ORDER BY o >= 9223372036854775806, o >= 9223372036854775806 AND o, seq, o",
             )
             .bind(chain)
             .fetch_all(&self.pool)
