@@ -2,11 +2,14 @@
 //!
 //! Every record is canonical JSON ([`canonical`]) appended to its tenant's
 //! chain: `hash = SHA-256(prev_hash ‖ "\n" ‖ time_ms ‖ "\n" ‖ body)`, from
-//! [`GENESIS`]. In the same transaction as every append, the chain's head
-//! (`seq`, `hash`) is signed with the data dir's ed25519 key, and every
-//! [`CHECKPOINT_EVERY`] entries a periodic checkpoint is kept (CloudTrail's
-//! digest chain is the model). [`verify`] then detects any modified, removed,
-//! inserted, reordered or truncated entry and says where.
+//! [`GENESIS`]. Every append updates the chain's head row (`seq`, `hash`) in
+//! the same transaction; the head's ed25519 signature (data dir key) is
+//! refreshed at most every [`SIGN_EVERY`] per chain — by the first commit of a
+//! chain in a process, by a deferred signing shortly after, and by
+//! [`AuditLog::flush`] — and only ever over a head this process committed.
+//! Every [`CHECKPOINT_EVERY`] entries a signed periodic checkpoint is kept
+//! (CloudTrail's digest chain is the model). [`verify`] then detects any
+//! modified, removed, inserted, reordered or truncated entry and says where.
 //!
 //! Appends use leader-based group commit: every appender queues its batch and
 //! takes the commit lock; whoever holds it commits everything queued so far
@@ -46,6 +49,30 @@ pub fn chain_hash(prev_hash: &str, time_ms: i64, body: &str) -> String {
     h.update(b"\n");
     h.update(body.as_bytes());
     hex::encode(h.finalize())
+}
+
+/// Whether `expected_hex` is the [`chain_hash`] of an entry; allocates
+/// nothing (the verifier calls it for every entry).
+pub fn chain_hash_matches(prev_hash: &str, time_ms: i64, body: &str, expected_hex: &str) -> bool {
+    use sha2::{Digest, Sha256};
+    use std::io::Write as _;
+    let mut expected = [0u8; 32];
+    if hex::decode_to_slice(expected_hex, &mut expected).is_err() {
+        return false;
+    }
+    let mut digits = [0u8; 24];
+    let mut cursor = std::io::Cursor::new(&mut digits[..]);
+    if write!(cursor, "{time_ms}").is_err() {
+        return false;
+    }
+    let len = cursor.position() as usize;
+    let mut h = Sha256::new();
+    h.update(prev_hash.as_bytes());
+    h.update(b"\n");
+    h.update(&digits[..len]);
+    h.update(b"\n");
+    h.update(body.as_bytes());
+    h.finalize().as_slice() == expected
 }
 
 /// The bytes a checkpoint signature covers.
@@ -407,5 +434,26 @@ impl AuditLog {
             .map(|c| c.seq)
             .max();
         Ok(anchor.unwrap_or(0) + 1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_verifier_hash_check_agrees_with_chain_hash() {
+        for (prev, time, body) in [
+            (GENESIS, 0, "{}"),
+            ("ab", -5, "{\"x\":1}"),
+            ("", i64::MAX, ""),
+        ] {
+            let h = chain_hash(prev, time, body);
+            let later = time.wrapping_add(1);
+            assert!(chain_hash_matches(prev, time, body, &h));
+            assert!(!chain_hash_matches(prev, later, body, &h));
+            assert!(!chain_hash_matches(prev, time, "{ }", &h));
+            assert!(!chain_hash_matches(prev, time, body, "not hex"));
+        }
     }
 }

@@ -151,10 +151,10 @@ pub enum Registered {
 /// Everything Toolhost persists.
 pub trait Storage: Send + Sync + 'static {
     /// Commit a batch in one transaction: append its entries, chaining each
-    /// to its chain's head, store a signed `head` checkpoint for every chain
-    /// touched (and a `periodic` one each [`crate::audit::CHECKPOINT_EVERY`]
-    /// entries), and settle its budget lines. Durable on return. Returns the
-    /// stored entries in order.
+    /// to its chain's head; move every touched chain's head row (signing the
+    /// heads of the chains in `batch.sign`); store a signed `periodic`
+    /// checkpoint each [`crate::audit::CHECKPOINT_EVERY`] entries; settle its
+    /// budget lines. Durable on return. Returns the stored entries in order.
     fn audit_append<'a>(
         &'a self,
         batch: Batch,
@@ -194,7 +194,8 @@ pub trait Storage: Send + Sync + 'static {
     /// Store a `prune` anchor or `periodic` checkpoint.
     fn checkpoint_put(&self, checkpoint: Checkpoint) -> BoxFuture<'_, Result<()>>;
 
-    /// All checkpoints of a chain, oldest first, the signed head last.
+    /// All checkpoints of a chain, oldest first, then its current head as
+    /// kind `tip` (unsigned) and its last signed head as kind `head`.
     fn checkpoints(&self, chain: &str) -> BoxFuture<'_, Result<Vec<Checkpoint>>>;
 
     /// Delete a chain's entries with `seq <= upto` (retention). The caller
