@@ -30,3 +30,14 @@ $host run $tools/hostile.wasm spin --fuel unlimited --timeout 1s --json || true
 echo
 echo "==> outbound HTTP without a grant is denied (the tool sees an error it can handle)" >&2
 $host run $tools/http_json.wasm get-json --args '{"url": "https://api.example.com/orders"}'
+
+echo "==> the essay's example policy: lookup-order runs, issue-refund escalates to a human" >&2
+data=target/demo-data
+rm -rf "$data"
+$host run target/refund.wasm lookup-order --args '{"order-id": "ord_1002"}' \
+  --policy policies/refund-request.yaml --task demo --data-dir "$data" --audit
+$host run target/refund.wasm issue-refund --args '{"order-id": "ord_1002", "amount-usd": 75}' \
+  --policy policies/refund-request.yaml --task demo --data-dir "$data" || true
+
+echo "==> the audit trail verifies" >&2
+$host audit verify --data-dir "$data"
