@@ -102,18 +102,6 @@ fn check_version(v: &str) -> Result<()> {
     }
 }
 
-fn signature(f: &crate::tool::FunctionInfo) -> String {
-    let params: Vec<String> = f
-        .params
-        .iter()
-        .map(|p| format!("{}: {}", p.name, p.ty.wit_name()))
-        .collect();
-    match &f.result {
-        Some(r) => format!("{}({}) -> {}", f.name, params.join(", "), r.wit_name()),
-        None => format!("{}({})", f.name, params.join(", ")),
-    }
-}
-
 impl Registry {
     pub fn new(storage: Arc<dyn Storage>, runtime: Arc<Runtime>) -> Registry {
         Registry { storage, runtime }
@@ -149,7 +137,7 @@ impl Registry {
             docs: None,
         };
         let (catalog, _warnings) = Tool::reflect(&bytes, &options)?;
-        let functions: Vec<String> = catalog.functions.iter().map(signature).collect();
+        let functions: Vec<String> = catalog.functions.iter().map(|f| f.signature()).collect();
         let digest = sha256_hex(&bytes);
         let version = match version {
             Some(v) => v.to_string(),

@@ -3,7 +3,7 @@
 use super::ComponentArgs;
 use serde_json::json;
 use toolhost::schema;
-use toolhost::tool::{FunctionInfo, Tool};
+use toolhost::tool::Tool;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -43,19 +43,6 @@ pub fn main(args: Args) -> i32 {
     0
 }
 
-/// The WIT-like signature of a function.
-pub fn signature(f: &FunctionInfo) -> String {
-    let params: Vec<String> = f
-        .params
-        .iter()
-        .map(|p| format!("{}: {}", p.name, p.ty.wit_name()))
-        .collect();
-    match &f.result {
-        Some(r) => format!("{}({}) -> {}", f.name, params.join(", "), r.wit_name()),
-        None => format!("{}({})", f.name, params.join(", ")),
-    }
-}
-
 /// The machine-readable description of a tool.
 pub fn describe(tool: &Tool) -> serde_json::Value {
     let catalog = tool.catalog();
@@ -67,7 +54,7 @@ pub fn describe(tool: &Tool) -> serde_json::Value {
                 "name": f.name,
                 "api_name": schema::api_name(f),
                 "interface": f.interface,
-                "signature": signature(f),
+                "signature": f.signature(),
                 "description": f.docs.as_deref().map(str::trim),
                 "parameters": schema::parameters(f),
                 "result": schema::result(f),
@@ -103,7 +90,7 @@ fn print_human(tool: &Tool) {
     }
     for f in &catalog.functions {
         println!();
-        println!("{}", signature(f));
+        println!("{}", f.signature());
         match &f.docs {
             Some(d) => {
                 for line in d.trim().lines() {

@@ -25,6 +25,21 @@ pub struct FunctionInfo {
     pub result: Option<Ty>,
 }
 
+impl FunctionInfo {
+    /// The WIT-like signature: `lookup-order(order-id: string) -> result<order, string>`.
+    pub fn signature(&self) -> String {
+        let params: Vec<String> = self
+            .params
+            .iter()
+            .map(|p| format!("{}: {}", p.name, p.ty.wit_name()))
+            .collect();
+        match &self.result {
+            Some(r) => format!("{}({}) -> {}", self.name, params.join(", "), r.wit_name()),
+            None => format!("{}({})", self.name, params.join(", ")),
+        }
+    }
+}
+
 /// A function parameter.
 #[derive(Debug, Clone)]
 pub struct Param {
