@@ -534,7 +534,7 @@ workflow: w
 logging:
   redact_fields: [token]
 policy:
-  allow_tools: [get-json, get-many, post-json]
+  allow_tools: [get-json, get-many, post-json, get-with-header]
 tools:
   http-json:
     allow_cidrs: [127.0.0.0/8]
@@ -902,5 +902,47 @@ async fn calls_that_never_run_are_audited_too() {
             .unwrap()
             .iter()
             .all(|u| u.used == 0)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tool_names_a_secret_and_the_host_fills_it_in() {
+    let server = TestServer::start().await;
+    let url = format!("http://localhost:{}/json", server.port);
+    let granted = http_policy(server.port, "        secrets: [shop_token]");
+    let g = gated(&granted).await;
+    let args = json!({"url": url, "name": "x-api-key", "value": "key {{secret:shop_token}}"});
+    let out = g
+        .run("http-json", "get-with-header", args.clone(), task("s"))
+        .await;
+    assert_eq!(out.result.as_ref().unwrap()["ok"]["status"], 200, "{out:?}");
+    let seen = server.requests.lock().unwrap().clone();
+    assert!(
+        seen[0].contains(&format!("x-api-key: key {SECRET}")),
+        "{}",
+        seen[0]
+    );
+    assert!(!serde_json::to_string(&out).unwrap().contains(SECRET));
+    assert_no_secret_in(&g.dir);
+
+    // Without the grant's `secrets`, naming one denies the request.
+    let g = gated(&http_policy(server.port, "")).await;
+    let out = g.run("http-json", "get-with-header", args, task("s")).await;
+    assert!(
+        out.result.unwrap()["err"]
+            .as_str()
+            .unwrap()
+            .contains("HttpRequestDenied")
+    );
+    assert!(!out.outbound[0].allowed);
+    assert!(
+        out.outbound[0].rule.contains("shop_token"),
+        "{}",
+        out.outbound[0].rule
+    );
+    assert_eq!(
+        server.requests.lock().unwrap().len(),
+        1,
+        "the second request never left"
     );
 }

@@ -30,8 +30,17 @@ fn split_url(url: &str) -> Result<(Scheme, &str, &str), String> {
 }
 
 fn send(method: Method, url: &str, body: Option<&str>) -> Result<Response, String> {
+    send_with(method, url, body, None)
+}
+
+fn send_with(method: Method, url: &str, body: Option<&str>, extra: Option<(&str, &str)>) -> Result<Response, String> {
     let (scheme, authority, path) = split_url(url)?;
     let headers = Fields::new();
+    if let Some((name, value)) = extra {
+        headers
+            .append(name, value.as_bytes())
+            .map_err(|e| format!("{e:?}"))?;
+    }
     headers
         .append("accept", b"application/json")
         .map_err(|e| format!("{e:?}"))?;
@@ -96,6 +105,10 @@ fn send(method: Method, url: &str, body: Option<&str>) -> Result<Response, Strin
 impl Guest for HttpJson {
     fn get_json(url: String) -> Result<Response, String> {
         send(Method::Get, &url, None)
+    }
+
+    fn get_with_header(url: String, name: String, value: String) -> Result<Response, String> {
+        send_with(Method::Get, &url, None, Some((&name, &value)))
     }
 
     fn get_many(urls: Vec<String>) -> Vec<Result<u16, String>> {

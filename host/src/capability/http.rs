@@ -201,10 +201,31 @@ async fn send(
             Ok(Ok(s)) => s,
         };
 
-    // The guest's headers, then the grant's (which win); the request goes
-    // out in origin form.
+    // The guest's headers — with the secrets it named substituted — then
+    // the grant's (which win); the request goes out in origin form.
     {
         let headers = request.headers_mut();
+        for value in headers.values_mut() {
+            let Ok(text) = value.to_str() else { continue };
+            if !text.contains("{{secret:") {
+                continue;
+            }
+            match substitute(text, &permit.secrets) {
+                Ok(v) => {
+                    *value = http::HeaderValue::from_str(v.expose()).map_err(|_| {
+                        Error::HttpRequestHeaderSize {
+                            field_name: None,
+                            field_size: None,
+                        }
+                    })?
+                }
+                Err(rule) => {
+                    let message = rule.clone();
+                    mediator.update(index, |r| r.error = Some(message), Some(rule));
+                    return Err(Error::HttpRequestDenied);
+                }
+            }
+        }
         for (name, value) in &permit.headers {
             let name = http::HeaderName::from_bytes(name.as_bytes())
                 .map_err(|_| Error::ConfigurationError)?;
@@ -257,6 +278,25 @@ async fn send(
         })
     });
     Ok((response, io))
+}
+
+/// Substitute `{{secret:NAME}}` in a guest header value with the secrets the
+/// grant lets it name; any other name denies the request.
+fn substitute(
+    text: &str,
+    granted: &[(String, crate::secrets::Secret)],
+) -> Result<crate::secrets::Secret, String> {
+    struct Granted<'a>(&'a [(String, crate::secrets::Secret)]);
+    impl crate::secrets::SecretSource for Granted<'_> {
+        fn get(&self, name: &str) -> Option<crate::secrets::Secret> {
+            self.0
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| v.clone())
+        }
+    }
+    crate::secrets::expand(text, &Granted(granted))
+        .map_err(|e| format!("secrets: {e} for this destination (not in the grant's `secrets`)"))
 }
 
 /// The TLS client configuration (webpki roots, ring), built once.

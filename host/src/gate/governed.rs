@@ -314,11 +314,21 @@ impl Gate for Governed {
                         Err(e) => return Verdict::deny(format!("http[{i}] header {name}: {e}")),
                     }
                 }
+                let mut secrets = Vec::new();
+                for name in &grant.secrets {
+                    match self.secrets.get(name) {
+                        Some(v) => secrets.push((name.clone(), v)),
+                        None => {
+                            return Verdict::deny(format!("http[{i}] secret `{name}` is not set"));
+                        }
+                    }
+                }
                 Verdict {
                     allowed: true,
                     rule: format!("http[{i}] {}", grant.url.as_str()),
                     http: Some(HttpPermit {
                         headers,
+                        secrets,
                         max_response_bytes: grant
                             .max_response_bytes
                             .unwrap_or(DEFAULT_MAX_RESPONSE_BYTES),

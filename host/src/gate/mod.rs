@@ -129,6 +129,9 @@ impl OutboundCall {
 pub struct HttpPermit {
     /// Headers set at the host boundary (values may hold secrets).
     pub headers: Vec<(String, Secret)>,
+    /// Secrets the guest may name in its own header values
+    /// (`{{secret:NAME}}`), substituted at the boundary.
+    pub secrets: Vec<(String, Secret)>,
     pub max_response_bytes: u64,
     pub timeout: Option<Duration>,
     /// Restricted address ranges the destination may resolve to anyway.

@@ -217,6 +217,11 @@ pub struct HttpGrant {
     /// secrets, `Bearer {{secret:NAME}}`, injected at the host boundary.
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
+    /// Secrets the tool itself may refer to by name in its request headers
+    /// to this destination (`{{secret:NAME}}` in a header value); the host
+    /// substitutes the value on the way out, so it never enters the guest.
+    #[serde(default)]
+    pub secrets: Vec<String>,
     #[serde(default, deserialize_with = "bytes_opt")]
     pub max_response_bytes: Option<u64>,
     #[serde(default, deserialize_with = "duration_opt")]
