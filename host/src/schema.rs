@@ -234,3 +234,75 @@ pub fn openai_tool(f: &FunctionInfo) -> Value {
         }
     })
 }
+
+/// An Anthropic Messages API `tools` entry.
+pub fn anthropic_tool(f: &FunctionInfo) -> Value {
+    json!({
+        "name": api_name(f),
+        "description": description(f),
+        "input_schema": parameters(f),
+    })
+}
+
+/// An MCP `tools/list` entry. `outputSchema` is given when the result is an
+/// object (MCP requires an object there); other results are described in
+/// text content.
+pub fn mcp_tool(f: &FunctionInfo) -> Value {
+    let mut tool = json!({
+        "name": api_name(f),
+        "description": description(f),
+        "inputSchema": parameters(f),
+    });
+    let output = result(f);
+    if output.get("type").and_then(Value::as_str) == Some("object") {
+        tool["outputSchema"] = output;
+    }
+    tool
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tool::{FunctionInfo, Param, Ty};
+
+    fn f() -> FunctionInfo {
+        FunctionInfo {
+            name: "crm/divide".into(),
+            interface: Some("example:types/crm".into()),
+            function: "divide".into(),
+            docs: Some(" Divide a by b. ".into()),
+            params: vec![
+                Param {
+                    name: "a".into(),
+                    ty: Ty::S32,
+                },
+                Param {
+                    name: "b".into(),
+                    ty: Ty::Option(Box::new(Ty::S32)),
+                },
+            ],
+            result: Some(Ty::S32),
+        }
+    }
+
+    #[test]
+    fn llm_tool_formats() {
+        let f = f();
+        let openai = openai_tool(&f);
+        assert_eq!(openai["function"]["name"], "crm__divide");
+        assert_eq!(openai["function"]["description"], "Divide a by b.");
+        assert_eq!(openai["function"]["parameters"]["required"], json!(["a"]));
+        let anthropic = anthropic_tool(&f);
+        assert_eq!(anthropic["name"], "crm__divide");
+        assert_eq!(anthropic["input_schema"]["type"], "object");
+        let mcp = mcp_tool(&f);
+        assert_eq!(
+            mcp["inputSchema"]["properties"]["a"]["maximum"],
+            json!(i32::MAX)
+        );
+        assert!(
+            mcp.get("outputSchema").is_none(),
+            "an integer result is not an object"
+        );
+    }
+}

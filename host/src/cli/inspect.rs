@@ -68,6 +68,8 @@ pub fn describe(tool: &Tool) -> serde_json::Value {
         "$schema": schema::DIALECT,
         "functions": functions,
         "openai_tools": catalog.functions.iter().map(schema::openai_tool).collect::<Vec<_>>(),
+        "anthropic_tools": catalog.functions.iter().map(schema::anthropic_tool).collect::<Vec<_>>(),
+        "mcp_tools": catalog.functions.iter().map(schema::mcp_tool).collect::<Vec<_>>(),
         "imports": catalog.imports,
         "warnings": tool.warnings(),
     })
