@@ -4,9 +4,10 @@
 //!
 //! An invocation reserves its worst case before it runs — one tool call, its
 //! fuel limit, its timeout, its outbound-call limit and the cost of all of
-//! those — and settles to what it actually used when it is over. Model
-//! tokens are reported by the orchestrator ([`Ledger::report_tokens`]); a
-//! task over its token budget may run no further tools.
+//! those — and settles to what it actually used when it is over, in the same
+//! transaction as its audit record ([`crate::audit::AuditLog::append_settling`]).
+//! Model tokens are reported by the orchestrator ([`Ledger::report_tokens`]);
+//! a task over its token budget may run no further tools.
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::policy::file::{Budget, Limits, Price};
@@ -194,14 +195,6 @@ impl Ledger {
             Ok(()) => Ok(()),
             Err(e) => Err(exceeded_error(&e)),
         }
-    }
-
-    /// Release a reservation and record the actual spend.
-    pub async fn settle(&self, reserved: Vec<Charge>, used: Vec<Charge>) -> Result<()> {
-        if reserved.is_empty() && used.is_empty() {
-            return Ok(());
-        }
-        self.storage.budget_settle(reserved, used).await
     }
 
     /// Record model tokens the orchestrator used for a task. Returns the

@@ -159,7 +159,7 @@ pub async fn main(args: Args) -> i32 {
     let head_before = match &audit {
         Some(a) if args.audit => a.storage().checkpoints(&chain).await.ok().and_then(|c| {
             c.into_iter()
-                .filter(|c| c.kind == "head")
+                .filter(|c| c.kind == "tip")
                 .map(|c| c.seq)
                 .max()
         }),
