@@ -49,6 +49,16 @@ pub enum ErrorKind {
     Conflict,
     /// A fault in the host itself, not the guest's or caller's.
     Internal,
+    /// No API key, or one that is not valid (HTTP 401).
+    Unauthenticated,
+    /// The API key lacks the role this needs (HTTP 403).
+    Forbidden,
+    /// The request itself is malformed: its JSON, a parameter (HTTP 400).
+    InvalidRequest,
+    /// The request body is larger than the server accepts (HTTP 413).
+    PayloadTooLarge,
+    /// The server is at its concurrency and queue limits; retry later (HTTP 503).
+    Overloaded,
 }
 
 impl ErrorKind {
@@ -73,6 +83,11 @@ impl ErrorKind {
             ErrorKind::ToolDisabled => "tool_disabled",
             ErrorKind::Conflict => "conflict",
             ErrorKind::Internal => "internal",
+            ErrorKind::Unauthenticated => "unauthenticated",
+            ErrorKind::Forbidden => "forbidden",
+            ErrorKind::InvalidRequest => "invalid_request",
+            ErrorKind::PayloadTooLarge => "payload_too_large",
+            ErrorKind::Overloaded => "overloaded",
         }
     }
 
@@ -88,6 +103,27 @@ impl ErrorKind {
                 | ErrorKind::OutputTooLarge
                 | ErrorKind::CapabilityDenied
         )
+    }
+}
+
+impl ErrorKind {
+    /// The HTTP status this kind answers with. Sandbox failures are 200: the
+    /// tool ran and failed, and that is data for the agent.
+    pub fn http_status(self) -> u16 {
+        match self {
+            k if k.is_sandbox_failure() => 200,
+            ErrorKind::InvalidArgs | ErrorKind::InvalidComponent | ErrorKind::InvalidPolicy => 422,
+            ErrorKind::UnknownFunction | ErrorKind::NotFound => 404,
+            ErrorKind::PolicyDenied | ErrorKind::Forbidden => 403,
+            ErrorKind::ApprovalRequired => 202,
+            ErrorKind::BudgetExceeded => 429,
+            ErrorKind::ToolDisabled | ErrorKind::Conflict => 409,
+            ErrorKind::Unauthenticated => 401,
+            ErrorKind::InvalidRequest => 400,
+            ErrorKind::PayloadTooLarge => 413,
+            ErrorKind::Overloaded => 503,
+            _ => 500,
+        }
     }
 }
 
@@ -127,3 +163,13 @@ impl Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The JSON shape of an [`Error`], for OpenAPI.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct ErrorSchema {
+    /// A stable machine-readable kind (`fuel_exhausted`, `policy_denied`, …).
+    kind: String,
+    /// What went wrong, for people.
+    message: String,
+}

@@ -15,7 +15,7 @@ use crate::runtime::Runtime;
 use crate::sandbox::{self, Run, stdio::Captured};
 use crate::tool::Tool;
 use crate::value;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
 /// One call of one function.
@@ -30,11 +30,59 @@ pub struct Call {
 }
 
 /// Resources an invocation used.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Usage {
     pub fuel: u64,
     pub wall_ms: u64,
     pub memory_peak_bytes: u64,
+}
+
+/// Where an invocation ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    /// The function ran and returned (a WIT `result`'s `err` is data, and
+    /// still `ok`).
+    Ok,
+    /// The function ran and failed: fuel, timeout, memory, trap, output cap.
+    Error,
+    /// It never ran: invalid arguments, unknown function, policy, budget.
+    Refused,
+    /// It waits for a human's approval.
+    PendingApproval,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Ok => "ok",
+            Status::Error => "error",
+            Status::Refused => "refused",
+            Status::PendingApproval => "pending_approval",
+        }
+    }
+}
+
+/// What the HTTP API answers for an invocation, and what its record keeps.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct InvocationResponse {
+    pub invocation_id: String,
+    pub status: Status,
+    pub tool: String,
+    /// The function's full name (`crm/divide`).
+    pub function: String,
+    /// The registered version that ran.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// The function's result (`status: ok`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub result: Option<serde_json::Value>,
+    /// Why it failed or was refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<crate::error::ErrorSchema>)]
+    pub error: Option<Error>,
+    pub usage: Usage,
 }
 
 /// Everything an invocation produced. Serializes to the `host run --json`
@@ -44,6 +92,11 @@ pub struct Outcome {
     /// Unique id of this invocation (in the audit trail too).
     pub invocation_id: String,
     pub ok: bool,
+    pub status: Status,
+    pub tool: String,
+    pub function: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
     /// The function's result as JSON (`null` for a function without one).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub result: Option<serde_json::Value>,
@@ -66,10 +119,14 @@ fn is_zero(n: &u64) -> bool {
 }
 
 impl Outcome {
-    fn failed(invocation_id: String, error: Error) -> Outcome {
+    fn refused(tool: &Tool, function: &str, invocation_id: String, error: Error) -> Outcome {
         Outcome {
             invocation_id,
             ok: false,
+            status: Status::Refused,
+            tool: tool.name().to_string(),
+            function: function.to_string(),
+            version: tool.version().map(str::to_string),
             result: None,
             error: Some(error),
             usage: Usage::default(),
@@ -81,6 +138,29 @@ impl Outcome {
             logs_dropped: 0,
             outbound: Vec::new(),
         }
+    }
+
+    /// The API's view of this outcome.
+    pub fn response(&self) -> InvocationResponse {
+        InvocationResponse {
+            invocation_id: self.invocation_id.clone(),
+            status: self.status,
+            tool: self.tool.clone(),
+            function: self.function.clone(),
+            version: self.version.clone(),
+            result: self.result.clone(),
+            error: self.error.clone(),
+            usage: self.usage.clone(),
+        }
+    }
+
+    /// Replace the outcome with a host failure (nothing may be returned as
+    /// if it had been recorded).
+    fn fail(&mut self, e: Error) {
+        self.ok = false;
+        self.status = Status::Error;
+        self.result = None;
+        self.error = Some(e);
     }
 
     /// The error kind, if the invocation failed.
@@ -127,6 +207,7 @@ impl Host {
         let request = InvocationRequest {
             invocation_id: &invocation_id,
             tool: tool.name(),
+            version: tool.version(),
             function,
             args: &call.args,
             context: &call.context,
@@ -182,30 +263,10 @@ impl Host {
             memory_peak_bytes: out.memory_peak_bytes,
         };
         let outbound = mediator.events();
-        let (result, mut error) = match result {
+        let (result, error) = match result {
             Ok(v) => (Some(v), None),
             Err(e) => (None, Some(e)),
         };
-        let report = InvocationReport {
-            invocation_id: &invocation_id,
-            tool: tool.name(),
-            function: &function.name,
-            context: &call.context,
-            args: &call.args,
-            result: result.as_ref(),
-            error: error.as_ref(),
-            usage: &usage,
-            outbound: &outbound,
-        };
-        if let Err(e) = self
-            .gate
-            .complete(Some(mediator.admission()), &report)
-            .await
-        {
-            // The outcome could not be recorded: it must not be returned as
-            // if it had been.
-            error = Some(e);
-        }
         let Captured {
             text: stdout,
             truncated: stdout_truncated,
@@ -216,10 +277,18 @@ impl Host {
             truncated: stderr_truncated,
             ..
         } = out.stderr;
-        Outcome {
+        let mut outcome = Outcome {
             invocation_id,
             ok: error.is_none(),
-            result: if error.is_none() { result } else { None },
+            status: if error.is_none() {
+                Status::Ok
+            } else {
+                Status::Error
+            },
+            tool: tool.name().to_string(),
+            function: function.name.clone(),
+            version: tool.version().map(str::to_string),
+            result,
             error,
             usage,
             stdout,
@@ -229,7 +298,24 @@ impl Host {
             logs: out.logs,
             logs_dropped: out.logs_dropped,
             outbound,
+        };
+        let response = outcome.response();
+        let report = InvocationReport {
+            context: &call.context,
+            args: &call.args,
+            response: &response,
+            outbound: &outcome.outbound,
+        };
+        if let Err(e) = self
+            .gate
+            .complete(Some(mediator.admission()), &report)
+            .await
+        {
+            // The outcome could not be recorded: it must not be returned as
+            // if it had been.
+            outcome.fail(e);
         }
+        outcome
     }
 }
 
@@ -244,23 +330,18 @@ impl Host {
         invocation_id: String,
         refusal: Error,
     ) -> Outcome {
-        let usage = Usage::default();
+        let mut outcome = Outcome::refused(tool, function, invocation_id, refusal);
+        let response = outcome.response();
         let report = InvocationReport {
-            invocation_id: &invocation_id,
-            tool: tool.name(),
-            function,
             context: &call.context,
             args: &call.args,
-            result: None,
-            error: Some(&refusal),
-            usage: &usage,
+            response: &response,
             outbound: &[],
         };
-        let error = match self.gate.complete(None, &report).await {
-            Ok(()) => refusal,
-            Err(e) => e,
-        };
-        Outcome::failed(invocation_id, error)
+        if let Err(e) = self.gate.complete(None, &report).await {
+            outcome.fail(e);
+        }
+        outcome
     }
 }
 

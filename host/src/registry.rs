@@ -137,6 +137,16 @@ impl Registry {
             docs: None,
         };
         let (catalog, _warnings) = Tool::reflect(&bytes, &options)?;
+        for f in &catalog.functions {
+            let llm = crate::schema::llm_name(name, f);
+            if llm.len() > 64 {
+                return Err(Error::invalid_args(format!(
+                    "function `{}` would be offered to LLMs as `{llm}` ({} characters; their APIs take at most 64): choose a shorter tool name",
+                    f.name,
+                    llm.len()
+                )));
+            }
+        }
         let functions: Vec<String> = catalog.functions.iter().map(|f| f.signature()).collect();
         let digest = sha256_hex(&bytes);
         let version = match version {
@@ -216,6 +226,13 @@ impl Registry {
                 format!("tool `{name}` is disabled"),
             ));
         }
+        self.load_entry(entry).await
+    }
+
+    /// Load the version an entry points at (whether or not it is disabled).
+    pub async fn load_entry(&self, entry: ToolEntry) -> Result<Loaded> {
+        let (tenant, name) = (entry.tenant.clone(), entry.name.clone());
+        let (tenant, name) = (tenant.as_str(), name.as_str());
         let version = self
             .storage
             .tool_version(tenant, name, &entry.current)
@@ -247,7 +264,8 @@ impl Registry {
         {
             let tool = self
                 .runtime
-                .load_precompiled(name, &bytes, &compiled, &options)?;
+                .load_precompiled(name, &bytes, &compiled, &options)?
+                .with_origin(&version.version, &version.digest);
             return Ok(Loaded {
                 tool,
                 entry,
@@ -268,7 +286,8 @@ impl Registry {
             .await?;
         let tool = self
             .runtime
-            .load_precompiled(name, &bytes, &artifact, &options)?;
+            .load_precompiled(name, &bytes, &artifact, &options)?
+            .with_origin(&version.version, &version.digest);
         Ok(Loaded {
             tool,
             entry,

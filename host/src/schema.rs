@@ -213,6 +213,23 @@ pub fn api_name(f: &FunctionInfo) -> String {
     name
 }
 
+/// The name a function of a registered tool is offered under to LLMs:
+/// `<tool>__<api_name>` (tool names never contain `__`, so it splits back).
+pub fn llm_name(tool: &str, f: &FunctionInfo) -> String {
+    format!("{tool}__{}", api_name(f))
+}
+
+/// A tool definition (from [`openai_tool`], [`anthropic_tool`],
+/// [`mcp_tool`]) renamed to `name`.
+pub fn renamed(mut definition: Value, name: &str) -> Value {
+    if let Some(f) = definition.get_mut("function") {
+        f["name"] = json!(name);
+    } else {
+        definition["name"] = json!(name);
+    }
+    definition
+}
+
 /// The function's description for an LLM.
 pub fn description(f: &FunctionInfo) -> String {
     f.docs

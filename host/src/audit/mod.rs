@@ -21,7 +21,9 @@ pub mod canonical;
 pub mod verify;
 
 use crate::error::{Error, Result};
-use crate::storage::{Batch, Charge, Checkpoint, NewEntry, Signer, Storage, StoredEntry};
+use crate::storage::{
+    Batch, Charge, Checkpoint, InvocationRecord, NewEntry, Signer, Storage, StoredEntry,
+};
 use ed25519_dalek::{Signer as _, SigningKey};
 use serde_json::Value;
 use std::path::Path;
@@ -223,6 +225,7 @@ impl AuditLog {
                 batch.entries.extend(p.batch.entries);
                 batch.release.extend(p.batch.release);
                 batch.charge.extend(p.batch.charge);
+                batch.invocations.extend(p.batch.invocations);
             }
             // Sign each chain's head at most every SIGN_EVERY: the first
             // commit of a chain in this process always signs; later ones
@@ -331,18 +334,22 @@ impl AuditLog {
 
     /// Append records (canonicalised here) and wait until they are durable.
     pub async fn append(&self, records: Vec<(String, i64, Value)>) -> Result<Vec<StoredEntry>> {
-        self.append_settling(records, Vec::new(), Vec::new()).await
+        self.append_settling(records, Vec::new(), Vec::new(), Vec::new())
+            .await
     }
 
-    /// [`AuditLog::append`], settling budget lines in the same transaction:
-    /// `release` reservations, record `charge` as used.
+    /// [`AuditLog::append`], in the same transaction settling budget lines
+    /// (`release` reservations, record `charge` as used) and storing the
+    /// invocation records the entries describe.
     pub async fn append_settling(
         &self,
         records: Vec<(String, i64, Value)>,
         release: Vec<Charge>,
         charge: Vec<Charge>,
+        invocations: Vec<InvocationRecord>,
     ) -> Result<Vec<StoredEntry>> {
-        if records.is_empty() && release.is_empty() && charge.is_empty() {
+        if records.is_empty() && release.is_empty() && charge.is_empty() && invocations.is_empty()
+        {
             return Ok(Vec::new());
         }
         let entries: Vec<NewEntry> = records
@@ -363,6 +370,7 @@ impl AuditLog {
                     sign: Vec::new(),
                     release,
                     charge,
+                    invocations,
                 },
                 done,
             });

@@ -7,7 +7,10 @@ mod budget;
 mod data;
 mod docs;
 mod inspect;
+mod keys;
+mod policy;
 mod run;
+mod serve;
 mod tools;
 
 use clap::{Parser, Subcommand};
@@ -41,6 +44,14 @@ enum Command {
     /// Report model tokens against a task; show budget ledgers.
     #[command(subcommand)]
     Budget(budget::Command),
+    /// Serve the HTTP API (tools, invocations, budgets) for orchestrators.
+    Serve(Box<serve::Args>),
+    /// Create, list and revoke API keys.
+    #[command(subcommand)]
+    Keys(keys::Command),
+    /// Check, store and show the data dir's policy.
+    #[command(subcommand)]
+    Policy(policy::Command),
 }
 
 /// Options shared by commands that load a component.
@@ -74,6 +85,9 @@ pub async fn main() -> i32 {
         Command::Tools(cmd) => tools::main(cmd).await,
         Command::Audit(cmd) => audit::main(cmd).await,
         Command::Budget(cmd) => budget::main(cmd).await,
+        Command::Serve(args) => serve::main(*args).await,
+        Command::Keys(cmd) => keys::main(cmd).await,
+        Command::Policy(cmd) => policy::main(cmd).await,
     }
 }
 

@@ -13,7 +13,7 @@ use crate::limits::Limits;
 use crate::policy::file::{Document, FileMode, ToolSettings};
 use crate::policy::{Effect, Policy, Subject, tool_settings};
 use crate::secrets::{Secret, SecretSource, expand};
-use crate::storage::Charge;
+use crate::storage::{Charge, InvocationRecord};
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -25,7 +25,9 @@ pub const DEFAULT_MAX_RESPONSE_BYTES: u64 = 8 << 20;
 
 /// The gate with a policy file, budget ledgers and the audit trail.
 pub struct Governed {
-    policy: Arc<Policy>,
+    /// Swapped whole by [`Governed::set_policy`]; each decision reads one
+    /// snapshot.
+    policy: std::sync::RwLock<Arc<Policy>>,
     ledger: Ledger,
     audit: Arc<AuditLog>,
     secrets: Arc<dyn SecretSource>,
@@ -61,15 +63,25 @@ impl Governed {
         secrets: Arc<dyn SecretSource>,
     ) -> Governed {
         Governed {
-            policy,
+            policy: std::sync::RwLock::new(policy),
             ledger,
             audit,
             secrets,
         }
     }
 
-    pub fn policy(&self) -> &Arc<Policy> {
-        &self.policy
+    /// The policy in force now.
+    pub fn policy(&self) -> Arc<Policy> {
+        self.policy
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Put a new policy in force. Invocations already admitted finish under
+    /// the policy that admitted them.
+    pub fn set_policy(&self, policy: Arc<Policy>) {
+        *self.policy.write().unwrap_or_else(|e| e.into_inner()) = policy;
     }
 
     pub fn audit(&self) -> &Arc<AuditLog> {
@@ -83,7 +95,7 @@ impl Governed {
     fn workflow(&self, requested: Option<&str>) -> Option<String> {
         requested
             .map(str::to_string)
-            .or_else(|| self.policy.default_workflow().map(str::to_string))
+            .or_else(|| self.policy().default_workflow().map(str::to_string))
     }
 
     /// The budget scope of a call context.
@@ -106,8 +118,8 @@ impl Governed {
         output: i64,
     ) -> Result<Vec<Error>> {
         let workflow = self.workflow(context.workflow.as_deref());
-        let doc = self
-            .policy
+        let policy = self.policy();
+        let doc = policy
             .document(context.tenant.as_deref(), workflow.as_deref())
             .ok_or_else(|| {
                 Error::new(
@@ -168,8 +180,13 @@ fn effective_limits(requested: &Limits, settings: &ToolSettings) -> Limits {
 impl Gate for Governed {
     fn admit<'a>(&'a self, r: &'a InvocationRequest<'a>) -> BoxFuture<'a, Result<Admission>> {
         Box::pin(async move {
-            let workflow = self.workflow(r.context.workflow.as_deref());
-            let decision = self.policy.decide(&Subject {
+            let policy = self.policy();
+            let workflow = r
+                .context
+                .workflow
+                .clone()
+                .or_else(|| policy.default_workflow().map(str::to_string));
+            let decision = policy.decide(&Subject {
                 tenant: r.context.tenant.as_deref(),
                 workflow: workflow.as_deref(),
                 task_id: r.context.task_id.as_deref(),
@@ -194,8 +211,7 @@ impl Gate for Governed {
                     ));
                 }
             }
-            let document = self
-                .policy
+            let document = policy
                 .document(r.context.tenant.as_deref(), workflow.as_deref())
                 .cloned()
                 .ok_or_else(|| Error::internal("an allowed call has no governing document"))?;
@@ -382,6 +398,7 @@ impl Gate for Governed {
                 .and_then(|s| s.downcast_ref::<State>());
             let time_ms = now_ms();
             let ctx = report.context;
+            let response = report.response;
             let workflow = match state {
                 Some(s) => Some(s.workflow.clone()),
                 None => self.workflow(ctx.workflow.as_deref()),
@@ -389,7 +406,7 @@ impl Gate for Governed {
             let document = match state {
                 Some(s) => Some(s.document.clone()),
                 None => self
-                    .policy
+                    .policy()
                     .document(ctx.tenant.as_deref(), workflow.as_deref())
                     .cloned(),
             };
@@ -404,8 +421,8 @@ impl Gate for Governed {
                 let used = Spend {
                     tool_calls: 1,
                     outbound_calls: allowed_outbound,
-                    fuel: i64::try_from(report.usage.fuel).unwrap_or(i64::MAX),
-                    wall_ms: report.usage.wall_ms as i64,
+                    fuel: i64::try_from(response.usage.fuel).unwrap_or(i64::MAX),
+                    wall_ms: response.usage.wall_ms as i64,
                     ..Spend::default()
                 }
                 .priced(&s.settings.price);
@@ -416,7 +433,8 @@ impl Gate for Governed {
                 charged = Some(used);
             }
 
-            let decision = match (admission, report.error) {
+            let error = response.error.as_ref();
+            let decision = match (admission, error) {
                 (Some(a), _) => json!({"effect": "allow", "rule": a.rule}),
                 (None, Some(e)) => json!({"effect": e.kind, "rule": e.message}),
                 (None, None) => json!({"effect": "allow", "rule": ""}),
@@ -431,26 +449,28 @@ impl Gate for Governed {
                 time_ms,
                 json!({
                     "type": "invocation",
-                    "invocation_id": report.invocation_id,
+                    "invocation_id": response.invocation_id,
                     "time_ms": time_ms,
                     "tenant": ctx.tenant,
                     "workflow": workflow,
                     "task_id": ctx.task_id,
                     "principal": ctx.principal,
-                    "tool": report.tool,
-                    "function": report.function,
+                    "tool": response.tool,
+                    "version": response.version,
+                    "function": response.function,
                     "args_sha256": canonical::fingerprint(report.args),
                     "args": scrub(canonical::redact(report.args, redact)),
                     "decision": decision,
                     "charged": charged,
                     "outcome": {
-                        "ok": report.error.is_none(),
-                        "error_kind": report.error.map(|e| e.kind),
-                        "error": report.error.map(|e| scrub(json!(e.message))),
+                        "ok": error.is_none(),
+                        "status": response.status,
+                        "error_kind": error.map(|e| e.kind),
+                        "error": error.map(|e| scrub(json!(e.message))),
                     },
-                    "result_sha256": report.result.map(canonical::fingerprint),
-                    "result": report.result.map(|r| scrub(canonical::redact(r, redact))),
-                    "usage": report.usage,
+                    "result_sha256": response.result.as_ref().map(canonical::fingerprint),
+                    "result": response.result.as_ref().map(|r| scrub(canonical::redact(r, redact))),
+                    "usage": response.usage,
                     "outbound_calls": report.outbound.len(),
                 }),
             )];
@@ -458,15 +478,32 @@ impl Gate for Governed {
                 let mut record = serde_json::to_value(e).unwrap_or_default();
                 if let Some(obj) = record.as_object_mut() {
                     obj.insert("type".into(), json!("outbound"));
-                    obj.insert("invocation_id".into(), json!(report.invocation_id));
+                    obj.insert("invocation_id".into(), json!(response.invocation_id));
                     obj.insert("index".into(), json!(i));
                     obj.insert("time_ms".into(), json!(time_ms));
                     obj.remove("at_ms").map(|at| obj.insert("at_ms".into(), at));
                 }
                 records.push((chain.clone(), time_ms, record));
             }
+            // The caller's own record: what they were answered. Secrets the
+            // guest was handed are scrubbed here too.
+            let stored = scrub(serde_json::to_value(response).unwrap_or_default());
+            let invocation = InvocationRecord {
+                id: response.invocation_id.clone(),
+                tenant: chain.clone(),
+                tool: response.tool.clone(),
+                function: response.function.clone(),
+                version: response.version.clone(),
+                workflow: workflow.clone(),
+                task_id: ctx.task_id.clone(),
+                principal: ctx.principal.clone(),
+                status: response.status.as_str().to_string(),
+                error_kind: error.map(|e| e.kind.as_str().to_string()),
+                created_ms: time_ms,
+                response: stored.to_string(),
+            };
             self.audit
-                .append_settling(records, settle.0, settle.1)
+                .append_settling(records, settle.0, settle.1, vec![invocation])
                 .await?;
             Ok(())
         })

@@ -51,6 +51,8 @@ pub struct InvocationRequest<'a> {
     pub invocation_id: &'a str,
     /// The tool's name (registered name, or the file name for `host run`).
     pub tool: &'a str,
+    /// The registered version (none for a file run with `host run`).
+    pub version: Option<&'a str>,
     pub function: &'a FunctionInfo,
     pub args: &'a serde_json::Value,
     pub context: &'a CallContext,
@@ -162,16 +164,11 @@ impl Verdict {
 
 /// What the gate learns when an invocation is over.
 pub struct InvocationReport<'a> {
-    pub invocation_id: &'a str,
-    pub tool: &'a str,
-    pub function: &'a str,
     pub context: &'a CallContext,
     pub args: &'a serde_json::Value,
-    /// The result, when the invocation succeeded.
-    pub result: Option<&'a serde_json::Value>,
-    /// `None` when the invocation succeeded.
-    pub error: Option<&'a crate::Error>,
-    pub usage: &'a crate::invoke::Usage,
+    /// What the caller is answered: id, status, tool, function, version,
+    /// result or error, usage.
+    pub response: &'a crate::invoke::InvocationResponse,
     pub outbound: &'a [CapabilityEvent],
 }
 

@@ -3,8 +3,8 @@
 //! reference the SQL backends must agree with.
 
 use super::{
-    Batch, Charge, Checkpoint, Exceeded, Registered, Signer, Storage, StoredEntry, ToolEntry,
-    ToolVersion, Usage,
+    ApiKeyRecord, Batch, Charge, Checkpoint, Exceeded, InvocationFilter, InvocationRecord,
+    Registered, Signer, Storage, StoredEntry, StoredPolicy, ToolEntry, ToolVersion, Usage,
 };
 use crate::audit::{CHECKPOINT_EVERY, GENESIS, chain_hash};
 use crate::error::Result;
@@ -25,6 +25,10 @@ struct Inner {
     blobs: HashMap<String, Vec<u8>>,
     versions: BTreeMap<(String, String, String), ToolVersion>,
     tools: BTreeMap<(String, String), ToolEntry>,
+    keys: BTreeMap<String, ApiKeyRecord>,
+    /// By position.
+    invocations: BTreeMap<i64, InvocationRecord>,
+    policies: Vec<StoredPolicy>,
 }
 
 /// Storage that forgets everything when dropped.
@@ -144,6 +148,10 @@ impl Storage for MemoryStorage {
                 }
             }
             settle(&mut inner, &batch.release, &batch.charge);
+            for r in batch.invocations {
+                let pos = inner.invocations.keys().next_back().map_or(1, |p| p + 1);
+                inner.invocations.insert(pos, r);
+            }
             Ok(stored)
         })
     }
@@ -467,5 +475,100 @@ impl Storage for MemoryStorage {
             v.engine = Some(engine.to_string());
         }
         Box::pin(async move { Ok(()) })
+    }
+
+    fn key_put(&self, key: ApiKeyRecord) -> BoxFuture<'_, Result<()>> {
+        let mut inner = self.lock();
+        let result = if inner.keys.contains_key(&key.id) {
+            Err(crate::Error::internal(format!("key id {} exists", key.id)))
+        } else {
+            inner.keys.insert(key.id.clone(), key);
+            Ok(())
+        };
+        Box::pin(async move { result })
+    }
+
+    fn key_get(&self, id: &str) -> BoxFuture<'_, Result<Option<ApiKeyRecord>>> {
+        let found = self.lock().keys.get(id).cloned();
+        Box::pin(async move { Ok(found) })
+    }
+
+    fn key_list(&self, tenant: Option<&str>) -> BoxFuture<'_, Result<Vec<ApiKeyRecord>>> {
+        let found = self
+            .lock()
+            .keys
+            .values()
+            .filter(|k| tenant.is_none_or(|t| k.tenant == t))
+            .cloned()
+            .collect();
+        Box::pin(async move { Ok(found) })
+    }
+
+    fn key_revoke(&self, id: &str, time_ms: i64) -> BoxFuture<'_, Result<bool>> {
+        let revoked = match self.lock().keys.get_mut(id) {
+            Some(k) if k.revoked_ms.is_none() => {
+                k.revoked_ms = Some(time_ms);
+                true
+            }
+            _ => false,
+        };
+        Box::pin(async move { Ok(revoked) })
+    }
+
+    fn invocation_get(
+        &self,
+        tenant: &str,
+        id: &str,
+    ) -> BoxFuture<'_, Result<Option<InvocationRecord>>> {
+        let found = self
+            .lock()
+            .invocations
+            .values()
+            .find(|r| r.id == id && r.tenant == tenant)
+            .cloned();
+        Box::pin(async move { Ok(found) })
+    }
+
+    fn invocation_list(
+        &self,
+        tenant: &str,
+        f: InvocationFilter,
+    ) -> BoxFuture<'_, Result<Vec<(i64, InvocationRecord)>>> {
+        let eq = |want: &Option<String>, have: &Option<String>| {
+            want.as_ref().is_none_or(|w| have.as_ref() == Some(w))
+        };
+        let found = self
+            .lock()
+            .invocations
+            .range(..f.before.unwrap_or(i64::MAX))
+            .rev()
+            .filter(|(_, r)| {
+                r.tenant == tenant
+                    && f.tool.as_ref().is_none_or(|t| &r.tool == t)
+                    && f.status.as_ref().is_none_or(|s| &r.status == s)
+                    && eq(&f.workflow, &r.workflow)
+                    && eq(&f.task_id, &r.task_id)
+            })
+            .take(usize::try_from(f.limit).unwrap_or(0))
+            .map(|(p, r)| (*p, r.clone()))
+            .collect();
+        Box::pin(async move { Ok(found) })
+    }
+
+    fn policy_put(&self, name: &str, text: &str, time_ms: i64) -> BoxFuture<'_, Result<i64>> {
+        let mut inner = self.lock();
+        let version = inner.policies.len() as i64 + 1;
+        inner.policies.push(StoredPolicy {
+            version,
+            name: name.to_string(),
+            text: text.to_string(),
+            created_ms: time_ms,
+        });
+        Box::pin(async move { Ok(version) })
+    }
+
+    fn policy_current(&self) -> BoxFuture<'_, Result<Option<StoredPolicy>>> {
+        let found = self.lock().policies.last().cloned();
+        Box::pin(async move { Ok(found) })
     }
 }

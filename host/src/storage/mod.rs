@@ -41,6 +41,9 @@ pub struct Batch {
     pub release: Vec<Charge>,
     /// Usage to record.
     pub charge: Vec<Charge>,
+    /// Invocation records to store (with the audit entries that describe
+    /// them, so that the two always agree).
+    pub invocations: Vec<InvocationRecord>,
 }
 
 /// Signs a checkpoint: `(chain, seq, hash, time_ms)` → hex signature.
@@ -146,6 +149,64 @@ pub enum Registered {
     Exists,
     /// The version exists with other bytes (versions are immutable).
     Conflict { digest: String },
+}
+
+/// An API key as stored: the secret part only as a SHA-256 hash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct ApiKeyRecord {
+    /// The public id (the `thk_<id>_` prefix of the key).
+    pub id: String,
+    pub tenant: String,
+    /// `invoke`, `approve`, `admin`, `audit`.
+    pub roles: Vec<String>,
+    /// SHA-256 (hex) of the key's secret part.
+    #[serde(skip_serializing)]
+    pub hash: String,
+    pub label: Option<String>,
+    pub created_ms: i64,
+    pub revoked_ms: Option<i64>,
+}
+
+/// A finished (or refused) invocation, as the API reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct InvocationRecord {
+    pub id: String,
+    pub tenant: String,
+    pub tool: String,
+    pub function: String,
+    /// The tool version that ran (registered tools only).
+    pub version: Option<String>,
+    pub workflow: Option<String>,
+    pub task_id: Option<String>,
+    pub principal: Option<String>,
+    /// `ok`, `error` (the tool ran and failed) or `refused` (it never ran).
+    pub status: String,
+    pub error_kind: Option<String>,
+    pub created_ms: i64,
+    /// The response body (JSON) the caller was given.
+    pub response: String,
+}
+
+/// Which invocation records to list: newest first.
+#[derive(Debug, Clone, Default)]
+pub struct InvocationFilter {
+    pub tool: Option<String>,
+    pub status: Option<String>,
+    pub workflow: Option<String>,
+    pub task_id: Option<String>,
+    /// Only records older than this position (from a previous page).
+    pub before: Option<i64>,
+    pub limit: i64,
+}
+
+/// A policy as stored: each `policy_put` is a new version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StoredPolicy {
+    pub version: i64,
+    /// Where it came from (a file name).
+    pub name: String,
+    pub text: String,
+    pub created_ms: i64,
 }
 
 /// Everything Toolhost persists.
@@ -265,6 +326,39 @@ pub trait Storage: Send + Sync + 'static {
         artifact: &str,
         engine: &str,
     ) -> BoxFuture<'_, Result<()>>;
+
+    /// Store a new API key.
+    fn key_put(&self, key: ApiKeyRecord) -> BoxFuture<'_, Result<()>>;
+
+    /// An API key by id.
+    fn key_get(&self, id: &str) -> BoxFuture<'_, Result<Option<ApiKeyRecord>>>;
+
+    /// All keys (of one tenant, or of all).
+    fn key_list(&self, tenant: Option<&str>) -> BoxFuture<'_, Result<Vec<ApiKeyRecord>>>;
+
+    /// Revoke a key; returns false when there is no such active key.
+    fn key_revoke(&self, id: &str, time_ms: i64) -> BoxFuture<'_, Result<bool>>;
+
+    /// One of a tenant's invocation records.
+    fn invocation_get(
+        &self,
+        tenant: &str,
+        id: &str,
+    ) -> BoxFuture<'_, Result<Option<InvocationRecord>>>;
+
+    /// A tenant's invocation records, newest first, each with its position
+    /// (for [`InvocationFilter::before`]).
+    fn invocation_list(
+        &self,
+        tenant: &str,
+        filter: InvocationFilter,
+    ) -> BoxFuture<'_, Result<Vec<(i64, InvocationRecord)>>>;
+
+    /// Store a policy as the new current version; returns its version.
+    fn policy_put(&self, name: &str, text: &str, time_ms: i64) -> BoxFuture<'_, Result<i64>>;
+
+    /// The current policy, if one was stored.
+    fn policy_current(&self) -> BoxFuture<'_, Result<Option<StoredPolicy>>>;
 
     /// A small named value (keys, settings).
     fn meta_get(&self, key: &str) -> BoxFuture<'_, Result<Option<String>>>;

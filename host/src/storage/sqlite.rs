@@ -4,8 +4,8 @@
 //! concurrent processes on one data dir serialise correctly.
 
 use super::{
-    Batch, Charge, Checkpoint, Exceeded, Registered, Signer, Storage, StoredEntry, ToolEntry,
-    ToolVersion, Usage,
+    ApiKeyRecord, Batch, Charge, Checkpoint, Exceeded, InvocationFilter, InvocationRecord,
+    Registered, Signer, Storage, StoredEntry, StoredPolicy, ToolEntry, ToolVersion, Usage,
 };
 use crate::audit::chain_hash;
 use crate::error::{Error, Result};
@@ -85,6 +85,38 @@ const MIGRATIONS: &[&str] = &[
         updated_ms INTEGER NOT NULL,
         PRIMARY KEY (tenant, name)
     ) WITHOUT ROWID;",
+    // 3: API keys, invocation records, stored policies.
+    "CREATE TABLE api_keys (
+        id TEXT PRIMARY KEY,
+        tenant TEXT NOT NULL,
+        roles TEXT NOT NULL,
+        hash TEXT NOT NULL,
+        label TEXT,
+        created_ms INTEGER NOT NULL,
+        revoked_ms INTEGER
+    ) WITHOUT ROWID;
+    CREATE TABLE invocations (
+        pos INTEGER PRIMARY KEY AUTOINCREMENT,
+        id TEXT NOT NULL UNIQUE,
+        tenant TEXT NOT NULL,
+        tool TEXT NOT NULL,
+        function TEXT NOT NULL,
+        version TEXT,
+        workflow TEXT,
+        task_id TEXT,
+        principal TEXT,
+        status TEXT NOT NULL,
+        error_kind TEXT,
+        created_ms INTEGER NOT NULL,
+        response TEXT NOT NULL
+    );
+    CREATE INDEX invocations_tenant ON invocations (tenant, pos);
+    CREATE TABLE policies (
+        version INTEGER PRIMARY KEY AUTOINCREMENT,
+        name TEXT NOT NULL,
+        text TEXT NOT NULL,
+        created_ms INTEGER NOT NULL
+    );",
 ];
 
 fn db(e: sqlx::Error) -> Error {
@@ -356,6 +388,26 @@ impl Storage for SqliteStorage {
                 q.build().execute(&mut *tx).await.map_err(db)?;
             }
             settle(&mut tx, &batch.release, &batch.charge).await?;
+            for chunk in batch.invocations.chunks(2000) {
+                let mut q = QueryBuilder::<Sqlite>::new(
+                    "INSERT INTO invocations (id, tenant, tool, function, version, workflow, task_id, principal, status, error_kind, created_ms, response) ",
+                );
+                q.push_values(chunk, |mut row, r| {
+                    row.push_bind(&r.id)
+                        .push_bind(&r.tenant)
+                        .push_bind(&r.tool)
+                        .push_bind(&r.function)
+                        .push_bind(&r.version)
+                        .push_bind(&r.workflow)
+                        .push_bind(&r.task_id)
+                        .push_bind(&r.principal)
+                        .push_bind(&r.status)
+                        .push_bind(&r.error_kind)
+                        .push_bind(r.created_ms)
+                        .push_bind(&r.response);
+                });
+                q.build().execute(&mut *tx).await.map_err(db)?;
+            }
             tx.commit().await.map_err(db)?;
             Ok(stored)
         })
@@ -937,4 +989,184 @@ impl Storage for SqliteStorage {
             Ok(())
         })
     }
+
+    fn key_put(&self, k: ApiKeyRecord) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            sqlx::query(
+                "INSERT INTO api_keys (id, tenant, roles, hash, label, created_ms, revoked_ms) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            )
+            .bind(&k.id)
+            .bind(&k.tenant)
+            .bind(k.roles.join(","))
+            .bind(&k.hash)
+            .bind(&k.label)
+            .bind(k.created_ms)
+            .bind(k.revoked_ms)
+            .execute(&self.pool)
+            .await
+            .map_err(db)?;
+            Ok(())
+        })
+    }
+
+    fn key_get(&self, id: &str) -> BoxFuture<'_, Result<Option<ApiKeyRecord>>> {
+        let id = id.to_string();
+        Box::pin(async move {
+            let row = sqlx::query(
+                "SELECT id, tenant, roles, hash, label, created_ms, revoked_ms FROM api_keys WHERE id = ?",
+            )
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(db)?;
+            Ok(row.as_ref().map(key_row))
+        })
+    }
+
+    fn key_list(&self, tenant: Option<&str>) -> BoxFuture<'_, Result<Vec<ApiKeyRecord>>> {
+        let tenant = tenant.map(str::to_string);
+        Box::pin(async move {
+            let rows = sqlx::query(
+                "SELECT id, tenant, roles, hash, label, created_ms, revoked_ms FROM api_keys WHERE ?1 IS NULL OR tenant = ?1 ORDER BY tenant, created_ms",
+            )
+            .bind(tenant)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db)?;
+            Ok(rows.iter().map(key_row).collect())
+        })
+    }
+
+    fn key_revoke(&self, id: &str, time_ms: i64) -> BoxFuture<'_, Result<bool>> {
+        let id = id.to_string();
+        Box::pin(async move {
+            let n = sqlx::query(
+                "UPDATE api_keys SET revoked_ms = ? WHERE id = ? AND revoked_ms IS NULL",
+            )
+            .bind(time_ms)
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map_err(db)?
+            .rows_affected();
+            Ok(n > 0)
+        })
+    }
+
+    fn invocation_get(
+        &self,
+        tenant: &str,
+        id: &str,
+    ) -> BoxFuture<'_, Result<Option<InvocationRecord>>> {
+        let (tenant, id) = (tenant.to_string(), id.to_string());
+        Box::pin(async move {
+            let row = sqlx::query(
+                "SELECT pos, id, tenant, tool, function, version, workflow, task_id, principal, status, error_kind, created_ms, response FROM invocations WHERE id = ? AND tenant = ?",
+            )
+            .bind(id)
+            .bind(tenant)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db)?;
+            Ok(row.as_ref().map(|r| invocation_row(r).1))
+        })
+    }
+
+    fn invocation_list(
+        &self,
+        tenant: &str,
+        f: InvocationFilter,
+    ) -> BoxFuture<'_, Result<Vec<(i64, InvocationRecord)>>> {
+        let tenant = tenant.to_string();
+        Box::pin(async move {
+            let rows = sqlx::query(
+                "SELECT pos, id, tenant, tool, function, version, workflow, task_id, principal, status, error_kind, created_ms, response FROM invocations
+                 WHERE tenant = ? AND pos < ?
+                   AND (?3 IS NULL OR tool = ?3) AND (?4 IS NULL OR status = ?4)
+                   AND (?5 IS NULL OR workflow = ?5) AND (?6 IS NULL OR task_id = ?6)
+                 ORDER BY pos DESC LIMIT ?",
+            )
+            .bind(tenant)
+            .bind(f.before.unwrap_or(i64::MAX))
+            .bind(f.tool)
+            .bind(f.status)
+            .bind(f.workflow)
+            .bind(f.task_id)
+            .bind(f.limit)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db)?;
+            Ok(rows.iter().map(invocation_row).collect())
+        })
+    }
+
+    fn policy_put(&self, name: &str, text: &str, time_ms: i64) -> BoxFuture<'_, Result<i64>> {
+        let (name, text) = (name.to_string(), text.to_string());
+        Box::pin(async move {
+            let version: i64 = sqlx::query_scalar(
+                "INSERT INTO policies (name, text, created_ms) VALUES (?, ?, ?) RETURNING version",
+            )
+            .bind(name)
+            .bind(text)
+            .bind(time_ms)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db)?;
+            Ok(version)
+        })
+    }
+
+    fn policy_current(&self) -> BoxFuture<'_, Result<Option<StoredPolicy>>> {
+        Box::pin(async move {
+            let row = sqlx::query(
+                "SELECT version, name, text, created_ms FROM policies ORDER BY version DESC LIMIT 1",
+            )
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db)?;
+            Ok(row.map(|r| StoredPolicy {
+                version: r.get(0),
+                name: r.get(1),
+                text: r.get(2),
+                created_ms: r.get(3),
+            }))
+        })
+    }
+}
+
+fn key_row(r: &sqlx::sqlite::SqliteRow) -> ApiKeyRecord {
+    let roles: String = r.get(2);
+    ApiKeyRecord {
+        id: r.get(0),
+        tenant: r.get(1),
+        roles: roles
+            .split(',')
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+            .collect(),
+        hash: r.get(3),
+        label: r.get(4),
+        created_ms: r.get(5),
+        revoked_ms: r.get(6),
+    }
+}
+
+fn invocation_row(r: &sqlx::sqlite::SqliteRow) -> (i64, InvocationRecord) {
+    (
+        r.get(0),
+        InvocationRecord {
+            id: r.get(1),
+            tenant: r.get(2),
+            tool: r.get(3),
+            function: r.get(4),
+            version: r.get(5),
+            workflow: r.get(6),
+            task_id: r.get(7),
+            principal: r.get(8),
+            status: r.get(9),
+            error_kind: r.get(10),
+            created_ms: r.get(11),
+            response: r.get(12),
+        },
+    )
 }

@@ -38,6 +38,8 @@ pub struct Tool {
     /// Export index of each function, parallel to `catalog.functions`.
     exports: Vec<ComponentExportIndex>,
     warnings: Vec<String>,
+    /// The registered version this was loaded from, and its digest.
+    origin: Option<(String, String)>,
 }
 
 /// Interfaces the host provides, without version. WASI at any 0.2.x,
@@ -212,7 +214,25 @@ impl Tool {
             catalog,
             exports,
             warnings,
+            origin: None,
         })
+    }
+
+    /// Mark the tool as loaded from registered `version` with `digest`.
+    pub fn with_origin(mut self, version: &str, digest: &str) -> Tool {
+        self.origin = Some((version.to_string(), digest.to_string()));
+        self
+    }
+
+    /// The registered version, if the tool came from the registry.
+    pub fn version(&self) -> Option<&str> {
+        self.origin.as_ref().map(|(v, _)| v.as_str())
+    }
+
+    /// The SHA-256 of the component bytes, if the tool came from the
+    /// registry.
+    pub fn digest(&self) -> Option<&str> {
+        self.origin.as_ref().map(|(_, d)| d.as_str())
     }
 
     /// The tool's name.

@@ -1,0 +1,99 @@
+//! `host keys create | list | revoke`.
+
+use super::data::DataDir;
+use toolhost::keys::{self, Role};
+
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Make an API key; prints only the key (shown once, stored hashed).
+    Create {
+        /// The tenant the key acts for.
+        #[arg(long)]
+        tenant: String,
+        /// A role (repeat for several): invoke, approve, admin, audit.
+        #[arg(long = "role", value_enum, required = true)]
+        roles: Vec<Role>,
+        /// A note saying what the key is for.
+        #[arg(long)]
+        label: Option<String>,
+        #[command(flatten)]
+        data: DataDir,
+    },
+    /// List keys (ids, tenants, roles; never the secrets).
+    List {
+        #[arg(long)]
+        tenant: Option<String>,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        data: DataDir,
+    },
+    /// Revoke a key by id (takes effect on its next request).
+    Revoke {
+        id: String,
+        #[command(flatten)]
+        data: DataDir,
+    },
+}
+
+pub async fn main(cmd: Command) -> i32 {
+    match run(cmd).await {
+        Ok(code) => code,
+        Err(e) => {
+            super::report(&e);
+            if e.kind == toolhost::ErrorKind::InvalidArgs {
+                2
+            } else {
+                1
+            }
+        }
+    }
+}
+
+async fn run(cmd: Command) -> toolhost::Result<i32> {
+    match cmd {
+        Command::Create {
+            tenant,
+            roles,
+            label,
+            data,
+        } => {
+            let storage = data.storage().await?;
+            let key = keys::create(storage.as_ref(), &tenant, &roles, label.as_deref()).await?;
+            println!("{}", key.key);
+            Ok(0)
+        }
+        Command::List { tenant, json, data } => {
+            let storage = data.storage().await?;
+            let list = storage.key_list(tenant.as_deref()).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&list).unwrap_or_default());
+            } else {
+                for k in list {
+                    println!(
+                        "{}  tenant={}  roles={}{}{}",
+                        k.id,
+                        k.tenant,
+                        k.roles.join(","),
+                        k.label.map(|l| format!("  label={l}")).unwrap_or_default(),
+                        if k.revoked_ms.is_some() { "  REVOKED" } else { "" }
+                    );
+                }
+            }
+            Ok(0)
+        }
+        Command::Revoke { id, data } => {
+            let storage = data.storage().await?;
+            let now = toolhost::gate::governed::now_ms();
+            if storage.key_revoke(&id, now).await? {
+                eprintln!("revoked {id}");
+                Ok(0)
+            } else {
+                Err(toolhost::Error::new(
+                    toolhost::ErrorKind::NotFound,
+                    format!("no active key with id `{id}`"),
+                ))
+            }
+        }
+    }
+}

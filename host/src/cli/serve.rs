@@ -1,0 +1,203 @@
+//! `host serve`: the HTTP API.
+
+use super::data::DataDir;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+use toolhost::audit::AuditLog;
+use toolhost::budget::Ledger;
+use toolhost::gate::Governed;
+use toolhost::limits::{parse_bytes, parse_duration};
+use toolhost::policy::Policy;
+use toolhost::secrets::FileAndEnv;
+use toolhost::server::{ServeConfig, Server};
+use toolhost::storage::Storage;
+use toolhost::{Error, ErrorKind, Result};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Address to listen on (`127.0.0.1:0` picks a free port). The first
+    /// line on stdout is the URL, printed once the server accepts
+    /// connections.
+    #[arg(long, default_value = "127.0.0.1:8080", value_name = "ADDR")]
+    listen: String,
+    /// The policy to put in force (stored in the data dir as its new
+    /// version). Default: the data dir's stored policy (`host policy set`).
+    #[arg(long, value_name = "FILE")]
+    policy: Option<PathBuf>,
+    /// Secrets for policy grants (`name=value` lines); TOOLHOST_SECRET_<NAME>
+    /// environment variables also work.
+    #[arg(long, value_name = "FILE")]
+    secrets: Option<PathBuf>,
+    /// Largest request body (uploads excepted).
+    #[arg(long, default_value = "1MiB")]
+    max_body: String,
+    /// Largest component upload.
+    #[arg(long, default_value = "64MiB")]
+    max_upload: String,
+    /// Deadline for one request, time queued included.
+    #[arg(long, default_value = "60s")]
+    request_timeout: String,
+    /// Requests served at once (also the number of sandbox slots).
+    #[arg(long, default_value_t = 64)]
+    max_concurrency: u32,
+    /// Requests that may wait for a slot; beyond that, 503 with Retry-After.
+    #[arg(long, default_value_t = 1024)]
+    max_queue: usize,
+    /// Default fuel per invocation (a policy may set it per tool).
+    #[arg(long)]
+    fuel: Option<u64>,
+    /// Default linear-memory cap per invocation, e.g. `64MiB`.
+    #[arg(long)]
+    memory: Option<String>,
+    /// Default wall-clock limit per invocation, e.g. `10s`.
+    #[arg(long)]
+    timeout: Option<String>,
+    /// Log format on stderr (level from RUST_LOG, default info).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    #[command(flatten)]
+    data: DataDir,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+fn bad(flag: &str) -> impl Fn(String) -> Error + '_ {
+    move |e| Error::invalid_args(format!("--{flag}: {e}"))
+}
+
+fn config(args: &Args) -> Result<ServeConfig> {
+    let mut c = ServeConfig {
+        max_body: parse_bytes(&args.max_body).map_err(bad("max-body"))? as usize,
+        max_upload: parse_bytes(&args.max_upload).map_err(bad("max-upload"))? as usize,
+        request_timeout: parse_duration(&args.request_timeout).map_err(bad("request-timeout"))?,
+        max_concurrency: args.max_concurrency.max(1) as usize,
+        max_queue: args.max_queue,
+        ..ServeConfig::default()
+    };
+    if let Some(f) = args.fuel {
+        c.limits.fuel = Some(f);
+    }
+    if let Some(m) = &args.memory {
+        c.limits.memory_bytes = parse_bytes(m).map_err(bad("memory"))?;
+    }
+    if let Some(t) = &args.timeout {
+        c.limits.timeout = parse_duration(t).map_err(bad("timeout"))?;
+    }
+    Ok(c)
+}
+
+fn init_logs(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
+/// The policy to serve with, and its stored version.
+async fn policy(args: &Args, storage: &dyn Storage) -> Result<(Policy, i64)> {
+    let current = storage.policy_current().await?;
+    if let Some(path) = &args.policy {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            Error::new(
+                ErrorKind::InvalidPolicy,
+                format!("cannot read {}: {e}", path.display()),
+            )
+        })?;
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "policy".into());
+        let policy = Policy::parse(&name, &text)?;
+        let version = match current {
+            Some(c) if c.text == text && c.name == name => c.version,
+            _ => {
+                storage
+                    .policy_put(&name, &text, toolhost::gate::governed::now_ms())
+                    .await?
+            }
+        };
+        return Ok((policy, version));
+    }
+    match current {
+        Some(c) => Ok((Policy::parse(&c.name, &c.text)?, c.version)),
+        None => Err(Error::new(
+            ErrorKind::InvalidPolicy,
+            "no policy: pass --policy FILE, or store one with `host policy set FILE` (nothing runs without a policy)",
+        )),
+    }
+}
+
+pub async fn main(args: Args) -> i32 {
+    init_logs(args.log_format);
+    match run(args).await {
+        Ok(()) => 0,
+        Err(e) => {
+            super::report(&e);
+            if e.kind == ErrorKind::InvalidArgs || e.kind == ErrorKind::InvalidPolicy {
+                2
+            } else {
+                1
+            }
+        }
+    }
+}
+
+async fn run(args: Args) -> Result<()> {
+    let config = config(&args)?;
+    let data = args.data.path();
+    let storage = args.data.storage().await?;
+    let (policy, version) = policy(&args, storage.as_ref()).await?;
+    let audit = AuditLog::open(storage.clone(), &data).await?;
+    let secrets = FileAndEnv::new(args.secrets.as_deref())
+        .map_err(|e| Error::new(ErrorKind::InvalidArgs, e))?;
+    let governed = Arc::new(Governed::new(
+        Arc::new(policy),
+        Ledger::new(storage.clone()),
+        audit,
+        Arc::new(secrets),
+    ));
+    let runtime = Arc::new(toolhost::Runtime::new(&toolhost::RuntimeConfig {
+        max_instances: config.max_concurrency as u32,
+        ..Default::default()
+    })?);
+    let server = Server::bind(&args.listen, storage, runtime, governed, version, config).await?;
+    let addr = server.local_addr()?;
+    tracing::info!(%addr, data_dir = %data.display(), policy_version = version, "listening");
+    {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "http://{addr}");
+        let _ = out.flush();
+    }
+    server.run(shutdown_signal()).await
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

@@ -1,0 +1,88 @@
+//! Who is calling: `Authorization: Bearer <key>` → the stored key, its
+//! tenant and roles. Every handler takes a [`Caller`]; each resource is
+//! looked up within the caller's tenant, so another tenant's resources are
+//! simply not found (404, never 403).
+
+use super::App;
+use super::problem::ApiError;
+use crate::error::ErrorKind;
+use crate::keys::{self, Role};
+use crate::storage::ApiKeyRecord;
+use axum::extract::FromRequestParts;
+use axum::http::header;
+use axum::http::request::Parts;
+use std::sync::Arc;
+
+/// The authenticated caller.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub key: ApiKeyRecord,
+}
+
+impl Caller {
+    pub fn tenant(&self) -> &str {
+        &self.key.tenant
+    }
+
+    /// Refuse unless the key holds `role`.
+    pub fn require(&self, role: Role) -> Result<(), ApiError> {
+        if keys::has_role(&self.key, role) {
+            Ok(())
+        } else {
+            Err(ApiError::new(
+                ErrorKind::Forbidden,
+                format!(
+                    "this needs a key with the `{}` role; key {} has {}",
+                    role.as_str(),
+                    self.key.id,
+                    self.key.roles.join(", ")
+                ),
+            ))
+        }
+    }
+
+    /// Refuse unless the key holds one of `roles`.
+    pub fn require_any(&self, roles: &[Role]) -> Result<(), ApiError> {
+        if roles.iter().any(|r| keys::has_role(&self.key, *r)) {
+            return Ok(());
+        }
+        let names: Vec<&str> = roles.iter().map(|r| r.as_str()).collect();
+        Err(ApiError::new(
+            ErrorKind::Forbidden,
+            format!(
+                "this needs a key with one of the roles {}; key {} has {}",
+                names.join(", "),
+                self.key.id,
+                self.key.roles.join(", ")
+            ),
+        ))
+    }
+}
+
+impl FromRequestParts<Arc<App>> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Caller, ApiError> {
+        let value = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .ok_or_else(|| {
+                ApiError::new(
+                    ErrorKind::Unauthenticated,
+                    "send an API key as `Authorization: Bearer <key>` (make one with `host keys create`)",
+                )
+            })?
+            .to_str()
+            .map_err(|_| ApiError::new(ErrorKind::Unauthenticated, "the Authorization header is not text"))?;
+        let (scheme, token) = value.trim().split_once(' ').unwrap_or((value, ""));
+        if !scheme.eq_ignore_ascii_case("bearer") {
+            return Err(ApiError::new(
+                ErrorKind::Unauthenticated,
+                "the Authorization scheme must be Bearer",
+            ));
+        }
+        let key = keys::authenticate(app.storage.as_ref(), token.trim()).await?;
+        tracing::Span::current().record("key", key.id.as_str());
+        Ok(Caller { key })
+    }
+}

@@ -1,0 +1,332 @@
+//! `host serve`: the HTTP API for orchestrators, operators and approvers.
+//!
+//! One [`App`] holds what every request needs (storage, registry, loaded
+//! tools, the host and its governed gate); handlers live by resource:
+//! [`tools`] (list, upload, describe, deploy, disable), [`invoke`],
+//! [`records`] (invocations, task budgets). Around them: [`auth`] (API keys
+//! → tenant and roles), [`limit`] (bounded concurrency and queue, request
+//! deadline), body limits, structured request logs, and RFC 9457 problems
+//! ([`problem`]) for everything that is not an invocation outcome.
+//!
+//! Invariant: an invocation, once admitted, runs to completion on its own
+//! task and is recorded, even if its client goes away or its request times
+//! out; shutdown waits for those tasks, then flushes the audit trail.
+
+pub mod auth;
+pub mod invoke;
+pub mod limit;
+pub mod openapi;
+pub mod problem;
+pub mod records;
+pub mod tools;
+
+use crate::error::{Error, Result};
+use crate::gate::{Gate, Governed};
+use crate::invoke::{Call, Host, Outcome};
+use crate::limits::Limits;
+use crate::policy::Policy;
+use crate::registry::Registry;
+use crate::runtime::Runtime;
+use crate::storage::Storage;
+use crate::tool::Tool;
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use problem::ApiError;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::time::Duration;
+use tokio_util::task::TaskTracker;
+
+/// How the server runs.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    /// Largest request body, except uploads.
+    pub max_body: usize,
+    /// Largest component upload.
+    pub max_upload: usize,
+    /// Deadline for one request, queueing included.
+    pub request_timeout: Duration,
+    /// Requests served at once; more wait in the queue.
+    pub max_concurrency: usize,
+    /// Requests waiting for a slot; more are refused with 503.
+    pub max_queue: usize,
+    /// Default invocation limits (a policy may set others per tool).
+    pub limits: Limits,
+    /// How long shutdown waits for running invocations.
+    pub shutdown_grace: Duration,
+    /// How often to look for a new stored policy.
+    pub policy_poll: Duration,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        ServeConfig {
+            max_body: 1 << 20,
+            max_upload: 64 << 20,
+            request_timeout: Duration::from_secs(60),
+            max_concurrency: 64,
+            max_queue: 1024,
+            limits: Limits::default(),
+            shutdown_grace: Duration::from_secs(30),
+            policy_poll: Duration::from_secs(2),
+        }
+    }
+}
+
+/// What every request handler shares.
+pub struct App {
+    pub storage: Arc<dyn Storage>,
+    pub registry: Registry,
+    pub tools: tools::ToolCache,
+    pub host: Arc<Host>,
+    pub governed: Arc<Governed>,
+    pub limiter: limit::Limiter,
+    pub limits: Limits,
+    /// Invocations in flight (each on its own task).
+    pub tracker: TaskTracker,
+    /// False once shutdown began.
+    ready: AtomicBool,
+    /// The stored policy version in force (0: one given directly).
+    policy_version: AtomicI64,
+}
+
+impl App {
+    /// Run an invocation on its own task, so that it completes (and is
+    /// recorded) whatever happens to the request that asked for it.
+    pub async fn run_invocation(&self, tool: Arc<Tool>, call: Call) -> std::result::Result<Outcome, ApiError> {
+        let host = self.host.clone();
+        let outcome = self
+            .tracker
+            .spawn(async move { host.invoke(&tool, &call).await })
+            .await
+            .map_err(|e| Error::internal(format!("the invocation task failed: {e}")))?;
+        tracing::info!(
+            invocation_id = %outcome.invocation_id,
+            tool = %outcome.tool,
+            function = %outcome.function,
+            status = outcome.status.as_str(),
+            kind = outcome.error.as_ref().map(|e| e.kind.as_str()),
+            wall_ms = outcome.usage.wall_ms,
+            "invocation"
+        );
+        Ok(outcome)
+    }
+}
+
+/// A bound server, ready to run.
+pub struct Server {
+    app: Arc<App>,
+    listener: tokio::net::TcpListener,
+    config: ServeConfig,
+}
+
+impl Server {
+    /// Bind `listen` (port 0 picks a free port). `policy_version` is the
+    /// stored policy version the gate's policy came from (0 if none).
+    pub async fn bind(
+        listen: &str,
+        storage: Arc<dyn Storage>,
+        runtime: Arc<Runtime>,
+        governed: Arc<Governed>,
+        policy_version: i64,
+        config: ServeConfig,
+    ) -> Result<Server> {
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .map_err(|e| Error::invalid_args(format!("cannot listen on {listen}: {e}")))?;
+        let registry = Registry::new(storage.clone(), runtime.clone());
+        let gate: Arc<dyn Gate> = governed.clone();
+        let app = Arc::new(App {
+            tools: tools::ToolCache::new(registry.clone(), storage.clone()),
+            registry,
+            host: Arc::new(Host::new(runtime, gate)),
+            governed,
+            limiter: limit::Limiter::new(
+                config.max_concurrency,
+                config.max_queue,
+                config.request_timeout,
+            ),
+            limits: config.limits.clone(),
+            tracker: TaskTracker::new(),
+            ready: AtomicBool::new(true),
+            policy_version: AtomicI64::new(policy_version),
+            storage,
+        });
+        Ok(Server {
+            app,
+            listener,
+            config,
+        })
+    }
+
+    /// The address it listens on.
+    pub fn local_addr(&self) -> Result<SocketAddr> {
+        self.listener
+            .local_addr()
+            .map_err(|e| Error::internal(format!("listener address: {e}")))
+    }
+
+    /// Serve until `shutdown` resolves; then stop accepting, let requests
+    /// and invocations in flight finish (up to the grace period), and flush
+    /// the audit trail.
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<()> {
+        let Server {
+            app,
+            listener,
+            config,
+        } = self;
+        let router = router(app.clone(), &config);
+        let watcher = tokio::spawn(watch_policy(app.clone(), config.policy_poll));
+        let flag = app.clone();
+        let signal = async move {
+            shutdown.await;
+            flag.ready.store(false, Ordering::SeqCst);
+            tracing::info!("shutting down: finishing requests in flight");
+        };
+        let served = axum::serve(listener, router)
+            .with_graceful_shutdown(signal)
+            .await
+            .map_err(|e| Error::internal(format!("serving: {e}")));
+        watcher.abort();
+        app.tracker.close();
+        if tokio::time::timeout(config.shutdown_grace, app.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                running = app.tracker.len(),
+                "invocations still running after the grace period"
+            );
+        }
+        app.governed.audit().flush().await?;
+        tracing::info!("stopped; audit trail flushed");
+        served
+    }
+}
+
+/// The routes, with their layers.
+pub fn router(app: Arc<App>, config: &ServeConfig) -> Router {
+    let api = Router::new()
+        .route(
+            "/v1/tools",
+            get(tools::list)
+                .post(tools::upload)
+                .layer(DefaultBodyLimit::max(config.max_upload)),
+        )
+        .route("/v1/tools/{tool}", get(tools::get_one))
+        .route("/v1/tools/{tool}/deploy", post(tools::deploy))
+        .route("/v1/tools/{tool}/disable", post(tools::disable))
+        .route("/v1/tools/{tool}/enable", post(tools::enable))
+        .route("/v1/tools/{tool}/invoke", post(invoke::invoke_tool))
+        .route(
+            "/v1/tools/{tool}/{function}/invoke",
+            post(invoke::invoke_function),
+        )
+        .route(
+            "/v1/tools/{tool}/{function}/{rest}/invoke",
+            post(invoke::invoke_qualified),
+        )
+        .route("/v1/invocations", get(records::list))
+        .route("/v1/invocations/{id}", get(records::get_one))
+        .route(
+            "/v1/tasks/{task_id}/usage",
+            get(records::get_usage).post(records::report_usage),
+        )
+        .layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            limit::limit,
+        ));
+    Router::new()
+        .merge(api)
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/openapi.json", get(openapi::serve))
+        .fallback(problem::not_found)
+        .method_not_allowed_fallback(problem::method_not_allowed)
+        .layer(DefaultBodyLimit::max(config.max_body))
+        .layer(
+            tower_http::trace::TraceLayer::new_for_http()
+                .make_span_with(|req: &axum::http::Request<_>| {
+                    tracing::info_span!(
+                        "request",
+                        method = %req.method(),
+                        path = %req.uri().path(),
+                        key = tracing::field::Empty,
+                    )
+                })
+                .on_response(
+                    tower_http::trace::DefaultOnResponse::new()
+                        .level(tracing::Level::INFO)
+                        .latency_unit(tower_http::LatencyUnit::Micros),
+                ),
+        )
+        .with_state(app)
+}
+
+/// The process is up.
+#[utoipa::path(get, path = "/healthz", tag = "health",
+    responses((status = 200, description = "Alive", body = Object)))]
+pub async fn healthz() -> Response {
+    axum::Json(serde_json::json!({"status": "ok"})).into_response()
+}
+
+/// The server can take requests: storage answers and it is not shutting
+/// down.
+#[utoipa::path(get, path = "/readyz", tag = "health",
+    responses(
+        (status = 200, description = "Ready", body = Object),
+        (status = 503, description = "Not ready (shutting down, or storage fails)", body = Object),
+    ))]
+pub async fn readyz(State(app): State<Arc<App>>) -> Response {
+    if !app.ready.load(Ordering::SeqCst) {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(serde_json::json!({"status": "shutting_down"})),
+        )
+            .into_response();
+    }
+    match app.storage.meta_get("audit.public_key").await {
+        Ok(_) => axum::Json(serde_json::json!({"status": "ready"})).into_response(),
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(serde_json::json!({"status": "storage_unavailable", "detail": e.message})),
+        )
+            .into_response(),
+    }
+}
+
+/// Put newly stored policies (`host policy set` on the same data dir, or
+/// another replica) in force.
+async fn watch_policy(app: Arc<App>, every: Duration) {
+    loop {
+        tokio::time::sleep(every).await;
+        let stored = match app.storage.policy_current().await {
+            Ok(Some(p)) => p,
+            Ok(None) => continue,
+            Err(e) => {
+                tracing::warn!("reading the stored policy: {}", e.message);
+                continue;
+            }
+        };
+        if stored.version <= app.policy_version.load(Ordering::SeqCst) {
+            continue;
+        }
+        match Policy::parse(&stored.name, &stored.text) {
+            Ok(policy) => {
+                app.governed.set_policy(Arc::new(policy));
+                app.policy_version.store(stored.version, Ordering::SeqCst);
+                tracing::info!(version = stored.version, name = %stored.name, "policy updated");
+            }
+            Err(e) => {
+                // Keep the one in force; do not retry this version.
+                app.policy_version.store(stored.version, Ordering::SeqCst);
+                tracing::error!(version = stored.version, "the stored policy does not load: {}", e.message);
+            }
+        }
+    }
+}

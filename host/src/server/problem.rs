@@ -1,0 +1,128 @@
+//! Transport-level errors as RFC 9457 `application/problem+json`.
+//!
+//! Invocation outcomes (ran, failed, refused by the gate) are answered in the
+//! invocation shape ([`crate::invoke::InvocationResponse`]); everything else
+//! that goes wrong with a request (no key, a malformed body, no such tool) is
+//! a problem document with the stable error `kind` as an extension member.
+
+use crate::error::{Error, ErrorKind};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+/// An RFC 9457 problem document.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct Problem {
+    /// `urn:toolhost:problem:<kind>`.
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// A short summary of the kind of problem.
+    pub title: String,
+    pub status: u16,
+    /// What went wrong with this request.
+    pub detail: String,
+    /// The stable machine-readable error kind.
+    pub kind: String,
+}
+
+/// An error answered as a problem document.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub error: Error,
+    /// Seconds, for 503 and 429.
+    pub retry_after: Option<u64>,
+}
+
+impl ApiError {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> ApiError {
+        Error::new(kind, message).into()
+    }
+
+    pub fn with_status(mut self, status: StatusCode) -> ApiError {
+        self.status = status;
+        self
+    }
+}
+
+impl From<Error> for ApiError {
+    fn from(error: Error) -> ApiError {
+        let status = StatusCode::from_u16(match error.kind {
+            // Outside an invocation these are the caller's mistakes.
+            k if k.is_sandbox_failure() => 422,
+            k => k.http_status(),
+        })
+        .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        ApiError {
+            status,
+            error,
+            retry_after: None,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if self.status.is_server_error() {
+            tracing::error!(kind = %self.error.kind, "{}", self.error.message);
+        }
+        let problem = Problem {
+            type_: format!("urn:toolhost:problem:{}", self.error.kind),
+            title: self
+                .status
+                .canonical_reason()
+                .unwrap_or("Error")
+                .to_string(),
+            status: self.status.as_u16(),
+            detail: self.error.message,
+            kind: self.error.kind.to_string(),
+        };
+        let mut response = (self.status, axum::Json(problem)).into_response();
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        if self.status == StatusCode::UNAUTHORIZED {
+            headers.insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"toolhost\""),
+            );
+        }
+        if let Some(secs) = self.retry_after {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        response
+    }
+}
+
+/// The answer for routes that do not exist.
+pub async fn not_found(uri: axum::http::Uri) -> ApiError {
+    ApiError::new(ErrorKind::NotFound, format!("no route for {}", uri.path()))
+}
+
+/// The answer for a method a route does not take.
+pub async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::new(
+        ErrorKind::InvalidRequest,
+        format!("{} does not take {method}", uri.path()),
+    )
+    .with_status(StatusCode::METHOD_NOT_ALLOWED)
+}
+
+/// Turn an extractor's rejection (bad JSON, query, path, body) into a
+/// problem that says what was wrong.
+pub fn rejection(r: impl IntoResponse + std::fmt::Display) -> ApiError {
+    let message = r.to_string();
+    let status = r.into_response().status();
+    let kind = if status == StatusCode::PAYLOAD_TOO_LARGE {
+        ErrorKind::PayloadTooLarge
+    } else {
+        ErrorKind::InvalidRequest
+    };
+    ApiError::new(kind, message).with_status(if status.is_client_error() {
+        status
+    } else {
+        StatusCode::BAD_REQUEST
+    })
+}

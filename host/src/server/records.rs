@@ -1,0 +1,190 @@
+//! Past invocations (`/v1/invocations`) and task budgets (`/v1/tasks`).
+
+use super::App;
+use super::auth::Caller;
+use super::problem::{ApiError, rejection};
+use crate::error::ErrorKind;
+use crate::gate::CallContext;
+use crate::keys::Role;
+use crate::storage::{InvocationFilter, InvocationRecord};
+use axum::Json;
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use std::sync::Arc;
+
+const READERS: &[Role] = &[Role::Invoke, Role::Audit, Role::Approve];
+
+/// A record as the API shows it: the response the caller was given, with
+/// its context.
+fn show(r: &InvocationRecord) -> Value {
+    let mut v: Value = serde_json::from_str(&r.response).unwrap_or_else(|_| json!({}));
+    if let Some(obj) = v.as_object_mut() {
+        obj.insert("workflow".into(), json!(r.workflow));
+        obj.insert("task_id".into(), json!(r.task_id));
+        obj.insert("principal".into(), json!(r.principal));
+        obj.insert("created_ms".into(), json!(r.created_ms));
+    }
+    v
+}
+
+/// One past invocation.
+#[utoipa::path(get, path = "/v1/invocations/{id}", tag = "invocations",
+    params(("id" = String, Path, description = "The invocation id (`inv_…`)")),
+    responses(
+        (status = 200, description = "The invocation's response, with workflow, task_id, principal and created_ms", body = Object),
+        (status = 404, description = "No such invocation in the caller's tenant", body = super::problem::Problem),
+    ),
+    security(("bearer" = [])))]
+pub async fn get_one(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    caller.require_any(READERS)?;
+    let record = app
+        .storage
+        .invocation_get(caller.tenant(), &id)
+        .await?
+        .ok_or_else(|| ApiError::new(ErrorKind::NotFound, format!("no invocation `{id}`")))?;
+    Ok(Json(show(&record)))
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    tool: Option<String>,
+    /// `ok`, `error`, `refused`, `pending_approval`.
+    status: Option<String>,
+    workflow: Option<String>,
+    task_id: Option<String>,
+    /// At most this many (default 50, at most 500).
+    limit: Option<i64>,
+    /// `next_cursor` of the previous page.
+    cursor: Option<String>,
+}
+
+/// Past invocations, newest first.
+#[utoipa::path(get, path = "/v1/invocations", tag = "invocations",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "`{\"invocations\": [...], \"next_cursor\": \"…\" | null}`", body = Object),
+    ),
+    security(("bearer" = [])))]
+pub async fn list(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    query: Result<Query<ListQuery>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    caller.require_any(READERS)?;
+    let Query(q) = query.map_err(rejection)?;
+    let limit = q.limit.unwrap_or(50);
+    if !(1..=500).contains(&limit) {
+        return Err(ApiError::new(
+            ErrorKind::InvalidRequest,
+            "`limit` must be 1 to 500",
+        ));
+    }
+    let before = match q.cursor.as_deref() {
+        None => None,
+        Some(c) => Some(c.parse::<i64>().map_err(|_| {
+            ApiError::new(ErrorKind::InvalidRequest, format!("`cursor` {c:?} is not a cursor this server gave"))
+        })?),
+    };
+    let rows = app
+        .storage
+        .invocation_list(
+            caller.tenant(),
+            InvocationFilter {
+                tool: q.tool,
+                status: q.status,
+                workflow: q.workflow,
+                task_id: q.task_id,
+                before,
+                limit,
+            },
+        )
+        .await?;
+    let next = (rows.len() as i64 == limit)
+        .then(|| rows.last().map(|(pos, _)| pos.to_string()))
+        .flatten();
+    let invocations: Vec<Value> = rows.iter().map(|(_, r)| show(r)).collect();
+    Ok(Json(json!({"invocations": invocations, "next_cursor": next})))
+}
+
+/// Tokens an orchestrator's model used for a task.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TokenUsage {
+    #[serde(default)]
+    pub input_tokens: u32,
+    #[serde(default)]
+    pub output_tokens: u32,
+    /// The task's workflow (default: the policy's only workflow).
+    #[serde(default)]
+    pub workflow: Option<String>,
+}
+
+/// Report model tokens against a task's budget.
+#[utoipa::path(post, path = "/v1/tasks/{task_id}/usage", tag = "budgets",
+    params(("task_id" = String, Path, description = "The orchestrator's task id")),
+    request_body = TokenUsage,
+    responses(
+        (status = 200, description = "Recorded. `within_budget` is false and `exceeded` names each token limit now passed (the tokens were spent, so they are recorded regardless)", body = Object),
+        (status = 403, description = "No policy document governs the workflow", body = super::problem::Problem),
+    ),
+    security(("bearer" = [])))]
+pub async fn report_usage(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    Path(task_id): Path<String>,
+    body: Result<Json<TokenUsage>, JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    caller.require(Role::Invoke)?;
+    let Json(body) = body.map_err(rejection)?;
+    let context = CallContext {
+        tenant: Some(caller.tenant().to_string()),
+        workflow: body.workflow,
+        task_id: Some(task_id.clone()),
+        principal: Some(caller.key.id.clone()),
+    };
+    let exceeded = app
+        .governed
+        .report_tokens(
+            &context,
+            i64::from(body.input_tokens),
+            i64::from(body.output_tokens),
+        )
+        .await?;
+    let usage = app
+        .governed
+        .ledger()
+        .usage(&format!("task:{}/{task_id}", caller.tenant()))
+        .await?;
+    Ok(Json(json!({
+        "task_id": task_id,
+        "within_budget": exceeded.is_empty(),
+        "exceeded": exceeded,
+        "usage": usage,
+    })))
+}
+
+/// A task's budget ledger.
+#[utoipa::path(get, path = "/v1/tasks/{task_id}/usage", tag = "budgets",
+    params(("task_id" = String, Path, description = "The orchestrator's task id")),
+    responses((status = 200, description = "`{\"task_id\", \"usage\": [{metric, used, reserved, ...}]}`", body = Object)),
+    security(("bearer" = [])))]
+pub async fn get_usage(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    Path(task_id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    caller.require_any(READERS)?;
+    let usage = app
+        .governed
+        .ledger()
+        .usage(&format!("task:{}/{task_id}", caller.tenant()))
+        .await?;
+    Ok(Json(json!({"task_id": task_id, "usage": usage})))
+}
