@@ -485,9 +485,12 @@ impl Gate for Governed {
                 }
                 records.push((chain.clone(), time_ms, record));
             }
-            // The caller's own record: what they were answered. Secrets the
-            // guest was handed are scrubbed here too.
-            let stored = scrub(serde_json::to_value(response).unwrap_or_default());
+            // The caller's own record: what they were answered, redacted and
+            // scrubbed as the audit copies are.
+            let mut stored = scrub(serde_json::to_value(response).unwrap_or_default());
+            if let Some(result) = stored.get_mut("result") {
+                *result = canonical::redact(result, redact);
+            }
             let invocation = InvocationRecord {
                 id: response.invocation_id.clone(),
                 tenant: chain.clone(),

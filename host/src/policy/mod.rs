@@ -429,10 +429,13 @@ fn lit(s: &str) -> String {
 }
 
 /// The Cedar condition "this request is for tool `name`": the function's
-/// bare name, its qualified name, or either prefixed by the tool's name.
+/// bare name, its qualified name, either prefixed by the tool's name, or the
+/// registered tool's name (all its functions).
 fn matches_tool(name: &str) -> String {
     let n = lit(&normalize(name));
-    format!("(context.function == {n} || context.function_path == {n} || context.qualified == {n})")
+    format!(
+        "(context.function == {n} || context.function_path == {n} || context.qualified == {n} || context.tool == {n})"
+    )
 }
 
 /// The 1-based line of `needle` (a YAML key) in `text`, after `from_line`.

@@ -80,7 +80,16 @@ impl ToolCache {
         {
             return Ok(tool.clone());
         }
+        let started = std::time::Instant::now();
         let loaded = self.registry.load_entry(entry).await?;
+        tracing::info!(
+            tenant = %loaded.entry.tenant,
+            tool = %loaded.entry.name,
+            version = %loaded.version.version,
+            precompiled = loaded.from_artifact,
+            ms = started.elapsed().as_millis() as u64,
+            "tool loaded"
+        );
         let tool = Arc::new(loaded.tool);
         *slot = Some(tool.clone());
         Ok(tool)

@@ -1081,10 +1081,10 @@ impl Storage for SqliteStorage {
         Box::pin(async move {
             let rows = sqlx::query(
                 "SELECT pos, id, tenant, tool, function, version, workflow, task_id, principal, status, error_kind, created_ms, response FROM invocations
-                 WHERE tenant = ? AND pos < ?
+                 WHERE tenant = ?1 AND pos < ?2
                    AND (?3 IS NULL OR tool = ?3) AND (?4 IS NULL OR status = ?4)
                    AND (?5 IS NULL OR workflow = ?5) AND (?6 IS NULL OR task_id = ?6)
-                 ORDER BY pos DESC LIMIT ?",
+                 ORDER BY pos DESC LIMIT ?7",
             )
             .bind(tenant)
             .bind(f.before.unwrap_or(i64::MAX))

@@ -1,0 +1,801 @@
+//! `host serve` end to end, over real HTTP: a spawned server on a random
+//! port with a temporary data dir, driven the way orchestrators, operators
+//! and scripts drive it.
+
+mod common;
+
+use common::{guest, tempdir};
+use serde_json::{Value, json};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+const BIN: &str = env!("CARGO_BIN_EXE_host");
+
+const POLICY: &str = r#"
+workflow: "*"
+budget:
+  max_tool_calls: 3
+policy:
+  allow_tools: [text-tools, types, hostile, lookup_order, create_refund_draft]
+  deny_tools: [issue_refund]
+approval:
+  required_for:
+    - tool: issue_refund
+      threshold_usd: 50
+tools:
+  hostile:
+    limits: {timeout: 1s, fuel: 100000000}
+"#;
+
+fn host(args: &[&str]) -> std::process::Output {
+    Command::new(BIN).args(args).output().expect("running host")
+}
+
+fn ok(out: std::process::Output) -> String {
+    assert!(
+        out.status.success(),
+        "host failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// A data dir with a policy file, and tools registered for `acme`.
+fn data_dir(tag: &str, tools: &[(&str, &str)]) -> PathBuf {
+    let dir = tempdir(tag);
+    std::fs::write(dir.join("policy.yaml"), POLICY).unwrap();
+    for (name, file) in tools {
+        ok(host(&[
+            "register",
+            s(&guest(file)),
+            "--name",
+            name,
+            "--tenant",
+            "acme",
+            "--data-dir",
+            s(&dir),
+        ]));
+    }
+    dir
+}
+
+fn key(dir: &Path, tenant: &str, roles: &[&str]) -> String {
+    let mut args = vec!["keys", "create", "--tenant", tenant, "--data-dir", s(dir)];
+    for r in roles {
+        args.extend(["--role", r]);
+    }
+    let out = ok(host(&args));
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 1, "only the key on stdout: {out:?}");
+    assert!(lines[0].starts_with("thk_"));
+    lines[0].to_string()
+}
+
+struct Server {
+    child: Child,
+    url: String,
+    log: PathBuf,
+}
+
+impl Server {
+    fn start(dir: &Path, extra: &[&str]) -> Server {
+        let log = dir.join(format!("serve-{}.log", rand_suffix()));
+        let mut child = Command::new(BIN)
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir", s(dir)])
+            .args(["--policy", s(&dir.join("policy.yaml"))])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("spawning host serve");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        let line = rx.recv_timeout(Duration::from_secs(30)).unwrap_or_else(|_| {
+            panic!(
+                "no URL on stdout; log: {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            )
+        });
+        let url = line.trim().to_string();
+        assert!(url.starts_with("http://127.0.0.1:"), "first line: {url:?}");
+        Server { child, url, log }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGTERM, then wait for a clean exit.
+    fn stop(mut self) {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        let status = self.child.wait().unwrap();
+        assert!(status.success(), "exit: {status}; log:\n{}", self.log());
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn rand_suffix() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::SeqCst)
+}
+
+struct Client {
+    http: reqwest::Client,
+    url: String,
+    key: Option<String>,
+}
+
+impl Client {
+    fn new(server: &Server, key: Option<&str>) -> Client {
+        Client {
+            http: reqwest::Client::new(),
+            url: server.url.clone(),
+            key: key.map(str::to_string),
+        }
+    }
+
+    fn auth(&self, r: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.key {
+            Some(k) => r.bearer_auth(k),
+            None => r,
+        }
+    }
+
+    async fn get(&self, path: &str) -> (u16, Value) {
+        let r = self.auth(self.http.get(format!("{}{path}", self.url)));
+        answer(r.send().await.unwrap()).await
+    }
+
+    async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        let r = self
+            .auth(self.http.post(format!("{}{path}", self.url)))
+            .json(&body);
+        answer(r.send().await.unwrap()).await
+    }
+
+    async fn post_raw(&self, path: &str, body: Vec<u8>, content_type: &str) -> (u16, Value) {
+        let r = self
+            .auth(self.http.post(format!("{}{path}", self.url)))
+            .header("content-type", content_type)
+            .body(body);
+        answer(r.send().await.unwrap()).await
+    }
+}
+
+async fn answer(r: reqwest::Response) -> (u16, Value) {
+    let status = r.status().as_u16();
+    let ct = r
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default();
+    let bytes = r.bytes().await.unwrap();
+    let body: Value = serde_json::from_slice(&bytes).unwrap_or_else(|_| {
+        panic!(
+            "{status}: body is not JSON: {}",
+            String::from_utf8_lossy(&bytes)
+        )
+    });
+    if status >= 400 && body.get("invocation_id").is_none() {
+        assert_eq!(ct, "application/problem+json", "{status} {body}");
+        assert_eq!(body["status"], status, "{body}");
+        assert!(body["kind"].is_string() && body["detail"].is_string(), "{body}");
+    }
+    (status, body)
+}
+
+#[tokio::test]
+async fn register_list_invoke_and_fetch_the_record() {
+    let dir = data_dir(
+        "serve-basic",
+        &[("text-tools", "text_tools"), ("types", "types")],
+    );
+    let k = key(&dir, "acme", &["invoke"]);
+    let server = Server::start(&dir, &[]);
+    let c = Client::new(&server, Some(&k));
+
+    // The native listing, with schemas.
+    let (status, list) = c.get("/v1/tools").await;
+    assert_eq!(status, 200, "{list}");
+    let names: Vec<&str> = list["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["text-tools", "types"]);
+    let hello = &list["tools"][0]["functions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["name"] == "hello")
+        .unwrap()
+        .clone();
+    assert_eq!(hello["llm_name"], "text-tools__hello");
+    assert_eq!(hello["parameters"]["type"], "object");
+
+    // Every LLM format: the exact arrays, names unique and valid.
+    for (format, name_at) in [
+        ("openai", "/function/name"),
+        ("anthropic", "/name"),
+        ("mcp", "/name"),
+    ] {
+        let (status, defs) = c.get(&format!("/v1/tools?format={format}")).await;
+        assert_eq!(status, 200, "{defs}");
+        let defs = defs.as_array().unwrap();
+        let mut names: Vec<&str> = defs
+            .iter()
+            .map(|d| d.pointer(name_at).unwrap().as_str().unwrap())
+            .collect();
+        assert!(names.contains(&"text-tools__hello"), "{format}: {names:?}");
+        assert!(names.contains(&"types__crm__divide"), "{format}: {names:?}");
+        for n in &names {
+            assert!(
+                n.len() <= 64
+                    && n.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-'),
+                "{n}"
+            );
+        }
+        let total = names.len();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), total, "{format}: names are unique");
+    }
+    let (status, defs) = c.get("/v1/tools?format=openai").await;
+    assert_eq!(status, 200);
+    assert_eq!(defs[0]["type"], "function");
+    let (status, _) = c.get("/v1/tools?format=yaml").await;
+    assert_eq!(status, 400);
+
+    // Invoke by `tool/function`, by the LLM name, and an interface function.
+    let (status, r) = c
+        .post(
+            "/v1/tools/text-tools/hello/invoke",
+            json!({"args": {"name": "Ada"}, "task_id": "t-1"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(r["status"], "ok");
+    assert_eq!(r["result"], "Hello, Ada!");
+    assert_eq!(r["version"], "1");
+    assert!(r["usage"]["fuel"].as_u64().unwrap() > 0);
+    let id = r["invocation_id"].as_str().unwrap().to_string();
+
+    let (status, r2) = c
+        .post(
+            "/v1/tools/types__crm__divide/invoke",
+            json!({"args": {"a": 7, "b": 0}}),
+        )
+        .await;
+    assert_eq!(status, 200, "a tool's own error is data: {r2}");
+    assert_eq!(r2["status"], "ok");
+    assert!(r2["result"]["err"].is_string(), "{r2}");
+    let (status, r3) = c
+        .post(
+            "/v1/tools/types/crm/divide/invoke",
+            json!({"args": {"a": 7, "b": 2}}),
+        )
+        .await;
+    assert_eq!((status, &r3["result"]), (200, &json!({"ok": 3})), "{r3}");
+
+    // The record, as the caller was answered, with its context.
+    let (status, rec) = c.get(&format!("/v1/invocations/{id}")).await;
+    assert_eq!(status, 200, "{rec}");
+    assert_eq!(rec["result"], "Hello, Ada!");
+    assert_eq!(rec["task_id"], "t-1");
+    assert_eq!(rec["tool"], "text-tools");
+    assert!(rec["principal"].as_str().unwrap().len() == 16);
+
+    // Listing with filters and pages.
+    let (_, all) = c.get("/v1/invocations?limit=2").await;
+    assert_eq!(all["invocations"].as_array().unwrap().len(), 2);
+    let cursor = all["next_cursor"].as_str().unwrap().to_string();
+    let (_, rest) = c
+        .get(&format!("/v1/invocations?limit=2&cursor={cursor}"))
+        .await;
+    assert_eq!(rest["invocations"][0]["invocation_id"], id.as_str());
+    let (_, by_task) = c.get("/v1/invocations?task_id=t-1").await;
+    assert_eq!(by_task["invocations"].as_array().unwrap().len(), 1);
+    let (status, _) = c.get("/v1/invocations?limit=0").await;
+    assert_eq!(status, 400);
+
+    // OpenAPI 3.1 and health.
+    let (status, doc) = Client::new(&server, None).get("/openapi.json").await;
+    assert_eq!(status, 200);
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3.1"), "{}", doc["openapi"]);
+    assert!(doc["paths"]["/v1/tools/{tool}/invoke"]["post"].is_object());
+    assert!(doc["paths"]["/v1/invocations/{id}"]["get"].is_object());
+    let (status, _) = Client::new(&server, None).get("/healthz").await;
+    assert_eq!(status, 200);
+    let (status, ready) = Client::new(&server, None).get("/readyz").await;
+    assert_eq!((status, &ready["status"]), (200, &json!("ready")));
+    server.stop();
+}
+
+#[tokio::test]
+async fn status_codes_follow_the_documented_mapping() {
+    let dir = data_dir(
+        "serve-status",
+        &[
+            ("text-tools", "text_tools"),
+            ("refund", "refund"),
+            ("hostile", "hostile"),
+        ],
+    );
+    let k = key(&dir, "acme", &["invoke"]);
+    let server = Server::start(&dir, &[]);
+    let c = Client::new(&server, Some(&k));
+
+    // Invalid arguments: 422, recorded as refused.
+    let (status, r) = c
+        .post(
+            "/v1/tools/text-tools/hello/invoke",
+            json!({"args": {"name": 5}}),
+        )
+        .await;
+    assert_eq!(status, 422, "{r}");
+    assert_eq!(r["status"], "refused");
+    assert_eq!(r["error"]["kind"], "invalid_args");
+    assert!(r["error"]["message"].as_str().unwrap().contains("args.name"));
+    // Policy: 403.
+    let (status, r) = c
+        .post(
+            "/v1/tools/refund/issue-refund/invoke",
+            json!({"args": {"order-id": "o", "amount-usd": 10.0}}),
+        )
+        .await;
+    assert!(status == 403 || status == 202, "{status} {r}");
+    let (status, r) = c
+        .post("/v1/tools/refund/nope/invoke", json!({"args": {}}))
+        .await;
+    assert_eq!((status, &r["error"]["kind"]), (404, &json!("unknown_function")), "{r}");
+    // Sandbox failure: 200, status error, with its kind.
+    let (status, r) = c.post("/v1/tools/hostile/spin/invoke", json!({})).await;
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(r["status"], "error");
+    assert_eq!(r["error"]["kind"], "fuel_exhausted");
+    let (status, r) = c
+        .post("/v1/tools/hostile/panic/invoke", json!({"args": {"message": "boom"}}))
+        .await;
+    assert_eq!((status, &r["error"]["kind"]), (200, &json!("trap")), "{r}");
+    // Budget: the policy allows 3 tool calls per task; the 4th is 429 and
+    // names the limit.
+    for i in 0..3 {
+        let (status, r) = c
+            .post(
+                "/v1/tools/text-tools/hello/invoke",
+                json!({"args": {"name": "x"}, "task_id": "budgeted"}),
+            )
+            .await;
+        assert_eq!(status, 200, "call {i}: {r}");
+    }
+    let (status, r) = c
+        .post(
+            "/v1/tools/text-tools/hello/invoke",
+            json!({"args": {"name": "x"}, "task_id": "budgeted"}),
+        )
+        .await;
+    assert_eq!(status, 429, "{r}");
+    assert_eq!(r["error"]["kind"], "budget_exceeded");
+    assert!(r["error"]["message"].as_str().unwrap().contains("max_tool_calls"), "{r}");
+    let (_, usage) = c.get("/v1/tasks/budgeted/usage").await;
+    assert!(usage["usage"].to_string().contains("tool_calls"), "{usage}");
+
+    // Token usage from the orchestrator.
+    let (status, r) = c
+        .post(
+            "/v1/tasks/budgeted/usage",
+            json!({"input_tokens": 100, "output_tokens": 20}),
+        )
+        .await;
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(r["within_budget"], true);
+    let (status, _) = c
+        .post("/v1/tasks/budgeted/usage", json!({"input_tokens": -1}))
+        .await;
+    assert!(status == 400 || status == 422);
+
+    // Malformed requests: clear 4xx problems.
+    let (status, p) = c
+        .post_raw(
+            "/v1/tools/text-tools/hello/invoke",
+            b"{\"args\": ".to_vec(),
+            "application/json",
+        )
+        .await;
+    assert_eq!(status, 400, "{p}");
+    let (status, p) = c
+        .post(
+            "/v1/tools/text-tools/hello/invoke",
+            json!({"argz": {}}),
+        )
+        .await;
+    assert_eq!(status, 400, "{p}");
+    assert!(p["detail"].as_str().unwrap().contains("argz"), "{p}");
+    let (status, _) = c
+        .post("/v1/tools/text-tools/invoke", json!({"args": {}}))
+        .await;
+    assert_eq!(status, 404, "several functions: name one");
+    let (status, _) = c.post("/v1/tools/nope/invoke", json!({})).await;
+    assert_eq!(status, 404);
+    let (status, _) = c.get("/v1/nothing-here").await;
+    assert_eq!(status, 404);
+    let (status, _) = c.get("/v1/tools/text-tools/hello/invoke").await;
+    assert_eq!(status, 405);
+    let big = vec![b' '; 2 << 20];
+    let (status, p) = c
+        .post_raw("/v1/tools/text-tools/hello/invoke", big, "application/json")
+        .await;
+    assert_eq!((status, &p["kind"]), (413, &json!("payload_too_large")), "{p}");
+    server.stop();
+}
+
+#[tokio::test]
+async fn the_auth_matrix() {
+    let dir = data_dir("serve-auth", &[("text-tools", "text_tools")]);
+    let acme_invoke = key(&dir, "acme", &["invoke"]);
+    let acme_audit = key(&dir, "acme", &["audit"]);
+    let acme_admin = key(&dir, "acme", &["admin"]);
+    let other = key(&dir, "globex", &["invoke", "admin"]);
+    let server = Server::start(&dir, &[]);
+    let hello = json!({"args": {"name": "a"}});
+    let path = "/v1/tools/text-tools/hello/invoke";
+
+    // No key, a malformed key, a key that does not exist: 401.
+    let (status, p) = Client::new(&server, None).post(path, hello.clone()).await;
+    assert_eq!((status, &p["kind"]), (401, &json!("unauthenticated")));
+    let (status, _) = Client::new(&server, Some("nonsense")).get("/v1/tools").await;
+    assert_eq!(status, 401);
+    let forged = format!("{}0", &acme_invoke[..acme_invoke.len() - 1]);
+    let forged = if forged == acme_invoke {
+        format!("{}1", &acme_invoke[..acme_invoke.len() - 1])
+    } else {
+        forged
+    };
+    let (status, _) = Client::new(&server, Some(&forged)).get("/v1/tools").await;
+    assert_eq!(status, 401);
+
+    // The right tenant and role.
+    let (status, r) = Client::new(&server, Some(&acme_invoke))
+        .post(path, hello.clone())
+        .await;
+    assert_eq!(status, 200, "{r}");
+    let id = r["invocation_id"].as_str().unwrap().to_string();
+
+    // Wrong role: 403.
+    let (status, p) = Client::new(&server, Some(&acme_audit))
+        .post(path, hello.clone())
+        .await;
+    assert_eq!((status, &p["kind"]), (403, &json!("forbidden")), "{p}");
+    let (status, _) = Client::new(&server, Some(&acme_invoke))
+        .post_raw(
+            "/v1/tools?name=x",
+            std::fs::read(guest("text_tools")).unwrap(),
+            "application/wasm",
+        )
+        .await;
+    assert_eq!(status, 403);
+    let (status, _) = Client::new(&server, Some(&acme_invoke))
+        .post("/v1/tools/text-tools/disable", json!({}))
+        .await;
+    assert_eq!(status, 403);
+    // The audit role reads records.
+    let (status, _) = Client::new(&server, Some(&acme_audit))
+        .get(&format!("/v1/invocations/{id}"))
+        .await;
+    assert_eq!(status, 200);
+
+    // Another tenant sees nothing of acme's: 404, never 403.
+    let g = Client::new(&server, Some(&other));
+    let (status, list) = g.get("/v1/tools").await;
+    assert_eq!((status, &list["tools"]), (200, &json!([])));
+    let (status, _) = g.post(path, hello.clone()).await;
+    assert_eq!(status, 404);
+    let (status, _) = g.get(&format!("/v1/invocations/{id}")).await;
+    assert_eq!(status, 404);
+    let (_, list) = g.get("/v1/invocations").await;
+    assert_eq!(list["invocations"], json!([]));
+    let (status, _) = g.get("/v1/tools/text-tools").await;
+    assert_eq!(status, 404);
+    let (status, _) = g.post("/v1/tools/text-tools/disable", json!({})).await;
+    assert_eq!(status, 404);
+
+    // Admin: disable hides and refuses; enable restores.
+    let a = Client::new(&server, Some(&acme_admin));
+    let (status, _) = a.post("/v1/tools/text-tools/disable", json!({})).await;
+    assert_eq!(status, 200);
+    let (_, list) = a.get("/v1/tools").await;
+    assert_eq!(list["tools"], json!([]));
+    let (status, p) = a.post(path, hello.clone()).await;
+    assert_eq!((status, &p["kind"]), (409, &json!("tool_disabled")), "{p}");
+    let (status, _) = a.post("/v1/tools/text-tools/enable", json!({})).await;
+    assert_eq!(status, 200);
+    let (status, _) = a.post(path, hello.clone()).await;
+    assert_eq!(status, 200);
+
+    // A key revoked while the server runs stops working.
+    let kid = &acme_invoke[4..20];
+    ok(host(&["keys", "revoke", kid, "--data-dir", s(&dir)]));
+    let (status, p) = Client::new(&server, Some(&acme_invoke))
+        .get("/v1/tools")
+        .await;
+    assert_eq!(status, 401, "{p}");
+    server.stop();
+}
+
+#[tokio::test]
+async fn uploads_are_validated_and_bad_ones_change_nothing() {
+    let dir = data_dir("serve-upload", &[]);
+    let admin = key(&dir, "acme", &["admin"]);
+    let server = Server::start(&dir, &["--max-upload", "4MiB"]);
+    let c = Client::new(&server, Some(&admin));
+    let text_tools = std::fs::read(guest("text_tools")).unwrap();
+
+    let (status, r) = c
+        .post_raw("/v1/tools?name=text-tools", text_tools.clone(), "application/wasm")
+        .await;
+    assert_eq!(status, 201, "{r}");
+    assert_eq!(r["version"], "1");
+    // The same bytes again: nothing new.
+    let (status, r) = c
+        .post_raw("/v1/tools?name=text-tools", text_tools.clone(), "application/wasm")
+        .await;
+    assert_eq!((status, &r["created"]), (200, &json!(false)), "{r}");
+    let (_, before) = c.get("/v1/tools/text-tools").await;
+
+    let core_module = b"\0asm\x01\0\0\0".to_vec();
+    let mut truncated = text_tools.clone();
+    truncated.truncate(text_tools.len() / 2);
+    let bad_import = std::fs::read(guest("bad_import")).unwrap();
+    let cases: Vec<(&str, Vec<u8>, u16, &str)> = vec![
+        ("/v1/tools?name=x", b"not wasm at all".to_vec(), 422, "invalid_component"),
+        ("/v1/tools?name=x", Vec::new(), 422, "invalid_component"),
+        ("/v1/tools?name=x", core_module, 422, "invalid_component"),
+        ("/v1/tools?name=x", truncated, 422, "invalid_component"),
+        ("/v1/tools?name=x", bad_import, 422, "invalid_component"),
+        ("/v1/tools", text_tools.clone(), 400, "invalid_request"),
+        ("/v1/tools?name=bad%20name", text_tools.clone(), 422, "invalid_args"),
+        ("/v1/tools?name=x&colour=red", text_tools.clone(), 400, "invalid_request"),
+        // Version 1 of text-tools exists with other bytes.
+        (
+            "/v1/tools?name=text-tools&version=1",
+            std::fs::read(guest("types")).unwrap(),
+            409,
+            "conflict",
+        ),
+        ("/v1/tools?name=x", vec![0u8; 5 << 20], 413, "payload_too_large"),
+    ];
+    for (path, body, want, kind) in cases {
+        // A fresh connection each: the server closes one whose body it
+        // refused unread.
+        let c = Client::new(&server, Some(&admin));
+        let (status, p) = c.post_raw(path, body, "application/wasm").await;
+        assert_eq!((status, p["kind"].as_str().unwrap()), (want, kind), "{path}: {p}");
+    }
+    // Nothing stored changed.
+    let (_, after) = c.get("/v1/tools/text-tools").await;
+    assert_eq!(before, after);
+    let (_, list) = c.get("/v1/tools").await;
+    assert_eq!(list["tools"].as_array().unwrap().len(), 1, "{list}");
+
+    // A new version deploys; rollback re-points the name.
+    let (status, r) = c
+        .post_raw("/v1/tools?name=text-tools&version=2", text_tools.clone(), "application/wasm")
+        .await;
+    assert_eq!(status, 201, "{r}");
+    let (status, _) = c
+        .post("/v1/tools/text-tools/deploy", json!({"version": "1"}))
+        .await;
+    assert_eq!(status, 200);
+    let (_, d) = c.get("/v1/tools/text-tools").await;
+    assert_eq!(d["version"], "1");
+    assert_eq!(d["versions"].as_array().unwrap().len(), 2);
+    let (status, _) = c
+        .post("/v1/tools/text-tools/deploy", json!({"version": "9"}))
+        .await;
+    assert_eq!(status, 404);
+    server.stop();
+}
+
+#[tokio::test]
+async fn a_restart_keeps_tools_and_does_not_recompile() {
+    let dir = data_dir("serve-restart", &[("text-tools", "text_tools")]);
+    let k = key(&dir, "acme", &["invoke"]);
+    let call = json!({"args": {"text": "a b a"}});
+    let server = Server::start(&dir, &[]);
+    let (status, r) = Client::new(&server, Some(&k))
+        .post("/v1/tools/text-tools/word-count/invoke", call.clone())
+        .await;
+    assert_eq!(status, 200, "{r}");
+    let id = r["invocation_id"].as_str().unwrap().to_string();
+    server.stop();
+
+    let server = Server::start(&dir, &[]);
+    let c = Client::new(&server, Some(&k));
+    let (status, r) = c
+        .post("/v1/tools/text-tools/word-count/invoke", call)
+        .await;
+    assert_eq!((status, &r["result"]["words"]), (200, &json!(3)), "{r}");
+    let (status, _) = c.get(&format!("/v1/invocations/{id}")).await;
+    assert_eq!(status, 200, "records survive a restart");
+    let log = server.log();
+    assert!(
+        log.contains("tool loaded") && log.contains("precompiled=true"),
+        "{log}"
+    );
+    assert!(!log.contains("precompiled=false"), "{log}");
+    server.stop();
+    let out = host(&["audit", "verify", "--data-dir", s(&dir)]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+}
+
+#[tokio::test]
+async fn admin_commands_work_while_the_server_runs() {
+    let dir = data_dir("serve-admin", &[("text-tools", "text_tools")]);
+    let server = Server::start(&dir, &[]);
+    // A key made now works at once; a tool registered now is listed at once.
+    let k = key(&dir, "acme", &["invoke"]);
+    ok(host(&[
+        "register",
+        s(&guest("types")),
+        "--name",
+        "types",
+        "--tenant",
+        "acme",
+        "--data-dir",
+        s(&dir),
+    ]));
+    let c = Client::new(&server, Some(&k));
+    let (_, list) = c.get("/v1/tools").await;
+    assert_eq!(list["tools"].as_array().unwrap().len(), 2, "{list}");
+    let (status, r) = c
+        .post("/v1/tools/types/divide/invoke", json!({"args": {"a": 1.0, "b": 4.0}}))
+        .await;
+    assert_eq!((status, &r["result"]), (200, &json!(0.25)), "{r}");
+    // A disable from the command line takes effect on the next call.
+    ok(host(&[
+        "tools", "disable", "types", "--tenant", "acme", "--data-dir", s(&dir),
+    ]));
+    let (status, _) = c
+        .post("/v1/tools/types/divide/invoke", json!({"args": {"a": 1.0, "b": 4.0}}))
+        .await;
+    assert_eq!(status, 409);
+    // A new policy stored from the command line is put in force.
+    std::fs::write(
+        dir.join("strict.yaml"),
+        "workflow: \"*\"\npolicy:\n  allow_tools: [word_count]\n",
+    )
+    .unwrap();
+    ok(host(&["policy", "set", s(&dir.join("strict.yaml")), "--data-dir", s(&dir)]));
+    let mut denied = false;
+    for _ in 0..50 {
+        let (status, _) = c
+            .post("/v1/tools/text-tools/hello/invoke", json!({"args": {"name": "x"}}))
+            .await;
+        if status == 403 {
+            denied = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(denied, "the stored policy was not put in force");
+    // A bad policy is refused before it is stored.
+    std::fs::write(dir.join("bad.yaml"), "workflow: [\n").unwrap();
+    let out = host(&["policy", "set", s(&dir.join("bad.yaml")), "--data-dir", s(&dir)]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid_policy"));
+    server.stop();
+}
+
+#[tokio::test]
+async fn overload_is_refused_with_retry_after_and_shutdown_finishes_work() {
+    let dir = data_dir("serve-load", &[("hostile", "hostile"), ("text-tools", "text_tools")]);
+    let k = key(&dir, "acme", &["invoke"]);
+    let server = Server::start(&dir, &["--max-concurrency", "1", "--max-queue", "0"]);
+    let url = server.url.clone();
+    let slow = {
+        let k = k.clone();
+        let url = url.clone();
+        tokio::spawn(async move {
+            reqwest::Client::new()
+                .post(format!("{url}/v1/tools/hostile/sleep-forever/invoke"))
+                .bearer_auth(k)
+                .json(&json!({}))
+                .send()
+                .await
+                .unwrap()
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let r = reqwest::Client::new()
+        .post(format!("{url}/v1/tools/text-tools/hello/invoke"))
+        .bearer_auth(&k)
+        .json(&json!({"args": {"name": "x"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 503);
+    assert_eq!(r.headers()["retry-after"], "1");
+    // Shut down while the slow invocation runs: it still finishes, is
+    // answered and recorded.
+    let pid = server.child.id().to_string();
+    Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    let r = slow.await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["kind"], "timeout", "{body}");
+    let mut server = server;
+    let status = server.child.wait().unwrap();
+    assert!(status.success(), "{}", server.log());
+    let id = body["invocation_id"].as_str().unwrap();
+    let server = Server::start(&dir, &[]);
+    let (status, rec) = Client::new(&server, Some(&k))
+        .get(&format!("/v1/invocations/{id}"))
+        .await;
+    assert_eq!((status, &rec["status"]), (200, &json!("error")), "{rec}");
+    server.stop();
+    let out = host(&["audit", "verify", "--data-dir", s(&dir)]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+}
+
+#[test]
+fn serve_refuses_to_start_without_a_policy_or_with_a_bad_one() {
+    let dir = tempdir("serve-nopolicy");
+    let out = host(&["serve", "--listen", "127.0.0.1:0", "--data-dir", s(&dir)]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no policy"));
+    assert!(out.stdout.is_empty());
+    std::fs::write(dir.join("bad.yaml"), "policy: {allow_toolz: []}\n").unwrap();
+    let out = host(&[
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        s(&dir),
+        "--policy",
+        s(&dir.join("bad.yaml")),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("allow_toolz"));
+    let out = host(&["serve", "--listen", "256.0.0.1:1", "--data-dir", s(&dir)]);
+    assert!(!out.status.success());
+}
+
+#[test]
+fn keys_create_checks_its_input() {
+    let dir = tempdir("serve-keys");
+    let out = host(&["keys", "create", "--tenant", "acme", "--data-dir", s(&dir)]);
+    assert_eq!(out.status.code(), Some(2), "a role is required");
+    let out = host(&[
+        "keys", "create", "--tenant", "bad tenant", "--role", "invoke", "--data-dir", s(&dir),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let out = host(&[
+        "keys", "create", "--tenant", "acme", "--role", "root", "--data-dir", s(&dir),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let k = key(&dir, "acme", &["invoke", "approve"]);
+    let list = ok(host(&["keys", "list", "--data-dir", s(&dir)]));
+    assert!(list.contains(&k[4..20]) && list.contains("approve,invoke"), "{list}");
+    assert!(!list.contains(&k[21..]), "the secret is never shown again");
+}
