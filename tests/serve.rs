@@ -101,12 +101,14 @@ impl Server {
             let _ = BufReader::new(stdout).read_line(&mut line);
             let _ = tx.send(line);
         });
-        let line = rx.recv_timeout(Duration::from_secs(30)).unwrap_or_else(|_| {
-            panic!(
-                "no URL on stdout; log: {}",
-                std::fs::read_to_string(&log).unwrap_or_default()
-            )
-        });
+        let line = rx
+            .recv_timeout(Duration::from_secs(30))
+            .unwrap_or_else(|_| {
+                panic!(
+                    "no URL on stdout; log: {}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                )
+            });
         let url = line.trim().to_string();
         assert!(url.starts_with("http://127.0.0.1:"), "first line: {url:?}");
         Server { child, url, log }
@@ -198,7 +200,10 @@ async fn answer(r: reqwest::Response) -> (u16, Value) {
     if status >= 400 && body.get("invocation_id").is_none() {
         assert_eq!(ct, "application/problem+json", "{status} {body}");
         assert_eq!(body["status"], status, "{body}");
-        assert!(body["kind"].is_string() && body["detail"].is_string(), "{body}");
+        assert!(
+            body["kind"].is_string() && body["detail"].is_string(),
+            "{body}"
+        );
     }
     (status, body)
 }
@@ -322,7 +327,11 @@ async fn register_list_invoke_and_fetch_the_record() {
     // OpenAPI 3.1 and health.
     let (status, doc) = Client::new(&server, None).get("/openapi.json").await;
     assert_eq!(status, 200);
-    assert!(doc["openapi"].as_str().unwrap().starts_with("3.1"), "{}", doc["openapi"]);
+    assert!(
+        doc["openapi"].as_str().unwrap().starts_with("3.1"),
+        "{}",
+        doc["openapi"]
+    );
     assert!(doc["paths"]["/v1/tools/{tool}/invoke"]["post"].is_object());
     assert!(doc["paths"]["/v1/invocations/{id}"]["get"].is_object());
     let (status, _) = Client::new(&server, None).get("/healthz").await;
@@ -356,7 +365,12 @@ async fn status_codes_follow_the_documented_mapping() {
     assert_eq!(status, 422, "{r}");
     assert_eq!(r["status"], "refused");
     assert_eq!(r["error"]["kind"], "invalid_args");
-    assert!(r["error"]["message"].as_str().unwrap().contains("args.name"));
+    assert!(
+        r["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("args.name")
+    );
     // Policy: 403.
     let (status, r) = c
         .post(
@@ -368,14 +382,21 @@ async fn status_codes_follow_the_documented_mapping() {
     let (status, r) = c
         .post("/v1/tools/refund/nope/invoke", json!({"args": {}}))
         .await;
-    assert_eq!((status, &r["error"]["kind"]), (404, &json!("unknown_function")), "{r}");
+    assert_eq!(
+        (status, &r["error"]["kind"]),
+        (404, &json!("unknown_function")),
+        "{r}"
+    );
     // Sandbox failure: 200, status error, with its kind.
     let (status, r) = c.post("/v1/tools/hostile/spin/invoke", json!({})).await;
     assert_eq!(status, 200, "{r}");
     assert_eq!(r["status"], "error");
     assert_eq!(r["error"]["kind"], "fuel_exhausted");
     let (status, r) = c
-        .post("/v1/tools/hostile/panic/invoke", json!({"args": {"message": "boom"}}))
+        .post(
+            "/v1/tools/hostile/panic/invoke",
+            json!({"args": {"message": "boom"}}),
+        )
         .await;
     assert_eq!((status, &r["error"]["kind"]), (200, &json!("trap")), "{r}");
     // Budget: the policy allows 3 tool calls per task; the 4th is 429 and
@@ -397,7 +418,13 @@ async fn status_codes_follow_the_documented_mapping() {
         .await;
     assert_eq!(status, 429, "{r}");
     assert_eq!(r["error"]["kind"], "budget_exceeded");
-    assert!(r["error"]["message"].as_str().unwrap().contains("max_tool_calls"), "{r}");
+    assert!(
+        r["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("max_tool_calls"),
+        "{r}"
+    );
     let (_, usage) = c.get("/v1/tasks/budgeted/usage").await;
     assert!(usage["usage"].to_string().contains("tool_calls"), "{usage}");
 
@@ -425,10 +452,7 @@ async fn status_codes_follow_the_documented_mapping() {
         .await;
     assert_eq!(status, 400, "{p}");
     let (status, p) = c
-        .post(
-            "/v1/tools/text-tools/hello/invoke",
-            json!({"argz": {}}),
-        )
+        .post("/v1/tools/text-tools/hello/invoke", json!({"argz": {}}))
         .await;
     assert_eq!(status, 400, "{p}");
     assert!(p["detail"].as_str().unwrap().contains("argz"), "{p}");
@@ -446,7 +470,11 @@ async fn status_codes_follow_the_documented_mapping() {
     let (status, p) = c
         .post_raw("/v1/tools/text-tools/hello/invoke", big, "application/json")
         .await;
-    assert_eq!((status, &p["kind"]), (413, &json!("payload_too_large")), "{p}");
+    assert_eq!(
+        (status, &p["kind"]),
+        (413, &json!("payload_too_large")),
+        "{p}"
+    );
     server.stop();
 }
 
@@ -464,7 +492,9 @@ async fn the_auth_matrix() {
     // No key, a malformed key, a key that does not exist: 401.
     let (status, p) = Client::new(&server, None).post(path, hello.clone()).await;
     assert_eq!((status, &p["kind"]), (401, &json!("unauthenticated")));
-    let (status, _) = Client::new(&server, Some("nonsense")).get("/v1/tools").await;
+    let (status, _) = Client::new(&server, Some("nonsense"))
+        .get("/v1/tools")
+        .await;
     assert_eq!(status, 401);
     let forged = format!("{}0", &acme_invoke[..acme_invoke.len() - 1]);
     let forged = if forged == acme_invoke {
@@ -552,13 +582,21 @@ async fn uploads_are_validated_and_bad_ones_change_nothing() {
     let text_tools = std::fs::read(guest("text_tools")).unwrap();
 
     let (status, r) = c
-        .post_raw("/v1/tools?name=text-tools", text_tools.clone(), "application/wasm")
+        .post_raw(
+            "/v1/tools?name=text-tools",
+            text_tools.clone(),
+            "application/wasm",
+        )
         .await;
     assert_eq!(status, 201, "{r}");
     assert_eq!(r["version"], "1");
     // The same bytes again: nothing new.
     let (status, r) = c
-        .post_raw("/v1/tools?name=text-tools", text_tools.clone(), "application/wasm")
+        .post_raw(
+            "/v1/tools?name=text-tools",
+            text_tools.clone(),
+            "application/wasm",
+        )
         .await;
     assert_eq!((status, &r["created"]), (200, &json!(false)), "{r}");
     let (_, before) = c.get("/v1/tools/text-tools").await;
@@ -568,14 +606,29 @@ async fn uploads_are_validated_and_bad_ones_change_nothing() {
     truncated.truncate(text_tools.len() / 2);
     let bad_import = std::fs::read(guest("bad_import")).unwrap();
     let cases: Vec<(&str, Vec<u8>, u16, &str)> = vec![
-        ("/v1/tools?name=x", b"not wasm at all".to_vec(), 422, "invalid_component"),
+        (
+            "/v1/tools?name=x",
+            b"not wasm at all".to_vec(),
+            422,
+            "invalid_component",
+        ),
         ("/v1/tools?name=x", Vec::new(), 422, "invalid_component"),
         ("/v1/tools?name=x", core_module, 422, "invalid_component"),
         ("/v1/tools?name=x", truncated, 422, "invalid_component"),
         ("/v1/tools?name=x", bad_import, 422, "invalid_component"),
         ("/v1/tools", text_tools.clone(), 400, "invalid_request"),
-        ("/v1/tools?name=bad%20name", text_tools.clone(), 422, "invalid_args"),
-        ("/v1/tools?name=x&colour=red", text_tools.clone(), 400, "invalid_request"),
+        (
+            "/v1/tools?name=bad%20name",
+            text_tools.clone(),
+            422,
+            "invalid_args",
+        ),
+        (
+            "/v1/tools?name=x&colour=red",
+            text_tools.clone(),
+            400,
+            "invalid_request",
+        ),
         // Version 1 of text-tools exists with other bytes.
         (
             "/v1/tools?name=text-tools&version=1",
@@ -583,14 +636,23 @@ async fn uploads_are_validated_and_bad_ones_change_nothing() {
             409,
             "conflict",
         ),
-        ("/v1/tools?name=x", vec![0u8; 5 << 20], 413, "payload_too_large"),
+        (
+            "/v1/tools?name=x",
+            vec![0u8; 5 << 20],
+            413,
+            "payload_too_large",
+        ),
     ];
     for (path, body, want, kind) in cases {
         // A fresh connection each: the server closes one whose body it
         // refused unread.
         let c = Client::new(&server, Some(&admin));
         let (status, p) = c.post_raw(path, body, "application/wasm").await;
-        assert_eq!((status, p["kind"].as_str().unwrap()), (want, kind), "{path}: {p}");
+        assert_eq!(
+            (status, p["kind"].as_str().unwrap()),
+            (want, kind),
+            "{path}: {p}"
+        );
     }
     // Nothing stored changed.
     let (_, after) = c.get("/v1/tools/text-tools").await;
@@ -600,7 +662,11 @@ async fn uploads_are_validated_and_bad_ones_change_nothing() {
 
     // A new version deploys; rollback re-points the name.
     let (status, r) = c
-        .post_raw("/v1/tools?name=text-tools&version=2", text_tools.clone(), "application/wasm")
+        .post_raw(
+            "/v1/tools?name=text-tools&version=2",
+            text_tools.clone(),
+            "application/wasm",
+        )
         .await;
     assert_eq!(status, 201, "{r}");
     let (status, _) = c
@@ -632,9 +698,7 @@ async fn a_restart_keeps_tools_and_does_not_recompile() {
 
     let server = Server::start(&dir, &[]);
     let c = Client::new(&server, Some(&k));
-    let (status, r) = c
-        .post("/v1/tools/text-tools/word-count/invoke", call)
-        .await;
+    let (status, r) = c.post("/v1/tools/text-tools/word-count/invoke", call).await;
     assert_eq!((status, &r["result"]["words"]), (200, &json!(3)), "{r}");
     let (status, _) = c.get(&format!("/v1/invocations/{id}")).await;
     assert_eq!(status, 200, "records survive a restart");
@@ -646,7 +710,11 @@ async fn a_restart_keeps_tools_and_does_not_recompile() {
     assert!(!log.contains("precompiled=false"), "{log}");
     server.stop();
     let out = host(&["audit", "verify", "--data-dir", s(&dir)]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
 }
 
 #[tokio::test]
@@ -669,15 +737,27 @@ async fn admin_commands_work_while_the_server_runs() {
     let (_, list) = c.get("/v1/tools").await;
     assert_eq!(list["tools"].as_array().unwrap().len(), 2, "{list}");
     let (status, r) = c
-        .post("/v1/tools/types/divide/invoke", json!({"args": {"a": 1.0, "b": 4.0}}))
+        .post(
+            "/v1/tools/types/divide/invoke",
+            json!({"args": {"a": 1.0, "b": 4.0}}),
+        )
         .await;
     assert_eq!((status, &r["result"]), (200, &json!(0.25)), "{r}");
     // A disable from the command line takes effect on the next call.
     ok(host(&[
-        "tools", "disable", "types", "--tenant", "acme", "--data-dir", s(&dir),
+        "tools",
+        "disable",
+        "types",
+        "--tenant",
+        "acme",
+        "--data-dir",
+        s(&dir),
     ]));
     let (status, _) = c
-        .post("/v1/tools/types/divide/invoke", json!({"args": {"a": 1.0, "b": 4.0}}))
+        .post(
+            "/v1/tools/types/divide/invoke",
+            json!({"args": {"a": 1.0, "b": 4.0}}),
+        )
         .await;
     assert_eq!(status, 409);
     // A new policy stored from the command line is put in force.
@@ -686,11 +766,20 @@ async fn admin_commands_work_while_the_server_runs() {
         "workflow: \"*\"\npolicy:\n  allow_tools: [word_count]\n",
     )
     .unwrap();
-    ok(host(&["policy", "set", s(&dir.join("strict.yaml")), "--data-dir", s(&dir)]));
+    ok(host(&[
+        "policy",
+        "set",
+        s(&dir.join("strict.yaml")),
+        "--data-dir",
+        s(&dir),
+    ]));
     let mut denied = false;
     for _ in 0..50 {
         let (status, _) = c
-            .post("/v1/tools/text-tools/hello/invoke", json!({"args": {"name": "x"}}))
+            .post(
+                "/v1/tools/text-tools/hello/invoke",
+                json!({"args": {"name": "x"}}),
+            )
             .await;
         if status == 403 {
             denied = true;
@@ -701,7 +790,13 @@ async fn admin_commands_work_while_the_server_runs() {
     assert!(denied, "the stored policy was not put in force");
     // A bad policy is refused before it is stored.
     std::fs::write(dir.join("bad.yaml"), "workflow: [\n").unwrap();
-    let out = host(&["policy", "set", s(&dir.join("bad.yaml")), "--data-dir", s(&dir)]);
+    let out = host(&[
+        "policy",
+        "set",
+        s(&dir.join("bad.yaml")),
+        "--data-dir",
+        s(&dir),
+    ]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("invalid_policy"));
     server.stop();
@@ -709,7 +804,10 @@ async fn admin_commands_work_while_the_server_runs() {
 
 #[tokio::test]
 async fn overload_is_refused_with_retry_after_and_shutdown_finishes_work() {
-    let dir = data_dir("serve-load", &[("hostile", "hostile"), ("text-tools", "text_tools")]);
+    let dir = data_dir(
+        "serve-load",
+        &[("hostile", "hostile"), ("text-tools", "text_tools")],
+    );
     let k = key(&dir, "acme", &["invoke"]);
     let server = Server::start(&dir, &["--max-concurrency", "1", "--max-queue", "0"]);
     let url = server.url.clone();
@@ -755,7 +853,11 @@ async fn overload_is_refused_with_retry_after_and_shutdown_finishes_work() {
     assert_eq!((status, &rec["status"]), (200, &json!("error")), "{rec}");
     server.stop();
     let out = host(&["audit", "verify", "--data-dir", s(&dir)]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
 }
 
 #[test]
@@ -787,15 +889,32 @@ fn keys_create_checks_its_input() {
     let out = host(&["keys", "create", "--tenant", "acme", "--data-dir", s(&dir)]);
     assert_eq!(out.status.code(), Some(2), "a role is required");
     let out = host(&[
-        "keys", "create", "--tenant", "bad tenant", "--role", "invoke", "--data-dir", s(&dir),
+        "keys",
+        "create",
+        "--tenant",
+        "bad tenant",
+        "--role",
+        "invoke",
+        "--data-dir",
+        s(&dir),
     ]);
     assert_eq!(out.status.code(), Some(2));
     let out = host(&[
-        "keys", "create", "--tenant", "acme", "--role", "root", "--data-dir", s(&dir),
+        "keys",
+        "create",
+        "--tenant",
+        "acme",
+        "--role",
+        "root",
+        "--data-dir",
+        s(&dir),
     ]);
     assert_eq!(out.status.code(), Some(2));
     let k = key(&dir, "acme", &["invoke", "approve"]);
     let list = ok(host(&["keys", "list", "--data-dir", s(&dir)]));
-    assert!(list.contains(&k[4..20]) && list.contains("approve,invoke"), "{list}");
+    assert!(
+        list.contains(&k[4..20]) && list.contains("approve,invoke"),
+        "{list}"
+    );
     assert!(!list.contains(&k[21..]), "the secret is never shown again");
 }

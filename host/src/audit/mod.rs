@@ -348,8 +348,7 @@ impl AuditLog {
         charge: Vec<Charge>,
         invocations: Vec<InvocationRecord>,
     ) -> Result<Vec<StoredEntry>> {
-        if records.is_empty() && release.is_empty() && charge.is_empty() && invocations.is_empty()
-        {
+        if records.is_empty() && release.is_empty() && charge.is_empty() && invocations.is_empty() {
             return Ok(Vec::new());
         }
         let entries: Vec<NewEntry> = records

@@ -67,7 +67,10 @@ async fn run(cmd: Command) -> toolhost::Result<i32> {
             let storage = data.storage().await?;
             let list = storage.key_list(tenant.as_deref()).await?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&list).unwrap_or_default());
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&list).unwrap_or_default()
+                );
             } else {
                 for k in list {
                     println!(
@@ -76,7 +79,11 @@ async fn run(cmd: Command) -> toolhost::Result<i32> {
                         k.tenant,
                         k.roles.join(","),
                         k.label.map(|l| format!("  label={l}")).unwrap_or_default(),
-                        if k.revoked_ms.is_some() { "  REVOKED" } else { "" }
+                        if k.revoked_ms.is_some() {
+                            "  REVOKED"
+                        } else {
+                            ""
+                        }
                     );
                 }
             }

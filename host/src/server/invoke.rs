@@ -54,10 +54,16 @@ pub fn parse_request(body: &[u8]) -> Result<InvokeRequest, ApiError> {
         };
         ApiError::new(
             ErrorKind::InvalidRequest,
-            format!("the request body is not a valid invoke request{at}: {}", e.inner()),
+            format!(
+                "the request body is not a valid invoke request{at}: {}",
+                e.inner()
+            ),
         )
     })?;
-    for (field, value) in [("task_id", &request.task_id), ("workflow", &request.workflow)] {
+    for (field, value) in [
+        ("task_id", &request.task_id),
+        ("workflow", &request.workflow),
+    ] {
         if let Some(v) = value
             && (v.is_empty() || v.len() > 200 || v.chars().any(char::is_control))
         {

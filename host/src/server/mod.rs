@@ -98,7 +98,11 @@ pub struct App {
 impl App {
     /// Run an invocation on its own task, so that it completes (and is
     /// recorded) whatever happens to the request that asked for it.
-    pub async fn run_invocation(&self, tool: Arc<Tool>, call: Call) -> std::result::Result<Outcome, ApiError> {
+    pub async fn run_invocation(
+        &self,
+        tool: Arc<Tool>,
+        call: Call,
+    ) -> std::result::Result<Outcome, ApiError> {
         let host = self.host.clone();
         let outcome = self
             .tracker
@@ -325,7 +329,11 @@ async fn watch_policy(app: Arc<App>, every: Duration) {
             Err(e) => {
                 // Keep the one in force; do not retry this version.
                 app.policy_version.store(stored.version, Ordering::SeqCst);
-                tracing::error!(version = stored.version, "the stored policy does not load: {}", e.message);
+                tracing::error!(
+                    version = stored.version,
+                    "the stored policy does not load: {}",
+                    e.message
+                );
             }
         }
     }

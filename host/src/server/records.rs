@@ -89,7 +89,10 @@ pub async fn list(
     let before = match q.cursor.as_deref() {
         None => None,
         Some(c) => Some(c.parse::<i64>().map_err(|_| {
-            ApiError::new(ErrorKind::InvalidRequest, format!("`cursor` {c:?} is not a cursor this server gave"))
+            ApiError::new(
+                ErrorKind::InvalidRequest,
+                format!("`cursor` {c:?} is not a cursor this server gave"),
+            )
         })?),
     };
     let rows = app
@@ -110,7 +113,9 @@ pub async fn list(
         .then(|| rows.last().map(|(pos, _)| pos.to_string()))
         .flatten();
     let invocations: Vec<Value> = rows.iter().map(|(_, r)| show(r)).collect();
-    Ok(Json(json!({"invocations": invocations, "next_cursor": next})))
+    Ok(Json(
+        json!({"invocations": invocations, "next_cursor": next}),
+    ))
 }
 
 /// Tokens an orchestrator's model used for a task.

@@ -45,16 +45,12 @@ impl ToolCache {
 
     /// The tool a tenant's name points at now.
     pub async fn get(&self, tenant: &str, name: &str) -> Result<Arc<Tool>> {
-        let entry = self
-            .storage
-            .tool_get(tenant, name)
-            .await?
-            .ok_or_else(|| {
-                Error::new(
-                    ErrorKind::NotFound,
-                    format!("no tool named `{name}` is registered"),
-                )
-            })?;
+        let entry = self.storage.tool_get(tenant, name).await?.ok_or_else(|| {
+            Error::new(
+                ErrorKind::NotFound,
+                format!("no tool named `{name}` is registered"),
+            )
+        })?;
         if entry.disabled {
             return Err(Error::new(
                 ErrorKind::ToolDisabled,
