@@ -59,6 +59,14 @@ pub enum ErrorKind {
     PayloadTooLarge,
     /// The server is at its concurrency and queue limits; retry later (HTTP 503).
     Overloaded,
+    /// An `Idempotency-Key` reused with a different request (HTTP 422).
+    IdempotencyKeyReused,
+    /// The first request with this `Idempotency-Key` is still running (HTTP 409).
+    IdempotencyInProgress,
+    /// A human denied the approval this invocation waited for.
+    ApprovalDenied,
+    /// Nobody decided the approval this invocation waited for in time.
+    ApprovalExpired,
 }
 
 impl ErrorKind {
@@ -88,6 +96,10 @@ impl ErrorKind {
             ErrorKind::InvalidRequest => "invalid_request",
             ErrorKind::PayloadTooLarge => "payload_too_large",
             ErrorKind::Overloaded => "overloaded",
+            ErrorKind::IdempotencyKeyReused => "idempotency_key_reused",
+            ErrorKind::IdempotencyInProgress => "idempotency_in_progress",
+            ErrorKind::ApprovalDenied => "approval_denied",
+            ErrorKind::ApprovalExpired => "approval_expired",
         }
     }
 
@@ -112,12 +124,18 @@ impl ErrorKind {
     pub fn http_status(self) -> u16 {
         match self {
             k if k.is_sandbox_failure() => 200,
-            ErrorKind::InvalidArgs | ErrorKind::InvalidComponent | ErrorKind::InvalidPolicy => 422,
+            ErrorKind::InvalidArgs
+            | ErrorKind::InvalidComponent
+            | ErrorKind::InvalidPolicy
+            | ErrorKind::IdempotencyKeyReused => 422,
             ErrorKind::UnknownFunction | ErrorKind::NotFound => 404,
-            ErrorKind::PolicyDenied | ErrorKind::Forbidden => 403,
+            ErrorKind::PolicyDenied
+            | ErrorKind::Forbidden
+            | ErrorKind::ApprovalDenied
+            | ErrorKind::ApprovalExpired => 403,
             ErrorKind::ApprovalRequired => 202,
             ErrorKind::BudgetExceeded => 429,
-            ErrorKind::ToolDisabled | ErrorKind::Conflict => 409,
+            ErrorKind::ToolDisabled | ErrorKind::Conflict | ErrorKind::IdempotencyInProgress => 409,
             ErrorKind::Unauthenticated => 401,
             ErrorKind::InvalidRequest => 400,
             ErrorKind::PayloadTooLarge => 413,

@@ -83,6 +83,31 @@ pub struct InvocationResponse {
     #[schema(value_type = Option<crate::error::ErrorSchema>)]
     pub error: Option<Error>,
     pub usage: Usage,
+    /// With `status: pending_approval`: the approval request to decide
+    /// (`/v1/approvals/{approval_id}`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval_id: Option<String>,
+    /// True when the result came from the result cache (nothing ran).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cached: bool,
+}
+
+impl InvocationResponse {
+    /// The HTTP status this outcome is answered with: ran → 200 (`ok` or
+    /// `error`); waiting for approval → 202; refused → by kind (invalid
+    /// arguments 422, unknown function 404, policy or a missing granted
+    /// secret 403, budget 429).
+    pub fn http_status(&self) -> u16 {
+        match self.status {
+            Status::Ok | Status::Error => 200,
+            Status::PendingApproval => 202,
+            Status::Refused => match self.error.as_ref().map(|e| e.kind) {
+                Some(ErrorKind::CapabilityDenied) => 403,
+                Some(k) => k.http_status(),
+                None => 500,
+            },
+        }
+    }
 }
 
 /// Everything an invocation produced. Serializes to the `host run --json`
@@ -97,6 +122,10 @@ pub struct Outcome {
     pub function: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub version: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub approval_id: Option<String>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub cached: bool,
     /// The function's result as JSON (`null` for a function without one).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub result: Option<serde_json::Value>,
@@ -119,16 +148,19 @@ fn is_zero(n: &u64) -> bool {
 }
 
 impl Outcome {
-    fn refused(tool: &Tool, function: &str, invocation_id: String, error: Error) -> Outcome {
+    /// An outcome where nothing ran (yet): no output, no usage.
+    fn without_run(tool: &Tool, function: &str, invocation_id: String, status: Status) -> Outcome {
         Outcome {
             invocation_id,
-            ok: false,
-            status: Status::Refused,
+            approval_id: None,
+            cached: false,
+            ok: status == Status::Ok,
+            status,
             tool: tool.name().to_string(),
             function: function.to_string(),
             version: tool.version().map(str::to_string),
             result: None,
-            error: Some(error),
+            error: None,
             usage: Usage::default(),
             stdout: String::new(),
             stderr: String::new(),
@@ -138,6 +170,23 @@ impl Outcome {
             logs_dropped: 0,
             outbound: Vec::new(),
         }
+    }
+
+    fn refused(tool: &Tool, function: &str, invocation_id: String, error: Error) -> Outcome {
+        // An approval refusal parks the call: its approval id is derived
+        // from the invocation's.
+        let pending = error.kind == ErrorKind::ApprovalRequired;
+        let status = if pending {
+            Status::PendingApproval
+        } else {
+            Status::Refused
+        };
+        let mut outcome = Outcome::without_run(tool, function, invocation_id, status);
+        if pending {
+            outcome.approval_id = Some(outcome.invocation_id.replacen("inv_", "apr_", 1));
+        }
+        outcome.error = Some(error);
+        outcome
     }
 
     /// The API's view of this outcome.
@@ -151,6 +200,8 @@ impl Outcome {
             result: self.result.clone(),
             error: self.error.clone(),
             usage: self.usage.clone(),
+            approval_id: self.approval_id.clone(),
+            cached: self.cached,
         }
     }
 
@@ -186,7 +237,12 @@ impl Host {
 
     /// Run one invocation of `tool` through the gate and the sandbox.
     pub async fn invoke(&self, tool: &Tool, call: &Call) -> Outcome {
-        let invocation_id = new_invocation_id();
+        self.invoke_with_id(new_invocation_id(), tool, call).await
+    }
+
+    /// [`Host::invoke`] under a given invocation id (an approved call runs
+    /// under the id of the request that waited for approval).
+    pub async fn invoke_with_id(&self, invocation_id: String, tool: &Tool, call: &Call) -> Outcome {
         let (function, export) = match tool.function(&call.function) {
             Ok(f) => f,
             Err(e) => {
@@ -208,6 +264,7 @@ impl Host {
             invocation_id: &invocation_id,
             tool: tool.name(),
             version: tool.version(),
+            digest: tool.digest(),
             function,
             args: &call.args,
             context: &call.context,
@@ -221,6 +278,11 @@ impl Host {
                     .await;
             }
         };
+        if let Some(result) = admission.cached.clone() {
+            return self
+                .cached(tool, &function.name, call, invocation_id, admission, result)
+                .await;
+        }
         let limits = admission
             .limits
             .clone()
@@ -288,6 +350,8 @@ impl Host {
             tool: tool.name().to_string(),
             function: function.name.clone(),
             version: tool.version().map(str::to_string),
+            approval_id: None,
+            cached: false,
             result,
             error,
             usage,
@@ -320,6 +384,33 @@ impl Host {
 }
 
 impl Host {
+    /// An admitted invocation the gate had a result on file for: nothing
+    /// runs; the gate records the hit.
+    async fn cached(
+        &self,
+        tool: &Tool,
+        function: &str,
+        call: &Call,
+        invocation_id: String,
+        admission: crate::gate::Admission,
+        result: serde_json::Value,
+    ) -> Outcome {
+        let mut outcome = Outcome::without_run(tool, function, invocation_id, Status::Ok);
+        outcome.result = Some(result);
+        outcome.cached = true;
+        let response = outcome.response();
+        let report = InvocationReport {
+            context: &call.context,
+            args: &call.args,
+            response: &response,
+            outbound: &[],
+        };
+        if let Err(e) = self.gate.complete(Some(&admission), &report).await {
+            outcome.fail(e);
+        }
+        outcome
+    }
+
     /// An invocation that never ran: the gate records it too (without an
     /// admission), and if even that fails, that is the error returned.
     async fn refuse(

@@ -5,11 +5,13 @@
 //! limits, and passes one gate (policy → budget → audit). See
 //! `ARCHITECTURE.md` for the code map.
 
+pub mod approvals;
 pub mod audit;
 pub mod budget;
 pub mod capability;
 pub mod error;
 pub mod gate;
+pub mod idempotency;
 pub mod invoke;
 pub mod keys;
 pub mod limits;

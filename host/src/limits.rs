@@ -111,6 +111,27 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(secs))
 }
 
+/// Parse a retention period or TTL: like [`parse_duration`], also in days
+/// (`7d`), from 1 s to 366 days.
+pub fn parse_period(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    if let Some(days) = t.strip_suffix('d') {
+        let n: f64 = days
+            .trim()
+            .parse()
+            .map_err(|_| format!("`{s}` is not a period (try 24h or 7d)"))?;
+        if !n.is_finite() || n <= 0.0 || n > 366.0 {
+            return Err(format!("period `{s}` must be above zero and at most 366d"));
+        }
+        return Ok(Duration::from_secs_f64(n * 86_400.0));
+    }
+    let d = parse_duration(t)?;
+    if d < Duration::from_secs(1) {
+        return Err(format!("period `{s}` must be at least 1s"));
+    }
+    Ok(d)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -128,6 +149,10 @@ mod tests {
     #[test]
     fn durations() {
         assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_period("7d"), Ok(Duration::from_secs(7 * 86_400)));
+        assert_eq!(parse_period("24h"), Ok(Duration::from_secs(86_400)));
+        assert!(parse_period("500ms").is_err());
+        assert!(parse_period("400d").is_err());
         assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
         assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
         assert!(parse_duration("0s").is_err());

@@ -229,6 +229,23 @@ impl Registry {
         self.load_entry(entry).await
     }
 
+    /// Load one version of an enabled tool (whichever the name points at).
+    pub async fn load_version(&self, tenant: &str, name: &str, version: &str) -> Result<Loaded> {
+        let mut entry = self
+            .storage
+            .tool_get(tenant, name)
+            .await?
+            .ok_or_else(|| not_found(name))?;
+        if entry.disabled {
+            return Err(Error::new(
+                ErrorKind::ToolDisabled,
+                format!("tool `{name}` is disabled"),
+            ));
+        }
+        entry.current = version.to_string();
+        self.load_entry(entry).await
+    }
+
     /// Load the version an entry points at (whether or not it is disabled).
     pub async fn load_entry(&self, entry: ToolEntry) -> Result<Loaded> {
         let (tenant, name) = (entry.tenant.clone(), entry.name.clone());

@@ -21,9 +21,7 @@ pub mod canonical;
 pub mod verify;
 
 use crate::error::{Error, Result};
-use crate::storage::{
-    Batch, Charge, Checkpoint, InvocationRecord, NewEntry, Signer, Storage, StoredEntry,
-};
+use crate::storage::{Batch, Checkpoint, NewEntry, Signer, Storage, StoredEntry};
 use ed25519_dalek::{Signer as _, SigningKey};
 use serde_json::Value;
 use std::path::Path;
@@ -226,6 +224,9 @@ impl AuditLog {
                 batch.release.extend(p.batch.release);
                 batch.charge.extend(p.batch.charge);
                 batch.invocations.extend(p.batch.invocations);
+                batch.approvals.extend(p.batch.approvals);
+                batch.idempotency.extend(p.batch.idempotency);
+                batch.cache.extend(p.batch.cache);
             }
             // Sign each chain's head at most every SIGN_EVERY: the first
             // commit of a chain in this process always signs; later ones
@@ -334,21 +335,35 @@ impl AuditLog {
 
     /// Append records (canonicalised here) and wait until they are durable.
     pub async fn append(&self, records: Vec<(String, i64, Value)>) -> Result<Vec<StoredEntry>> {
-        self.append_settling(records, Vec::new(), Vec::new(), Vec::new())
-            .await
+        self.append_settling(records, Batch::default()).await
     }
 
-    /// [`AuditLog::append`], in the same transaction settling budget lines
-    /// (`release` reservations, record `charge` as used) and storing the
-    /// invocation records the entries describe.
+    /// [`AuditLog::append`], committing `with` in the same transaction: its
+    /// budget settlement (`release` reservations, record `charge` as used),
+    /// invocation records, approvals, idempotency answers and cache entries.
+    /// (`with.entries` and `with.sign` are ignored.)
     pub async fn append_settling(
         &self,
         records: Vec<(String, i64, Value)>,
-        release: Vec<Charge>,
-        charge: Vec<Charge>,
-        invocations: Vec<InvocationRecord>,
+        with: Batch,
     ) -> Result<Vec<StoredEntry>> {
-        if records.is_empty() && release.is_empty() && charge.is_empty() && invocations.is_empty() {
+        let Batch {
+            release,
+            charge,
+            invocations,
+            approvals,
+            idempotency,
+            cache,
+            ..
+        } = with;
+        if records.is_empty()
+            && release.is_empty()
+            && charge.is_empty()
+            && invocations.is_empty()
+            && approvals.is_empty()
+            && idempotency.is_empty()
+            && cache.is_empty()
+        {
             return Ok(Vec::new());
         }
         let entries: Vec<NewEntry> = records
@@ -370,6 +385,9 @@ impl AuditLog {
                     release,
                     charge,
                     invocations,
+                    approvals,
+                    idempotency,
+                    cache,
                 },
                 done,
             });

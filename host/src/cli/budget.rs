@@ -52,6 +52,7 @@ pub async fn main(cmd: Command) -> i32 {
                     workflow,
                     task_id: Some(task),
                     principal: Some("cli".into()),
+                    ..CallContext::default()
                 };
                 let over = gate
                     .report_tokens(&ctx, i64::from(input), i64::from(output))

@@ -2,6 +2,7 @@
 //! stdout and its exit codes (0 success, 1 the invocation or command failed,
 //! 2 bad usage).
 
+mod approvals;
 mod audit;
 mod budget;
 mod data;
@@ -52,6 +53,9 @@ enum Command {
     /// Check, store and show the data dir's policy.
     #[command(subcommand)]
     Policy(policy::Command),
+    /// List, approve and deny calls waiting for a human.
+    #[command(subcommand)]
+    Approvals(approvals::Command),
 }
 
 /// Options shared by commands that load a component.
@@ -88,6 +92,7 @@ pub async fn main() -> i32 {
         Command::Serve(args) => serve::main(*args).await,
         Command::Keys(cmd) => keys::main(cmd).await,
         Command::Policy(cmd) => policy::main(cmd).await,
+        Command::Approvals(cmd) => approvals::main(cmd).await,
     }
 }
 

@@ -142,6 +142,7 @@ pub async fn main(args: Args) -> i32 {
         workflow: args.workflow.clone(),
         task_id: args.task.clone(),
         principal: Some("cli".into()),
+        ..CallContext::default()
     };
     let (host, audit) = match &args.policy {
         None => (Host::new(runtime, Arc::new(SandboxOnly)), None),

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use toolhost::audit::AuditLog;
 use toolhost::budget::Ledger;
 use toolhost::gate::Governed;
-use toolhost::limits::{parse_bytes, parse_duration};
+use toolhost::limits::{parse_bytes, parse_duration, parse_period};
 use toolhost::policy::Policy;
 use toolhost::secrets::FileAndEnv;
 use toolhost::server::{ServeConfig, Server};
@@ -53,6 +53,12 @@ pub struct Args {
     /// Default wall-clock limit per invocation, e.g. `10s`.
     #[arg(long)]
     timeout: Option<String>,
+    /// How long answers to Idempotency-Key requests are kept (e.g. 24h, 7d).
+    #[arg(long, default_value = "24h")]
+    idempotency_retention: String,
+    /// How long approval requests wait for a decision before they expire.
+    #[arg(long, default_value = "24h")]
+    approval_ttl: String,
     /// Log format on stderr (level from RUST_LOG, default info).
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -77,6 +83,9 @@ fn config(args: &Args) -> Result<ServeConfig> {
         request_timeout: parse_duration(&args.request_timeout).map_err(bad("request-timeout"))?,
         max_concurrency: args.max_concurrency.max(1) as usize,
         max_queue: args.max_queue,
+        idempotency_retention: parse_period(&args.idempotency_retention)
+            .map_err(bad("idempotency-retention"))?,
+        approval_ttl: parse_period(&args.approval_ttl).map_err(bad("approval-ttl"))?,
         ..ServeConfig::default()
     };
     if let Some(f) = args.fuel {

@@ -13,7 +13,9 @@ use crate::limits::Limits;
 use crate::policy::file::{Document, FileMode, ToolSettings};
 use crate::policy::{Effect, Policy, Subject, tool_settings};
 use crate::secrets::{Secret, SecretSource, expand};
-use crate::storage::{Charge, InvocationRecord};
+use crate::storage::{
+    ApprovalRecord, Batch, CacheEntry, Charge, IdempotencyDone, InvocationRecord,
+};
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -23,8 +25,13 @@ pub const DEFAULT_MAX_OUTBOUND: u32 = 16;
 /// Default cap on one HTTP response body.
 pub const DEFAULT_MAX_RESPONSE_BYTES: u64 = 8 << 20;
 
+/// How long an approval request waits for a decision, by default.
+pub const DEFAULT_APPROVAL_TTL_MS: i64 = 24 * 3600 * 1000;
+
 /// The gate with a policy file, budget ledgers and the audit trail.
 pub struct Governed {
+    /// How long approval requests wait for a decision.
+    approval_ttl_ms: std::sync::atomic::AtomicI64,
     /// Swapped whole by [`Governed::set_policy`]; each decision reads one
     /// snapshot.
     policy: std::sync::RwLock<Arc<Policy>>,
@@ -46,6 +53,29 @@ struct State {
     /// Secret values this invocation's guest was given (env grants): they
     /// are scrubbed from its audit records.
     handed_out: Vec<Secret>,
+    /// The cache key, when the function is cacheable.
+    cache_key: Option<String>,
+    /// Whether the result came from the cache.
+    cache_hit: bool,
+    /// The prefix of the Idempotency-Key derived for outbound requests.
+    outbound_key: Option<String>,
+}
+
+/// The marker in an approval refusal's message before the deciding rule.
+const APPROVAL_PREFIX: &str = "a human must approve this call: ";
+
+/// The cache key of a call: tool version digest, function, canonical
+/// arguments (the tenant scopes the entry).
+fn cache_key(digest: &str, function: &str, args: &Value) -> String {
+    canonical::fingerprint(&json!({"digest": digest, "function": function, "args": args}))
+}
+
+/// The Idempotency-Key prefix sent on a keyed invocation's outbound HTTP
+/// requests (`<prefix>-<n>` for its n-th request): derived from the tenant
+/// and the caller's key, so that two tenants' keys never collide downstream.
+pub fn outbound_key_prefix(tenant: &str, key: &str) -> String {
+    canonical::sha256_hex(format!("toolhost-idempotency/v1\n{tenant}\n{key}").as_bytes())[..32]
+        .to_string()
 }
 
 pub fn now_ms() -> i64 {
@@ -63,11 +93,20 @@ impl Governed {
         secrets: Arc<dyn SecretSource>,
     ) -> Governed {
         Governed {
+            approval_ttl_ms: std::sync::atomic::AtomicI64::new(DEFAULT_APPROVAL_TTL_MS),
             policy: std::sync::RwLock::new(policy),
             ledger,
             audit,
             secrets,
         }
+    }
+
+    /// How long approval requests created from now on wait for a decision.
+    pub fn set_approval_ttl(&self, ttl: std::time::Duration) {
+        self.approval_ttl_ms.store(
+            i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX),
+            Ordering::SeqCst,
+        );
     }
 
     /// The policy in force now.
@@ -194,7 +233,7 @@ impl Gate for Governed {
                 tool: r.tool,
                 function: r.function,
                 args: r.args,
-                approved: false,
+                approved: r.context.approval.is_some(),
             });
             match decision.effect {
                 Effect::Allow => {}
@@ -207,7 +246,7 @@ impl Gate for Governed {
                 Effect::NeedsApproval => {
                     return Err(Error::new(
                         ErrorKind::ApprovalRequired,
-                        format!("a human must approve this call: {}", decision.rule),
+                        format!("{APPROVAL_PREFIX}{}", decision.rule),
                     ));
                 }
             }
@@ -230,19 +269,45 @@ impl Gate for Governed {
                     0
                 });
 
-            // Reserve the worst case: this call, all its fuel, its whole
-            // deadline, every outbound call it may make, and their price.
-            let scope = self.scope(r.context);
-            let worst = Spend {
-                tool_calls: 1,
-                outbound_calls: i64::from(max_outbound),
-                fuel: limits
-                    .fuel
-                    .map_or(i64::MAX, |f| i64::try_from(f).unwrap_or(i64::MAX)),
-                wall_ms: limits.timeout.as_millis() as i64,
+            let tenant = chain_of(r.context.tenant.as_deref());
+            let cache_key = match (&settings.cache, r.digest) {
+                (Some(_), Some(digest)) => Some(cache_key(digest, &r.function.name, r.args)),
+                _ => None,
+            };
+            let cached = match &cache_key {
+                Some(key) => self
+                    .audit
+                    .storage()
+                    .cache_get(&tenant, key, now_ms())
+                    .await?
+                    .and_then(|text| serde_json::from_str::<Value>(&text).ok()),
+                None => None,
+            };
+            let hit_spend = Spend {
+                cost_micro_usd: settings.cache.as_ref().map_or(0, |c| {
+                    (c.hit_cost_usd * 1e6).ceil().min(i64::MAX as f64) as i64
+                }),
                 ..Spend::default()
-            }
-            .priced(&settings.price);
+            };
+
+            // Reserve the worst case: this call, all its fuel, its whole
+            // deadline, every outbound call it may make, and their price (a
+            // cache hit: its hit cost).
+            let scope = self.scope(r.context);
+            let worst = if cached.is_some() {
+                hit_spend
+            } else {
+                Spend {
+                    tool_calls: 1,
+                    outbound_calls: i64::from(max_outbound),
+                    fuel: limits
+                        .fuel
+                        .map_or(i64::MAX, |f| i64::try_from(f).unwrap_or(i64::MAX)),
+                    wall_ms: limits.timeout.as_millis() as i64,
+                    ..Spend::default()
+                }
+                .priced(&settings.price)
+            };
             // Only limited lines need a reservation; the clock is fixed at
             // admission so that settling hits the same windows.
             let admitted_ms = now_ms();
@@ -274,12 +339,20 @@ impl Gate for Governed {
                 document,
                 outbound: AtomicU32::new(0),
                 max_outbound,
+                cache_hit: cached.is_some(),
+                cache_key,
+                outbound_key: r
+                    .context
+                    .idempotency_key
+                    .as_deref()
+                    .map(|k| outbound_key_prefix(&tenant, k)),
             };
             Ok(Admission {
                 grants,
                 rule: decision.rule,
                 limits: Some(limits),
                 state: Some(Arc::new(state)),
+                cached,
             })
         })
     }
@@ -293,14 +366,16 @@ impl Gate for Governed {
             return Verdict::deny("no admission state: deny");
         };
         let settings = &state.settings;
-        let count = |state: &State| -> Option<Verdict> {
+        // The call's 1-based sequence number, or the denial past the cap.
+        let count = |state: &State| -> Result<u32, Verdict> {
             let n = state.outbound.fetch_add(1, Ordering::SeqCst);
-            (n >= state.max_outbound).then(|| {
-                Verdict::deny(format!(
+            if n >= state.max_outbound {
+                return Err(Verdict::deny(format!(
                     "limit: at most {} outbound calls per invocation",
                     state.max_outbound
-                ))
-            })
+                )));
+            }
+            Ok(n + 1)
         };
         match call {
             OutboundCall::Http {
@@ -320,9 +395,10 @@ impl Gate for Governed {
                         "default deny: no http grant of this tool covers {method} {scheme}://{host}:{port}"
                     ));
                 };
-                if let Some(denied) = count(state) {
-                    return denied;
-                }
+                let seq = match count(state) {
+                    Ok(n) => n,
+                    Err(denied) => return denied,
+                };
                 let mut headers = Vec::new();
                 for (name, template) in &grant.headers {
                     match expand(template, self.secrets.as_ref()) {
@@ -350,7 +426,10 @@ impl Gate for Governed {
                             .unwrap_or(DEFAULT_MAX_RESPONSE_BYTES),
                         timeout: grant.timeout,
                         allow_cidrs: settings.allow_cidrs.iter().map(|c| c.0).collect(),
-                        idempotency_key: None,
+                        idempotency_key: state
+                            .outbound_key
+                            .as_ref()
+                            .map(|prefix| format!("{prefix}-{seq}")),
                     }),
                 }
             }
@@ -375,7 +454,7 @@ impl Gate for Governed {
                         "default deny: no socket grant of this tool covers {operation} {addr}"
                     ));
                 };
-                if let Some(denied) = count(state) {
+                if let Err(denied) = count(state) {
                     return denied;
                 }
                 Verdict {
@@ -416,7 +495,19 @@ impl Gate for Governed {
             // same transaction as the audit records.
             let mut charged = None;
             let mut settle = (Vec::new(), Vec::new());
-            if let Some(s) = state {
+            if let Some(s) = state.filter(|s| s.cache_hit) {
+                let used = Spend {
+                    cost_micro_usd: s.settings.cache.as_ref().map_or(0, |c| {
+                        (c.hit_cost_usd * 1e6).ceil().min(i64::MAX as f64) as i64
+                    }),
+                    ..Spend::default()
+                };
+                settle = (
+                    s.reserved.clone(),
+                    charges(&s.document.budget, &s.scope, s.admitted_ms, &used),
+                );
+                charged = Some(used);
+            } else if let Some(s) = state {
                 let allowed_outbound = report.outbound.iter().filter(|e| e.allowed).count() as i64;
                 let used = Spend {
                     tool_calls: 1,
@@ -472,6 +563,9 @@ impl Gate for Governed {
                     "result": response.result.as_ref().map(|r| scrub(canonical::redact(r, redact))),
                     "usage": response.usage,
                     "outbound_calls": report.outbound.len(),
+                    "cache": state.and_then(|s| s.cache_key.as_ref().map(|_| if s.cache_hit { "hit" } else { "miss" })),
+                    "approval_id": response.approval_id.as_ref().or(ctx.approval.as_ref()),
+                    "idempotency_key_sha256": ctx.idempotency_key.as_ref().map(|k| canonical::sha256_hex(k.as_bytes())),
                 }),
             )];
             for (i, e) in report.outbound.iter().enumerate() {
@@ -505,12 +599,77 @@ impl Gate for Governed {
                 created_ms: time_ms,
                 response: stored.to_string(),
             };
-            self.audit
-                .append_settling(records, settle.0, settle.1, vec![invocation])
-                .await?;
+            let mut batch = Batch {
+                release: settle.0,
+                charge: settle.1,
+                invocations: vec![invocation],
+                ..Batch::default()
+            };
+            // A pending approval: the decision packet, and the call to run.
+            if let (Some(approval_id), Some(e)) = (&response.approval_id, error) {
+                let rule = e
+                    .message
+                    .strip_prefix(APPROVAL_PREFIX)
+                    .unwrap_or(&e.message)
+                    .to_string();
+                batch.approvals.push(ApprovalRecord {
+                    id: approval_id.clone(),
+                    tenant: chain.clone(),
+                    invocation_id: response.invocation_id.clone(),
+                    status: "pending".into(),
+                    tool: response.tool.clone(),
+                    function: response.function.clone(),
+                    version: response.version.clone(),
+                    workflow: workflow.clone(),
+                    task_id: ctx.task_id.clone(),
+                    args: report.args.to_string(),
+                    args_redacted: canonical::redact(report.args, redact).to_string(),
+                    args_sha256: canonical::fingerprint(report.args),
+                    rule,
+                    requester: ctx.principal.clone(),
+                    created_ms: time_ms,
+                    expires_ms: time_ms.saturating_add(self.approval_ttl_ms.load(Ordering::SeqCst)),
+                    decided_by: None,
+                    decided_ms: None,
+                    reason: None,
+                });
+            }
+            // The caller's key now answers with this response.
+            if let Some(key) = &ctx.idempotency_key {
+                batch.idempotency.push(IdempotencyDone {
+                    tenant: chain.clone(),
+                    key: key.clone(),
+                    http_status: response.http_status(),
+                    response: serde_json::to_string(response).unwrap_or_default(),
+                });
+            }
+            // A fresh success of a cacheable function: keep it (never an
+            // error, never a WIT `result`'s `err`).
+            if let Some(s) = state
+                && let (Some(key), Some(cache), false) =
+                    (&s.cache_key, &s.settings.cache, s.cache_hit)
+                && let Some(result) = response.result.as_ref()
+                && error.is_none()
+                && !is_err_result(result)
+            {
+                batch.cache.push(CacheEntry {
+                    tenant: chain.clone(),
+                    key: key.clone(),
+                    result: result.to_string(),
+                    expires_ms: time_ms
+                        .saturating_add(i64::try_from(cache.ttl.as_millis()).unwrap_or(i64::MAX)),
+                });
+            }
+            self.audit.append_settling(records, batch).await?;
             Ok(())
         })
     }
+}
+
+/// Whether a result is a WIT `result`'s error case: `{"err": …}`.
+fn is_err_result(v: &Value) -> bool {
+    v.as_object()
+        .is_some_and(|o| o.len() == 1 && o.contains_key("err"))
 }
 
 /// Replace every occurrence of a secret value in the strings of `v`.

@@ -44,6 +44,13 @@ pub struct CallContext {
     pub task_id: Option<String>,
     /// The caller's identity (an API key id; `cli` for `host run`).
     pub principal: Option<String>,
+    /// The caller's `Idempotency-Key`: the gate finishes the key with the
+    /// answer (in the audit transaction) and derives one for each outbound
+    /// HTTP request.
+    pub idempotency_key: Option<String>,
+    /// Set only by the host when it runs an invocation a human approved
+    /// (the approval's id): policy sees `context.approved == true`.
+    pub approval: Option<String>,
 }
 
 /// An invocation about to run, as the gate sees it.
@@ -53,6 +60,8 @@ pub struct InvocationRequest<'a> {
     pub tool: &'a str,
     /// The registered version (none for a file run with `host run`).
     pub version: Option<&'a str>,
+    /// The SHA-256 of the tool's component bytes (registered tools only).
+    pub digest: Option<&'a str>,
     pub function: &'a FunctionInfo,
     pub args: &'a serde_json::Value,
     pub context: &'a CallContext,
@@ -89,6 +98,9 @@ pub struct Admission {
     pub limits: Option<Limits>,
     /// The gate's own per-invocation state.
     pub state: Option<Arc<dyn Any + Send + Sync>>,
+    /// A result the gate has on file for this exact call (a cache hit): the
+    /// sandbox is skipped and this is the result.
+    pub cached: Option<serde_json::Value>,
 }
 
 /// An outbound use of a capability by a running guest.

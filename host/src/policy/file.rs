@@ -174,6 +174,26 @@ pub struct ToolSettings {
     /// Whether the tool may resolve names (`wasi:sockets/ip-name-lookup`).
     #[serde(default)]
     pub dns: bool,
+    /// Cache successful results of this function for a while.
+    #[serde(default)]
+    pub cache: Option<CacheSettings>,
+}
+
+/// Result caching for a function: same tool version, same arguments, same
+/// tenant → the stored result, without running the tool.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheSettings {
+    /// How long a result stays fresh, e.g. `10m`.
+    #[serde(deserialize_with = "duration")]
+    pub ttl: Duration,
+    /// What a hit charges against the budget (default nothing).
+    #[serde(default, deserialize_with = "usd")]
+    pub hit_cost_usd: f64,
+}
+
+fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    duration_opt(d)?.ok_or_else(|| serde::de::Error::custom("a duration is required, e.g. 10m"))
 }
 
 /// Per-invocation limits for one tool (override the host's defaults).

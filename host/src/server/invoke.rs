@@ -11,13 +11,15 @@ use super::auth::Caller;
 use super::problem::{ApiError, rejection};
 use crate::error::{Error, ErrorKind};
 use crate::gate::CallContext;
-use crate::invoke::{Call, InvocationResponse, Outcome, Status};
+use crate::gate::governed::now_ms;
+use crate::idempotency;
+use crate::invoke::{Call, InvocationResponse, Outcome};
 use crate::keys::Role;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use std::sync::Arc;
@@ -76,23 +78,12 @@ pub fn parse_request(body: &[u8]) -> Result<InvokeRequest, ApiError> {
     Ok(request)
 }
 
-/// The HTTP status of an invocation outcome.
-pub fn http_status(response: &InvocationResponse) -> StatusCode {
-    let code = match response.status {
-        Status::Ok | Status::Error => 200,
-        Status::PendingApproval => 202,
-        Status::Refused => match response.error.as_ref().map(|e| e.kind) {
-            Some(ErrorKind::CapabilityDenied) => 403,
-            Some(k) => k.http_status(),
-            None => 500,
-        },
-    };
-    StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
-}
-
 /// Invoke a tool's only function, or `tool__function` (the name LLMs see).
 #[utoipa::path(post, path = "/v1/tools/{tool}/invoke", tag = "invoke",
-    params(("tool" = String, Path, description = "`name` (a tool with one function) or `name__function`")),
+    params(
+        ("tool" = String, Path, description = "`name` (a tool with one function) or `name__function`"),
+        ("Idempotency-Key" = Option<String>, Header, description = "Retry safely: the same key with the same request returns the first answer (no second run or charge); with another request 422; while the first runs 409. Kept 24 h by default."),
+    ),
     request_body = InvokeRequest,
     responses(
         (status = 200, description = "The function ran: `status` is `ok` (with `result`) or `error` (fuel, timeout, memory, trap, output cap)", body = InvocationResponse),
@@ -102,12 +93,14 @@ pub fn http_status(response: &InvocationResponse) -> StatusCode {
         (status = 409, description = "The tool is disabled", body = super::problem::Problem),
         (status = 422, description = "Invalid arguments", body = InvocationResponse),
         (status = 429, description = "Over budget (names the limit)", body = InvocationResponse),
+        (status = 409, description = "Idempotency-Key: the first request is still running", body = super::problem::Problem),
         (status = 503, description = "Overloaded; retry after `Retry-After` seconds", body = super::problem::Problem),
     ),
     security(("bearer" = [])))]
 pub async fn invoke_tool(
     State(app): State<Arc<App>>,
     caller: Caller,
+    headers: HeaderMap,
     path: Result<Path<String>, PathRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
@@ -116,7 +109,7 @@ pub async fn invoke_tool(
         Some((n, f)) => (n.to_string(), Some(f.to_string())),
         None => (tool, None),
     };
-    run(app, caller, name, function, body).await
+    run(app, caller, headers, name, function, body).await
 }
 
 /// Invoke `function` of `tool`.
@@ -133,32 +126,53 @@ pub async fn invoke_tool(
 pub async fn invoke_function(
     State(app): State<Arc<App>>,
     caller: Caller,
+    headers: HeaderMap,
     path: Result<Path<(String, String)>, PathRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let Path((tool, function)) = path.map_err(rejection)?;
-    run(app, caller, tool, Some(function), body).await
+    run(app, caller, headers, tool, Some(function), body).await
 }
 
 /// `POST /v1/tools/{tool}/{interface}/{function}/invoke`.
 pub async fn invoke_qualified(
     State(app): State<Arc<App>>,
     caller: Caller,
+    headers: HeaderMap,
     path: Result<Path<(String, String, String)>, PathRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let Path((tool, iface, function)) = path.map_err(rejection)?;
-    run(app, caller, tool, Some(format!("{iface}/{function}")), body).await
+    run(
+        app,
+        caller,
+        headers,
+        tool,
+        Some(format!("{iface}/{function}")),
+        body,
+    )
+    .await
 }
 
 async fn run(
     app: Arc<App>,
     caller: Caller,
+    headers: HeaderMap,
     name: String,
     function: Option<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     caller.require(Role::Invoke)?;
+    let idempotency_key = match headers.get("idempotency-key") {
+        None => None,
+        Some(v) => {
+            let key = v.to_str().map_err(|_| {
+                ApiError::new(ErrorKind::InvalidRequest, "the Idempotency-Key is not text")
+            })?;
+            idempotency::validate_key(key)?;
+            Some(key.to_string())
+        }
+    };
     let body = body.map_err(rejection)?;
     let request = parse_request(&body)?;
     let tool = app.tools.get(caller.tenant(), &name).await?;
@@ -195,10 +209,73 @@ async fn run(
             workflow: request.workflow,
             task_id: request.task_id,
             principal: Some(caller.key.id.clone()),
+            idempotency_key: idempotency_key.clone(),
+            approval: None,
         },
     };
-    let outcome = app.run_invocation(tool, call).await?;
-    Ok(respond(&outcome))
+    let Some(key) = idempotency_key else {
+        let outcome = app.run_invocation(tool, call).await?;
+        return Ok(respond(&outcome));
+    };
+    // Keyed: the first request runs; a retry gets its answer.
+    let function_name = tool
+        .function(&call.function)
+        .map(|(f, _)| f.name.clone())
+        .unwrap_or_else(|_| call.function.clone());
+    let fingerprint = idempotency::fingerprint(
+        &name,
+        &function_name,
+        &call.args,
+        call.context.workflow.as_deref(),
+        call.context.task_id.as_deref(),
+    );
+    let tenant = caller.tenant().to_string();
+    match idempotency::begin(
+        app.storage.as_ref(),
+        &tenant,
+        &key,
+        &fingerprint,
+        app.idempotency_retention,
+        app.limiter.timeout() * 2,
+    )
+    .await?
+    {
+        idempotency::Begin::Replay(status, response) => {
+            app.governed
+                .audit()
+                .append(vec![(
+                    tenant,
+                    now_ms(),
+                    serde_json::json!({
+                        "type": "idempotent_replay",
+                        "invocation_id": response.invocation_id,
+                        "idempotency_key_sha256": crate::audit::canonical::sha256_hex(key.as_bytes()),
+                        "principal": caller.key.id,
+                        "time_ms": now_ms(),
+                    }),
+                )])
+                .await?;
+            let mut answer = answer(status, &response);
+            answer
+                .headers_mut()
+                .insert("idempotent-replayed", HeaderValue::from_static("true"));
+            Ok(answer)
+        }
+        idempotency::Begin::Run => {
+            let outcome = match app.run_invocation(tool, call).await {
+                Ok(o) => o,
+                Err(e) => {
+                    let _ = app.storage.idempotency_abandon(&tenant, &key).await;
+                    return Err(e);
+                }
+            };
+            if outcome.error_kind() == Some(ErrorKind::Internal) {
+                // Not recorded, so not answered: a retry may run it.
+                let _ = app.storage.idempotency_abandon(&tenant, &key).await;
+            }
+            Ok(respond(&outcome))
+        }
+    }
 }
 
 /// Answer an outcome: the invocation shape with its status code, or a 500
@@ -210,5 +287,11 @@ pub fn respond(outcome: &Outcome) -> Response {
         return ApiError::from(Error::new(ErrorKind::Internal, e.message.clone())).into_response();
     }
     let response = outcome.response();
-    (http_status(&response), Json(response)).into_response()
+    answer(response.http_status(), &response)
+}
+
+/// An invocation answer with its status code.
+pub fn answer(status: u16, response: &InvocationResponse) -> Response {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    (status, Json(response)).into_response()
 }

@@ -38,6 +38,13 @@ impl Limiter {
     }
 }
 
+impl Limiter {
+    /// The per-request deadline.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+}
+
 fn overloaded() -> Response {
     let mut e = ApiError::new(
         ErrorKind::Overloaded,

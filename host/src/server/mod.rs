@@ -12,6 +12,7 @@
 //! task and is recorded, even if its client goes away or its request times
 //! out; shutdown waits for those tasks, then flushes the audit trail.
 
+pub mod approvals;
 pub mod auth;
 pub mod invoke;
 pub mod limit;
@@ -61,6 +62,10 @@ pub struct ServeConfig {
     pub shutdown_grace: Duration,
     /// How often to look for a new stored policy.
     pub policy_poll: Duration,
+    /// How long answers to `Idempotency-Key` requests are kept.
+    pub idempotency_retention: Duration,
+    /// How long approval requests wait for a decision.
+    pub approval_ttl: Duration,
 }
 
 impl Default for ServeConfig {
@@ -74,6 +79,10 @@ impl Default for ServeConfig {
             limits: Limits::default(),
             shutdown_grace: Duration::from_secs(30),
             policy_poll: Duration::from_secs(2),
+            idempotency_retention: crate::idempotency::DEFAULT_RETENTION,
+            approval_ttl: Duration::from_millis(
+                crate::gate::governed::DEFAULT_APPROVAL_TTL_MS as u64,
+            ),
         }
     }
 }
@@ -87,6 +96,7 @@ pub struct App {
     pub governed: Arc<Governed>,
     pub limiter: limit::Limiter,
     pub limits: Limits,
+    pub idempotency_retention: Duration,
     /// Invocations in flight (each on its own task).
     pub tracker: TaskTracker,
     /// False once shutdown began.
@@ -144,6 +154,7 @@ impl Server {
             .await
             .map_err(|e| Error::invalid_args(format!("cannot listen on {listen}: {e}")))?;
         let registry = Registry::new(storage.clone(), runtime.clone());
+        governed.set_approval_ttl(config.approval_ttl);
         let gate: Arc<dyn Gate> = governed.clone();
         let app = Arc::new(App {
             tools: tools::ToolCache::new(registry.clone(), storage.clone()),
@@ -156,6 +167,7 @@ impl Server {
                 config.request_timeout,
             ),
             limits: config.limits.clone(),
+            idempotency_retention: config.idempotency_retention,
             tracker: TaskTracker::new(),
             ready: AtomicBool::new(true),
             policy_version: AtomicI64::new(policy_version),
@@ -235,6 +247,10 @@ pub fn router(app: Arc<App>, config: &ServeConfig) -> Router {
             "/v1/tools/{tool}/{function}/{rest}/invoke",
             post(invoke::invoke_qualified),
         )
+        .route("/v1/approvals", get(approvals::list))
+        .route("/v1/approvals/{id}", get(approvals::get_one))
+        .route("/v1/approvals/{id}/approve", post(approvals::approve))
+        .route("/v1/approvals/{id}/deny", post(approvals::deny))
         .route("/v1/invocations", get(records::list))
         .route("/v1/invocations/{id}", get(records::get_one))
         .route(

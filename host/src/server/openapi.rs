@@ -1,6 +1,6 @@
 //! The OpenAPI 3.1 document, generated from the handlers' annotations.
 
-use super::{invoke, problem, records, tools};
+use super::{approvals, invoke, problem, records, tools};
 use axum::Json;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
@@ -20,6 +20,10 @@ use utoipa::{Modify, OpenApi};
         tools::enable,
         invoke::invoke_tool,
         invoke::invoke_function,
+        approvals::list,
+        approvals::get_one,
+        approvals::approve,
+        approvals::deny,
         records::get_one,
         records::list,
         records::report_usage,
@@ -36,6 +40,7 @@ use utoipa::{Modify, OpenApi};
         crate::error::ErrorSchema,
         tools::DeployRequest,
         records::TokenUsage,
+        approvals::DecisionRequest,
     )),
     modifiers(&Bearer),
 )]

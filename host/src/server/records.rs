@@ -48,6 +48,7 @@ pub async fn get_one(
         .invocation_get(caller.tenant(), &id)
         .await?
         .ok_or_else(|| ApiError::new(ErrorKind::NotFound, format!("no invocation `{id}`")))?;
+    let record = crate::approvals::current_record(app.storage.as_ref(), record).await?;
     Ok(Json(show(&record)))
 }
 
@@ -112,7 +113,11 @@ pub async fn list(
     let next = (rows.len() as i64 == limit)
         .then(|| rows.last().map(|(pos, _)| pos.to_string()))
         .flatten();
-    let invocations: Vec<Value> = rows.iter().map(|(_, r)| show(r)).collect();
+    let mut invocations = Vec::with_capacity(rows.len());
+    for (_, r) in rows {
+        let r = crate::approvals::current_record(app.storage.as_ref(), r).await?;
+        invocations.push(show(&r));
+    }
     Ok(Json(
         json!({"invocations": invocations, "next_cursor": next}),
     ))
@@ -153,6 +158,7 @@ pub async fn report_usage(
         workflow: body.workflow,
         task_id: Some(task_id.clone()),
         principal: Some(caller.key.id.clone()),
+        ..CallContext::default()
     };
     let exceeded = app
         .governed

@@ -3,8 +3,9 @@
 //! reference the SQL backends must agree with.
 
 use super::{
-    ApiKeyRecord, Batch, Charge, Checkpoint, Exceeded, InvocationFilter, InvocationRecord,
-    Registered, Signer, Storage, StoredEntry, StoredPolicy, ToolEntry, ToolVersion, Usage,
+    ApiKeyRecord, ApprovalRecord, Batch, Charge, Checkpoint, Exceeded, IdempotencyBegin,
+    IdempotencyDone, InvocationFilter, InvocationRecord, Registered, Signer, Storage, StoredEntry,
+    StoredPolicy, ToolEntry, ToolVersion, Usage,
 };
 use crate::audit::{CHECKPOINT_EVERY, GENESIS, chain_hash};
 use crate::error::Result;
@@ -29,6 +30,24 @@ struct Inner {
     /// By position.
     invocations: BTreeMap<i64, InvocationRecord>,
     policies: Vec<StoredPolicy>,
+    /// (tenant, key) → (fingerprint, done answer, started, expires).
+    idempotency: HashMap<(String, String), Idem>,
+    approvals: BTreeMap<String, ApprovalRecord>,
+    /// (tenant, key) → (result, expires).
+    cache: HashMap<(String, String), (String, i64)>,
+}
+
+struct Idem {
+    fingerprint: String,
+    done: Option<(u16, String)>,
+    started_ms: i64,
+    expires_ms: i64,
+}
+
+fn finish(inner: &mut Inner, d: IdempotencyDone) {
+    if let Some(e) = inner.idempotency.get_mut(&(d.tenant, d.key)) {
+        e.done = Some((d.http_status, d.response));
+    }
 }
 
 /// Storage that forgets everything when dropped.
@@ -149,8 +168,25 @@ impl Storage for MemoryStorage {
             }
             settle(&mut inner, &batch.release, &batch.charge);
             for r in batch.invocations {
-                let pos = inner.invocations.keys().next_back().map_or(1, |p| p + 1);
+                let existing = inner
+                    .invocations
+                    .iter()
+                    .find(|(_, e)| e.id == r.id)
+                    .map(|(p, _)| *p);
+                let pos = existing
+                    .unwrap_or_else(|| inner.invocations.keys().next_back().map_or(1, |p| p + 1));
                 inner.invocations.insert(pos, r);
+            }
+            for a in batch.approvals {
+                inner.approvals.insert(a.id.clone(), a);
+            }
+            for d in batch.idempotency {
+                finish(&mut inner, d);
+            }
+            for c in batch.cache {
+                inner
+                    .cache
+                    .insert((c.tenant, c.key), (c.result, c.expires_ms));
             }
             Ok(stored)
         })
@@ -569,6 +605,128 @@ impl Storage for MemoryStorage {
 
     fn policy_current(&self) -> BoxFuture<'_, Result<Option<StoredPolicy>>> {
         let found = self.lock().policies.last().cloned();
+        Box::pin(async move { Ok(found) })
+    }
+
+    fn idempotency_begin(
+        &self,
+        tenant: &str,
+        key: &str,
+        fingerprint: &str,
+        now_ms: i64,
+        expires_ms: i64,
+        stale_before_ms: i64,
+    ) -> BoxFuture<'_, Result<IdempotencyBegin>> {
+        let mut inner = self.lock();
+        inner.idempotency.retain(|_, e| e.expires_ms > now_ms);
+        let k = (tenant.to_string(), key.to_string());
+        let answer = match inner.idempotency.get(&k) {
+            Some(e) if e.fingerprint != fingerprint => Some(IdempotencyBegin::Mismatch),
+            Some(Idem {
+                done: Some((status, response)),
+                ..
+            }) => Some(IdempotencyBegin::Replay {
+                http_status: *status,
+                response: response.clone(),
+            }),
+            Some(e) if e.started_ms > stale_before_ms => Some(IdempotencyBegin::InProgress),
+            _ => None,
+        };
+        let answer = answer.unwrap_or_else(|| {
+            inner.idempotency.insert(
+                k,
+                Idem {
+                    fingerprint: fingerprint.to_string(),
+                    done: None,
+                    started_ms: now_ms,
+                    expires_ms,
+                },
+            );
+            IdempotencyBegin::Started
+        });
+        Box::pin(async move { Ok(answer) })
+    }
+
+    fn idempotency_abandon(&self, tenant: &str, key: &str) -> BoxFuture<'_, Result<()>> {
+        let mut inner = self.lock();
+        let k = (tenant.to_string(), key.to_string());
+        if inner.idempotency.get(&k).is_some_and(|e| e.done.is_none()) {
+            inner.idempotency.remove(&k);
+        }
+        Box::pin(async move { Ok(()) })
+    }
+
+    fn idempotency_finish(&self, done: IdempotencyDone) -> BoxFuture<'_, Result<()>> {
+        finish(&mut self.lock(), done);
+        Box::pin(async move { Ok(()) })
+    }
+
+    fn approval_get(
+        &self,
+        tenant: &str,
+        id: &str,
+    ) -> BoxFuture<'_, Result<Option<ApprovalRecord>>> {
+        let found = self
+            .lock()
+            .approvals
+            .get(id)
+            .filter(|a| a.tenant == tenant)
+            .cloned();
+        Box::pin(async move { Ok(found) })
+    }
+
+    fn approval_list(
+        &self,
+        tenant: &str,
+        status: Option<&str>,
+        limit: i64,
+    ) -> BoxFuture<'_, Result<Vec<ApprovalRecord>>> {
+        let mut found: Vec<ApprovalRecord> = self
+            .lock()
+            .approvals
+            .values()
+            .filter(|a| a.tenant == tenant && status.is_none_or(|s| a.status == s))
+            .cloned()
+            .collect();
+        found.sort_by_key(|a| std::cmp::Reverse(a.created_ms));
+        found.truncate(usize::try_from(limit).unwrap_or(0));
+        Box::pin(async move { Ok(found) })
+    }
+
+    fn approval_decide(
+        &self,
+        tenant: &str,
+        id: &str,
+        status: &str,
+        decided_by: &str,
+        reason: Option<&str>,
+        now_ms: i64,
+    ) -> BoxFuture<'_, Result<Option<ApprovalRecord>>> {
+        let decided = match self.lock().approvals.get_mut(id) {
+            Some(a) if a.tenant == tenant && a.status == "pending" && now_ms < a.expires_ms => {
+                a.status = status.to_string();
+                a.decided_by = Some(decided_by.to_string());
+                a.decided_ms = Some(now_ms);
+                a.reason = reason.map(str::to_string);
+                Some(a.clone())
+            }
+            _ => None,
+        };
+        Box::pin(async move { Ok(decided) })
+    }
+
+    fn cache_get(
+        &self,
+        tenant: &str,
+        key: &str,
+        now_ms: i64,
+    ) -> BoxFuture<'_, Result<Option<String>>> {
+        let found = self
+            .lock()
+            .cache
+            .get(&(tenant.to_string(), key.to_string()))
+            .filter(|(_, expires)| *expires > now_ms)
+            .map(|(r, _)| r.clone());
         Box::pin(async move { Ok(found) })
     }
 }

@@ -42,8 +42,81 @@ pub struct Batch {
     /// Usage to record.
     pub charge: Vec<Charge>,
     /// Invocation records to store (with the audit entries that describe
-    /// them, so that the two always agree).
+    /// them, so that the two always agree). A record with an existing id
+    /// replaces it (an approved invocation's result replaces its pending
+    /// record).
     pub invocations: Vec<InvocationRecord>,
+    /// Approval requests to store.
+    pub approvals: Vec<ApprovalRecord>,
+    /// Idempotency keys whose response is now final.
+    pub idempotency: Vec<IdempotencyDone>,
+    /// Results to cache.
+    pub cache: Vec<CacheEntry>,
+}
+
+/// A human-approval request: the decision packet, and the call to run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ApprovalRecord {
+    /// `apr_…`.
+    pub id: String,
+    pub tenant: String,
+    /// The invocation that waits (its record is `pending_approval`).
+    pub invocation_id: String,
+    /// `pending`, `approved` (and run), `denied`; a pending one past
+    /// `expires_ms` is expired.
+    pub status: String,
+    pub tool: String,
+    pub function: String,
+    pub version: Option<String>,
+    pub workflow: Option<String>,
+    pub task_id: Option<String>,
+    /// The arguments to run with (kept until decided; never shown).
+    #[serde(skip)]
+    pub args: String,
+    /// The arguments with the policy's redactions, for approvers.
+    pub args_redacted: String,
+    pub args_sha256: String,
+    /// The rule that asked for approval.
+    pub rule: String,
+    /// The requesting key's id.
+    pub requester: Option<String>,
+    pub created_ms: i64,
+    pub expires_ms: i64,
+    pub decided_by: Option<String>,
+    pub decided_ms: Option<i64>,
+    pub reason: Option<String>,
+}
+
+/// The final response of an idempotent request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdempotencyDone {
+    pub tenant: String,
+    pub key: String,
+    pub http_status: u16,
+    pub response: String,
+}
+
+/// What starting an idempotent request found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IdempotencyBegin {
+    /// The key is new (or its earlier use expired or was abandoned): run.
+    Started,
+    /// Done before with the same fingerprint: answer this again.
+    Replay { http_status: u16, response: String },
+    /// Used before with another request.
+    Mismatch,
+    /// The first request with this key is still running.
+    InProgress,
+}
+
+/// A cached result.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheEntry {
+    pub tenant: String,
+    pub key: String,
+    /// The result JSON.
+    pub result: String,
+    pub expires_ms: i64,
 }
 
 /// Signs a checkpoint: `(chain, seq, hash, time_ms)` → hex signature.
@@ -359,6 +432,62 @@ pub trait Storage: Send + Sync + 'static {
 
     /// The current policy, if one was stored.
     fn policy_current(&self) -> BoxFuture<'_, Result<Option<StoredPolicy>>>;
+
+    /// Start an idempotent request: record `key` as running with
+    /// `fingerprint` unless it is known. A running entry older than
+    /// `stale_before_ms` was abandoned (its process died) and is taken over;
+    /// entries past their expiry are forgotten. Atomic.
+    fn idempotency_begin(
+        &self,
+        tenant: &str,
+        key: &str,
+        fingerprint: &str,
+        now_ms: i64,
+        expires_ms: i64,
+        stale_before_ms: i64,
+    ) -> BoxFuture<'_, Result<IdempotencyBegin>>;
+
+    /// Forget a running key (the request failed before it produced an
+    /// answer to keep).
+    fn idempotency_abandon(&self, tenant: &str, key: &str) -> BoxFuture<'_, Result<()>>;
+
+    /// Finish a key outside an audit batch.
+    fn idempotency_finish(&self, done: IdempotencyDone) -> BoxFuture<'_, Result<()>>;
+
+    /// An approval request.
+    fn approval_get(&self, tenant: &str, id: &str)
+    -> BoxFuture<'_, Result<Option<ApprovalRecord>>>;
+
+    /// A tenant's approval requests with a stored status (all when `None`),
+    /// newest first.
+    fn approval_list(
+        &self,
+        tenant: &str,
+        status: Option<&str>,
+        limit: i64,
+    ) -> BoxFuture<'_, Result<Vec<ApprovalRecord>>>;
+
+    /// Decide a pending, unexpired request: set `status` if and only if it
+    /// is still pending and `now_ms < expires_ms`, atomically (of two
+    /// concurrent decisions exactly one wins). Returns the decided record,
+    /// or `None` when it was not pending (or had expired).
+    fn approval_decide(
+        &self,
+        tenant: &str,
+        id: &str,
+        status: &str,
+        decided_by: &str,
+        reason: Option<&str>,
+        now_ms: i64,
+    ) -> BoxFuture<'_, Result<Option<ApprovalRecord>>>;
+
+    /// A cached result, if present and not expired.
+    fn cache_get(
+        &self,
+        tenant: &str,
+        key: &str,
+        now_ms: i64,
+    ) -> BoxFuture<'_, Result<Option<String>>>;
 
     /// A small named value (keys, settings).
     fn meta_get(&self, key: &str) -> BoxFuture<'_, Result<Option<String>>>;

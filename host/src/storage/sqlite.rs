@@ -4,8 +4,9 @@
 //! concurrent processes on one data dir serialise correctly.
 
 use super::{
-    ApiKeyRecord, Batch, Charge, Checkpoint, Exceeded, InvocationFilter, InvocationRecord,
-    Registered, Signer, Storage, StoredEntry, StoredPolicy, ToolEntry, ToolVersion, Usage,
+    ApiKeyRecord, ApprovalRecord, Batch, Charge, Checkpoint, Exceeded, IdempotencyBegin,
+    IdempotencyDone, InvocationFilter, InvocationRecord, Registered, Signer, Storage, StoredEntry,
+    StoredPolicy, ToolEntry, ToolVersion, Usage,
 };
 use crate::audit::chain_hash;
 use crate::error::{Error, Result};
@@ -117,6 +118,48 @@ const MIGRATIONS: &[&str] = &[
         text TEXT NOT NULL,
         created_ms INTEGER NOT NULL
     );",
+    // 4: idempotency keys, approvals, the result cache.
+    "CREATE TABLE idempotency (
+        tenant TEXT NOT NULL,
+        key TEXT NOT NULL,
+        fingerprint TEXT NOT NULL,
+        state TEXT NOT NULL,
+        http_status INTEGER,
+        response TEXT,
+        started_ms INTEGER NOT NULL,
+        expires_ms INTEGER NOT NULL,
+        PRIMARY KEY (tenant, key)
+    ) WITHOUT ROWID;
+    CREATE INDEX idempotency_expiry ON idempotency (expires_ms);
+    CREATE TABLE approvals (
+        id TEXT PRIMARY KEY,
+        tenant TEXT NOT NULL,
+        invocation_id TEXT NOT NULL,
+        status TEXT NOT NULL,
+        tool TEXT NOT NULL,
+        function TEXT NOT NULL,
+        version TEXT,
+        workflow TEXT,
+        task_id TEXT,
+        args TEXT NOT NULL,
+        args_redacted TEXT NOT NULL,
+        args_sha256 TEXT NOT NULL,
+        rule TEXT NOT NULL,
+        requester TEXT,
+        created_ms INTEGER NOT NULL,
+        expires_ms INTEGER NOT NULL,
+        decided_by TEXT,
+        decided_ms INTEGER,
+        reason TEXT
+    ) WITHOUT ROWID;
+    CREATE INDEX approvals_tenant ON approvals (tenant, status, created_ms);
+    CREATE TABLE result_cache (
+        tenant TEXT NOT NULL,
+        key TEXT NOT NULL,
+        result TEXT NOT NULL,
+        expires_ms INTEGER NOT NULL,
+        PRIMARY KEY (tenant, key)
+    ) WITHOUT ROWID;",
 ];
 
 fn db(e: sqlx::Error) -> Error {
@@ -186,6 +229,49 @@ impl SqliteStorage {
             .map_err(db)?;
         }
         tx.commit().await.map_err(db)
+    }
+}
+
+async fn finish_idempotency(
+    tx: &mut sqlx::Transaction<'static, Sqlite>,
+    d: &IdempotencyDone,
+) -> Result<()> {
+    sqlx::query(
+        "UPDATE idempotency SET state = 'done', http_status = ?, response = ? WHERE tenant = ? AND key = ?",
+    )
+    .bind(i64::from(d.http_status))
+    .bind(&d.response)
+    .bind(&d.tenant)
+    .bind(&d.key)
+    .execute(&mut **tx)
+    .await
+    .map_err(db)?;
+    Ok(())
+}
+
+const APPROVAL_COLUMNS: &str = "id, tenant, invocation_id, status, tool, function, version, workflow, task_id, args, args_redacted, args_sha256, rule, requester, created_ms, expires_ms, decided_by, decided_ms, reason";
+
+fn approval_row(r: &sqlx::sqlite::SqliteRow) -> ApprovalRecord {
+    ApprovalRecord {
+        id: r.get(0),
+        tenant: r.get(1),
+        invocation_id: r.get(2),
+        status: r.get(3),
+        tool: r.get(4),
+        function: r.get(5),
+        version: r.get(6),
+        workflow: r.get(7),
+        task_id: r.get(8),
+        args: r.get(9),
+        args_redacted: r.get(10),
+        args_sha256: r.get(11),
+        rule: r.get(12),
+        requester: r.get(13),
+        created_ms: r.get(14),
+        expires_ms: r.get(15),
+        decided_by: r.get(16),
+        decided_ms: r.get(17),
+        reason: r.get(18),
     }
 }
 
@@ -406,7 +492,53 @@ impl Storage for SqliteStorage {
                         .push_bind(r.created_ms)
                         .push_bind(&r.response);
                 });
+                q.push(
+                    " ON CONFLICT (id) DO UPDATE SET version = excluded.version, status = excluded.status,
+                      error_kind = excluded.error_kind, response = excluded.response",
+                );
                 q.build().execute(&mut *tx).await.map_err(db)?;
+            }
+            for a in &batch.approvals {
+                sqlx::query(
+                    "INSERT INTO approvals (id, tenant, invocation_id, status, tool, function, version, workflow, task_id,
+                       args, args_redacted, args_sha256, rule, requester, created_ms, expires_ms)
+                     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                )
+                .bind(&a.id)
+                .bind(&a.tenant)
+                .bind(&a.invocation_id)
+                .bind(&a.status)
+                .bind(&a.tool)
+                .bind(&a.function)
+                .bind(&a.version)
+                .bind(&a.workflow)
+                .bind(&a.task_id)
+                .bind(&a.args)
+                .bind(&a.args_redacted)
+                .bind(&a.args_sha256)
+                .bind(&a.rule)
+                .bind(&a.requester)
+                .bind(a.created_ms)
+                .bind(a.expires_ms)
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?;
+            }
+            for d in &batch.idempotency {
+                finish_idempotency(&mut tx, d).await?;
+            }
+            for c in &batch.cache {
+                sqlx::query(
+                    "INSERT INTO result_cache (tenant, key, result, expires_ms) VALUES (?, ?, ?, ?)
+                     ON CONFLICT (tenant, key) DO UPDATE SET result = excluded.result, expires_ms = excluded.expires_ms",
+                )
+                .bind(&c.tenant)
+                .bind(&c.key)
+                .bind(&c.result)
+                .bind(c.expires_ms)
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?;
             }
             tx.commit().await.map_err(db)?;
             Ok(stored)
@@ -1130,6 +1262,198 @@ impl Storage for SqliteStorage {
                 text: r.get(2),
                 created_ms: r.get(3),
             }))
+        })
+    }
+
+    fn idempotency_begin(
+        &self,
+        tenant: &str,
+        key: &str,
+        fingerprint: &str,
+        now_ms: i64,
+        expires_ms: i64,
+        stale_before_ms: i64,
+    ) -> BoxFuture<'_, Result<IdempotencyBegin>> {
+        let (tenant, key, fingerprint) =
+            (tenant.to_string(), key.to_string(), fingerprint.to_string());
+        Box::pin(async move {
+            let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(db)?;
+            sqlx::query("DELETE FROM idempotency WHERE expires_ms <= ?")
+                .bind(now_ms)
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?;
+            let row = sqlx::query(
+                "SELECT fingerprint, state, http_status, response, started_ms FROM idempotency WHERE tenant = ? AND key = ?",
+            )
+            .bind(&tenant)
+            .bind(&key)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db)?;
+            let answer = match row {
+                Some(r) => {
+                    let (fp, state, status, response, started): (
+                        String,
+                        String,
+                        Option<i64>,
+                        Option<String>,
+                        i64,
+                    ) = (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4));
+                    if fp != fingerprint {
+                        Some(IdempotencyBegin::Mismatch)
+                    } else if state == "done" {
+                        Some(IdempotencyBegin::Replay {
+                            http_status: status.and_then(|s| u16::try_from(s).ok()).unwrap_or(200),
+                            response: response.unwrap_or_default(),
+                        })
+                    } else if started > stale_before_ms {
+                        Some(IdempotencyBegin::InProgress)
+                    } else {
+                        None
+                    }
+                }
+                None => None,
+            };
+            if let Some(answer) = answer {
+                tx.commit().await.map_err(db)?;
+                return Ok(answer);
+            }
+            sqlx::query(
+                "INSERT INTO idempotency (tenant, key, fingerprint, state, started_ms, expires_ms) VALUES (?, ?, ?, 'running', ?, ?)
+                 ON CONFLICT (tenant, key) DO UPDATE SET fingerprint = excluded.fingerprint, state = 'running',
+                   http_status = NULL, response = NULL, started_ms = excluded.started_ms, expires_ms = excluded.expires_ms",
+            )
+            .bind(&tenant)
+            .bind(&key)
+            .bind(&fingerprint)
+            .bind(now_ms)
+            .bind(expires_ms)
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+            tx.commit().await.map_err(db)?;
+            Ok(IdempotencyBegin::Started)
+        })
+    }
+
+    fn idempotency_abandon(&self, tenant: &str, key: &str) -> BoxFuture<'_, Result<()>> {
+        let (tenant, key) = (tenant.to_string(), key.to_string());
+        Box::pin(async move {
+            sqlx::query(
+                "DELETE FROM idempotency WHERE tenant = ? AND key = ? AND state = 'running'",
+            )
+            .bind(tenant)
+            .bind(key)
+            .execute(&self.pool)
+            .await
+            .map_err(db)?;
+            Ok(())
+        })
+    }
+
+    fn idempotency_finish(&self, done: IdempotencyDone) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(db)?;
+            finish_idempotency(&mut tx, &done).await?;
+            tx.commit().await.map_err(db)
+        })
+    }
+
+    fn approval_get(
+        &self,
+        tenant: &str,
+        id: &str,
+    ) -> BoxFuture<'_, Result<Option<ApprovalRecord>>> {
+        let (tenant, id) = (tenant.to_string(), id.to_string());
+        Box::pin(async move {
+            let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "SELECT {APPROVAL_COLUMNS} FROM approvals WHERE tenant = ? AND id = ?"
+            )))
+            .bind(tenant)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db)?;
+            Ok(row.as_ref().map(approval_row))
+        })
+    }
+
+    fn approval_list(
+        &self,
+        tenant: &str,
+        status: Option<&str>,
+        limit: i64,
+    ) -> BoxFuture<'_, Result<Vec<ApprovalRecord>>> {
+        let (tenant, status) = (tenant.to_string(), status.map(str::to_string));
+        Box::pin(async move {
+            let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "SELECT {APPROVAL_COLUMNS} FROM approvals WHERE tenant = ?1 AND (?2 IS NULL OR status = ?2)
+                 ORDER BY created_ms DESC LIMIT ?3"
+            )))
+            .bind(tenant)
+            .bind(status)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db)?;
+            Ok(rows.iter().map(approval_row).collect())
+        })
+    }
+
+    fn approval_decide(
+        &self,
+        tenant: &str,
+        id: &str,
+        status: &str,
+        decided_by: &str,
+        reason: Option<&str>,
+        now_ms: i64,
+    ) -> BoxFuture<'_, Result<Option<ApprovalRecord>>> {
+        let (tenant, id, status, decided_by, reason) = (
+            tenant.to_string(),
+            id.to_string(),
+            status.to_string(),
+            decided_by.to_string(),
+            reason.map(str::to_string),
+        );
+        Box::pin(async move {
+            let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "UPDATE approvals SET status = ?, decided_by = ?, decided_ms = ?, reason = ?
+                 WHERE tenant = ? AND id = ? AND status = 'pending' AND expires_ms > ?
+                 RETURNING {APPROVAL_COLUMNS}"
+            )))
+            .bind(status)
+            .bind(decided_by)
+            .bind(now_ms)
+            .bind(reason)
+            .bind(tenant)
+            .bind(id)
+            .bind(now_ms)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db)?;
+            Ok(row.as_ref().map(approval_row))
+        })
+    }
+
+    fn cache_get(
+        &self,
+        tenant: &str,
+        key: &str,
+        now_ms: i64,
+    ) -> BoxFuture<'_, Result<Option<String>>> {
+        let (tenant, key) = (tenant.to_string(), key.to_string());
+        Box::pin(async move {
+            sqlx::query_scalar(
+                "SELECT result FROM result_cache WHERE tenant = ? AND key = ? AND expires_ms > ?",
+            )
+            .bind(tenant)
+            .bind(key)
+            .bind(now_ms)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db)
         })
     }
 }

@@ -1,0 +1,182 @@
+//! `host approvals list | show | approve | deny`: decide parked calls from
+//! the command line (on the data dir a server may be using). Decisions are
+//! recorded as made by `cli:<user>`.
+
+use super::data::DataDir;
+use std::path::PathBuf;
+use std::sync::Arc;
+use toolhost::approvals::{self, Decider, Verdict};
+use toolhost::audit::AuditLog;
+use toolhost::budget::Ledger;
+use toolhost::gate::Governed;
+use toolhost::gate::governed::now_ms;
+use toolhost::policy::Policy;
+use toolhost::registry::Registry;
+use toolhost::secrets::FileAndEnv;
+use toolhost::{Error, ErrorKind, Host};
+
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Approval requests, newest first.
+    List {
+        #[arg(long)]
+        tenant: String,
+        /// pending, approved, denied, expired (default: all).
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        data: DataDir,
+    },
+    /// Approve a request: the call runs now, once; prints its result.
+    Approve {
+        id: String,
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        reason: Option<String>,
+        /// Secrets for the policy's grants, as for `host serve`.
+        #[arg(long, value_name = "FILE")]
+        secrets: Option<PathBuf>,
+        #[command(flatten)]
+        data: DataDir,
+    },
+    /// Deny a request (final).
+    Deny {
+        id: String,
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        reason: Option<String>,
+        #[command(flatten)]
+        data: DataDir,
+    },
+}
+
+pub async fn main(cmd: Command) -> i32 {
+    match run(cmd).await {
+        Ok(code) => code,
+        Err(e) => {
+            super::report(&e);
+            1
+        }
+    }
+}
+
+fn approver() -> String {
+    let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
+    format!("cli:{user}")
+}
+
+async fn decider(data: &DataDir, secrets: Option<&std::path::Path>) -> toolhost::Result<Decider> {
+    let storage = data.storage().await?;
+    let stored = storage.policy_current().await?.ok_or_else(|| {
+        Error::new(
+            ErrorKind::InvalidPolicy,
+            "the data dir has no stored policy (`host policy set FILE`)",
+        )
+    })?;
+    let policy = Policy::parse(&stored.name, &stored.text)?;
+    let audit = AuditLog::open(storage.clone(), &data.path()).await?;
+    let secrets = FileAndEnv::new(secrets).map_err(|e| Error::new(ErrorKind::InvalidArgs, e))?;
+    let governed = Arc::new(Governed::new(
+        Arc::new(policy),
+        Ledger::new(storage.clone()),
+        audit.clone(),
+        Arc::new(secrets),
+    ));
+    let runtime = super::runtime()?;
+    Ok(Decider {
+        registry: Registry::new(storage.clone(), runtime.clone()),
+        host: Arc::new(Host::new(runtime, governed)),
+        storage,
+        audit,
+        limits: toolhost::Limits::default(),
+    })
+}
+
+async fn run(cmd: Command) -> toolhost::Result<i32> {
+    match cmd {
+        Command::List {
+            tenant,
+            status,
+            json,
+            data,
+        } => {
+            let storage = data.storage().await?;
+            let found = approvals::list(storage.as_ref(), &tenant, status.as_deref(), 500).await?;
+            let now = now_ms();
+            if json {
+                let list: Vec<_> = found.iter().map(|a| approvals::view(a, now)).collect();
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&list).unwrap_or_default()
+                );
+            } else {
+                for a in &found {
+                    println!(
+                        "{}  {:8}  {}/{}  args={}  rule: {}  requested by {}",
+                        a.id,
+                        approvals::effective_status(a, now),
+                        a.tool,
+                        a.function,
+                        a.args_redacted,
+                        a.rule,
+                        a.requester.as_deref().unwrap_or("-"),
+                    );
+                }
+            }
+            Ok(0)
+        }
+        Command::Approve {
+            id,
+            tenant,
+            reason,
+            secrets,
+            data,
+        } => {
+            let d = decider(&data, secrets.as_deref()).await?;
+            let decided = approvals::decide(
+                &d,
+                &tenant,
+                &id,
+                &approver(),
+                Verdict::Approve,
+                reason.as_deref(),
+            )
+            .await;
+            d.audit.flush().await?;
+            let decided = decided?;
+            let Some(outcome) = decided.outcome else {
+                return Err(Error::internal("an approval ran nothing"));
+            };
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&outcome.response()).unwrap_or_default()
+            );
+            Ok(if outcome.ok { 0 } else { 1 })
+        }
+        Command::Deny {
+            id,
+            tenant,
+            reason,
+            data,
+        } => {
+            let d = decider(&data, None).await?;
+            let decided = approvals::decide(
+                &d,
+                &tenant,
+                &id,
+                &approver(),
+                Verdict::Deny,
+                reason.as_deref(),
+            )
+            .await;
+            d.audit.flush().await?;
+            let decided = decided?;
+            eprintln!("denied {}", decided.approval.id);
+            Ok(0)
+        }
+    }
+}

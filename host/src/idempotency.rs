@@ -1,0 +1,111 @@
+//! Idempotency keys (the IETF httpapi `Idempotency-Key` draft, as Stripe
+//! does it): a retried request with the same key gets the first answer
+//! again, without a second execution or charge.
+//!
+//! * Keys are scoped per tenant. The request's fingerprint is the SHA-256 of
+//!   the canonical JSON of tool, function, arguments, workflow and task.
+//! * [`begin`] records the key as running (atomically). Same key, same
+//!   fingerprint, done: the stored answer ([`Begin::Replay`]); different
+//!   fingerprint: [`ErrorKind::IdempotencyKeyReused`]; still running:
+//!   [`ErrorKind::IdempotencyInProgress`].
+//! * The gate stores the final answer in the same transaction as the
+//!   invocation's audit record (`CallContext::idempotency_key`), so a crash
+//!   can never leave an executed call without its answer. A key whose
+//!   request died before finishing is taken over after the stale period.
+//! * Answers are kept for the retention window (default 24 h), then
+//!   forgotten; they are the caller's full answer (unredacted), so that a
+//!   retry gets exactly what the first request got.
+
+use crate::audit::canonical;
+use crate::error::{Error, ErrorKind, Result};
+use crate::invoke::InvocationResponse;
+use crate::storage::{IdempotencyBegin, Storage};
+use serde_json::json;
+use std::time::Duration;
+
+/// How long answers are kept, by default.
+pub const DEFAULT_RETENTION: Duration = Duration::from_secs(24 * 3600);
+
+/// Check a key: 1 to 255 visible ASCII characters.
+pub fn validate_key(key: &str) -> Result<()> {
+    if !key.is_empty() && key.len() <= 255 && key.bytes().all(|b| b.is_ascii_graphic()) {
+        Ok(())
+    } else {
+        Err(Error::new(
+            ErrorKind::InvalidRequest,
+            "an Idempotency-Key must be 1 to 255 visible ASCII characters",
+        ))
+    }
+}
+
+/// The fingerprint of a request.
+pub fn fingerprint(
+    tool: &str,
+    function: &str,
+    args: &serde_json::Value,
+    workflow: Option<&str>,
+    task_id: Option<&str>,
+) -> String {
+    canonical::fingerprint(&json!({
+        "tool": tool,
+        "function": function,
+        "args": args,
+        "workflow": workflow,
+        "task_id": task_id,
+    }))
+}
+
+/// What to do with a keyed request.
+#[derive(Debug)]
+pub enum Begin {
+    /// Run it (the key is now marked running).
+    Run,
+    /// Answer this again, with this HTTP status.
+    Replay(u16, Box<InvocationResponse>),
+}
+
+/// Start a keyed request.
+pub async fn begin(
+    storage: &dyn Storage,
+    tenant: &str,
+    key: &str,
+    fingerprint: &str,
+    retention: Duration,
+    stale_after: Duration,
+) -> Result<Begin> {
+    validate_key(key)?;
+    let now = crate::gate::governed::now_ms();
+    let ms = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+    let answer = storage
+        .idempotency_begin(
+            tenant,
+            key,
+            fingerprint,
+            now,
+            now.saturating_add(ms(retention)),
+            now.saturating_sub(ms(stale_after)),
+        )
+        .await?;
+    match answer {
+        IdempotencyBegin::Started => Ok(Begin::Run),
+        IdempotencyBegin::Replay {
+            http_status,
+            response,
+        } => {
+            let response = serde_json::from_str(&response).map_err(|e| {
+                Error::internal(format!(
+                    "the stored answer for this key does not parse: {e}"
+                ))
+            })?;
+            Ok(Begin::Replay(http_status, Box::new(response)))
+        }
+        IdempotencyBegin::Mismatch => Err(Error::new(
+            ErrorKind::IdempotencyKeyReused,
+            "this Idempotency-Key was used for a different request (tool, function, arguments, workflow or task); use a new key",
+        )),
+        IdempotencyBegin::InProgress => Err(Error::new(
+            ErrorKind::IdempotencyInProgress,
+            "the first request with this Idempotency-Key is still running; retry later",
+        )),
+    }
+}

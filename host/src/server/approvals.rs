@@ -1,0 +1,185 @@
+//! `/v1/approvals`: list, read, approve, deny.
+
+use super::App;
+use super::auth::Caller;
+use super::problem::{ApiError, rejection};
+use crate::approvals::{self, Decider, Verdict};
+use crate::error::ErrorKind;
+use crate::gate::governed::now_ms;
+use crate::keys::Role;
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use std::sync::Arc;
+
+const READERS: &[Role] = &[Role::Approve, Role::Audit];
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    /// `pending`, `approved`, `denied`, `expired` (default: all).
+    status: Option<String>,
+    /// At most this many (default 50, at most 500).
+    limit: Option<i64>,
+}
+
+/// Approval requests, newest first.
+#[utoipa::path(get, path = "/v1/approvals", tag = "approvals",
+    params(ListQuery),
+    responses((status = 200, description = "`{\"approvals\": [...]}`: each with tenant, workflow, task_id, tool, function, version, args (redacted), args_sha256, rule, requester, created_ms, expires_ms, status and the decision", body = Object)),
+    security(("bearer" = [])))]
+pub async fn list(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    query: Result<Query<ListQuery>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    caller.require_any(READERS)?;
+    let Query(q) = query.map_err(rejection)?;
+    let limit = q.limit.unwrap_or(50);
+    if !(1..=500).contains(&limit) {
+        return Err(ApiError::new(
+            ErrorKind::InvalidRequest,
+            "`limit` must be 1 to 500",
+        ));
+    }
+    let found = approvals::list(
+        app.storage.as_ref(),
+        caller.tenant(),
+        q.status.as_deref(),
+        limit,
+    )
+    .await?;
+    let now = now_ms();
+    let list: Vec<Value> = found.iter().map(|a| approvals::view(a, now)).collect();
+    Ok(Json(json!({ "approvals": list })))
+}
+
+/// One approval request.
+#[utoipa::path(get, path = "/v1/approvals/{id}", tag = "approvals",
+    params(("id" = String, Path, description = "The approval id (`apr_…`)")),
+    responses(
+        (status = 200, description = "The request and its status", body = Object),
+        (status = 404, description = "No such request in the caller's tenant", body = super::problem::Problem),
+    ),
+    security(("bearer" = [])))]
+pub async fn get_one(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    caller.require_any(READERS)?;
+    let a = app
+        .storage
+        .approval_get(caller.tenant(), &id)
+        .await?
+        .ok_or_else(|| ApiError::new(ErrorKind::NotFound, format!("no approval request `{id}`")))?;
+    Ok(Json(approvals::view(&a, now_ms())))
+}
+
+/// A decision's note.
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DecisionRequest {
+    /// Why (kept in the request and the audit trail).
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+/// Approve: the call runs once, now; its result is the answer and the
+/// invocation's record.
+#[utoipa::path(post, path = "/v1/approvals/{id}/approve", tag = "approvals",
+    params(("id" = String, Path, description = "The approval id")),
+    request_body = DecisionRequest,
+    responses(
+        (status = 200, description = "`{\"approval\": {...}, \"invocation\": {...}}`: the call ran", body = Object),
+        (status = 403, description = "Not an approver, or the requester itself", body = super::problem::Problem),
+        (status = 409, description = "Already decided, or expired (decisions are final)", body = super::problem::Problem),
+    ),
+    security(("bearer" = [])))]
+pub async fn approve(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    Path(id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    decide(app, caller, id, body, Verdict::Approve).await
+}
+
+/// Deny: final; the waiting invocation is refused with `approval_denied`.
+#[utoipa::path(post, path = "/v1/approvals/{id}/deny", tag = "approvals",
+    params(("id" = String, Path, description = "The approval id")),
+    request_body = DecisionRequest,
+    responses(
+        (status = 200, description = "`{\"approval\": {...}}`", body = Object),
+        (status = 409, description = "Already decided, or expired", body = super::problem::Problem),
+    ),
+    security(("bearer" = [])))]
+pub async fn deny(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    Path(id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    decide(app, caller, id, body, Verdict::Deny).await
+}
+
+async fn decide(
+    app: Arc<App>,
+    caller: Caller,
+    id: String,
+    body: Result<Bytes, BytesRejection>,
+    verdict: Verdict,
+) -> Result<Json<Value>, ApiError> {
+    caller.require(Role::Approve)?;
+    let body = body.map_err(rejection)?;
+    let request: DecisionRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        DecisionRequest::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| {
+            ApiError::new(
+                ErrorKind::InvalidRequest,
+                format!("the request body is not a valid decision: {e}"),
+            )
+        })?
+    };
+    let decider = Decider {
+        storage: app.storage.clone(),
+        registry: app.registry.clone(),
+        host: app.host.clone(),
+        audit: app.governed.audit().clone(),
+        limits: app.limits.clone(),
+    };
+    let tenant = caller.tenant().to_string();
+    let approver = caller.key.id.clone();
+    // On its own task: once decided, the approved call runs to completion
+    // whatever happens to this request.
+    let decided = app
+        .tracker
+        .spawn(async move {
+            approvals::decide(
+                &decider,
+                &tenant,
+                &id,
+                &approver,
+                verdict,
+                request.reason.as_deref(),
+            )
+            .await
+        })
+        .await
+        .map_err(|e| crate::Error::internal(format!("the decision task failed: {e}")))??;
+    let mut out = json!({ "approval": approvals::view(&decided.approval, now_ms()) });
+    if let Some(outcome) = &decided.outcome {
+        tracing::info!(
+            invocation_id = %outcome.invocation_id,
+            approval_id = %decided.approval.id,
+            status = outcome.status.as_str(),
+            "approved invocation ran"
+        );
+        out["invocation"] = json!(outcome.response());
+    }
+    Ok(Json(out))
+}

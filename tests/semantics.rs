@@ -1,0 +1,511 @@
+//! Orchestrator-grade semantics over real HTTP: idempotency keys, human
+//! approvals, result caching — including their races.
+
+mod common;
+
+use common::serve::{Client, Server, data_dir_with, host, key, ok, s};
+use common::{TestServer, guest};
+use serde_json::{Value, json};
+use std::time::Duration;
+
+const POLICY: &str = r#"
+workflow: "*"
+budget:
+  max_tool_calls: 100
+policy:
+  allow_tools: [text-tools, hostile, lookup_order, types]
+  deny_tools: [issue_refund]
+approval:
+  required_for:
+    - tool: issue_refund
+      threshold_usd: 50
+logging:
+  redact_fields: [order_id]
+tools:
+  hostile:
+    limits: {timeout: 1s}
+  word_count:
+    cache: {ttl: 1h}
+  crm/divide:
+    cache: {ttl: 1h}
+"#;
+
+async fn count(c: &Client, query: &str) -> usize {
+    let (status, list) = c.get(&format!("/v1/invocations?{query}")).await;
+    assert_eq!(status, 200, "{list}");
+    list["invocations"].as_array().unwrap().len()
+}
+
+async fn tool_calls(c: &Client, task: &str) -> i64 {
+    let (_, u) = c.get(&format!("/v1/tasks/{task}/usage")).await;
+    u["usage"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["metric"] == "tool_calls")
+        .map_or(0, |l| l["used"].as_i64().unwrap())
+}
+
+#[tokio::test]
+async fn an_idempotency_key_runs_once_and_replays_its_answer() {
+    let dir = data_dir_with(
+        "sem-idem",
+        POLICY,
+        &[("text-tools", "text_tools"), ("hostile", "hostile")],
+    );
+    let k = key(&dir, "acme", &["invoke"]);
+    let server = Server::start(&dir, &[]);
+    let c = Client::new(&server, Some(&k));
+    let body = json!({"args": {"name": "Ada"}, "task_id": "idem"});
+    let path = "/v1/tools/text-tools/hello/invoke";
+
+    let (s1, r1, h1) = c
+        .post_with(path, body.clone(), &[("idempotency-key", "k-1")])
+        .await;
+    assert_eq!(s1, 200, "{r1}");
+    assert!(h1.get("idempotent-replayed").is_none());
+    let (s2, r2, h2) = c
+        .post_with(path, body.clone(), &[("idempotency-key", "k-1")])
+        .await;
+    assert_eq!((s2, &r2), (s1, &r1), "the stored answer comes back");
+    assert_eq!(h2["idempotent-replayed"], "true");
+    assert_eq!(count(&c, "task_id=idem").await, 1, "no second execution");
+    assert_eq!(tool_calls(&c, "idem").await, 1, "no second charge");
+
+    // The same key with another request: 422.
+    let other = json!({"args": {"name": "Bob"}, "task_id": "idem"});
+    let (status, p, _) = c
+        .post_with(path, other, &[("idempotency-key", "k-1")])
+        .await;
+    assert_eq!(
+        (status, &p["kind"]),
+        (422, &json!("idempotency_key_reused")),
+        "{p}"
+    );
+    // Keys are per tenant: another tenant's identical key is its own.
+    // (Refusals are answers too: a keyed 422 replays as 422.)
+    let bad = json!({"args": {"name": 1}});
+    let (s3, r3, _) = c
+        .post_with(path, bad.clone(), &[("idempotency-key", "k-2")])
+        .await;
+    let (s4, r4, h4) = c.post_with(path, bad, &[("idempotency-key", "k-2")]).await;
+    assert_eq!((s3, s4), (422, 422));
+    assert_eq!(r3, r4);
+    assert_eq!(h4["idempotent-replayed"], "true");
+    // A malformed key: 400.
+    let (status, _, _) = c
+        .post_with(path, body.clone(), &[("idempotency-key", "has space")])
+        .await;
+    assert_eq!(status, 400);
+
+    // While the first request runs: 409.
+    let slow_path = "/v1/tools/hostile/sleep-forever/invoke";
+    let first = {
+        let (url, k) = (server.url.clone(), k.clone());
+        tokio::spawn(async move {
+            reqwest::Client::new()
+                .post(format!("{url}{slow_path}"))
+                .bearer_auth(k)
+                .header("idempotency-key", "slow")
+                .json(&json!({}))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (status, p, h) = c
+        .post_with(slow_path, json!({}), &[("idempotency-key", "slow")])
+        .await;
+    assert_eq!(
+        (status, &p["kind"]),
+        (409, &json!("idempotency_in_progress")),
+        "{p}"
+    );
+    assert!(h.get("retry-after").is_none() || h["retry-after"] == "1");
+    assert_eq!(first.await.unwrap(), 200);
+    let (status, r, _) = c
+        .post_with(slow_path, json!({}), &[("idempotency-key", "slow")])
+        .await;
+    assert_eq!(
+        (status, &r["error"]["kind"]),
+        (200, &json!("timeout")),
+        "{r}"
+    );
+
+    // The audit trail notes replays, and verifies.
+    server.stop();
+    let out = host(&["audit", "export", "--tenant", "acme", "--data-dir", s(&dir)]);
+    let export = String::from_utf8(out.stdout).unwrap();
+    assert!(export.contains("idempotent_replay"), "{export}");
+    let out = host(&["audit", "verify", "--data-dir", s(&dir)]);
+    assert!(out.status.success());
+}
+
+#[tokio::test]
+async fn identical_keyed_requests_at_once_execute_once() {
+    let dir = data_dir_with("sem-race", POLICY, &[("text-tools", "text_tools")]);
+    let k = key(&dir, "acme", &["invoke"]);
+    let server = Server::start(&dir, &[]);
+    let mut tasks = Vec::new();
+    for _ in 0..12 {
+        let (url, k) = (server.url.clone(), k.clone());
+        tasks.push(tokio::spawn(async move {
+            let r = reqwest::Client::new()
+                .post(format!("{url}/v1/tools/text-tools/slugify/invoke"))
+                .bearer_auth(k)
+                .header("idempotency-key", "race")
+                .json(&json!({"args": {"text": "Hello World"}, "task_id": "race"}))
+                .send()
+                .await
+                .unwrap();
+            let status = r.status().as_u16();
+            (status, r.json::<Value>().await.unwrap())
+        }));
+    }
+    let mut ids = Vec::new();
+    for t in tasks {
+        let (status, body) = t.await.unwrap();
+        match status {
+            200 => ids.push(body["invocation_id"].as_str().unwrap().to_string()),
+            409 => assert_eq!(body["kind"], "idempotency_in_progress"),
+            other => panic!("{other}: {body}"),
+        }
+    }
+    ids.dedup();
+    assert!(ids.len() <= 1, "one execution, one answer: {ids:?}");
+    let c = Client::new(&server, Some(&k));
+    assert_eq!(count(&c, "task_id=race").await, 1);
+    assert_eq!(tool_calls(&c, "race").await, 1);
+    server.stop();
+}
+
+#[tokio::test]
+async fn outbound_calls_of_a_keyed_invocation_carry_derived_keys() {
+    let upstream = TestServer::start().await;
+    let policy = format!(
+        "{POLICY}  http-json:\n    http: [{{url: \"http://127.0.0.1:{}\"}}]\n    allow_cidrs: [127.0.0.0/8]\n",
+        upstream.port
+    )
+    .replace("allow_tools: [", "allow_tools: [http-json, ");
+    let dir = data_dir_with("sem-outbound", &policy, &[("http-json", "http_json")]);
+    let k = key(&dir, "acme", &["invoke"]);
+    let server = Server::start(&dir, &[]);
+    let c = Client::new(&server, Some(&k));
+    let url = format!("http://127.0.0.1:{}/json", upstream.port);
+    let (status, r, _) = c
+        .post_with(
+            "/v1/tools/http-json/get-many/invoke",
+            json!({"args": {"urls": [url, url]}}),
+            &[("idempotency-key", "order-42")],
+        )
+        .await;
+    assert_eq!(status, 200, "{r}");
+    let (status, r) = c
+        .post(
+            "/v1/tools/http-json/get-json/invoke",
+            json!({"args": {"url": url}}),
+        )
+        .await;
+    assert_eq!(status, 200, "{r}");
+    let heads = upstream.requests.lock().unwrap().clone();
+    assert_eq!(heads.len(), 3, "{heads:?}");
+    let key_of = |head: &str| {
+        head.lines().find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("idempotency-key: ")
+                .map(str::to_string)
+        })
+    };
+    let k1 = key_of(&heads[0]).expect("first call keyed");
+    let k2 = key_of(&heads[1]).expect("second call keyed");
+    assert!(k1.ends_with("-1") && k2.ends_with("-2"), "{k1} {k2}");
+    assert_eq!(k1.trim_end_matches("-1"), k2.trim_end_matches("-2"));
+    assert!(
+        !k1.contains("order-42"),
+        "derived, not the caller's key itself"
+    );
+    assert_eq!(key_of(&heads[2]), None, "an unkeyed invocation sends none");
+    server.stop();
+}
+
+#[tokio::test]
+async fn approvals_park_the_call_and_a_decision_settles_it_once() {
+    let dir = data_dir_with("sem-approve", POLICY, &[("refund", "refund")]);
+    let requester = key(&dir, "acme", &["invoke", "approve"]);
+    let approver = key(&dir, "acme", &["approve"]);
+    let invoker_only = key(&dir, "acme", &["invoke"]);
+    let server = Server::start(&dir, &[]);
+    let c = Client::new(&server, Some(&requester));
+    let a = Client::new(&server, Some(&approver));
+    let refund = json!({"args": {"order-id": "ord_1001", "amount-usd": 75.0},
+                        "task_id": "t-approve"});
+
+    let (status, r) = c
+        .post("/v1/tools/refund/issue-refund/invoke", refund.clone())
+        .await;
+    assert_eq!(status, 202, "{r}");
+    assert_eq!(r["status"], "pending_approval");
+    let approval_id = r["approval_id"].as_str().unwrap().to_string();
+    let invocation_id = r["invocation_id"].as_str().unwrap().to_string();
+    assert!(r.get("result").is_none(), "the tool did not run");
+    let (_, rec) = c.get(&format!("/v1/invocations/{invocation_id}")).await;
+    assert_eq!(rec["status"], "pending_approval");
+
+    // The decision packet, for approvers.
+    let (status, list) = a.get("/v1/approvals?status=pending").await;
+    assert_eq!(status, 200, "{list}");
+    let packet = &list["approvals"][0];
+    assert_eq!(packet["id"], approval_id.as_str());
+    assert_eq!(packet["tenant"], "acme");
+    assert_eq!(packet["task_id"], "t-approve");
+    assert_eq!(packet["tool"], "refund");
+    assert_eq!(packet["function"], "issue-refund");
+    assert_eq!(packet["args"]["order-id"], "[REDACTED]");
+    assert_eq!(packet["args"]["amount-usd"], 75.0);
+    assert_eq!(packet["args_sha256"].as_str().unwrap().len(), 64);
+    assert!(
+        packet["rule"].as_str().unwrap().contains("issue_refund"),
+        "{packet}"
+    );
+    assert_eq!(packet["requester"], &requester[4..20]);
+    assert!(packet["created_ms"].as_i64().unwrap() > 0);
+
+    // Not the requester (even with the role); not without the role.
+    let (status, p) = c
+        .post(&format!("/v1/approvals/{approval_id}/approve"), json!({}))
+        .await;
+    assert_eq!((status, &p["kind"]), (403, &json!("forbidden")), "{p}");
+    let (status, _) = Client::new(&server, Some(&invoker_only))
+        .post(&format!("/v1/approvals/{approval_id}/approve"), json!({}))
+        .await;
+    assert_eq!(status, 403);
+
+    // Approve: it runs once; the record now holds the result.
+    let (status, d) = a
+        .post(
+            &format!("/v1/approvals/{approval_id}/approve"),
+            json!({"reason": "customer is right"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{d}");
+    assert_eq!(d["approval"]["status"], "approved");
+    assert_eq!(d["invocation"]["status"], "ok", "{d}");
+    assert_eq!(d["invocation"]["invocation_id"], invocation_id.as_str());
+    let (_, rec) = c.get(&format!("/v1/invocations/{invocation_id}")).await;
+    assert_eq!(rec["status"], "ok", "{rec}");
+    assert!(rec["result"].is_object());
+    // Replayed: nothing happens.
+    for verb in ["approve", "deny"] {
+        let (status, p) = a
+            .post(&format!("/v1/approvals/{approval_id}/{verb}"), json!({}))
+            .await;
+        assert_eq!((status, &p["kind"]), (409, &json!("conflict")), "{p}");
+    }
+    assert_eq!(tool_calls(&c, "t-approve").await, 1, "ran exactly once");
+
+    // Approve and deny at the same moment: one outcome.
+    let (_, r) = c
+        .post("/v1/tools/refund/issue-refund/invoke", refund.clone())
+        .await;
+    let id2 = r["approval_id"].as_str().unwrap().to_string();
+    let mut racers = Vec::new();
+    for verb in ["approve", "deny", "approve", "deny"] {
+        let (url, k, id) = (server.url.clone(), approver.clone(), id2.clone());
+        racers.push(tokio::spawn(async move {
+            reqwest::Client::new()
+                .post(format!("{url}/v1/approvals/{id}/{verb}"))
+                .bearer_auth(k)
+                .json(&json!({}))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }));
+    }
+    let mut codes = Vec::new();
+    for r in racers {
+        codes.push(r.await.unwrap());
+    }
+    codes.sort();
+    assert_eq!(codes, [200, 409, 409, 409]);
+    assert!(tool_calls(&c, "t-approve").await <= 2);
+
+    // Denied from the command line: final, and the record says so.
+    let (_, r) = c
+        .post("/v1/tools/refund/issue-refund/invoke", refund.clone())
+        .await;
+    let id3 = r["approval_id"].as_str().unwrap().to_string();
+    let inv3 = r["invocation_id"].as_str().unwrap().to_string();
+    let listed = ok(host(&[
+        "approvals",
+        "list",
+        "--tenant",
+        "acme",
+        "--status",
+        "pending",
+        "--data-dir",
+        s(&dir),
+    ]));
+    assert!(listed.contains(&id3), "{listed}");
+    ok(host(&[
+        "approvals",
+        "deny",
+        &id3,
+        "--tenant",
+        "acme",
+        "--reason",
+        "fraud",
+        "--data-dir",
+        s(&dir),
+    ]));
+    let (_, rec) = c.get(&format!("/v1/invocations/{inv3}")).await;
+    assert_eq!(
+        (&rec["status"], &rec["error"]["kind"]),
+        (&json!("refused"), &json!("approval_denied")),
+        "{rec}"
+    );
+    let (status, _) = a
+        .post(&format!("/v1/approvals/{id3}/approve"), json!({}))
+        .await;
+    assert_eq!(status, 409);
+    // Another tenant sees none of it.
+    let other = key(&dir, "globex", &["approve"]);
+    let (status, _) = Client::new(&server, Some(&other))
+        .post(&format!("/v1/approvals/{id3}/approve"), json!({}))
+        .await;
+    assert_eq!(status, 404);
+    server.stop();
+    let out = host(&["audit", "export", "--tenant", "acme", "--data-dir", s(&dir)]);
+    let export = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(
+        export.matches("approval_decision").count(),
+        3,
+        "every decision is audited"
+    );
+    let out = host(&["audit", "verify", "--data-dir", s(&dir)]);
+    assert!(out.status.success());
+}
+
+#[tokio::test]
+async fn an_undecided_approval_expires() {
+    let dir = data_dir_with("sem-expire", POLICY, &[("refund", "refund")]);
+    let requester = key(&dir, "acme", &["invoke"]);
+    let approver = key(&dir, "acme", &["approve"]);
+    let server = Server::start(&dir, &["--approval-ttl", "1s"]);
+    let c = Client::new(&server, Some(&requester));
+    let (status, r) = c
+        .post(
+            "/v1/tools/refund/issue-refund/invoke",
+            json!({"args": {"order-id": "o", "amount-usd": 80.0}}),
+        )
+        .await;
+    assert_eq!(status, 202, "{r}");
+    let id = r["approval_id"].as_str().unwrap();
+    let inv = r["invocation_id"].as_str().unwrap();
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    let a = Client::new(&server, Some(&approver));
+    let (status, p) = a
+        .post(&format!("/v1/approvals/{id}/approve"), json!({}))
+        .await;
+    assert_eq!(status, 409, "{p}");
+    assert!(p["detail"].as_str().unwrap().contains("expired"), "{p}");
+    let (_, list) = a.get("/v1/approvals?status=expired").await;
+    assert_eq!(list["approvals"][0]["id"], id);
+    let (_, rec) = c.get(&format!("/v1/invocations/{inv}")).await;
+    assert_eq!(rec["error"]["kind"], "approval_expired", "{rec}");
+    server.stop();
+}
+
+#[tokio::test]
+async fn cacheable_functions_return_stored_results_per_tenant_and_version() {
+    let dir = data_dir_with(
+        "sem-cache",
+        POLICY,
+        &[("text-tools", "text_tools"), ("types", "types")],
+    );
+    // The same tool for another tenant.
+    ok(host(&[
+        "register",
+        s(&guest("text_tools")),
+        "--name",
+        "text-tools",
+        "--tenant",
+        "globex",
+        "--data-dir",
+        s(&dir),
+    ]));
+    let k = key(&dir, "acme", &["invoke", "admin"]);
+    let g = key(&dir, "globex", &["invoke"]);
+    let server = Server::start(&dir, &[]);
+    let c = Client::new(&server, Some(&k));
+    let call = json!({"args": {"text": "to be or not"}, "task_id": "cache"});
+    let path = "/v1/tools/text-tools/word-count/invoke";
+
+    let (_, first) = c.post(path, call.clone()).await;
+    assert_eq!(first["status"], "ok", "{first}");
+    assert!(first.get("cached").is_none());
+    let (status, hit) = c.post(path, call.clone()).await;
+    assert_eq!(status, 200);
+    assert_eq!(hit["cached"], true, "{hit}");
+    assert_eq!(hit["result"], first["result"]);
+    assert_ne!(hit["invocation_id"], first["invocation_id"]);
+    assert_eq!(hit["usage"]["fuel"], 0, "nothing ran");
+    assert_eq!(
+        tool_calls(&c, "cache").await,
+        1,
+        "a hit charges nothing by default"
+    );
+    // Other arguments miss.
+    let (_, miss) = c.post(path, json!({"args": {"text": "other"}})).await;
+    assert!(miss.get("cached").is_none());
+    // Never across tenants.
+    let (_, theirs) = Client::new(&server, Some(&g))
+        .post(path, call.clone())
+        .await;
+    assert_eq!(theirs["status"], "ok", "{theirs}");
+    assert!(theirs.get("cached").is_none(), "{theirs}");
+    // Errors are never cached (a WIT result's err included).
+    let div = json!({"args": {"a": 1, "b": 0}});
+    let (_, e1) = c
+        .post("/v1/tools/types/crm/divide/invoke", div.clone())
+        .await;
+    assert!(e1["result"]["err"].is_string(), "{e1}");
+    let (_, e2) = c.post("/v1/tools/types/crm/divide/invoke", div).await;
+    assert!(e2.get("cached").is_none(), "{e2}");
+    let ok_div = json!({"args": {"a": 6, "b": 3}});
+    c.post("/v1/tools/types/crm/divide/invoke", ok_div.clone())
+        .await;
+    let (_, d2) = c.post("/v1/tools/types/crm/divide/invoke", ok_div).await;
+    assert_eq!(d2["cached"], true, "{d2}");
+    // A new version makes old entries stale.
+    let v2 = dir.join("text-tools-v2.wasm");
+    ok(host(&[
+        "docs",
+        "embed",
+        s(&guest("text_tools")),
+        "--wit",
+        s(&common::repo_root().join("guest-examples/text-tools/wit")),
+        "-o",
+        s(&v2),
+    ]));
+    let (status, reg) = c
+        .post_raw(
+            "/v1/tools?name=text-tools",
+            std::fs::read(&v2).unwrap(),
+            "application/wasm",
+        )
+        .await;
+    assert_eq!(status, 201, "{reg}");
+    let (_, after) = c.post(path, call.clone()).await;
+    assert_eq!(after["version"], "2");
+    assert!(after.get("cached").is_none(), "{after}");
+    // Hits are audited as hits.
+    server.stop();
+    let out = host(&["audit", "export", "--tenant", "acme", "--data-dir", s(&dir)]);
+    let export = String::from_utf8(out.stdout).unwrap();
+    assert!(export.contains(r#"\"cache\":\"hit\""#), "{export}");
+}
