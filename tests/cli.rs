@@ -575,3 +575,49 @@ tools:
         assert!(!bytes.windows(secret.len()).any(|w| w == secret.as_bytes()));
     }
 }
+
+#[test]
+fn run_with_an_idempotency_key_runs_once() {
+    let dir = common::tempdir("cli-idem");
+    let policy = dir.join("p.yaml");
+    std::fs::write(&policy, "workflow: w\npolicy:\n  allow_tools: [hello]\n").unwrap();
+    let tool = guest("text_tools");
+    let run = |name: &str| {
+        host(&[
+            "run",
+            path(&tool),
+            "hello",
+            "--args",
+            &format!(r#"{{"name": "{name}"}}"#),
+            "--policy",
+            path(&policy),
+            "--data-dir",
+            path(&dir),
+            "--idempotency-key",
+            "k-1",
+            "--json",
+        ])
+    };
+    let first = run("a");
+    assert!(first.status.success());
+    let second = run("a");
+    assert!(second.status.success());
+    let (a, b) = (stdout_json(&first), stdout_json(&second));
+    assert_eq!(a["invocation_id"], b["invocation_id"], "no second run");
+    assert_eq!(b["result"], "Hello, a!");
+    assert_eq!(b["replayed"], true);
+    let other = run("b");
+    assert_eq!(other.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&other.stderr).contains("idempotency_key_reused"));
+    // Without a policy there is nowhere to keep the key.
+    let out = host(&[
+        "run",
+        path(&tool),
+        "hello",
+        "--args",
+        r#"{"name": "a"}"#,
+        "--idempotency-key",
+        "k",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+}

@@ -55,6 +55,11 @@ pub struct Args {
     /// `TOOLHOST_SECRET_<NAME>` environment variables work too.
     #[arg(long, value_name = "FILE")]
     secrets: Option<PathBuf>,
+    /// Run at most once per key (needs --policy): a repeat with the same
+    /// key and request prints the first answer; with another request it
+    /// fails. Kept 24 h in the data dir.
+    #[arg(long, value_name = "KEY")]
+    idempotency_key: Option<String>,
     /// Print the audit records this invocation produced (to stderr, or in
     /// the --json object as `audit`).
     #[arg(long)]
@@ -109,6 +114,25 @@ fn read_args(spec: &str) -> Result<serde_json::Value, String> {
     serde_json::from_str(&text).map_err(|e| format!("--args is not valid JSON: {e}"))
 }
 
+/// Answer a keyed run that already ran: its stored answer, nothing run.
+fn replay(json: bool, response: &toolhost::invoke::InvocationResponse) -> i32 {
+    eprintln!(
+        "replayed: this idempotency key already ran as {}",
+        response.invocation_id
+    );
+    if json {
+        let mut v = serde_json::to_value(response).unwrap_or_default();
+        v["ok"] = serde_json::json!(response.status == toolhost::invoke::Status::Ok);
+        v["replayed"] = serde_json::json!(true);
+        println!("{v}");
+    } else if let Some(e) = &response.error {
+        super::report(e);
+    } else if let Some(r) = &response.result {
+        println!("{}", serde_json::to_string_pretty(r).unwrap_or_default());
+    }
+    i32::from(response.status != toolhost::invoke::Status::Ok)
+}
+
 fn fail(json: bool, e: Error) -> i32 {
     if json {
         println!("{}", serde_json::json!({"ok": false, "error": e}));
@@ -137,12 +161,17 @@ pub async fn main(args: Args) -> i32 {
         Ok(t) => t,
         Err(e) => return fail(args.json, e),
     };
+    if args.idempotency_key.is_some() && args.policy.is_none() {
+        eprintln!("error: --idempotency-key needs --policy (keys are kept in the data dir)");
+        return 2;
+    }
     let context = CallContext {
         tenant: args.tenant.clone(),
         workflow: args.workflow.clone(),
         task_id: args.task.clone(),
         principal: Some("cli".into()),
-        ..CallContext::default()
+        idempotency_key: args.idempotency_key.clone(),
+        approval: None,
     };
     let (host, audit) = match &args.policy {
         None => (Host::new(runtime, Arc::new(SandboxOnly)), None),
@@ -172,7 +201,41 @@ pub async fn main(args: Args) -> i32 {
         limits,
         context,
     };
+    if let (Some(key), Some(a)) = (&args.idempotency_key, &audit) {
+        let function = tool
+            .function(&call.function)
+            .map(|(f, _)| f.name.clone())
+            .unwrap_or_else(|_| call.function.clone());
+        let fingerprint = toolhost::idempotency::fingerprint(
+            tool.name(),
+            &function,
+            &call.args,
+            call.context.workflow.as_deref(),
+            call.context.task_id.as_deref(),
+        );
+        match toolhost::idempotency::begin(
+            a.storage().as_ref(),
+            &chain,
+            key,
+            &fingerprint,
+            toolhost::idempotency::DEFAULT_RETENTION,
+            call.limits.timeout * 2,
+        )
+        .await
+        {
+            Err(e) => return fail(args.json, e),
+            Ok(toolhost::idempotency::Begin::Replay(_, response)) => {
+                return replay(args.json, &response);
+            }
+            Ok(toolhost::idempotency::Begin::Run) => {}
+        }
+    }
     let outcome = host.invoke(&tool, &call).await;
+    if let (Some(key), Some(a), Some(ErrorKind::Internal)) =
+        (&args.idempotency_key, &audit, outcome.error_kind())
+    {
+        let _ = a.storage().idempotency_abandon(&chain, key).await;
+    }
     if let Some(a) = &audit
         && let Err(e) = a.flush().await
     {

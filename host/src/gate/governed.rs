@@ -366,16 +366,16 @@ impl Gate for Governed {
             return Verdict::deny("no admission state: deny");
         };
         let settings = &state.settings;
-        // The call's 1-based sequence number, or the denial past the cap.
-        let count = |state: &State| -> Result<u32, Verdict> {
+        // The call's 1-based sequence number; `None` past the cap.
+        let count = |state: &State| -> Option<u32> {
             let n = state.outbound.fetch_add(1, Ordering::SeqCst);
-            if n >= state.max_outbound {
-                return Err(Verdict::deny(format!(
-                    "limit: at most {} outbound calls per invocation",
-                    state.max_outbound
-                )));
-            }
-            Ok(n + 1)
+            (n < state.max_outbound).then_some(n + 1)
+        };
+        let over_cap = |state: &State| {
+            Verdict::deny(format!(
+                "limit: at most {} outbound calls per invocation",
+                state.max_outbound
+            ))
         };
         match call {
             OutboundCall::Http {
@@ -395,9 +395,8 @@ impl Gate for Governed {
                         "default deny: no http grant of this tool covers {method} {scheme}://{host}:{port}"
                     ));
                 };
-                let seq = match count(state) {
-                    Ok(n) => n,
-                    Err(denied) => return denied,
+                let Some(seq) = count(state) else {
+                    return over_cap(state);
                 };
                 let mut headers = Vec::new();
                 for (name, template) in &grant.headers {
@@ -454,8 +453,8 @@ impl Gate for Governed {
                         "default deny: no socket grant of this tool covers {operation} {addr}"
                     ));
                 };
-                if let Err(denied) = count(state) {
-                    return denied;
+                if count(state).is_none() {
+                    return over_cap(state);
                 }
                 Verdict {
                     allowed: true,
