@@ -1,0 +1,117 @@
+#!/usr/bin/env bash
+# HTTP load benchmark: `host serve` (full gate: Cedar policy, budget
+# reservation and settlement, durable SQLite audit with synchronous=FULL)
+# invoking text-tools' `hello`, against `wasmtime serve` running an
+# equivalent hello `wasi:http` component, with the same load generator (wrk)
+# at concurrency 1, 16 and 64. Then: time from process start to the first
+# successful invoke with 50 registered tools.
+#
+# Needs: wrk (apt-get install wrk), wasmtime 48.x on PATH
+# (cargo install wasmtime-cli --version 48.0.8 --locked), curl.
+# Usage: benches/serve.sh [seconds per run, default 10]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+secs=${1:-10}
+command -v wrk >/dev/null || { echo "wrk not found (apt-get install wrk)" >&2; exit 1; }
+command -v wasmtime >/dev/null || { echo "wasmtime not found (cargo install wasmtime-cli --version 48.0.8 --locked)" >&2; exit 1; }
+wasmtime --version
+
+cargo build --quiet --release --target wasm32-wasip2 --manifest-path guest-examples/Cargo.toml
+cargo build --quiet --release --bin host
+host=target/release/host
+tools=guest-examples/target/wasm32-wasip2/release
+work=target/bench-serve
+rm -rf "$work"; mkdir -p "$work"
+data="$work/data"
+
+cat > "$work/policy.yaml" <<'YAML'
+workflow: "*"
+budget:
+  max_tool_calls: 1000000000
+  per_tenant:
+    day: {max_tool_calls: 1000000000}
+policy:
+  allow_tools: [hello]
+YAML
+$host register $tools/text_tools.wasm --name text-tools --tenant bench --data-dir "$data" >/dev/null
+key=$($host keys create --tenant bench --role invoke --data-dir "$data")
+
+cat > "$work/post.lua" <<LUA
+wrk.method = "POST"
+wrk.body = '{"args": {"name": "world"}, "task_id": "bench"}'
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer $key"
+LUA
+
+rps() { awk '/Requests\/sec/ {print $2}'; }
+load() { # url, concurrency, [script]
+  local threads=$(( $2 < 2 ? 1 : 2 ))
+  if [ -n "${3:-}" ]; then
+    wrk -t$threads -c$2 -d${secs}s --latency -s "$3" "$1"
+  else
+    wrk -t$threads -c$2 -d${secs}s --latency "$1"
+  fi
+}
+
+echo "==> host serve (governed, durable audit)"
+$host serve --listen 127.0.0.1:0 --data-dir "$data" --policy "$work/policy.yaml" \
+  --max-concurrency 64 2>"$work/serve.log" >"$work/serve.url" &
+spid=$!
+trap 'kill $spid 2>/dev/null || true; kill ${wpid:-} 2>/dev/null || true' EXIT
+for _ in $(seq 1 100); do [ -s "$work/serve.url" ] && break; sleep 0.1; done
+url="$(head -1 "$work/serve.url")/v1/tools/text-tools/hello/invoke"
+curl -sf -H "Authorization: Bearer $key" -d '{"args": {"name": "world"}}' "$url"; echo
+declare -A ours peer
+for c in 1 16 64; do
+  out=$(load "$url" $c "$work/post.lua")
+  echo "$out" | grep -E "Requests/sec|Non-2xx|Socket errors|50%|99%" | sed "s/^/  c=$c /"
+  ours[$c]=$(echo "$out" | rps)
+done
+kill -TERM $spid; wait $spid || true
+
+echo "==> wasmtime serve (hello wasi:http component)"
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+wasmtime serve --addr "127.0.0.1:$port" $tools/hello_http.wasm 2>"$work/wasmtime.log" &
+wpid=$!
+for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$port/" >/dev/null 2>&1 && break; sleep 0.1; done
+curl -sf "http://127.0.0.1:$port/"; echo
+for c in 1 16 64; do
+  out=$(load "http://127.0.0.1:$port/" $c)
+  echo "$out" | grep -E "Requests/sec|Non-2xx|Socket errors|50%|99%" | sed "s/^/  c=$c /"
+  peer[$c]=$(echo "$out" | rps)
+done
+kill $wpid; wait $wpid 2>/dev/null || true
+
+echo "==> summary (requests/s; ratio = host serve / wasmtime serve; target >= 0.8)"
+for c in 1 16 64; do
+  python3 -c "o=${ours[$c]}; p=${peer[$c]}; print(f'  c={$c:<3} host serve {o:>9.0f}   wasmtime serve {p:>9.0f}   ratio {o/p:.2f}')"
+done
+
+echo "==> start-up: process start to the first successful invoke, 50 registered tools"
+sdata="$work/startup"
+for i in $(seq 1 50); do
+  $host register $tools/text_tools.wasm --name "tool-$i" --tenant bench --data-dir "$sdata" >/dev/null
+done
+printf 'workflow: "*"\npolicy:\n  allow_tools: [hello]\n' > "$work/open.yaml"
+$host policy set "$work/open.yaml" --data-dir "$sdata" 2>/dev/null
+skey=$($host keys create --tenant bench --role invoke --data-dir "$sdata")
+python3 - "$host" "$sdata" "$skey" <<'PY'
+import subprocess, sys, time, urllib.request, statistics
+host, data, key = sys.argv[1:4]
+times = []
+for _ in range(7):
+    t0 = time.perf_counter()
+    p = subprocess.Popen([host, "serve", "--listen", "127.0.0.1:0", "--data-dir", data],
+                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    url = p.stdout.readline().strip()
+    req = urllib.request.Request(url + "/v1/tools/tool-50/hello/invoke",
+                                 data=b'{"args": {"name": "x"}}',
+                                 headers={"Authorization": "Bearer " + key,
+                                          "Content-Type": "application/json"})
+    with urllib.request.urlopen(req) as r:
+        assert r.status == 200, r.status
+    times.append((time.perf_counter() - t0) * 1000)
+    p.terminate(); p.wait()
+print("  runs (ms): " + ", ".join(f"{t:.0f}" for t in times))
+print(f"  median {statistics.median(times):.0f} ms (target <= 200 ms)")
+PY
