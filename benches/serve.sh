@@ -71,7 +71,7 @@ kill -TERM $spid; wait $spid || true
 
 echo "==> wasmtime serve (hello wasi:http component)"
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-wasmtime serve --addr "127.0.0.1:$port" $tools/hello_http.wasm 2>"$work/wasmtime.log" &
+wasmtime serve -S cli --addr "127.0.0.1:$port" $tools/hello_http.wasm 2>"$work/wasmtime.log" &
 wpid=$!
 for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$port/" >/dev/null 2>&1 && break; sleep 0.1; done
 curl -sf "http://127.0.0.1:$port/"; echo

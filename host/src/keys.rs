@@ -101,17 +101,23 @@ pub async fn create(
     })
 }
 
-/// The stored key a presented key matches, if it is valid and not revoked.
-pub async fn authenticate(storage: &dyn Storage, presented: &str) -> Result<ApiKeyRecord> {
+/// The id of a presented key (`thk_<id>_<secret>`), if it has that shape.
+pub fn key_id(presented: &str) -> Option<&str> {
+    let rest = presented.strip_prefix("thk_")?;
+    let (id, secret) = rest.split_once('_')?;
+    (id.len() == 16 && secret.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit()))
+        .then_some(id)
+}
+
+/// Check a presented key against its stored record: the secret's hash
+/// (compared in constant time) and revocation.
+pub fn check(record: &ApiKeyRecord, presented: &str) -> Result<()> {
     let bad = || Error::new(ErrorKind::Unauthenticated, "the API key is not valid");
-    let rest = presented.strip_prefix("thk_").ok_or_else(bad)?;
-    let (id, secret) = rest.split_once('_').ok_or_else(bad)?;
-    if id.len() != 16 || secret.len() != 64 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+    if key_id(presented) != Some(record.id.as_str()) {
         return Err(bad());
     }
-    let record = storage.key_get(id).await?.ok_or_else(bad)?;
+    let secret = &presented[4 + 16 + 1..];
     let hash = sha256_hex(secret.as_bytes());
-    // Constant-time comparison of the two digests.
     let diff = hash
         .bytes()
         .zip(record.hash.bytes())
@@ -124,9 +130,18 @@ pub async fn authenticate(storage: &dyn Storage, presented: &str) -> Result<ApiK
     if record.revoked_ms.is_some() {
         return Err(Error::new(
             ErrorKind::Unauthenticated,
-            format!("API key {id} was revoked"),
+            format!("API key {} was revoked", record.id),
         ));
     }
+    Ok(())
+}
+
+/// The stored key a presented key matches, if it is valid and not revoked.
+pub async fn authenticate(storage: &dyn Storage, presented: &str) -> Result<ApiKeyRecord> {
+    let bad = || Error::new(ErrorKind::Unauthenticated, "the API key is not valid");
+    let id = key_id(presented).ok_or_else(bad)?;
+    let record = storage.key_get(id).await?.ok_or_else(bad)?;
+    check(&record, presented)?;
     Ok(record)
 }
 

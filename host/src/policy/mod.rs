@@ -193,6 +193,22 @@ impl Policy {
         })
     }
 
+    /// How many days a tenant's audit records are kept: the longest
+    /// `logging.retain_days` of the documents that may govern it, or `None`
+    /// (keep everything) when one of them sets none.
+    pub fn retain_days(&self, tenant: Option<&str>) -> Option<u32> {
+        let mut days = None;
+        for c in self
+            .documents
+            .iter()
+            .filter(|c| c.doc.tenant.is_none() || c.doc.tenant.as_deref() == tenant)
+        {
+            let d = c.doc.logging.retain_days?;
+            days = Some(days.map_or(d, |m: u32| m.max(d)));
+        }
+        days
+    }
+
     /// The document governing a tenant and workflow.
     pub fn document(&self, tenant: Option<&str>, workflow: Option<&str>) -> Option<&Arc<Document>> {
         self.governing(tenant, workflow).map(|c| &c.doc)
@@ -587,4 +603,22 @@ pub fn tool_settings<'d>(
         .find(|(k, _)| forms.contains(&normalize(k)))
         .or_else(|| doc.tools.iter().find(|(k, _)| normalize(k) == tool))
         .map(|(_, v)| v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retention_is_the_longest_of_the_documents_that_may_govern_a_tenant() {
+        let p = Policy::parse(
+            "r.yaml",
+            "workflow: a\nlogging: {retain_days: 30}\n---\nworkflow: b\nlogging: {retain_days: 90}\n---\nworkflow: c\ntenant: acme\n",
+        )
+        .unwrap();
+        assert_eq!(p.retain_days(None), Some(90));
+        assert_eq!(p.retain_days(Some("globex")), Some(90));
+        // acme's own document keeps everything: never pruned.
+        assert_eq!(p.retain_days(Some("acme")), None);
+    }
 }

@@ -11,7 +11,61 @@ use crate::storage::ApiKeyRecord;
 use axum::extract::FromRequestParts;
 use axum::http::header;
 use axum::http::request::Parts;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Stored keys, remembered for a short time so that a request does not
+/// read the key table: a key created or revoked by `host keys` takes effect
+/// within the TTL. Only keys that exist are remembered (the map is bounded
+/// by the key table); every use still checks the secret.
+pub struct KeyCache {
+    ttl: Duration,
+    keys: Mutex<HashMap<String, (ApiKeyRecord, Instant)>>,
+}
+
+impl KeyCache {
+    pub fn new(ttl: Duration) -> KeyCache {
+        KeyCache {
+            ttl,
+            keys: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The stored key `presented` matches, if valid and not revoked.
+    pub async fn authenticate(
+        &self,
+        storage: &dyn crate::storage::Storage,
+        presented: &str,
+    ) -> crate::Result<ApiKeyRecord> {
+        if let Some(id) = keys::key_id(presented) {
+            let cached = self
+                .keys
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(id)
+                .filter(|(_, at)| at.elapsed() < self.ttl)
+                .map(|(k, _)| k.clone());
+            if let Some(record) = cached {
+                keys::check(&record, presented)?;
+                return Ok(record);
+            }
+        }
+        let record = keys::authenticate(storage, presented).await;
+        if let Some(id) = keys::key_id(presented)
+            && let Ok(Some(stored)) = match &record {
+                Ok(r) => Ok(Some(r.clone())),
+                Err(_) => storage.key_get(id).await,
+            }
+        {
+            self.keys
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(stored.id.clone(), (stored, Instant::now()));
+        }
+        record
+    }
+}
 
 /// The authenticated caller.
 #[derive(Debug, Clone)]
@@ -81,7 +135,10 @@ impl FromRequestParts<Arc<App>> for Caller {
                 "the Authorization scheme must be Bearer",
             ));
         }
-        let key = keys::authenticate(app.storage.as_ref(), token.trim()).await?;
+        let key = app
+            .keys
+            .authenticate(app.storage.as_ref(), token.trim())
+            .await?;
         tracing::Span::current().record("key", key.id.as_str());
         Ok(Caller { key })
     }

@@ -66,6 +66,13 @@ pub struct ServeConfig {
     pub idempotency_retention: Duration,
     /// How long approval requests wait for a decision.
     pub approval_ttl: Duration,
+    /// How often audit records past the policy's `logging.retain_days` are
+    /// pruned (with signed anchors).
+    pub retention_every: Duration,
+    /// How long API keys and tool names' entries are remembered: changes
+    /// made by `host keys`/`host tools` on the data dir take effect within
+    /// it.
+    pub state_ttl: Duration,
 }
 
 impl Default for ServeConfig {
@@ -83,6 +90,8 @@ impl Default for ServeConfig {
             approval_ttl: Duration::from_millis(
                 crate::gate::governed::DEFAULT_APPROVAL_TTL_MS as u64,
             ),
+            retention_every: Duration::from_secs(3600),
+            state_ttl: Duration::from_secs(1),
         }
     }
 }
@@ -95,6 +104,7 @@ pub struct App {
     pub host: Arc<Host>,
     pub governed: Arc<Governed>,
     pub limiter: limit::Limiter,
+    pub keys: auth::KeyCache,
     pub limits: Limits,
     pub idempotency_retention: Duration,
     /// Invocations in flight (each on its own task).
@@ -157,7 +167,8 @@ impl Server {
         governed.set_approval_ttl(config.approval_ttl);
         let gate: Arc<dyn Gate> = governed.clone();
         let app = Arc::new(App {
-            tools: tools::ToolCache::new(registry.clone(), storage.clone()),
+            tools: tools::ToolCache::new(registry.clone(), storage.clone(), config.state_ttl),
+            keys: auth::KeyCache::new(config.state_ttl),
             registry,
             host: Arc::new(Host::new(runtime, gate)),
             governed,
@@ -198,6 +209,7 @@ impl Server {
         } = self;
         let router = router(app.clone(), &config);
         let watcher = tokio::spawn(watch_policy(app.clone(), config.policy_poll));
+        let retention = tokio::spawn(enforce_retention(app.clone(), config.retention_every));
         let flag = app.clone();
         let signal = async move {
             shutdown.await;
@@ -209,6 +221,7 @@ impl Server {
             .await
             .map_err(|e| Error::internal(format!("serving: {e}")));
         watcher.abort();
+        retention.abort();
         app.tracker.close();
         if tokio::time::timeout(config.shutdown_grace, app.tracker.wait())
             .await
@@ -317,6 +330,34 @@ pub async fn readyz(State(app): State<Arc<App>>) -> Response {
             axum::Json(serde_json::json!({"status": "storage_unavailable", "detail": e.message})),
         )
             .into_response(),
+    }
+}
+
+/// Prune each tenant's audit chain to the policy's `logging.retain_days`
+/// (the longest of the documents that may govern it), at start and then
+/// every `every`.
+async fn enforce_retention(app: Arc<App>, every: Duration) {
+    loop {
+        let policy = app.governed.policy();
+        let audit = app.governed.audit();
+        match app.storage.audit_chains().await {
+            Ok(chains) => {
+                for chain in chains {
+                    let tenant = (chain != "_").then_some(chain.as_str());
+                    let Some(days) = policy.retain_days(tenant) else {
+                        continue;
+                    };
+                    let cutoff = crate::gate::governed::now_ms() - i64::from(days) * 86_400_000;
+                    match audit.prune(&chain, cutoff).await {
+                        Ok(0) => {}
+                        Ok(n) => tracing::info!(%chain, pruned = n, days, "audit retention"),
+                        Err(e) => tracing::warn!(%chain, "audit retention: {}", e.message),
+                    }
+                }
+            }
+            Err(e) => tracing::warn!("audit retention: {}", e.message),
+        }
+        tokio::time::sleep(every).await;
     }
 }
 

@@ -30,27 +30,65 @@ pub struct ToolCache {
     registry: Registry,
     storage: Arc<dyn Storage>,
     slots: Mutex<HashMap<(String, String), Slot>>,
+    /// Names' entries (current version, disabled), remembered for `ttl`.
+    entries: Mutex<HashMap<(String, String), (ToolEntry, std::time::Instant)>>,
+    ttl: std::time::Duration,
 }
 
 type Slot = Arc<tokio::sync::Mutex<Option<Arc<Tool>>>>;
 
 impl ToolCache {
-    pub fn new(registry: Registry, storage: Arc<dyn Storage>) -> ToolCache {
+    /// A cache that re-reads a name's entry after `ttl`: a deploy, rollback
+    /// or disable by another process on the data dir takes effect within it
+    /// (through this server's API: at once).
+    pub fn new(
+        registry: Registry,
+        storage: Arc<dyn Storage>,
+        ttl: std::time::Duration,
+    ) -> ToolCache {
         ToolCache {
             registry,
             storage,
             slots: Mutex::new(HashMap::new()),
+            entries: Mutex::new(HashMap::new()),
+            ttl,
         }
+    }
+
+    /// Forget a name's entry (it was just changed).
+    pub fn invalidate(&self, tenant: &str, name: &str) {
+        self.entries
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&(tenant.to_string(), name.to_string()));
     }
 
     /// The tool a tenant's name points at now.
     pub async fn get(&self, tenant: &str, name: &str) -> Result<Arc<Tool>> {
-        let entry = self.storage.tool_get(tenant, name).await?.ok_or_else(|| {
-            Error::new(
-                ErrorKind::NotFound,
-                format!("no tool named `{name}` is registered"),
-            )
-        })?;
+        let key = (tenant.to_string(), name.to_string());
+        let cached = self
+            .entries
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+            .filter(|(_, at)| at.elapsed() < self.ttl)
+            .map(|(e, _)| e.clone());
+        let entry = match cached {
+            Some(e) => e,
+            None => {
+                let e = self.storage.tool_get(tenant, name).await?.ok_or_else(|| {
+                    Error::new(
+                        ErrorKind::NotFound,
+                        format!("no tool named `{name}` is registered"),
+                    )
+                })?;
+                self.entries
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(key, (e.clone(), std::time::Instant::now()));
+                e
+            }
+        };
         if entry.disabled {
             return Err(Error::new(
                 ErrorKind::ToolDisabled,
@@ -236,6 +274,7 @@ pub async fn upload(
             &progress,
         )
         .await?;
+    app.tools.invalidate(caller.tenant(), &name);
     tracing::info!(tool = %name, version = %registration.version, created = registration.created, "registered");
     let status = if registration.created {
         StatusCode::CREATED
@@ -292,6 +331,7 @@ pub async fn deploy(
     app.registry
         .deploy(caller.tenant(), &name, &body.version)
         .await?;
+    app.tools.invalidate(caller.tenant(), &name);
     tracing::info!(tool = %name, version = %body.version, "deployed");
     Ok(Json(json!({"name": name, "version": body.version})))
 }
@@ -338,6 +378,7 @@ async fn set_disabled(
     app.registry
         .set_disabled(caller.tenant(), &name, disabled)
         .await?;
+    app.tools.invalidate(caller.tenant(), &name);
     tracing::info!(tool = %name, disabled, "tool state changed");
     Ok(Json(json!({"name": name, "disabled": disabled})))
 }

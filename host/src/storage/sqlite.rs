@@ -169,6 +169,12 @@ fn db(e: sqlx::Error) -> Error {
 /// SQLite storage.
 pub struct SqliteStorage {
     pool: SqlitePool,
+    /// Connections that commit without waiting for fsync
+    /// (`synchronous = NORMAL`), for state a crash may lose without harm
+    /// because the work it guards dies with the process: budget
+    /// reservations, idempotency "running" markers. In WAL mode the next
+    /// `FULL` commit (every audit commit) makes them durable too.
+    volatile: SqlitePool,
 }
 
 impl SqliteStorage {
@@ -187,6 +193,9 @@ impl SqliteStorage {
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(Duration::from_secs(30))
             .foreign_keys(true);
+        let volatile = SqlitePoolOptions::new()
+            .max_connections(2)
+            .connect_lazy_with(options.clone().synchronous(SqliteSynchronous::Normal));
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
             .connect_with(options)
@@ -197,7 +206,7 @@ impl SqliteStorage {
                     data_dir.join("toolhost.db").display()
                 ))
             })?;
-        let storage = SqliteStorage { pool };
+        let storage = SqliteStorage { pool, volatile };
         storage.migrate().await?;
         Ok(storage)
     }
@@ -790,7 +799,7 @@ impl Storage for SqliteStorage {
                 );
                 reserved = q
                     .build()
-                    .fetch_all(&self.pool)
+                    .fetch_all(&self.volatile)
                     .await
                     .map_err(db)?
                     .iter()
@@ -816,7 +825,11 @@ impl Storage for SqliteStorage {
                 .cloned()
                 .collect();
             if !undo.is_empty() {
-                let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(db)?;
+                let mut tx = self
+                    .volatile
+                    .begin_with("BEGIN IMMEDIATE")
+                    .await
+                    .map_err(db)?;
                 settle(&mut tx, &undo, &[]).await?;
                 tx.commit().await.map_err(db)?;
             }
@@ -1277,7 +1290,11 @@ impl Storage for SqliteStorage {
         let (tenant, key, fingerprint) =
             (tenant.to_string(), key.to_string(), fingerprint.to_string());
         Box::pin(async move {
-            let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(db)?;
+            let mut tx = self
+                .volatile
+                .begin_with("BEGIN IMMEDIATE")
+                .await
+                .map_err(db)?;
             sqlx::query("DELETE FROM idempotency WHERE expires_ms <= ?")
                 .bind(now_ms)
                 .execute(&mut *tx)
