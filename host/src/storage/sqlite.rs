@@ -175,6 +175,11 @@ pub struct SqliteStorage {
     /// reservations, idempotency "running" markers. In WAL mode the next
     /// `FULL` commit (every audit commit) makes them durable too.
     volatile: SqlitePool,
+    /// Held by this process's hot writers (audit commits, reservations,
+    /// idempotency markers) while they write: SQLite has one writer at a
+    /// time, and waiting here is a wake-up, where waiting in SQLite's busy
+    /// handler is a sleep of 1 ms and more.
+    writer: tokio::sync::Mutex<()>,
 }
 
 impl SqliteStorage {
@@ -206,7 +211,11 @@ impl SqliteStorage {
                     data_dir.join("toolhost.db").display()
                 ))
             })?;
-        let storage = SqliteStorage { pool, volatile };
+        let storage = SqliteStorage {
+            pool,
+            volatile,
+            writer: tokio::sync::Mutex::new(()),
+        };
         storage.migrate().await?;
         Ok(storage)
     }
@@ -391,6 +400,7 @@ impl Storage for SqliteStorage {
         signer: &'a Signer,
     ) -> BoxFuture<'a, Result<Vec<StoredEntry>>> {
         Box::pin(async move {
+            let _writer = self.writer.lock().await;
             let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(db)?;
             // The heads of every chain in the batch, in one query.
             let mut chains: Vec<String> = batch.entries.iter().map(|e| e.chain.clone()).collect();
@@ -775,6 +785,7 @@ impl Storage for SqliteStorage {
             // One atomic statement reserves every line whose limit holds; a
             // line that would pass its limit is left alone. All or nothing:
             // if any line was left alone, the others are released again.
+            let _writer = self.writer.lock().await;
             let too_big = charges
                 .iter()
                 .position(|c| c.limit.is_some_and(|l| c.amount > l));
@@ -1290,6 +1301,7 @@ impl Storage for SqliteStorage {
         let (tenant, key, fingerprint) =
             (tenant.to_string(), key.to_string(), fingerprint.to_string());
         Box::pin(async move {
+            let _writer = self.writer.lock().await;
             let mut tx = self
                 .volatile
                 .begin_with("BEGIN IMMEDIATE")
