@@ -509,3 +509,55 @@ async fn cacheable_functions_return_stored_results_per_tenant_and_version() {
     let export = String::from_utf8(out.stdout).unwrap();
     assert!(export.contains(r#"\"cache\":\"hit\""#), "{export}");
 }
+
+#[tokio::test]
+async fn a_decided_approval_is_posted_to_its_allowed_callback() {
+    let hooks = TestServer::start().await;
+    let dir = data_dir_with("sem-callback", POLICY, &[("refund", "refund")]);
+    let requester = key(&dir, "acme", &["invoke"]);
+    let approver = key(&dir, "acme", &["approve"]);
+    let allow = format!("http://127.0.0.1:{}", hooks.port);
+    let server = Server::start(&dir, &["--callback-allow", &allow]);
+    let c = Client::new(&server, Some(&requester));
+    let args = json!({"order-id": "ord_1001", "amount-usd": 60.0});
+    // A URL outside the allowlist is refused up front.
+    let (status, p) = c
+        .post(
+            "/v1/tools/refund/issue-refund/invoke",
+            json!({"args": args, "callback_url": "http://169.254.169.254/latest"}),
+        )
+        .await;
+    assert_eq!(
+        (status, &p["kind"]),
+        (400, &json!("invalid_request")),
+        "{p}"
+    );
+    let (status, r) = c
+        .post(
+            "/v1/tools/refund/issue-refund/invoke",
+            json!({"args": args, "callback_url": format!("{allow}/json")}),
+        )
+        .await;
+    assert_eq!(status, 202, "{r}");
+    let id = r["approval_id"].as_str().unwrap();
+    let (status, _) = Client::new(&server, Some(&approver))
+        .post(&format!("/v1/approvals/{id}/approve"), json!({}))
+        .await;
+    assert_eq!(status, 200);
+    let mut posted = Vec::new();
+    for _ in 0..50 {
+        posted = hooks.requests.lock().unwrap().clone();
+        if !posted.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(posted.len(), 1, "one callback: {posted:?}");
+    assert!(posted[0].starts_with("POST /json "), "{}", posted[0]);
+    assert!(
+        posted[0]
+            .to_ascii_lowercase()
+            .contains("content-type: application/json")
+    );
+    server.stop();
+}

@@ -204,6 +204,7 @@ pub async fn decide(
                     principal: decided.requester.clone(),
                     approval: Some(decided.id.clone()),
                     idempotency_key: None,
+                    callback_url: None,
                 },
             };
             Some(

@@ -8,6 +8,7 @@
 pub mod approvals;
 pub mod audit;
 pub mod budget;
+pub mod callback;
 pub mod capability;
 pub mod error;
 pub mod gate;

@@ -300,7 +300,7 @@ fn substitute(
 }
 
 /// The TLS client configuration (webpki roots, ring), built once.
-fn tls_config() -> Option<Arc<rustls::ClientConfig>> {
+pub(crate) fn tls_config() -> Option<Arc<rustls::ClientConfig>> {
     static CONFIG: std::sync::OnceLock<Option<Arc<rustls::ClientConfig>>> =
         std::sync::OnceLock::new();
     CONFIG

@@ -64,6 +64,21 @@ pub async fn main(cmd: Command) -> i32 {
     }
 }
 
+/// POST the decision to the request's callback URL, if it has one.
+async fn notify(decided: &approvals::Decided) {
+    let Some(url) = &decided.approval.callback_url else {
+        return;
+    };
+    let mut body = serde_json::json!({ "approval": approvals::view(&decided.approval, now_ms()) });
+    if let Some(o) = &decided.outcome {
+        body["invocation"] = serde_json::json!(o.response());
+    }
+    match toolhost::callback::post(url, &body).await {
+        Ok(status) => eprintln!("callback {url}: {status}"),
+        Err(e) => eprintln!("warning: callback {url} failed: {}", e.message),
+    }
+}
+
 fn approver() -> String {
     let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
     format!("cli:{user}")
@@ -148,9 +163,10 @@ async fn run(cmd: Command) -> toolhost::Result<i32> {
             .await;
             d.audit.flush().await?;
             let decided = decided?;
-            let Some(outcome) = decided.outcome else {
+            let Some(outcome) = &decided.outcome else {
                 return Err(Error::internal("an approval ran nothing"));
             };
+            notify(&decided).await;
             println!(
                 "{}",
                 serde_json::to_string_pretty(&outcome.response()).unwrap_or_default()
@@ -175,6 +191,7 @@ async fn run(cmd: Command) -> toolhost::Result<i32> {
             .await;
             d.audit.flush().await?;
             let decided = decided?;
+            notify(&decided).await;
             eprintln!("denied {}", decided.approval.id);
             Ok(0)
         }

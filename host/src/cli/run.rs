@@ -172,6 +172,7 @@ pub async fn main(args: Args) -> i32 {
         principal: Some("cli".into()),
         idempotency_key: args.idempotency_key.clone(),
         approval: None,
+        callback_url: None,
     };
     let (host, audit) = match &args.policy {
         None => (Host::new(runtime, Arc::new(SandboxOnly)), None),

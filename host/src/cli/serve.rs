@@ -59,6 +59,11 @@ pub struct Args {
     /// How long approval requests wait for a decision before they expire.
     #[arg(long, default_value = "24h")]
     approval_ttl: String,
+    /// Callback URLs invoke requests may give (repeatable patterns:
+    /// `https://hooks.example.com`, `https://*.example.com`,
+    /// `http://127.0.0.1:8000-8100`). None: callbacks are refused.
+    #[arg(long, value_name = "PATTERN")]
+    callback_allow: Vec<String>,
     /// Log format on stderr (level from RUST_LOG, default info).
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -86,6 +91,7 @@ fn config(args: &Args) -> Result<ServeConfig> {
         idempotency_retention: parse_period(&args.idempotency_retention)
             .map_err(bad("idempotency-retention"))?,
         approval_ttl: parse_period(&args.approval_ttl).map_err(bad("approval-ttl"))?,
+        callback_allow: args.callback_allow.clone(),
         ..ServeConfig::default()
     };
     if let Some(f) = args.fuel {

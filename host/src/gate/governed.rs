@@ -631,6 +631,7 @@ impl Gate for Governed {
                     decided_by: None,
                     decided_ms: None,
                     reason: None,
+                    callback_url: ctx.callback_url.clone(),
                 });
             }
             // The caller's key now answers with this response.

@@ -51,6 +51,9 @@ pub struct CallContext {
     /// Set only by the host when it runs an invocation a human approved
     /// (the approval's id): policy sees `context.approved == true`.
     pub approval: Option<String>,
+    /// Where to POST the outcome if the call waits for approval (checked
+    /// against the server's allowlist before it gets here).
+    pub callback_url: Option<String>,
 }
 
 /// An invocation about to run, as the gate sees it.

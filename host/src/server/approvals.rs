@@ -181,5 +181,14 @@ async fn decide(
         );
         out["invocation"] = json!(outcome.response());
     }
+    if let Some(url) = decided.approval.callback_url.clone() {
+        let body = out.clone();
+        app.tracker.spawn(async move {
+            match crate::callback::post(&url, &body).await {
+                Ok(status) => tracing::info!(%url, status, "callback sent"),
+                Err(e) => tracing::warn!(%url, "callback failed: {}", e.message),
+            }
+        });
+    }
     Ok(Json(out))
 }

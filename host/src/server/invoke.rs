@@ -39,6 +39,11 @@ pub struct InvokeRequest {
     /// only workflow, if it has one).
     #[serde(default)]
     pub workflow: Option<String>,
+    /// If the call waits for approval: where to POST
+    /// `{"approval", "invocation"}` once it is decided (must match the
+    /// server's `--callback-allow`).
+    #[serde(default)]
+    pub callback_url: Option<String>,
 }
 
 /// Parse an invoke body: empty means `{}`; errors name the field.
@@ -175,6 +180,9 @@ async fn run(
     };
     let body = body.map_err(rejection)?;
     let request = parse_request(&body)?;
+    if let Some(url) = &request.callback_url {
+        app.callbacks.check(url)?;
+    }
     let tool = app.tools.get(caller.tenant(), &name).await?;
     let function = match function {
         Some(f) => f,
@@ -211,6 +219,7 @@ async fn run(
             principal: Some(caller.key.id.clone()),
             idempotency_key: idempotency_key.clone(),
             approval: None,
+            callback_url: request.callback_url,
         },
     };
     let Some(key) = idempotency_key else {

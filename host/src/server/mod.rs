@@ -73,6 +73,9 @@ pub struct ServeConfig {
     /// made by `host keys`/`host tools` on the data dir take effect within
     /// it.
     pub state_ttl: Duration,
+    /// Callback URL patterns accepted with invoke requests (none: no
+    /// callbacks).
+    pub callback_allow: Vec<String>,
 }
 
 impl Default for ServeConfig {
@@ -92,6 +95,7 @@ impl Default for ServeConfig {
             ),
             retention_every: Duration::from_secs(3600),
             state_ttl: Duration::from_secs(1),
+            callback_allow: Vec::new(),
         }
     }
 }
@@ -105,6 +109,7 @@ pub struct App {
     pub governed: Arc<Governed>,
     pub limiter: limit::Limiter,
     pub keys: auth::KeyCache,
+    pub callbacks: crate::callback::Callbacks,
     pub limits: Limits,
     pub idempotency_retention: Duration,
     /// Invocations in flight (each on its own task).
@@ -169,6 +174,7 @@ impl Server {
         let app = Arc::new(App {
             tools: tools::ToolCache::new(registry.clone(), storage.clone(), config.state_ttl),
             keys: auth::KeyCache::new(config.state_ttl),
+            callbacks: crate::callback::Callbacks::new(&config.callback_allow)?,
             registry,
             host: Arc::new(Host::new(runtime, gate)),
             governed,

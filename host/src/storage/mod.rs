@@ -85,6 +85,8 @@ pub struct ApprovalRecord {
     pub decided_by: Option<String>,
     pub decided_ms: Option<i64>,
     pub reason: Option<String>,
+    /// Where the outcome is POSTed once decided.
+    pub callback_url: Option<String>,
 }
 
 /// The final response of an idempotent request.

@@ -150,7 +150,8 @@ const MIGRATIONS: &[&str] = &[
         expires_ms INTEGER NOT NULL,
         decided_by TEXT,
         decided_ms INTEGER,
-        reason TEXT
+        reason TEXT,
+        callback_url TEXT
     ) WITHOUT ROWID;
     CREATE INDEX approvals_tenant ON approvals (tenant, status, created_ms);
     CREATE TABLE result_cache (
@@ -267,7 +268,7 @@ async fn finish_idempotency(
     Ok(())
 }
 
-const APPROVAL_COLUMNS: &str = "id, tenant, invocation_id, status, tool, function, version, workflow, task_id, args, args_redacted, args_sha256, rule, requester, created_ms, expires_ms, decided_by, decided_ms, reason";
+const APPROVAL_COLUMNS: &str = "id, tenant, invocation_id, status, tool, function, version, workflow, task_id, args, args_redacted, args_sha256, rule, requester, created_ms, expires_ms, decided_by, decided_ms, reason, callback_url";
 
 fn approval_row(r: &sqlx::sqlite::SqliteRow) -> ApprovalRecord {
     ApprovalRecord {
@@ -290,6 +291,7 @@ fn approval_row(r: &sqlx::sqlite::SqliteRow) -> ApprovalRecord {
         decided_by: r.get(16),
         decided_ms: r.get(17),
         reason: r.get(18),
+        callback_url: r.get(19),
     }
 }
 
@@ -520,8 +522,8 @@ impl Storage for SqliteStorage {
             for a in &batch.approvals {
                 sqlx::query(
                     "INSERT INTO approvals (id, tenant, invocation_id, status, tool, function, version, workflow, task_id,
-                       args, args_redacted, args_sha256, rule, requester, created_ms, expires_ms)
-                     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                       args, args_redacted, args_sha256, rule, requester, created_ms, expires_ms, callback_url)
+                     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 )
                 .bind(&a.id)
                 .bind(&a.tenant)
@@ -539,6 +541,7 @@ impl Storage for SqliteStorage {
                 .bind(&a.requester)
                 .bind(a.created_ms)
                 .bind(a.expires_ms)
+                .bind(&a.callback_url)
                 .execute(&mut *tx)
                 .await
                 .map_err(db)?;

@@ -1,0 +1,153 @@
+//! Callbacks: the host POSTs the outcome of a decided approval to a URL the
+//! orchestrator gave with the request. Only URLs the operator allows
+//! (`host serve --callback-allow PATTERN`, Spin-style patterns as in policy
+//! `http` grants) are accepted, checked when the request arrives. One
+//! attempt, with a 10 s deadline; the outcome stays readable at
+//! `GET /v1/invocations/{id}` whatever the callback's fate.
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::policy::outbound::HostPattern;
+use http_body_util::{BodyExt, Full};
+use std::time::Duration;
+
+/// How long one callback may take, connection included.
+pub const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The callback URLs a server accepts.
+#[derive(Debug, Clone, Default)]
+pub struct Callbacks {
+    allow: Vec<HostPattern>,
+}
+
+impl Callbacks {
+    /// Parse `--callback-allow` patterns (`https://hooks.example.com`,
+    /// `http://127.0.0.1:8000-8100`, `https://*.example.com`).
+    pub fn new(patterns: &[String]) -> Result<Callbacks> {
+        let allow = patterns
+            .iter()
+            .map(|p| {
+                p.parse::<HostPattern>()
+                    .map_err(|e| Error::invalid_args(format!("--callback-allow {p}: {e}")))
+            })
+            .collect::<Result<_>>()?;
+        Ok(Callbacks { allow })
+    }
+
+    /// Accept `url` as a callback, or say why not.
+    pub fn check(&self, url: &str) -> Result<()> {
+        let (scheme, host, port) = parts(url)?;
+        if self.allow.is_empty() {
+            return Err(Error::new(
+                ErrorKind::InvalidRequest,
+                "this server takes no callback URLs (start it with --callback-allow)",
+            ));
+        }
+        if self.allow.iter().any(|p| p.matches(&scheme, &host, port)) {
+            Ok(())
+        } else {
+            Err(Error::new(
+                ErrorKind::InvalidRequest,
+                format!("callback_url {url}: not allowed by this server's --callback-allow"),
+            ))
+        }
+    }
+}
+
+fn parts(url: &str) -> Result<(String, String, u16)> {
+    let bad = |why: &str| {
+        Error::new(
+            ErrorKind::InvalidRequest,
+            format!("callback_url {url:?}: {why}"),
+        )
+    };
+    let uri: http::Uri = url.parse().map_err(|_| bad("not a URL"))?;
+    let scheme = uri
+        .scheme_str()
+        .ok_or_else(|| bad("no scheme"))?
+        .to_ascii_lowercase();
+    let port = match scheme.as_str() {
+        "http" => 80,
+        "https" => 443,
+        _ => return Err(bad("use http or https")),
+    };
+    let host = uri.host().ok_or_else(|| bad("no host"))?.to_string();
+    Ok((scheme, host, uri.port_u16().unwrap_or(port)))
+}
+
+/// POST `body` as JSON to `url`; returns the response status.
+pub async fn post(url: &str, body: &serde_json::Value) -> Result<u16> {
+    tokio::time::timeout(TIMEOUT, send(url, body))
+        .await
+        .map_err(|_| Error::new(ErrorKind::Timeout, format!("callback to {url} timed out")))?
+}
+
+async fn send(url: &str, body: &serde_json::Value) -> Result<u16> {
+    let (scheme, host, port) = parts(url)?;
+    let failed = |e: &dyn std::fmt::Display| Error::internal(format!("callback to {url}: {e}"));
+    let uri: http::Uri = url.parse().map_err(|e| failed(&e))?;
+    let request = http::Request::post(uri.path_and_query().map_or("/", |p| p.as_str()))
+        .header(
+            http::header::HOST,
+            uri.authority().map_or(host.as_str(), |a| a.as_str()),
+        )
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .header(http::header::USER_AGENT, "toolhost-callback/1")
+        .body(Full::new(bytes::Bytes::from(body.to_string())))
+        .map_err(|e| failed(&e))?;
+    let tcp =
+        tokio::net::TcpStream::connect((host.trim_start_matches('[').trim_end_matches(']'), port))
+            .await
+            .map_err(|e| failed(&e))?;
+    let status = if scheme == "https" {
+        let config = crate::capability::http::tls_config().ok_or_else(|| failed(&"no TLS"))?;
+        let name = rustls::pki_types::ServerName::try_from(host.clone()).map_err(|e| failed(&e))?;
+        let tls = tokio_rustls::TlsConnector::from(config)
+            .connect(name, tcp)
+            .await
+            .map_err(|e| failed(&e))?;
+        exchange(tls, request).await
+    } else {
+        exchange(tcp, request).await
+    };
+    status.map_err(|e| failed(&e))
+}
+
+async fn exchange<S>(
+    stream: S,
+    request: http::Request<Full<bytes::Bytes>>,
+) -> std::result::Result<u16, hyper::Error>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(wasmtime_wasi_http::io::TokioIo::new(stream)).await?;
+    tokio::spawn(conn);
+    let response = sender.send_request(request).await?;
+    let status = response.status().as_u16();
+    // Drain (bounded by the deadline) so the connection closes cleanly.
+    let _ = response.into_body().collect().await;
+    Ok(status)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_allowed_urls_are_accepted() {
+        let none = Callbacks::default();
+        assert!(none.check("https://hooks.example.com/x").is_err());
+        let c = Callbacks::new(&[
+            "https://*.example.com".into(),
+            "http://127.0.0.1:8000-8100".into(),
+        ])
+        .unwrap();
+        assert!(c.check("https://hooks.example.com/done").is_ok());
+        assert!(c.check("http://127.0.0.1:8080/cb").is_ok());
+        assert!(c.check("http://127.0.0.1:9000/cb").is_err());
+        assert!(c.check("http://hooks.example.com/done").is_err());
+        assert!(c.check("ftp://hooks.example.com").is_err());
+        assert!(c.check("not a url").is_err());
+        assert!(Callbacks::new(&["::bad::".into()]).is_err());
+    }
+}
