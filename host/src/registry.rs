@@ -215,33 +215,24 @@ impl Registry {
 
     /// Load the version a name points at.
     pub async fn load(&self, tenant: &str, name: &str) -> Result<Loaded> {
+        let entry = self.enabled_entry(tenant, name).await?;
+        self.load_entry(entry).await
+    }
+
+    /// A name's entry, if it exists and is enabled.
+    async fn enabled_entry(&self, tenant: &str, name: &str) -> Result<ToolEntry> {
         let entry = self
             .storage
             .tool_get(tenant, name)
             .await?
             .ok_or_else(|| not_found(name))?;
-        if entry.disabled {
-            return Err(Error::new(
-                ErrorKind::ToolDisabled,
-                format!("tool `{name}` is disabled"),
-            ));
-        }
-        self.load_entry(entry).await
+        check_enabled(&entry)?;
+        Ok(entry)
     }
 
     /// Load one version of an enabled tool (whichever the name points at).
     pub async fn load_version(&self, tenant: &str, name: &str, version: &str) -> Result<Loaded> {
-        let mut entry = self
-            .storage
-            .tool_get(tenant, name)
-            .await?
-            .ok_or_else(|| not_found(name))?;
-        if entry.disabled {
-            return Err(Error::new(
-                ErrorKind::ToolDisabled,
-                format!("tool `{name}` is disabled"),
-            ));
-        }
+        let mut entry = self.enabled_entry(tenant, name).await?;
         entry.current = version.to_string();
         self.load_entry(entry).await
     }
@@ -369,6 +360,17 @@ impl Registry {
             Err(not_found(name))
         }
     }
+}
+
+/// Refuse a disabled tool.
+pub fn check_enabled(entry: &ToolEntry) -> Result<()> {
+    if entry.disabled {
+        return Err(Error::new(
+            ErrorKind::ToolDisabled,
+            format!("tool `{}` is disabled", entry.name),
+        ));
+    }
+    Ok(())
 }
 
 fn not_found(name: &str) -> Error {

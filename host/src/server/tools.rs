@@ -89,12 +89,7 @@ impl ToolCache {
                 e
             }
         };
-        if entry.disabled {
-            return Err(Error::new(
-                ErrorKind::ToolDisabled,
-                format!("tool `{name}` is disabled"),
-            ));
-        }
+        crate::registry::check_enabled(&entry)?;
         self.get_entry(entry).await
     }
 
