@@ -946,3 +946,42 @@ async fn a_tool_names_a_secret_and_the_host_fills_it_in() {
         "the second request never left"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_quickstart_policy_runs_text_tools_anywhere_and_refunds_as_the_essay_says() {
+    let text =
+        std::fs::read_to_string(common::repo_root().join("policies/quickstart.yaml")).unwrap();
+    let g = gated(&text).await;
+    // No workflow: the catch-all document, where the text tools run.
+    let out = g
+        .run("text-tools", "hello", json!({"name": "a"}), task("q"))
+        .await;
+    assert!(out.ok, "{:?}", out.error);
+    // The refund workflow is the essay's.
+    let refund = CallContext {
+        workflow: Some("refund_request".into()),
+        ..task("q")
+    };
+    let out = g
+        .run(
+            "refund",
+            "lookup-order",
+            json!({"order-id": "ord_1001"}),
+            refund.clone(),
+        )
+        .await;
+    assert!(out.ok, "{:?}", out.error);
+    let out = g
+        .run(
+            "refund",
+            "issue-refund",
+            json!({"order-id": "ord_1001", "amount-usd": 75.0}),
+            refund.clone(),
+        )
+        .await;
+    assert_eq!(out.error_kind(), Some(ErrorKind::ApprovalRequired));
+    let out = g
+        .run("text-tools", "hello", json!({"name": "a"}), refund)
+        .await;
+    assert_eq!(out.error_kind(), Some(ErrorKind::PolicyDenied));
+}

@@ -166,8 +166,12 @@ impl Policy {
     }
 
     /// The workflow a request without one falls under: the only workflow the
-    /// file names, if it names exactly one.
+    /// file names, if it names exactly one and has no catch-all (`"*"`)
+    /// document (with one, such requests fall under the catch-all).
     pub fn default_workflow(&self) -> Option<&str> {
+        if self.documents.iter().any(|d| d.doc.workflow == "*") {
+            return None;
+        }
         let mut names = self
             .documents
             .iter()
