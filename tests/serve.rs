@@ -637,25 +637,40 @@ async fn overload_is_refused_with_retry_after_and_shutdown_finishes_work() {
     let slow = {
         let k = k.clone();
         let url = url.clone();
+        // Retried while refused: it may arrive while a probe holds the slot.
         tokio::spawn(async move {
-            reqwest::Client::new()
-                .post(format!("{url}/v1/tools/hostile/sleep-forever/invoke"))
-                .bearer_auth(k)
-                .json(&json!({}))
-                .send()
-                .await
-                .unwrap()
+            loop {
+                let r = reqwest::Client::new()
+                    .post(format!("{url}/v1/tools/hostile/sleep-forever/invoke"))
+                    .bearer_auth(&k)
+                    .json(&json!({}))
+                    .send()
+                    .await
+                    .unwrap();
+                if r.status().as_u16() != 503 {
+                    return r;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
         })
     };
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let r = reqwest::Client::new()
-        .post(format!("{url}/v1/tools/text-tools/hello/invoke"))
-        .bearer_auth(&k)
-        .json(&json!({"args": {"name": "x"}}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 503);
+    // While the slow call holds the only slot, others are refused at once.
+    let mut refused = None;
+    for _ in 0..40 {
+        let r = reqwest::Client::new()
+            .post(format!("{url}/v1/tools/text-tools/hello/invoke"))
+            .bearer_auth(&k)
+            .json(&json!({"args": {"name": "x"}}))
+            .send()
+            .await
+            .unwrap();
+        if r.status().as_u16() == 503 {
+            refused = Some(r);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let r = refused.expect("no 503 while the only slot was busy");
     assert_eq!(r.headers()["retry-after"], "1");
     // Shut down while the slow invocation runs: it still finishes, is
     // answered and recorded.
