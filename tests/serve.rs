@@ -136,6 +136,28 @@ async fn register_list_invoke_and_fetch_the_record() {
     );
     assert!(doc["paths"]["/v1/tools/{tool}/invoke"]["post"].is_object());
     assert!(doc["paths"]["/v1/invocations/{id}"]["get"].is_object());
+    // Structurally sound: unique operation ids; every `{param}` of a path
+    // declared `in: path`, every other parameter `in: query` or a header.
+    let mut ids = Vec::new();
+    for (path, ops) in doc["paths"].as_object().unwrap() {
+        for (method, op) in ops.as_object().unwrap() {
+            ids.push(op["operationId"].as_str().unwrap().to_string());
+            for p in op["parameters"].as_array().into_iter().flatten() {
+                let name = p["name"].as_str().unwrap();
+                let braced = path.contains(&format!("{{{name}}}"));
+                let place = p["in"].as_str().unwrap();
+                assert_eq!(
+                    braced,
+                    place == "path",
+                    "{method} {path}: {name} in {place}"
+                );
+            }
+        }
+    }
+    let n = ids.len();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), n, "operation ids are unique");
     let (status, _) = Client::new(&server, None).get("/healthz").await;
     assert_eq!(status, 200);
     let (status, ready) = Client::new(&server, None).get("/readyz").await;

@@ -49,14 +49,17 @@ pub struct NewKey {
 }
 
 /// Check a tenant name: 1 to 64 letters, digits, `-`, `_` or `.`, starting
-/// with a letter or digit.
+/// with a letter or digit; or `_`, the default tenant of `host register` and
+/// `host tools` without `--tenant`.
 pub fn validate_tenant(tenant: &str) -> Result<()> {
-    let ok = !tenant.is_empty()
-        && tenant.len() <= 64
-        && tenant.starts_with(|c: char| c.is_ascii_alphanumeric())
-        && tenant
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+    // `_` is the tenant of commands run without `--tenant`.
+    let ok = tenant == "_"
+        || !tenant.is_empty()
+            && tenant.len() <= 64
+            && tenant.starts_with(|c: char| c.is_ascii_alphanumeric())
+            && tenant
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
     if ok {
         Ok(())
     } else {
@@ -196,7 +199,8 @@ mod tests {
             assert!(has_role(&key, r));
         }
         assert!(validate_tenant("acme-1").is_ok());
-        assert!(validate_tenant("_").is_err());
+        assert!(validate_tenant("_").is_ok());
+        assert!(validate_tenant("__").is_err());
         assert!(validate_tenant("").is_err());
     }
 }

@@ -18,6 +18,7 @@ use std::sync::Arc;
 const READERS: &[Role] = &[Role::Approve, Role::Audit];
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
     /// `pending`, `approved`, `denied`, `expired` (default: all).
@@ -27,7 +28,7 @@ pub struct ListQuery {
 }
 
 /// Approval requests, newest first.
-#[utoipa::path(get, path = "/v1/approvals", tag = "approvals",
+#[utoipa::path(get, path = "/v1/approvals", operation_id = "list_approvals", tag = "approvals",
     params(ListQuery),
     responses((status = 200, description = "`{\"approvals\": [...]}`: each with tenant, workflow, task_id, tool, function, version, args (redacted), args_sha256, rule, requester, created_ms, expires_ms, status and the decision", body = Object)),
     security(("bearer" = [])))]
@@ -58,7 +59,7 @@ pub async fn list(
 }
 
 /// One approval request.
-#[utoipa::path(get, path = "/v1/approvals/{id}", tag = "approvals",
+#[utoipa::path(get, path = "/v1/approvals/{id}", operation_id = "get_approval", tag = "approvals",
     params(("id" = String, Path, description = "The approval id (`apr_…`)")),
     responses(
         (status = 200, description = "The request and its status", body = Object),
@@ -90,7 +91,7 @@ pub struct DecisionRequest {
 
 /// Approve: the call runs once, now; its result is the answer and the
 /// invocation's record.
-#[utoipa::path(post, path = "/v1/approvals/{id}/approve", tag = "approvals",
+#[utoipa::path(post, path = "/v1/approvals/{id}/approve", operation_id = "approve", tag = "approvals",
     params(("id" = String, Path, description = "The approval id")),
     request_body = DecisionRequest,
     responses(
@@ -109,7 +110,7 @@ pub async fn approve(
 }
 
 /// Deny: final; the waiting invocation is refused with `approval_denied`.
-#[utoipa::path(post, path = "/v1/approvals/{id}/deny", tag = "approvals",
+#[utoipa::path(post, path = "/v1/approvals/{id}/deny", operation_id = "deny", tag = "approvals",
     params(("id" = String, Path, description = "The approval id")),
     request_body = DecisionRequest,
     responses(

@@ -84,7 +84,7 @@ pub fn parse_request(body: &[u8]) -> Result<InvokeRequest, ApiError> {
 }
 
 /// Invoke a tool's only function, or `tool__function` (the name LLMs see).
-#[utoipa::path(post, path = "/v1/tools/{tool}/invoke", tag = "invoke",
+#[utoipa::path(post, path = "/v1/tools/{tool}/invoke", operation_id = "invoke_tool", tag = "invoke",
     params(
         ("tool" = String, Path, description = "`name` (a tool with one function) or `name__function`"),
         ("Idempotency-Key" = Option<String>, Header, description = "Retry safely: the same key with the same request returns the first answer (no second run or charge); with another request 422; while the first runs 409. Kept 24 h by default."),
@@ -118,7 +118,7 @@ pub async fn invoke_tool(
 }
 
 /// Invoke `function` of `tool`.
-#[utoipa::path(post, path = "/v1/tools/{tool}/{function}/invoke", tag = "invoke",
+#[utoipa::path(post, path = "/v1/tools/{tool}/{function}/invoke", operation_id = "invoke_function", tag = "invoke",
     params(
         ("tool" = String, Path, description = "The tool's name"),
         ("function" = String, Path, description = "The function (`lookup-order`, `lookup_order`; `crm/divide` as `crm/divide/invoke` or `crm__divide`)"),

@@ -308,7 +308,7 @@ pub fn router(app: Arc<App>, config: &ServeConfig) -> Router {
 }
 
 /// The process is up.
-#[utoipa::path(get, path = "/healthz", tag = "health",
+#[utoipa::path(get, path = "/healthz", operation_id = "healthz", tag = "health",
     responses((status = 200, description = "Alive", body = Object)))]
 pub async fn healthz() -> Response {
     axum::Json(serde_json::json!({"status": "ok"})).into_response()
@@ -316,7 +316,7 @@ pub async fn healthz() -> Response {
 
 /// The server can take requests: storage answers and it is not shutting
 /// down.
-#[utoipa::path(get, path = "/readyz", tag = "health",
+#[utoipa::path(get, path = "/readyz", operation_id = "readyz", tag = "health",
     responses(
         (status = 200, description = "Ready", body = Object),
         (status = 503, description = "Not ready (shutting down, or storage fails)", body = Object),

@@ -30,7 +30,7 @@ fn show(r: &InvocationRecord) -> Value {
 }
 
 /// One past invocation.
-#[utoipa::path(get, path = "/v1/invocations/{id}", tag = "invocations",
+#[utoipa::path(get, path = "/v1/invocations/{id}", operation_id = "get_invocation", tag = "invocations",
     params(("id" = String, Path, description = "The invocation id (`inv_…`)")),
     responses(
         (status = 200, description = "The invocation's response, with workflow, task_id, principal and created_ms", body = Object),
@@ -53,6 +53,7 @@ pub async fn get_one(
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
     tool: Option<String>,
@@ -67,7 +68,7 @@ pub struct ListQuery {
 }
 
 /// Past invocations, newest first.
-#[utoipa::path(get, path = "/v1/invocations", tag = "invocations",
+#[utoipa::path(get, path = "/v1/invocations", operation_id = "list_invocations", tag = "invocations",
     params(ListQuery),
     responses(
         (status = 200, description = "`{\"invocations\": [...], \"next_cursor\": \"…\" | null}`", body = Object),
@@ -137,7 +138,7 @@ pub struct TokenUsage {
 }
 
 /// Report model tokens against a task's budget.
-#[utoipa::path(post, path = "/v1/tasks/{task_id}/usage", tag = "budgets",
+#[utoipa::path(post, path = "/v1/tasks/{task_id}/usage", operation_id = "report_task_usage", tag = "budgets",
     params(("task_id" = String, Path, description = "The orchestrator's task id")),
     request_body = TokenUsage,
     responses(
@@ -182,7 +183,7 @@ pub async fn report_usage(
 }
 
 /// A task's budget ledger.
-#[utoipa::path(get, path = "/v1/tasks/{task_id}/usage", tag = "budgets",
+#[utoipa::path(get, path = "/v1/tasks/{task_id}/usage", operation_id = "get_task_usage", tag = "budgets",
     params(("task_id" = String, Path, description = "The orchestrator's task id")),
     responses((status = 200, description = "`{\"task_id\", \"usage\": [{metric, used, reserved, ...}]}`", body = Object)),
     security(("bearer" = [])))]

@@ -126,6 +126,7 @@ impl ToolCache {
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
     /// `toolhost` (default), or the exact tool-definition array of
@@ -138,7 +139,7 @@ pub struct ListQuery {
 }
 
 /// List the caller's tenant's tools.
-#[utoipa::path(get, path = "/v1/tools", tag = "tools",
+#[utoipa::path(get, path = "/v1/tools", operation_id = "list_tools", tag = "tools",
     params(ListQuery),
     responses(
         (status = 200, description = "The tools (`toolhost` format: `{\"tools\": [...]}`; `openai`, `anthropic`, `mcp`: the definition array those APIs take; each function is named `<tool>__<function>`)", body = Object),
@@ -216,6 +217,7 @@ fn describe(entry: &ToolEntry, tool: &Tool) -> Value {
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct UploadQuery {
     /// The tool's name: 1 to 48 letters, digits, `-` or `_`.
@@ -227,7 +229,7 @@ pub struct UploadQuery {
 }
 
 /// Register a component (the request body, `application/wasm`).
-#[utoipa::path(post, path = "/v1/tools", tag = "tools",
+#[utoipa::path(post, path = "/v1/tools", operation_id = "upload_tool", tag = "tools",
     params(UploadQuery),
     request_body(content = Vec<u8>, content_type = "application/wasm", description = "The component's bytes"),
     responses(
@@ -280,7 +282,7 @@ pub async fn upload(
 }
 
 /// A tool with all its versions.
-#[utoipa::path(get, path = "/v1/tools/{tool}", tag = "tools",
+#[utoipa::path(get, path = "/v1/tools/{tool}", operation_id = "get_tool", tag = "tools",
     params(("tool" = String, Path, description = "The tool's name")),
     responses(
         (status = 200, description = "The tool, its functions and its versions", body = Object),
@@ -307,7 +309,7 @@ pub struct DeployRequest {
 }
 
 /// Point the tool's name at another version (deploy or roll back).
-#[utoipa::path(post, path = "/v1/tools/{tool}/deploy", tag = "tools",
+#[utoipa::path(post, path = "/v1/tools/{tool}/deploy", operation_id = "deploy_tool", tag = "tools",
     params(("tool" = String, Path, description = "The tool's name")),
     request_body = DeployRequest,
     responses(
@@ -332,7 +334,7 @@ pub async fn deploy(
 }
 
 /// Disable a tool: it is not listed and cannot be invoked.
-#[utoipa::path(post, path = "/v1/tools/{tool}/disable", tag = "tools",
+#[utoipa::path(post, path = "/v1/tools/{tool}/disable", operation_id = "disable_tool", tag = "tools",
     params(("tool" = String, Path, description = "The tool's name")),
     responses(
         (status = 200, description = "Disabled", body = Object),
@@ -348,7 +350,7 @@ pub async fn disable(
 }
 
 /// Enable a disabled tool.
-#[utoipa::path(post, path = "/v1/tools/{tool}/enable", tag = "tools",
+#[utoipa::path(post, path = "/v1/tools/{tool}/enable", operation_id = "enable_tool", tag = "tools",
     params(("tool" = String, Path, description = "The tool's name")),
     responses(
         (status = 200, description = "Enabled", body = Object),
