@@ -17,13 +17,35 @@ use std::sync::Arc;
 
 const READERS: &[Role] = &[Role::Approve, Role::Audit];
 
+/// An approval request's status.
+#[derive(Debug, Clone, Copy, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ApprovalStatus {
+    Pending,
+    Approved,
+    Denied,
+    Expired,
+}
+
+impl ApprovalStatus {
+    fn as_str(self) -> &'static str {
+        match self {
+            ApprovalStatus::Pending => "pending",
+            ApprovalStatus::Approved => "approved",
+            ApprovalStatus::Denied => "denied",
+            ApprovalStatus::Expired => "expired",
+        }
+    }
+}
+
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
-    /// `pending`, `approved`, `denied`, `expired` (default: all).
-    status: Option<String>,
-    /// At most this many (default 50, at most 500).
+    /// Default: all.
+    status: Option<ApprovalStatus>,
+    /// At most this many (default 50).
+    #[param(minimum = 1, maximum = 500)]
     limit: Option<i64>,
 }
 
@@ -49,7 +71,7 @@ pub async fn list(
     let found = approvals::list(
         app.storage.as_ref(),
         caller.tenant(),
-        q.status.as_deref(),
+        q.status.map(ApprovalStatus::as_str),
         limit,
     )
     .await?;
@@ -139,12 +161,7 @@ async fn decide(
     let request: DecisionRequest = if body.iter().all(u8::is_ascii_whitespace) {
         DecisionRequest::default()
     } else {
-        serde_json::from_slice(&body).map_err(|e| {
-            ApiError::new(
-                ErrorKind::InvalidRequest,
-                format!("the request body is not a valid decision: {e}"),
-            )
-        })?
+        super::problem::parse_json(&body, "decision")?
     };
     let decider = Decider {
         storage: app.storage.clone(),

@@ -34,15 +34,18 @@ pub struct InvokeRequest {
     pub args: Option<serde_json::Value>,
     /// The orchestrator's task: per-task budgets apply to it.
     #[serde(default)]
+    #[schema(min_length = 1, max_length = 200)]
     pub task_id: Option<String>,
     /// The workflow whose policy governs the call (default: the policy's
     /// only workflow, if it has one).
     #[serde(default)]
+    #[schema(min_length = 1, max_length = 200)]
     pub workflow: Option<String>,
     /// If the call waits for approval: where to POST
     /// `{"approval", "invocation"}` once it is decided (must match the
     /// server's `--callback-allow`).
     #[serde(default)]
+    #[schema(pattern = "^https?://[^/?#\\s]+")]
     pub callback_url: Option<String>,
 }
 
@@ -51,22 +54,7 @@ pub fn parse_request(body: &[u8]) -> Result<InvokeRequest, ApiError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(InvokeRequest::default());
     }
-    let de = &mut serde_json::Deserializer::from_slice(body);
-    let request: InvokeRequest = serde_path_to_error::deserialize(de).map_err(|e| {
-        let path = e.path().to_string();
-        let at = if path == "." {
-            String::new()
-        } else {
-            format!(" at `{path}`")
-        };
-        ApiError::new(
-            ErrorKind::InvalidRequest,
-            format!(
-                "the request body is not a valid invoke request{at}: {}",
-                e.inner()
-            ),
-        )
-    })?;
+    let request: InvokeRequest = super::problem::parse_json(body, "invoke request")?;
     for (field, value) in [
         ("task_id", &request.task_id),
         ("workflow", &request.workflow),

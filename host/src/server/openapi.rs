@@ -41,10 +41,91 @@ use utoipa::{Modify, OpenApi};
         tools::DeployRequest,
         records::TokenUsage,
         approvals::DecisionRequest,
+        approvals::ApprovalStatus,
+        tools::ListFormat,
     )),
-    modifiers(&Bearer),
+    modifiers(&Bearer, &Problems),
 )]
 pub struct ApiDoc;
+
+/// Every `/v1` operation may answer these as problem documents.
+const PROBLEMS: &[(&str, &str)] = &[
+    (
+        "400",
+        "Malformed request: JSON, parameters (the detail names the field)",
+    ),
+    ("401", "No API key, or not a valid one"),
+    ("403", "The key lacks the role"),
+    ("404", "Not found in the caller's tenant (or no such route)"),
+    ("413", "The request body is larger than the server accepts"),
+    ("500", "A fault of the host"),
+    ("503", "Overloaded: retry after `Retry-After` seconds"),
+    ("504", "The request passed the server's deadline"),
+];
+
+const PROBLEM_JSON: &str = "application/problem+json";
+
+/// Problem documents are `application/problem+json`, and every `/v1`
+/// operation documents the transport errors it may answer.
+struct Problems;
+
+impl Modify for Problems {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder};
+        let problem = || {
+            ContentBuilder::new()
+                .schema(Some(Ref::from_schema_name("Problem")))
+                .build()
+        };
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            let operations = [
+                &mut item.get,
+                &mut item.post,
+                &mut item.put,
+                &mut item.delete,
+                &mut item.patch,
+            ];
+            for op in operations.into_iter().flatten() {
+                // Problem bodies documented as JSON are problem+json; other
+                // bodies (invocation outcomes) may also be problems.
+                for response in op.responses.responses.values_mut() {
+                    let RefOr::T(response) = response else {
+                        continue;
+                    };
+                    let is_problem = response.content.get("application/json").is_some_and(|c| {
+                        matches!(&c.schema, Some(RefOr::Ref(r)) if r.ref_location.ends_with("/Problem"))
+                    });
+                    if is_problem {
+                        response.content.shift_remove("application/json");
+                        response.content.insert(PROBLEM_JSON.into(), problem());
+                    }
+                }
+                if !path.starts_with("/v1/") {
+                    continue;
+                }
+                for (code, description) in PROBLEMS {
+                    match op.responses.responses.get_mut(*code) {
+                        Some(RefOr::T(response)) => {
+                            response.content.insert(PROBLEM_JSON.into(), problem());
+                        }
+                        Some(RefOr::Ref(_)) => {}
+                        None => {
+                            op.responses.responses.insert(
+                                (*code).to_string(),
+                                RefOr::T(
+                                    ResponseBuilder::new()
+                                        .description(*description)
+                                        .content(PROBLEM_JSON, problem())
+                                        .build(),
+                                ),
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
 
 struct Bearer;
 

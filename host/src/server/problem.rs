@@ -110,6 +110,24 @@ pub async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri
     .with_status(StatusCode::METHOD_NOT_ALLOWED)
 }
 
+/// Parse a JSON request body; errors name the field. (Any content type is
+/// taken: curl's default form type included.)
+pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8], what: &str) -> Result<T, ApiError> {
+    let de = &mut serde_json::Deserializer::from_slice(body);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let at = if path == "." {
+            String::new()
+        } else {
+            format!(" at `{path}`")
+        };
+        ApiError::new(
+            ErrorKind::InvalidRequest,
+            format!("the request body is not a valid {what}{at}: {}", e.inner()),
+        )
+    })
+}
+
 /// Turn an extractor's rejection (bad JSON, query, path, body) into a
 /// problem that says what was wrong.
 pub fn rejection(r: impl IntoResponse + std::fmt::Display) -> ApiError {

@@ -8,7 +8,8 @@ use crate::gate::CallContext;
 use crate::keys::Role;
 use crate::storage::{InvocationFilter, InvocationRecord};
 use axum::Json;
-use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -57,13 +58,14 @@ pub async fn get_one(
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
     tool: Option<String>,
-    /// `ok`, `error`, `refused`, `pending_approval`.
-    status: Option<String>,
+    status: Option<crate::invoke::Status>,
     workflow: Option<String>,
     task_id: Option<String>,
-    /// At most this many (default 50, at most 500).
+    /// At most this many (default 50).
+    #[param(minimum = 1, maximum = 500)]
     limit: Option<i64>,
     /// `next_cursor` of the previous page.
+    #[param(pattern = "^[0-9]{1,18}$")]
     cursor: Option<String>,
 }
 
@@ -103,7 +105,7 @@ pub async fn list(
             caller.tenant(),
             InvocationFilter {
                 tool: q.tool,
-                status: q.status,
+                status: q.status.map(|s| s.as_str().to_string()),
                 workflow: q.workflow,
                 task_id: q.task_id,
                 before,
@@ -129,9 +131,11 @@ pub async fn list(
 #[serde(deny_unknown_fields)]
 pub struct TokenUsage {
     #[serde(default)]
-    pub input_tokens: u32,
+    #[schema(minimum = 0, maximum = 1_000_000_000_000_i64)]
+    pub input_tokens: i64,
     #[serde(default)]
-    pub output_tokens: u32,
+    #[schema(minimum = 0, maximum = 1_000_000_000_000_i64)]
+    pub output_tokens: i64,
     /// The task's workflow (default: the policy's only workflow).
     #[serde(default)]
     pub workflow: Option<String>,
@@ -150,10 +154,10 @@ pub async fn report_usage(
     State(app): State<Arc<App>>,
     caller: Caller,
     Path(task_id): Path<String>,
-    body: Result<Json<TokenUsage>, JsonRejection>,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
     caller.require(Role::Invoke)?;
-    let Json(body) = body.map_err(rejection)?;
+    let body: TokenUsage = super::problem::parse_json(&body.map_err(rejection)?, "usage report")?;
     let context = CallContext {
         tenant: Some(caller.tenant().to_string()),
         workflow: body.workflow,
@@ -161,13 +165,20 @@ pub async fn report_usage(
         principal: Some(caller.key.id.clone()),
         ..CallContext::default()
     };
+    for (field, n) in [
+        ("input_tokens", body.input_tokens),
+        ("output_tokens", body.output_tokens),
+    ] {
+        if !(0..=1_000_000_000_000).contains(&n) {
+            return Err(ApiError::new(
+                ErrorKind::InvalidRequest,
+                format!("`{field}` must be 0 to 10^12"),
+            ));
+        }
+    }
     let exceeded = app
         .governed
-        .report_tokens(
-            &context,
-            i64::from(body.input_tokens),
-            i64::from(body.output_tokens),
-        )
+        .report_tokens(&context, body.input_tokens, body.output_tokens)
         .await?;
     let usage = app
         .governed

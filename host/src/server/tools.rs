@@ -12,7 +12,7 @@ use crate::storage::{Storage, ToolEntry};
 use crate::tool::Tool;
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::rejection::{BytesRejection, JsonRejection, QueryRejection};
+use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -125,6 +125,16 @@ impl ToolCache {
     }
 }
 
+/// A tool-list format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ListFormat {
+    Toolhost,
+    Openai,
+    Anthropic,
+    Mcp,
+}
+
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
@@ -132,7 +142,7 @@ pub struct ListQuery {
     /// `toolhost` (default), or the exact tool-definition array of
     /// `openai`, `anthropic` or `mcp`.
     #[serde(default)]
-    format: Option<String>,
+    format: Option<ListFormat>,
     /// Include disabled tools (`toolhost` format only).
     #[serde(default)]
     include_disabled: bool,
@@ -142,7 +152,7 @@ pub struct ListQuery {
 #[utoipa::path(get, path = "/v1/tools", operation_id = "list_tools", tag = "tools",
     params(ListQuery),
     responses(
-        (status = 200, description = "The tools (`toolhost` format: `{\"tools\": [...]}`; `openai`, `anthropic`, `mcp`: the definition array those APIs take; each function is named `<tool>__<function>`)", body = Object),
+        (status = 200, description = "The tools (`toolhost` format: `{\"tools\": [...]}`; `openai`, `anthropic`, `mcp`: the definition array those APIs take; each function is named `<tool>__<function>`)", body = serde_json::Value),
         (status = 400, description = "Unknown format", body = super::problem::Problem),
         (status = 401, description = "No valid key", body = super::problem::Problem),
     ),
@@ -153,22 +163,16 @@ pub async fn list(
     query: std::result::Result<Query<ListQuery>, QueryRejection>,
 ) -> std::result::Result<Json<Value>, ApiError> {
     let Query(query) = query.map_err(rejection)?;
-    let format = query.format.as_deref().unwrap_or("toolhost");
-    if !["toolhost", "openai", "anthropic", "mcp"].contains(&format) {
-        return Err(ApiError::new(
-            ErrorKind::InvalidRequest,
-            format!("unknown format `{format}`: use toolhost, openai, anthropic or mcp"),
-        ));
-    }
+    let format = query.format.unwrap_or(ListFormat::Toolhost);
     let mut tools = Vec::new();
     for entry in app.storage.tool_list(caller.tenant()).await? {
-        if entry.disabled && !(query.include_disabled && format == "toolhost") {
+        if entry.disabled && !(query.include_disabled && format == ListFormat::Toolhost) {
             continue;
         }
         let tool = app.tools.get_entry(entry.clone()).await?;
         tools.push((entry, tool));
     }
-    if format == "toolhost" {
+    if format == ListFormat::Toolhost {
         let list: Vec<Value> = tools.iter().map(|(e, t)| describe(e, t)).collect();
         return Ok(Json(json!({ "tools": list })));
     }
@@ -176,9 +180,9 @@ pub async fn list(
     for (entry, tool) in &tools {
         for f in &tool.catalog().functions {
             let definition = match format {
-                "openai" => schema::openai_tool(f),
-                "anthropic" => schema::anthropic_tool(f),
-                _ => schema::mcp_tool(f),
+                ListFormat::Openai => schema::openai_tool(f),
+                ListFormat::Anthropic => schema::anthropic_tool(f),
+                ListFormat::Mcp | ListFormat::Toolhost => schema::mcp_tool(f),
             };
             definitions.push(schema::renamed(
                 definition,
@@ -305,6 +309,7 @@ pub async fn get_one(
 #[serde(deny_unknown_fields)]
 pub struct DeployRequest {
     /// An existing version of the tool.
+    #[schema(pattern = "^[A-Za-z0-9.+_-]{1,64}$")]
     version: String,
 }
 
@@ -321,10 +326,11 @@ pub async fn deploy(
     State(app): State<Arc<App>>,
     caller: Caller,
     Path(name): Path<String>,
-    body: std::result::Result<Json<DeployRequest>, JsonRejection>,
+    body: std::result::Result<Bytes, BytesRejection>,
 ) -> std::result::Result<Json<Value>, ApiError> {
     caller.require(Role::Admin)?;
-    let Json(body) = body.map_err(rejection)?;
+    let body: DeployRequest =
+        super::problem::parse_json(&body.map_err(rejection)?, "deploy request")?;
     app.registry
         .deploy(caller.tenant(), &name, &body.version)
         .await?;
