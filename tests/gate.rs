@@ -980,6 +980,10 @@ async fn the_quickstart_policy_runs_text_tools_anywhere_and_refunds_as_the_essay
         )
         .await;
     assert_eq!(out.error_kind(), Some(ErrorKind::ApprovalRequired));
+    // A tool that is not registered (as with `host run`) cannot be run by an
+    // approver later: refused, not parked.
+    assert_eq!(out.status, toolhost::invoke::Status::Refused);
+    assert!(out.approval_id.is_none());
     let out = g
         .run("text-tools", "hello", json!({"name": "a"}), refund)
         .await;

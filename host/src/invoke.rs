@@ -173,9 +173,10 @@ impl Outcome {
     }
 
     fn refused(tool: &Tool, function: &str, invocation_id: String, error: Error) -> Outcome {
-        // An approval refusal parks the call: its approval id is derived
-        // from the invocation's.
-        let pending = error.kind == ErrorKind::ApprovalRequired;
+        // An approval refusal parks a registered tool's call (an approver
+        // can run that version later): its approval id is derived from the
+        // invocation's. A file run with `host run` is simply refused.
+        let pending = error.kind == ErrorKind::ApprovalRequired && tool.version().is_some();
         let status = if pending {
             Status::PendingApproval
         } else {
