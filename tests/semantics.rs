@@ -563,3 +563,46 @@ async fn a_decided_approval_is_posted_to_its_allowed_callback() {
     );
     server.stop();
 }
+
+#[tokio::test]
+async fn a_decision_erases_the_stored_arguments() {
+    let dir = data_dir_with("sem-erase", POLICY, &[("refund", "refund")]);
+    let requester = key(&dir, "acme", &["invoke"]);
+    let approver = key(&dir, "acme", &["approve"]);
+    let server = Server::start(&dir, &[]);
+    let c = Client::new(&server, Some(&requester));
+    let secret_order = "ord_SECRET_4242";
+    let (status, r) = c
+        .post(
+            "/v1/tools/refund/issue-refund/invoke",
+            json!({"args": {"order-id": secret_order, "amount-usd": 99.0}}),
+        )
+        .await;
+    assert_eq!(status, 202, "{r}");
+    let id = r["approval_id"].as_str().unwrap();
+    let (status, _) = Client::new(&server, Some(&approver))
+        .post(&format!("/v1/approvals/{id}/deny"), json!({"reason": "no"}))
+        .await;
+    assert_eq!(status, 200);
+    server.stop();
+    // The order id is redacted everywhere else (policy: redact order_id);
+    // once decided, the approval no longer keeps it either.
+    let storage = toolhost::storage::sqlite::SqliteStorage::open(&dir)
+        .await
+        .unwrap();
+    use toolhost::storage::Storage;
+    let a = storage.approval_get("acme", id).await.unwrap().unwrap();
+    assert_eq!(a.status, "denied");
+    assert_eq!(a.args, "", "the arguments survived the decision");
+    assert!(
+        !a.args_redacted.contains(secret_order),
+        "{}",
+        a.args_redacted
+    );
+    let rec = storage
+        .invocation_get("acme", &a.invocation_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!rec.response.contains(secret_order), "{}", rec.response);
+}

@@ -191,7 +191,9 @@ pub async fn decide(
         .await?;
     let outcome = match tool {
         Some(tool) => {
-            let args: Value = serde_json::from_str(&decided.args)
+            // The stored arguments are erased by the decision; these were
+            // read before it.
+            let args: Value = serde_json::from_str(&request.args)
                 .map_err(|e| Error::internal(format!("stored arguments: {e}")))?;
             let call = Call {
                 function: decided.function.clone(),

@@ -29,6 +29,8 @@ struct Inner {
     keys: BTreeMap<String, ApiKeyRecord>,
     /// By position.
     invocations: BTreeMap<i64, InvocationRecord>,
+    /// Invocation id → position.
+    invocation_pos: HashMap<String, i64>,
     policies: Vec<StoredPolicy>,
     /// (tenant, key) → (fingerprint, done answer, started, expires).
     idempotency: HashMap<(String, String), Idem>,
@@ -168,13 +170,8 @@ impl Storage for MemoryStorage {
             }
             settle(&mut inner, &batch.release, &batch.charge);
             for r in batch.invocations {
-                let existing = inner
-                    .invocations
-                    .iter()
-                    .find(|(_, e)| e.id == r.id)
-                    .map(|(p, _)| *p);
-                let pos = existing
-                    .unwrap_or_else(|| inner.invocations.keys().next_back().map_or(1, |p| p + 1));
+                let next = inner.invocations.keys().next_back().map_or(1, |p| p + 1);
+                let pos = *inner.invocation_pos.entry(r.id.clone()).or_insert(next);
                 inner.invocations.insert(pos, r);
             }
             for a in batch.approvals {
@@ -556,12 +553,14 @@ impl Storage for MemoryStorage {
         tenant: &str,
         id: &str,
     ) -> BoxFuture<'_, Result<Option<InvocationRecord>>> {
-        let found = self
-            .lock()
-            .invocations
-            .values()
-            .find(|r| r.id == id && r.tenant == tenant)
+        let inner = self.lock();
+        let found = inner
+            .invocation_pos
+            .get(id)
+            .and_then(|p| inner.invocations.get(p))
+            .filter(|r| r.tenant == tenant)
             .cloned();
+        drop(inner);
         Box::pin(async move { Ok(found) })
     }
 
@@ -708,6 +707,7 @@ impl Storage for MemoryStorage {
                 a.decided_by = Some(decided_by.to_string());
                 a.decided_ms = Some(now_ms);
                 a.reason = reason.map(str::to_string);
+                a.args.clear();
                 Some(a.clone())
             }
             _ => None,

@@ -70,7 +70,8 @@ pub struct ApprovalRecord {
     pub version: Option<String>,
     pub workflow: Option<String>,
     pub task_id: Option<String>,
-    /// The arguments to run with (kept until decided; never shown).
+    /// The arguments to run with (kept until decided, then erased; never
+    /// shown).
     #[serde(skip)]
     pub args: String,
     /// The arguments with the policy's redactions, for approvers.
@@ -471,8 +472,9 @@ pub trait Storage: Send + Sync + 'static {
 
     /// Decide a pending, unexpired request: set `status` if and only if it
     /// is still pending and `now_ms < expires_ms`, atomically (of two
-    /// concurrent decisions exactly one wins). Returns the decided record,
-    /// or `None` when it was not pending (or had expired).
+    /// concurrent decisions exactly one wins), and erase its stored
+    /// arguments. Returns the decided record (arguments erased), or `None`
+    /// when it was not pending (or had expired).
     fn approval_decide(
         &self,
         tenant: &str,

@@ -1451,7 +1451,7 @@ impl Storage for SqliteStorage {
         );
         Box::pin(async move {
             let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-                "UPDATE approvals SET status = ?, decided_by = ?, decided_ms = ?, reason = ?
+                "UPDATE approvals SET status = ?, decided_by = ?, decided_ms = ?, reason = ?, args = ''
                  WHERE tenant = ? AND id = ? AND status = 'pending' AND expires_ms > ?
                  RETURNING {APPROVAL_COLUMNS}"
             )))
