@@ -189,6 +189,9 @@ pub async fn decide(
     d.audit
         .append_settling(vec![(tenant.to_string(), now, record)], batch)
         .await?;
+    // If this process dies while the approved call runs, the approval stays
+    // `approved` and the record `pending_approval`: the call may have had
+    // effects, so it is not run again automatically.
     let outcome = match tool {
         Some(tool) => {
             // The stored arguments are erased by the decision; these were
