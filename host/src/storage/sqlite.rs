@@ -199,11 +199,15 @@ impl SqliteStorage {
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(Duration::from_secs(30))
             .foreign_keys(true);
+        // Local connections need no liveness ping before each use (it would
+        // cost a round trip to the connection's thread per statement).
         let volatile = SqlitePoolOptions::new()
             .max_connections(2)
+            .test_before_acquire(false)
             .connect_lazy_with(options.clone().synchronous(SqliteSynchronous::Normal));
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
+            .test_before_acquire(false)
             .connect_with(options)
             .await
             .map_err(|e| {
