@@ -33,7 +33,7 @@ impl Spend {
         let usd = price.per_call_usd * self.tool_calls as f64
             + price.per_million_fuel_usd * self.fuel as f64 / 1e6
             + price.per_outbound_call_usd * self.outbound_calls as f64;
-        self.cost_micro_usd = (usd * 1e6).ceil().min(i64::MAX as f64) as i64;
+        self.cost_micro_usd = micro_usd(usd);
         self
     }
 
@@ -48,6 +48,11 @@ impl Spend {
             ("output_tokens", self.output_tokens),
         ]
     }
+}
+
+/// USD in micro-USD, rounded up.
+pub fn micro_usd(usd: f64) -> i64 {
+    (usd * 1e6).ceil().min(i64::MAX as f64) as i64
 }
 
 fn limit_of(limits: &Limits, metric: &str) -> Option<i64> {
@@ -86,6 +91,11 @@ pub struct Scope {
     pub task: Option<String>,
 }
 
+/// The ledger scope of a tenant's task.
+pub fn task_scope(tenant: &str, task: &str) -> String {
+    format!("task:{tenant}/{task}")
+}
+
 /// A UTC calendar date from Unix milliseconds: (year, month, day).
 pub fn civil_date(unix_ms: i64) -> (i64, u32, u32) {
     // Howard Hinnant's civil_from_days.
@@ -109,7 +119,7 @@ pub fn charges(budget: &Budget, scope: &Scope, now_ms: i64, spend: &Spend) -> Ve
     let mut levels: Vec<(String, String, Limits)> = Vec::new();
     if let Some(task) = &scope.task {
         levels.push((
-            format!("task:{}/{task}", scope.tenant),
+            task_scope(&scope.tenant, task),
             "all".into(),
             budget.per_task(),
         ));

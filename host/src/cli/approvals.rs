@@ -55,13 +55,7 @@ pub enum Command {
 }
 
 pub async fn main(cmd: Command) -> i32 {
-    match run(cmd).await {
-        Ok(code) => code,
-        Err(e) => {
-            super::report(&e);
-            1
-        }
-    }
+    super::exit_code(run(cmd).await)
 }
 
 /// POST the decision to the request's callback URL, if it has one.

@@ -37,17 +37,7 @@ pub enum Command {
 }
 
 pub async fn main(cmd: Command) -> i32 {
-    match run(cmd).await {
-        Ok(code) => code,
-        Err(e) => {
-            super::report(&e);
-            if e.kind == toolhost::ErrorKind::InvalidArgs {
-                2
-            } else {
-                1
-            }
-        }
-    }
+    super::exit_code(run(cmd).await)
 }
 
 async fn run(cmd: Command) -> toolhost::Result<i32> {

@@ -105,6 +105,22 @@ pub fn runtime() -> Result<std::sync::Arc<toolhost::Runtime>, toolhost::Error> {
     toolhost::Runtime::new(&config).map(std::sync::Arc::new)
 }
 
+/// A command's exit code: its own on success; on error, the error reported
+/// and 2 for bad usage (invalid arguments), else 1.
+pub fn exit_code(result: toolhost::Result<i32>) -> i32 {
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            report(&e);
+            if e.kind == toolhost::ErrorKind::InvalidArgs {
+                2
+            } else {
+                1
+            }
+        }
+    }
+}
+
 /// Print an error the standard way: `error[kind]: message` on stderr.
 pub fn report(e: &toolhost::Error) {
     eprintln!("error[{}]: {}", e.kind, e.message);

@@ -24,13 +24,7 @@ pub enum Command {
 }
 
 pub async fn main(cmd: Command) -> i32 {
-    match run(cmd).await {
-        Ok(()) => 0,
-        Err(e) => {
-            super::report(&e);
-            1
-        }
-    }
+    super::exit_code(run(cmd).await.map(|()| 0))
 }
 
 async fn run(cmd: Command) -> toolhost::Result<()> {

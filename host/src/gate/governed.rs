@@ -131,23 +131,6 @@ impl Governed {
         &self.ledger
     }
 
-    fn workflow(&self, requested: Option<&str>) -> Option<String> {
-        requested
-            .map(str::to_string)
-            .or_else(|| self.policy().default_workflow().map(str::to_string))
-    }
-
-    /// The budget scope of a call context.
-    pub fn scope(&self, context: &super::CallContext) -> Scope {
-        Scope {
-            tenant: context.tenant.clone().unwrap_or_else(|| "_".into()),
-            workflow: self
-                .workflow(context.workflow.as_deref())
-                .unwrap_or_else(|| "*".into()),
-            task: context.task_id.clone(),
-        }
-    }
-
     /// Record model tokens used by a task; returns the token limits now
     /// exceeded.
     pub async fn report_tokens(
@@ -156,8 +139,8 @@ impl Governed {
         input: i64,
         output: i64,
     ) -> Result<Vec<Error>> {
-        let workflow = self.workflow(context.workflow.as_deref());
         let policy = self.policy();
+        let workflow = workflow_in(&policy, context.workflow.as_deref());
         let doc = policy
             .document(context.tenant.as_deref(), workflow.as_deref())
             .ok_or_else(|| {
@@ -167,7 +150,13 @@ impl Governed {
                 )
             })?;
         self.ledger
-            .report_tokens(&doc.budget, &self.scope(context), now_ms(), input, output)
+            .report_tokens(
+                &doc.budget,
+                &scope_of(context, workflow.as_deref()),
+                now_ms(),
+                input,
+                output,
+            )
             .await
     }
 
@@ -220,11 +209,7 @@ impl Gate for Governed {
     fn admit<'a>(&'a self, r: &'a InvocationRequest<'a>) -> BoxFuture<'a, Result<Admission>> {
         Box::pin(async move {
             let policy = self.policy();
-            let workflow = r
-                .context
-                .workflow
-                .clone()
-                .or_else(|| policy.default_workflow().map(str::to_string));
+            let workflow = workflow_in(&policy, r.context.workflow.as_deref());
             let decision = policy.decide(&Subject {
                 tenant: r.context.tenant.as_deref(),
                 workflow: workflow.as_deref(),
@@ -283,19 +268,12 @@ impl Gate for Governed {
                     .and_then(|text| serde_json::from_str::<Value>(&text).ok()),
                 None => None,
             };
-            let hit_spend = Spend {
-                cost_micro_usd: settings.cache.as_ref().map_or(0, |c| {
-                    (c.hit_cost_usd * 1e6).ceil().min(i64::MAX as f64) as i64
-                }),
-                ..Spend::default()
-            };
-
             // Reserve the worst case: this call, all its fuel, its whole
             // deadline, every outbound call it may make, and their price (a
             // cache hit: its hit cost).
-            let scope = self.scope(r.context);
+            let scope = scope_of(r.context, workflow.as_deref());
             let worst = if cached.is_some() {
-                hit_spend
+                hit_spend(&settings)
             } else {
                 Spend {
                     tool_calls: 1,
@@ -479,7 +457,7 @@ impl Gate for Governed {
             let response = report.response;
             let workflow = match state {
                 Some(s) => Some(s.workflow.clone()),
-                None => self.workflow(ctx.workflow.as_deref()),
+                None => workflow_in(&self.policy(), ctx.workflow.as_deref()),
             };
             let document = match state {
                 Some(s) => Some(s.document.clone()),
@@ -494,28 +472,21 @@ impl Gate for Governed {
             // same transaction as the audit records.
             let mut charged = None;
             let mut settle = (Vec::new(), Vec::new());
-            if let Some(s) = state.filter(|s| s.cache_hit) {
-                let used = Spend {
-                    cost_micro_usd: s.settings.cache.as_ref().map_or(0, |c| {
-                        (c.hit_cost_usd * 1e6).ceil().min(i64::MAX as f64) as i64
-                    }),
-                    ..Spend::default()
+            if let Some(s) = state {
+                let used = if s.cache_hit {
+                    hit_spend(&s.settings)
+                } else {
+                    let allowed_outbound =
+                        report.outbound.iter().filter(|e| e.allowed).count() as i64;
+                    Spend {
+                        tool_calls: 1,
+                        outbound_calls: allowed_outbound,
+                        fuel: i64::try_from(response.usage.fuel).unwrap_or(i64::MAX),
+                        wall_ms: response.usage.wall_ms as i64,
+                        ..Spend::default()
+                    }
+                    .priced(&s.settings.price)
                 };
-                settle = (
-                    s.reserved.clone(),
-                    charges(&s.document.budget, &s.scope, s.admitted_ms, &used),
-                );
-                charged = Some(used);
-            } else if let Some(s) = state {
-                let allowed_outbound = report.outbound.iter().filter(|e| e.allowed).count() as i64;
-                let used = Spend {
-                    tool_calls: 1,
-                    outbound_calls: allowed_outbound,
-                    fuel: i64::try_from(response.usage.fuel).unwrap_or(i64::MAX),
-                    wall_ms: response.usage.wall_ms as i64,
-                    ..Spend::default()
-                }
-                .priced(&s.settings.price);
                 settle = (
                     s.reserved.clone(),
                     charges(&s.document.budget, &s.scope, s.admitted_ms, &used),
@@ -663,6 +634,34 @@ impl Gate for Governed {
             self.audit.append_settling(records, batch).await?;
             Ok(())
         })
+    }
+}
+
+/// The workflow a call falls under: the one it names, else the policy's
+/// default.
+fn workflow_in(policy: &Policy, requested: Option<&str>) -> Option<String> {
+    requested
+        .map(str::to_string)
+        .or_else(|| policy.default_workflow().map(str::to_string))
+}
+
+/// The budget scope of a call context under its resolved workflow.
+fn scope_of(context: &super::CallContext, workflow: Option<&str>) -> Scope {
+    Scope {
+        tenant: context.tenant.clone().unwrap_or_else(|| "_".into()),
+        workflow: workflow.unwrap_or("*").to_string(),
+        task: context.task_id.clone(),
+    }
+}
+
+/// What a cache hit costs: the function's `hit_cost_usd`, nothing else.
+fn hit_spend(settings: &ToolSettings) -> Spend {
+    Spend {
+        cost_micro_usd: settings
+            .cache
+            .as_ref()
+            .map_or(0, |c| crate::budget::micro_usd(c.hit_cost_usd)),
+        ..Spend::default()
     }
 }
 

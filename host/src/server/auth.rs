@@ -38,32 +38,26 @@ impl KeyCache {
         storage: &dyn crate::storage::Storage,
         presented: &str,
     ) -> crate::Result<ApiKeyRecord> {
-        if let Some(id) = keys::key_id(presented) {
-            let cached = self
-                .keys
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .get(id)
-                .filter(|(_, at)| at.elapsed() < self.ttl)
-                .map(|(k, _)| k.clone());
-            if let Some(record) = cached {
-                keys::check(&record, presented)?;
-                return Ok(record);
-            }
+        let bad = || crate::Error::new(ErrorKind::Unauthenticated, "the API key is not valid");
+        let id = keys::key_id(presented).ok_or_else(bad)?;
+        let cached = self
+            .keys
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id)
+            .filter(|(_, at)| at.elapsed() < self.ttl)
+            .map(|(k, _)| k.clone());
+        if let Some(record) = cached {
+            keys::check(&record, presented)?;
+            return Ok(record);
         }
-        let record = keys::authenticate(storage, presented).await;
-        if let Some(id) = keys::key_id(presented)
-            && let Ok(Some(stored)) = match &record {
-                Ok(r) => Ok(Some(r.clone())),
-                Err(_) => storage.key_get(id).await,
-            }
-        {
-            self.keys
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(stored.id.clone(), (stored, Instant::now()));
-        }
-        record
+        let record = storage.key_get(id).await?.ok_or_else(bad)?;
+        self.keys
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(record.id.clone(), (record.clone(), Instant::now()));
+        keys::check(&record, presented)?;
+        Ok(record)
     }
 }
 

@@ -183,7 +183,7 @@ pub async fn report_usage(
     let usage = app
         .governed
         .ledger()
-        .usage(&format!("task:{}/{task_id}", caller.tenant()))
+        .usage(&crate::budget::task_scope(caller.tenant(), &task_id))
         .await?;
     Ok(Json(json!({
         "task_id": task_id,
@@ -207,7 +207,7 @@ pub async fn get_usage(
     let usage = app
         .governed
         .ledger()
-        .usage(&format!("task:{}/{task_id}", caller.tenant()))
+        .usage(&crate::budget::task_scope(caller.tenant(), &task_id))
         .await?;
     Ok(Json(json!({"task_id": task_id, "usage": usage})))
 }
