@@ -340,6 +340,46 @@ async fn concurrent_appends_form_one_unbroken_chain() {
     assert_eq!(other.audit_read("acme", 0, 1000).await.unwrap().len(), 200);
 }
 
+/// Two processes on one data dir (here: two connections, each with its own
+/// remembered chain heads) append to the same chain in turn and at once:
+/// each notices the other's entries and the chain never forks.
+#[tokio::test(flavor = "multi_thread")]
+async fn two_writers_on_one_data_dir_never_fork_a_chain() {
+    let dir = tempdir("audit-two");
+    let a: Arc<dyn Storage> = Arc::new(SqliteStorage::open(&dir).await.unwrap());
+    let b: Arc<dyn Storage> = Arc::new(SqliteStorage::open(&dir).await.unwrap());
+    let la = AuditLog::open(a, &dir).await.unwrap();
+    let lb = AuditLog::open(b, &dir).await.unwrap();
+    for i in 0..20 {
+        let log = if i % 3 == 0 { &la } else { &lb };
+        let stored = log
+            .append(vec![("acme".into(), T0 + i, json!({"turn": i}))])
+            .await
+            .unwrap();
+        assert_eq!(stored[0].seq, i + 1, "each append continues the other's");
+    }
+    let mut tasks = Vec::new();
+    for i in 0..100 {
+        let log = if i % 2 == 0 { la.clone() } else { lb.clone() };
+        tasks.push(tokio::spawn(async move {
+            log.append(vec![("acme".into(), T0 + 100 + i, json!({"at_once": i}))])
+                .await
+                .unwrap()
+        }));
+    }
+    let mut seqs: Vec<i64> = Vec::new();
+    for t in tasks {
+        seqs.extend(t.await.unwrap().iter().map(|e| e.seq));
+    }
+    seqs.sort_unstable();
+    assert_eq!(seqs, (21..=120).collect::<Vec<_>>());
+    la.flush().await.unwrap();
+    lb.flush().await.unwrap();
+    let r = check(&la).await;
+    assert!(r.ok, "{:#?}", problems(&r));
+    assert_eq!(r.entries, 120);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_data_dir_is_bound_to_its_key() {
     let (dir, log) = trail(3).await;

@@ -8,14 +8,15 @@ use super::{
     IdempotencyDone, InvocationFilter, InvocationRecord, Registered, Signer, Storage, StoredEntry,
     StoredPolicy, ToolEntry, ToolVersion, Usage,
 };
-use crate::audit::chain_hash;
 use crate::error::{Error, Result};
 use crate::gate::BoxFuture;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
-use std::collections::{BTreeMap, HashMap};
+use sqlx::{ConnectOptions, Connection, QueryBuilder, Row, Sqlite, SqliteConnection, SqlitePool};
+use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
+
+mod commit;
 
 /// Schema migrations, in order; `PRAGMA user_version` records how many ran.
 const MIGRATIONS: &[&str] = &[
@@ -169,18 +170,26 @@ fn db(e: sqlx::Error) -> Error {
 
 /// SQLite storage.
 pub struct SqliteStorage {
+    /// Reads, and the rare writes (registry, keys, policies, approvals'
+    /// decisions), each committed with `synchronous = FULL`.
     pool: SqlitePool,
-    /// Connections that commit without waiting for fsync
-    /// (`synchronous = NORMAL`), for state a crash may lose without harm
-    /// because the work it guards dies with the process: budget
-    /// reservations, idempotency "running" markers. In WAL mode the next
-    /// `FULL` commit (every audit commit) makes them durable too.
-    volatile: SqlitePool,
-    /// Held by this process's hot writers (audit commits, reservations,
-    /// idempotency markers) while they write: SQLite has one writer at a
-    /// time, and waiting here is a wake-up, where waiting in SQLite's busy
-    /// handler is a sleep of 1 ms and more.
-    writer: tokio::sync::Mutex<()>,
+    /// The hot writer: audit commits, budget reservations, idempotency
+    /// markers. One connection, so that this process's hot writers queue on
+    /// a wake-up here (SQLite has one writer at a time, and its busy handler
+    /// sleeps 1 ms and more).
+    writer: tokio::sync::Mutex<Writer>,
+    /// Makes the hot writer's audit commits durable ([`commit::WalSync`]).
+    wal: commit::WalSync,
+    options: SqliteConnectOptions,
+}
+
+/// The hot writer's connection (`synchronous = NORMAL`: reservations and
+/// idempotency markers guard work that dies with the process, so a crash may
+/// lose them; audit commits are made durable by [`commit::WalSync`]) and the
+/// chain heads it last committed.
+struct Writer {
+    conn: SqliteConnection,
+    heads: HashMap<String, (i64, String)>,
 }
 
 impl SqliteStorage {
@@ -199,27 +208,30 @@ impl SqliteStorage {
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(Duration::from_secs(30))
             .foreign_keys(true);
+        let opening = |e: sqlx::Error| {
+            Error::internal(format!(
+                "opening {}: {e}",
+                data_dir.join("toolhost.db").display()
+            ))
+        };
         // Local connections need no liveness ping before each use (it would
         // cost a round trip to the connection's thread per statement).
-        let volatile = SqlitePoolOptions::new()
-            .max_connections(2)
-            .test_before_acquire(false)
-            .connect_lazy_with(options.clone().synchronous(SqliteSynchronous::Normal));
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
             .test_before_acquire(false)
-            .connect_with(options)
+            .connect_with(options.clone())
             .await
-            .map_err(|e| {
-                Error::internal(format!(
-                    "opening {}: {e}",
-                    data_dir.join("toolhost.db").display()
-                ))
-            })?;
+            .map_err(opening)?;
+        let options = options.synchronous(SqliteSynchronous::Normal);
+        let conn = options.connect().await.map_err(opening)?;
         let storage = SqliteStorage {
             pool,
-            volatile,
-            writer: tokio::sync::Mutex::new(()),
+            writer: tokio::sync::Mutex::new(Writer {
+                conn,
+                heads: HashMap::new(),
+            }),
+            wal: commit::WalSync::new(&data_dir.join("toolhost.db")),
+            options,
         };
         storage.migrate().await?;
         Ok(storage)
@@ -253,6 +265,66 @@ impl SqliteStorage {
         }
         tx.commit().await.map_err(db)
     }
+
+    /// An audit commit that reads the chain heads inside its transaction.
+    async fn append_reading_heads(
+        &self,
+        writer: &mut Writer,
+        batch: &Batch,
+        chains: &[&str],
+        signer: &Signer,
+    ) -> std::result::Result<commit::Append, sqlx::Error> {
+        sqlx::query("BEGIN IMMEDIATE")
+            .execute(&mut writer.conn)
+            .await?;
+        let mut heads = HashMap::new();
+        if !chains.is_empty() {
+            let mut q = QueryBuilder::<Sqlite>::new(
+                "SELECT chain, seq, hash FROM audit_heads WHERE chain IN (",
+            );
+            let mut list = q.separated(", ");
+            for c in chains {
+                list.push_bind(*c);
+            }
+            q.push(")");
+            for row in q.build().fetch_all(&mut writer.conn).await? {
+                heads.insert(row.get(0), (row.get(1), row.get(2)));
+            }
+        }
+        let append = commit::prepare(batch, &heads, signer);
+        bind_append(commit::APPEND_IN_TX, &append)
+            .execute(&mut writer.conn)
+            .await?;
+        Ok(append)
+    }
+
+    /// End a failed multi-statement transaction on the hot connection; if
+    /// that fails, replace the connection so no transaction stays open.
+    async fn rollback(&self, writer: &mut Writer) {
+        if let Err(e) = sqlx::query("ROLLBACK").execute(&mut writer.conn).await {
+            let inactive = e
+                .as_database_error()
+                .is_some_and(|d| d.message().contains("no transaction is active"));
+            if !inactive {
+                tracing::warn!(error = %e, "rollback failed; reconnecting the writer");
+                if let Ok(conn) = self.options.connect().await {
+                    writer.conn = conn;
+                }
+            }
+        }
+    }
+}
+
+/// [`commit::APPEND`] or [`commit::APPEND_IN_TX`] with its parameters.
+fn bind_append<'q>(
+    sql: &'static str,
+    append: &'q commit::Append,
+) -> sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments> {
+    let mut q = sqlx::query(sql);
+    for p in &append.params {
+        q = q.bind(p.as_str());
+    }
+    q
 }
 
 async fn finish_idempotency(
@@ -310,45 +382,13 @@ fn entry(row: &sqlx::sqlite::SqliteRow) -> StoredEntry {
     }
 }
 
-async fn insert_checkpoint(
-    tx: &mut sqlx::Transaction<'static, Sqlite>,
-    chain: &str,
-    seq: i64,
-    hash: &str,
-    time_ms: i64,
-    signer: &Signer,
-    kind: &str,
-) -> Result<()> {
-    let signature = signer(chain, seq, hash, time_ms);
-    sqlx::query(
-        "INSERT INTO audit_checkpoints (chain, seq, hash, time_ms, signature, kind) VALUES (?, ?, ?, ?, ?, ?)",
-    )
-    .bind(chain)
-    .bind(seq)
-    .bind(hash)
-    .bind(time_ms)
-    .bind(signature)
-    .bind(kind)
-    .execute(&mut **tx)
-    .await
-    .map_err(db)?;
-    Ok(())
-}
-
 /// Release reservations and record usage, in one statement.
 async fn settle(
-    tx: &mut sqlx::Transaction<'static, Sqlite>,
+    tx: &mut sqlx::Transaction<'_, Sqlite>,
     release: &[Charge],
     charge: &[Charge],
 ) -> Result<()> {
-    // Net change per ledger line: (used += u, reserved -= r).
-    let mut lines: BTreeMap<(&str, &str, &str), (i64, i64)> = BTreeMap::new();
-    for c in release.iter().filter(|c| c.amount != 0) {
-        lines.entry((&c.scope, &c.window, &c.metric)).or_default().1 += c.amount;
-    }
-    for c in charge.iter().filter(|c| c.amount != 0) {
-        lines.entry((&c.scope, &c.window, &c.metric)).or_default().0 += c.amount;
-    }
+    let lines = commit::settlement(release, charge);
     if lines.is_empty() {
         return Ok(());
     }
@@ -406,167 +446,49 @@ impl Storage for SqliteStorage {
         signer: &'a Signer,
     ) -> BoxFuture<'a, Result<Vec<StoredEntry>>> {
         Box::pin(async move {
-            let _writer = self.writer.lock().await;
-            let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(db)?;
-            // The heads of every chain in the batch, in one query.
-            let mut chains: Vec<String> = batch.entries.iter().map(|e| e.chain.clone()).collect();
+            let mut chains: Vec<&str> = batch.entries.iter().map(|e| e.chain.as_str()).collect();
             chains.sort_unstable();
             chains.dedup();
-            let mut heads: HashMap<String, (i64, String)> = HashMap::new();
-            if !chains.is_empty() {
-                let mut q = QueryBuilder::<Sqlite>::new(
-                    "SELECT chain, seq, hash FROM audit_heads WHERE chain IN (",
-                );
-                let mut list = q.separated(", ");
-                for c in &chains {
-                    list.push_bind(c.as_str());
+            let mut writer = self.writer.lock().await;
+            // Fast path: the remembered heads, one round trip.
+            let fast = chains.iter().all(|c| writer.heads.contains_key(*c));
+            let mut done = None;
+            if fast {
+                let append = commit::prepare(&batch, &writer.heads, signer);
+                match bind_append(commit::APPEND, &append)
+                    .execute(&mut writer.conn)
+                    .await
+                {
+                    Ok(_) => done = Some(append),
+                    Err(e) => {
+                        self.rollback(&mut writer).await;
+                        if !commit::is_stale_head(&e) {
+                            return Err(db(e));
+                        }
+                    }
                 }
-                q.push(")");
-                for row in q.build().fetch_all(&mut *tx).await.map_err(db)? {
-                    heads.insert(row.get(0), (row.get(1), row.get(2)));
-                }
             }
-            let mut stored = Vec::with_capacity(batch.entries.len());
-            let mut periodic = Vec::new();
-            for e in batch.entries {
-                let (seq, prev) = heads
-                    .get(&e.chain)
-                    .cloned()
-                    .unwrap_or((0, crate::audit::GENESIS.to_string()));
-                let seq = seq + 1;
-                let hash = chain_hash(&prev, e.time_ms, &e.body);
-                if seq % crate::audit::CHECKPOINT_EVERY == 0 {
-                    periodic.push((e.chain.clone(), seq, hash.clone(), e.time_ms));
-                }
-                heads.insert(e.chain.clone(), (seq, hash.clone()));
-                stored.push(StoredEntry {
-                    chain: e.chain,
-                    seq,
-                    time_ms: e.time_ms,
-                    body: e.body,
-                    prev_hash: prev,
-                    hash,
-                });
-            }
-            // Entries, many rows per statement (SQLite allows 32766 variables).
-            for chunk in stored.chunks(4000) {
-                let mut q = QueryBuilder::<Sqlite>::new(
-                    "INSERT INTO audit_entries (chain, seq, time_ms, body, prev_hash, hash) ",
-                );
-                q.push_values(chunk, |mut row, e| {
-                    row.push_bind(&e.chain)
-                        .push_bind(e.seq)
-                        .push_bind(e.time_ms)
-                        .push_bind(&e.body)
-                        .push_bind(&e.prev_hash)
-                        .push_bind(&e.hash);
-                });
-                q.build().execute(&mut *tx).await.map_err(db)?;
-            }
-            for (chain, seq, hash, time_ms) in periodic {
-                insert_checkpoint(&mut tx, &chain, seq, &hash, time_ms, signer, "periodic").await?;
-            }
-            if !stored.is_empty() {
-                let now = stored.last().map_or(0, |e| e.time_ms);
-                let touched: Vec<(String, i64, String, Option<String>)> = chains
-                    .iter()
-                    .filter_map(|c| {
-                        let (seq, hash) = heads.get(c)?;
-                        let signature = batch.sign.contains(c).then(|| signer(c, *seq, hash, now));
-                        Some((c.clone(), *seq, hash.clone(), signature))
-                    })
-                    .collect();
-                let mut q = QueryBuilder::<Sqlite>::new(
-                    "INSERT INTO audit_heads (chain, seq, hash, signed_seq, signed_hash, signed_time_ms, signature) ",
-                );
-                q.push_values(&touched, |mut row, (chain, seq, hash, signature)| {
-                    let signed = signature.is_some();
-                    row.push_bind(chain)
-                        .push_bind(*seq)
-                        .push_bind(hash)
-                        .push_bind(signed.then_some(*seq))
-                        .push_bind(signed.then_some(hash))
-                        .push_bind(signed.then_some(now))
-                        .push_bind(signature);
-                });
-                q.push(
-                    " ON CONFLICT (chain) DO UPDATE SET seq = excluded.seq, hash = excluded.hash,
-                      signed_seq = coalesce(excluded.signed_seq, signed_seq),
-                      signed_hash = coalesce(excluded.signed_hash, signed_hash),
-                      signed_time_ms = coalesce(excluded.signed_time_ms, signed_time_ms),
-                      signature = coalesce(excluded.signature, signature)",
-                );
-                q.build().execute(&mut *tx).await.map_err(db)?;
-            }
-            settle(&mut tx, &batch.release, &batch.charge).await?;
-            for chunk in batch.invocations.chunks(2000) {
-                let mut q = QueryBuilder::<Sqlite>::new(
-                    "INSERT INTO invocations (id, tenant, tool, function, version, workflow, task_id, principal, status, error_kind, created_ms, response) ",
-                );
-                q.push_values(chunk, |mut row, r| {
-                    row.push_bind(&r.id)
-                        .push_bind(&r.tenant)
-                        .push_bind(&r.tool)
-                        .push_bind(&r.function)
-                        .push_bind(&r.version)
-                        .push_bind(&r.workflow)
-                        .push_bind(&r.task_id)
-                        .push_bind(&r.principal)
-                        .push_bind(&r.status)
-                        .push_bind(&r.error_kind)
-                        .push_bind(r.created_ms)
-                        .push_bind(&r.response);
-                });
-                q.push(
-                    " ON CONFLICT (id) DO UPDATE SET version = excluded.version, status = excluded.status,
-                      error_kind = excluded.error_kind, response = excluded.response",
-                );
-                q.build().execute(&mut *tx).await.map_err(db)?;
-            }
-            for a in &batch.approvals {
-                sqlx::query(
-                    "INSERT INTO approvals (id, tenant, invocation_id, status, tool, function, version, workflow, task_id,
-                       args, args_redacted, args_sha256, rule, requester, created_ms, expires_ms, callback_url)
-                     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                )
-                .bind(&a.id)
-                .bind(&a.tenant)
-                .bind(&a.invocation_id)
-                .bind(&a.status)
-                .bind(&a.tool)
-                .bind(&a.function)
-                .bind(&a.version)
-                .bind(&a.workflow)
-                .bind(&a.task_id)
-                .bind(&a.args)
-                .bind(&a.args_redacted)
-                .bind(&a.args_sha256)
-                .bind(&a.rule)
-                .bind(&a.requester)
-                .bind(a.created_ms)
-                .bind(a.expires_ms)
-                .bind(&a.callback_url)
-                .execute(&mut *tx)
-                .await
-                .map_err(db)?;
-            }
-            for d in &batch.idempotency {
-                finish_idempotency(&mut tx, d).await?;
-            }
-            for c in &batch.cache {
-                sqlx::query(
-                    "INSERT INTO result_cache (tenant, key, result, expires_ms) VALUES (?, ?, ?, ?)
-                     ON CONFLICT (tenant, key) DO UPDATE SET result = excluded.result, expires_ms = excluded.expires_ms",
-                )
-                .bind(&c.tenant)
-                .bind(&c.key)
-                .bind(&c.result)
-                .bind(c.expires_ms)
-                .execute(&mut *tx)
-                .await
-                .map_err(db)?;
-            }
-            tx.commit().await.map_err(db)?;
+            // Otherwise (first commit to a chain, or another process
+            // appended): read the heads inside the transaction.
+            let append = match done {
+                Some(append) => append,
+                None => match self
+                    .append_reading_heads(&mut writer, &batch, &chains, signer)
+                    .await
+                {
+                    Ok(append) => append,
+                    Err(e) => {
+                        writer.heads.clear();
+                        self.rollback(&mut writer).await;
+                        return Err(db(e));
+                    }
+                },
+            };
+            writer.heads.extend(append.heads);
+            let written = self.wal.written();
+            let stored = append.stored;
+            drop(writer);
+            self.wal.sync(written).await?;
             Ok(stored)
         })
     }
@@ -792,7 +714,7 @@ impl Storage for SqliteStorage {
             // One atomic statement reserves every line whose limit holds; a
             // line that would pass its limit is left alone. All or nothing:
             // if any line was left alone, the others are released again.
-            let _writer = self.writer.lock().await;
+            let mut writer = self.writer.lock().await;
             let too_big = charges
                 .iter()
                 .position(|c| c.limit.is_some_and(|l| c.amount > l));
@@ -817,7 +739,7 @@ impl Storage for SqliteStorage {
                 );
                 reserved = q
                     .build()
-                    .fetch_all(&self.volatile)
+                    .fetch_all(&mut writer.conn)
                     .await
                     .map_err(db)?
                     .iter()
@@ -843,8 +765,8 @@ impl Storage for SqliteStorage {
                 .cloned()
                 .collect();
             if !undo.is_empty() {
-                let mut tx = self
-                    .volatile
+                let mut tx = writer
+                    .conn
                     .begin_with("BEGIN IMMEDIATE")
                     .await
                     .map_err(db)?;
@@ -1308,9 +1230,9 @@ impl Storage for SqliteStorage {
         let (tenant, key, fingerprint) =
             (tenant.to_string(), key.to_string(), fingerprint.to_string());
         Box::pin(async move {
-            let _writer = self.writer.lock().await;
-            let mut tx = self
-                .volatile
+            let mut writer = self.writer.lock().await;
+            let mut tx = writer
+                .conn
                 .begin_with("BEGIN IMMEDIATE")
                 .await
                 .map_err(db)?;
