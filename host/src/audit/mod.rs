@@ -11,11 +11,12 @@
 //! (CloudTrail's digest chain is the model). [`verify`] then detects any
 //! modified, removed, inserted, reordered or truncated entry and says where.
 //!
-//! Appends use leader-based group commit: every appender queues its batch and
-//! takes the commit lock; whoever holds it commits everything queued so far
-//! in one transaction, so a lone caller commits inline (no thread hop) and
-//! concurrent callers share commits. [`AuditLog::append`] returns only once
-//! its entries are durable.
+//! Appends are grouped: every appender queues its batch and then commits
+//! whatever is queued (its own, unless a concurrent appender took it along),
+//! without waiting for earlier commits to become durable; the storage backend
+//! groups concurrent commits further (the SQLite writer commits everything
+//! that arrived while it was busy in one transaction, and one fsync covers
+//! many). [`AuditLog::append`] returns only once its entries are durable.
 
 pub mod canonical;
 pub mod verify;
@@ -159,8 +160,6 @@ pub struct AuditLog {
     me: std::sync::Weak<AuditLog>,
     /// Batches waiting for a commit.
     queue: Mutex<Vec<Pending>>,
-    /// Held by the one appender that is committing.
-    committing: tokio::sync::Mutex<()>,
 }
 
 /// A chain's head is signed at most this often (and always by the first
@@ -193,7 +192,6 @@ impl AuditLog {
             deferred: std::sync::atomic::AtomicBool::new(false),
             me: me.clone(),
             queue: Mutex::new(Vec::new()),
-            committing: tokio::sync::Mutex::new(()),
         }))
     }
 
@@ -248,7 +246,7 @@ impl AuditLog {
                     .collect();
             }
             let signing = batch.sign.clone();
-            let result = self.storage.audit_append(batch, self.signer.as_ref()).await;
+            let result = self.storage.audit_append(batch, self.signer.clone()).await;
             if let Ok(stored) = &result {
                 let mut signed_at = self.signed_at.lock().unwrap_or_else(|e| e.into_inner());
                 let mut unsigned = self.unsigned.lock().unwrap_or_else(|e| e.into_inner());
@@ -257,7 +255,11 @@ impl AuditLog {
                         signed_at.insert(c.clone(), now);
                         unsigned.remove(c);
                     } else if let Some(last) = stored.iter().rev().find(|e| &e.chain == c) {
-                        unsigned.insert(c.clone(), (last.seq, last.hash.clone()));
+                        // Commits may finish out of order: keep the newest.
+                        let newer = unsigned.get(c).is_none_or(|(seq, _)| *seq < last.seq);
+                        if newer {
+                            unsigned.insert(c.clone(), (last.seq, last.hash.clone()));
+                        }
                     }
                 }
                 if !unsigned.is_empty() {
@@ -391,14 +393,12 @@ impl AuditLog {
                 },
                 done,
             });
-        // Whoever gets the lock commits for everyone queued; if an earlier
-        // holder already committed ours, the answer is waiting.
-        let guard = self.committing.lock().await;
+        // Commit everything queued (ours, unless a concurrent caller took
+        // it: then its answer comes from there).
+        self.commit_queued().await;
         if let Ok(answer) = wait.try_recv() {
             return answer;
         }
-        self.commit_queued().await;
-        drop(guard);
         wait.await
             .map_err(|_| Error::internal("the audit commit was abandoned"))?
     }

@@ -11,6 +11,7 @@ use crate::audit::{CHECKPOINT_EVERY, GENESIS, chain_hash};
 use crate::error::Result;
 use crate::gate::BoxFuture;
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::sync::Mutex;
 
 #[derive(Default)]
@@ -100,11 +101,11 @@ fn settle(inner: &mut Inner, release: &[Charge], charge: &[Charge]) {
 }
 
 impl Storage for MemoryStorage {
-    fn audit_append<'a>(
-        &'a self,
+    fn audit_append(
+        &self,
         batch: Batch,
-        signer: &'a Signer,
-    ) -> BoxFuture<'a, Result<Vec<StoredEntry>>> {
+        signer: Arc<Signer>,
+    ) -> BoxFuture<'_, Result<Vec<StoredEntry>>> {
         Box::pin(async move {
             let mut inner = self.lock();
             let mut stored = Vec::with_capacity(batch.entries.len());

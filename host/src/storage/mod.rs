@@ -20,6 +20,7 @@ pub mod sqlite;
 use crate::error::Result;
 use crate::gate::BoxFuture;
 use serde::Serialize;
+use std::sync::Arc;
 
 /// An audit entry to append: its chain (one per tenant) and its canonical
 /// JSON body.
@@ -292,11 +293,11 @@ pub trait Storage: Send + Sync + 'static {
     /// heads of the chains in `batch.sign`); store a signed `periodic`
     /// checkpoint each [`crate::audit::CHECKPOINT_EVERY`] entries; settle its
     /// budget lines. Durable on return. Returns the stored entries in order.
-    fn audit_append<'a>(
-        &'a self,
+    fn audit_append(
+        &self,
         batch: Batch,
-        signer: &'a Signer,
-    ) -> BoxFuture<'a, Result<Vec<StoredEntry>>>;
+        signer: Arc<Signer>,
+    ) -> BoxFuture<'_, Result<Vec<StoredEntry>>>;
 
     /// Sign a chain's head if it is still at `seq`/`hash`; returns whether
     /// it was.

@@ -2,10 +2,11 @@
 //!
 //! One audit commit (its entries, chain heads, budget settlements,
 //! invocation records, approvals, idempotency answers and cache entries) is
-//! one round trip to the connection's SQLite thread: a single multi-statement
-//! text, `BEGIN IMMEDIATE; …; COMMIT`, whose rows arrive as JSON arrays
-//! (`json_each`), so the text never changes and stays prepared whatever the
-//! batch holds.
+//! one statement, so one round trip to the connection's SQLite thread: an
+//! insert into the view `audit_commit`, whose trigger does every write, with
+//! the rows as JSON arrays (`json_each`), so the statement never changes and
+//! stays prepared whatever the batch holds. Budget reservations of
+//! concurrent invocations are batched the same way ([`RESERVE`]).
 //!
 //! The hot connection commits with `synchronous = NORMAL` (no fsync while it
 //! holds SQLite's write lock); [`WalSync`] then makes the commit durable with
@@ -17,9 +18,9 @@
 //! fsync.
 //!
 //! Chain heads are remembered between commits (this process is usually the
-//! only writer). The first statement of [`APPEND`] is a guard that fails the
-//! whole transaction when a head is not the remembered one (another process
-//! appended); the caller then rolls back, reads the heads and tries again.
+//! only writer). The trigger's first statement is a guard that aborts the
+//! commit when a head is not the remembered one (another process appended);
+//! the caller then reads the heads inside a transaction and commits again.
 
 use crate::audit::{CHECKPOINT_EVERY, GENESIS, chain_hash};
 use crate::error::{Error, Result};
@@ -29,64 +30,99 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-macro_rules! append {
-    () => { concat!(
-    // The guard: a NOT NULL violation when a chain's head is not `seq:hash`.
-    "INSERT INTO audit_entries (chain, seq, time_ms, body, prev_hash, hash)
-       SELECT g.value->>0, -1, 0, NULL, '', '' FROM json_each(?) AS g
-       WHERE coalesce((SELECT h.seq || ':' || h.hash FROM audit_heads AS h WHERE h.chain = g.value->>0),
-                      '0:0000000000000000000000000000000000000000000000000000000000000000')
-             IS NOT g.value->>1;",
-    "INSERT INTO audit_entries (chain, seq, time_ms, body, prev_hash, hash)
-       SELECT value->>0, value->>1, value->>2, value->>3, value->>4, value->>5 FROM json_each(?);",
-    "INSERT INTO audit_checkpoints (chain, seq, hash, time_ms, signature, kind)
-       SELECT value->>0, value->>1, value->>2, value->>3, value->>4, 'periodic' FROM json_each(?);",
-    "INSERT INTO audit_heads (chain, seq, hash, signed_seq, signed_hash, signed_time_ms, signature)
-       SELECT value->>0, value->>1, value->>2, value->>3, value->>4, value->>5, value->>6
-       FROM json_each(?) WHERE true
-       ON CONFLICT (chain) DO UPDATE SET seq = excluded.seq, hash = excluded.hash,
-         signed_seq = coalesce(excluded.signed_seq, signed_seq),
-         signed_hash = coalesce(excluded.signed_hash, signed_hash),
-         signed_time_ms = coalesce(excluded.signed_time_ms, signed_time_ms),
-         signature = coalesce(excluded.signature, signature);",
-    "INSERT INTO budget (scope, window, metric, used, reserved)
-       SELECT value->>0, value->>1, value->>2, value->>3, value->>4 FROM json_each(?) WHERE true
-       ON CONFLICT (scope, window, metric) DO UPDATE
-       SET used = used + excluded.used, reserved = max(0, reserved + excluded.reserved);",
-    "INSERT INTO invocations (id, tenant, tool, function, version, workflow, task_id, principal,
-                              status, error_kind, created_ms, response)
-       SELECT value->>0, value->>1, value->>2, value->>3, value->>4, value->>5, value->>6, value->>7,
-              value->>8, value->>9, value->>10, value->>11 FROM json_each(?) WHERE true
-       ON CONFLICT (id) DO UPDATE SET version = excluded.version, status = excluded.status,
-         error_kind = excluded.error_kind, response = excluded.response;",
-    "INSERT INTO approvals (id, tenant, invocation_id, status, tool, function, version, workflow, task_id,
-                            args, args_redacted, args_sha256, rule, requester, created_ms, expires_ms,
-                            callback_url)
-       SELECT value->>0, value->>1, value->>2, value->>3, value->>4, value->>5, value->>6, value->>7,
-              value->>8, value->>9, value->>10, value->>11, value->>12, value->>13, value->>14,
-              value->>15, value->>16 FROM json_each(?);",
-    "UPDATE idempotency SET state = 'done', http_status = d.value->>2, response = d.value->>3
-       FROM json_each(?) AS d WHERE idempotency.tenant = d.value->>0 AND idempotency.key = d.value->>1;",
-    "INSERT INTO result_cache (tenant, key, result, expires_ms)
-       SELECT value->>0, value->>1, value->>2, value->>3 FROM json_each(?) WHERE true
-       ON CONFLICT (tenant, key) DO UPDATE SET result = excluded.result, expires_ms = excluded.expires_ms;",
-    "COMMIT;"
-    ) };
+/// Migration 5: what [`APPEND`] and [`RESERVE`] write through. Each is an
+/// `INSTEAD OF INSERT` trigger on a view, so that one statement (one round
+/// trip, prepared once) does the whole write atomically.
+pub(super) const MIGRATION: &str = "
+    CREATE VIEW audit_commit (expected, entries, periodic, heads, budget, invocations, approvals,
+                              idempotency, cache)
+      AS SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL;
+    CREATE TRIGGER audit_commit_insert INSTEAD OF INSERT ON audit_commit BEGIN
+      SELECT RAISE(ABORT, 'toolhost: stale audit head') FROM json_each(NEW.expected) AS g
+        WHERE coalesce((SELECT h.seq || ':' || h.hash FROM audit_heads AS h WHERE h.chain = g.value->>0),
+                       '0:0000000000000000000000000000000000000000000000000000000000000000')
+              IS NOT g.value->>1;
+      INSERT INTO audit_entries (chain, seq, time_ms, body, prev_hash, hash)
+        SELECT value->>0, value->>1, value->>2, value->>3, value->>4, value->>5
+        FROM json_each(NEW.entries);
+      INSERT INTO audit_checkpoints (chain, seq, hash, time_ms, signature, kind)
+        SELECT value->>0, value->>1, value->>2, value->>3, value->>4, 'periodic'
+        FROM json_each(NEW.periodic);
+      INSERT INTO audit_heads (chain, seq, hash, signed_seq, signed_hash, signed_time_ms, signature)
+        SELECT value->>0, value->>1, value->>2, value->>3, value->>4, value->>5, value->>6
+        FROM json_each(NEW.heads) WHERE true
+        ON CONFLICT (chain) DO UPDATE SET seq = excluded.seq, hash = excluded.hash,
+          signed_seq = coalesce(excluded.signed_seq, signed_seq),
+          signed_hash = coalesce(excluded.signed_hash, signed_hash),
+          signed_time_ms = coalesce(excluded.signed_time_ms, signed_time_ms),
+          signature = coalesce(excluded.signature, signature);
+      INSERT INTO budget (scope, window, metric, used, reserved)
+        SELECT value->>0, value->>1, value->>2, value->>3, value->>4
+        FROM json_each(NEW.budget) WHERE true
+        ON CONFLICT (scope, window, metric) DO UPDATE
+        SET used = used + excluded.used, reserved = max(0, reserved + excluded.reserved);
+      INSERT INTO invocations (id, tenant, tool, function, version, workflow, task_id, principal,
+                               status, error_kind, created_ms, response)
+        SELECT value->>0, value->>1, value->>2, value->>3, value->>4, value->>5, value->>6,
+               value->>7, value->>8, value->>9, value->>10, value->>11
+        FROM json_each(NEW.invocations) WHERE true
+        ON CONFLICT (id) DO UPDATE SET version = excluded.version, status = excluded.status,
+          error_kind = excluded.error_kind, response = excluded.response;
+      INSERT INTO approvals (id, tenant, invocation_id, status, tool, function, version, workflow,
+                             task_id, args, args_redacted, args_sha256, rule, requester, created_ms,
+                             expires_ms, callback_url)
+        SELECT value->>0, value->>1, value->>2, value->>3, value->>4, value->>5, value->>6,
+               value->>7, value->>8, value->>9, value->>10, value->>11, value->>12, value->>13,
+               value->>14, value->>15, value->>16
+        FROM json_each(NEW.approvals);
+      UPDATE idempotency SET state = 'done', http_status = d.value->>2, response = d.value->>3
+        FROM json_each(NEW.idempotency) AS d
+        WHERE idempotency.tenant = d.value->>0 AND idempotency.key = d.value->>1;
+      INSERT INTO result_cache (tenant, key, result, expires_ms)
+        SELECT value->>0, value->>1, value->>2, value->>3 FROM json_each(NEW.cache) WHERE true
+        ON CONFLICT (tenant, key) DO UPDATE
+        SET result = excluded.result, expires_ms = excluded.expires_ms;
+    END;
+    CREATE VIEW budget_reserve (charges) AS SELECT NULL;
+    CREATE TRIGGER budget_reserve_insert INSTEAD OF INSERT ON budget_reserve BEGIN
+      SELECT RAISE(ABORT, 'toolhost: over budget') FROM json_each(NEW.charges) AS c
+        LEFT JOIN budget AS b
+          ON b.scope = c.value->>0 AND b.window = c.value->>1 AND b.metric = c.value->>2
+        WHERE c.value->>4 IS NOT NULL
+          AND coalesce(b.used, 0) + coalesce(b.reserved, 0) + (c.value->>3) > c.value->>4;
+      INSERT INTO budget (scope, window, metric, used, reserved, lim)
+        SELECT value->>0, value->>1, value->>2, 0, value->>3, value->>4
+        FROM json_each(NEW.charges) WHERE true
+        ON CONFLICT (scope, window, metric) DO UPDATE
+        SET reserved = reserved + excluded.reserved, lim = excluded.lim;
+    END;";
+
+/// One audit commit, atomic on its own. Bind, in order: expected heads,
+/// entries, periodic checkpoints, new heads, budget lines, invocation
+/// records, approvals, idempotency answers, cache entries (each a JSON array
+/// of arrays; see [`prepare`]). Fails when a head is not the expected one (`toolhost: stale audit head`).
+pub(super) const APPEND: &str = "INSERT INTO audit_commit VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)";
+
+/// Reserve the charges of many invocations, in order, each all-or-nothing;
+/// bind a JSON array of charge lists (`[scope, window, metric, amount,
+/// limit]`). Fails with [`is_over_budget`] (and reserves nothing) if any
+/// invocation would pass a limit.
+pub(super) const RESERVE: &str = "INSERT INTO budget_reserve SELECT value FROM json_each(?)";
+
+/// Whether a failed [`RESERVE`] found a limit that would be passed.
+pub(super) fn is_over_budget(e: &sqlx::Error) -> bool {
+    e.as_database_error()
+        .is_some_and(|d| d.message().contains("toolhost: over budget"))
 }
 
-/// One audit commit: [`APPEND_IN_TX`] in its own transaction.
-pub(super) const APPEND: &str = concat!("BEGIN IMMEDIATE;", append!());
-
-/// The statements of one audit commit, ending with `COMMIT`. Bind, in
-/// order: expected heads, entries, periodic checkpoints, new heads, budget
-/// lines, invocation records, approvals, idempotency answers, cache entries
-/// (each a JSON array of arrays).
-pub(super) const APPEND_IN_TX: &str = append!();
-
-/// Whether a failed [`APPEND`] failed on its guard (a head moved).
-pub(super) fn is_stale_head(e: &sqlx::Error) -> bool {
-    e.as_database_error()
-        .is_some_and(|d| d.message().contains("audit_entries.body"))
+/// The [`RESERVE`] row of one invocation's charges.
+pub(super) fn reservation(charges: &[Charge]) -> Value {
+    Value::Array(
+        charges
+            .iter()
+            .map(|c| json!([c.scope, c.window, c.metric, c.amount, c.limit]))
+            .collect(),
+    )
 }
 
 /// The parameters of one [`APPEND`], and what it stores.

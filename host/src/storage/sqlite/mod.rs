@@ -11,12 +11,13 @@ use super::{
 use crate::error::{Error, Result};
 use crate::gate::BoxFuture;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{ConnectOptions, Connection, QueryBuilder, Row, Sqlite, SqliteConnection, SqlitePool};
-use std::collections::HashMap;
+use sqlx::{Connection, QueryBuilder, Row, Sqlite, SqlitePool};
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 mod commit;
+mod writer;
 
 /// Schema migrations, in order; `PRAGMA user_version` records how many ran.
 const MIGRATIONS: &[&str] = &[
@@ -162,9 +163,11 @@ const MIGRATIONS: &[&str] = &[
         expires_ms INTEGER NOT NULL,
         PRIMARY KEY (tenant, key)
     ) WITHOUT ROWID;",
+    // 5: one-statement writes for the hot path (audit commits, reservations).
+    commit::MIGRATION,
 ];
 
-fn db(e: sqlx::Error) -> Error {
+pub(super) fn db(e: sqlx::Error) -> Error {
     Error::internal(format!("database: {e}"))
 }
 
@@ -173,23 +176,10 @@ pub struct SqliteStorage {
     /// Reads, and the rare writes (registry, keys, policies, approvals'
     /// decisions), each committed with `synchronous = FULL`.
     pool: SqlitePool,
-    /// The hot writer: audit commits, budget reservations, idempotency
-    /// markers. One connection, so that this process's hot writers queue on
-    /// a wake-up here (SQLite has one writer at a time, and its busy handler
-    /// sleeps 1 ms and more).
-    writer: tokio::sync::Mutex<Writer>,
-    /// Makes the hot writer's audit commits durable ([`commit::WalSync`]).
-    wal: commit::WalSync,
-    options: SqliteConnectOptions,
-}
-
-/// The hot writer's connection (`synchronous = NORMAL`: reservations and
-/// idempotency markers guard work that dies with the process, so a crash may
-/// lose them; audit commits are made durable by [`commit::WalSync`]) and the
-/// chain heads it last committed.
-struct Writer {
-    conn: SqliteConnection,
-    heads: HashMap<String, (i64, String)>,
+    /// The hot writes (audit commits, budget reservations, idempotency
+    /// markers), on a thread and connection of their own
+    /// ([`writer`]).
+    writer: writer::WriterHandle,
 }
 
 impl SqliteStorage {
@@ -222,16 +212,12 @@ impl SqliteStorage {
             .connect_with(options.clone())
             .await
             .map_err(opening)?;
-        let options = options.synchronous(SqliteSynchronous::Normal);
-        let conn = options.connect().await.map_err(opening)?;
         let storage = SqliteStorage {
             pool,
-            writer: tokio::sync::Mutex::new(Writer {
-                conn,
-                heads: HashMap::new(),
-            }),
-            wal: commit::WalSync::new(&data_dir.join("toolhost.db")),
-            options,
+            writer: writer::WriterHandle::start(
+                options.synchronous(SqliteSynchronous::Normal),
+                Arc::new(commit::WalSync::new(&data_dir.join("toolhost.db"))),
+            )?,
         };
         storage.migrate().await?;
         Ok(storage)
@@ -265,66 +251,6 @@ impl SqliteStorage {
         }
         tx.commit().await.map_err(db)
     }
-
-    /// An audit commit that reads the chain heads inside its transaction.
-    async fn append_reading_heads(
-        &self,
-        writer: &mut Writer,
-        batch: &Batch,
-        chains: &[&str],
-        signer: &Signer,
-    ) -> std::result::Result<commit::Append, sqlx::Error> {
-        sqlx::query("BEGIN IMMEDIATE")
-            .execute(&mut writer.conn)
-            .await?;
-        let mut heads = HashMap::new();
-        if !chains.is_empty() {
-            let mut q = QueryBuilder::<Sqlite>::new(
-                "SELECT chain, seq, hash FROM audit_heads WHERE chain IN (",
-            );
-            let mut list = q.separated(", ");
-            for c in chains {
-                list.push_bind(*c);
-            }
-            q.push(")");
-            for row in q.build().fetch_all(&mut writer.conn).await? {
-                heads.insert(row.get(0), (row.get(1), row.get(2)));
-            }
-        }
-        let append = commit::prepare(batch, &heads, signer);
-        bind_append(commit::APPEND_IN_TX, &append)
-            .execute(&mut writer.conn)
-            .await?;
-        Ok(append)
-    }
-
-    /// End a failed multi-statement transaction on the hot connection; if
-    /// that fails, replace the connection so no transaction stays open.
-    async fn rollback(&self, writer: &mut Writer) {
-        if let Err(e) = sqlx::query("ROLLBACK").execute(&mut writer.conn).await {
-            let inactive = e
-                .as_database_error()
-                .is_some_and(|d| d.message().contains("no transaction is active"));
-            if !inactive {
-                tracing::warn!(error = %e, "rollback failed; reconnecting the writer");
-                if let Ok(conn) = self.options.connect().await {
-                    writer.conn = conn;
-                }
-            }
-        }
-    }
-}
-
-/// [`commit::APPEND`] or [`commit::APPEND_IN_TX`] with its parameters.
-fn bind_append<'q>(
-    sql: &'static str,
-    append: &'q commit::Append,
-) -> sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments> {
-    let mut q = sqlx::query(sql);
-    for p in &append.params {
-        q = q.bind(p.as_str());
-    }
-    q
 }
 
 async fn finish_idempotency(
@@ -440,57 +366,12 @@ const VERSION_COLUMNS: &str =
     "tenant, name, version, digest, docs, artifact, engine, functions, created_ms";
 
 impl Storage for SqliteStorage {
-    fn audit_append<'a>(
-        &'a self,
+    fn audit_append(
+        &self,
         batch: Batch,
-        signer: &'a Signer,
-    ) -> BoxFuture<'a, Result<Vec<StoredEntry>>> {
-        Box::pin(async move {
-            let mut chains: Vec<&str> = batch.entries.iter().map(|e| e.chain.as_str()).collect();
-            chains.sort_unstable();
-            chains.dedup();
-            let mut writer = self.writer.lock().await;
-            // Fast path: the remembered heads, one round trip.
-            let fast = chains.iter().all(|c| writer.heads.contains_key(*c));
-            let mut done = None;
-            if fast {
-                let append = commit::prepare(&batch, &writer.heads, signer);
-                match bind_append(commit::APPEND, &append)
-                    .execute(&mut writer.conn)
-                    .await
-                {
-                    Ok(_) => done = Some(append),
-                    Err(e) => {
-                        self.rollback(&mut writer).await;
-                        if !commit::is_stale_head(&e) {
-                            return Err(db(e));
-                        }
-                    }
-                }
-            }
-            // Otherwise (first commit to a chain, or another process
-            // appended): read the heads inside the transaction.
-            let append = match done {
-                Some(append) => append,
-                None => match self
-                    .append_reading_heads(&mut writer, &batch, &chains, signer)
-                    .await
-                {
-                    Ok(append) => append,
-                    Err(e) => {
-                        writer.heads.clear();
-                        self.rollback(&mut writer).await;
-                        return Err(db(e));
-                    }
-                },
-            };
-            writer.heads.extend(append.heads);
-            let written = self.wal.written();
-            let stored = append.stored;
-            drop(writer);
-            self.wal.sync(written).await?;
-            Ok(stored)
-        })
+        signer: Arc<Signer>,
+    ) -> BoxFuture<'_, Result<Vec<StoredEntry>>> {
+        Box::pin(self.writer.append(batch, signer))
     }
 
     fn head_sign(
@@ -502,21 +383,32 @@ impl Storage for SqliteStorage {
         signature: &str,
     ) -> BoxFuture<'_, Result<bool>> {
         let (chain, hash, signature) = (chain.to_string(), hash.to_string(), signature.to_string());
+        // On the hot writer: a signature every few milliseconds must not
+        // hold SQLite's write lock through an fsync of its own.
         Box::pin(async move {
-            let n = sqlx::query(
-                "UPDATE audit_heads SET signed_seq = seq, signed_hash = hash, signed_time_ms = ?, signature = ?
-                 WHERE chain = ? AND seq = ? AND hash = ?",
-            )
-            .bind(time_ms)
-            .bind(signature)
-            .bind(chain)
-            .bind(seq)
-            .bind(hash)
-            .execute(&self.pool)
-            .await
-            .map_err(db)?
-            .rows_affected();
-            Ok(n > 0)
+            let (signed, written) = self
+                .writer
+                .run(move |w| {
+                    Box::pin(async move {
+                        let n = sqlx::query(
+                            "UPDATE audit_heads SET signed_seq = seq, signed_hash = hash, signed_time_ms = ?, signature = ?
+                             WHERE chain = ? AND seq = ? AND hash = ?",
+                        )
+                        .bind(time_ms)
+                        .bind(signature)
+                        .bind(chain)
+                        .bind(seq)
+                        .bind(hash)
+                        .execute(&mut w.conn)
+                        .await
+                        .map_err(db)?
+                        .rows_affected();
+                        Ok((n > 0, w.wal.written()))
+                    })
+                })
+                .await?;
+            self.writer.durable(written).await?;
+            Ok(signed)
         })
     }
 
@@ -711,90 +603,7 @@ impl Storage for SqliteStorage {
             if charges.is_empty() {
                 return Ok(Ok(()));
             }
-            // One atomic statement reserves every line whose limit holds; a
-            // line that would pass its limit is left alone. All or nothing:
-            // if any line was left alone, the others are released again.
-            let mut writer = self.writer.lock().await;
-            let too_big = charges
-                .iter()
-                .position(|c| c.limit.is_some_and(|l| c.amount > l));
-            let mut reserved: Vec<(String, String, String)> = Vec::new();
-            if too_big.is_none() {
-                let mut q = QueryBuilder::<Sqlite>::new(
-                    "INSERT INTO budget (scope, window, metric, used, reserved, lim) ",
-                );
-                q.push_values(&charges, |mut row, c| {
-                    row.push_bind(&c.scope)
-                        .push_bind(&c.window)
-                        .push_bind(&c.metric)
-                        .push_bind(0i64)
-                        .push_bind(c.amount)
-                        .push_bind(c.limit);
-                });
-                q.push(
-                    " ON CONFLICT (scope, window, metric) DO UPDATE
-                      SET reserved = reserved + excluded.reserved, lim = excluded.lim
-                      WHERE excluded.lim IS NULL OR used + reserved + excluded.reserved <= excluded.lim
-                      RETURNING scope, window, metric",
-                );
-                reserved = q
-                    .build()
-                    .fetch_all(&mut writer.conn)
-                    .await
-                    .map_err(db)?
-                    .iter()
-                    .map(|r| (r.get(0), r.get(1), r.get(2)))
-                    .collect();
-                if reserved.len() == charges.len() {
-                    return Ok(Ok(()));
-                }
-            }
-            let failed = too_big.unwrap_or_else(|| {
-                charges
-                    .iter()
-                    .position(|c| {
-                        !reserved.contains(&(c.scope.clone(), c.window.clone(), c.metric.clone()))
-                    })
-                    .unwrap_or(0)
-            });
-            let undo: Vec<Charge> = charges
-                .iter()
-                .filter(|c| {
-                    reserved.contains(&(c.scope.clone(), c.window.clone(), c.metric.clone()))
-                })
-                .cloned()
-                .collect();
-            if !undo.is_empty() {
-                let mut tx = writer
-                    .conn
-                    .begin_with("BEGIN IMMEDIATE")
-                    .await
-                    .map_err(db)?;
-                settle(&mut tx, &undo, &[]).await?;
-                tx.commit().await.map_err(db)?;
-            }
-            let c = &charges[failed];
-            let row = sqlx::query(
-                "SELECT used, reserved FROM budget WHERE scope = ? AND window = ? AND metric = ?",
-            )
-            .bind(&c.scope)
-            .bind(&c.window)
-            .bind(&c.metric)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(db)?;
-            let (used, reserved) = row
-                .map(|r| (r.get::<i64, _>(0), r.get::<i64, _>(1)))
-                .unwrap_or((0, 0));
-            Ok(Err(Exceeded {
-                scope: c.scope.clone(),
-                window: c.window.clone(),
-                metric: c.metric.clone(),
-                limit: c.limit.unwrap_or(i64::MAX),
-                used,
-                reserved,
-                requested: c.amount,
-            }))
+            self.writer.reserve(charges).await
         })
     }
 
@@ -1229,8 +1038,8 @@ impl Storage for SqliteStorage {
     ) -> BoxFuture<'_, Result<IdempotencyBegin>> {
         let (tenant, key, fingerprint) =
             (tenant.to_string(), key.to_string(), fingerprint.to_string());
-        Box::pin(async move {
-            let mut writer = self.writer.lock().await;
+        Box::pin(self.writer.run(move |writer| {
+            Box::pin(async move {
             let mut tx = writer
                 .conn
                 .begin_with("BEGIN IMMEDIATE")
@@ -1292,7 +1101,8 @@ impl Storage for SqliteStorage {
             .map_err(db)?;
             tx.commit().await.map_err(db)?;
             Ok(IdempotencyBegin::Started)
-        })
+            })
+        }))
     }
 
     fn idempotency_abandon(&self, tenant: &str, key: &str) -> BoxFuture<'_, Result<()>> {
