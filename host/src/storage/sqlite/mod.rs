@@ -11,7 +11,7 @@ use super::{
 use crate::error::{Error, Result};
 use crate::gate::BoxFuture;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Connection, QueryBuilder, Row, Sqlite, SqlitePool};
+use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -163,11 +163,9 @@ const MIGRATIONS: &[&str] = &[
         expires_ms INTEGER NOT NULL,
         PRIMARY KEY (tenant, key)
     ) WITHOUT ROWID;",
-    // 5: one-statement writes for the hot path (audit commits, reservations).
-    commit::MIGRATION,
 ];
 
-pub(super) fn db(e: sqlx::Error) -> Error {
+fn db(e: sqlx::Error) -> Error {
     Error::internal(format!("database: {e}"))
 }
 
@@ -214,10 +212,7 @@ impl SqliteStorage {
             .map_err(opening)?;
         let storage = SqliteStorage {
             pool,
-            writer: writer::WriterHandle::start(
-                options.synchronous(SqliteSynchronous::Normal),
-                Arc::new(commit::WalSync::new(&data_dir.join("toolhost.db"))),
-            )?,
+            writer: writer::WriterHandle::start(&data_dir.join("toolhost.db"))?,
         };
         storage.migrate().await?;
         Ok(storage)
@@ -385,31 +380,17 @@ impl Storage for SqliteStorage {
         let (chain, hash, signature) = (chain.to_string(), hash.to_string(), signature.to_string());
         // On the hot writer: a signature every few milliseconds must not
         // hold SQLite's write lock through an fsync of its own.
-        Box::pin(async move {
-            let (signed, written) = self
-                .writer
-                .run(move |w| {
-                    Box::pin(async move {
-                        let n = sqlx::query(
-                            "UPDATE audit_heads SET signed_seq = seq, signed_hash = hash, signed_time_ms = ?, signature = ?
-                             WHERE chain = ? AND seq = ? AND hash = ?",
-                        )
-                        .bind(time_ms)
-                        .bind(signature)
-                        .bind(chain)
-                        .bind(seq)
-                        .bind(hash)
-                        .execute(&mut w.conn)
-                        .await
-                        .map_err(db)?
-                        .rows_affected();
-                        Ok((n > 0, w.wal.written()))
-                    })
-                })
-                .await?;
-            self.writer.durable(written).await?;
-            Ok(signed)
-        })
+        Box::pin(self.writer.run_durable(move |w| {
+            let n = w
+                .conn
+                .prepare_cached(
+                    "UPDATE audit_heads SET signed_seq = seq, signed_hash = hash, signed_time_ms = ?, signature = ?
+                     WHERE chain = ? AND seq = ? AND hash = ?",
+                )
+                .and_then(|mut s| s.execute(rusqlite::params![time_ms, signature, chain, seq, hash]))
+                .map_err(writer::db)?;
+            Ok(n > 0)
+        }))
     }
 
     fn audit_read(
@@ -1038,70 +1019,17 @@ impl Storage for SqliteStorage {
     ) -> BoxFuture<'_, Result<IdempotencyBegin>> {
         let (tenant, key, fingerprint) =
             (tenant.to_string(), key.to_string(), fingerprint.to_string());
-        Box::pin(self.writer.run(move |writer| {
-            Box::pin(async move {
-            let mut tx = writer
-                .conn
-                .begin_with("BEGIN IMMEDIATE")
-                .await
-                .map_err(db)?;
-            sqlx::query("DELETE FROM idempotency WHERE expires_ms <= ?")
-                .bind(now_ms)
-                .execute(&mut *tx)
-                .await
-                .map_err(db)?;
-            let row = sqlx::query(
-                "SELECT fingerprint, state, http_status, response, started_ms FROM idempotency WHERE tenant = ? AND key = ?",
+        Box::pin(self.writer.run(move |w| {
+            commit::idempotency_begin(
+                &mut w.conn,
+                &tenant,
+                &key,
+                &fingerprint,
+                now_ms,
+                expires_ms,
+                stale_before_ms,
             )
-            .bind(&tenant)
-            .bind(&key)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(db)?;
-            let answer = match row {
-                Some(r) => {
-                    let (fp, state, status, response, started): (
-                        String,
-                        String,
-                        Option<i64>,
-                        Option<String>,
-                        i64,
-                    ) = (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4));
-                    if fp != fingerprint {
-                        Some(IdempotencyBegin::Mismatch)
-                    } else if state == "done" {
-                        Some(IdempotencyBegin::Replay {
-                            http_status: status.and_then(|s| u16::try_from(s).ok()).unwrap_or(200),
-                            response: response.unwrap_or_default(),
-                        })
-                    } else if started > stale_before_ms {
-                        Some(IdempotencyBegin::InProgress)
-                    } else {
-                        None
-                    }
-                }
-                None => None,
-            };
-            if let Some(answer) = answer {
-                tx.commit().await.map_err(db)?;
-                return Ok(answer);
-            }
-            sqlx::query(
-                "INSERT INTO idempotency (tenant, key, fingerprint, state, started_ms, expires_ms) VALUES (?, ?, ?, 'running', ?, ?)
-                 ON CONFLICT (tenant, key) DO UPDATE SET fingerprint = excluded.fingerprint, state = 'running',
-                   http_status = NULL, response = NULL, started_ms = excluded.started_ms, expires_ms = excluded.expires_ms",
-            )
-            .bind(&tenant)
-            .bind(&key)
-            .bind(&fingerprint)
-            .bind(now_ms)
-            .bind(expires_ms)
-            .execute(&mut *tx)
-            .await
-            .map_err(db)?;
-            tx.commit().await.map_err(db)?;
-            Ok(IdempotencyBegin::Started)
-            })
+            .map_err(writer::db)
         }))
     }
 
