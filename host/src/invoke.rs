@@ -437,10 +437,17 @@ impl Host {
     }
 }
 
-/// A new invocation id: `inv_` and 128 random bits in hex.
+/// A new invocation id: `inv_` and 32 hex digits, the first 12 the
+/// creation time in milliseconds and the rest 80 random bits (the layout of
+/// UUIDv7 and ULID): ids sort by time, and records written together land
+/// together in the store's index instead of on one random page each.
 pub fn new_invocation_id() -> String {
     use rand_core::RngCore;
     let mut bytes = [0u8; 16];
-    rand_core::OsRng.fill_bytes(&mut bytes);
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    bytes[..6].copy_from_slice(&now_ms.to_be_bytes()[2..]);
+    rand_core::OsRng.fill_bytes(&mut bytes[6..]);
     format!("inv_{}", hex::encode(bytes))
 }

@@ -199,8 +199,10 @@ fn open(path: &Path) -> Result<Connection> {
     .map_err(opening)?;
     conn.busy_timeout(Duration::from_secs(30))
         .map_err(opening)?;
+    // Checkpoints run between transactions, on a timer ([`serve`]).
     conn.execute_batch(
-        "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;",
+        "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;
+         PRAGMA wal_autocheckpoint = 0;",
     )
     .map_err(opening)?;
     conn.set_prepared_statement_cache_capacity(32);
@@ -237,8 +239,36 @@ fn sync_loop(wal: &Path, requests: mpsc::Receiver<Synced>) {
     }
 }
 
+/// How often the WAL is copied into the database file.
+const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(200);
+
 fn serve(mut writer: Writer, rx: mpsc::Receiver<Request>) {
-    while let Ok(first) = rx.recv() {
+    let mut checkpointed = std::time::Instant::now();
+    loop {
+        // Copy the WAL into the database file every CHECKPOINT_INTERVAL
+        // while writes come in: from this connection, between its own
+        // transactions, so the checkpoint completes and the next
+        // transaction starts the WAL over (SQLite's own size-triggered
+        // checkpoint would run far more often, inside commits).
+        let wait = CHECKPOINT_INTERVAL.saturating_sub(checkpointed.elapsed());
+        let first = match rx.recv_timeout(wait) {
+            Ok(first) => Some(first),
+            Err(mpsc::RecvTimeoutError::Timeout) => None,
+            Err(mpsc::RecvTimeoutError::Disconnected) => return,
+        };
+        if checkpointed.elapsed() >= CHECKPOINT_INTERVAL {
+            checkpointed = std::time::Instant::now();
+            if !writer.conn.is_autocommit() {
+                tracing::error!("the SQLite writer was left inside a transaction");
+            } else if let Err(e) =
+                writer
+                    .conn
+                    .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+            {
+                tracing::warn!(error = %e, "WAL checkpoint failed");
+            }
+        }
+        let Some(first) = first else { continue };
         let mut taken = vec![first];
         taken.extend(rx.try_iter().take(MAX_TAKE));
         // Reservations first: they hold up invocations that have not run.
