@@ -12,17 +12,28 @@ use crate::storage::{Batch, Charge, Exceeded, IdempotencyBegin, Signer, StoredEn
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use std::collections::{BTreeMap, HashMap};
 
-/// Commit a batch in one transaction: chain its entries onto their heads,
-/// move (and, for `batch.sign`, sign) the heads, keep periodic checkpoints,
-/// settle its budget lines, and store its invocation records, approvals,
-/// idempotency answers and cache entries. Returns the stored entries in
-/// order. Committed, not yet durable: see [`super::writer`].
+/// [`append_in`] in a transaction of its own.
 pub(super) fn append(
     conn: &mut Connection,
     batch: &Batch,
     signer: &Signer,
 ) -> rusqlite::Result<Vec<StoredEntry>> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let stored = append_in(&tx, batch, signer)?;
+    tx.commit()?;
+    Ok(stored)
+}
+
+/// Write a batch inside the caller's write transaction (`BEGIN
+/// IMMEDIATE`): chain its entries onto their heads, move (and, for
+/// `batch.sign`, sign) the heads, keep periodic checkpoints, settle its
+/// budget lines, and store its invocation records, approvals, idempotency
+/// answers and cache entries. Returns the stored entries in order.
+pub(super) fn append_in(
+    tx: &Connection,
+    batch: &Batch,
+    signer: &Signer,
+) -> rusqlite::Result<Vec<StoredEntry>> {
     let mut heads: HashMap<&str, (i64, String)> = HashMap::new();
     {
         let mut read = tx.prepare_cached("SELECT seq, hash FROM audit_heads WHERE chain = ?")?;
@@ -94,7 +105,7 @@ pub(super) fn append(
             ])?;
         }
     }
-    settle(&tx, &batch.release, &batch.charge)?;
+    settle(tx, &batch.release, &batch.charge)?;
     {
         let mut insert = tx.prepare_cached(
             "INSERT INTO invocations (id, tenant, tool, function, version, workflow, task_id, principal,
@@ -160,7 +171,6 @@ pub(super) fn append(
         )?
         .execute(params![c.tenant, c.key, c.result, c.expires_ms])?;
     }
-    tx.commit()?;
     Ok(stored)
 }
 
@@ -181,14 +191,24 @@ fn settle(conn: &Connection, release: &[Charge], charge: &[Charge]) -> rusqlite:
     Ok(())
 }
 
-/// Reserve the charges of many invocations in one transaction, in order,
-/// each all or nothing: an invocation that would pass a limit reserves
-/// nothing and gets the first limit it would pass.
+/// [`reserve_in`] in a transaction of its own.
 pub(super) fn reserve(
     conn: &mut Connection,
     invocations: &[Vec<Charge>],
 ) -> rusqlite::Result<Vec<std::result::Result<(), Exceeded>>> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let answers = reserve_in(&tx, invocations)?;
+    tx.commit()?;
+    Ok(answers)
+}
+
+/// Reserve the charges of many invocations inside the caller's write
+/// transaction, in order, each all or nothing: an invocation that would
+/// pass a limit reserves nothing and gets the first limit it would pass.
+pub(super) fn reserve_in(
+    tx: &Connection,
+    invocations: &[Vec<Charge>],
+) -> rusqlite::Result<Vec<std::result::Result<(), Exceeded>>> {
     let mut answers = Vec::with_capacity(invocations.len());
     {
         let mut read = tx.prepare_cached(
@@ -232,7 +252,6 @@ pub(super) fn reserve(
             answers.push(Ok(()));
         }
     }
-    tx.commit()?;
     Ok(answers)
 }
 

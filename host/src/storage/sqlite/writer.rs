@@ -240,7 +240,7 @@ fn sync_loop(wal: &Path, requests: mpsc::Receiver<Synced>) {
 }
 
 /// How often the WAL is copied into the database file.
-const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(200);
+const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(100);
 
 fn serve(mut writer: Writer, rx: mpsc::Receiver<Request>) {
     let mut checkpointed = std::time::Instant::now();
@@ -271,100 +271,140 @@ fn serve(mut writer: Writer, rx: mpsc::Receiver<Request>) {
         let Some(first) = first else { continue };
         let mut taken = vec![first];
         taken.extend(rx.try_iter().take(MAX_TAKE));
-        // Reservations first: they hold up invocations that have not run.
         let mut reservations = Vec::new();
-        let mut rest = Vec::new();
+        let mut appends = Vec::new();
+        let mut jobs = Vec::new();
         for request in taken {
             match request {
                 Request::Reserve { charges, done } => reservations.push((charges, done)),
-                other => rest.push(other),
-            }
-        }
-        if !reservations.is_empty() {
-            reserve_all(&mut writer, reservations);
-        }
-        // Audit commits that arrived together become one transaction.
-        let mut appends: Vec<(Batch, Arc<Signer>, AppendDone)> = Vec::new();
-        for request in rest {
-            match request {
-                Request::Reserve { .. } => unreachable!("taken out above"),
                 Request::Append {
                     batch,
                     signer,
                     done,
                 } => appends.push((batch, signer, done)),
-                Request::Run(job) => {
-                    commit_all(&mut writer, std::mem::take(&mut appends));
-                    job(&mut writer);
-                }
+                Request::Run(job) => jobs.push(job),
             }
         }
-        commit_all(&mut writer, appends);
+        write_round(&mut writer, reservations, group(appends));
+        for job in jobs {
+            job(&mut writer);
+        }
     }
 }
 
-/// Commit audit batches in one transaction (those signed by one signer; a
-/// batch with another signer starts another), and answer each once the
-/// commit is durable.
-fn commit_all(writer: &mut Writer, appends: Vec<(Batch, Arc<Signer>, AppendDone)>) {
-    let mut appends = appends.into_iter().peekable();
-    while let Some((first, signer, done)) = appends.next() {
-        let mut batch = first;
-        let mut waiters = vec![(batch.entries.len(), done)];
-        while let Some((next, next_signer, _)) = appends.peek() {
-            if !Arc::ptr_eq(next_signer, &signer)
-                || batch.entries.len() + next.entries.len() > MAX_ENTRIES
-            {
-                break;
-            }
-            let Some((next, _, done)) = appends.next() else {
-                break;
-            };
-            waiters.push((next.entries.len(), done));
-            batch.entries.extend(next.entries);
-            batch.sign.extend(next.sign);
-            batch.release.extend(next.release);
-            batch.charge.extend(next.charge);
-            batch.invocations.extend(next.invocations);
-            batch.approvals.extend(next.approvals);
-            batch.idempotency.extend(next.idempotency);
-            batch.cache.extend(next.cache);
+/// Audit batches merged for one transaction, and who waits for which part.
+struct Group {
+    batch: Batch,
+    signer: Arc<Signer>,
+    waiters: Vec<(usize, AppendDone)>,
+}
+
+/// Merge audit batches that arrived together (those signed by one signer,
+/// up to [`MAX_ENTRIES`] entries each).
+fn group(appends: Vec<(Batch, Arc<Signer>, AppendDone)>) -> Vec<Group> {
+    let mut groups: Vec<Group> = Vec::new();
+    for (next, signer, done) in appends {
+        if let Some(g) = groups.last_mut()
+            && Arc::ptr_eq(&g.signer, &signer)
+            && g.batch.entries.len() + next.entries.len() <= MAX_ENTRIES
+        {
+            g.waiters.push((next.entries.len(), done));
+            let b = &mut g.batch;
+            b.entries.extend(next.entries);
+            b.sign.extend(next.sign);
+            b.release.extend(next.release);
+            b.charge.extend(next.charge);
+            b.invocations.extend(next.invocations);
+            b.approvals.extend(next.approvals);
+            b.idempotency.extend(next.idempotency);
+            b.cache.extend(next.cache);
+            continue;
         }
-        batch.sign.sort_unstable();
-        batch.sign.dedup();
-        match commit::append(&mut writer.conn, &batch, signer.as_ref()) {
-            Ok(stored) => writer.after_sync(Box::new(move |synced| {
-                let mut stored = stored.into_iter();
-                for (n, done) in waiters {
-                    let answer = match &synced {
-                        Ok(()) => Ok(stored.by_ref().take(n).collect()),
+        groups.push(Group {
+            waiters: vec![(next.entries.len(), done)],
+            batch: next,
+            signer,
+        });
+    }
+    for g in &mut groups {
+        g.batch.sign.sort_unstable();
+        g.batch.sign.dedup();
+    }
+    groups
+}
+
+/// One round's reservations and audit commits in one transaction (one
+/// commit, each shared page written once); if that fails, each on its own,
+/// so one bad batch fails only its own callers.
+fn write_round(
+    writer: &mut Writer,
+    reservations: Vec<(Vec<Charge>, ReserveDone)>,
+    groups: Vec<Group>,
+) {
+    if reservations.is_empty() && groups.is_empty() {
+        return;
+    }
+    let (charges, reserved): (Vec<_>, Vec<_>) = reservations.into_iter().unzip();
+    let together = (|| {
+        let tx = writer
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let answers = commit::reserve_in(&tx, &charges)?;
+        let stored = groups
+            .iter()
+            .map(|g| commit::append_in(&tx, &g.batch, g.signer.as_ref()))
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        tx.commit()?;
+        Ok::<_, rusqlite::Error>((answers, stored))
+    })();
+    match together {
+        Ok((answers, stored)) => {
+            for (answer, done) in answers.into_iter().zip(reserved) {
+                let _ = done.send(Ok(answer));
+            }
+            for (g, stored) in groups.into_iter().zip(stored) {
+                answer_when_durable(writer, g.waiters, Ok(stored));
+            }
+        }
+        Err(_) => {
+            if !charges.is_empty() {
+                let answers = commit::reserve(&mut writer.conn, &charges).map_err(db);
+                for (i, done) in reserved.into_iter().enumerate() {
+                    let answer = match &answers {
+                        Ok(answers) => Ok(answers[i].clone()),
                         Err(e) => Err(e.clone()),
                     };
                     let _ = done.send(answer);
                 }
-            })),
-            Err(e) => {
-                let e = db(e);
-                for (_, done) in waiters {
-                    let _ = done.send(Err(e.clone()));
-                }
+            }
+            for g in groups {
+                let stored = commit::append(&mut writer.conn, &g.batch, g.signer.as_ref());
+                answer_when_durable(writer, g.waiters, stored.map_err(db));
             }
         }
     }
 }
 
-/// Reserve for every queued invocation, in one transaction.
-fn reserve_all(writer: &mut Writer, pending: Vec<(Vec<Charge>, ReserveDone)>) {
-    let (charges, done): (Vec<_>, Vec<_>) = pending.into_iter().unzip();
-    match commit::reserve(&mut writer.conn, &charges) {
-        Ok(answers) => {
-            for (answer, done) in answers.into_iter().zip(done) {
-                let _ = done.send(Ok(answer));
+/// Answer the callers of a committed group once it is durable (or at once
+/// with the error).
+fn answer_when_durable(
+    writer: &Writer,
+    waiters: Vec<(usize, AppendDone)>,
+    stored: Result<Vec<StoredEntry>>,
+) {
+    match stored {
+        Ok(stored) => writer.after_sync(Box::new(move |synced| {
+            let mut stored = stored.into_iter();
+            for (n, done) in waiters {
+                let answer = match &synced {
+                    Ok(()) => Ok(stored.by_ref().take(n).collect()),
+                    Err(e) => Err(e.clone()),
+                };
+                let _ = done.send(answer);
             }
-        }
+        })),
         Err(e) => {
-            let e = db(e);
-            for done in done {
+            for (_, done) in waiters {
                 let _ = done.send(Err(e.clone()));
             }
         }
