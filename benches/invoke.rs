@@ -54,14 +54,17 @@ fn bench(c: &mut Criterion) {
     let check = rt.block_on(host.invoke(&tool, &call));
     assert_eq!(check.result, Some(json!("Hello, bench!")));
 
-    // Bare wasmtime: the same engine settings, instantiate and call.
+    // Bare wasmtime: the same engine settings (fuel, epochs, pooling with
+    // the same slot reset), instantiate and call.
+    let mut pool = PoolingAllocationConfig::default();
+    pool.linear_memory_keep_resident(2 << 20)
+        .table_keep_resident(64 << 10)
+        .pagemap_scan(wasmtime::Enabled::Auto);
     let mut cfg = Config::new();
     cfg.consume_fuel(true)
         .epoch_interruption(true)
         .concurrency_support(false)
-        .allocation_strategy(InstanceAllocationStrategy::Pooling(
-            PoolingAllocationConfig::default(),
-        ));
+        .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     let engine = Engine::new(&cfg).unwrap();
     let mut linker: Linker<Bare> = Linker::new(&engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker).unwrap();
