@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # HTTP load benchmark: `host serve` (full gate: Cedar policy, budget
-# reservation and settlement, durable SQLite audit with synchronous=FULL)
+# reservation and settlement, durable SQLite audit: each answer waits for an
+# fsync of the WAL that began after its records were committed)
 # invoking text-tools' `hello`, against `wasmtime serve` running an
 # equivalent hello `wasi:http` component, with the same load generator (wrk)
 # at concurrency 1, 16 and 64. Then: time from process start to the first
