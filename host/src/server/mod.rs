@@ -134,15 +134,16 @@ impl App {
             .spawn(async move { host.invoke(&tool, &call).await })
             .await
             .map_err(|e| Error::internal(format!("the invocation task failed: {e}")))?;
-        tracing::info!(
-            invocation_id = %outcome.invocation_id,
-            tool = %outcome.tool,
-            function = %outcome.function,
-            status = outcome.status.as_str(),
-            kind = outcome.error.as_ref().map(|e| e.kind.as_str()),
-            wall_ms = outcome.usage.wall_ms,
-            "invocation"
-        );
+        // Into the request's span: its one log line (when the response is
+        // sent) says which invocation it was and how it ended.
+        let span = tracing::Span::current();
+        span.record("invocation_id", outcome.invocation_id.as_str());
+        span.record("function", outcome.function.as_str());
+        span.record("outcome", outcome.status.as_str());
+        if let Some(e) = &outcome.error {
+            span.record("kind", e.kind.as_str());
+        }
+        span.record("wall_ms", outcome.usage.wall_ms);
         Ok(outcome)
     }
 }
@@ -296,6 +297,11 @@ pub fn router(app: Arc<App>, config: &ServeConfig) -> Router {
                         method = %req.method(),
                         path = %req.uri().path(),
                         key = tracing::field::Empty,
+                        invocation_id = tracing::field::Empty,
+                        function = tracing::field::Empty,
+                        outcome = tracing::field::Empty,
+                        kind = tracing::field::Empty,
+                        wall_ms = tracing::field::Empty,
                     )
                 })
                 .on_response(
