@@ -1,8 +1,9 @@
-//! What the hot writer ([`super::writer`]) writes: an audit commit and a
-//! group of budget reservations, each one `BEGIN IMMEDIATE` transaction of
-//! cached prepared statements on the writer's connection.
+//! What the hot writer ([`super::writer`]) writes: audit commits
+//! ([`append_in`]), budget reservations ([`reserve_in`]) and idempotency
+//! markers, as cached prepared statements inside `BEGIN IMMEDIATE`
+//! transactions on the writer's connection.
 //!
-//! Both run on the writer thread, where a statement is a function call (no
+//! All run on the writer thread, where a statement is a function call (no
 //! thread handoff), so a transaction of many small statements is cheap; the
 //! chain heads are read inside the transaction, so concurrent processes on
 //! one data dir never fork a chain.

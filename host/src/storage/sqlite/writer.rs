@@ -4,9 +4,9 @@
 //! audit commits durable.
 //!
 //! Callers send requests and await answers; the writer takes everything
-//! queued at once: all waiting reservations become one transaction
-//! ([`commit::reserve`]), all waiting audit commits another
-//! ([`commit::append`]). It calls SQLite directly (rusqlite, on the same
+//! queued at once: all waiting reservations ([`commit::reserve_in`]) and
+//! audit commits ([`commit::append_in`]) become one transaction. It calls
+//! SQLite directly (rusqlite, on the same
 //! SQLite library sqlx links), so a statement costs no thread handoff, and it
 //! never waits on the async runtime that serves requests, so a busy server
 //! does not slow its own critical section.
@@ -92,25 +92,26 @@ impl WriterHandle {
         let (ready, started) = mpsc::channel();
         std::thread::Builder::new()
             .name("toolhost-sqlite-writer".into())
-            .spawn(move || match open(&path) {
-                Ok(conn) => {
-                    let _ = ready.send(Ok(()));
-                    let (syncer, synced) = mpsc::channel();
-                    let mut wal = path.clone().into_os_string();
-                    wal.push("-wal");
-                    let wal = PathBuf::from(wal);
-                    let spawned = std::thread::Builder::new()
+            .spawn(move || {
+                let (syncer, synced) = mpsc::channel();
+                let mut wal = path.clone().into_os_string();
+                wal.push("-wal");
+                let wal = PathBuf::from(wal);
+                let started = open(&path).and_then(|conn| {
+                    std::thread::Builder::new()
                         .name("toolhost-wal-sync".into())
-                        .spawn(move || sync_loop(&wal, synced));
-                    if let Err(e) = spawned {
-                        tracing::error!(error = %e, "cannot start the WAL syncer");
-                        return;
+                        .spawn(move || sync_loop(&wal, synced))
+                        .map_err(|e| Error::internal(format!("starting the WAL syncer: {e}")))?;
+                    Ok(conn)
+                });
+                match started {
+                    Ok(conn) => {
+                        let _ = ready.send(Ok(()));
+                        serve(Writer { conn, syncer }, rx);
                     }
-                    let writer = Writer { conn, syncer };
-                    serve(writer, rx);
-                }
-                Err(e) => {
-                    let _ = ready.send(Err(e));
+                    Err(e) => {
+                        let _ = ready.send(Err(e));
+                    }
                 }
             })
             .map_err(|e| Error::internal(format!("starting the SQLite writer: {e}")))?;
@@ -244,20 +245,31 @@ const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(100);
 
 fn serve(mut writer: Writer, rx: mpsc::Receiver<Request>) {
     let mut checkpointed = std::time::Instant::now();
+    // Whether anything was written since the last checkpoint (an idle
+    // writer sleeps until the next request).
+    let mut written = false;
     loop {
         // Copy the WAL into the database file every CHECKPOINT_INTERVAL
         // while writes come in: from this connection, between its own
         // transactions, so the checkpoint completes and the next
         // transaction starts the WAL over (SQLite's own size-triggered
         // checkpoint would run far more often, inside commits).
-        let wait = CHECKPOINT_INTERVAL.saturating_sub(checkpointed.elapsed());
-        let first = match rx.recv_timeout(wait) {
-            Ok(first) => Some(first),
-            Err(mpsc::RecvTimeoutError::Timeout) => None,
-            Err(mpsc::RecvTimeoutError::Disconnected) => return,
+        let first = if written {
+            let wait = CHECKPOINT_INTERVAL.saturating_sub(checkpointed.elapsed());
+            match rx.recv_timeout(wait) {
+                Ok(first) => Some(first),
+                Err(mpsc::RecvTimeoutError::Timeout) => None,
+                Err(mpsc::RecvTimeoutError::Disconnected) => return,
+            }
+        } else {
+            match rx.recv() {
+                Ok(first) => Some(first),
+                Err(mpsc::RecvError) => return,
+            }
         };
-        if checkpointed.elapsed() >= CHECKPOINT_INTERVAL {
+        if written && checkpointed.elapsed() >= CHECKPOINT_INTERVAL {
             checkpointed = std::time::Instant::now();
+            written = false;
             if !writer.conn.is_autocommit() {
                 tracing::error!("the SQLite writer was left inside a transaction");
             } else if let Err(e) =
@@ -269,6 +281,7 @@ fn serve(mut writer: Writer, rx: mpsc::Receiver<Request>) {
             }
         }
         let Some(first) = first else { continue };
+        written = true;
         let mut taken = vec![first];
         taken.extend(rx.try_iter().take(MAX_TAKE));
         let mut reservations = Vec::new();
