@@ -211,28 +211,40 @@ fn open(path: &Path) -> Result<Connection> {
 }
 
 /// Run fsyncs of the WAL file for whoever waits: one fsync for everything
-/// queued when it starts.
+/// queued when it starts. The file stays open: SQLite removes the WAL only
+/// when the last connection to the database closes, and the writer's stays
+/// open as long as this thread runs.
 fn sync_loop(wal: &Path, requests: mpsc::Receiver<Synced>) {
     let mut failed: Option<String> = None;
+    let mut file: Option<std::fs::File> = None;
     while let Ok(first) = requests.recv() {
         let mut waiting = vec![first];
         waiting.extend(requests.try_iter());
-        let result = match &failed {
-            Some(e) => Err(e.clone()),
-            None => match std::fs::File::open(wal) {
-                Ok(file) => file.sync_data().map_err(|e| {
-                    let message = format!(
-                        "fsync of {} failed: {e}; committed audit records may not be durable, restart the host",
-                        wal.display()
-                    );
-                    failed = Some(message.clone());
-                    message
-                }),
-                // Checkpointed into the database file (which SQLite synced)
-                // and removed: nothing left to sync.
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-                Err(e) => Err(format!("opening {} to sync it: {e}", wal.display())),
-            },
+        if file.is_none() && failed.is_none() {
+            match std::fs::File::open(wal) {
+                Ok(f) => file = Some(f),
+                // Not created yet: nothing was written to sync.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    let e = format!("opening {} to sync it: {e}", wal.display());
+                    for then in waiting {
+                        then(Err(Error::internal(e.clone())));
+                    }
+                    continue;
+                }
+            }
+        }
+        let result = match (&failed, &file) {
+            (Some(e), _) => Err(e.clone()),
+            (None, None) => Ok(()),
+            (None, Some(f)) => f.sync_data().map_err(|e| {
+                let message = format!(
+                    "fsync of {} failed: {e}; committed audit records may not be durable, restart the host",
+                    wal.display()
+                );
+                failed = Some(message.clone());
+                message
+            }),
         };
         for then in waiting {
             then(result.clone().map_err(Error::internal));
