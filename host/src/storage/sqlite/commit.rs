@@ -9,7 +9,9 @@
 //! one data dir never fork a chain.
 
 use crate::audit::{CHECKPOINT_EVERY, GENESIS, chain_hash};
-use crate::storage::{Batch, Charge, Exceeded, IdempotencyBegin, Signer, StoredEntry};
+use crate::storage::{
+    Batch, Charge, Exceeded, IdempotencyBegin, IdempotencyDone, Signer, StoredEntry,
+};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use std::collections::{BTreeMap, HashMap};
 
@@ -160,10 +162,7 @@ pub(super) fn append_in(
         ])?;
     }
     for d in &batch.idempotency {
-        tx.prepare_cached(
-            "UPDATE idempotency SET state = 'done', http_status = ?, response = ? WHERE tenant = ? AND key = ?",
-        )?
-        .execute(params![d.http_status, d.response, d.tenant, d.key])?;
+        finish_idempotency(tx, d)?;
     }
     for c in &batch.cache {
         tx.prepare_cached(
@@ -173,6 +172,26 @@ pub(super) fn append_in(
         .execute(params![c.tenant, c.key, c.result, c.expires_ms])?;
     }
     Ok(stored)
+}
+
+/// Keep an idempotent request's final answer.
+pub(super) fn finish_idempotency(conn: &Connection, d: &IdempotencyDone) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "UPDATE idempotency SET state = 'done', http_status = ?, response = ? WHERE tenant = ? AND key = ?",
+    )?
+    .execute(params![d.http_status, d.response, d.tenant, d.key])?;
+    Ok(())
+}
+
+/// [`settle`] in a transaction of its own.
+pub(super) fn settle_alone(
+    conn: &mut Connection,
+    release: &[Charge],
+    charge: &[Charge],
+) -> rusqlite::Result<()> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    settle(&tx, release, charge)?;
+    tx.commit()
 }
 
 /// Release reservations and record usage.
@@ -258,7 +277,7 @@ pub(super) fn reserve_in(
 
 /// The net change per budget line of releasing `release` and recording
 /// `charge`: `(used += u, reserved -= r)`, lines with no change left out.
-pub(super) fn settlement<'a>(
+fn settlement<'a>(
     release: &'a [Charge],
     charge: &'a [Charge],
 ) -> BTreeMap<(&'a str, &'a str, &'a str), (i64, i64)> {

@@ -11,7 +11,7 @@ use super::{
 use crate::error::{Error, Result};
 use crate::gate::BoxFuture;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
+use sqlx::{Row, SqlitePool};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -248,23 +248,6 @@ impl SqliteStorage {
     }
 }
 
-async fn finish_idempotency(
-    tx: &mut sqlx::Transaction<'static, Sqlite>,
-    d: &IdempotencyDone,
-) -> Result<()> {
-    sqlx::query(
-        "UPDATE idempotency SET state = 'done', http_status = ?, response = ? WHERE tenant = ? AND key = ?",
-    )
-    .bind(i64::from(d.http_status))
-    .bind(&d.response)
-    .bind(&d.tenant)
-    .bind(&d.key)
-    .execute(&mut **tx)
-    .await
-    .map_err(db)?;
-    Ok(())
-}
-
 const APPROVAL_COLUMNS: &str = "id, tenant, invocation_id, status, tool, function, version, workflow, task_id, args, args_redacted, args_sha256, rule, requester, created_ms, expires_ms, decided_by, decided_ms, reason, callback_url";
 
 fn approval_row(r: &sqlx::sqlite::SqliteRow) -> ApprovalRecord {
@@ -301,36 +284,6 @@ fn entry(row: &sqlx::sqlite::SqliteRow) -> StoredEntry {
         prev_hash: row.get(4),
         hash: row.get(5),
     }
-}
-
-/// Release reservations and record usage, in one statement.
-async fn settle(
-    tx: &mut sqlx::Transaction<'_, Sqlite>,
-    release: &[Charge],
-    charge: &[Charge],
-) -> Result<()> {
-    let lines = commit::settlement(release, charge);
-    if lines.is_empty() {
-        return Ok(());
-    }
-    let mut q =
-        QueryBuilder::<Sqlite>::new("INSERT INTO budget (scope, window, metric, used, reserved) ");
-    q.push_values(
-        &lines,
-        |mut row, ((scope, window, metric), (used, released))| {
-            row.push_bind(*scope)
-                .push_bind(*window)
-                .push_bind(*metric)
-                .push_bind(*used)
-                .push_bind(-*released);
-        },
-    );
-    q.push(
-        " ON CONFLICT (scope, window, metric) DO UPDATE
-          SET used = used + excluded.used, reserved = max(0, reserved + excluded.reserved)",
-    );
-    q.build().execute(&mut **tx).await.map_err(db)?;
-    Ok(())
 }
 
 fn tool_version_row(r: &sqlx::sqlite::SqliteRow) -> ToolVersion {
@@ -589,11 +542,9 @@ impl Storage for SqliteStorage {
     }
 
     fn budget_settle(&self, reserved: Vec<Charge>, used: Vec<Charge>) -> BoxFuture<'_, Result<()>> {
-        Box::pin(async move {
-            let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(db)?;
-            settle(&mut tx, &reserved, &used).await?;
-            tx.commit().await.map_err(db)
-        })
+        Box::pin(self.writer.run_durable(move |w| {
+            commit::settle_alone(&mut w.conn, &reserved, &used).map_err(writer::db)
+        }))
     }
 
     fn budget_usage(&self, scope: &str) -> BoxFuture<'_, Result<Vec<Usage>>> {
@@ -1049,11 +1000,11 @@ impl Storage for SqliteStorage {
     }
 
     fn idempotency_finish(&self, done: IdempotencyDone) -> BoxFuture<'_, Result<()>> {
-        Box::pin(async move {
-            let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(db)?;
-            finish_idempotency(&mut tx, &done).await?;
-            tx.commit().await.map_err(db)
-        })
+        Box::pin(
+            self.writer.run_durable(move |w| {
+                commit::finish_idempotency(&w.conn, &done).map_err(writer::db)
+            }),
+        )
     }
 
     fn approval_get(
