@@ -251,15 +251,20 @@ impl AuditLog {
                 let mut signed_at = self.signed_at.lock().unwrap_or_else(|e| e.into_inner());
                 let mut unsigned = self.unsigned.lock().unwrap_or_else(|e| e.into_inner());
                 for c in &chains {
+                    // Commits may finish out of order: a signature covers
+                    // only heads up to its own, and the newest unsigned head
+                    // is the one kept for signing.
+                    let Some(last) = stored.iter().rev().find(|e| &e.chain == c) else {
+                        continue;
+                    };
+                    let pending = unsigned.get(c).map(|(seq, _)| *seq);
                     if signing.contains(c) {
                         signed_at.insert(c.clone(), now);
-                        unsigned.remove(c);
-                    } else if let Some(last) = stored.iter().rev().find(|e| &e.chain == c) {
-                        // Commits may finish out of order: keep the newest.
-                        let newer = unsigned.get(c).is_none_or(|(seq, _)| *seq < last.seq);
-                        if newer {
-                            unsigned.insert(c.clone(), (last.seq, last.hash.clone()));
+                        if pending.is_some_and(|seq| seq <= last.seq) {
+                            unsigned.remove(c);
                         }
+                    } else if pending.is_none_or(|seq| seq < last.seq) {
+                        unsigned.insert(c.clone(), (last.seq, last.hash.clone()));
                     }
                 }
                 if !unsigned.is_empty() {
