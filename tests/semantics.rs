@@ -529,11 +529,19 @@ async fn a_decided_approval_is_posted_to_its_allowed_callback() {
     let server = Server::start(&dir, &["--callback-allow", &allow]);
     let c = Client::new(&server, Some(&requester));
     let args = json!({"order-id": "ord_1001", "amount-usd": 60.0});
-    // A URL outside the allowlist is refused up front.
+    // A URL outside the allowlist is refused up front; a malformed one is a
+    // bad request.
     let (status, p) = c
         .post(
             "/v1/tools/refund/issue-refund/invoke",
             json!({"args": args, "callback_url": "http://169.254.169.254/latest"}),
+        )
+        .await;
+    assert_eq!((status, &p["kind"]), (403, &json!("forbidden")), "{p}");
+    let (status, p) = c
+        .post(
+            "/v1/tools/refund/issue-refund/invoke",
+            json!({"args": args, "callback_url": "ftp://127.0.0.1/x"}),
         )
         .await;
     assert_eq!(

@@ -151,6 +151,20 @@ async fn register_list_invoke_and_fetch_the_record() {
                     place == "path",
                     "{method} {path}: {name} in {place}"
                 );
+                if place == "path" {
+                    assert_eq!(p["schema"]["minLength"], 1, "{method} {path}: {name}");
+                }
+            }
+            // Any error answer of an API operation may be a problem document.
+            if path.starts_with("/v1/") {
+                for (code, response) in op["responses"].as_object().unwrap() {
+                    if code.as_str() >= "400" {
+                        assert!(
+                            response["content"]["application/problem+json"].is_object(),
+                            "{method} {path} {code}"
+                        );
+                    }
+                }
             }
         }
     }
@@ -269,6 +283,19 @@ async fn status_codes_follow_the_documented_mapping() {
         .post("/v1/tasks/budgeted/usage", json!({"input_tokens": -1}))
         .await;
     assert_eq!(status, 400, "negative token counts are malformed");
+    // JSON Schema's `integer` includes 5.0; fractions are malformed.
+    let (status, r) = c
+        .post("/v1/tasks/budgeted/usage", json!({"output_tokens": 5.0}))
+        .await;
+    assert_eq!(status, 200, "{r}");
+    let (status, p) = c
+        .post("/v1/tasks/budgeted/usage", json!({"output_tokens": 5.5}))
+        .await;
+    assert_eq!(status, 400, "{p}");
+    assert!(
+        p["detail"].as_str().unwrap().contains("output_tokens"),
+        "{p}"
+    );
 
     // Malformed requests: clear 4xx problems.
     let (status, p) = c

@@ -33,20 +33,22 @@ impl Callbacks {
         Ok(Callbacks { allow })
     }
 
-    /// Accept `url` as a callback, or say why not.
+    /// Accept `url` as a callback, or say why not: a malformed URL is
+    /// `invalid_request` (400); a well-formed one the operator does not allow
+    /// is `forbidden` (403).
     pub fn check(&self, url: &str) -> Result<()> {
         let (scheme, host, port) = parts(url)?;
         if self.allow.is_empty() {
             return Err(Error::new(
-                ErrorKind::InvalidRequest,
-                "this server takes no callback URLs (start it with --callback-allow)",
+                ErrorKind::Forbidden,
+                "callback_url: this server takes no callback URLs (start it with --callback-allow)",
             ));
         }
         if self.allow.iter().any(|p| p.matches(&scheme, &host, port)) {
             Ok(())
         } else {
             Err(Error::new(
-                ErrorKind::InvalidRequest,
+                ErrorKind::Forbidden,
                 format!("callback_url {url}: not allowed by this server's --callback-allow"),
             ))
         }

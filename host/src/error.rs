@@ -51,7 +51,9 @@ pub enum ErrorKind {
     Internal,
     /// No API key, or one that is not valid (HTTP 401).
     Unauthenticated,
-    /// The API key lacks the role this needs (HTTP 403).
+    /// The API key lacks the role this needs, or the request asks for what
+    /// this server's configuration refuses, such as a callback URL outside
+    /// `--callback-allow` (HTTP 403).
     Forbidden,
     /// The request itself is malformed: its JSON, a parameter (HTTP 400).
     InvalidRequest,

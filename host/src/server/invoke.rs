@@ -34,18 +34,26 @@ pub struct InvokeRequest {
     pub args: Option<serde_json::Value>,
     /// The orchestrator's task: per-task budgets apply to it.
     #[serde(default)]
-    #[schema(min_length = 1, max_length = 200)]
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]+$"
+    )]
     pub task_id: Option<String>,
     /// The workflow whose policy governs the call (default: the policy's
     /// only workflow, if it has one).
     #[serde(default)]
-    #[schema(min_length = 1, max_length = 200)]
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]+$"
+    )]
     pub workflow: Option<String>,
     /// If the call waits for approval: where to POST
     /// `{"approval", "invocation"}` once it is decided (must match the
     /// server's `--callback-allow`).
     #[serde(default)]
-    #[schema(pattern = "^https?://[^/?#\\s]+")]
+    #[schema(pattern = "^https?://[A-Za-z0-9.-]+(:[0-9]{1,4})?(/[A-Za-z0-9._~%/-]*)?$")]
     pub callback_url: Option<String>,
 }
 
@@ -60,7 +68,7 @@ pub fn parse_request(body: &[u8]) -> Result<InvokeRequest, ApiError> {
         ("workflow", &request.workflow),
     ] {
         if let Some(v) = value
-            && (v.is_empty() || v.len() > 200 || v.chars().any(char::is_control))
+            && (v.is_empty() || v.chars().count() > 200 || v.chars().any(char::is_control))
         {
             return Err(ApiError::new(
                 ErrorKind::InvalidRequest,
@@ -75,18 +83,18 @@ pub fn parse_request(body: &[u8]) -> Result<InvokeRequest, ApiError> {
 #[utoipa::path(post, path = "/v1/tools/{tool}/invoke", operation_id = "invoke_tool", tag = "invoke",
     params(
         ("tool" = String, Path, description = "`name` (a tool with one function) or `name__function`"),
-        ("Idempotency-Key" = Option<String>, Header, description = "Retry safely: the same key with the same request returns the first answer (no second run or charge); with another request 422; while the first runs 409. Kept 24 h by default."),
+        ("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, pattern = "^[!-~]+$", description = "Retry safely: the same key with the same request returns the first answer (no second run or charge); with another request 422; while the first runs 409. Kept 24 h by default. 1 to 255 visible ASCII characters."),
     ),
     request_body = InvokeRequest,
     responses(
         (status = 200, description = "The function ran: `status` is `ok` (with `result`) or `error` (fuel, timeout, memory, trap, output cap)", body = InvocationResponse),
         (status = 202, description = "Waiting for a human's approval", body = InvocationResponse),
-        (status = 403, description = "Refused by policy", body = InvocationResponse),
+        (status = 400, description = "Malformed request: its JSON, a field, a header, a malformed `callback_url`", body = super::problem::Problem),
+        (status = 403, description = "Refused by policy (`policy_denied`, `approval_denied`, `approval_expired`), the key lacks the `invoke` role, or `callback_url` is outside the server's `--callback-allow` (`forbidden`)", body = InvocationResponse),
         (status = 404, description = "No such tool or function", body = InvocationResponse),
-        (status = 409, description = "The tool is disabled", body = super::problem::Problem),
-        (status = 422, description = "Invalid arguments", body = InvocationResponse),
+        (status = 409, description = "The tool is disabled, or (Idempotency-Key) the first request with this key is still running", body = super::problem::Problem),
+        (status = 422, description = "Invalid arguments, or an Idempotency-Key reused with another request", body = InvocationResponse),
         (status = 429, description = "Over budget (names the limit)", body = InvocationResponse),
-        (status = 409, description = "Idempotency-Key: the first request is still running", body = super::problem::Problem),
         (status = 503, description = "Overloaded; retry after `Retry-After` seconds", body = super::problem::Problem),
     ),
     security(("bearer" = [])))]
@@ -110,10 +118,19 @@ pub async fn invoke_tool(
     params(
         ("tool" = String, Path, description = "The tool's name"),
         ("function" = String, Path, description = "The function (`lookup-order`, `lookup_order`; `crm/divide` as `crm/divide/invoke` or `crm__divide`)"),
+        ("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, pattern = "^[!-~]+$", description = "As for /v1/tools/{tool}/invoke"),
     ),
     request_body = InvokeRequest,
     responses(
-        (status = 200, description = "The function ran (see /v1/tools/{tool}/invoke)", body = InvocationResponse),
+        (status = 200, description = "The function ran; every other answer is as for /v1/tools/{tool}/invoke", body = InvocationResponse),
+        (status = 202, description = "Waiting for a human's approval", body = InvocationResponse),
+        (status = 400, description = "Malformed request", body = super::problem::Problem),
+        (status = 403, description = "Refused by policy, role or `--callback-allow`", body = InvocationResponse),
+        (status = 404, description = "No such tool or function", body = InvocationResponse),
+        (status = 409, description = "Disabled tool, or Idempotency-Key in progress", body = super::problem::Problem),
+        (status = 422, description = "Invalid arguments, or Idempotency-Key reused", body = InvocationResponse),
+        (status = 429, description = "Over budget (names the limit)", body = InvocationResponse),
+        (status = 503, description = "Overloaded; retry after `Retry-After` seconds", body = super::problem::Problem),
     ),
     security(("bearer" = [])))]
 pub async fn invoke_function(

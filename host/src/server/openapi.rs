@@ -71,7 +71,8 @@ struct Problems;
 
 impl Modify for Problems {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder};
+        use utoipa::openapi::path::ParameterIn;
+        use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder, Schema};
         let problem = || {
             ContentBuilder::new()
                 .schema(Some(Ref::from_schema_name("Problem")))
@@ -102,6 +103,27 @@ impl Modify for Problems {
                 }
                 if !path.starts_with("/v1/") {
                     continue;
+                }
+                // Any error answer may come as a problem document (from the
+                // auth, limit or deadline layers, or a refusal before the
+                // invocation exists).
+                for (code, response) in op.responses.responses.iter_mut() {
+                    if let RefOr::T(response) = response
+                        && code.as_str() >= "400"
+                    {
+                        response
+                            .content
+                            .entry(PROBLEM_JSON.into())
+                            .or_insert_with(problem);
+                    }
+                }
+                // A path segment is never empty.
+                for parameter in op.parameters.iter_mut().flatten() {
+                    if parameter.parameter_in == ParameterIn::Path
+                        && let Some(RefOr::T(Schema::Object(schema))) = &mut parameter.schema
+                    {
+                        schema.min_length.get_or_insert(1);
+                    }
                 }
                 for (code, description) in PROBLEMS {
                     match op.responses.responses.get_mut(*code) {

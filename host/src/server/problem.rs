@@ -128,6 +128,25 @@ pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8], what: &str) -> Re
     })
 }
 
+/// Deserialize a whole JSON number (`567` or `567.0`, as JSON Schema's
+/// `integer` allows) into an `i64`; numbers past `i64` saturate, so the
+/// caller's range check names them.
+pub fn whole_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
+    let n = <serde_json::Number as serde::Deserialize>::deserialize(d)?;
+    if let Some(i) = n.as_i64() {
+        return Ok(i);
+    }
+    if n.as_u64().is_some() {
+        return Ok(i64::MAX);
+    }
+    match n.as_f64() {
+        Some(f) if f.fract() == 0.0 && f.is_finite() => Ok(f as i64),
+        _ => Err(serde::de::Error::custom(format!(
+            "expected a whole number, found {n}"
+        ))),
+    }
+}
+
 /// Turn an extractor's rejection (bad JSON, query, path, body) into a
 /// problem that says what was wrong.
 pub fn rejection(r: impl IntoResponse + std::fmt::Display) -> ApiError {

@@ -130,10 +130,10 @@ pub async fn list(
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TokenUsage {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::problem::whole_number")]
     #[schema(minimum = 0, maximum = 1_000_000_000_000_i64)]
     pub input_tokens: i64,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::problem::whole_number")]
     #[schema(minimum = 0, maximum = 1_000_000_000_000_i64)]
     pub output_tokens: i64,
     /// The task's workflow (default: the policy's only workflow).
