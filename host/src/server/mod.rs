@@ -335,8 +335,8 @@ pub async fn readyz(State(app): State<Arc<App>>) -> Response {
         )
             .into_response();
     }
-    match app.storage.meta_get("audit.public_key").await {
-        Ok(_) => axum::Json(serde_json::json!({"status": "ready"})).into_response(),
+    match app.storage.health().await {
+        Ok(()) => axum::Json(serde_json::json!({"status": "ready"})).into_response(),
         Err(e) => (
             StatusCode::SERVICE_UNAVAILABLE,
             axum::Json(serde_json::json!({"status": "storage_unavailable", "detail": e.message})),

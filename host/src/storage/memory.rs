@@ -366,6 +366,10 @@ impl Storage for MemoryStorage {
         Box::pin(async move { Ok(self.lock().meta.entry(key).or_insert(value).clone()) })
     }
 
+    fn health(&self) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async { Ok(()) })
+    }
+
     fn blob_put<'a>(&'a self, digest: &'a str, bytes: &'a [u8]) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
             self.lock()

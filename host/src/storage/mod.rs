@@ -499,4 +499,9 @@ pub trait Storage: Send + Sync + 'static {
 
     /// Set a named value if it is not set yet; returns the value that is set.
     fn meta_init(&self, key: &str, value: &str) -> BoxFuture<'_, Result<String>>;
+
+    /// Whether the backend can read and durably write now (`/readyz`):
+    /// an error says why not (a stopped writer, a failed fsync, a lost
+    /// connection). Cheap enough for a load balancer's probe.
+    fn health(&self) -> BoxFuture<'_, Result<()>>;
 }

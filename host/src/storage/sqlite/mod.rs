@@ -581,6 +581,19 @@ impl Storage for SqliteStorage {
         })
     }
 
+    fn health(&self) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            // A read on the pool, then a round trip through the writer and
+            // the WAL syncer (an fsync of a clean file is cheap): a stopped
+            // thread or a failed fsync answers with its error.
+            sqlx::query_scalar::<_, i64>("SELECT 1")
+                .fetch_one(&self.pool)
+                .await
+                .map_err(db)?;
+            self.writer.run_durable(|_| Ok(())).await
+        })
+    }
+
     fn meta_init(&self, key: &str, value: &str) -> BoxFuture<'_, Result<String>> {
         let (key, value) = (key.to_string(), value.to_string());
         Box::pin(async move {
@@ -1140,4 +1153,30 @@ fn invocation_row(r: &sqlx::sqlite::SqliteRow) -> (i64, InvocationRecord) {
             response: r.get(12),
         },
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_stopped_writer_makes_the_backend_unhealthy() {
+        let dir = std::env::temp_dir().join(format!(
+            "toolhost-health-{}-{}",
+            std::process::id(),
+            crate::invoke::new_invocation_id()
+        ));
+        let storage = SqliteStorage::open(&dir).await.unwrap();
+        storage.health().await.unwrap();
+        // A job that panics ends the writer thread, as any bug on it would.
+        let died = storage
+            .writer
+            .run::<()>(|_| panic!("the writer stops here, on purpose"))
+            .await;
+        assert!(died.is_err());
+        let e = storage.health().await.unwrap_err();
+        assert!(e.message.contains("writer"), "{e}");
+        drop(storage);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
