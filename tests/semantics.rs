@@ -422,10 +422,25 @@ async fn an_undecided_approval_expires() {
         .await;
     assert_eq!(status, 409, "{p}");
     assert!(p["detail"].as_str().unwrap().contains("expired"), "{p}");
-    let (_, list) = a.get("/v1/approvals?status=expired").await;
-    assert_eq!(list["approvals"][0]["id"], id);
     let (_, rec) = c.get(&format!("/v1/invocations/{inv}")).await;
     assert_eq!(rec["error"]["kind"], "approval_expired", "{rec}");
+    // A newer request still pending: each status filter finds its own,
+    // whatever the page size (the newest row is not the expired one).
+    let (status, r) = c
+        .post(
+            "/v1/tools/refund/issue-refund/invoke",
+            json!({"args": {"order-id": "o2", "amount-usd": 80.0}}),
+        )
+        .await;
+    assert_eq!(status, 202, "{r}");
+    let fresh = r["approval_id"].as_str().unwrap();
+    let (_, list) = a.get("/v1/approvals?status=expired&limit=1").await;
+    assert_eq!(list["approvals"][0]["id"], id, "{list}");
+    assert_eq!(list["approvals"][0]["status"], "expired", "{list}");
+    let (_, list) = a.get("/v1/approvals?status=pending&limit=1").await;
+    assert_eq!(list["approvals"][0]["id"], fresh, "{list}");
+    let (_, list) = a.get("/v1/approvals").await;
+    assert_eq!(list["approvals"].as_array().unwrap().len(), 2, "{list}");
     server.stop();
 }
 
@@ -620,4 +635,50 @@ async fn a_decision_erases_the_stored_arguments() {
         .unwrap()
         .unwrap();
     assert!(!rec.response.contains(secret_order), "{}", rec.response);
+}
+
+#[tokio::test]
+async fn an_approved_call_whose_host_died_reads_as_failed_not_pending() {
+    let dir = data_dir_with("sem-abandoned", POLICY, &[("refund", "refund")]);
+    let requester = key(&dir, "acme", &["invoke"]);
+    let server = Server::start(&dir, &[]);
+    let c = Client::new(&server, Some(&requester));
+    let (status, r) = c
+        .post(
+            "/v1/tools/refund/issue-refund/invoke",
+            json!({"args": {"order-id": "o", "amount-usd": 80.0}}),
+        )
+        .await;
+    assert_eq!(status, 202, "{r}");
+    let id = r["approval_id"].as_str().unwrap().to_string();
+    let inv = r["invocation_id"].as_str().unwrap().to_string();
+    server.stop();
+    // What a host that died mid-run leaves: the approval decided long ago,
+    // the invocation's record still waiting.
+    {
+        use sqlx::Connection;
+        let url = format!("sqlite://{}", dir.join("toolhost.db").display());
+        let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
+        sqlx::query(
+            "UPDATE approvals SET status = 'approved', decided_by = 'k', decided_ms = 1, args = '' WHERE id = ?",
+        )
+        .bind(&id)
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    }
+    let server = Server::start(&dir, &[]);
+    let c = Client::new(&server, Some(&requester));
+    let (status, rec) = c.get(&format!("/v1/invocations/{inv}")).await;
+    assert_eq!(status, 200, "{rec}");
+    assert_eq!(rec["status"], "error", "{rec}");
+    assert_eq!(rec["error"]["kind"], "internal", "{rec}");
+    assert!(
+        rec["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("not run again"),
+        "{rec}"
+    );
+    server.stop();
 }

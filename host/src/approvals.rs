@@ -52,25 +52,15 @@ pub async fn list(
     status: Option<&str>,
     limit: i64,
 ) -> Result<Vec<ApprovalRecord>> {
-    let stored = match status {
-        None => None,
-        Some("pending" | "expired") => Some("pending"),
-        Some(s @ ("approved" | "denied")) => Some(s),
-        Some(other) => {
-            return Err(Error::new(
-                ErrorKind::InvalidRequest,
-                format!(
-                    "unknown approval status `{other}`: use pending, approved, denied or expired"
-                ),
-            ));
-        }
-    };
-    let now = now_ms();
-    let mut found = storage.approval_list(tenant, stored, limit).await?;
-    if let Some(s) = status {
-        found.retain(|a| effective_status(a, now) == s);
+    if let Some(other) =
+        status.filter(|s| !matches!(*s, "pending" | "expired" | "approved" | "denied"))
+    {
+        return Err(Error::new(
+            ErrorKind::InvalidRequest,
+            format!("unknown approval status `{other}`: use pending, approved, denied or expired"),
+        ));
     }
-    Ok(found)
+    storage.approval_list(tenant, status, now_ms(), limit).await
 }
 
 /// Approve or deny.
@@ -191,7 +181,8 @@ pub async fn decide(
         .await?;
     // If this process dies while the approved call runs, the approval stays
     // `approved` and the record `pending_approval`: the call may have had
-    // effects, so it is not run again automatically.
+    // effects, so it is not run again automatically; [`current_record`]
+    // reads such a record as failed once [`ABANDONED_AFTER_MS`] passed.
     let outcome = match tool {
         Some(tool) => {
             // The stored arguments are erased by the decision; these were
@@ -226,8 +217,15 @@ pub async fn decide(
     })
 }
 
-/// The waiting invocation's record, made final with `error` (denied or
-/// expired).
+/// How long after an approval an invocation record may still read
+/// `pending_approval` while its call runs. Past this, the process that ran
+/// it died before the result was stored (no call runs this long: the
+/// wall-clock limit ends it first), and the record reads as failed with
+/// kind `internal`.
+pub const ABANDONED_AFTER_MS: i64 = 15 * 60 * 1000;
+
+/// The waiting invocation's record, made final with `error` (denied,
+/// expired, or abandoned by a process that died).
 async fn final_record(
     storage: &dyn Storage,
     a: &ApprovalRecord,
@@ -242,10 +240,16 @@ async fn final_record(
     };
     let mut response: InvocationResponse = serde_json::from_str(&existing.response)
         .map_err(|e| Error::internal(format!("stored invocation record: {e}")))?;
-    response.status = Status::Refused;
+    // The call never ran (refused), or ran and its end was lost (error).
+    let status = if error.kind == ErrorKind::Internal {
+        Status::Error
+    } else {
+        Status::Refused
+    };
+    response.status = status;
     response.error = Some(error.clone());
     Ok(InvocationRecord {
-        status: Status::Refused.as_str().to_string(),
+        status: status.as_str().to_string(),
         error_kind: Some(error.kind.as_str().to_string()),
         response: serde_json::to_string(&response).unwrap_or_default(),
         created_ms: existing.created_ms.min(now),
@@ -254,7 +258,10 @@ async fn final_record(
 }
 
 /// An invocation record as of now: one waiting for an approval that
-/// expired reads as refused with `approval_expired`.
+/// expired reads as refused with `approval_expired`; one whose approved
+/// call's process died before storing the result reads as an `internal`
+/// error once [`ABANDONED_AFTER_MS`] passed (the call may have had effects;
+/// it is never run again automatically).
 pub async fn current_record(
     storage: &dyn Storage,
     record: InvocationRecord,
@@ -272,6 +279,21 @@ pub async fn current_record(
                 Error::new(
                     ErrorKind::ApprovalExpired,
                     "nobody decided the approval request before it expired",
+                ),
+                now,
+            )
+            .await
+        }
+        Some(a)
+            if a.status == "approved"
+                && a.decided_ms.is_some_and(|t| now - t > ABANDONED_AFTER_MS) =>
+        {
+            final_record(
+                storage,
+                &a,
+                Error::internal(
+                    "the approved call started but the host stopped before its result was stored; \
+                     it may have had effects and is not run again: check its target before retrying",
                 ),
                 now,
             )

@@ -683,16 +683,20 @@ impl Storage for MemoryStorage {
         &self,
         tenant: &str,
         status: Option<&str>,
+        now_ms: i64,
         limit: i64,
     ) -> BoxFuture<'_, Result<Vec<ApprovalRecord>>> {
         let mut found: Vec<ApprovalRecord> = self
             .lock()
             .approvals
             .values()
-            .filter(|a| a.tenant == tenant && status.is_none_or(|s| a.status == s))
+            .filter(|a| {
+                a.tenant == tenant
+                    && status.is_none_or(|s| crate::approvals::effective_status(a, now_ms) == s)
+            })
             .cloned()
             .collect();
-        found.sort_by_key(|a| std::cmp::Reverse(a.created_ms));
+        found.sort_by(|a, b| (b.created_ms, &b.id).cmp(&(a.created_ms, &a.id)));
         found.truncate(usize::try_from(limit).unwrap_or(0));
         Box::pin(async move { Ok(found) })
     }

@@ -462,12 +462,16 @@ pub trait Storage: Send + Sync + 'static {
     fn approval_get(&self, tenant: &str, id: &str)
     -> BoxFuture<'_, Result<Option<ApprovalRecord>>>;
 
-    /// A tenant's approval requests with a stored status (all when `None`),
-    /// newest first.
+    /// A tenant's approval requests with an effective status as of `now_ms`
+    /// (all when `None`), newest first: `pending` is stored pending and not
+    /// yet expired, `expired` stored pending past `expires_ms`, `approved`
+    /// and `denied` as stored. Filtering happens in storage, so a page is
+    /// never short because of rows it skipped.
     fn approval_list(
         &self,
         tenant: &str,
         status: Option<&str>,
+        now_ms: i64,
         limit: i64,
     ) -> BoxFuture<'_, Result<Vec<ApprovalRecord>>>;
 

@@ -1043,16 +1043,26 @@ impl Storage for SqliteStorage {
         &self,
         tenant: &str,
         status: Option<&str>,
+        now_ms: i64,
         limit: i64,
     ) -> BoxFuture<'_, Result<Vec<ApprovalRecord>>> {
-        let (tenant, status) = (tenant.to_string(), status.map(str::to_string));
+        // ?1 tenant, ?2 stored status, ?3 now, ?4 limit.
+        let (stored, when) = match status {
+            None => (None, ""),
+            Some("pending") => (Some("pending"), "AND expires_ms > ?3"),
+            Some("expired") => (Some("pending"), "AND expires_ms <= ?3"),
+            Some(s) => (Some(s), ""),
+        };
+        let (tenant, stored) = (tenant.to_string(), stored.map(str::to_string));
         Box::pin(async move {
             let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-                "SELECT {APPROVAL_COLUMNS} FROM approvals WHERE tenant = ?1 AND (?2 IS NULL OR status = ?2)
-                 ORDER BY created_ms DESC LIMIT ?3"
+                "SELECT {APPROVAL_COLUMNS} FROM approvals
+                 WHERE tenant = ?1 AND (?2 IS NULL OR status = ?2) {when}
+                 ORDER BY created_ms DESC, id DESC LIMIT ?4"
             )))
             .bind(tenant)
-            .bind(status)
+            .bind(stored)
+            .bind(now_ms)
             .bind(limit)
             .fetch_all(&self.pool)
             .await
