@@ -747,6 +747,51 @@ async fn overload_is_refused_with_retry_after_and_shutdown_finishes_work() {
     );
 }
 
+#[tokio::test]
+async fn slow_or_idle_connections_are_closed_and_connections_are_capped() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+    let dir = data_dir("serve-conns", &[]);
+    let server = Server::start(&dir, &["--header-timeout", "1s", "--max-connections", "1"]);
+    let addr = server.url.trim_start_matches("http://").to_string();
+    let read_all = |mut c: TcpStream| async move {
+        let mut buf = Vec::new();
+        tokio::time::timeout(Duration::from_secs(20), c.read_to_end(&mut buf))
+            .await
+            .expect("the server never closed the connection")
+            .unwrap();
+        String::from_utf8_lossy(&buf).to_string()
+    };
+    // A request head that never completes: closed after the timeout.
+    let mut slow = TcpStream::connect(&addr).await.unwrap();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    // The only connection slot is taken: this client is not served until
+    // the slow one is dropped.
+    let mut next = TcpStream::connect(&addr).await.unwrap();
+    next.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(read_all(slow).await, "", "no answer to an incomplete head");
+    let answer = read_all(next).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(
+        started.elapsed() >= Duration::from_millis(800),
+        "served while the only slot was held: {:?}",
+        started.elapsed()
+    );
+    // An idle keep-alive connection is closed too.
+    let mut idle = TcpStream::connect(&addr).await.unwrap();
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let answer = read_all(idle).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    server.stop();
+}
+
 #[test]
 fn serve_refuses_to_start_without_a_policy_or_with_a_bad_one() {
     let dir = tempdir("serve-nopolicy");

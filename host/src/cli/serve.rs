@@ -44,6 +44,14 @@ pub struct Args {
     /// Requests that may wait for a slot; beyond that, 503 with Retry-After.
     #[arg(long, default_value_t = 1024)]
     max_queue: usize,
+    /// A connection that does not send a complete request head within this
+    /// long (a slow client, or an idle keep-alive connection) is closed.
+    #[arg(long, default_value = "30s")]
+    header_timeout: String,
+    /// Connections open at once; past it the server stops accepting (keep
+    /// it under the process's open-file limit, `ulimit -n`).
+    #[arg(long, default_value_t = 4096)]
+    max_connections: usize,
     /// Default fuel per invocation (a policy may set it per tool).
     #[arg(long)]
     fuel: Option<u64>,
@@ -88,6 +96,8 @@ fn config(args: &Args) -> Result<ServeConfig> {
         request_timeout: parse_duration(&args.request_timeout).map_err(bad("request-timeout"))?,
         max_concurrency: args.max_concurrency.max(1) as usize,
         max_queue: args.max_queue,
+        header_timeout: parse_duration(&args.header_timeout).map_err(bad("header-timeout"))?,
+        max_connections: args.max_connections.max(1),
         idempotency_retention: parse_period(&args.idempotency_retention)
             .map_err(bad("idempotency-retention"))?,
         approval_ttl: parse_period(&args.approval_ttl).map_err(bad("approval-ttl"))?,

@@ -16,6 +16,7 @@ pub mod approvals;
 pub mod auth;
 pub mod invoke;
 pub mod limit;
+pub mod listen;
 pub mod openapi;
 pub mod problem;
 pub mod records;
@@ -76,6 +77,11 @@ pub struct ServeConfig {
     /// Callback URL patterns accepted with invoke requests (none: no
     /// callbacks).
     pub callback_allow: Vec<String>,
+    /// How long a client may take to send a request head (idle keep-alive
+    /// included) before its connection is closed.
+    pub header_timeout: Duration,
+    /// Most connections open at once; past it the server stops accepting.
+    pub max_connections: usize,
 }
 
 impl Default for ServeConfig {
@@ -96,6 +102,8 @@ impl Default for ServeConfig {
             retention_every: Duration::from_secs(3600),
             state_ttl: Duration::from_secs(1),
             callback_allow: Vec::new(),
+            header_timeout: Duration::from_secs(30),
+            max_connections: 4096,
         }
     }
 }
@@ -223,10 +231,11 @@ impl Server {
             flag.ready.store(false, Ordering::SeqCst);
             tracing::info!("shutting down: finishing requests in flight");
         };
-        let served = axum::serve(listener, router)
-            .with_graceful_shutdown(signal)
-            .await
-            .map_err(|e| Error::internal(format!("serving: {e}")));
+        let limits = listen::ConnLimits {
+            header_timeout: config.header_timeout,
+            max_connections: config.max_connections,
+        };
+        listen::serve(listener, router, limits, signal).await;
         watcher.abort();
         retention.abort();
         app.tracker.close();
@@ -241,7 +250,7 @@ impl Server {
         }
         app.governed.audit().flush().await?;
         tracing::info!("stopped; audit trail flushed");
-        served
+        Ok(())
     }
 }
 
