@@ -441,6 +441,22 @@ async fn an_undecided_approval_expires() {
     assert_eq!(list["approvals"][0]["id"], fresh, "{list}");
     let (_, list) = a.get("/v1/approvals").await;
     assert_eq!(list["approvals"].as_array().unwrap().len(), 2, "{list}");
+    // Pages follow `next_cursor`, newest first, each request once.
+    let (_, page) = a.get("/v1/approvals?limit=1").await;
+    assert_eq!(page["approvals"][0]["id"], fresh, "{page}");
+    let cursor = page["next_cursor"].as_str().unwrap().to_string();
+    let (_, page) = a
+        .get(&format!("/v1/approvals?limit=1&cursor={cursor}"))
+        .await;
+    assert_eq!(page["approvals"][0]["id"], id, "{page}");
+    let cursor = page["next_cursor"].as_str().unwrap().to_string();
+    let (_, page) = a
+        .get(&format!("/v1/approvals?limit=1&cursor={cursor}"))
+        .await;
+    assert_eq!(page["approvals"], json!([]), "{page}");
+    assert_eq!(page["next_cursor"], Value::Null, "{page}");
+    let (status, p) = a.get("/v1/approvals?cursor=nonsense").await;
+    assert_eq!(status, 400, "{p}");
     server.stop();
 }
 

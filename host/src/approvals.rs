@@ -45,13 +45,29 @@ pub fn effective_status(a: &ApprovalRecord, now: i64) -> &str {
 }
 
 /// A tenant's requests with an effective status (`pending`, `approved`,
-/// `denied`, `expired`; all when `None`), newest first.
+/// `denied`, `expired`; all when `None`), newest first, after `cursor` (a
+/// [`cursor`] of the previous page's last request).
 pub async fn list(
     storage: &dyn Storage,
     tenant: &str,
     status: Option<&str>,
+    cursor: Option<&str>,
     limit: i64,
 ) -> Result<Vec<ApprovalRecord>> {
+    let before = match cursor {
+        None => None,
+        Some(c) => Some(
+            c.split_once('.')
+                .and_then(|(ms, id)| Some((ms.parse::<i64>().ok()?, id.to_string())))
+                .filter(|(_, id)| id.starts_with("apr_"))
+                .ok_or_else(|| {
+                    Error::new(
+                        ErrorKind::InvalidRequest,
+                        format!("`cursor` {c:?} is not a cursor this server gave"),
+                    )
+                })?,
+        ),
+    };
     if let Some(other) =
         status.filter(|s| !matches!(*s, "pending" | "expired" | "approved" | "denied"))
     {
@@ -60,7 +76,14 @@ pub async fn list(
             format!("unknown approval status `{other}`: use pending, approved, denied or expired"),
         ));
     }
-    storage.approval_list(tenant, status, now_ms(), limit).await
+    storage
+        .approval_list(tenant, status, now_ms(), before, limit)
+        .await
+}
+
+/// Where a page that ends with `a` continues.
+pub fn cursor(a: &ApprovalRecord) -> String {
+    format!("{}.{}", a.created_ms, a.id)
 }
 
 /// Approve or deny.

@@ -114,7 +114,8 @@ async fn run(cmd: Command) -> toolhost::Result<i32> {
             data,
         } => {
             let storage = data.storage().await?;
-            let found = approvals::list(storage.as_ref(), &tenant, status.as_deref(), 500).await?;
+            let found =
+                approvals::list(storage.as_ref(), &tenant, status.as_deref(), None, 500).await?;
             let now = now_ms();
             if json {
                 let list: Vec<_> = found.iter().map(|a| approvals::view(a, now)).collect();

@@ -47,12 +47,15 @@ pub struct ListQuery {
     /// At most this many (default 50).
     #[param(minimum = 1, maximum = 500)]
     limit: Option<i64>,
+    /// `next_cursor` of the previous page.
+    #[param(pattern = "^-?[0-9]{1,19}\\.apr_[0-9a-f]+$")]
+    cursor: Option<String>,
 }
 
 /// Approval requests, newest first.
 #[utoipa::path(get, path = "/v1/approvals", operation_id = "list_approvals", tag = "approvals",
     params(ListQuery),
-    responses((status = 200, description = "`{\"approvals\": [...]}`: each with tenant, workflow, task_id, tool, function, version, args (redacted), args_sha256, rule, requester, created_ms, expires_ms, status and the decision", body = Object)),
+    responses((status = 200, description = "`{\"approvals\": [...], \"next_cursor\": \"…\" | null}`: each with tenant, workflow, task_id, tool, function, version, args (redacted), args_sha256, rule, requester, created_ms, expires_ms, status and the decision", body = Object)),
     security(("bearer" = [])))]
 pub async fn list(
     State(app): State<Arc<App>>,
@@ -72,12 +75,16 @@ pub async fn list(
         app.storage.as_ref(),
         caller.tenant(),
         q.status.map(ApprovalStatus::as_str),
+        q.cursor.as_deref(),
         limit,
     )
     .await?;
     let now = now_ms();
+    let next = (found.len() as i64 == limit)
+        .then(|| found.last().map(approvals::cursor))
+        .flatten();
     let list: Vec<Value> = found.iter().map(|a| approvals::view(a, now)).collect();
-    Ok(Json(json!({ "approvals": list })))
+    Ok(Json(json!({ "approvals": list, "next_cursor": next })))
 }
 
 /// One approval request.

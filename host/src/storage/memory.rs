@@ -684,6 +684,7 @@ impl Storage for MemoryStorage {
         tenant: &str,
         status: Option<&str>,
         now_ms: i64,
+        before: Option<(i64, String)>,
         limit: i64,
     ) -> BoxFuture<'_, Result<Vec<ApprovalRecord>>> {
         let mut found: Vec<ApprovalRecord> = self
@@ -693,6 +694,9 @@ impl Storage for MemoryStorage {
             .filter(|a| {
                 a.tenant == tenant
                     && status.is_none_or(|s| crate::approvals::effective_status(a, now_ms) == s)
+                    && before
+                        .as_ref()
+                        .is_none_or(|(ms, id)| (a.created_ms, &a.id) < (*ms, id))
             })
             .cloned()
             .collect();

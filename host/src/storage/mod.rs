@@ -466,12 +466,14 @@ pub trait Storage: Send + Sync + 'static {
     /// (all when `None`), newest first: `pending` is stored pending and not
     /// yet expired, `expired` stored pending past `expires_ms`, `approved`
     /// and `denied` as stored. Filtering happens in storage, so a page is
-    /// never short because of rows it skipped.
+    /// never short because of rows it skipped. Ordered by `(created_ms,
+    /// id)` descending; `before` continues after that position.
     fn approval_list(
         &self,
         tenant: &str,
         status: Option<&str>,
         now_ms: i64,
+        before: Option<(i64, String)>,
         limit: i64,
     ) -> BoxFuture<'_, Result<Vec<ApprovalRecord>>>;
 

@@ -1044,9 +1044,10 @@ impl Storage for SqliteStorage {
         tenant: &str,
         status: Option<&str>,
         now_ms: i64,
+        before: Option<(i64, String)>,
         limit: i64,
     ) -> BoxFuture<'_, Result<Vec<ApprovalRecord>>> {
-        // ?1 tenant, ?2 stored status, ?3 now, ?4 limit.
+        // ?1 tenant, ?2 stored status, ?3 now, ?4 limit, ?5/?6 the cursor.
         let (stored, when) = match status {
             None => (None, ""),
             Some("pending") => (Some("pending"), "AND expires_ms > ?3"),
@@ -1058,12 +1059,15 @@ impl Storage for SqliteStorage {
             let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
                 "SELECT {APPROVAL_COLUMNS} FROM approvals
                  WHERE tenant = ?1 AND (?2 IS NULL OR status = ?2) {when}
+                   AND (?5 IS NULL OR (created_ms, id) < (?5, ?6))
                  ORDER BY created_ms DESC, id DESC LIMIT ?4"
             )))
             .bind(tenant)
             .bind(stored)
             .bind(now_ms)
             .bind(limit)
+            .bind(before.as_ref().map(|b| b.0))
+            .bind(before.map(|b| b.1))
             .fetch_all(&self.pool)
             .await
             .map_err(db)?;
