@@ -242,9 +242,10 @@ pub async fn decide(
 
 /// How long after an approval an invocation record may still read
 /// `pending_approval` while its call runs. Past this, the process that ran
-/// it died before the result was stored (no call runs this long: the
-/// wall-clock limit ends it first), and the record reads as failed with
-/// kind `internal`.
+/// it is taken to have died before the result was stored, and the record
+/// reads as failed with kind `internal`. Calls end long before (default
+/// wall-clock limit 10 s); a policy that grants a tool more than this reads
+/// as failed while it still runs, until its result replaces the record.
 pub const ABANDONED_AFTER_MS: i64 = 15 * 60 * 1000;
 
 /// The waiting invocation's record, made final with `error` (denied,
