@@ -324,6 +324,21 @@ cedar: |
         )
         .await;
     assert!(other.ok);
+    // Decisions for one caller and function in two tenants stay apart
+    // (the policy keeps the entities of recent calls).
+    let acme = CallContext {
+        tenant: Some("acme".into()),
+        ..task("y")
+    };
+    let again = g
+        .run(
+            "refund",
+            "lookup-order",
+            json!({"order-id": "ord_1001"}),
+            acme,
+        )
+        .await;
+    assert_eq!(kind(&again), Some(ErrorKind::PolicyDenied));
 }
 
 #[tokio::test(flavor = "multi_thread")]

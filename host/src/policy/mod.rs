@@ -56,6 +56,25 @@ struct Compiled {
     approval_ids: HashSet<String>,
     /// `amounts.rN` → where to find the amount, for approval rule N.
     amounts: Vec<(String, Option<String>)>,
+    /// The entities of recent calls, by who calls what: building them (and
+    /// their transitive closure) was a third of a decision's cost.
+    entities: std::sync::Mutex<HashMap<EntityKey, Arc<CallEntities>>>,
+    /// `Action::"invoke"`, the only action.
+    invoke: EntityUid,
+}
+
+/// Tenant, principal, tool, function path.
+type EntityKey = (String, String, String, String);
+
+/// Most entries kept in [`Compiled::entities`]; past it the map starts over.
+const ENTITY_CACHE: usize = 4096;
+
+/// A call's Cedar principal and resource, and the entities that place the
+/// principal in its tenant and the function in its tool.
+struct CallEntities {
+    principal: EntityUid,
+    resource: EntityUid,
+    entities: Entities,
 }
 
 /// What the policy says about one invocation.
@@ -247,8 +266,8 @@ impl Compiled {
             Ok(r) => r,
             Err(e) => return deny(format!("{file}: policy request could not be built: {e}")),
         };
-        let (req, entities) = request;
-        let response = Authorizer::new().is_authorized(&req, &self.set, &entities);
+        let (req, call) = request;
+        let response = Authorizer::new().is_authorized(&req, &self.set, &call.entities);
         let errors: Vec<String> = response
             .diagnostics()
             .errors()
@@ -303,7 +322,7 @@ impl Compiled {
         }
     }
 
-    fn request(&self, s: &Subject<'_>) -> Result<(Request, Entities), String> {
+    fn request(&self, s: &Subject<'_>) -> Result<(Request, Arc<CallEntities>), String> {
         let function = normalize(&s.function.function);
         let function_path = normalize(&s.function.name);
         let tool = normalize(s.tool);
@@ -331,15 +350,40 @@ impl Compiled {
             ("args".to_string(), cedar_args(&s.function.params, s.args)),
         ])
         .map_err(|e| e.to_string())?;
-        let uid = |ty: &str, id: &str| -> Result<EntityUid, String> {
-            Ok(EntityUid::from_type_name_and_id(
-                EntityTypeName::from_str(ty).map_err(|e| e.to_string())?,
-                EntityId::new(id),
-            ))
-        };
-        let tenant = uid("Tenant", s.tenant.unwrap_or(""))?;
-        let principal = uid("Caller", s.principal)?;
-        let tool_uid = uid("Tool", &tool)?;
+        let call = self.call_entities(s.tenant.unwrap_or(""), s.principal, tool, function_path)?;
+        let request = Request::new(
+            call.principal.clone(),
+            self.invoke.clone(),
+            call.resource.clone(),
+            context,
+            None,
+        )
+        .map_err(|e| e.to_string())?;
+        Ok((request, call))
+    }
+
+    /// The entities of a call, from the cache or built.
+    fn call_entities(
+        &self,
+        tenant: &str,
+        principal: &str,
+        tool: String,
+        function_path: String,
+    ) -> Result<Arc<CallEntities>, String> {
+        let key = (
+            tenant.to_string(),
+            principal.to_string(),
+            tool,
+            function_path,
+        );
+        let cache = || self.entities.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(hit) = cache().get(&key) {
+            return Ok(hit.clone());
+        }
+        let (tenant, principal, tool, function_path) = &key;
+        let tenant = uid("Tenant", tenant)?;
+        let principal = uid("Caller", principal)?;
+        let tool_uid = uid("Tool", tool)?;
         let resource = uid("Function", &format!("{tool}/{function_path}"))?;
         let entities = Entities::from_entities(
             [
@@ -351,11 +395,25 @@ impl Compiled {
             None,
         )
         .map_err(|e| e.to_string())?;
-        let action = uid("Action", "invoke")?;
-        let request =
-            Request::new(principal, action, resource, context, None).map_err(|e| e.to_string())?;
-        Ok((request, entities))
+        let built = Arc::new(CallEntities {
+            principal,
+            resource,
+            entities,
+        });
+        let mut cache = cache();
+        if cache.len() >= ENTITY_CACHE {
+            cache.clear();
+        }
+        cache.insert(key, built.clone());
+        Ok(built)
     }
+}
+
+fn uid(ty: &str, id: &str) -> Result<EntityUid, String> {
+    Ok(EntityUid::from_type_name_and_id(
+        EntityTypeName::from_str(ty).map_err(|e| e.to_string())?,
+        EntityId::new(id),
+    ))
 }
 
 /// The amount of an approval rule, in micro-USD.
@@ -583,6 +641,8 @@ fn compile(file: &str, text: &str, index: usize, doc: Document) -> Result<Compil
         labels,
         approval_ids,
         amounts,
+        entities: Default::default(),
+        invoke: uid("Action", "invoke").map_err(Error::internal)?,
     })
 }
 
