@@ -792,6 +792,47 @@ async fn slow_or_idle_connections_are_closed_and_connections_are_capped() {
     server.stop();
 }
 
+#[tokio::test]
+async fn a_slowly_sent_body_does_not_hold_an_invocation_slot() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+    let dir = data_dir("serve-slowbody", &[("text-tools", "text_tools")]);
+    let k = key(&dir, "acme", &["invoke"]);
+    let server = Server::start(&dir, &["--max-concurrency", "1", "--max-queue", "0"]);
+    let addr = server.url.trim_start_matches("http://").to_string();
+    // Headers and half the body, then nothing for now.
+    let body = br#"{"args": {"name": "slow"}}"#;
+    let mut slow = TcpStream::connect(&addr).await.unwrap();
+    let head = format!(
+        "POST /v1/tools/text-tools/hello/invoke HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {k}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    slow.write_all(head.as_bytes()).await.unwrap();
+    slow.write_all(&body[..10]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The only slot is free for others meanwhile: no 503.
+    let c = Client::new(&server, Some(&k));
+    for _ in 0..3 {
+        let (status, r) = c
+            .post(
+                "/v1/tools/text-tools/hello/invoke",
+                json!({"args": {"name": "x"}}),
+            )
+            .await;
+        assert_eq!(status, 200, "{r}");
+    }
+    // The slow request completes once its body arrives.
+    slow.write_all(&body[10..]).await.unwrap();
+    let mut answer = String::new();
+    tokio::time::timeout(Duration::from_secs(20), slow.read_to_string(&mut answer))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("Hello, slow!"), "{answer}");
+    server.stop();
+}
+
 #[test]
 fn serve_refuses_to_start_without_a_policy_or_with_a_bad_one() {
     let dir = tempdir("serve-nopolicy");

@@ -191,6 +191,7 @@ impl Server {
                 config.max_concurrency,
                 config.max_queue,
                 config.request_timeout,
+                config.max_body,
             ),
             limits: config.limits.clone(),
             idempotency_retention: config.idempotency_retention,
