@@ -406,15 +406,21 @@ async fn an_undecided_approval_expires() {
     let approver = key(&dir, "acme", &["approve"]);
     let server = Server::start(&dir, &["--approval-ttl", "1s"]);
     let c = Client::new(&server, Some(&requester));
-    let (status, r) = c
-        .post(
-            "/v1/tools/refund/issue-refund/invoke",
-            json!({"args": {"order-id": "o", "amount-usd": 80.0}}),
+    let request = async |order: &str| {
+        let (status, r) = c
+            .post(
+                "/v1/tools/refund/issue-refund/invoke",
+                json!({"args": {"order-id": order, "amount-usd": 80.0}}),
+            )
+            .await;
+        assert_eq!(status, 202, "{r}");
+        let ids = (&r["approval_id"], &r["invocation_id"]);
+        (
+            ids.0.as_str().unwrap().to_string(),
+            ids.1.as_str().unwrap().to_string(),
         )
-        .await;
-    assert_eq!(status, 202, "{r}");
-    let id = r["approval_id"].as_str().unwrap();
-    let inv = r["invocation_id"].as_str().unwrap();
+    };
+    let (id, inv) = request("o").await;
     tokio::time::sleep(Duration::from_millis(1300)).await;
     let a = Client::new(&server, Some(&approver));
     let (status, p) = a
@@ -426,14 +432,7 @@ async fn an_undecided_approval_expires() {
     assert_eq!(rec["error"]["kind"], "approval_expired", "{rec}");
     // A newer request still pending: each status filter finds its own,
     // whatever the page size (the newest row is not the expired one).
-    let (status, r) = c
-        .post(
-            "/v1/tools/refund/issue-refund/invoke",
-            json!({"args": {"order-id": "o2", "amount-usd": 80.0}}),
-        )
-        .await;
-    assert_eq!(status, 202, "{r}");
-    let fresh = r["approval_id"].as_str().unwrap();
+    let (fresh, _) = request("o2").await;
     let (_, list) = a.get("/v1/approvals?status=expired&limit=1").await;
     assert_eq!(list["approvals"][0]["id"], id, "{list}");
     assert_eq!(list["approvals"][0]["status"], "expired", "{list}");

@@ -79,6 +79,46 @@ pub fn parse_request(body: &[u8]) -> Result<InvokeRequest, ApiError> {
     Ok(request)
 }
 
+/// The answers of both invoke operations, for the OpenAPI document.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)]
+pub enum Answers {
+    /// The function ran: `status` is `ok` (with `result`) or `error` (fuel,
+    /// timeout, memory, trap, output cap).
+    #[response(status = 200)]
+    Ran(InvocationResponse),
+    /// Waiting for a human's approval.
+    #[response(status = 202)]
+    Pending(InvocationResponse),
+    /// Malformed request: its JSON, a field, a header, a malformed
+    /// `callback_url`.
+    #[response(status = 400)]
+    Malformed(super::problem::Problem),
+    /// Refused by policy (`policy_denied`, `approval_denied`,
+    /// `approval_expired`), the key lacks the `invoke` role, or
+    /// `callback_url` is outside the server's `--callback-allow`
+    /// (`forbidden`).
+    #[response(status = 403)]
+    Refused(InvocationResponse),
+    /// No such tool or function.
+    #[response(status = 404)]
+    NotFound(InvocationResponse),
+    /// The tool is disabled, or (Idempotency-Key) the first request with
+    /// this key is still running.
+    #[response(status = 409)]
+    Conflict(super::problem::Problem),
+    /// Invalid arguments, or an Idempotency-Key reused with another
+    /// request.
+    #[response(status = 422)]
+    Invalid(InvocationResponse),
+    /// Over budget (names the limit).
+    #[response(status = 429)]
+    OverBudget(InvocationResponse),
+    /// Overloaded; retry after `Retry-After` seconds.
+    #[response(status = 503)]
+    Overloaded(super::problem::Problem),
+}
+
 /// Invoke a tool's only function, or `tool__function` (the name LLMs see).
 #[utoipa::path(post, path = "/v1/tools/{tool}/invoke", operation_id = "invoke_tool", tag = "invoke",
     params(
@@ -86,17 +126,7 @@ pub fn parse_request(body: &[u8]) -> Result<InvokeRequest, ApiError> {
         ("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, pattern = "^[!-~]+$", description = "Retry safely: the same key with the same request returns the first answer (no second run or charge); with another request 422; while the first runs 409. Kept 24 h by default. 1 to 255 visible ASCII characters."),
     ),
     request_body = InvokeRequest,
-    responses(
-        (status = 200, description = "The function ran: `status` is `ok` (with `result`) or `error` (fuel, timeout, memory, trap, output cap)", body = InvocationResponse),
-        (status = 202, description = "Waiting for a human's approval", body = InvocationResponse),
-        (status = 400, description = "Malformed request: its JSON, a field, a header, a malformed `callback_url`", body = super::problem::Problem),
-        (status = 403, description = "Refused by policy (`policy_denied`, `approval_denied`, `approval_expired`), the key lacks the `invoke` role, or `callback_url` is outside the server's `--callback-allow` (`forbidden`)", body = InvocationResponse),
-        (status = 404, description = "No such tool or function", body = InvocationResponse),
-        (status = 409, description = "The tool is disabled, or (Idempotency-Key) the first request with this key is still running", body = super::problem::Problem),
-        (status = 422, description = "Invalid arguments, or an Idempotency-Key reused with another request", body = InvocationResponse),
-        (status = 429, description = "Over budget (names the limit)", body = InvocationResponse),
-        (status = 503, description = "Overloaded; retry after `Retry-After` seconds", body = super::problem::Problem),
-    ),
+    responses(Answers),
     security(("bearer" = [])))]
 pub async fn invoke_tool(
     State(app): State<Arc<App>>,
@@ -121,17 +151,7 @@ pub async fn invoke_tool(
         ("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, pattern = "^[!-~]+$", description = "As for /v1/tools/{tool}/invoke"),
     ),
     request_body = InvokeRequest,
-    responses(
-        (status = 200, description = "The function ran; every other answer is as for /v1/tools/{tool}/invoke", body = InvocationResponse),
-        (status = 202, description = "Waiting for a human's approval", body = InvocationResponse),
-        (status = 400, description = "Malformed request", body = super::problem::Problem),
-        (status = 403, description = "Refused by policy, role or `--callback-allow`", body = InvocationResponse),
-        (status = 404, description = "No such tool or function", body = InvocationResponse),
-        (status = 409, description = "Disabled tool, or Idempotency-Key in progress", body = super::problem::Problem),
-        (status = 422, description = "Invalid arguments, or Idempotency-Key reused", body = InvocationResponse),
-        (status = 429, description = "Over budget (names the limit)", body = InvocationResponse),
-        (status = 503, description = "Overloaded; retry after `Retry-After` seconds", body = super::problem::Problem),
-    ),
+    responses(Answers),
     security(("bearer" = [])))]
 pub async fn invoke_function(
     State(app): State<Arc<App>>,
