@@ -17,9 +17,10 @@ use crate::audit::AuditLog;
 use crate::error::{Error, ErrorKind, Result};
 use crate::gate::CallContext;
 use crate::gate::governed::now_ms;
-use crate::invoke::{Call, Host, InvocationResponse, Outcome, Status};
+use crate::invoke::{Call, InvocationResponse, Outcome, Status};
 use crate::limits::Limits;
 use crate::registry::Registry;
+use crate::service::InvocationService;
 use crate::storage::{ApprovalRecord, Batch, InvocationRecord, Storage};
 use serde_json::{Value, json};
 use std::sync::Arc;
@@ -97,7 +98,7 @@ pub enum Verdict {
 pub struct Decider {
     pub storage: Arc<dyn Storage>,
     pub registry: Registry,
-    pub host: Arc<Host>,
+    pub service: Arc<InvocationService>,
     pub audit: Arc<AuditLog>,
     /// Invocation limits for the approved run (policy may set others).
     pub limits: Limits,
@@ -137,12 +138,12 @@ pub async fn decide(
             let version = request.version.clone().ok_or_else(|| {
                 Error::internal("the approval request does not name a tool version")
             })?;
-            Some(
+            Some(Arc::new(
                 d.registry
                     .load_version(tenant, &request.tool, &version)
                     .await?
                     .tool,
-            )
+            ))
         }
         Verdict::Deny => None,
     };
@@ -227,9 +228,9 @@ pub async fn decide(
                 },
             };
             Some(
-                d.host
-                    .invoke_with_id(decided.invocation_id.clone(), &tool, &call)
-                    .await,
+                d.service
+                    .run_approved(decided.invocation_id.clone(), tool, call)
+                    .await?,
             )
         }
         None => None,

@@ -13,10 +13,11 @@ use crate::gate::{CallContext, Gate, InvocationReport, InvocationRequest};
 use crate::limits::Limits;
 use crate::runtime::Runtime;
 use crate::sandbox::{self, Run, stdio::Captured};
-use crate::tool::Tool;
-use crate::value;
+use crate::tool::{FunctionInfo, Tool};
+use crate::value::{self, CanonicalArgs};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
+use wasmtime::component::ComponentExportIndex;
 
 /// One call of one function.
 #[derive(Debug, Clone)]
@@ -241,33 +242,51 @@ impl Host {
         self.invoke_with_id(new_invocation_id(), tool, call).await
     }
 
-    /// [`Host::invoke`] under a given invocation id (an approved call runs
-    /// under the id of the request that waited for approval).
+    /// [`Host::invoke`] under a given invocation id.
     pub async fn invoke_with_id(&self, invocation_id: String, tool: &Tool, call: &Call) -> Outcome {
-        let (function, export) = match tool.function(&call.function) {
-            Ok(f) => f,
-            Err(e) => {
-                return self
-                    .refuse(tool, &call.function, call, invocation_id, e)
-                    .await;
+        match prepare(tool, &call.function, &call.args) {
+            Ok(prepared) => {
+                self.invoke_prepared(invocation_id, tool, &prepared, call)
+                    .await
             }
-        };
-        let params = match value::args_to_vals(&function.name, &function.params, &call.args) {
-            Ok(p) => p,
-            Err(msg) => {
-                let e = Error::invalid_args(msg);
-                return self
-                    .refuse(tool, &function.name, call, invocation_id, e)
-                    .await;
-            }
-        };
+            Err((function, e)) => self.refuse(tool, &function, call, invocation_id, e).await,
+        }
+    }
+
+    /// Record a call refused before it could be prepared (an unknown
+    /// function, invalid arguments): the gate records it too.
+    pub async fn refuse_unprepared(
+        &self,
+        invocation_id: String,
+        tool: &Tool,
+        function: &str,
+        call: &Call,
+        refusal: Error,
+    ) -> Outcome {
+        self.refuse(tool, function, call, invocation_id, refusal)
+            .await
+    }
+
+    /// Run a prepared call: the gate, the sandbox, the gate. Its arguments
+    /// are `prepared.args` (canonical); `call.args` is not read.
+    pub async fn invoke_prepared(
+        &self,
+        invocation_id: String,
+        tool: &Tool,
+        prepared: &Prepared<'_>,
+        call: &Call,
+    ) -> Outcome {
+        let function = prepared.function;
+        let export = prepared.export;
+        let params = &prepared.args.vals;
+        let args = &prepared.args.json;
         let request = InvocationRequest {
             invocation_id: &invocation_id,
             tool: tool.name(),
             version: tool.version(),
             digest: tool.digest(),
             function,
-            args: &call.args,
+            args,
             context: &call.context,
             limits: &call.limits,
         };
@@ -275,13 +294,21 @@ impl Host {
             Ok(a) => a,
             Err(refusal) => {
                 return self
-                    .refuse(tool, &function.name, call, invocation_id, refusal)
+                    .refuse_with(tool, &function.name, call, args, invocation_id, refusal)
                     .await;
             }
         };
         if let Some(result) = admission.cached.clone() {
             return self
-                .cached(tool, &function.name, call, invocation_id, admission, result)
+                .cached(
+                    tool,
+                    &function.name,
+                    call,
+                    args,
+                    invocation_id,
+                    admission,
+                    result,
+                )
                 .await;
         }
         let limits = admission
@@ -294,7 +321,7 @@ impl Host {
             Run {
                 pre: tool.instance_pre(),
                 export,
-                params: &params,
+                params,
                 result_count: usize::from(function.result.is_some()),
                 limits: &limits,
                 grants: &mediator.admission().grants,
@@ -367,7 +394,7 @@ impl Host {
         let response = outcome.response();
         let report = InvocationReport {
             context: &call.context,
-            args: &call.args,
+            args,
             response: &response,
             outbound: &outcome.outbound,
         };
@@ -387,11 +414,13 @@ impl Host {
 impl Host {
     /// An admitted invocation the gate had a result on file for: nothing
     /// runs; the gate records the hit.
+    #[allow(clippy::too_many_arguments)]
     async fn cached(
         &self,
         tool: &Tool,
         function: &str,
         call: &Call,
+        args: &serde_json::Value,
         invocation_id: String,
         admission: crate::gate::Admission,
         result: serde_json::Value,
@@ -402,7 +431,7 @@ impl Host {
         let response = outcome.response();
         let report = InvocationReport {
             context: &call.context,
-            args: &call.args,
+            args,
             response: &response,
             outbound: &[],
         };
@@ -412,8 +441,7 @@ impl Host {
         outcome
     }
 
-    /// An invocation that never ran: the gate records it too (without an
-    /// admission), and if even that fails, that is the error returned.
+    /// An invocation that never ran, with the request's own arguments.
     async fn refuse(
         &self,
         tool: &Tool,
@@ -422,11 +450,26 @@ impl Host {
         invocation_id: String,
         refusal: Error,
     ) -> Outcome {
+        self.refuse_with(tool, function, call, &call.args, invocation_id, refusal)
+            .await
+    }
+
+    /// An invocation that never ran: the gate records it too (without an
+    /// admission), and if even that fails, that is the error returned.
+    async fn refuse_with(
+        &self,
+        tool: &Tool,
+        function: &str,
+        call: &Call,
+        args: &serde_json::Value,
+        invocation_id: String,
+        refusal: Error,
+    ) -> Outcome {
         let mut outcome = Outcome::refused(tool, function, invocation_id, refusal);
         let response = outcome.response();
         let report = InvocationReport {
             context: &call.context,
-            args: &call.args,
+            args,
             response: &response,
             outbound: &[],
         };
@@ -435,6 +478,33 @@ impl Host {
         }
         outcome
     }
+}
+
+/// A call resolved once: its function, and its arguments in canonical form.
+pub struct Prepared<'t> {
+    pub function: &'t FunctionInfo,
+    export: &'t ComponentExportIndex,
+    pub args: CanonicalArgs,
+}
+
+/// Resolve `function` of `tool` and check `args` against its parameters.
+/// A failure names the function as far as it was resolved (for the
+/// refusal's record) and the error (`unknown_function`, `invalid_args`).
+pub fn prepare<'t>(
+    tool: &'t Tool,
+    function: &str,
+    args: &serde_json::Value,
+) -> Result<Prepared<'t>, (String, Error)> {
+    let (info, export) = tool
+        .function(function)
+        .map_err(|e| (function.to_string(), e))?;
+    let args = value::canonical_args(&info.name, &info.params, args)
+        .map_err(|msg| (info.name.clone(), Error::invalid_args(msg)))?;
+    Ok(Prepared {
+        function: info,
+        export,
+        args,
+    })
 }
 
 /// A new invocation id: `inv_` and 32 hex digits, the first 12 the

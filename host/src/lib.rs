@@ -23,6 +23,7 @@ pub mod sandbox;
 pub mod schema;
 pub mod secrets;
 pub mod server;
+pub mod service;
 pub mod storage;
 pub mod tool;
 pub mod value;

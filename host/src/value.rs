@@ -81,14 +81,33 @@ fn kind(v: &Value) -> &'static str {
     }
 }
 
-/// Look a key up as written (kebab-case) or in snake_case.
-fn lookup<'v>(obj: &'v Map<String, Value>, name: &str) -> Option<&'v Value> {
-    obj.get(name).or_else(|| obj.get(&name.replace('-', "_")))
+/// Look a key up as written (kebab-case) or in snake_case. Both spellings at
+/// once are an error: one value must not be read one way by policy and
+/// another by the guest.
+fn lookup<'v>(
+    obj: &'v Map<String, Value>,
+    name: &str,
+    path: &Path,
+) -> Result<Option<&'v Value>, String> {
+    let snake = name.replace('-', "_");
+    match (
+        obj.get(name),
+        (snake != name).then(|| obj.get(&snake)).flatten(),
+    ) {
+        (Some(_), Some(_)) => Err(path.err(format!(
+            "`{name}` and `{snake}` are two spellings of one name; send only one"
+        ))),
+        (Some(v), None) | (None, Some(v)) => Ok(Some(v)),
+        (None, None) => Ok(None),
+    }
 }
 
+/// Whether `key` names one of `names`: as written (kebab-case) or wholly
+/// in snake_case (a mixed spelling such as `a-b_c` is no name).
 fn known(names: impl Iterator<Item = String>, key: &str) -> bool {
-    let k = key.replace('_', "-");
-    names.into_iter().any(|n| n == k)
+    names
+        .into_iter()
+        .any(|n| n == key || n.replace('-', "_") == key)
 }
 
 /// Convert a call's JSON arguments (an object keyed by parameter name) into
@@ -123,16 +142,51 @@ pub fn args_to_vals<'a>(
     params
         .iter()
         .map(|p| {
-            path.with(Seg::Key(&p.name), |path| match lookup(obj, &p.name) {
-                Some(v) => to_val(&p.ty, v, path),
-                None if matches!(p.ty, Ty::Option(_)) => Ok(Val::Option(None)),
-                None => Err(path.err(format!(
-                    "missing required argument of type {}",
-                    p.ty.wit_name()
-                ))),
+            path.with(Seg::Key(&p.name), |path| {
+                match lookup(obj, &p.name, path)? {
+                    Some(v) => to_val(&p.ty, v, path),
+                    None if matches!(p.ty, Ty::Option(_)) => Ok(Val::Option(None)),
+                    None => Err(path.err(format!(
+                        "missing required argument of type {}",
+                        p.ty.wit_name()
+                    ))),
+                }
             })
         })
         .collect()
+}
+
+/// A call's arguments in their one canonical form: the component values the
+/// guest receives, and the JSON object of exactly those values (keyed by
+/// the WIT parameter names, every value as [`val_to_json`] writes it).
+///
+/// Invariant: everything that reads a call's arguments (policy, the result
+/// cache key, the idempotency fingerprint, redaction, records, the guest)
+/// reads this one object, never the request's own spelling of it.
+#[derive(Debug, Clone)]
+pub struct CanonicalArgs {
+    pub vals: Vec<Val>,
+    pub json: Value,
+}
+
+/// Check and convert a call's JSON arguments into [`CanonicalArgs`].
+pub fn canonical_args(
+    function: &str,
+    params: &[Param],
+    args: &Value,
+) -> Result<CanonicalArgs, String> {
+    let vals = args_to_vals(function, params, args)?;
+    let mut json = Map::with_capacity(params.len());
+    for (p, v) in params.iter().zip(&vals) {
+        let mut unbounded = usize::MAX;
+        let value = val_to_json(&p.ty, v, &mut unbounded)
+            .map_err(|OverBudget| format!("args.{}: too large", p.name))?;
+        json.insert(p.name.clone(), value);
+    }
+    Ok(CanonicalArgs {
+        vals,
+        json: Value::Object(json),
+    })
 }
 
 fn param_list(params: &[Param]) -> String {
@@ -344,7 +398,7 @@ fn to_val<'a>(ty: &'a Ty, v: &'a Value, path: &mut Path<'a>) -> Result<Val, Stri
             }
             let mut fields = Vec::with_capacity(rec.items.len());
             for f in &rec.items {
-                let val = path.with(Seg::Key(&f.name), |p| match lookup(obj, &f.name) {
+                let val = path.with(Seg::Key(&f.name), |p| match lookup(obj, &f.name, p)? {
                     Some(item) => to_val(&f.ty, item, p),
                     None if matches!(f.ty, Ty::Option(_)) => Ok(Val::Option(None)),
                     None => Err(p.err(format!(

@@ -13,6 +13,7 @@ use toolhost::gate::governed::now_ms;
 use toolhost::policy::Policy;
 use toolhost::registry::Registry;
 use toolhost::secrets::FileAndEnv;
+use toolhost::service::{InvocationService, Keys};
 use toolhost::{Error, ErrorKind, Host};
 
 #[derive(Debug, clap::Subcommand)]
@@ -98,7 +99,13 @@ async fn decider(data: &DataDir, secrets: Option<&std::path::Path>) -> toolhost:
     let runtime = super::runtime()?;
     Ok(Decider {
         registry: Registry::new(storage.clone(), runtime.clone()),
-        host: Arc::new(Host::new(runtime, governed)),
+        service: Arc::new(InvocationService::new(
+            Arc::new(Host::new(runtime, governed)),
+            Some(Keys {
+                audit: audit.clone(),
+                retention: toolhost::idempotency::DEFAULT_RETENTION,
+            }),
+        )),
         storage,
         audit,
         limits: toolhost::Limits::default(),

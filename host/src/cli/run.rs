@@ -6,7 +6,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use toolhost::gate::{CallContext, SandboxOnly};
 use toolhost::limits::{parse_bytes, parse_duration};
-use toolhost::{Call, Error, ErrorKind, Host, Limits};
+use toolhost::service::{Answer, InvocationService, Keys, Request};
+use toolhost::{Error, ErrorKind, Host, Limits};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -196,47 +197,25 @@ pub async fn main(args: Args) -> i32 {
         }),
         _ => None,
     };
-    let call = Call {
-        function: args.function.clone(),
+    let service = Arc::new(InvocationService::new(
+        Arc::new(host),
+        audit.clone().map(|audit| Keys {
+            audit,
+            retention: toolhost::idempotency::DEFAULT_RETENTION,
+        }),
+    ));
+    let request = Request {
+        tool: Arc::new(tool),
+        function: Some(args.function.clone()),
         args: call_args,
         limits,
         context,
     };
-    if let (Some(key), Some(a)) = (&args.idempotency_key, &audit) {
-        let function = tool
-            .function(&call.function)
-            .map(|(f, _)| f.name.clone())
-            .unwrap_or_else(|_| call.function.clone());
-        let fingerprint = toolhost::idempotency::fingerprint(
-            tool.name(),
-            &function,
-            &call.args,
-            call.context.workflow.as_deref(),
-            call.context.task_id.as_deref(),
-        );
-        match toolhost::idempotency::begin(
-            a.storage().as_ref(),
-            &chain,
-            key,
-            &fingerprint,
-            toolhost::idempotency::DEFAULT_RETENTION,
-            call.limits.timeout * 2,
-        )
-        .await
-        {
-            Err(e) => return fail(args.json, e),
-            Ok(toolhost::idempotency::Begin::Replay(_, response)) => {
-                return replay(args.json, &response);
-            }
-            Ok(toolhost::idempotency::Begin::Run) => {}
-        }
-    }
-    let outcome = host.invoke(&tool, &call).await;
-    if let (Some(key), Some(a), Some(ErrorKind::Internal)) =
-        (&args.idempotency_key, &audit, outcome.error_kind())
-    {
-        let _ = a.storage().idempotency_abandon(&chain, key).await;
-    }
+    let outcome = match service.invoke(request).await {
+        Err(e) => return fail(args.json, e),
+        Ok(Answer::Replayed(response)) => return replay(args.json, &response),
+        Ok(Answer::Done(outcome)) => outcome,
+    };
     if let Some(a) = &audit
         && let Err(e) = a.flush().await
     {

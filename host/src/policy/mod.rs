@@ -418,14 +418,20 @@ fn uid(ty: &str, id: &str) -> Result<EntityUid, String> {
 
 /// The amount of an approval rule, in micro-USD.
 fn amount_micros(args: &Value, field: Option<&str>) -> Option<i64> {
+    // The arguments are canonical (WIT names, kebab-case): a field may be
+    // written in either case, as a dotted path or a JSON pointer.
+    fn step<'v>(v: &'v Value, k: &str) -> Option<&'v Value> {
+        match v {
+            Value::Array(items) => k.parse::<usize>().ok().and_then(|i| items.get(i)),
+            _ => v.get(k).or_else(|| v.get(k.replace('_', "-"))),
+        }
+    }
     let found = match field {
-        Some(f) if f.starts_with('/') => args.pointer(f),
-        Some(f) => f.split('.').try_fold(args, |v, k| {
-            v.get(k)
-                .or_else(|| v.get(k.replace('_', "-")))
-                .or_else(|| v.get(k.replace('-', "_")))
+        Some(f) if f.starts_with('/') => f[1..].split('/').try_fold(args, |v, k| {
+            step(v, &k.replace("~1", "/").replace("~0", "~"))
         }),
-        None => args.get("amount_usd").or_else(|| args.get("amount-usd")),
+        Some(f) => f.split('.').try_fold(args, step),
+        None => step(args, "amount-usd"),
     }?;
     let v = found.as_f64()?;
     (v.is_finite() && v.abs() < 9.0e12).then(|| (v * 1_000_000.0).round() as i64)

@@ -173,7 +173,7 @@ async fn decide(
     let decider = Decider {
         storage: app.storage.clone(),
         registry: app.registry.clone(),
-        host: app.host.clone(),
+        service: app.service.clone(),
         audit: app.governed.audit().clone(),
         limits: app.limits.clone(),
     };

@@ -11,10 +11,10 @@ use super::auth::Caller;
 use super::problem::{ApiError, rejection};
 use crate::error::{Error, ErrorKind};
 use crate::gate::CallContext;
-use crate::gate::governed::now_ms;
 use crate::idempotency;
-use crate::invoke::{Call, InvocationResponse, Outcome};
+use crate::invoke::{InvocationResponse, Outcome};
 use crate::keys::Role;
+use crate::service::{Answer, Request};
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection};
@@ -209,29 +209,8 @@ async fn run(
         app.callbacks.check(url)?;
     }
     let tool = app.tools.get(caller.tenant(), &name).await?;
-    let function = match function {
-        Some(f) => f,
-        None => {
-            let functions = &tool.catalog().functions;
-            if functions.len() == 1 {
-                functions[0].name.clone()
-            } else {
-                let names: Vec<String> = functions
-                    .iter()
-                    .map(|f| crate::schema::llm_name(&name, f))
-                    .collect();
-                return Err(ApiError::new(
-                    ErrorKind::UnknownFunction,
-                    format!(
-                        "tool `{name}` has {} functions; invoke one: {}",
-                        functions.len(),
-                        names.join(", ")
-                    ),
-                ));
-            }
-        }
-    };
-    let call = Call {
+    let request = Request {
+        tool,
         function,
         args: request
             .args
@@ -242,72 +221,22 @@ async fn run(
             workflow: request.workflow,
             task_id: request.task_id,
             principal: Some(caller.key.id.clone()),
-            idempotency_key: idempotency_key.clone(),
+            idempotency_key,
             approval: None,
             callback_url: request.callback_url,
         },
     };
-    let Some(key) = idempotency_key else {
-        let outcome = app.run_invocation(tool, call).await?;
-        return Ok(respond(&outcome));
-    };
-    // Keyed: the first request runs; a retry gets its answer.
-    let function_name = tool
-        .function(&call.function)
-        .map(|(f, _)| f.name.clone())
-        .unwrap_or_else(|_| call.function.clone());
-    let fingerprint = idempotency::fingerprint(
-        &name,
-        &function_name,
-        &call.args,
-        call.context.workflow.as_deref(),
-        call.context.task_id.as_deref(),
-    );
-    let tenant = caller.tenant().to_string();
-    match idempotency::begin(
-        app.storage.as_ref(),
-        &tenant,
-        &key,
-        &fingerprint,
-        app.idempotency_retention,
-        app.limiter.timeout() * 2,
-    )
-    .await?
-    {
-        idempotency::Begin::Replay(status, response) => {
-            app.governed
-                .audit()
-                .append(vec![(
-                    tenant,
-                    now_ms(),
-                    serde_json::json!({
-                        "type": "idempotent_replay",
-                        "invocation_id": response.invocation_id,
-                        "idempotency_key_sha256": crate::audit::canonical::sha256_hex(key.as_bytes()),
-                        "principal": caller.key.id,
-                        "time_ms": now_ms(),
-                    }),
-                )])
-                .await?;
-            let mut answer = answer(status, &response);
+    match app.service.invoke(request).await? {
+        Answer::Done(outcome) => {
+            super::record_in_span(&outcome);
+            Ok(respond(&outcome))
+        }
+        Answer::Replayed(response) => {
+            let mut answer = answer(response.http_status(), &response);
             answer
                 .headers_mut()
                 .insert("idempotent-replayed", HeaderValue::from_static("true"));
             Ok(answer)
-        }
-        idempotency::Begin::Run => {
-            let outcome = match app.run_invocation(tool, call).await {
-                Ok(o) => o,
-                Err(e) => {
-                    let _ = app.storage.idempotency_abandon(&tenant, &key).await;
-                    return Err(e);
-                }
-            };
-            if outcome.error_kind() == Some(ErrorKind::Internal) {
-                // Not recorded, so not answered: a retry may run it.
-                let _ = app.storage.idempotency_abandon(&tenant, &key).await;
-            }
-            Ok(respond(&outcome))
         }
     }
 }

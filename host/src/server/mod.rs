@@ -24,19 +24,18 @@ pub mod tools;
 
 use crate::error::{Error, Result};
 use crate::gate::{Gate, Governed};
-use crate::invoke::{Call, Host, Outcome};
+use crate::invoke::{Host, Outcome};
 use crate::limits::Limits;
 use crate::policy::Policy;
 use crate::registry::Registry;
 use crate::runtime::Runtime;
+use crate::service::InvocationService;
 use crate::storage::Storage;
-use crate::tool::Tool;
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use problem::ApiError;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -114,13 +113,14 @@ pub struct App {
     pub registry: Registry,
     pub tools: tools::ToolCache,
     pub host: Arc<Host>,
+    /// Where every invocation goes.
+    pub service: Arc<InvocationService>,
     pub governed: Arc<Governed>,
     pub limiter: limit::Limiter,
     pub keys: auth::KeyCache,
     pub callbacks: crate::callback::Callbacks,
     pub limits: Limits,
-    pub idempotency_retention: Duration,
-    /// Invocations in flight (each on its own task).
+    /// Decisions in flight (each on its own task).
     pub tracker: TaskTracker,
     /// False once shutdown began.
     ready: AtomicBool,
@@ -128,32 +128,17 @@ pub struct App {
     policy_version: AtomicI64,
 }
 
-impl App {
-    /// Run an invocation on its own task, so that it completes (and is
-    /// recorded) whatever happens to the request that asked for it.
-    pub async fn run_invocation(
-        &self,
-        tool: Arc<Tool>,
-        call: Call,
-    ) -> std::result::Result<Outcome, ApiError> {
-        let host = self.host.clone();
-        let outcome = self
-            .tracker
-            .spawn(async move { host.invoke(&tool, &call).await })
-            .await
-            .map_err(|e| Error::internal(format!("the invocation task failed: {e}")))?;
-        // Into the request's span: its one log line (when the response is
-        // sent) says which invocation it was and how it ended.
-        let span = tracing::Span::current();
-        span.record("invocation_id", outcome.invocation_id.as_str());
-        span.record("function", outcome.function.as_str());
-        span.record("outcome", outcome.status.as_str());
-        if let Some(e) = &outcome.error {
-            span.record("kind", e.kind.as_str());
-        }
-        span.record("wall_ms", outcome.usage.wall_ms);
-        Ok(outcome)
+/// Note an invocation in the request's span: its one log line (when the
+/// response is sent) says which invocation it was and how it ended.
+pub fn record_in_span(outcome: &Outcome) {
+    let span = tracing::Span::current();
+    span.record("invocation_id", outcome.invocation_id.as_str());
+    span.record("function", outcome.function.as_str());
+    span.record("outcome", outcome.status.as_str());
+    if let Some(e) = &outcome.error {
+        span.record("kind", e.kind.as_str());
     }
+    span.record("wall_ms", outcome.usage.wall_ms);
 }
 
 /// A bound server, ready to run.
@@ -180,12 +165,21 @@ impl Server {
         let registry = Registry::new(storage.clone(), runtime.clone());
         governed.set_approval_ttl(config.approval_ttl);
         let gate: Arc<dyn Gate> = governed.clone();
+        let host = Arc::new(Host::new(runtime, gate));
+        let service = Arc::new(InvocationService::new(
+            host.clone(),
+            Some(crate::service::Keys {
+                audit: governed.audit().clone(),
+                retention: config.idempotency_retention,
+            }),
+        ));
         let app = Arc::new(App {
             tools: tools::ToolCache::new(registry.clone(), storage.clone(), config.state_ttl),
             keys: auth::KeyCache::new(config.state_ttl),
             callbacks: crate::callback::Callbacks::new(&config.callback_allow)?,
             registry,
-            host: Arc::new(Host::new(runtime, gate)),
+            host,
+            service,
             governed,
             limiter: limit::Limiter::new(
                 config.max_concurrency,
@@ -194,7 +188,6 @@ impl Server {
                 config.max_body,
             ),
             limits: config.limits.clone(),
-            idempotency_retention: config.idempotency_retention,
             tracker: TaskTracker::new(),
             ready: AtomicBool::new(true),
             policy_version: AtomicI64::new(policy_version),
@@ -240,12 +233,17 @@ impl Server {
         watcher.abort();
         retention.abort();
         app.tracker.close();
-        if tokio::time::timeout(config.shutdown_grace, app.tracker.wait())
+        app.service.tracker().close();
+        let drained = async {
+            app.tracker.wait().await;
+            app.service.tracker().wait().await;
+        };
+        if tokio::time::timeout(config.shutdown_grace, drained)
             .await
             .is_err()
         {
             tracing::warn!(
-                running = app.tracker.len(),
+                running = app.service.tracker().len(),
                 "invocations still running after the grace period"
             );
         }

@@ -1,0 +1,8 @@
+//! Regression tests for the attacks adversarial testing found (issue 10):
+//! each reproduces an attack on today's interfaces and asserts it is
+//! contained.
+
+mod common;
+
+#[path = "attacks/args.rs"]
+mod args;
