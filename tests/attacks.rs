@@ -6,3 +6,6 @@ mod common;
 
 #[path = "attacks/args.rs"]
 mod args;
+
+#[path = "attacks/audit.rs"]
+mod audit;

@@ -2,29 +2,35 @@
 //!
 //! Every record is canonical JSON ([`canonical`]) appended to its tenant's
 //! chain: `hash = SHA-256(prev_hash ‖ "\n" ‖ time_ms ‖ "\n" ‖ body)`, from
-//! [`GENESIS`]. Every append updates the chain's head row (`seq`, `hash`) in
-//! the same transaction; the head's ed25519 signature (data dir key) is
-//! refreshed at most every [`SIGN_EVERY`] per chain — by the first commit of a
-//! chain in a process, by a deferred signing shortly after, and by
-//! [`AuditLog::flush`] — and only ever over a head this process committed.
-//! Every [`CHECKPOINT_EVERY`] entries a signed periodic checkpoint is kept
-//! (CloudTrail's digest chain is the model). [`verify`] then detects any
-//! modified, removed, inserted, reordered or truncated entry and says where.
+//! [`GENESIS`]. Every append moves the chain's head row (`seq`, `hash`) and
+//! signs it (a `head` [`statement::Statement`]) in the same transaction, so
+//! every committed entry is covered by a signature when it becomes durable;
+//! every [`CHECKPOINT_EVERY`] entries a signed `periodic` checkpoint is kept
+//! (CloudTrail's digest chain is the model); a signed registry lists the
+//! chains that exist. Everything the key signs is a domain-separated
+//! [`statement::Statement`]. [`verify`] then detects any modified, removed,
+//! inserted, reordered or truncated entry, a deleted chain, and a
+//! checkpoint passed off as another kind, and says where. (What it cannot
+//! detect is in the README's threat model.)
 //!
 //! Appends are grouped: every appender queues its batch and then commits
 //! whatever is queued (its own, unless a concurrent appender took it along),
 //! without waiting for earlier commits to become durable; the storage backend
 //! groups concurrent commits further (the SQLite writer commits everything
 //! that arrived while it was busy in one transaction, and one fsync covers
-//! many). [`AuditLog::append`] returns only once its entries are durable.
+//! many). One ed25519 signature per touched chain per transaction, not per
+//! entry. [`AuditLog::append`] returns only once its entries are durable.
 
 pub mod canonical;
+pub mod link;
+pub mod statement;
 pub mod verify;
 
 use crate::error::{Error, Result};
-use crate::storage::{Batch, Checkpoint, NewEntry, Signer, Storage, StoredEntry};
-use ed25519_dalek::{Signer as _, SigningKey};
+use crate::storage::{Batch, Checkpoint, NewEntry, Storage, StoredEntry};
+use ed25519_dalek::SigningKey;
 use serde_json::Value;
+use statement::{Notary, Statement};
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::Mutex;
@@ -76,8 +82,9 @@ pub fn chain_hash_matches(prev_hash: &str, time_ms: i64, body: &str, expected_he
     h.finalize().as_slice() == expected
 }
 
-/// The bytes a checkpoint signature covers.
-pub fn checkpoint_message(chain: &str, seq: i64, hash: &str, time_ms: i64) -> String {
+/// The bytes a legacy (v1, before statements) checkpoint signature covers:
+/// read only to re-sign such checkpoints as statements on upgrade.
+pub fn legacy_checkpoint_message(chain: &str, seq: i64, hash: &str, time_ms: i64) -> String {
     format!("toolhost-audit-checkpoint/v1\n{chain}\n{seq}\n{hash}\n{time_ms}")
 }
 
@@ -129,49 +136,31 @@ pub fn load_or_create_key(data_dir: &Path) -> Result<SigningKey> {
     }
 }
 
-fn signer_for(key: SigningKey) -> Arc<Signer> {
-    Arc::new(move |chain: &str, seq: i64, hash: &str, time_ms: i64| {
-        hex::encode(
-            key.sign(checkpoint_message(chain, seq, hash, time_ms).as_bytes())
-                .to_bytes(),
-        )
-    })
-}
-
 struct Pending {
     batch: Batch,
     done: oneshot::Sender<Result<Vec<StoredEntry>>>,
 }
 
-/// The audit trail of one data dir.
+/// The audit trail of one store.
 pub struct AuditLog {
     storage: Arc<dyn Storage>,
-    key: SigningKey,
-    signer: Arc<Signer>,
-    /// When this process last signed each chain's head.
-    signed_at: Mutex<std::collections::HashMap<String, std::time::Instant>>,
-    /// Chains committed since their last signature, with the head this
-    /// process committed (only that is ever signed).
-    unsigned: Mutex<std::collections::HashMap<String, (i64, String)>>,
-    /// Held while signing deferred heads.
-    signing: tokio::sync::Mutex<()>,
-    /// Whether a deferred signing is scheduled.
-    deferred: std::sync::atomic::AtomicBool,
-    me: std::sync::Weak<AuditLog>,
+    notary: Arc<Notary>,
     /// Batches waiting for a commit.
     queue: Mutex<Vec<Pending>>,
 }
 
-/// A chain's head is signed at most this often (and always by the first
-/// commit to it in a process, and by [`AuditLog::flush`]).
-pub const SIGN_EVERY: std::time::Duration = std::time::Duration::from_millis(10);
-
 /// Most entries committed in one transaction.
 const MAX_BATCH: usize = 2048;
 
+/// The `meta` key recording that every signature in the store is a
+/// statement (set once legacy signatures were re-signed).
+const FORMAT_KEY: &str = "audit.format";
+
 impl AuditLog {
     /// Open the trail: load (or create) the key, pin its public key in the
-    /// store, and start the writer task. Must run inside a tokio runtime.
+    /// store, and make sure the store's signatures are statements (re-signing
+    /// a legacy store's once, see [`AuditLog::upgrade`]). Must run inside a
+    /// tokio runtime.
     pub async fn open(storage: Arc<dyn Storage>, data_dir: &Path) -> Result<Arc<AuditLog>> {
         let key = load_or_create_key(data_dir)?;
         let public = hex::encode(key.verifying_key().to_bytes());
@@ -182,17 +171,90 @@ impl AuditLog {
                 data_dir.join(KEY_FILE).display()
             )));
         }
-        Ok(Arc::new_cyclic(|me| AuditLog {
+        let log = Arc::new(AuditLog {
             storage,
-            signer: signer_for(key.clone()),
-            key,
-            signed_at: Mutex::default(),
-            unsigned: Mutex::default(),
-            signing: tokio::sync::Mutex::new(()),
-            deferred: std::sync::atomic::AtomicBool::new(false),
-            me: me.clone(),
+            notary: Arc::new(Notary::new(key)),
             queue: Mutex::new(Vec::new()),
-        }))
+        });
+        log.upgrade().await?;
+        Ok(log)
+    }
+
+    /// Once per store: re-sign signatures written before statements existed
+    /// (their v1 signature covered no kind), and sign the registry of the
+    /// chains there are. This trusts the store as it is at that moment; it
+    /// runs only when the store holds no statement at all (a store that has
+    /// statements but lost its format mark was tampered with, and is left
+    /// for `host audit verify` to report).
+    async fn upgrade(&self) -> Result<()> {
+        if self.storage.meta_get(FORMAT_KEY).await?.is_some() {
+            return Ok(());
+        }
+        let chains = self.storage.audit_chains().await?;
+        let mut resign = Vec::new();
+        let mut has_statements = self.storage.audit_registry().await?.is_some();
+        let now = crate::gate::governed::now_ms();
+        for chain in &chains {
+            for c in self.storage.checkpoints(chain).await? {
+                if !c.statement.is_empty() {
+                    has_statements = true;
+                    continue;
+                }
+                let statement = match c.kind.as_str() {
+                    // The head as it stands now (a legacy store may have an
+                    // unsigned tail past its last head signature).
+                    "tip" => Statement::Head {
+                        chain: c.chain.clone(),
+                        seq: c.seq,
+                        hash: c.hash.clone(),
+                        time_ms: now,
+                    },
+                    "periodic" if legacy_signature_ok(self.notary.public_key(), &c) => {
+                        Statement::Periodic {
+                            chain: c.chain.clone(),
+                            seq: c.seq,
+                            hash: c.hash.clone(),
+                            time_ms: c.time_ms,
+                        }
+                    }
+                    "prune" if legacy_signature_ok(self.notary.public_key(), &c) => {
+                        Statement::Prune {
+                            chain: c.chain.clone(),
+                            first_seq: 1,
+                            seq: c.seq,
+                            hash: c.hash.clone(),
+                            time_ms: c.time_ms,
+                            pruned_at_ms: now,
+                            retain_days: None,
+                            upgraded: true,
+                        }
+                    }
+                    _ => continue,
+                };
+                resign.push(link::checkpoint(&statement, &self.notary));
+            }
+        }
+        if has_statements {
+            tracing::warn!(
+                "the audit store has signed statements but no format mark: not upgrading; run `host audit verify`"
+            );
+            return Ok(());
+        }
+        if !resign.is_empty() {
+            tracing::info!(
+                checkpoints = resign.len(),
+                "re-signing legacy audit checkpoints as statements"
+            );
+            self.storage.audit_resign(resign).await?;
+        }
+        let registry = self.notary.sign(&Statement::Registry {
+            chains,
+            generation: 0,
+            time_ms: crate::gate::governed::now_ms(),
+        });
+        self.storage.audit_registry_put(registry).await?;
+        self.storage.meta_init(FORMAT_KEY, "statements/v2").await?;
+        Ok(())
     }
 
     /// Commit everything queued, in batches of at most [`MAX_BATCH`]
@@ -226,52 +288,7 @@ impl AuditLog {
                 batch.idempotency.extend(p.batch.idempotency);
                 batch.cache.extend(p.batch.cache);
             }
-            // Sign each chain's head at most every SIGN_EVERY: the first
-            // commit of a chain in this process always signs; later ones
-            // within the interval leave it to a deferred signing.
-            let now = std::time::Instant::now();
-            let mut chains: Vec<String> = batch.entries.iter().map(|e| e.chain.clone()).collect();
-            chains.sort_unstable();
-            chains.dedup();
-            {
-                let signed_at = self.signed_at.lock().unwrap_or_else(|e| e.into_inner());
-                batch.sign = chains
-                    .iter()
-                    .filter(|c| {
-                        signed_at
-                            .get(*c)
-                            .is_none_or(|t| now.duration_since(*t) >= SIGN_EVERY)
-                    })
-                    .cloned()
-                    .collect();
-            }
-            let signing = batch.sign.clone();
-            let result = self.storage.audit_append(batch, self.signer.clone()).await;
-            if let Ok(stored) = &result {
-                let mut signed_at = self.signed_at.lock().unwrap_or_else(|e| e.into_inner());
-                let mut unsigned = self.unsigned.lock().unwrap_or_else(|e| e.into_inner());
-                for c in &chains {
-                    // Commits may finish out of order: a signature covers
-                    // only heads up to its own, and the newest unsigned head
-                    // is the one kept for signing.
-                    let Some(last) = stored.iter().rev().find(|e| &e.chain == c) else {
-                        continue;
-                    };
-                    let pending = unsigned.get(c).map(|(seq, _)| *seq);
-                    if signing.contains(c) {
-                        signed_at.insert(c.clone(), now);
-                        if pending.is_some_and(|seq| seq <= last.seq) {
-                            unsigned.remove(c);
-                        }
-                    } else if pending.is_none_or(|seq| seq < last.seq) {
-                        unsigned.insert(c.clone(), (last.seq, last.hash.clone()));
-                    }
-                }
-                if !unsigned.is_empty() {
-                    self.schedule_signing();
-                }
-            }
-            match result {
+            match self.storage.audit_append(batch, self.notary.clone()).await {
                 Ok(stored) => {
                     let mut stored = stored.into_iter();
                     for (n, done) in waiters {
@@ -287,53 +304,13 @@ impl AuditLog {
         }
     }
 
-    /// Sign, soon, the heads of chains committed without a signature.
-    fn schedule_signing(&self) {
-        use std::sync::atomic::Ordering;
-        if self.deferred.swap(true, Ordering::SeqCst) {
-            return;
-        }
-        let Some(me) = self.me.upgrade() else { return };
-        let Ok(handle) = tokio::runtime::Handle::try_current() else {
-            self.deferred.store(false, Ordering::SeqCst);
-            return;
-        };
-        handle.spawn(async move {
-            tokio::time::sleep(SIGN_EVERY).await;
-            me.deferred.store(false, Ordering::SeqCst);
-            let _ = me.flush().await;
-        });
-    }
-
-    /// Sign the heads this process committed since their last signature,
-    /// if they are still the chains' heads. Call before exiting.
-    pub async fn flush(&self) -> Result<()> {
-        let _signing = self.signing.lock().await;
-        let heads: Vec<(String, (i64, String))> = {
-            let mut unsigned = self.unsigned.lock().unwrap_or_else(|e| e.into_inner());
-            unsigned.drain().collect()
-        };
-        for (chain, (seq, hash)) in heads {
-            let c = self.sign(&chain, seq, &hash, crate::gate::governed::now_ms(), "head");
-            // A later commit may have moved the head on (and signed it, or
-            // queued it here again): then there is nothing to do.
-            if self
-                .storage
-                .head_sign(&chain, c.seq, &c.hash, c.time_ms, &c.signature)
-                .await?
-            {
-                self.signed_at
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(chain, std::time::Instant::now());
-            }
-        }
-        Ok(())
-    }
-
-    /// The public key that verifies this trail's checkpoints (hex).
+    /// The public key that verifies this trail's statements (hex).
     pub fn public_key(&self) -> String {
-        hex::encode(self.key.verifying_key().to_bytes())
+        hex::encode(self.notary.public_key().to_bytes())
+    }
+
+    pub fn notary(&self) -> &Arc<Notary> {
+        &self.notary
     }
 
     pub fn storage(&self) -> &Arc<dyn Storage> {
@@ -348,7 +325,7 @@ impl AuditLog {
     /// [`AuditLog::append`], committing `with` in the same transaction: its
     /// budget settlement (`release` reservations, record `charge` as used),
     /// invocation records, approvals, idempotency answers and cache entries.
-    /// (`with.entries` and `with.sign` are ignored.)
+    /// (`with.entries` is ignored.)
     pub async fn append_settling(
         &self,
         records: Vec<(String, i64, Value)>,
@@ -388,7 +365,6 @@ impl AuditLog {
             .push(Pending {
                 batch: Batch {
                     entries,
-                    sign: Vec::new(),
                     release,
                     charge,
                     invocations,
@@ -408,28 +384,28 @@ impl AuditLog {
             .map_err(|_| Error::internal("the audit commit was abandoned"))?
     }
 
-    /// Sign a checkpoint now.
-    pub fn sign(&self, chain: &str, seq: i64, hash: &str, time_ms: i64, kind: &str) -> Checkpoint {
-        Checkpoint {
-            chain: chain.to_string(),
-            seq,
-            hash: hash.to_string(),
-            time_ms,
-            signature: hex::encode(
-                self.key
-                    .sign(checkpoint_message(chain, seq, hash, time_ms).as_bytes())
-                    .to_bytes(),
-            ),
-            kind: kind.to_string(),
-        }
+    /// Sign an export's last entry.
+    pub fn sign_export(&self, last: &StoredEntry) -> Checkpoint {
+        link::checkpoint(
+            &Statement::Export {
+                chain: last.chain.clone(),
+                seq: last.seq,
+                hash: last.hash.clone(),
+                time_ms: last.time_ms,
+            },
+            &self.notary,
+        )
     }
 
-    /// Delete entries older than `cutoff_ms` from `chain`, keeping
-    /// verification of the rest intact with a signed `prune` anchor.
-    /// Returns how many entries were deleted.
-    pub async fn prune(&self, chain: &str, cutoff_ms: i64) -> Result<u64> {
+    /// Delete entries older than `retain_days` from `chain`, keeping
+    /// verification of the rest intact with a signed `prune` anchor that
+    /// states what was deleted, when, and under which retention. Returns
+    /// how many entries were deleted.
+    pub async fn prune(&self, chain: &str, retain_days: u32, now_ms: i64) -> Result<u64> {
+        let cutoff_ms = now_ms.saturating_sub(i64::from(retain_days) * statement::DAY_MS);
+        let first_seq = self.first_seq(chain).await?;
         let mut last_old: Option<StoredEntry> = None;
-        let mut after = self.first_seq(chain).await? - 1;
+        let mut after = first_seq - 1;
         loop {
             let page = self.storage.audit_read(chain, after, 10_000).await?;
             let Some(last) = page.last() else { break };
@@ -448,10 +424,19 @@ impl AuditLog {
             }
         }
         let Some(anchor) = last_old else { return Ok(0) };
+        let statement = Statement::Prune {
+            chain: chain.to_string(),
+            first_seq,
+            seq: anchor.seq,
+            hash: anchor.hash.clone(),
+            time_ms: anchor.time_ms,
+            pruned_at_ms: now_ms,
+            retain_days: Some(retain_days),
+            upgraded: false,
+        };
         self.storage
-            .checkpoint_put(self.sign(chain, anchor.seq, &anchor.hash, anchor.time_ms, "prune"))
-            .await?;
-        self.storage.audit_prune(chain, anchor.seq).await
+            .audit_prune(link::checkpoint(&statement, &self.notary))
+            .await
     }
 
     async fn first_seq(&self, chain: &str) -> Result<i64> {
@@ -465,6 +450,21 @@ impl AuditLog {
             .max();
         Ok(anchor.unwrap_or(0) + 1)
     }
+}
+
+/// Whether a legacy (v1) checkpoint's signature is valid.
+fn legacy_signature_ok(key: &ed25519_dalek::VerifyingKey, c: &Checkpoint) -> bool {
+    use ed25519_dalek::{Signature, Verifier};
+    hex::decode(&c.signature)
+        .ok()
+        .and_then(|b| Signature::from_slice(&b).ok())
+        .is_some_and(|sig| {
+            key.verify(
+                legacy_checkpoint_message(&c.chain, c.seq, &c.hash, c.time_ms).as_bytes(),
+                &sig,
+            )
+            .is_ok()
+        })
 }
 
 #[cfg(test)]

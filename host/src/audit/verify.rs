@@ -4,10 +4,11 @@
 //! Both paths feed entries to one [`ChainCheck`], so an independent verifier
 //! of an export applies exactly the checks `host audit verify` does.
 
-use super::{GENESIS, chain_hash_matches, checkpoint_message};
+use super::statement::{DAY_MS, Statement};
+use super::{GENESIS, chain_hash_matches};
 use crate::error::{Error, Result};
 use crate::storage::{Checkpoint, Storage, StoredEntry};
-use ed25519_dalek::{Signature, Verifier, VerifyingKey};
+use ed25519_dalek::VerifyingKey;
 use serde::Serialize;
 use serde_json::json;
 use std::collections::BTreeMap;
@@ -31,6 +32,9 @@ pub struct Report {
     pub ok: bool,
     pub public_key: String,
     pub entries: u64,
+    /// What is wrong with the trail as a whole (its registry of chains:
+    /// deleted or unlisted chains). Empty when it verifies.
+    pub problems: Vec<String>,
     pub chains: Vec<ChainReport>,
 }
 
@@ -69,35 +73,75 @@ fn hash_all(page: &[StoredEntry]) -> Vec<bool> {
 }
 
 /// Checks one chain, entry by entry.
-pub struct ChainCheck<'k> {
-    key: &'k VerifyingKey,
+pub struct ChainCheck {
     report: ChainReport,
     expected_seq: i64,
     /// The hash the next entry must link to: the last entry's hash.
     expected_prev: String,
-    checkpoints: BTreeMap<i64, Vec<Checkpoint>>,
+    /// Signed positions the entries must match: seq → (kind, hash).
+    checkpoints: BTreeMap<i64, Vec<(&'static str, String)>>,
     dropped: usize,
 }
 
-fn signature_ok(key: &VerifyingKey, c: &Checkpoint) -> bool {
-    let Some(sig) = hex::decode(&c.signature)
-        .ok()
-        .and_then(|b| Signature::from_slice(&b).ok())
-    else {
-        return false;
-    };
-    key.verify(
-        checkpoint_message(&c.chain, c.seq, &c.hash, c.time_ms).as_bytes(),
-        &sig,
-    )
-    .is_ok()
+/// A stored checkpoint's signed statement, checked: the signature is valid,
+/// the statement is about `chain`, and the row's columns say what the
+/// statement says (else the row was edited: a relabelled kind, a moved
+/// position). Returns the statement, or what is wrong with the row.
+pub fn checked(
+    key: &VerifyingKey,
+    chain: &str,
+    c: &Checkpoint,
+) -> std::result::Result<Statement, String> {
+    let what = format!("the {} checkpoint at entry {}", c.kind, c.seq);
+    if c.statement.is_empty() {
+        return Err(format!("{what} is not a signed statement"));
+    }
+    let statement = c.signed().verify(key).map_err(|e| format!("{what}: {e}"))?;
+    if statement.kind() != c.kind {
+        return Err(format!(
+            "{what} is signed as a {} checkpoint (relabelled)",
+            statement.kind()
+        ));
+    }
+    match statement.position() {
+        Some((ch, seq, hash, time_ms))
+            if ch == chain
+                && ch == c.chain
+                && seq == c.seq
+                && hash == c.hash
+                && time_ms == c.time_ms =>
+        {
+            Ok(statement)
+        }
+        Some((ch, seq, ..)) => Err(format!(
+            "{what} disagrees with its signed statement (chain `{ch}`, entry {seq})"
+        )),
+        None => Err(format!("{what} is not about a chain position")),
+    }
 }
 
-impl<'k> ChainCheck<'k> {
+/// Whether a prune anchor proves that what it deleted had passed its
+/// retention period when it was deleted.
+fn retention_proven(s: &Statement) -> bool {
+    match s {
+        Statement::Prune {
+            time_ms,
+            pruned_at_ms,
+            retain_days,
+            upgraded,
+            ..
+        } => match retain_days {
+            Some(days) => time_ms.saturating_add(i64::from(*days) * DAY_MS) <= *pruned_at_ms,
+            None => *upgraded,
+        },
+        _ => false,
+    }
+}
+
+impl ChainCheck {
     /// Start a chain at `seq`, whose previous hash must be `prev_hash`.
-    pub fn new(key: &'k VerifyingKey, chain: &str, seq: i64, prev_hash: &str) -> Self {
+    pub fn new(chain: &str, seq: i64, prev_hash: &str) -> Self {
         ChainCheck {
-            key,
             report: ChainReport {
                 chain: chain.to_string(),
                 entries: 0,
@@ -120,17 +164,16 @@ impl<'k> ChainCheck<'k> {
         }
     }
 
-    /// Checkpoints (periodic) to compare against the entries as they pass.
-    pub fn expect_checkpoints(&mut self, checkpoints: impl IntoIterator<Item = Checkpoint>) {
-        for c in checkpoints {
-            if !signature_ok(self.key, &c) {
-                self.problem(format!(
-                    "the {} checkpoint at entry {} has an invalid signature",
-                    c.kind, c.seq
-                ));
-                continue;
+    /// Signed positions (periodic checkpoints, the head, a prune anchor) to
+    /// compare against the entries as they pass.
+    pub fn expect(&mut self, statements: impl IntoIterator<Item = Statement>) {
+        for s in statements {
+            if let Some((_, seq, hash, _)) = s.position() {
+                self.checkpoints
+                    .entry(seq)
+                    .or_default()
+                    .push((s.kind(), hash.to_string()));
             }
-            self.checkpoints.entry(c.seq).or_default().push(c);
         }
     }
 
@@ -176,10 +219,10 @@ impl<'k> ChainCheck<'k> {
             ));
         }
         if let Some(cps) = self.checkpoints.get(&e.seq)
-            && cps.iter().any(|c| c.hash != e.hash)
+            && let Some((kind, _)) = cps.iter().find(|(_, hash)| *hash != e.hash)
         {
             self.problem(format!(
-                "entry {}: differs from the signed checkpoint at it (modified)",
+                "entry {}: differs from the signed {kind} checkpoint at it (modified)",
                 e.seq
             ));
         }
@@ -187,9 +230,9 @@ impl<'k> ChainCheck<'k> {
         self.expected_prev = e.hash;
     }
 
-    /// Finish, checking the end of the chain against its current head (the
-    /// unsigned `tip` row) and its last signed head.
-    pub fn finish(mut self, tip: Option<&Checkpoint>, head: Option<&Checkpoint>) -> ChainReport {
+    /// Finish, checking the end of the chain against its current head row
+    /// (`tip`: unsigned seq and hash) and its signed head statement.
+    pub fn finish(mut self, tip: Option<(i64, &str)>, head: Option<&Statement>) -> ChainReport {
         let last = self.report.last_seq.unwrap_or(self.expected_seq - 1);
         let missing = |from: i64, to: i64| {
             if from == to {
@@ -203,32 +246,34 @@ impl<'k> ChainCheck<'k> {
                 self.problem("the chain has no head row: its end cannot be checked".into())
             }
             None => {}
-            Some(t) if t.seq > last => self.problem(format!(
+            Some((seq, _)) if seq > last => self.problem(format!(
                 "{}: the chain ends before its head (truncated)",
-                missing(last + 1, t.seq)
+                missing(last + 1, seq)
             )),
-            Some(t) if t.seq < last => self.problem(format!(
+            Some((seq, _)) if seq < last => self.problem(format!(
                 "entries {} to {last} are past the chain's head (appended outside Toolhost)",
-                t.seq + 1
+                seq + 1
             )),
-            Some(t) if self.report.entries > 0 && self.expected_prev != t.hash => self.problem(
-                format!("entry {last}: differs from the chain's head (modified)"),
-            ),
+            Some((_, hash)) if self.report.entries > 0 && self.expected_prev != hash => self
+                .problem(format!(
+                    "entry {last}: differs from the chain's head (modified)"
+                )),
             Some(_) => {}
         }
-        match head {
-            None if self.report.entries > 0 => {
-                self.problem("no signed head checkpoint: the chain's end is not signed".into())
+        match head.and_then(Statement::position) {
+            None if self.report.entries > 0 || tip.is_some() => {
+                self.problem("no signed head: the chain's end is not signed".into())
             }
             None => {}
-            Some(h) if !signature_ok(self.key, h) => {
-                self.problem("the signed head checkpoint's signature is invalid".into())
-            }
-            Some(h) if h.seq > last => self.problem(format!(
+            Some((_, seq, _, _)) if seq > last => self.problem(format!(
                 "{}: the chain ends before its signed head (truncated)",
-                missing(last + 1, h.seq)
+                missing(last + 1, seq)
             )),
-            // At or before the end: compared with its entry as it passed.
+            Some((_, seq, _, _)) if seq < last => self.problem(format!(
+                "entries {} to {last} are past the chain's signed head (appended outside Toolhost)",
+                seq + 1
+            )),
+            // At the end: compared with its entry as it passed.
             Some(_) => {}
         }
         if self.dropped > 0 {
@@ -241,93 +286,190 @@ impl<'k> ChainCheck<'k> {
     }
 }
 
-/// Verify every chain (or one) in the store.
+/// Verify every chain (or one) in the store, and (for all) the signed
+/// registry of chains against the chains there are and the tenants that
+/// have invocation records.
 pub async fn verify(
     storage: &Arc<dyn Storage>,
     key: &VerifyingKey,
     only: Option<&str>,
 ) -> Result<Report> {
+    let present = storage.audit_chains().await?;
+    let mut problems = Vec::new();
+    let registered: Option<Vec<String>> = match storage.audit_registry().await? {
+        None => {
+            problems.push("the signed registry of chains is missing (deleted)".to_string());
+            None
+        }
+        Some(signed) => match signed.verify(key) {
+            Ok(Statement::Registry { chains, .. }) => Some(chains),
+            Ok(other) => {
+                problems.push(format!(
+                    "the registry of chains is signed as a {} statement (forged)",
+                    other.kind()
+                ));
+                None
+            }
+            Err(e) => {
+                problems.push(format!("the registry of chains: {e}"));
+                None
+            }
+        },
+    };
     let chains = match only {
         Some(c) => vec![c.to_string()],
-        None => storage.audit_chains().await?,
+        None => {
+            let mut all = present.clone();
+            all.extend(registered.iter().flatten().cloned());
+            all.extend(storage.audited_tenants().await?);
+            all.sort();
+            all.dedup();
+            all
+        }
     };
+    if let Some(registered) = &registered {
+        for chain in &chains {
+            let listed = registered.contains(chain);
+            let exists = present.contains(chain);
+            if !listed && exists {
+                problems.push(format!(
+                    "chain `{chain}` is not in the signed registry of chains (created outside Toolhost)"
+                ));
+            }
+        }
+    }
+    let audited = storage.audited_tenants().await?;
+    for chain in &chains {
+        if present.contains(chain) {
+            continue;
+        }
+        if registered.as_ref().is_some_and(|r| r.contains(chain)) {
+            problems.push(format!(
+                "chain `{chain}` is in the signed registry but has no entries or head (deleted)"
+            ));
+        } else if audited.contains(chain) {
+            problems.push(format!(
+                "tenant `{chain}` has invocation records but no audit chain (deleted)"
+            ));
+        }
+    }
     let mut reports = Vec::new();
-    for chain in chains {
-        let checkpoints = storage.checkpoints(&chain).await?;
-        let anchor = checkpoints
-            .iter()
-            .filter(|c| c.kind == "prune")
-            .max_by_key(|c| c.seq)
-            .cloned();
-        let head = checkpoints.iter().find(|c| c.kind == "head").cloned();
-        let tip = checkpoints.iter().find(|c| c.kind == "tip").cloned();
-        let (start, prev) = match &anchor {
-            Some(a) => (a.seq + 1, a.hash.clone()),
-            None => (1, GENESIS.to_string()),
-        };
-        let mut check = ChainCheck::new(key, &chain, start, &prev);
-        let mut periodic: Vec<Checkpoint> = checkpoints
-            .iter()
-            .filter(|c| c.kind == "periodic" || c.kind == "head")
-            .cloned()
-            .collect();
-        if let Some(a) = anchor {
-            periodic.push(a);
-        }
-        check.expect_checkpoints(periodic);
-        // Entries up to a pruning anchor are gone by design, not "missing".
-        // Read pages of the signed range on several connections at once
-        // (a page is a seq range, so gaps cannot shift pages), hash each
-        // page on all cores, and walk the links in order. Whatever lies past
-        // the signed head is read after it.
-        let read = |after: i64, upto: i64| {
-            let (storage, chain) = (storage.clone(), chain.clone());
-            tokio::spawn(async move {
-                let page = storage.audit_range(&chain, after, upto).await?;
-                tokio::task::spawn_blocking(move || {
-                    let ok = hash_all(&page);
-                    (page, ok)
-                })
-                .await
-                .map_err(|e| Error::internal(format!("verifier task: {e}")))
-            })
-        };
-        let joined = |e: tokio::task::JoinError| Error::internal(format!("verifier task: {e}"));
-        let end = tip.as_ref().map_or(start - 1, |h| h.seq);
-        let mut ranges = (start - 1..end)
-            .step_by(PAGE as usize)
-            .map(|a| (a, (a + PAGE).min(end)));
-        let mut inflight = std::collections::VecDeque::new();
-        for r in ranges.by_ref().take(READ_AHEAD) {
-            inflight.push_back(read(r.0, r.1));
-        }
-        while let Some(pending) = inflight.pop_front() {
-            if let Some(r) = ranges.next() {
-                inflight.push_back(read(r.0, r.1));
-            }
-            let (page, ok) = pending.await.map_err(joined)??;
-            for (e, ok) in page.into_iter().zip(ok) {
-                check.push_hashed(e, ok);
-            }
-        }
-        let mut after = end.max(start - 1);
-        loop {
-            let page = storage.audit_read(&chain, after, PAGE).await?;
-            let Some(last) = page.last() else { break };
-            after = last.seq;
-            for e in page {
-                check.push(e);
-            }
-        }
-        reports.push(check.finish(tip.as_ref(), head.as_ref()));
+    for chain in chains.into_iter().filter(|c| present.contains(c)) {
+        reports.push(verify_chain(storage, key, &chain).await?);
     }
     let entries = reports.iter().map(|r| r.entries).sum();
     Ok(Report {
-        ok: reports.iter().all(|r| r.problems.is_empty()),
+        ok: problems.is_empty() && reports.iter().all(|r| r.problems.is_empty()),
         public_key: hex::encode(key.to_bytes()),
         entries,
+        problems,
         chains: reports,
     })
+}
+
+async fn verify_chain(
+    storage: &Arc<dyn Storage>,
+    key: &VerifyingKey,
+    chain: &str,
+) -> Result<ChainReport> {
+    let rows = storage.checkpoints(chain).await?;
+    let mut row_problems = Vec::new();
+    let mut statements = Vec::new();
+    let mut tip = None;
+    for c in &rows {
+        if c.kind == "tip" {
+            tip = Some((c.seq, c.hash.clone()));
+            continue;
+        }
+        match checked(key, chain, c) {
+            Ok(s) => statements.push(s),
+            Err(problem) => row_problems.push(problem),
+        }
+    }
+    let mut anchor: Option<Statement> = None;
+    for s in &statements {
+        if let Statement::Prune { seq, .. } = s {
+            if !retention_proven(s) {
+                row_problems.push(format!(
+                    "the prune anchor at entry {seq} does not prove its retention period had passed"
+                ));
+                continue;
+            }
+            if anchor
+                .as_ref()
+                .and_then(Statement::position)
+                .is_none_or(|(_, a, _, _)| *seq > a)
+            {
+                anchor = Some(s.clone());
+            }
+        }
+    }
+    let head = statements
+        .iter()
+        .find(|s| matches!(s, Statement::Head { .. }))
+        .cloned();
+    let (start, prev) = match anchor.as_ref().and_then(Statement::position) {
+        Some((_, seq, hash, _)) => (seq + 1, hash.to_string()),
+        None => (1, GENESIS.to_string()),
+    };
+    let mut check = ChainCheck::new(chain, start, &prev);
+    for p in row_problems {
+        check.problem(p);
+    }
+    check.expect(
+        statements
+            .iter()
+            .filter(|s| matches!(s, Statement::Periodic { .. } | Statement::Head { .. }))
+            .cloned(),
+    );
+    // Entries up to a pruning anchor are gone by design, not "missing".
+    // Read pages of the range up to the head row on several connections at
+    // once (a page is a seq range, so gaps cannot shift pages), hash each
+    // page on all cores, and walk the links in order. Whatever lies past
+    // it is read after it.
+    let read = |after: i64, upto: i64| {
+        let (storage, chain) = (storage.clone(), chain.to_string());
+        tokio::spawn(async move {
+            let page = storage.audit_range(&chain, after, upto).await?;
+            tokio::task::spawn_blocking(move || {
+                let ok = hash_all(&page);
+                (page, ok)
+            })
+            .await
+            .map_err(|e| Error::internal(format!("verifier task: {e}")))
+        })
+    };
+    let joined = |e: tokio::task::JoinError| Error::internal(format!("verifier task: {e}"));
+    let end = tip.as_ref().map_or(start - 1, |(seq, _)| *seq);
+    let mut ranges = (start - 1..end)
+        .step_by(PAGE as usize)
+        .map(|a| (a, (a + PAGE).min(end)));
+    let mut inflight = std::collections::VecDeque::new();
+    for r in ranges.by_ref().take(READ_AHEAD) {
+        inflight.push_back(read(r.0, r.1));
+    }
+    while let Some(pending) = inflight.pop_front() {
+        if let Some(r) = ranges.next() {
+            inflight.push_back(read(r.0, r.1));
+        }
+        let (page, ok) = pending.await.map_err(joined)??;
+        for (e, ok) in page.into_iter().zip(ok) {
+            check.push_hashed(e, ok);
+        }
+    }
+    let mut after = end.max(start - 1);
+    loop {
+        let page = storage.audit_read(chain, after, PAGE).await?;
+        let Some(last) = page.last() else { break };
+        after = last.seq;
+        for e in page {
+            check.push(e);
+        }
+    }
+    Ok(check.finish(
+        tip.as_ref().map(|(seq, hash)| (*seq, hash.as_str())),
+        head.as_ref(),
+    ))
 }
 
 /// Write an export of `chain`'s entries with `since_ms <= time_ms < until_ms`
@@ -349,7 +491,7 @@ pub async fn export(
         "chain": chain,
         "public_key": log.public_key(),
         "hash": "sha256(prev_hash + \"\\n\" + time_ms + \"\\n\" + body), lowercase hex; the first entry of a chain links to 64 zeros",
-        "checkpoint": "ed25519 over \"toolhost-audit-checkpoint/v1\\n{chain}\\n{seq}\\n{hash}\\n{time_ms}\"",
+        "checkpoint": "ed25519 (hex `signature`) over \"toolhost-audit-statement/v2\\n\" + `statement`, the canonical JSON of {kind, chain, seq, hash, time_ms, ...}; only what the statement says counts",
     });
     writeln!(out, "{header}").map_err(io)?;
     let mut after = 0;
@@ -385,7 +527,7 @@ pub async fn export(
                 writeln!(out, "{}", json!({"type": "checkpoint", "checkpoint": c})).map_err(io)?;
             }
         }
-        let c = log.sign(chain, last.seq, &last.hash, last.time_ms, "export");
+        let c = log.sign_export(last);
         writeln!(out, "{}", json!({"type": "checkpoint", "checkpoint": c})).map_err(io)?;
     }
     Ok(written)
@@ -438,13 +580,29 @@ pub fn verify_export(input: &mut dyn BufRead, trusted_key: Option<&str>) -> Resu
         .first()
         .map(|e| (e.seq, e.prev_hash.clone()))
         .unwrap_or((1, GENESIS.to_string()));
-    let mut check = ChainCheck::new(&key, &chain, start, &prev);
-    let head = checkpoints
-        .iter()
-        .filter(|c| c.kind == "export")
-        .max_by_key(|c| c.seq)
-        .cloned();
-    check.expect_checkpoints(checkpoints.into_iter().filter(|c| c.kind != "export"));
+    let mut check = ChainCheck::new(&chain, start, &prev);
+    let mut head: Option<Statement> = None;
+    let mut expected = Vec::new();
+    for c in &checkpoints {
+        match checked(&key, &chain, c) {
+            Ok(s @ Statement::Export { .. }) => {
+                let later = head
+                    .as_ref()
+                    .and_then(Statement::position)
+                    .is_none_or(|(_, seq, _, _)| c.seq > seq);
+                if later {
+                    head = Some(s);
+                }
+            }
+            Ok(s @ Statement::Periodic { .. }) => expected.push(s),
+            Ok(_) => {}
+            Err(problem) => check.problem(problem),
+        }
+    }
+    if let Some(h) = &head {
+        expected.push(h.clone());
+    }
+    check.expect(expected);
     for e in entries {
         if e.chain != chain {
             check.problem(format!(
@@ -454,11 +612,19 @@ pub fn verify_export(input: &mut dyn BufRead, trusted_key: Option<&str>) -> Resu
         }
         check.push(e);
     }
-    let report = check.finish(head.as_ref(), head.as_ref());
+    let tip = head
+        .as_ref()
+        .and_then(Statement::position)
+        .map(|(_, seq, hash, _)| (seq, hash.to_string()));
+    let report = check.finish(
+        tip.as_ref().map(|(seq, hash)| (*seq, hash.as_str())),
+        head.as_ref(),
+    );
     Ok(Report {
         ok: report.problems.is_empty(),
         public_key: hex::encode(key.to_bytes()),
         entries: report.entries,
+        problems: Vec::new(),
         chains: vec![report],
     })
 }

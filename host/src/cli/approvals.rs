@@ -163,7 +163,6 @@ async fn run(cmd: Command) -> toolhost::Result<i32> {
                 reason.as_deref(),
             )
             .await;
-            d.audit.flush().await?;
             let decided = decided?;
             let Some(outcome) = &decided.outcome else {
                 return Err(Error::internal("an approval ran nothing"));
@@ -191,7 +190,6 @@ async fn run(cmd: Command) -> toolhost::Result<i32> {
                 reason.as_deref(),
             )
             .await;
-            d.audit.flush().await?;
             let decided = decided?;
             notify(&decided).await;
             eprintln!("denied {}", decided.approval.id);

@@ -112,6 +112,9 @@ async fn run(cmd: Command) -> toolhost::Result<i32> {
                     serde_json::to_string_pretty(&report).unwrap_or_default()
                 );
             } else {
+                for p in &report.problems {
+                    println!("trail: {p}");
+                }
                 for c in &report.chains {
                     let status = if c.problems.is_empty() {
                         "ok"
@@ -190,13 +193,13 @@ async fn run(cmd: Command) -> toolhost::Result<i32> {
                 (None, None) => return Err(Error::invalid_args("pass --days N or --policy FILE")),
             };
             let log = data.audit().await?;
-            let cutoff = toolhost::gate::governed::now_ms() - i64::from(days) * 86_400_000;
+            let now = toolhost::gate::governed::now_ms();
             let chains = match &tenant {
                 Some(t) => vec![chain_of(Some(t))],
                 None => log.storage().audit_chains().await?,
             };
             for chain in chains {
-                let n = log.prune(&chain, cutoff).await?;
+                let n = log.prune(&chain, days, now).await?;
                 println!("chain {chain}: pruned {n} records older than {days} days");
             }
             Ok(0)

@@ -216,11 +216,6 @@ pub async fn main(args: Args) -> i32 {
         Ok(Answer::Replayed(response)) => return replay(args.json, &response),
         Ok(Answer::Done(outcome)) => outcome,
     };
-    if let Some(a) = &audit
-        && let Err(e) = a.flush().await
-    {
-        super::report(&e);
-    }
     let mut records = Vec::new();
     if let (Some(a), true) = (&audit, args.audit) {
         let entries = a

@@ -247,8 +247,7 @@ impl Server {
                 "invocations still running after the grace period"
             );
         }
-        app.governed.audit().flush().await?;
-        tracing::info!("stopped; audit trail flushed");
+        tracing::info!("stopped");
         Ok(())
     }
 }
@@ -367,8 +366,10 @@ async fn enforce_retention(app: Arc<App>, every: Duration) {
                     let Some(days) = policy.retain_days(tenant) else {
                         continue;
                     };
-                    let cutoff = crate::gate::governed::now_ms() - i64::from(days) * 86_400_000;
-                    match audit.prune(&chain, cutoff).await {
+                    match audit
+                        .prune(&chain, days, crate::gate::governed::now_ms())
+                        .await
+                    {
                         Ok(0) => {}
                         Ok(n) => tracing::info!(%chain, pruned = n, days, "audit retention"),
                         Err(e) => tracing::warn!(%chain, "audit retention: {}", e.message),

@@ -4,10 +4,10 @@
 
 use super::{
     ApiKeyRecord, ApprovalRecord, Batch, Charge, Checkpoint, Exceeded, IdempotencyBegin,
-    IdempotencyDone, InvocationFilter, InvocationRecord, Registered, Signer, Storage, StoredEntry,
-    StoredPolicy, ToolEntry, ToolVersion, Usage,
+    IdempotencyDone, InvocationFilter, InvocationRecord, Notary, Registered, Signed, Storage,
+    StoredEntry, StoredPolicy, ToolEntry, ToolVersion, Usage,
 };
-use crate::audit::{CHECKPOINT_EVERY, GENESIS, chain_hash};
+use crate::audit::link::{Head, link};
 use crate::error::Result;
 use crate::gate::BoxFuture;
 use std::collections::{BTreeMap, HashMap};
@@ -22,6 +22,7 @@ struct Inner {
     /// Last signed head of each chain.
     heads: HashMap<String, Checkpoint>,
     checkpoints: HashMap<String, Vec<Checkpoint>>,
+    registry: Option<Signed>,
     budget: BTreeMap<(String, String, String), (i64, i64)>,
     meta: HashMap<String, String>,
     blobs: HashMap<String, Vec<u8>>,
@@ -104,71 +105,64 @@ impl Storage for MemoryStorage {
     fn audit_append(
         &self,
         batch: Batch,
-        signer: Arc<Signer>,
+        notary: Arc<Notary>,
     ) -> BoxFuture<'_, Result<Vec<StoredEntry>>> {
         Box::pin(async move {
             let mut inner = self.lock();
-            let mut stored = Vec::with_capacity(batch.entries.len());
-            let mut touched: Vec<String> = Vec::new();
-            for e in batch.entries {
-                let (seq, prev) = inner
-                    .tips
-                    .get(&e.chain)
-                    .cloned()
-                    .unwrap_or((0, GENESIS.to_string()));
-                let seq = seq + 1;
-                let hash = chain_hash(&prev, e.time_ms, &e.body);
-                let entry = StoredEntry {
-                    chain: e.chain.clone(),
-                    seq,
-                    time_ms: e.time_ms,
-                    body: e.body,
-                    prev_hash: prev,
-                    hash: hash.clone(),
-                };
+            let heads: BTreeMap<String, Option<Head>> = batch
+                .entries
+                .iter()
+                .map(|e| {
+                    let head = inner.tips.get(&e.chain).map(|(seq, hash)| Head {
+                        seq: *seq,
+                        hash: hash.clone(),
+                    });
+                    (e.chain.clone(), head)
+                })
+                .collect();
+            let now = batch.entries.last().map_or(0, |e| e.time_ms);
+            let linked = link(
+                &batch.entries,
+                &heads,
+                inner.registry.as_ref(),
+                &notary,
+                now,
+            );
+            for e in &linked.entries {
                 inner
                     .entries
                     .entry(e.chain.clone())
                     .or_default()
-                    .insert(seq, entry.clone());
-                if seq % CHECKPOINT_EVERY == 0 {
-                    let signature = signer(&e.chain, seq, &hash, e.time_ms);
-                    inner
-                        .checkpoints
-                        .entry(e.chain.clone())
-                        .or_default()
-                        .push(Checkpoint {
-                            chain: e.chain.clone(),
-                            seq,
-                            hash: hash.clone(),
-                            time_ms: e.time_ms,
-                            signature,
-                            kind: "periodic".into(),
-                        });
-                }
-                inner.tips.insert(e.chain.clone(), (seq, hash.clone()));
-                if !touched.contains(&e.chain) {
-                    touched.push(e.chain.clone());
-                }
-                stored.push(entry);
+                    .insert(e.seq, e.clone());
             }
-            let now = stored.last().map_or(0, |e| e.time_ms);
-            for chain in touched.into_iter().filter(|c| batch.sign.contains(c)) {
-                if let Some((seq, hash)) = inner.tips.get(&chain).cloned() {
-                    let signature = signer(&chain, seq, &hash, now);
-                    inner.heads.insert(
-                        chain.clone(),
-                        Checkpoint {
-                            chain,
-                            seq,
-                            hash,
-                            time_ms: now,
-                            signature,
-                            kind: "head".into(),
-                        },
-                    );
-                }
+            for c in linked.checkpoints {
+                inner
+                    .checkpoints
+                    .entry(c.chain.clone())
+                    .or_default()
+                    .push(c);
             }
+            for (chain, head, signed) in linked.heads {
+                inner
+                    .tips
+                    .insert(chain.clone(), (head.seq, head.hash.clone()));
+                inner.heads.insert(
+                    chain.clone(),
+                    Checkpoint {
+                        chain,
+                        seq: head.seq,
+                        hash: head.hash,
+                        time_ms: now,
+                        signature: signed.signature,
+                        kind: "head".into(),
+                        statement: signed.statement,
+                    },
+                );
+            }
+            if let Some(r) = linked.registry {
+                inner.registry = Some(r);
+            }
+            let stored = linked.entries;
             settle(&mut inner, &batch.release, &batch.charge);
             for r in batch.invocations {
                 let next = inner.invocations.keys().next_back().map_or(1, |p| p + 1);
@@ -190,33 +184,44 @@ impl Storage for MemoryStorage {
         })
     }
 
-    fn head_sign(
-        &self,
-        chain: &str,
-        seq: i64,
-        hash: &str,
-        time_ms: i64,
-        signature: &str,
-    ) -> BoxFuture<'_, Result<bool>> {
+    fn audit_registry(&self) -> BoxFuture<'_, Result<Option<Signed>>> {
+        let r = self.lock().registry.clone();
+        Box::pin(async move { Ok(r) })
+    }
+
+    fn audit_registry_put(&self, registry: Signed) -> BoxFuture<'_, Result<()>> {
+        self.lock().registry = Some(registry);
+        Box::pin(async { Ok(()) })
+    }
+
+    fn audit_resign(&self, checkpoints: Vec<Checkpoint>) -> BoxFuture<'_, Result<()>> {
         let mut inner = self.lock();
-        let current = inner
-            .tips
-            .get(chain)
-            .is_some_and(|(s, h)| *s == seq && h == hash);
-        if current {
-            inner.heads.insert(
-                chain.to_string(),
-                Checkpoint {
-                    chain: chain.to_string(),
-                    seq,
-                    hash: hash.to_string(),
-                    time_ms,
-                    signature: signature.to_string(),
-                    kind: "head".into(),
-                },
-            );
+        for c in checkpoints {
+            if c.kind == "head" {
+                inner.heads.insert(c.chain.clone(), c);
+                continue;
+            }
+            if let Some(row) = inner.checkpoints.get_mut(&c.chain).and_then(|rows| {
+                rows.iter_mut()
+                    .find(|r| r.seq == c.seq && r.kind == c.kind && r.statement.is_empty())
+            }) {
+                *row = c;
+            }
         }
-        Box::pin(async move { Ok(current) })
+        Box::pin(async { Ok(()) })
+    }
+
+    fn audited_tenants(&self) -> BoxFuture<'_, Result<Vec<String>>> {
+        let inner = self.lock();
+        let mut tenants: Vec<String> = inner
+            .invocations
+            .values()
+            .map(|r| r.tenant.clone())
+            .chain(inner.approvals.values().map(|a| a.tenant.clone()))
+            .collect();
+        tenants.sort();
+        tenants.dedup();
+        Box::pin(async move { Ok(tenants) })
     }
 
     fn audit_read(
@@ -254,17 +259,6 @@ impl Storage for MemoryStorage {
         })
     }
 
-    fn checkpoint_put(&self, checkpoint: Checkpoint) -> BoxFuture<'_, Result<()>> {
-        Box::pin(async move {
-            self.lock()
-                .checkpoints
-                .entry(checkpoint.chain.clone())
-                .or_default()
-                .push(checkpoint);
-            Ok(())
-        })
-    }
-
     fn checkpoints(&self, chain: &str) -> BoxFuture<'_, Result<Vec<Checkpoint>>> {
         let chain = chain.to_string();
         Box::pin(async move {
@@ -278,25 +272,26 @@ impl Storage for MemoryStorage {
                 time_ms: 0,
                 signature: String::new(),
                 kind: "tip".into(),
+                statement: String::new(),
             }));
             out.extend(inner.heads.get(&chain).cloned());
             Ok(out)
         })
     }
 
-    fn audit_prune(&self, chain: &str, upto: i64) -> BoxFuture<'_, Result<u64>> {
-        let chain = chain.to_string();
+    fn audit_prune(&self, anchor: Checkpoint) -> BoxFuture<'_, Result<u64>> {
         Box::pin(async move {
             let mut inner = self.lock();
+            let (chain, upto) = (anchor.chain.clone(), anchor.seq);
             let mut n = 0;
             if let Some(m) = inner.entries.get_mut(&chain) {
                 let keep = m.split_off(&(upto + 1));
                 n = m.len() as u64;
                 *m = keep;
             }
-            if let Some(c) = inner.checkpoints.get_mut(&chain) {
-                c.retain(|c| c.kind != "periodic" || c.seq >= upto);
-            }
+            let rows = inner.checkpoints.entry(chain).or_default();
+            rows.retain(|c| c.kind != "periodic" || c.seq >= upto);
+            rows.push(anchor);
             Ok(n)
         })
     }

@@ -35,9 +35,6 @@ pub struct NewEntry {
 #[derive(Debug, Clone, Default)]
 pub struct Batch {
     pub entries: Vec<NewEntry>,
-    /// Chains whose new head is signed in this commit (the others keep their
-    /// last signature until [`Storage::head_sign`]).
-    pub sign: Vec<String>,
     /// Reservations to release.
     pub release: Vec<Charge>,
     /// Usage to record.
@@ -123,8 +120,7 @@ pub struct CacheEntry {
     pub expires_ms: i64,
 }
 
-/// Signs a checkpoint: `(chain, seq, hash, time_ms)` → hex signature.
-pub type Signer = dyn Fn(&str, i64, &str, i64) -> String + Send + Sync;
+pub use crate::audit::statement::{Notary, Signed};
 
 /// An audit entry as stored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -137,18 +133,36 @@ pub struct StoredEntry {
     pub hash: String,
 }
 
-/// A signed statement of a chain's state: its last `seq` and `hash` at a time.
+/// A signed statement about a chain position, as stored: the columns
+/// (`chain`, `seq`, `hash`, `time_ms`, `kind`) index it; `statement` is
+/// the signed canonical text ([`crate::audit::statement`]), and only what it
+/// says counts.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Checkpoint {
     pub chain: String,
     pub seq: i64,
     pub hash: String,
     pub time_ms: i64,
-    /// ed25519 signature (hex) over [`crate::audit::checkpoint_message`].
+    /// ed25519 signature (hex) over the statement.
     pub signature: String,
-    /// Why it was written: `head` (the latest state), `periodic`, or `prune`
-    /// (the anchor for the first entry left after pruning).
+    /// `head` (the latest state, signed by every commit), `periodic`,
+    /// `prune` (the anchor for the first entry left after pruning),
+    /// `export`; `tip` for the head row's own, unsigned, `seq`/`hash`.
     pub kind: String,
+    /// The signed statement (canonical JSON); empty for a `tip` and for
+    /// checkpoints written before statements existed.
+    #[serde(default)]
+    pub statement: String,
+}
+
+impl Checkpoint {
+    /// The statement and its signature.
+    pub fn signed(&self) -> Signed {
+        Signed {
+            statement: self.statement.clone(),
+            signature: self.signature.clone(),
+        }
+    }
 }
 
 /// One charge against a budget ledger.
@@ -288,27 +302,31 @@ pub struct StoredPolicy {
 
 /// Everything Toolhost persists.
 pub trait Storage: Send + Sync + 'static {
-    /// Commit a batch in one transaction: append its entries, chaining each
-    /// to its chain's head; move every touched chain's head row (signing the
-    /// heads of the chains in `batch.sign`); store a signed `periodic`
-    /// checkpoint each [`crate::audit::CHECKPOINT_EVERY`] entries; settle its
-    /// budget lines. Durable on return. Returns the stored entries in order.
+    /// Commit a batch in one transaction: read the touched chains' heads
+    /// (and the registry if a chain is new), [`crate::audit::link::link`]
+    /// the entries, and write what it returns (entries, heads with their
+    /// signed statements, periodic checkpoints, the registry); settle its
+    /// budget lines; store its records. Durable on return. Returns the
+    /// stored entries in order.
     fn audit_append(
         &self,
         batch: Batch,
-        signer: Arc<Signer>,
+        notary: Arc<Notary>,
     ) -> BoxFuture<'_, Result<Vec<StoredEntry>>>;
 
-    /// Sign a chain's head if it is still at `seq`/`hash`; returns whether
-    /// it was.
-    fn head_sign(
-        &self,
-        chain: &str,
-        seq: i64,
-        hash: &str,
-        time_ms: i64,
-        signature: &str,
-    ) -> BoxFuture<'_, Result<bool>>;
+    /// The signed registry of chains, if one was stored.
+    fn audit_registry(&self) -> BoxFuture<'_, Result<Option<Signed>>>;
+
+    /// Replace the registry (creating the first one; re-signing on upgrade).
+    fn audit_registry_put(&self, registry: Signed) -> BoxFuture<'_, Result<()>>;
+
+    /// Replace a checkpoint row's kind, statement and signature (re-signing
+    /// legacy checkpoints on upgrade), and the head row's signed head.
+    fn audit_resign(&self, checkpoints: Vec<Checkpoint>) -> BoxFuture<'_, Result<()>>;
+
+    /// Tenants (chain names) that have invocation records or approval
+    /// requests: each must have an audit chain.
+    fn audited_tenants(&self) -> BoxFuture<'_, Result<Vec<String>>>;
 
     /// Entries of a chain with `seq > after`, in order, at most `limit`.
     fn audit_read(
@@ -329,16 +347,14 @@ pub trait Storage: Send + Sync + 'static {
     /// The names of all chains.
     fn audit_chains(&self) -> BoxFuture<'_, Result<Vec<String>>>;
 
-    /// Store a `prune` anchor or `periodic` checkpoint.
-    fn checkpoint_put(&self, checkpoint: Checkpoint) -> BoxFuture<'_, Result<()>>;
-
     /// All checkpoints of a chain, oldest first, then its current head as
-    /// kind `tip` (unsigned) and its last signed head as kind `head`.
+    /// kind `tip` (unsigned) and its signed head as kind `head`.
     fn checkpoints(&self, chain: &str) -> BoxFuture<'_, Result<Vec<Checkpoint>>>;
 
-    /// Delete a chain's entries with `seq <= upto` (retention). The caller
-    /// stores the `prune` anchor first.
-    fn audit_prune(&self, chain: &str, upto: i64) -> BoxFuture<'_, Result<u64>>;
+    /// Retention, in one transaction: store the signed `prune` anchor and
+    /// delete the chain's entries with `seq <= anchor.seq` (and the periodic
+    /// checkpoints before it). Returns how many entries were deleted.
+    fn audit_prune(&self, anchor: Checkpoint) -> BoxFuture<'_, Result<u64>>;
 
     /// Reserve all charges, or none: `Ok(Err(..))` names the first limit
     /// that would be passed.

@@ -8,106 +8,127 @@
 //! chain heads are read inside the transaction, so concurrent processes on
 //! one data dir never fork a chain.
 
-use crate::audit::{CHECKPOINT_EVERY, GENESIS, chain_hash};
+use crate::audit::link::{Head, link};
 use crate::storage::{
-    Batch, Charge, Exceeded, IdempotencyBegin, IdempotencyDone, Signer, StoredEntry,
+    Batch, Charge, Exceeded, IdempotencyBegin, IdempotencyDone, Notary, Signed, StoredEntry,
 };
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 /// [`append_in`] in a transaction of its own.
 pub(super) fn append(
     conn: &mut Connection,
     batch: &Batch,
-    signer: &Signer,
+    notary: &Notary,
 ) -> rusqlite::Result<Vec<StoredEntry>> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let stored = append_in(&tx, batch, signer)?;
+    let stored = append_in(&tx, batch, notary)?;
     tx.commit()?;
     Ok(stored)
 }
 
+/// Store the chain registry.
+pub(super) fn registry_put(conn: &Connection, registry: &Signed) -> rusqlite::Result<()> {
+    let text = serde_json::to_string(registry).unwrap_or_default();
+    conn.prepare_cached(
+        "INSERT INTO meta (key, value) VALUES ('audit.registry', ?)
+         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+    )?
+    .execute([text])?;
+    Ok(())
+}
+
 /// Write a batch inside the caller's write transaction (`BEGIN
-/// IMMEDIATE`): chain its entries onto their heads, move (and, for
-/// `batch.sign`, sign) the heads, keep periodic checkpoints, settle its
-/// budget lines, and store its invocation records, approvals, idempotency
-/// answers and cache entries. Returns the stored entries in order.
+/// IMMEDIATE`): read the touched chains' heads, [`link`] the entries, write
+/// the entries, the signed heads, the periodic checkpoints and (for new
+/// chains) the registry; settle its budget lines, and store its invocation
+/// records, approvals, idempotency answers and cache entries. Returns the
+/// stored entries in order.
 pub(super) fn append_in(
     tx: &Connection,
     batch: &Batch,
-    signer: &Signer,
+    notary: &Notary,
 ) -> rusqlite::Result<Vec<StoredEntry>> {
-    let mut heads: HashMap<&str, (i64, String)> = HashMap::new();
+    let mut heads: BTreeMap<String, Option<Head>> = BTreeMap::new();
     {
         let mut read = tx.prepare_cached("SELECT seq, hash FROM audit_heads WHERE chain = ?")?;
         for e in &batch.entries {
             if !heads.contains_key(e.chain.as_str()) {
                 let head = read
-                    .query_row([&e.chain], |r| Ok((r.get(0)?, r.get(1)?)))
-                    .optional()?
-                    .unwrap_or_else(|| (0, GENESIS.to_string()));
-                heads.insert(&e.chain, head);
+                    .query_row([&e.chain], |r| {
+                        Ok(Head {
+                            seq: r.get(0)?,
+                            hash: r.get(1)?,
+                        })
+                    })
+                    .optional()?;
+                heads.insert(e.chain.clone(), head);
             }
         }
     }
-    let mut stored = Vec::with_capacity(batch.entries.len());
+    let registry = if heads.values().any(Option::is_none) {
+        tx.prepare_cached("SELECT value FROM meta WHERE key = 'audit.registry'")?
+            .query_row([], |r| r.get::<_, String>(0))
+            .optional()?
+            .and_then(|text| serde_json::from_str::<Signed>(&text).ok())
+    } else {
+        None
+    };
+    let now = batch.entries.last().map_or(0, |e| e.time_ms);
+    let linked = link(&batch.entries, &heads, registry.as_ref(), notary, now);
     {
         let mut insert = tx.prepare_cached(
             "INSERT INTO audit_entries (chain, seq, time_ms, body, prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?)",
         )?;
-        let mut checkpoint = tx.prepare_cached(
-            "INSERT INTO audit_checkpoints (chain, seq, hash, time_ms, signature, kind) VALUES (?, ?, ?, ?, ?, 'periodic')",
-        )?;
-        for e in &batch.entries {
-            let head = heads
-                .get_mut(e.chain.as_str())
-                .expect("every chain's head was read above");
-            let seq = head.0 + 1;
-            let hash = chain_hash(&head.1, e.time_ms, &e.body);
-            let prev_hash = std::mem::replace(head, (seq, hash.clone())).1;
-            insert.execute(params![e.chain, seq, e.time_ms, e.body, prev_hash, hash])?;
-            if seq % CHECKPOINT_EVERY == 0 {
-                let signature = signer(&e.chain, seq, &hash, e.time_ms);
-                checkpoint.execute(params![e.chain, seq, hash, e.time_ms, signature])?;
-            }
-            stored.push(StoredEntry {
-                chain: e.chain.clone(),
-                seq,
-                time_ms: e.time_ms,
-                body: e.body.clone(),
-                prev_hash,
-                hash,
-            });
+        for e in &linked.entries {
+            insert.execute(params![
+                e.chain,
+                e.seq,
+                e.time_ms,
+                e.body,
+                e.prev_hash,
+                e.hash
+            ])?;
         }
-    }
-    if let Some(now) = stored.last().map(|e| e.time_ms) {
-        let mut upsert = tx.prepare_cached(
-            "INSERT INTO audit_heads (chain, seq, hash, signed_seq, signed_hash, signed_time_ms, signature)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
-             ON CONFLICT (chain) DO UPDATE SET seq = excluded.seq, hash = excluded.hash,
-               signed_seq = coalesce(excluded.signed_seq, signed_seq),
-               signed_hash = coalesce(excluded.signed_hash, signed_hash),
-               signed_time_ms = coalesce(excluded.signed_time_ms, signed_time_ms),
-               signature = coalesce(excluded.signature, signature)",
+        let mut checkpoint = tx.prepare_cached(
+            "INSERT INTO audit_checkpoints (chain, seq, hash, time_ms, signature, kind, statement)
+             VALUES (?, ?, ?, ?, ?, ?, ?)",
         )?;
-        for (chain, (seq, hash)) in &heads {
-            let signature = batch
-                .sign
-                .iter()
-                .any(|s| s == chain)
-                .then(|| signer(chain, *seq, hash, now));
-            let signed = signature.is_some();
+        for c in &linked.checkpoints {
+            checkpoint.execute(params![
+                c.chain,
+                c.seq,
+                c.hash,
+                c.time_ms,
+                c.signature,
+                c.kind,
+                c.statement
+            ])?;
+        }
+        let mut upsert = tx.prepare_cached(
+            "INSERT INTO audit_heads (chain, seq, hash, signed_seq, signed_hash, signed_time_ms, signature,
+                                      signed_statement)
+             VALUES (?1, ?2, ?3, ?2, ?3, ?4, ?5, ?6)
+             ON CONFLICT (chain) DO UPDATE SET seq = excluded.seq, hash = excluded.hash,
+               signed_seq = excluded.signed_seq, signed_hash = excluded.signed_hash,
+               signed_time_ms = excluded.signed_time_ms, signature = excluded.signature,
+               signed_statement = excluded.signed_statement",
+        )?;
+        for (chain, head, signed) in &linked.heads {
             upsert.execute(params![
                 chain,
-                seq,
-                hash,
-                signed.then_some(*seq),
-                signed.then_some(hash),
-                signed.then_some(now),
-                signature
+                head.seq,
+                head.hash,
+                now,
+                signed.signature,
+                signed.statement
             ])?;
         }
     }
+    if let Some(r) = &linked.registry {
+        registry_put(tx, r)?;
+    }
+    let stored = linked.entries;
     settle(tx, &batch.release, &batch.charge)?;
     {
         let mut insert = tx.prepare_cached(

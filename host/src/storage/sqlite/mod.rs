@@ -5,8 +5,8 @@
 
 use super::{
     ApiKeyRecord, ApprovalRecord, Batch, Charge, Checkpoint, Exceeded, IdempotencyBegin,
-    IdempotencyDone, InvocationFilter, InvocationRecord, Registered, Signer, Storage, StoredEntry,
-    StoredPolicy, ToolEntry, ToolVersion, Usage,
+    IdempotencyDone, InvocationFilter, InvocationRecord, Notary, Registered, Signed, Storage,
+    StoredEntry, StoredPolicy, ToolEntry, ToolVersion, Usage,
 };
 use crate::error::{Error, Result};
 use crate::gate::BoxFuture;
@@ -163,6 +163,10 @@ const MIGRATIONS: &[&str] = &[
         expires_ms INTEGER NOT NULL,
         PRIMARY KEY (tenant, key)
     ) WITHOUT ROWID;",
+    // 5: signed statements (audit/statement.rs): the canonical text each
+    // signature covers; legacy rows (NULL) are re-signed on upgrade.
+    "ALTER TABLE audit_checkpoints ADD COLUMN statement TEXT;
+    ALTER TABLE audit_heads ADD COLUMN signed_statement TEXT;",
 ];
 
 fn db(e: sqlx::Error) -> Error {
@@ -317,33 +321,70 @@ impl Storage for SqliteStorage {
     fn audit_append(
         &self,
         batch: Batch,
-        signer: Arc<Signer>,
+        notary: Arc<Notary>,
     ) -> BoxFuture<'_, Result<Vec<StoredEntry>>> {
-        Box::pin(self.writer.append(batch, signer))
+        Box::pin(self.writer.append(batch, notary))
     }
 
-    fn head_sign(
-        &self,
-        chain: &str,
-        seq: i64,
-        hash: &str,
-        time_ms: i64,
-        signature: &str,
-    ) -> BoxFuture<'_, Result<bool>> {
-        let (chain, hash, signature) = (chain.to_string(), hash.to_string(), signature.to_string());
-        // On the hot writer: a signature every few milliseconds must not
-        // hold SQLite's write lock through an fsync of its own.
+    fn audit_registry(&self) -> BoxFuture<'_, Result<Option<Signed>>> {
+        Box::pin(async move {
+            let text: Option<String> =
+                sqlx::query_scalar("SELECT value FROM meta WHERE key = 'audit.registry'")
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(db)?;
+            // An unparseable row reads as none: verification reports it.
+            Ok(text.and_then(|t| serde_json::from_str(&t).ok()))
+        })
+    }
+
+    fn audit_registry_put(&self, registry: Signed) -> BoxFuture<'_, Result<()>> {
+        Box::pin(
+            self.writer
+                .run_durable(move |w| commit::registry_put(&w.conn, &registry).map_err(writer::db)),
+        )
+    }
+
+    fn audit_resign(&self, checkpoints: Vec<Checkpoint>) -> BoxFuture<'_, Result<()>> {
         Box::pin(self.writer.run_durable(move |w| {
-            let n = w
+            let tx = w
                 .conn
-                .prepare_cached(
-                    "UPDATE audit_heads SET signed_seq = seq, signed_hash = hash, signed_time_ms = ?, signature = ?
-                     WHERE chain = ? AND seq = ? AND hash = ?",
-                )
-                .and_then(|mut s| s.execute(rusqlite::params![time_ms, signature, chain, seq, hash]))
+                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
                 .map_err(writer::db)?;
-            Ok(n > 0)
+            for c in &checkpoints {
+                let sql = if c.kind == "head" {
+                    "UPDATE audit_heads SET signed_seq = ?2, signed_hash = ?3, signed_time_ms = ?4,
+                       signature = ?5, signed_statement = ?6 WHERE chain = ?1"
+                } else {
+                    "UPDATE audit_checkpoints SET signature = ?5, statement = ?6
+                     WHERE chain = ?1 AND seq = ?2 AND hash = ?3 AND kind = ?7 AND statement IS NULL"
+                };
+                let mut stmt = tx.prepare_cached(sql).map_err(writer::db)?;
+                let n = stmt.parameter_count();
+                let all: [&dyn rusqlite::ToSql; 7] = [
+                    &c.chain,
+                    &c.seq,
+                    &c.hash,
+                    &c.time_ms,
+                    &c.signature,
+                    &c.statement,
+                    &c.kind,
+                ];
+                stmt.execute(&all[..n]).map_err(writer::db)?;
+            }
+            tx.commit().map_err(writer::db)
         }))
+    }
+
+    fn audited_tenants(&self) -> BoxFuture<'_, Result<Vec<String>>> {
+        Box::pin(async move {
+            sqlx::query_scalar(
+                "SELECT DISTINCT tenant FROM invocations UNION SELECT DISTINCT tenant FROM approvals ORDER BY 1",
+            )
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db)
+        })
     }
 
     fn audit_read(
@@ -454,35 +495,18 @@ impl Storage for SqliteStorage {
         })
     }
 
-    fn checkpoint_put(&self, c: Checkpoint) -> BoxFuture<'_, Result<()>> {
-        Box::pin(async move {
-            let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(db)?;
-            sqlx::query(
-                "INSERT INTO audit_checkpoints (chain, seq, hash, time_ms, signature, kind) VALUES (?, ?, ?, ?, ?, ?)",
-            )
-            .bind(&c.chain)
-            .bind(c.seq)
-            .bind(&c.hash)
-            .bind(c.time_ms)
-            .bind(&c.signature)
-            .bind(&c.kind)
-            .execute(&mut *tx)
-            .await
-            .map_err(db)?;
-            tx.commit().await.map_err(db)
-        })
-    }
-
     fn checkpoints(&self, chain: &str) -> BoxFuture<'_, Result<Vec<Checkpoint>>> {
         let chain = chain.to_string();
         Box::pin(async move {
             let rows = sqlx::query(
-                "SELECT chain, seq, hash, time_ms, signature, kind FROM
-                   (SELECT chain, seq, hash, time_ms, signature, kind, id AS o FROM audit_checkpoints WHERE chain = ?1
+                "SELECT chain, seq, hash, time_ms, signature, kind, statement FROM
+                   (SELECT chain, seq, hash, time_ms, signature, kind, statement, id AS o
+                      FROM audit_checkpoints WHERE chain = ?1
                     UNION ALL
-                    SELECT chain, seq, hash, 0, '', 'tip', 9223372036854775806 FROM audit_heads WHERE chain = ?1
+                    SELECT chain, seq, hash, 0, '', 'tip', '', 9223372036854775806 FROM audit_heads WHERE chain = ?1
                     UNION ALL
-                    SELECT chain, signed_seq, signed_hash, signed_time_ms, signature, 'head', 9223372036854775807
+                    SELECT chain, signed_seq, signed_hash, signed_time_ms, signature, 'head',
+                           signed_statement, 9223372036854775807
                       FROM audit_heads WHERE chain = ?1 AND signature IS NOT NULL)
                  ORDER BY o >= 9223372036854775806, o >= 9223372036854775806 AND o, seq, o",
             )
@@ -499,18 +523,32 @@ impl Storage for SqliteStorage {
                     time_ms: r.get(3),
                     signature: r.get(4),
                     kind: r.get(5),
+                    statement: r.get::<Option<String>, _>(6).unwrap_or_default(),
                 })
                 .collect())
         })
     }
 
-    fn audit_prune(&self, chain: &str, upto: i64) -> BoxFuture<'_, Result<u64>> {
-        let chain = chain.to_string();
+    fn audit_prune(&self, anchor: Checkpoint) -> BoxFuture<'_, Result<u64>> {
         Box::pin(async move {
             let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(db)?;
+            sqlx::query(
+                "INSERT INTO audit_checkpoints (chain, seq, hash, time_ms, signature, kind, statement)
+                 VALUES (?, ?, ?, ?, ?, ?, ?)",
+            )
+            .bind(&anchor.chain)
+            .bind(anchor.seq)
+            .bind(&anchor.hash)
+            .bind(anchor.time_ms)
+            .bind(&anchor.signature)
+            .bind(&anchor.kind)
+            .bind(&anchor.statement)
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
             let n = sqlx::query("DELETE FROM audit_entries WHERE chain = ? AND seq <= ?")
-                .bind(&chain)
-                .bind(upto)
+                .bind(&anchor.chain)
+                .bind(anchor.seq)
                 .execute(&mut *tx)
                 .await
                 .map_err(db)?
@@ -519,8 +557,8 @@ impl Storage for SqliteStorage {
             sqlx::query(
                 "DELETE FROM audit_checkpoints WHERE chain = ? AND kind = 'periodic' AND seq < ?",
             )
-            .bind(&chain)
-            .bind(upto)
+            .bind(&anchor.chain)
+            .bind(anchor.seq)
             .execute(&mut *tx)
             .await
             .map_err(db)?;

@@ -23,7 +23,7 @@
 
 use super::commit;
 use crate::error::{Error, Result};
-use crate::storage::{Batch, Charge, Exceeded, Signer, StoredEntry};
+use crate::storage::{Batch, Charge, Exceeded, Notary, StoredEntry};
 use rusqlite::{Connection, OpenFlags};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -73,7 +73,7 @@ enum Request {
     },
     Append {
         batch: Batch,
-        signer: Arc<Signer>,
+        notary: Arc<Notary>,
         done: AppendDone,
     },
     Run(Job),
@@ -141,12 +141,12 @@ impl WriterHandle {
     pub(super) async fn append(
         &self,
         batch: Batch,
-        signer: Arc<Signer>,
+        notary: Arc<Notary>,
     ) -> Result<Vec<StoredEntry>> {
         let (done, answer) = oneshot::channel();
         self.send(Request::Append {
             batch,
-            signer,
+            notary,
             done,
         })?;
         answer.await.map_err(|_| abandoned())?
@@ -304,9 +304,9 @@ fn serve(mut writer: Writer, rx: mpsc::Receiver<Request>) {
                 Request::Reserve { charges, done } => reservations.push((charges, done)),
                 Request::Append {
                     batch,
-                    signer,
+                    notary,
                     done,
-                } => appends.push((batch, signer, done)),
+                } => appends.push((batch, notary, done)),
                 Request::Run(job) => jobs.push(job),
             }
         }
@@ -320,23 +320,22 @@ fn serve(mut writer: Writer, rx: mpsc::Receiver<Request>) {
 /// Audit batches merged for one transaction, and who waits for which part.
 struct Group {
     batch: Batch,
-    signer: Arc<Signer>,
+    notary: Arc<Notary>,
     waiters: Vec<(usize, AppendDone)>,
 }
 
-/// Merge audit batches that arrived together (those signed by one signer,
+/// Merge audit batches that arrived together (those signed by one notary,
 /// up to [`MAX_ENTRIES`] entries each).
-fn group(appends: Vec<(Batch, Arc<Signer>, AppendDone)>) -> Vec<Group> {
+fn group(appends: Vec<(Batch, Arc<Notary>, AppendDone)>) -> Vec<Group> {
     let mut groups: Vec<Group> = Vec::new();
-    for (next, signer, done) in appends {
+    for (next, notary, done) in appends {
         if let Some(g) = groups.last_mut()
-            && Arc::ptr_eq(&g.signer, &signer)
+            && Arc::ptr_eq(&g.notary, &notary)
             && g.batch.entries.len() + next.entries.len() <= MAX_ENTRIES
         {
             g.waiters.push((next.entries.len(), done));
             let b = &mut g.batch;
             b.entries.extend(next.entries);
-            b.sign.extend(next.sign);
             b.release.extend(next.release);
             b.charge.extend(next.charge);
             b.invocations.extend(next.invocations);
@@ -348,12 +347,8 @@ fn group(appends: Vec<(Batch, Arc<Signer>, AppendDone)>) -> Vec<Group> {
         groups.push(Group {
             waiters: vec![(next.entries.len(), done)],
             batch: next,
-            signer,
+            notary,
         });
-    }
-    for g in &mut groups {
-        g.batch.sign.sort_unstable();
-        g.batch.sign.dedup();
     }
     groups
 }
@@ -377,7 +372,7 @@ fn write_round(
         let answers = commit::reserve_in(&tx, &charges)?;
         let stored = groups
             .iter()
-            .map(|g| commit::append_in(&tx, &g.batch, g.signer.as_ref()))
+            .map(|g| commit::append_in(&tx, &g.batch, g.notary.as_ref()))
             .collect::<rusqlite::Result<Vec<_>>>()?;
         tx.commit()?;
         Ok::<_, rusqlite::Error>((answers, stored))
@@ -403,7 +398,7 @@ fn write_round(
                 }
             }
             for g in groups {
-                let stored = commit::append(&mut writer.conn, &g.batch, g.signer.as_ref());
+                let stored = commit::append(&mut writer.conn, &g.batch, g.notary.as_ref());
                 answer_when_durable(writer, g.waiters, stored.map_err(db));
             }
         }
