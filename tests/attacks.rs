@@ -9,3 +9,6 @@ mod args;
 
 #[path = "attacks/audit.rs"]
 mod audit;
+
+#[path = "attacks/secrets.rs"]
+mod secrets;

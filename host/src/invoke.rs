@@ -13,6 +13,7 @@ use crate::gate::{CallContext, Gate, InvocationReport, InvocationRequest};
 use crate::limits::Limits;
 use crate::runtime::Runtime;
 use crate::sandbox::{self, Run, stdio::Captured};
+use crate::secrets::Scrubber;
 use crate::tool::{FunctionInfo, Tool};
 use crate::value::{self, CanonicalArgs};
 use serde::{Deserialize, Serialize};
@@ -216,6 +217,34 @@ impl Outcome {
         self.error = Some(e);
     }
 
+    /// Remove injected secret values from everything this outcome holds.
+    fn scrub(&mut self, scrubber: &Scrubber) {
+        if scrubber.is_empty() {
+            return;
+        }
+        if let Some(r) = &mut self.result {
+            scrubber.json(r);
+        }
+        if let Some(e) = &mut self.error {
+            scrubber.string(&mut e.message);
+        }
+        scrubber.string(&mut self.stdout);
+        scrubber.string(&mut self.stderr);
+        for line in &mut self.logs {
+            scrubber.string(&mut line.message);
+        }
+        for event in &mut self.outbound {
+            if let crate::gate::OutboundCall::Http { path, host, .. } = &mut event.call {
+                scrubber.string(path);
+                scrubber.string(host);
+            }
+            scrubber.string(&mut event.rule);
+            if let Some(e) = &mut event.result.error {
+                scrubber.string(e);
+            }
+        }
+    }
+
     /// The error kind, if the invocation failed.
     pub fn error_kind(&self) -> Option<ErrorKind> {
         self.error.as_ref().map(|e| e.kind)
@@ -391,6 +420,10 @@ impl Host {
             logs_dropped: out.logs_dropped,
             outbound,
         };
+        // Nothing the invocation produced leaves the host (to the caller,
+        // the records, the audit trail, the cache or an idempotent answer)
+        // with a secret the host injected into it.
+        outcome.scrub(&Scrubber::new(&mediator.admission().injected));
         let response = outcome.response();
         let report = InvocationReport {
             context: &call.context,

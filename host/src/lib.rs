@@ -10,6 +10,7 @@ pub mod audit;
 pub mod budget;
 pub mod callback;
 pub mod capability;
+pub mod datadir;
 pub mod error;
 pub mod gate;
 pub mod idempotency;

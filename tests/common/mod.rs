@@ -102,7 +102,8 @@ pub fn tempdir(tag: &str) -> PathBuf {
 }
 
 /// A tiny HTTP/1.1 server on 127.0.0.1 for outbound tests. Paths:
-/// `/json` a small JSON body, `/big` 2 MiB, `/slow` answers after 5 s;
+/// `/json` a small JSON body, `/echo` the request head (in JSON), `/big`
+/// 2 MiB, `/slow` answers after 5 s;
 /// anything else 404. Every request's head is kept.
 pub struct TestServer {
     pub port: u16,
@@ -136,6 +137,13 @@ impl TestServer {
                     let path = head.split_whitespace().nth(1).unwrap_or("/").to_string();
                     let (status, body): (&str, Vec<u8>) = match path.split('?').next().unwrap() {
                         "/json" => ("200 OK", br#"{"orders": 3}"#.to_vec()),
+                        // The request's head, as many APIs echo it on errors.
+                        "/echo" => (
+                            "200 OK",
+                            serde_json::json!({ "you_sent": head })
+                                .to_string()
+                                .into_bytes(),
+                        ),
                         "/big" => ("200 OK", vec![b'x'; 2 << 20]),
                         "/slow" => {
                             tokio::time::sleep(std::time::Duration::from_secs(5)).await;

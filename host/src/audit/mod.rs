@@ -110,8 +110,7 @@ pub fn load_or_create_key(data_dir: &Path) -> Result<SigningKey> {
             Ok(SigningKey::from_bytes(&bytes))
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            std::fs::create_dir_all(data_dir)
-                .map_err(|e| Error::internal(format!("creating {}: {e}", data_dir.display())))?;
+            crate::datadir::create(data_dir)?;
             let key = SigningKey::generate(&mut rand_core::OsRng);
             let mut options = std::fs::OpenOptions::new();
             options.write(true).create_new(true);

@@ -19,6 +19,7 @@
 use super::Mediator;
 use crate::gate::{HttpPermit, OutboundCall};
 use crate::policy::outbound::{canonical_ip, restricted};
+use crate::secrets::{Scrubber, StreamScrubber};
 use bytes::Bytes;
 use http_body::Frame;
 use std::future::Future;
@@ -238,6 +239,14 @@ async fn send(
         {
             headers.insert("idempotency-key", v);
         }
+        // A request carrying secrets gets an uncompressed answer, so that an
+        // echoed secret can be found in it and scrubbed.
+        if !permit.injected.is_empty() {
+            headers.insert(
+                http::header::ACCEPT_ENCODING,
+                http::HeaderValue::from_static("identity"),
+            );
+        }
         if !headers.contains_key(http::header::HOST) {
             let authority = uri.authority().map(|a| a.as_str()).unwrap_or(&host);
             if let Ok(v) = http::HeaderValue::from_str(authority) {
@@ -265,8 +274,26 @@ async fn send(
     } else {
         exchange(stream, request, connect_timeout, first_byte_timeout).await?
     };
-    let (response, io) = response;
+    let (mut response, io) = response;
     let max = permit.max_response_bytes;
+    // What the destination echoes of the secrets this request carried never
+    // reaches the guest: not in a header, not in the body.
+    let scrubber = Scrubber::new(&permit.injected);
+    let scrub = (!scrubber.is_empty()).then(|| {
+        for value in response.headers_mut().values_mut() {
+            if let Ok(text) = value.to_str() {
+                let mut text = text.to_string();
+                if scrubber.string(&mut text)
+                    && let Ok(v) = http::HeaderValue::from_str(&text)
+                {
+                    *value = v;
+                }
+            }
+        }
+        // The body's length changes with each replacement.
+        response.headers_mut().remove(http::header::CONTENT_LENGTH);
+        scrubber.stream()
+    });
     let response = response.map(|incoming| {
         http_body_util::BodyExt::boxed_unsync(Capped {
             incoming,
@@ -275,6 +302,8 @@ async fn send(
             deadline: Box::pin(tokio::time::sleep_until(call_deadline.into())),
             mediator: mediator.clone(),
             index,
+            scrub,
+            ended: false,
         })
     });
     Ok((response, io))
@@ -368,6 +397,23 @@ struct Capped {
     deadline: Pin<Box<tokio::time::Sleep>>,
     mediator: Arc<Mediator>,
     index: Option<usize>,
+    /// Scrubs injected secrets from the body, holding back a few bytes.
+    scrub: Option<StreamScrubber>,
+    /// Whether the held-back bytes were passed on at the end.
+    ended: bool,
+}
+
+impl Capped {
+    /// A data frame as the guest may see it.
+    fn pass(&mut self, frame: Frame<Bytes>) -> Frame<Bytes> {
+        let Some(scrub) = &mut self.scrub else {
+            return frame;
+        };
+        match frame.into_data() {
+            Ok(data) => Frame::data(Bytes::from(scrub.push(&data))),
+            Err(trailers) => trailers,
+        }
+    }
 }
 
 impl http_body::Body for Capped {
@@ -395,10 +441,16 @@ impl http_body::Body for Capped {
                         return Poll::Ready(Some(Err(Error::HttpResponseBodySize(Some(max)))));
                     }
                 }
-                Poll::Ready(Some(Ok(frame)))
+                Poll::Ready(Some(Ok(this.pass(frame))))
             }
             Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Error::from(e)))),
-            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Ready(None) => match (&mut this.scrub, this.ended) {
+                (Some(scrub), false) => {
+                    this.ended = true;
+                    Poll::Ready(Some(Ok(Frame::data(Bytes::from(scrub.finish())))))
+                }
+                _ => Poll::Ready(None),
+            },
             Poll::Pending => {
                 if this.deadline.as_mut().poll(cx).is_ready() {
                     this.mediator.update(
@@ -414,6 +466,6 @@ impl http_body::Body for Capped {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.incoming.is_end_stream()
+        self.incoming.is_end_stream() && (self.scrub.is_none() || self.ended)
     }
 }

@@ -182,6 +182,7 @@ async fn run(args: Args) -> Result<()> {
     let config = config(&args)?;
     let data = args.data.path();
     let storage = args.data.storage().await?;
+    toolhost::datadir::warn_if_open(&data);
     let (policy, version) = policy(&args, storage.as_ref()).await?;
     let audit = AuditLog::open(storage.clone(), &data).await?;
     let secrets = FileAndEnv::new(args.secrets.as_deref())

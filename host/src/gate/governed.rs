@@ -12,7 +12,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::limits::Limits;
 use crate::policy::file::{Document, FileMode, ToolSettings};
 use crate::policy::{Effect, Policy, Subject, tool_settings};
-use crate::secrets::{Secret, SecretSource, expand};
+use crate::secrets::{Secret, SecretSource, expand, referenced};
 use crate::storage::{
     ApprovalRecord, Batch, CacheEntry, Charge, IdempotencyDone, InvocationRecord,
 };
@@ -50,9 +50,6 @@ struct State {
     document: Arc<Document>,
     outbound: AtomicU32,
     max_outbound: u32,
-    /// Secret values this invocation's guest was given (env grants): they
-    /// are scrubbed from its audit records.
-    handed_out: Vec<Secret>,
     /// The cache key, when the function is cacheable.
     cache_key: Option<String>,
     /// Whether the result came from the cache.
@@ -186,6 +183,31 @@ impl Governed {
             ip_name_lookup: settings.dns,
         })
     }
+
+    /// Every secret value the host may inject into an invocation of a tool
+    /// with `settings`: the secrets its environment and header templates
+    /// name (and those values expanded), and the secrets it may substitute
+    /// into its own headers. The host scrubs them from what the invocation
+    /// produces.
+    fn injected(&self, settings: &ToolSettings) -> Vec<Secret> {
+        let source = self.secrets.as_ref();
+        let mut out = Vec::new();
+        let templates = settings
+            .env
+            .values()
+            .chain(settings.http.iter().flat_map(|g| g.headers.values()));
+        for template in templates {
+            let named = referenced(template, source);
+            if !named.is_empty() {
+                out.extend(named);
+                out.extend(expand(template, source).ok());
+            }
+        }
+        for g in &settings.http {
+            out.extend(g.secrets.iter().filter_map(|name| source.get(name)));
+        }
+        out
+    }
 }
 
 fn effective_limits(requested: &Limits, settings: &ToolSettings) -> Limits {
@@ -295,21 +317,9 @@ impl Gate for Governed {
                 .collect();
             self.ledger.reserve(reserved.clone()).await?;
 
-            let handed_out = settings
-                .env
-                .iter()
-                .filter(|(_, template)| template.contains("{{secret:"))
-                .filter_map(|(k, _)| {
-                    grants
-                        .env
-                        .iter()
-                        .find(|(name, _)| name == k)
-                        .map(|(_, v)| v.clone())
-                })
-                .collect();
+            let injected = self.injected(&settings);
             let state = State {
                 admitted_ms,
-                handed_out,
                 workflow: workflow.unwrap_or_else(|| "*".into()),
                 settings,
                 scope,
@@ -327,6 +337,7 @@ impl Gate for Governed {
             };
             Ok(Admission {
                 grants,
+                injected,
                 rule: decision.rule,
                 limits: Some(limits),
                 state: Some(Arc::new(state)),
@@ -377,16 +388,27 @@ impl Gate for Governed {
                     return over_cap(state);
                 };
                 let mut headers = Vec::new();
+                let mut injected = Vec::new();
                 for (name, template) in &grant.headers {
                     match expand(template, self.secrets.as_ref()) {
-                        Ok(v) => headers.push((name.clone(), v)),
+                        Ok(v) => {
+                            let named = referenced(template, self.secrets.as_ref());
+                            if !named.is_empty() {
+                                injected.extend(named);
+                                injected.push(v.clone());
+                            }
+                            headers.push((name.clone(), v));
+                        }
                         Err(e) => return Verdict::deny(format!("http[{i}] header {name}: {e}")),
                     }
                 }
                 let mut secrets = Vec::new();
                 for name in &grant.secrets {
                     match self.secrets.get(name) {
-                        Some(v) => secrets.push((name.clone(), v)),
+                        Some(v) => {
+                            injected.push(v.clone());
+                            secrets.push((name.clone(), v));
+                        }
                         None => {
                             return Verdict::deny(format!("http[{i}] secret `{name}` is not set"));
                         }
@@ -407,6 +429,7 @@ impl Gate for Governed {
                             .outbound_key
                             .as_ref()
                             .map(|prefix| format!("{prefix}-{seq}")),
+                        injected,
                     }),
                 }
             }
@@ -500,10 +523,6 @@ impl Gate for Governed {
                 (None, Some(e)) => json!({"effect": e.kind, "rule": e.message}),
                 (None, None) => json!({"effect": "allow", "rule": ""}),
             };
-            let scrub = |v: Value| match state {
-                Some(s) if !s.handed_out.is_empty() => scrub_secrets(v, &s.handed_out),
-                _ => v,
-            };
             let chain = chain_of(ctx.tenant.as_deref());
             let mut records = vec![(
                 chain.clone(),
@@ -520,17 +539,17 @@ impl Gate for Governed {
                     "version": response.version,
                     "function": response.function,
                     "args_sha256": canonical::fingerprint(report.args),
-                    "args": scrub(canonical::redact(report.args, redact)),
+                    "args": canonical::redact(report.args, redact),
                     "decision": decision,
                     "charged": charged,
                     "outcome": {
                         "ok": error.is_none(),
                         "status": response.status,
                         "error_kind": error.map(|e| e.kind),
-                        "error": error.map(|e| scrub(json!(e.message))),
+                        "error": error.map(|e| &e.message),
                     },
                     "result_sha256": response.result.as_ref().map(canonical::fingerprint),
-                    "result": response.result.as_ref().map(|r| scrub(canonical::redact(r, redact))),
+                    "result": response.result.as_ref().map(|r| canonical::redact(r, redact)),
                     "usage": response.usage,
                     "outbound_calls": report.outbound.len(),
                     "cache": state.and_then(|s| s.cache_key.as_ref().map(|_| if s.cache_hit { "hit" } else { "miss" })),
@@ -549,9 +568,10 @@ impl Gate for Governed {
                 }
                 records.push((chain.clone(), time_ms, record));
             }
-            // The caller's own record: what they were answered, redacted and
-            // scrubbed as the audit copies are.
-            let mut stored = scrub(serde_json::to_value(response).unwrap_or_default());
+            // The caller's own record: what they were answered (already
+            // scrubbed of injected secrets by the host), redacted as the
+            // audit copies are.
+            let mut stored = serde_json::to_value(response).unwrap_or_default();
             if let Some(result) = stored.get_mut("result") {
                 *result = canonical::redact(result, redact);
             }
@@ -669,30 +689,4 @@ fn hit_spend(settings: &ToolSettings) -> Spend {
 fn is_err_result(v: &Value) -> bool {
     v.as_object()
         .is_some_and(|o| o.len() == 1 && o.contains_key("err"))
-}
-
-/// Replace every occurrence of a secret value in the strings of `v`.
-fn scrub_secrets(v: Value, secrets: &[Secret]) -> Value {
-    match v {
-        Value::String(mut s) => {
-            for secret in secrets {
-                if !secret.expose().is_empty() && s.contains(secret.expose()) {
-                    s = s.replace(secret.expose(), "[SECRET]");
-                }
-            }
-            Value::String(s)
-        }
-        Value::Array(items) => Value::Array(
-            items
-                .into_iter()
-                .map(|i| scrub_secrets(i, secrets))
-                .collect(),
-        ),
-        Value::Object(map) => Value::Object(
-            map.into_iter()
-                .map(|(k, v)| (k, scrub_secrets(v, secrets)))
-                .collect(),
-        ),
-        other => other,
-    }
 }

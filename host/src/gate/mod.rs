@@ -95,6 +95,10 @@ pub struct Grants {
 #[derive(Clone, Default)]
 pub struct Admission {
     pub grants: Grants,
+    /// Every secret value the host may inject into this invocation (granted
+    /// environment, header values, substitutions): scrubbed from all it
+    /// produces before anyone sees or stores it.
+    pub injected: Vec<Secret>,
     /// The rule that admitted the invocation.
     pub rule: String,
     /// Limits as the gate set them (a policy may override the caller's).
@@ -155,6 +159,9 @@ pub struct HttpPermit {
     pub allow_cidrs: Vec<IpNet>,
     /// An `Idempotency-Key` to send, if the invocation has one.
     pub idempotency_key: Option<String>,
+    /// The secret values this request carries (in `headers`, or substituted
+    /// from `secrets`): scrubbed from the response before the guest reads it.
+    pub injected: Vec<Secret>,
 }
 
 /// The gate's answer to an outbound call.

@@ -187,12 +187,8 @@ pub struct SqliteStorage {
 impl SqliteStorage {
     /// Open (creating if needed) `toolhost.db` in `data_dir`, and migrate.
     pub async fn open(data_dir: &Path) -> Result<SqliteStorage> {
-        std::fs::create_dir_all(data_dir).map_err(|e| {
-            Error::internal(format!(
-                "cannot create data dir {}: {e}",
-                data_dir.display()
-            ))
-        })?;
+        crate::datadir::create(data_dir)?;
+        crate::datadir::create_private_file(&data_dir.join("toolhost.db"))?;
         let options = SqliteConnectOptions::new()
             .filename(data_dir.join("toolhost.db"))
             .create_if_missing(true)
