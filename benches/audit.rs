@@ -14,7 +14,7 @@ use serde_json::json;
 use std::sync::Arc;
 use std::time::Instant;
 use toolhost::audit::{AuditLog, verify};
-use toolhost::storage::Storage;
+use toolhost::storage::prelude::*;
 use toolhost::storage::sqlite::SqliteStorage;
 
 fn record(i: usize) -> serde_json::Value {

@@ -23,7 +23,7 @@ use toolhost::budget::Ledger;
 use toolhost::gate::{CallContext, Governed};
 use toolhost::policy::Policy;
 use toolhost::secrets::NoSecrets;
-use toolhost::storage::Storage;
+use toolhost::storage::prelude::*;
 use toolhost::storage::sqlite::SqliteStorage;
 use toolhost::{Call, Host};
 

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use toolhost::audit::verify::{self, Report};
 use toolhost::audit::{AuditLog, chain_hash};
-use toolhost::storage::Storage;
+use toolhost::storage::prelude::*;
 use toolhost::storage::sqlite::SqliteStorage;
 
 const T0: i64 = 1_790_000_000_000;

@@ -14,7 +14,7 @@ use toolhost::budget::Ledger;
 use toolhost::gate::{CallContext, Governed};
 use toolhost::policy::Policy;
 use toolhost::secrets::{Secret, SecretSource};
-use toolhost::storage::Storage;
+use toolhost::storage::prelude::*;
 use toolhost::storage::sqlite::SqliteStorage;
 use toolhost::{ErrorKind, Host, Outcome};
 

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::sync::Arc;
 use toolhost::gate::SandboxOnly;
 use toolhost::registry::{Registry, Upload};
-use toolhost::storage::Storage;
+use toolhost::storage::prelude::*;
 use toolhost::storage::sqlite::SqliteStorage;
 use toolhost::{Call, ErrorKind, Host, Runtime, RuntimeConfig};
 

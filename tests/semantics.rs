@@ -635,7 +635,7 @@ async fn a_decision_erases_the_stored_arguments() {
     let storage = toolhost::storage::sqlite::SqliteStorage::open(&dir)
         .await
         .unwrap();
-    use toolhost::storage::Storage;
+    use toolhost::storage::prelude::*;
     let a = storage.approval_get("acme", id).await.unwrap().unwrap();
     assert_eq!(a.status, "denied");
     assert_eq!(a.args, "", "the arguments survived the decision");

@@ -14,9 +14,9 @@
 //! expiry (the TTL) are final. Every step is in the audit trail.
 
 use crate::audit::AuditLog;
+use crate::clock::now_ms;
 use crate::error::{Error, ErrorKind, Result};
 use crate::gate::CallContext;
-use crate::gate::governed::now_ms;
 use crate::invoke::{Call, InvocationResponse, Outcome, Status};
 use crate::limits::Limits;
 use crate::registry::Registry;

@@ -69,6 +69,16 @@ pub enum ErrorKind {
     ApprovalDenied,
     /// Nobody decided the approval this invocation waited for in time.
     ApprovalExpired,
+    /// The host running the invocation stopped (it died or hung) before the
+    /// invocation finished: it may have had effects, and it is not run again
+    /// automatically. Its reservation was settled at the worst case.
+    HostLost,
+    /// A backend the host needs (its database) cannot be reached or refused
+    /// the operation for now: retrying later can help (HTTP 503).
+    Unavailable,
+    /// Stored data is malformed (the database was damaged or edited by
+    /// hand): retrying cannot help; an operator must look (HTTP 500).
+    Corrupt,
 }
 
 impl ErrorKind {
@@ -102,7 +112,15 @@ impl ErrorKind {
             ErrorKind::IdempotencyInProgress => "idempotency_in_progress",
             ErrorKind::ApprovalDenied => "approval_denied",
             ErrorKind::ApprovalExpired => "approval_expired",
+            ErrorKind::HostLost => "host_lost",
+            ErrorKind::Unavailable => "unavailable",
+            ErrorKind::Corrupt => "corrupt",
         }
+    }
+
+    /// Whether retrying the same request later can succeed.
+    pub fn retryable(self) -> bool {
+        matches!(self, ErrorKind::Overloaded | ErrorKind::Unavailable)
     }
 
     /// Whether the guest ran and failed (as opposed to never running).
@@ -141,7 +159,11 @@ impl ErrorKind {
             ErrorKind::Unauthenticated => 401,
             ErrorKind::InvalidRequest => 400,
             ErrorKind::PayloadTooLarge => 413,
-            ErrorKind::Overloaded => 503,
+            ErrorKind::Overloaded | ErrorKind::Unavailable => 503,
+            // An invocation outcome: it ran (as far as anyone knows) and its
+            // end was lost; the answer is data for the agent, as for any
+            // sandbox failure.
+            ErrorKind::HostLost => 200,
             _ => 500,
         }
     }
@@ -153,20 +175,41 @@ impl fmt::Display for ErrorKind {
     }
 }
 
-/// An error with a stable [`ErrorKind`] and a message for people.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+/// An error with a stable [`ErrorKind`], a message for people, and (when
+/// another error caused it) that cause.
+#[derive(Debug, Clone, Serialize, Deserialize, thiserror::Error)]
 #[error("{kind}: {message}")]
 pub struct Error {
     pub kind: ErrorKind,
     pub message: String,
+    /// What caused it (a database driver's error, an I/O error): kept for
+    /// logs and `source()` chains, never serialized.
+    #[serde(skip)]
+    #[source]
+    pub source: Option<std::sync::Arc<dyn std::error::Error + Send + Sync>>,
 }
+
+impl PartialEq for Error {
+    fn eq(&self, other: &Error) -> bool {
+        self.kind == other.kind && self.message == other.message
+    }
+}
+
+impl Eq for Error {}
 
 impl Error {
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
         Error {
             kind,
             message: message.into(),
+            source: None,
         }
+    }
+
+    /// This error, caused by `source`.
+    pub fn caused_by(mut self, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        self.source = Some(std::sync::Arc::new(source));
+        self
     }
 
     pub fn invalid_args(message: impl Into<String>) -> Self {
@@ -179,6 +222,11 @@ impl Error {
 
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(ErrorKind::Internal, message)
+    }
+
+    /// Stored data that does not parse: the database was damaged or edited.
+    pub fn corrupt(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Corrupt, message)
     }
 }
 

@@ -74,7 +74,7 @@ pub async fn begin(
     stale_after: Duration,
 ) -> Result<Begin> {
     validate_key(key)?;
-    let now = crate::gate::governed::now_ms();
+    let now = crate::clock::now_ms();
     let ms = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
     let answer = storage
         .idempotency_begin(

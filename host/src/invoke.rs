@@ -11,12 +11,13 @@ use crate::capability::{CapabilityEvent, Mediator};
 use crate::error::{Error, ErrorKind};
 use crate::gate::{CallContext, Gate, InvocationReport, InvocationRequest};
 use crate::limits::Limits;
+pub use crate::record::{InvocationResponse, Status, Usage};
 use crate::runtime::Runtime;
 use crate::sandbox::{self, Run, stdio::Captured};
 use crate::secrets::Scrubber;
 use crate::tool::{FunctionInfo, Tool};
 use crate::value::{self, CanonicalArgs};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use std::sync::Arc;
 use wasmtime::component::ComponentExportIndex;
 
@@ -29,87 +30,6 @@ pub struct Call {
     pub args: serde_json::Value,
     pub limits: Limits,
     pub context: CallContext,
-}
-
-/// Resources an invocation used.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct Usage {
-    pub fuel: u64,
-    pub wall_ms: u64,
-    pub memory_peak_bytes: u64,
-}
-
-/// Where an invocation ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum Status {
-    /// The function ran and returned (a WIT `result`'s `err` is data, and
-    /// still `ok`).
-    Ok,
-    /// The function ran and failed: fuel, timeout, memory, trap, output cap.
-    Error,
-    /// It never ran: invalid arguments, unknown function, policy, budget.
-    Refused,
-    /// It waits for a human's approval.
-    PendingApproval,
-}
-
-impl Status {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Status::Ok => "ok",
-            Status::Error => "error",
-            Status::Refused => "refused",
-            Status::PendingApproval => "pending_approval",
-        }
-    }
-}
-
-/// What the HTTP API answers for an invocation, and what its record keeps.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct InvocationResponse {
-    pub invocation_id: String,
-    pub status: Status,
-    pub tool: String,
-    /// The function's full name (`crm/divide`).
-    pub function: String,
-    /// The registered version that ran.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub version: Option<String>,
-    /// The function's result (`status: ok`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<Object>)]
-    pub result: Option<serde_json::Value>,
-    /// Why it failed or was refused.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<crate::error::ErrorSchema>)]
-    pub error: Option<Error>,
-    pub usage: Usage,
-    /// With `status: pending_approval`: the approval request to decide
-    /// (`/v1/approvals/{approval_id}`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub approval_id: Option<String>,
-    /// True when the result came from the result cache (nothing ran).
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub cached: bool,
-}
-
-impl InvocationResponse {
-    /// The HTTP status this outcome is answered with: ran → 200 (`ok` or
-    /// `error`); waiting for approval → 202; refused → by kind (invalid
-    /// arguments 422, unknown function 404, policy or a missing granted
-    /// secret 403, budget 429).
-    pub fn http_status(&self) -> u16 {
-        match self.status {
-            Status::Ok | Status::Error => 200,
-            Status::PendingApproval => 202,
-            Status::Refused => match self.error.as_ref().map(|e| e.kind) {
-                Some(ErrorKind::CapabilityDenied) => 403,
-                Some(k) => k.http_status(),
-                None => 500,
-            },
-        }
-    }
 }
 
 /// Everything an invocation produced. Serializes to the `host run --json`
@@ -344,7 +264,11 @@ impl Host {
             .limits
             .clone()
             .unwrap_or_else(|| call.limits.clone());
-        let mediator = Mediator::new(self.gate.clone(), admission);
+        let admitted = Arc::new(Admitted {
+            gate: self.gate.clone(),
+            admission,
+        });
+        let mediator = Mediator::new(admitted.clone());
         let out = sandbox::run(
             self.runtime.engine(),
             Run {
@@ -353,7 +277,7 @@ impl Host {
                 params,
                 result_count: usize::from(function.result.is_some()),
                 limits: &limits,
-                grants: &mediator.admission().grants,
+                grants: &admitted.admission.grants,
                 mediator: mediator.clone(),
             },
         )
@@ -423,7 +347,7 @@ impl Host {
         // Nothing the invocation produced leaves the host (to the caller,
         // the records, the audit trail, the cache or an idempotent answer)
         // with a secret the host injected into it.
-        outcome.scrub(&Scrubber::new(&mediator.admission().injected));
+        outcome.scrub(&Scrubber::new(&admitted.admission.injected));
         let response = outcome.response();
         let report = InvocationReport {
             context: &call.context,
@@ -431,11 +355,7 @@ impl Host {
             response: &response,
             outbound: &outcome.outbound,
         };
-        if let Err(e) = self
-            .gate
-            .complete(Some(mediator.admission()), &report)
-            .await
-        {
+        if let Err(e) = self.gate.complete(Some(&admitted.admission), &report).await {
             // The outcome could not be recorded: it must not be returned as
             // if it had been.
             outcome.fail(e);
@@ -510,6 +430,18 @@ impl Host {
             outcome.fail(e);
         }
         outcome
+    }
+}
+
+/// An admitted invocation's gate: decides its outbound calls.
+struct Admitted {
+    gate: Arc<dyn Gate>,
+    admission: crate::gate::Admission,
+}
+
+impl crate::capability::Decide for Admitted {
+    fn decide(&self, call: &crate::capability::OutboundCall) -> crate::capability::Verdict {
+        self.gate.outbound(&self.admission, call)
     }
 }
 

@@ -94,7 +94,7 @@ pub async fn create(
         roles: names,
         hash: sha256_hex(secret.as_bytes()),
         label: label.map(str::to_string),
-        created_ms: crate::gate::governed::now_ms(),
+        created_ms: crate::clock::now_ms(),
         revoked_ms: None,
     };
     storage.key_put(record.clone()).await?;
@@ -158,6 +158,7 @@ pub fn has_role(key: &ApiKeyRecord, role: Role) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::storage::KeyStore;
     use crate::storage::memory::MemoryStorage;
 
     #[tokio::test]

@@ -10,6 +10,7 @@ pub mod audit;
 pub mod budget;
 pub mod callback;
 pub mod capability;
+pub mod clock;
 pub mod datadir;
 pub mod error;
 pub mod gate;
@@ -18,6 +19,7 @@ pub mod invoke;
 pub mod keys;
 pub mod limits;
 pub mod policy;
+pub mod record;
 pub mod registry;
 pub mod runtime;
 pub mod sandbox;
@@ -30,6 +32,9 @@ pub mod tool;
 pub mod value;
 
 pub use error::{Error, ErrorKind, Result};
+
+/// A boxed future: what object-safe async traits (the gate, storage) return.
+pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
 pub use invoke::{Call, Host, Outcome, Usage};
 pub use limits::Limits;
 pub use runtime::{Runtime, RuntimeConfig};

@@ -13,8 +13,8 @@
 //! * Names are per tenant and satisfy LLM tool-name rules.
 
 use crate::audit::canonical::sha256_hex;
+use crate::clock::now_ms;
 use crate::error::{Error, ErrorKind, Result};
-use crate::gate::governed::now_ms;
 use crate::runtime::Runtime;
 use crate::storage::{Registered, Storage, ToolEntry, ToolVersion};
 use crate::tool::docs::WitSource;

@@ -21,9 +21,9 @@
 //!   here errors are [`Error`]s with kinds.
 
 use crate::audit::{AuditLog, canonical};
+use crate::clock::now_ms;
 use crate::error::{Error, ErrorKind, Result};
 use crate::gate::CallContext;
-use crate::gate::governed::now_ms;
 use crate::idempotency;
 use crate::invoke::{Call, Host, InvocationResponse, Outcome, new_invocation_id, prepare};
 use crate::limits::Limits;

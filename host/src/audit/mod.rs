@@ -192,7 +192,7 @@ impl AuditLog {
         let chains = self.storage.audit_chains().await?;
         let mut resign = Vec::new();
         let mut has_statements = self.storage.audit_registry().await?.is_some();
-        let now = crate::gate::governed::now_ms();
+        let now = crate::clock::now_ms();
         for chain in &chains {
             for c in self.storage.checkpoints(chain).await? {
                 if !c.statement.is_empty() {
@@ -249,7 +249,7 @@ impl AuditLog {
         let registry = self.notary.sign(&Statement::Registry {
             chains,
             generation: 0,
-            time_ms: crate::gate::governed::now_ms(),
+            time_ms: crate::clock::now_ms(),
         });
         self.storage.audit_registry_put(registry).await?;
         self.storage.meta_init(FORMAT_KEY, "statements/v2").await?;

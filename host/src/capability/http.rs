@@ -17,7 +17,7 @@
 //!    deadline, and the response body by its byte cap.
 
 use super::Mediator;
-use crate::gate::{HttpPermit, OutboundCall};
+use super::{HttpPermit, OutboundCall};
 use crate::policy::outbound::{canonical_ip, restricted};
 use crate::secrets::{Scrubber, StreamScrubber};
 use bytes::Bytes;

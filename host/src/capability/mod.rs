@@ -11,11 +11,12 @@
 //! the gate and records the decision — and, for HTTP, what happened — as a
 //! [`CapabilityEvent`].
 
+pub mod grant;
 pub mod http;
 pub mod log;
 pub mod sockets;
 
-use crate::gate::{Admission, Gate, OutboundCall, Verdict};
+pub use grant::{Grants, HttpPermit, OutboundCall, Preopen, Verdict};
 use serde::Serialize;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -48,10 +49,15 @@ pub struct CapabilityEvent {
     pub result: CallResult,
 }
 
+/// Decides the outbound calls of one running invocation (the gate, with
+/// the invocation's admission): the one hook where the embedder mediates.
+pub trait Decide: Send + Sync {
+    fn decide(&self, call: &OutboundCall) -> Verdict;
+}
+
 /// The per-invocation link between running guest code and the gate.
 pub struct Mediator {
-    gate: Arc<dyn Gate>,
-    admission: Admission,
+    decide: Arc<dyn Decide>,
     started: Instant,
     events: Mutex<Vec<CapabilityEvent>>,
 }
@@ -61,23 +67,18 @@ pub struct Mediator {
 const MAX_EVENTS: usize = 1024;
 
 impl Mediator {
-    pub fn new(gate: Arc<dyn Gate>, admission: Admission) -> Arc<Self> {
+    pub fn new(decide: Arc<dyn Decide>) -> Arc<Self> {
         Arc::new(Mediator {
-            gate,
-            admission,
+            decide,
             started: Instant::now(),
             events: Mutex::new(Vec::new()),
         })
     }
 
-    pub fn admission(&self) -> &Admission {
-        &self.admission
-    }
-
     /// Ask the gate about one outbound call and record its answer. Returns
     /// the verdict and the event's index, for [`Mediator::update`].
     pub fn check(&self, call: OutboundCall) -> (Verdict, Option<usize>) {
-        let verdict = self.gate.outbound(&self.admission, &call);
+        let verdict = self.decide.decide(&call);
         let mut events = self.events.lock().unwrap_or_else(|e| e.into_inner());
         let index = (events.len() < MAX_EVENTS).then(|| {
             events.push(CapabilityEvent {

@@ -4,7 +4,7 @@
 //! A denied address fails in the guest with `access-denied`.
 
 use super::Mediator;
-use crate::gate::OutboundCall;
+use super::OutboundCall;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;

@@ -193,7 +193,7 @@ async fn run(cmd: Command) -> toolhost::Result<i32> {
                 (None, None) => return Err(Error::invalid_args("pass --days N or --policy FILE")),
             };
             let log = data.audit().await?;
-            let now = toolhost::gate::governed::now_ms();
+            let now = toolhost::clock::now_ms();
             let chains = match &tenant {
                 Some(t) => vec![chain_of(Some(t))],
                 None => log.storage().audit_chains().await?,

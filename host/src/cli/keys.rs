@@ -81,7 +81,7 @@ async fn run(cmd: Command) -> toolhost::Result<i32> {
         }
         Command::Revoke { id, data } => {
             let storage = data.storage().await?;
-            let now = toolhost::gate::governed::now_ms();
+            let now = toolhost::clock::now_ms();
             if storage.key_revoke(&id, now).await? {
                 eprintln!("revoked {id}");
                 Ok(0)

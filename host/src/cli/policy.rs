@@ -48,7 +48,7 @@ async fn run(cmd: Command) -> toolhost::Result<()> {
             Policy::parse(&name, &text)?;
             let storage = data.storage().await?;
             let version = storage
-                .policy_put(&name, &text, toolhost::gate::governed::now_ms())
+                .policy_put(&name, &text, toolhost::clock::now_ms())
                 .await?;
             eprintln!("stored {name} as policy version {version}");
             Ok(())

@@ -148,7 +148,7 @@ async fn policy(args: &Args, storage: &dyn Storage) -> Result<(Policy, i64)> {
             Some(c) if c.text == text && c.name == name => c.version,
             _ => {
                 storage
-                    .policy_put(&name, &text, toolhost::gate::governed::now_ms())
+                    .policy_put(&name, &text, toolhost::clock::now_ms())
                     .await?
             }
         };

@@ -75,12 +75,7 @@ pub fn outbound_key_prefix(tenant: &str, key: &str) -> String {
         .to_string()
 }
 
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
+pub use crate::clock::now_ms;
 
 impl Governed {
     pub fn new(

@@ -25,14 +25,9 @@ use crate::error::Result;
 use crate::limits::Limits;
 use crate::secrets::Secret;
 use crate::tool::FunctionInfo;
-use ipnet::IpNet;
 use serde::Serialize;
 use std::any::Any;
-use std::future::Future;
-use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
 
 pub use governed::Governed;
 
@@ -72,25 +67,6 @@ pub struct InvocationRequest<'a> {
     pub limits: &'a Limits,
 }
 
-/// A directory the guest may see.
-#[derive(Debug, Clone, Serialize)]
-pub struct Preopen {
-    pub host_path: std::path::PathBuf,
-    pub guest_path: String,
-    pub writable: bool,
-}
-
-/// Capabilities granted to one invocation up front. Empty by default: no
-/// files, no environment, no name lookups. (Outbound HTTP and socket
-/// addresses are decided per call by [`Gate::outbound`].)
-#[derive(Debug, Clone, Default)]
-pub struct Grants {
-    /// Values may be secrets: they are never logged or audited.
-    pub env: Vec<(String, Secret)>,
-    pub preopens: Vec<Preopen>,
-    pub ip_name_lookup: bool,
-}
-
 /// The gate's permission for one invocation to run.
 #[derive(Clone, Default)]
 pub struct Admission {
@@ -110,91 +86,18 @@ pub struct Admission {
     pub cached: Option<serde_json::Value>,
 }
 
-/// An outbound use of a capability by a running guest.
-#[derive(Debug, Clone, Serialize)]
-#[serde(tag = "capability", rename_all = "snake_case")]
-pub enum OutboundCall {
-    Http {
-        method: String,
-        scheme: String,
-        host: String,
-        port: u16,
-        /// Path without the query string (queries may carry secrets).
-        path: String,
-    },
-    Socket {
-        addr: SocketAddr,
-        /// `tcp-bind`, `tcp-listen`, `tcp-accept`, `tcp-connect`, `udp-bind`, `udp-send`, `udp-receive`.
-        operation: &'static str,
-    },
-}
-
-impl OutboundCall {
-    /// A one-line description for messages.
-    pub fn describe(&self) -> String {
-        match self {
-            OutboundCall::Http {
-                method,
-                scheme,
-                host,
-                port,
-                path,
-            } => format!("HTTP {method} {scheme}://{host}:{port}{path}"),
-            OutboundCall::Socket { addr, operation } => format!("socket {operation} {addr}"),
-        }
-    }
-}
-
-/// How an allowed HTTP request is to be sent.
-#[derive(Debug, Clone, Default)]
-pub struct HttpPermit {
-    /// Headers set at the host boundary (values may hold secrets).
-    pub headers: Vec<(String, Secret)>,
-    /// Secrets the guest may name in its own header values
-    /// (`{{secret:NAME}}`), substituted at the boundary.
-    pub secrets: Vec<(String, Secret)>,
-    pub max_response_bytes: u64,
-    pub timeout: Option<Duration>,
-    /// Restricted address ranges the destination may resolve to anyway.
-    pub allow_cidrs: Vec<IpNet>,
-    /// An `Idempotency-Key` to send, if the invocation has one.
-    pub idempotency_key: Option<String>,
-    /// The secret values this request carries (in `headers`, or substituted
-    /// from `secrets`): scrubbed from the response before the guest reads it.
-    pub injected: Vec<Secret>,
-}
-
-/// The gate's answer to an outbound call.
-#[derive(Debug, Clone)]
-pub struct Verdict {
-    pub allowed: bool,
-    /// The rule that decided.
-    pub rule: String,
-    /// For an allowed HTTP request: how to send it.
-    pub http: Option<HttpPermit>,
-}
-
-impl Verdict {
-    pub fn deny(rule: impl Into<String>) -> Verdict {
-        Verdict {
-            allowed: false,
-            rule: rule.into(),
-            http: None,
-        }
-    }
-}
-
 /// What the gate learns when an invocation is over.
 pub struct InvocationReport<'a> {
     pub context: &'a CallContext,
     pub args: &'a serde_json::Value,
     /// What the caller is answered: id, status, tool, function, version,
     /// result or error, usage.
-    pub response: &'a crate::invoke::InvocationResponse,
+    pub response: &'a crate::record::InvocationResponse,
     pub outbound: &'a [CapabilityEvent],
 }
 
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+pub use crate::BoxFuture;
+pub use crate::capability::{Grants, HttpPermit, OutboundCall, Preopen, Verdict};
 
 /// The one gate every invocation and every outbound call passes.
 pub trait Gate: Send + Sync + 'static {

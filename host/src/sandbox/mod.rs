@@ -12,10 +12,10 @@
 pub mod limiter;
 pub mod stdio;
 
+use crate::capability::Grants;
 use crate::capability::log::{HasLog, LogBuffer, LogLine};
 use crate::capability::{Mediator, http::HttpHooks, sockets};
 use crate::error::{Error, ErrorKind};
-use crate::gate::Grants;
 use crate::limits::Limits;
 use limiter::Limiter;
 use std::sync::Arc;

@@ -366,10 +366,7 @@ async fn enforce_retention(app: Arc<App>, every: Duration) {
                     let Some(days) = policy.retain_days(tenant) else {
                         continue;
                     };
-                    match audit
-                        .prune(&chain, days, crate::gate::governed::now_ms())
-                        .await
-                    {
+                    match audit.prune(&chain, days, crate::clock::now_ms()).await {
                         Ok(0) => {}
                         Ok(n) => tracing::info!(%chain, pruned = n, days, "audit retention"),
                         Err(e) => tracing::warn!(%chain, "audit retention: {}", e.message),

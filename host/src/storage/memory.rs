@@ -3,13 +3,14 @@
 //! reference the SQL backends must agree with.
 
 use super::{
-    ApiKeyRecord, ApprovalRecord, Batch, Charge, Checkpoint, Exceeded, IdempotencyBegin,
-    IdempotencyDone, InvocationFilter, InvocationRecord, Notary, Registered, Signed, Storage,
-    StoredEntry, StoredPolicy, ToolEntry, ToolVersion, Usage,
+    ApiKeyRecord, ApprovalRecord, ApprovalStore, AuditStore, Batch, BudgetStore, CacheStore,
+    Charge, Checkpoint, Exceeded, IdempotencyBegin, IdempotencyDone, IdempotencyStore,
+    InvocationFilter, InvocationRecord, InvocationStore, KeyStore, MetaStore, Notary, PolicyStore,
+    Registered, RegistryStore, Signed, StoredEntry, StoredPolicy, ToolEntry, ToolVersion, Usage,
 };
+use crate::BoxFuture;
 use crate::audit::link::{Head, link};
 use crate::error::Result;
-use crate::gate::BoxFuture;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::Mutex;
@@ -101,7 +102,7 @@ fn settle(inner: &mut Inner, release: &[Charge], charge: &[Charge]) {
     }
 }
 
-impl Storage for MemoryStorage {
+impl AuditStore for MemoryStorage {
     fn audit_append(
         &self,
         batch: Batch,
@@ -183,17 +184,14 @@ impl Storage for MemoryStorage {
             Ok(stored)
         })
     }
-
     fn audit_registry(&self) -> BoxFuture<'_, Result<Option<Signed>>> {
         let r = self.lock().registry.clone();
         Box::pin(async move { Ok(r) })
     }
-
     fn audit_registry_put(&self, registry: Signed) -> BoxFuture<'_, Result<()>> {
         self.lock().registry = Some(registry);
         Box::pin(async { Ok(()) })
     }
-
     fn audit_resign(&self, checkpoints: Vec<Checkpoint>) -> BoxFuture<'_, Result<()>> {
         let mut inner = self.lock();
         for c in checkpoints {
@@ -210,7 +208,6 @@ impl Storage for MemoryStorage {
         }
         Box::pin(async { Ok(()) })
     }
-
     fn audited_tenants(&self) -> BoxFuture<'_, Result<Vec<String>>> {
         let inner = self.lock();
         let mut tenants: Vec<String> = inner
@@ -223,7 +220,6 @@ impl Storage for MemoryStorage {
         tenants.dedup();
         Box::pin(async move { Ok(tenants) })
     }
-
     fn audit_read(
         &self,
         chain: &str,
@@ -233,7 +229,6 @@ impl Storage for MemoryStorage {
         let entries = self.entries(chain, after, i64::MAX, limit);
         Box::pin(async move { Ok(entries) })
     }
-
     fn audit_range(
         &self,
         chain: &str,
@@ -243,7 +238,6 @@ impl Storage for MemoryStorage {
         let entries = self.entries(chain, after, upto, i64::MAX);
         Box::pin(async move { Ok(entries) })
     }
-
     fn audit_chains(&self) -> BoxFuture<'_, Result<Vec<String>>> {
         Box::pin(async move {
             let inner = self.lock();
@@ -258,7 +252,6 @@ impl Storage for MemoryStorage {
             Ok(chains)
         })
     }
-
     fn checkpoints(&self, chain: &str) -> BoxFuture<'_, Result<Vec<Checkpoint>>> {
         let chain = chain.to_string();
         Box::pin(async move {
@@ -278,7 +271,6 @@ impl Storage for MemoryStorage {
             Ok(out)
         })
     }
-
     fn audit_prune(&self, anchor: Checkpoint) -> BoxFuture<'_, Result<u64>> {
         Box::pin(async move {
             let mut inner = self.lock();
@@ -295,7 +287,9 @@ impl Storage for MemoryStorage {
             Ok(n)
         })
     }
+}
 
+impl BudgetStore for MemoryStorage {
     fn budget_reserve(
         &self,
         charges: Vec<Charge>,
@@ -324,14 +318,12 @@ impl Storage for MemoryStorage {
             Ok(Ok(()))
         })
     }
-
     fn budget_settle(&self, reserved: Vec<Charge>, used: Vec<Charge>) -> BoxFuture<'_, Result<()>> {
         Box::pin(async move {
             settle(&mut self.lock(), &reserved, &used);
             Ok(())
         })
     }
-
     fn budget_usage(&self, scope: &str) -> BoxFuture<'_, Result<Vec<Usage>>> {
         let scope = scope.to_string();
         Box::pin(async move {
@@ -350,21 +342,9 @@ impl Storage for MemoryStorage {
                 .collect())
         })
     }
+}
 
-    fn meta_get(&self, key: &str) -> BoxFuture<'_, Result<Option<String>>> {
-        let key = key.to_string();
-        Box::pin(async move { Ok(self.lock().meta.get(&key).cloned()) })
-    }
-
-    fn meta_init(&self, key: &str, value: &str) -> BoxFuture<'_, Result<String>> {
-        let (key, value) = (key.to_string(), value.to_string());
-        Box::pin(async move { Ok(self.lock().meta.entry(key).or_insert(value).clone()) })
-    }
-
-    fn health(&self) -> BoxFuture<'_, Result<()>> {
-        Box::pin(async { Ok(()) })
-    }
-
+impl RegistryStore for MemoryStorage {
     fn blob_put<'a>(&'a self, digest: &'a str, bytes: &'a [u8]) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
             self.lock()
@@ -374,12 +354,10 @@ impl Storage for MemoryStorage {
             Ok(())
         })
     }
-
     fn blob_get(&self, digest: &str) -> BoxFuture<'_, Result<Option<Vec<u8>>>> {
         let found = self.lock().blobs.get(digest).cloned();
         Box::pin(async move { Ok(found) })
     }
-
     fn tool_register(&self, v: ToolVersion, deploy: bool) -> BoxFuture<'_, Result<Registered>> {
         Box::pin(async move {
             let mut inner = self.lock();
@@ -413,7 +391,6 @@ impl Storage for MemoryStorage {
             Ok(outcome)
         })
     }
-
     fn tool_version(
         &self,
         tenant: &str,
@@ -427,7 +404,6 @@ impl Storage for MemoryStorage {
             .cloned();
         Box::pin(async move { Ok(found) })
     }
-
     fn tool_versions(&self, tenant: &str, name: &str) -> BoxFuture<'_, Result<Vec<ToolVersion>>> {
         let mut found: Vec<ToolVersion> = self
             .lock()
@@ -439,7 +415,6 @@ impl Storage for MemoryStorage {
         found.sort_by(|a, b| (a.created_ms, &a.version).cmp(&(b.created_ms, &b.version)));
         Box::pin(async move { Ok(found) })
     }
-
     fn tool_get(&self, tenant: &str, name: &str) -> BoxFuture<'_, Result<Option<ToolEntry>>> {
         let found = self
             .lock()
@@ -448,7 +423,6 @@ impl Storage for MemoryStorage {
             .cloned();
         Box::pin(async move { Ok(found) })
     }
-
     fn tool_list(&self, tenant: &str) -> BoxFuture<'_, Result<Vec<ToolEntry>>> {
         let found = self
             .lock()
@@ -459,7 +433,6 @@ impl Storage for MemoryStorage {
             .collect();
         Box::pin(async move { Ok(found) })
     }
-
     fn tool_update(
         &self,
         tenant: &str,
@@ -483,14 +456,13 @@ impl Storage for MemoryStorage {
                     if let Some(d) = disabled {
                         t.disabled = d;
                     }
-                    t.updated_ms = crate::gate::governed::now_ms();
+                    t.updated_ms = crate::clock::now_ms();
                     true
                 }
                 None => false,
             };
         Box::pin(async move { Ok(updated) })
     }
-
     fn tool_set_artifact(
         &self,
         tenant: &str,
@@ -509,7 +481,9 @@ impl Storage for MemoryStorage {
         }
         Box::pin(async move { Ok(()) })
     }
+}
 
+impl KeyStore for MemoryStorage {
     fn key_put(&self, key: ApiKeyRecord) -> BoxFuture<'_, Result<()>> {
         let mut inner = self.lock();
         let result = if inner.keys.contains_key(&key.id) {
@@ -520,12 +494,10 @@ impl Storage for MemoryStorage {
         };
         Box::pin(async move { result })
     }
-
     fn key_get(&self, id: &str) -> BoxFuture<'_, Result<Option<ApiKeyRecord>>> {
         let found = self.lock().keys.get(id).cloned();
         Box::pin(async move { Ok(found) })
     }
-
     fn key_list(&self, tenant: Option<&str>) -> BoxFuture<'_, Result<Vec<ApiKeyRecord>>> {
         let found = self
             .lock()
@@ -536,7 +508,6 @@ impl Storage for MemoryStorage {
             .collect();
         Box::pin(async move { Ok(found) })
     }
-
     fn key_revoke(&self, id: &str, time_ms: i64) -> BoxFuture<'_, Result<bool>> {
         let revoked = match self.lock().keys.get_mut(id) {
             Some(k) if k.revoked_ms.is_none() => {
@@ -547,7 +518,9 @@ impl Storage for MemoryStorage {
         };
         Box::pin(async move { Ok(revoked) })
     }
+}
 
+impl InvocationStore for MemoryStorage {
     fn invocation_get(
         &self,
         tenant: &str,
@@ -563,7 +536,6 @@ impl Storage for MemoryStorage {
         drop(inner);
         Box::pin(async move { Ok(found) })
     }
-
     fn invocation_list(
         &self,
         tenant: &str,
@@ -589,7 +561,9 @@ impl Storage for MemoryStorage {
             .collect();
         Box::pin(async move { Ok(found) })
     }
+}
 
+impl PolicyStore for MemoryStorage {
     fn policy_put(&self, name: &str, text: &str, time_ms: i64) -> BoxFuture<'_, Result<i64>> {
         let mut inner = self.lock();
         let version = inner.policies.len() as i64 + 1;
@@ -601,12 +575,13 @@ impl Storage for MemoryStorage {
         });
         Box::pin(async move { Ok(version) })
     }
-
     fn policy_current(&self) -> BoxFuture<'_, Result<Option<StoredPolicy>>> {
         let found = self.lock().policies.last().cloned();
         Box::pin(async move { Ok(found) })
     }
+}
 
+impl IdempotencyStore for MemoryStorage {
     fn idempotency_begin(
         &self,
         tenant: &str,
@@ -645,7 +620,6 @@ impl Storage for MemoryStorage {
         });
         Box::pin(async move { Ok(answer) })
     }
-
     fn idempotency_abandon(&self, tenant: &str, key: &str) -> BoxFuture<'_, Result<()>> {
         let mut inner = self.lock();
         let k = (tenant.to_string(), key.to_string());
@@ -654,12 +628,13 @@ impl Storage for MemoryStorage {
         }
         Box::pin(async move { Ok(()) })
     }
-
     fn idempotency_finish(&self, done: IdempotencyDone) -> BoxFuture<'_, Result<()>> {
         finish(&mut self.lock(), done);
         Box::pin(async move { Ok(()) })
     }
+}
 
+impl ApprovalStore for MemoryStorage {
     fn approval_get(
         &self,
         tenant: &str,
@@ -673,7 +648,6 @@ impl Storage for MemoryStorage {
             .cloned();
         Box::pin(async move { Ok(found) })
     }
-
     fn approval_list(
         &self,
         tenant: &str,
@@ -699,7 +673,6 @@ impl Storage for MemoryStorage {
         found.truncate(usize::try_from(limit).unwrap_or(0));
         Box::pin(async move { Ok(found) })
     }
-
     fn approval_decide(
         &self,
         tenant: &str,
@@ -722,7 +695,9 @@ impl Storage for MemoryStorage {
         };
         Box::pin(async move { Ok(decided) })
     }
+}
 
+impl CacheStore for MemoryStorage {
     fn cache_get(
         &self,
         tenant: &str,
@@ -736,5 +711,19 @@ impl Storage for MemoryStorage {
             .filter(|(_, expires)| *expires > now_ms)
             .map(|(r, _)| r.clone());
         Box::pin(async move { Ok(found) })
+    }
+}
+
+impl MetaStore for MemoryStorage {
+    fn meta_get(&self, key: &str) -> BoxFuture<'_, Result<Option<String>>> {
+        let key = key.to_string();
+        Box::pin(async move { Ok(self.lock().meta.get(&key).cloned()) })
+    }
+    fn meta_init(&self, key: &str, value: &str) -> BoxFuture<'_, Result<String>> {
+        let (key, value) = (key.to_string(), value.to_string());
+        Box::pin(async move { Ok(self.lock().meta.entry(key).or_insert(value).clone()) })
+    }
+    fn health(&self) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async { Ok(()) })
     }
 }

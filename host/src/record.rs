@@ -1,0 +1,94 @@
+//! What an invocation answered, as a core type: the API's answer and what
+//! the invocation record stores.
+//!
+//! This module sits below the gate and the invocation service (both read
+//! and write these types) and imports neither. The stored form is
+//! versioned: [`RECORD_VERSION`] is written with every record, and readers
+//! accept every version up to it (fields are added, never renamed).
+
+use crate::error::{Error, ErrorKind};
+use serde::{Deserialize, Serialize};
+
+/// The version of the stored record format.
+pub const RECORD_VERSION: i64 = 2;
+
+/// Resources an invocation used.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Usage {
+    pub fuel: u64,
+    pub wall_ms: u64,
+    pub memory_peak_bytes: u64,
+}
+
+/// Where an invocation ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    /// The function ran and returned (a WIT `result`'s `err` is data, and
+    /// still `ok`).
+    Ok,
+    /// The function ran and failed: fuel, timeout, memory, trap, output cap.
+    Error,
+    /// It never ran: invalid arguments, unknown function, policy, budget.
+    Refused,
+    /// It waits for a human's approval.
+    PendingApproval,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Ok => "ok",
+            Status::Error => "error",
+            Status::Refused => "refused",
+            Status::PendingApproval => "pending_approval",
+        }
+    }
+}
+
+/// What the HTTP API answers for an invocation, and what its record keeps.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct InvocationResponse {
+    pub invocation_id: String,
+    pub status: Status,
+    pub tool: String,
+    /// The function's full name (`crm/divide`).
+    pub function: String,
+    /// The registered version that ran.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// The function's result (`status: ok`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub result: Option<serde_json::Value>,
+    /// Why it failed or was refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<crate::error::ErrorSchema>)]
+    pub error: Option<Error>,
+    pub usage: Usage,
+    /// With `status: pending_approval`: the approval request to decide
+    /// (`/v1/approvals/{approval_id}`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval_id: Option<String>,
+    /// True when the result came from the result cache (nothing ran).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cached: bool,
+}
+
+impl InvocationResponse {
+    /// The HTTP status this outcome is answered with: ran → 200 (`ok` or
+    /// `error`); waiting for approval → 202; refused → by kind (invalid
+    /// arguments 422, unknown function 404, policy or a missing granted
+    /// secret 403, budget 429).
+    pub fn http_status(&self) -> u16 {
+        match self.status {
+            Status::Ok | Status::Error => 200,
+            Status::PendingApproval => 202,
+            Status::Refused => match self.error.as_ref().map(|e| e.kind) {
+                Some(ErrorKind::CapabilityDenied) => 403,
+                Some(k) => k.http_status(),
+                None => 500,
+            },
+        }
+    }
+}

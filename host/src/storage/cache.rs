@@ -1,0 +1,29 @@
+//! The result cache.
+
+#[allow(unused_imports)]
+use super::*;
+use crate::BoxFuture;
+use crate::error::Result;
+#[allow(unused_imports)]
+use serde::Serialize;
+
+/// A cached result.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheEntry {
+    pub tenant: String,
+    pub key: String,
+    /// The result JSON.
+    pub result: String,
+    pub expires_ms: i64,
+}
+
+/// The result cache.
+pub trait CacheStore: Send + Sync {
+    /// A cached result, if present and not expired.
+    fn cache_get(
+        &self,
+        tenant: &str,
+        key: &str,
+        now_ms: i64,
+    ) -> BoxFuture<'_, Result<Option<String>>>;
+}

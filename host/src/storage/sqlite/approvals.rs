@@ -1,0 +1,95 @@
+//! Human-approval requests.
+
+#[allow(unused_imports)]
+use super::*;
+
+impl ApprovalStore for SqliteStorage {
+    fn approval_get(
+        &self,
+        tenant: &str,
+        id: &str,
+    ) -> BoxFuture<'_, Result<Option<ApprovalRecord>>> {
+        let (tenant, id) = (tenant.to_string(), id.to_string());
+        Box::pin(async move {
+            let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "SELECT {APPROVAL_COLUMNS} FROM approvals WHERE tenant = ? AND id = ?"
+            )))
+            .bind(tenant)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db)?;
+            Ok(row.as_ref().map(approval_row))
+        })
+    }
+    fn approval_list(
+        &self,
+        tenant: &str,
+        status: Option<&str>,
+        now_ms: i64,
+        before: Option<(i64, String)>,
+        limit: i64,
+    ) -> BoxFuture<'_, Result<Vec<ApprovalRecord>>> {
+        // ?1 tenant, ?2 stored status, ?3 now, ?4 limit, ?5/?6 the cursor.
+        let (stored, when) = match status {
+            None => (None, ""),
+            Some("pending") => (Some("pending"), "AND expires_ms > ?3"),
+            Some("expired") => (Some("pending"), "AND expires_ms <= ?3"),
+            Some(s) => (Some(s), ""),
+        };
+        let (tenant, stored) = (tenant.to_string(), stored.map(str::to_string));
+        Box::pin(async move {
+            let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "SELECT {APPROVAL_COLUMNS} FROM approvals
+                 WHERE tenant = ?1 AND (?2 IS NULL OR status = ?2) {when}
+                   AND (?5 IS NULL OR (created_ms, id) < (?5, ?6))
+                 ORDER BY created_ms DESC, id DESC LIMIT ?4"
+            )))
+            .bind(tenant)
+            .bind(stored)
+            .bind(now_ms)
+            .bind(limit)
+            .bind(before.as_ref().map(|b| b.0))
+            .bind(before.map(|b| b.1))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db)?;
+            Ok(rows.iter().map(approval_row).collect())
+        })
+    }
+    fn approval_decide(
+        &self,
+        tenant: &str,
+        id: &str,
+        status: &str,
+        decided_by: &str,
+        reason: Option<&str>,
+        now_ms: i64,
+    ) -> BoxFuture<'_, Result<Option<ApprovalRecord>>> {
+        let (tenant, id, status, decided_by, reason) = (
+            tenant.to_string(),
+            id.to_string(),
+            status.to_string(),
+            decided_by.to_string(),
+            reason.map(str::to_string),
+        );
+        Box::pin(async move {
+            let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "UPDATE approvals SET status = ?, decided_by = ?, decided_ms = ?, reason = ?, args = ''
+                 WHERE tenant = ? AND id = ? AND status = 'pending' AND expires_ms > ?
+                 RETURNING {APPROVAL_COLUMNS}"
+            )))
+            .bind(status)
+            .bind(decided_by)
+            .bind(now_ms)
+            .bind(reason)
+            .bind(tenant)
+            .bind(id)
+            .bind(now_ms)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db)?;
+            Ok(row.as_ref().map(approval_row))
+        })
+    }
+}

@@ -1,0 +1,45 @@
+//! Budget ledgers: reservations (taken at admission), settlements, usage.
+
+#[allow(unused_imports)]
+use super::*;
+
+impl BudgetStore for SqliteStorage {
+    fn budget_reserve(
+        &self,
+        charges: Vec<Charge>,
+    ) -> BoxFuture<'_, Result<std::result::Result<(), Exceeded>>> {
+        Box::pin(async move {
+            if charges.is_empty() {
+                return Ok(Ok(()));
+            }
+            self.writer.reserve(charges).await
+        })
+    }
+    fn budget_settle(&self, reserved: Vec<Charge>, used: Vec<Charge>) -> BoxFuture<'_, Result<()>> {
+        Box::pin(self.writer.run_durable(move |w| {
+            commit::settle_alone(&mut w.conn, &reserved, &used).map_err(writer::db)
+        }))
+    }
+    fn budget_usage(&self, scope: &str) -> BoxFuture<'_, Result<Vec<Usage>>> {
+        let scope = scope.to_string();
+        Box::pin(async move {
+            let rows = sqlx::query(
+                "SELECT scope, window, metric, used, reserved FROM budget WHERE scope = ? ORDER BY window, metric",
+            )
+            .bind(scope)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db)?;
+            Ok(rows
+                .iter()
+                .map(|r| Usage {
+                    scope: r.get(0),
+                    window: r.get(1),
+                    metric: r.get(2),
+                    used: r.get(3),
+                    reserved: r.get(4),
+                })
+                .collect())
+        })
+    }
+}

@@ -1,0 +1,26 @@
+//! The result cache.
+
+#[allow(unused_imports)]
+use super::*;
+
+impl CacheStore for SqliteStorage {
+    fn cache_get(
+        &self,
+        tenant: &str,
+        key: &str,
+        now_ms: i64,
+    ) -> BoxFuture<'_, Result<Option<String>>> {
+        let (tenant, key) = (tenant.to_string(), key.to_string());
+        Box::pin(async move {
+            sqlx::query_scalar(
+                "SELECT result FROM result_cache WHERE tenant = ? AND key = ? AND expires_ms > ?",
+            )
+            .bind(tenant)
+            .bind(key)
+            .bind(now_ms)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db)
+        })
+    }
+}

@@ -1,0 +1,38 @@
+//! Stored policy versions.
+
+#[allow(unused_imports)]
+use super::*;
+
+impl PolicyStore for SqliteStorage {
+    fn policy_put(&self, name: &str, text: &str, time_ms: i64) -> BoxFuture<'_, Result<i64>> {
+        let (name, text) = (name.to_string(), text.to_string());
+        Box::pin(async move {
+            let version: i64 = sqlx::query_scalar(
+                "INSERT INTO policies (name, text, created_ms) VALUES (?, ?, ?) RETURNING version",
+            )
+            .bind(name)
+            .bind(text)
+            .bind(time_ms)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db)?;
+            Ok(version)
+        })
+    }
+    fn policy_current(&self) -> BoxFuture<'_, Result<Option<StoredPolicy>>> {
+        Box::pin(async move {
+            let row = sqlx::query(
+                "SELECT version, name, text, created_ms FROM policies ORDER BY version DESC LIMIT 1",
+            )
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db)?;
+            Ok(row.map(|r| StoredPolicy {
+                version: r.get(0),
+                name: r.get(1),
+                text: r.get(2),
+                created_ms: r.get(3),
+            }))
+        })
+    }
+}
