@@ -69,6 +69,10 @@ pub enum ErrorKind {
     ApprovalDenied,
     /// Nobody decided the approval this invocation waited for in time.
     ApprovalExpired,
+    /// The caller's tenant holds its share of the server (request slots and
+    /// queue, or body memory) while others may still be served; retry
+    /// later (HTTP 429).
+    TenantOverloaded,
 }
 
 impl ErrorKind {
@@ -102,6 +106,7 @@ impl ErrorKind {
             ErrorKind::IdempotencyInProgress => "idempotency_in_progress",
             ErrorKind::ApprovalDenied => "approval_denied",
             ErrorKind::ApprovalExpired => "approval_expired",
+            ErrorKind::TenantOverloaded => "tenant_overloaded",
         }
     }
 
@@ -136,7 +141,7 @@ impl ErrorKind {
             | ErrorKind::ApprovalDenied
             | ErrorKind::ApprovalExpired => 403,
             ErrorKind::ApprovalRequired => 202,
-            ErrorKind::BudgetExceeded => 429,
+            ErrorKind::BudgetExceeded | ErrorKind::TenantOverloaded => 429,
             ErrorKind::ToolDisabled | ErrorKind::Conflict | ErrorKind::IdempotencyInProgress => 409,
             ErrorKind::Unauthenticated => 401,
             ErrorKind::InvalidRequest => 400,
