@@ -12,3 +12,6 @@ mod audit;
 
 #[path = "attacks/secrets.rs"]
 mod secrets;
+
+#[path = "attacks/server.rs"]
+mod server;

@@ -79,6 +79,10 @@ pub enum ErrorKind {
     /// Stored data is malformed (the database was damaged or edited by
     /// hand): retrying cannot help; an operator must look (HTTP 500).
     Corrupt,
+    /// The caller's tenant holds its share of the server (request slots and
+    /// queue, or body memory) while others may still be served; retry
+    /// later (HTTP 429).
+    TenantOverloaded,
 }
 
 impl ErrorKind {
@@ -115,6 +119,7 @@ impl ErrorKind {
             ErrorKind::HostLost => "host_lost",
             ErrorKind::Unavailable => "unavailable",
             ErrorKind::Corrupt => "corrupt",
+            ErrorKind::TenantOverloaded => "tenant_overloaded",
         }
     }
 
@@ -154,7 +159,7 @@ impl ErrorKind {
             | ErrorKind::ApprovalDenied
             | ErrorKind::ApprovalExpired => 403,
             ErrorKind::ApprovalRequired => 202,
-            ErrorKind::BudgetExceeded => 429,
+            ErrorKind::BudgetExceeded | ErrorKind::TenantOverloaded => 429,
             ErrorKind::ToolDisabled | ErrorKind::Conflict | ErrorKind::IdempotencyInProgress => 409,
             ErrorKind::Unauthenticated => 401,
             ErrorKind::InvalidRequest => 400,

@@ -45,6 +45,9 @@ pub struct Request {
     /// The limits asked for (the policy may set others).
     pub limits: Limits,
     pub context: CallContext,
+    /// Held until the invocation ends, even if the caller goes away first
+    /// (the HTTP adapter's request slot: an invocation keeps using it).
+    pub hold: Option<Arc<dyn std::any::Any + Send + Sync>>,
 }
 
 /// What the service answers.
@@ -106,7 +109,12 @@ impl InvocationService {
     pub async fn invoke(self: &Arc<Self>, request: Request) -> Result<Answer> {
         let me = self.clone();
         self.tracker
-            .spawn(async move { me.flow(request).await })
+            .spawn(async move {
+                let hold = request.hold.clone();
+                let answer = me.flow(request).await;
+                drop(hold);
+                answer
+            })
             .await
             .map_err(|e| Error::internal(format!("the invocation task failed: {e}")))?
     }
@@ -140,6 +148,7 @@ impl InvocationService {
             args,
             limits,
             context,
+            hold: _,
         } = request;
         let function = match function {
             Some(f) => f,

@@ -69,6 +69,20 @@ pub fn data_dir_with(tag: &str, policy: &str, tools: &[(&str, &str)]) -> PathBuf
     dir
 }
 
+/// Register the guest `file` as `name` for `tenant`.
+pub fn register(dir: &Path, tenant: &str, name: &str, file: &str) {
+    ok(host(&[
+        "register",
+        s(&guest(file)),
+        "--name",
+        name,
+        "--tenant",
+        tenant,
+        "--data-dir",
+        s(dir),
+    ]));
+}
+
 pub fn key(dir: &Path, tenant: &str, roles: &[&str]) -> String {
     let mut args = vec!["keys", "create", "--tenant", tenant, "--data-dir", s(dir)];
     for r in roles {
@@ -89,11 +103,17 @@ pub struct Server {
 
 impl Server {
     pub fn start(dir: &Path, extra: &[&str]) -> Server {
+        Server::start_env(dir, extra, &[])
+    }
+
+    /// Start with extra environment variables (e.g. `RUST_LOG`).
+    pub fn start_env(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Server {
         let log = dir.join(format!("serve-{}.log", rand_suffix()));
         let mut child = Command::new(BIN)
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir", s(dir)])
             .args(["--policy", s(&dir.join("policy.yaml"))])
             .args(extra)
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()

@@ -210,6 +210,7 @@ pub async fn main(args: Args) -> i32 {
         args: call_args,
         limits,
         context,
+        hold: None,
     };
     let outcome = match service.invoke(request).await {
         Err(e) => return fail(args.json, e),

@@ -25,8 +25,9 @@ pub struct Args {
     /// version). Default: the data dir's stored policy (`host policy set`).
     #[arg(long, value_name = "FILE")]
     policy: Option<PathBuf>,
-    /// Secrets for policy grants (`name=value` lines); TOOLHOST_SECRET_<NAME>
-    /// environment variables also work.
+    /// Secrets for policy grants: a YAML (or JSON) map of name to value,
+    /// e.g. `shop_token: abc123`; TOOLHOST_SECRET_<NAME> environment
+    /// variables also work (the file wins).
     #[arg(long, value_name = "FILE")]
     secrets: Option<PathBuf>,
     /// Largest request body (uploads excepted).
@@ -44,6 +45,20 @@ pub struct Args {
     /// Requests that may wait for a slot; beyond that, 503 with Retry-After.
     #[arg(long, default_value_t = 1024)]
     max_queue: usize,
+    /// Requests of one tenant served at once; more wait in the tenant's
+    /// queue, and free slots go to tenants in turn. Default: half of
+    /// --max-concurrency (at least 1).
+    #[arg(long, value_name = "N")]
+    tenant_max_concurrency: Option<u32>,
+    /// Requests of one tenant that may wait for a slot; beyond that, 429
+    /// `tenant_overloaded` with Retry-After. Default: half of --max-queue.
+    #[arg(long, value_name = "N")]
+    tenant_max_queue: Option<usize>,
+    /// Bytes of request bodies (uploads excepted) held in memory at once,
+    /// at least --max-body; one tenant holds at most half. A request that
+    /// cannot get its bytes waits (within --request-timeout), then 503.
+    #[arg(long, default_value = "64MiB")]
+    max_body_memory: String,
     /// A connection that does not send a complete request head within this
     /// long (a slow client, or an idle keep-alive connection) is closed.
     #[arg(long, default_value = "30s")]
@@ -90,12 +105,34 @@ fn bad(flag: &str) -> impl Fn(String) -> Error + '_ {
 }
 
 fn config(args: &Args) -> Result<ServeConfig> {
+    let max_concurrency = args.max_concurrency.max(1) as usize;
+    let max_body = parse_bytes(&args.max_body).map_err(bad("max-body"))? as usize;
+    let max_body_memory =
+        parse_bytes(&args.max_body_memory).map_err(bad("max-body-memory"))? as usize;
+    if max_body_memory < max_body {
+        return Err(bad("max-body-memory")(format!(
+            "{max_body_memory} bytes is less than --max-body ({max_body} bytes)"
+        )));
+    }
+    if max_body_memory > u32::MAX as usize {
+        return Err(bad("max-body-memory")(format!(
+            "at most {} bytes (4 GiB - 1)",
+            u32::MAX
+        )));
+    }
+    let tenant_max_concurrency = match args.tenant_max_concurrency {
+        Some(n) => (n.max(1) as usize).min(max_concurrency),
+        None => (max_concurrency / 2).max(1),
+    };
     let mut c = ServeConfig {
-        max_body: parse_bytes(&args.max_body).map_err(bad("max-body"))? as usize,
+        max_body,
         max_upload: parse_bytes(&args.max_upload).map_err(bad("max-upload"))? as usize,
         request_timeout: parse_duration(&args.request_timeout).map_err(bad("request-timeout"))?,
-        max_concurrency: args.max_concurrency.max(1) as usize,
+        max_concurrency,
         max_queue: args.max_queue,
+        tenant_max_concurrency,
+        tenant_max_queue: args.tenant_max_queue.unwrap_or(args.max_queue / 2),
+        max_body_memory,
         header_timeout: parse_duration(&args.header_timeout).map_err(bad("header-timeout"))?,
         max_connections: args.max_connections.max(1),
         idempotency_retention: parse_period(&args.idempotency_retention)

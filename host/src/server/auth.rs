@@ -1,7 +1,9 @@
 //! Who is calling: `Authorization: Bearer <key>` → the stored key, its
-//! tenant and roles. Every handler takes a [`Caller`]; each resource is
-//! looked up within the caller's tenant, so another tenant's resources are
-//! simply not found (404, never 403).
+//! tenant and roles. [`super::limit`] authenticates every API request from
+//! its headers (and checks the route's [`Access`]) before reading its body;
+//! every handler takes the resulting [`Caller`]; each resource is looked up
+//! within the caller's tenant, so another tenant's resources are simply not
+//! found (404, never 403).
 
 use super::App;
 use super::problem::ApiError;
@@ -9,26 +11,37 @@ use crate::error::ErrorKind;
 use crate::keys::{self, Role};
 use crate::storage::ApiKeyRecord;
 use axum::extract::FromRequestParts;
-use axum::http::header;
 use axum::http::request::Parts;
+use axum::http::{HeaderMap, header};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Stored keys, remembered for a short time so that a request does not
 /// read the key table: a key created or revoked by `host keys` takes effect
-/// within the TTL. Only keys that exist are remembered (the map is bounded
-/// by the key table); every use still checks the secret.
+/// within the TTL. Every use still checks the secret.
+///
+/// Ids that have no key are remembered for the TTL too, so that a client
+/// retrying a deleted or mistyped key does not cost a read per request.
+/// That map is bounded ([`MAX_MISSING`] ids): past it, expired ids are
+/// dropped, and if it is still full the id is not remembered, so random ids
+/// cannot grow memory. The map of keys that exist is bounded by the key
+/// table.
 pub struct KeyCache {
     ttl: Duration,
     keys: Mutex<HashMap<String, (ApiKeyRecord, Instant)>>,
+    missing: Mutex<HashMap<String, Instant>>,
 }
+
+/// Most unknown key ids remembered at once.
+pub const MAX_MISSING: usize = 4096;
 
 impl KeyCache {
     pub fn new(ttl: Duration) -> KeyCache {
         KeyCache {
             ttl,
             keys: Mutex::new(HashMap::new()),
+            missing: Mutex::new(HashMap::new()),
         }
     }
 
@@ -51,7 +64,19 @@ impl KeyCache {
             keys::check(&record, presented)?;
             return Ok(record);
         }
-        let record = storage.key_get(id).await?.ok_or_else(bad)?;
+        let known_missing = self
+            .missing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id)
+            .is_some_and(|at| at.elapsed() < self.ttl);
+        if known_missing {
+            return Err(bad());
+        }
+        let Some(record) = storage.key_get(id).await? else {
+            self.remember_missing(id);
+            return Err(bad());
+        };
         self.keys
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -59,6 +84,62 @@ impl KeyCache {
         keys::check(&record, presented)?;
         Ok(record)
     }
+
+    fn remember_missing(&self, id: &str) {
+        let mut missing = self.missing.lock().unwrap_or_else(|e| e.into_inner());
+        if missing.len() >= MAX_MISSING {
+            missing.retain(|_, at| at.elapsed() < self.ttl);
+        }
+        if missing.len() < MAX_MISSING {
+            missing.insert(id.to_string(), Instant::now());
+        }
+    }
+}
+
+/// Who may use a route: checked from the headers before its body is read
+/// (by [`super::limit`]), and again by its handler.
+#[derive(Debug, Clone, Copy)]
+pub enum Access {
+    /// Any valid key of the tenant.
+    AnyKey,
+    /// A key with one of these roles (`admin` holds them all).
+    OneOf(&'static [Role]),
+}
+
+/// Authenticate `Authorization: Bearer <key>` (exactly one such header).
+pub async fn authenticate(app: &App, headers: &HeaderMap) -> Result<Caller, ApiError> {
+    let mut values = headers.get_all(header::AUTHORIZATION).iter();
+    let value = values.next().ok_or_else(|| {
+        ApiError::new(
+            ErrorKind::Unauthenticated,
+            "send an API key as `Authorization: Bearer <key>` (make one with `host keys create`)",
+        )
+    })?;
+    if values.next().is_some() {
+        return Err(ApiError::new(
+            ErrorKind::Unauthenticated,
+            "send one Authorization header, not several",
+        ));
+    }
+    let value = value.to_str().map_err(|_| {
+        ApiError::new(
+            ErrorKind::Unauthenticated,
+            "the Authorization header is not text",
+        )
+    })?;
+    let (scheme, token) = value.trim().split_once(' ').unwrap_or((value, ""));
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Err(ApiError::new(
+            ErrorKind::Unauthenticated,
+            "the Authorization scheme must be Bearer",
+        ));
+    }
+    let key = app
+        .keys
+        .authenticate(app.storage.as_ref(), token.trim())
+        .await?;
+    tracing::Span::current().record("key", key.id.as_str());
+    Ok(Caller { key })
 }
 
 /// The authenticated caller.
@@ -107,33 +188,59 @@ impl Caller {
     }
 }
 
+impl Caller {
+    /// Refuse unless this caller may use a route with `access`.
+    pub fn allowed(&self, access: Access) -> Result<(), ApiError> {
+        match access {
+            Access::AnyKey => Ok(()),
+            Access::OneOf([role]) => self.require(*role),
+            Access::OneOf(roles) => self.require_any(roles),
+        }
+    }
+}
+
+/// The caller [`super::limit`] authenticated (in the request's
+/// extensions), or, for a route it did not see, authenticated here.
 impl FromRequestParts<Arc<App>> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Caller, ApiError> {
-        let value = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .ok_or_else(|| {
-                ApiError::new(
-                    ErrorKind::Unauthenticated,
-                    "send an API key as `Authorization: Bearer <key>` (make one with `host keys create`)",
-                )
-            })?
-            .to_str()
-            .map_err(|_| ApiError::new(ErrorKind::Unauthenticated, "the Authorization header is not text"))?;
-        let (scheme, token) = value.trim().split_once(' ').unwrap_or((value, ""));
-        if !scheme.eq_ignore_ascii_case("bearer") {
-            return Err(ApiError::new(
-                ErrorKind::Unauthenticated,
-                "the Authorization scheme must be Bearer",
-            ));
+        if let Some(caller) = parts.extensions.get::<Caller>() {
+            return Ok(caller.clone());
         }
-        let key = app
-            .keys
-            .authenticate(app.storage.as_ref(), token.trim())
-            .await?;
-        tracing::Span::current().record("key", key.id.as_str());
-        Ok(Caller { key })
+        authenticate(app, &parts.headers).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::memory::MemoryStorage;
+
+    fn unknown(i: usize) -> String {
+        format!("thk_{i:016x}_{}", "0".repeat(64))
+    }
+
+    #[tokio::test]
+    async fn unknown_ids_remembered_are_bounded() {
+        let storage = MemoryStorage::new();
+        let cache = KeyCache::new(Duration::from_secs(3600));
+        for i in 0..MAX_MISSING + 10 {
+            assert!(cache.authenticate(&storage, &unknown(i)).await.is_err());
+        }
+        assert_eq!(cache.missing.lock().unwrap().len(), MAX_MISSING);
+        // Expired ids make room.
+        let cache = KeyCache::new(Duration::ZERO);
+        for i in 0..MAX_MISSING + 10 {
+            assert!(cache.authenticate(&storage, &unknown(i)).await.is_err());
+        }
+        assert!(cache.missing.lock().unwrap().len() <= MAX_MISSING);
+        assert!(
+            cache
+                .missing
+                .lock()
+                .unwrap()
+                .contains_key(&format!("{:016x}", MAX_MISSING + 9))
+        );
     }
 }

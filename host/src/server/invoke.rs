@@ -193,16 +193,7 @@ async fn run(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     caller.require(Role::Invoke)?;
-    let idempotency_key = match headers.get("idempotency-key") {
-        None => None,
-        Some(v) => {
-            let key = v.to_str().map_err(|_| {
-                ApiError::new(ErrorKind::InvalidRequest, "the Idempotency-Key is not text")
-            })?;
-            idempotency::validate_key(key)?;
-            Some(key.to_string())
-        }
-    };
+    let idempotency_key = idempotency_key(&headers)?;
     let body = body.map_err(rejection)?;
     let request = parse_request(&body)?;
     if let Some(url) = &request.callback_url {
@@ -225,6 +216,7 @@ async fn run(
             approval: None,
             callback_url: request.callback_url,
         },
+        hold: super::limit::current_slot().map(|s| s as Arc<dyn std::any::Any + Send + Sync>),
     };
     match app.service.invoke(request).await? {
         Answer::Done(outcome) => {
@@ -239,6 +231,26 @@ async fn run(
             Ok(answer)
         }
     }
+}
+
+/// The `Idempotency-Key` header, if sent: exactly one, valid. An empty
+/// value or a repeated header is refused (400), never ignored or half-read.
+pub fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let mut values = headers.get_all("idempotency-key").iter();
+    let Some(value) = values.next() else {
+        return Ok(None);
+    };
+    if values.next().is_some() {
+        return Err(ApiError::new(
+            ErrorKind::InvalidRequest,
+            "send one Idempotency-Key header, not several",
+        ));
+    }
+    let key = value
+        .to_str()
+        .map_err(|_| ApiError::new(ErrorKind::InvalidRequest, "the Idempotency-Key is not text"))?;
+    idempotency::validate_key(key)?;
+    Ok(Some(key.to_string()))
 }
 
 /// Answer an outcome: the invocation shape with its status code, or a 500

@@ -3,10 +3,12 @@
 //! One [`App`] holds what every request needs (storage, registry, loaded
 //! tools, the host and its governed gate); handlers live by resource:
 //! [`tools`] (list, upload, describe, deploy, disable), [`invoke`],
-//! [`records`] (invocations, task budgets). Around them: [`auth`] (API keys
-//! → tenant and roles), [`limit`] (bounded concurrency and queue, request
-//! deadline), body limits, structured request logs, and RFC 9457 problems
-//! ([`problem`]) for everything that is not an invocation outcome.
+//! [`records`] (invocations, task budgets). Around them: [`limit`]
+//! (authentication and the route's role from the headers, via [`auth`] and
+//! `ROUTES`, before any body is read; body memory, [`bodies`]; slots shared
+//! fairly among tenants, [`fair`]; the request deadline), structured request
+//! logs, and RFC 9457 problems ([`problem`]) for everything that is not an
+//! invocation outcome.
 //!
 //! Invariant: an invocation, once admitted, runs to completion on its own
 //! task and is recorded, even if its client goes away or its request times
@@ -14,6 +16,8 @@
 
 pub mod approvals;
 pub mod auth;
+pub mod bodies;
+pub mod fair;
 pub mod invoke;
 pub mod limit;
 pub mod listen;
@@ -56,6 +60,15 @@ pub struct ServeConfig {
     pub max_concurrency: usize,
     /// Requests waiting for a slot; more are refused with 503.
     pub max_queue: usize,
+    /// Requests of one tenant served at once (default: half of
+    /// `max_concurrency`, at least 1); more wait in the tenant's queue.
+    pub tenant_max_concurrency: usize,
+    /// Requests of one tenant waiting for a slot (default: half of
+    /// `max_queue`); more are refused with 429 `tenant_overloaded`.
+    pub tenant_max_queue: usize,
+    /// Bytes of request bodies (uploads excepted) held in memory at once;
+    /// one tenant holds at most half.
+    pub max_body_memory: usize,
     /// Default invocation limits (a policy may set others per tool).
     pub limits: Limits,
     /// How long shutdown waits for running invocations.
@@ -91,6 +104,9 @@ impl Default for ServeConfig {
             request_timeout: Duration::from_secs(60),
             max_concurrency: 64,
             max_queue: 1024,
+            tenant_max_concurrency: 32,
+            tenant_max_queue: 512,
+            max_body_memory: 64 << 20,
             limits: Limits::default(),
             shutdown_grace: Duration::from_secs(30),
             policy_poll: Duration::from_secs(2),
@@ -181,12 +197,17 @@ impl Server {
             host,
             service,
             governed,
-            limiter: limit::Limiter::new(
-                config.max_concurrency,
-                config.max_queue,
-                config.request_timeout,
-                config.max_body,
-            ),
+            limiter: limit::Limiter::new(limit::LimiterConfig {
+                slots: fair::FairLimits {
+                    max_running: config.max_concurrency,
+                    max_queue: config.max_queue,
+                    tenant_running: config.tenant_max_concurrency,
+                    tenant_queue: config.tenant_max_queue,
+                },
+                timeout: config.request_timeout,
+                max_body: config.max_body,
+                max_body_memory: config.max_body_memory,
+            }),
             limits: config.limits.clone(),
             tracker: TaskTracker::new(),
             ready: AtomicBool::new(true),
@@ -252,6 +273,45 @@ impl Server {
     }
 }
 
+/// Who may use each API route (method, route as registered below). The
+/// limit layer checks it from the headers before reading a body; the
+/// handlers check again. A method missing here is refused (405), never let
+/// through.
+const ROUTES: &[(&str, &str, auth::Access)] = {
+    use crate::keys::Role::{Admin, Approve, Audit, Invoke};
+    use auth::Access::{AnyKey, OneOf};
+    const ADMIN: auth::Access = OneOf(&[Admin]);
+    const INVOKE: auth::Access = OneOf(&[Invoke]);
+    const RECORDS: auth::Access = OneOf(&[Invoke, Audit, Approve]);
+    &[
+        ("GET", "/v1/tools", AnyKey),
+        ("POST", "/v1/tools", ADMIN),
+        ("GET", "/v1/tools/{tool}", AnyKey),
+        ("POST", "/v1/tools/{tool}/deploy", ADMIN),
+        ("POST", "/v1/tools/{tool}/disable", ADMIN),
+        ("POST", "/v1/tools/{tool}/enable", ADMIN),
+        ("POST", "/v1/tools/{tool}/invoke", INVOKE),
+        ("POST", "/v1/tools/{tool}/{function}/invoke", INVOKE),
+        ("POST", "/v1/tools/{tool}/{function}/{rest}/invoke", INVOKE),
+        ("GET", "/v1/approvals", OneOf(&[Approve, Audit])),
+        ("GET", "/v1/approvals/{id}", OneOf(&[Approve, Audit])),
+        ("POST", "/v1/approvals/{id}/approve", OneOf(&[Approve])),
+        ("POST", "/v1/approvals/{id}/deny", OneOf(&[Approve])),
+        ("GET", "/v1/invocations", RECORDS),
+        ("GET", "/v1/invocations/{id}", RECORDS),
+        ("GET", "/v1/tasks/{task_id}/usage", RECORDS),
+        ("POST", "/v1/tasks/{task_id}/usage", INVOKE),
+    ]
+};
+
+/// The access rule of `method` on `route` (a matched route pattern).
+pub fn route_access(method: &axum::http::Method, route: &str) -> Option<auth::Access> {
+    ROUTES
+        .iter()
+        .find(|(m, r, _)| *m == method.as_str() && *r == route)
+        .map(|(_, _, access)| *access)
+}
+
 /// The routes, with their layers.
 pub fn router(app: Arc<App>, config: &ServeConfig) -> Router {
     let api = Router::new()
@@ -296,6 +356,7 @@ pub fn router(app: Arc<App>, config: &ServeConfig) -> Router {
         .fallback(problem::not_found)
         .method_not_allowed_fallback(problem::method_not_allowed)
         .layer(DefaultBodyLimit::max(config.max_body))
+        .layer(axum::middleware::map_response(problem::ensure_problem))
         .layer(
             tower_http::trace::TraceLayer::new_for_http()
                 .make_span_with(|req: &axum::http::Request<_>| {

@@ -58,6 +58,10 @@ const PROBLEMS: &[(&str, &str)] = &[
     ("403", "The key lacks the role"),
     ("404", "Not found in the caller's tenant (or no such route)"),
     ("413", "The request body is larger than the server accepts"),
+    (
+        "429",
+        "The caller's tenant is at its share of the server (`tenant_overloaded`): retry after `Retry-After` seconds",
+    ),
     ("500", "A fault of the host"),
     ("503", "Overloaded: retry after `Retry-After` seconds"),
     ("504", "The request passed the server's deadline"),

@@ -163,3 +163,66 @@ pub fn rejection(r: impl IntoResponse + std::fmt::Display) -> ApiError {
         StatusCode::BAD_REQUEST
     })
 }
+
+/// The kind an error status stands for, when something other than our own
+/// code (axum's extractors and router) answered it.
+fn kind_for(status: StatusCode) -> ErrorKind {
+    match status.as_u16() {
+        401 => ErrorKind::Unauthenticated,
+        403 => ErrorKind::Forbidden,
+        404 => ErrorKind::NotFound,
+        413 => ErrorKind::PayloadTooLarge,
+        429 => ErrorKind::TenantOverloaded,
+        503 => ErrorKind::Overloaded,
+        504 => ErrorKind::Timeout,
+        s if s >= 500 => ErrorKind::Internal,
+        _ => ErrorKind::InvalidRequest,
+    }
+}
+
+/// Every error is a problem document: an error answered in another shape
+/// (axum's plain-text rejections of a path, query or JSON body it could not
+/// parse, or anything else that slips past a handler) is rewritten as one,
+/// keeping its status, its text as `detail`, and its other headers (such as
+/// `Allow`). Invocation answers (`application/json`) and problems pass
+/// unchanged.
+pub async fn ensure_problem(response: Response) -> Response {
+    use http_body_util::BodyExt;
+    let status = response.status();
+    if !(status.is_client_error() || status.is_server_error()) {
+        return response;
+    }
+    let content_type = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if content_type.starts_with("application/problem+json")
+        || content_type.starts_with("application/json")
+    {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let text = match http_body_util::Limited::new(body, 4096).collect().await {
+        Ok(c) => String::from_utf8_lossy(&c.to_bytes()).trim().to_string(),
+        Err(_) => String::new(),
+    };
+    let detail = if text.is_empty() {
+        status.canonical_reason().unwrap_or("error").to_string()
+    } else {
+        text
+    };
+    let mut problem = ApiError::new(kind_for(status), detail).with_status(status);
+    if status == StatusCode::SERVICE_UNAVAILABLE || status == StatusCode::TOO_MANY_REQUESTS {
+        problem.retry_after = Some(1);
+    }
+    let mut out = problem.into_response();
+    for (name, value) in &parts.headers {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            out.headers_mut()
+                .entry(name)
+                .or_insert_with(|| value.clone());
+        }
+    }
+    out
+}
