@@ -437,52 +437,6 @@ fn invalid_policies_name_file_line_and_field() {
     }
 }
 
-/// Reservations arriving together are decided together, yet each
-/// invocation's charges stay all-or-nothing: a call refused on its second
-/// line leaves nothing reserved on its first, and the refusal names the line
-/// that would pass its limit.
-#[tokio::test(flavor = "multi_thread")]
-async fn concurrent_reservations_are_each_all_or_nothing() {
-    use toolhost::storage::Charge;
-    let dir = tempdir("reserve");
-    let storage = Arc::new(SqliteStorage::open(&dir).await.unwrap());
-    let line = |metric: &str, amount, limit| Charge {
-        scope: "task:acme/t".into(),
-        window: "all".into(),
-        metric: metric.into(),
-        amount,
-        limit: Some(limit),
-    };
-    let mut tasks = Vec::new();
-    for _ in 0..20 {
-        let storage = storage.clone();
-        let charges = vec![line("tool_calls", 1, 100), line("fuel", 2, 5)];
-        tasks.push(tokio::spawn(async move {
-            storage.budget_reserve(charges).await.unwrap()
-        }));
-    }
-    let mut granted = 0;
-    for t in tasks {
-        match t.await.unwrap() {
-            Ok(()) => granted += 1,
-            Err(e) => {
-                assert_eq!((e.metric.as_str(), e.limit, e.requested), ("fuel", 5, 2));
-                assert_eq!(e.used + e.reserved, 4);
-            }
-        }
-    }
-    assert_eq!(granted, 2, "2 + 2 fit under 5; a third would pass it");
-    let usage = storage.budget_usage("task:acme/t").await.unwrap();
-    let reserved = |m: &str| usage.iter().find(|u| u.metric == m).unwrap().reserved;
-    assert_eq!(reserved("fuel"), 4);
-    assert_eq!(reserved("tool_calls"), 2, "refused calls reserved nothing");
-    // Settling releases exactly what was reserved.
-    let held = vec![line("tool_calls", 2, 100), line("fuel", 4, 5)];
-    storage.budget_settle(held, Vec::new()).await.unwrap();
-    let usage = storage.budget_usage("task:acme/t").await.unwrap();
-    assert!(usage.iter().all(|u| u.reserved == 0), "{usage:?}");
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn exactly_max_tool_calls_run_under_concurrency() {
     let g = Arc::new(gated(SEED).await);

@@ -653,7 +653,7 @@ async fn a_decision_erases_the_stored_arguments() {
 }
 
 #[tokio::test]
-async fn an_approved_call_whose_host_died_reads_as_failed_not_pending() {
+async fn an_approved_call_whose_host_died_is_reaped_as_host_lost() {
     let dir = data_dir_with("sem-abandoned", POLICY, &[("refund", "refund")]);
     let requester = key(&dir, "acme", &["invoke"]);
     let server = Server::start(&dir, &[]);
@@ -668,8 +668,8 @@ async fn an_approved_call_whose_host_died_reads_as_failed_not_pending() {
     let id = r["approval_id"].as_str().unwrap().to_string();
     let inv = r["invocation_id"].as_str().unwrap().to_string();
     server.stop();
-    // What a host that died mid-run leaves: the approval decided long ago,
-    // the invocation's record still waiting.
+    // What a host that died mid-run leaves: the approval decided, the
+    // invocation's row running under that host, its lease long run out.
     {
         use sqlx::Connection;
         let url = format!("sqlite://{}", dir.join("toolhost.db").display());
@@ -681,13 +681,30 @@ async fn an_approved_call_whose_host_died_reads_as_failed_not_pending() {
         .execute(&mut conn)
         .await
         .unwrap();
+        sqlx::query(
+            "UPDATE invocations SET status = 'running', owner = 'hst_dead', lease_until = 1, admitted = 1 WHERE id = ?",
+        )
+        .bind(&inv)
+        .execute(&mut conn)
+        .await
+        .unwrap();
     }
+    // The reaper of the next host to start finishes it (it may have had
+    // effects: it is not run again).
     let server = Server::start(&dir, &[]);
     let c = Client::new(&server, Some(&requester));
-    let (status, rec) = c.get(&format!("/v1/invocations/{inv}")).await;
-    assert_eq!(status, 200, "{rec}");
+    let mut rec = serde_json::Value::Null;
+    for _ in 0..100 {
+        let (status, r) = c.get(&format!("/v1/invocations/{inv}")).await;
+        assert_eq!(status, 200, "{r}");
+        rec = r;
+        if rec["status"] == "error" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert_eq!(rec["status"], "error", "{rec}");
-    assert_eq!(rec["error"]["kind"], "internal", "{rec}");
+    assert_eq!(rec["error"]["kind"], "host_lost", "{rec}");
     assert!(
         rec["error"]["message"]
             .as_str()

@@ -17,33 +17,22 @@ use crate::audit::AuditLog;
 use crate::clock::now_ms;
 use crate::error::{Error, ErrorKind, Result};
 use crate::gate::CallContext;
-use crate::invoke::{Call, InvocationResponse, Outcome, Status};
+use crate::invoke::{Call, Outcome, Status};
 use crate::limits::Limits;
 use crate::registry::Registry;
 use crate::service::InvocationService;
-use crate::storage::{ApprovalRecord, Batch, InvocationRecord, Storage};
+use crate::storage::{
+    ApprovalRecord, Decision, End, Expect, InvocationRecord, OutboxMessage, Storage, Work,
+};
 use serde_json::{Value, json};
 use std::sync::Arc;
 
 /// What approvers see of a request.
 pub fn view(a: &ApprovalRecord, now: i64) -> Value {
-    let mut v = serde_json::to_value(a).unwrap_or_else(|_| json!({}));
-    v["status"] = json!(effective_status(a, now));
-    v["args"] = serde_json::from_str(&a.args_redacted).unwrap_or(Value::Null);
-    if let Some(o) = v.as_object_mut() {
-        o.remove("args_redacted");
-    }
-    v
+    a.view(now)
 }
 
-/// The status as of `now`: a pending request past its expiry is `expired`.
-pub fn effective_status(a: &ApprovalRecord, now: i64) -> &str {
-    if a.status == "pending" && now >= a.expires_ms {
-        "expired"
-    } else {
-        &a.status
-    }
-}
+pub use crate::storage::effective_status;
 
 /// A tenant's requests with an effective status (`pending`, `approved`,
 /// `denied`, `expired`; all when `None`), newest first, after `cursor` (a
@@ -151,68 +140,116 @@ pub async fn decide(
         Verdict::Approve => "approved",
         Verdict::Deny => "denied",
     };
-    let now = now_ms();
-    let Some(decided) = d
-        .storage
-        .approval_decide(tenant, id, status, approver, reason, now)
-        .await?
-    else {
-        let current = d
-            .storage
-            .approval_get(tenant, id)
-            .await?
-            .ok_or_else(not_found)?;
-        return Err(Error::new(
-            ErrorKind::Conflict,
-            format!(
-                "approval request `{id}` is already {}; decisions are final",
-                effective_status(&current, now)
-            ),
-        ));
-    };
-    let record = json!({
+    let instance = d.service.instance().clone();
+    let now = instance.now_ms();
+    let entry = json!({
         "type": "approval_decision",
         "approval_id": id,
-        "invocation_id": decided.invocation_id,
+        "invocation_id": request.invocation_id,
         "decision": status,
         "decided_by": approver,
         "reason": reason,
         "time_ms": now,
-        "tool": decided.tool,
-        "function": decided.function,
-        "args_sha256": decided.args_sha256,
+        "tool": request.tool,
+        "function": request.function,
+        "args_sha256": request.args_sha256,
     });
-    let mut batch = Batch::default();
+    // One unit of work: the decision (only if still pending and unexpired:
+    // of two concurrent decisions exactly one wins), its audit entry, and
+    // either the waiting row handed to this host to run (approve) or its
+    // final record and callback (deny).
+    let mut work = Work {
+        decide: Some(Decision {
+            tenant: tenant.to_string(),
+            approval_id: id.to_string(),
+            status: status.to_string(),
+            decided_by: Some(approver.to_string()),
+            reason: reason.map(str::to_string),
+            now_ms: now,
+            run: (verdict == Verdict::Approve)
+                .then(|| (instance.id.clone(), instance.lease_until())),
+        }),
+        ..Work::default()
+    };
     if verdict == Verdict::Deny {
-        batch.invocations.push(
-            final_record(
-                d.storage.as_ref(),
-                &decided,
-                Error::new(
-                    ErrorKind::ApprovalDenied,
-                    format!(
-                        "denied by {approver}{}",
-                        reason.map(|r| format!(": {r}")).unwrap_or_default()
-                    ),
-                ),
-                now,
-            )
-            .await?,
+        let error = Error::new(
+            ErrorKind::ApprovalDenied,
+            format!(
+                "denied by {approver}{}",
+                reason.map(|r| format!(": {r}")).unwrap_or_default()
+            ),
         );
+        let existing = d
+            .storage
+            .invocation_get(tenant, &request.invocation_id)
+            .await?
+            .ok_or_else(|| {
+                Error::corrupt(format!(
+                    "the invocation {} waiting for approval has no record",
+                    request.invocation_id
+                ))
+            })?;
+        work.end = Some(End {
+            record: InvocationRecord {
+                status: Status::Refused.as_str().into(),
+                error_kind: Some(error.kind.as_str().into()),
+                response: crate::record::ended(&existing.response, Status::Refused, error)?,
+                ..existing
+            },
+            expect: Expect::Pending,
+            used: Some(Vec::new()),
+        });
+        if let Some(url) = &request.callback_url {
+            work.outbox.push(OutboxMessage {
+                id: 0,
+                tenant: tenant.to_string(),
+                invocation_id: request.invocation_id.clone(),
+                approval_id: Some(id.to_string()),
+                url: url.clone(),
+                created_ms: now,
+                attempts: 0,
+                state: "pending".into(),
+                last_error: None,
+                delivered_ms: None,
+            });
+        }
     }
-    d.audit
-        .append_settling(vec![(tenant.to_string(), now, record)], batch)
-        .await?;
-    // If this process dies while the approved call runs, the approval stays
-    // `approved` and the record `pending_approval`: the call may have had
-    // effects, so it is not run again automatically; [`current_record`]
-    // reads such a record as failed once [`ABANDONED_AFTER_MS`] passed.
+    match d
+        .audit
+        .commit(vec![(tenant.to_string(), now, entry)], work)
+        .await
+    {
+        Ok(_) => {}
+        Err(e) if e.kind == ErrorKind::Conflict => {
+            let current = d
+                .storage
+                .approval_get(tenant, id)
+                .await?
+                .ok_or_else(not_found)?;
+            return Err(Error::new(
+                ErrorKind::Conflict,
+                format!(
+                    "approval request `{id}` is already {}; decisions are final",
+                    effective_status(&current, now)
+                ),
+            ));
+        }
+        Err(e) => return Err(e),
+    }
+    let decided = d
+        .storage
+        .approval_get(tenant, id)
+        .await?
+        .ok_or_else(not_found)?;
+    // The approved call runs under the waiting invocation's id, its row now
+    // this host's (leased): if this host dies while it runs, the reaper
+    // finishes it as `host_lost`; it is never run again automatically.
     let outcome = match tool {
         Some(tool) => {
             // The stored arguments are erased by the decision; these were
             // read before it.
             let args: Value = serde_json::from_str(&request.args)
-                .map_err(|e| Error::internal(format!("stored arguments: {e}")))?;
+                .map_err(|e| Error::corrupt(format!("stored arguments: {e}")))?;
             let call = Call {
                 function: decided.function.clone(),
                 args,
@@ -224,7 +261,8 @@ pub async fn decide(
                     principal: decided.requester.clone(),
                     approval: Some(decided.id.clone()),
                     idempotency_key: None,
-                    callback_url: None,
+                    callback_url: decided.callback_url.clone(),
+                    transport: Some("approval".into()),
                 },
             };
             Some(
@@ -241,52 +279,9 @@ pub async fn decide(
     })
 }
 
-/// How long after an approval an invocation record may still read
-/// `pending_approval` while its call runs. Past this, the process that ran
-/// it is taken to have died before the result was stored, and the record
-/// reads as failed with kind `internal`. Calls end long before (default
-/// wall-clock limit 10 s); a policy that grants a tool more than this reads
-/// as failed while it still runs, until its result replaces the record.
-pub const ABANDONED_AFTER_MS: i64 = 15 * 60 * 1000;
-
-/// The waiting invocation's record, made final with `error` (denied,
-/// expired, or abandoned by a process that died).
-async fn final_record(
-    storage: &dyn Storage,
-    a: &ApprovalRecord,
-    error: Error,
-    now: i64,
-) -> Result<InvocationRecord> {
-    let Some(existing) = storage.invocation_get(&a.tenant, &a.invocation_id).await? else {
-        return Err(Error::internal(format!(
-            "the invocation {} waiting for approval has no record",
-            a.invocation_id
-        )));
-    };
-    let mut response: InvocationResponse = serde_json::from_str(&existing.response)
-        .map_err(|e| Error::internal(format!("stored invocation record: {e}")))?;
-    // The call never ran (refused), or ran and its end was lost (error).
-    let status = if error.kind == ErrorKind::Internal {
-        Status::Error
-    } else {
-        Status::Refused
-    };
-    response.status = status;
-    response.error = Some(error.clone());
-    Ok(InvocationRecord {
-        status: status.as_str().to_string(),
-        error_kind: Some(error.kind.as_str().to_string()),
-        response: serde_json::to_string(&response).unwrap_or_default(),
-        created_ms: existing.created_ms.min(now),
-        ..existing
-    })
-}
-
 /// An invocation record as of now: one waiting for an approval that
-/// expired reads as refused with `approval_expired`; one whose approved
-/// call's process died before storing the result reads as an `internal`
-/// error once [`ABANDONED_AFTER_MS`] passed (the call may have had effects;
-/// it is never run again automatically).
+/// expired reads as refused with `approval_expired` (the reaper makes it so
+/// in the store soon after).
 pub async fn current_record(
     storage: &dyn Storage,
     record: InvocationRecord,
@@ -298,31 +293,16 @@ pub async fn current_record(
     let now = now_ms();
     match storage.approval_get(&record.tenant, &approval_id).await? {
         Some(a) if effective_status(&a, now) == "expired" => {
-            final_record(
-                storage,
-                &a,
-                Error::new(
-                    ErrorKind::ApprovalExpired,
-                    "nobody decided the approval request before it expired",
-                ),
-                now,
-            )
-            .await
-        }
-        Some(a)
-            if a.status == "approved"
-                && a.decided_ms.is_some_and(|t| now - t > ABANDONED_AFTER_MS) =>
-        {
-            final_record(
-                storage,
-                &a,
-                Error::internal(
-                    "the approved call started but the host stopped before its result was stored; \
-                     it may have had effects and is not run again: check its target before retrying",
-                ),
-                now,
-            )
-            .await
+            let error = Error::new(
+                ErrorKind::ApprovalExpired,
+                "nobody decided the approval request before it expired",
+            );
+            Ok(InvocationRecord {
+                status: Status::Refused.as_str().into(),
+                error_kind: Some(error.kind.as_str().into()),
+                response: crate::record::ended(&record.response, Status::Refused, error)?,
+                ..record
+            })
         }
         _ => Ok(record),
     }

@@ -1,8 +1,14 @@
 //! Callbacks: the host POSTs the outcome of a decided approval to a URL the
 //! orchestrator gave with the request. Only URLs the operator allows
 //! (`host serve --callback-allow PATTERN`, Spin-style patterns as in policy
-//! `http` grants) are accepted, checked when the request arrives. One
-//! attempt, with a 10 s deadline; the outcome stays readable at
+//! `http` grants) are accepted: checked when the request arrives and again
+//! when the callback is sent. Sending takes the same precautions as a tool's
+//! outbound call: the name is resolved here and loopback, private,
+//! link-local and similar addresses are refused (an address the operator's
+//! pattern names literally excepted), the connection goes to the vetted
+//! address, TLS checks the name, the answer's body is capped and the whole
+//! exchange has a deadline. Delivery is at least once, from the outbox
+//! ([`crate::service::outbox`]); the outcome stays readable at
 //! `GET /v1/invocations/{id}` whatever the callback's fate.
 
 use crate::error::{Error, ErrorKind, Result};
@@ -76,42 +82,107 @@ fn parts(url: &str) -> Result<(String, String, u16)> {
     Ok((scheme, host, uri.port_u16().unwrap_or(port)))
 }
 
-/// POST `body` as JSON to `url`; returns the response status.
-pub async fn post(url: &str, body: &serde_json::Value) -> Result<u16> {
-    tokio::time::timeout(TIMEOUT, send(url, body))
-        .await
-        .map_err(|_| Error::new(ErrorKind::Timeout, format!("callback to {url} timed out")))?
-}
+/// Most bytes of a callback receiver's answer that are read (the rest is
+/// dropped with the connection).
+pub const MAX_ANSWER_BYTES: usize = 64 << 10;
 
-async fn send(url: &str, body: &serde_json::Value) -> Result<u16> {
-    let (scheme, host, port) = parts(url)?;
-    let failed = |e: &dyn std::fmt::Display| Error::internal(format!("callback to {url}: {e}"));
-    let uri: http::Uri = url.parse().map_err(|e| failed(&e))?;
-    let request = http::Request::post(uri.path_and_query().map_or("/", |p| p.as_str()))
-        .header(
-            http::header::HOST,
-            uri.authority().map_or(host.as_str(), |a| a.as_str()),
-        )
-        .header(http::header::CONTENT_TYPE, "application/json")
-        .header(http::header::USER_AGENT, "toolhost-callback/1")
-        .body(Full::new(bytes::Bytes::from(body.to_string())))
-        .map_err(|e| failed(&e))?;
-    let tcp =
-        tokio::net::TcpStream::connect((host.trim_start_matches('[').trim_end_matches(']'), port))
+impl Callbacks {
+    /// POST `body` as JSON to `url` (checked against the allowlist again);
+    /// returns the response status.
+    pub async fn post(&self, url: &str, body: &serde_json::Value) -> Result<u16> {
+        self.check(url)?;
+        tokio::time::timeout(TIMEOUT, self.send(url, body))
+            .await
+            .map_err(|_| Error::new(ErrorKind::Timeout, format!("callback to {url} timed out")))?
+    }
+
+    /// The addresses `host` may be reached at: a literal one if it is not
+    /// restricted or an allow pattern names it; a name's resolved ones that
+    /// are not restricted.
+    async fn vetted(&self, host: &str, port: u16) -> Result<Vec<std::net::SocketAddr>> {
+        use crate::policy::outbound::{canonical_ip, restricted};
+        let bare = host.trim_start_matches('[').trim_end_matches(']');
+        if let Ok(ip) = bare.parse::<std::net::IpAddr>() {
+            let ip = canonical_ip(ip);
+            if let Some(why) = restricted(ip)
+                && !self.allow.iter().any(|p| p.names_exactly(bare))
+            {
+                return Err(Error::new(
+                    ErrorKind::Forbidden,
+                    format!(
+                        "callback to {ip}: {why} addresses are refused unless --callback-allow names them"
+                    ),
+                ));
+            }
+            return Ok(vec![std::net::SocketAddr::new(ip, port)]);
+        }
+        let resolved = tokio::net::lookup_host((bare, port)).await.map_err(|e| {
+            Error::new(
+                ErrorKind::Unavailable,
+                format!("callback: resolving {bare}: {e}"),
+            )
+        })?;
+        let mut refused = None;
+        let allowed: Vec<_> = resolved
+            .filter(|a| match restricted(canonical_ip(a.ip())) {
+                Some(why) => {
+                    refused.get_or_insert((a.ip(), why));
+                    false
+                }
+                None => true,
+            })
+            .collect();
+        if allowed.is_empty() {
+            return Err(Error::new(
+                ErrorKind::Forbidden,
+                match refused {
+                    Some((ip, why)) => {
+                        format!("callback: {bare} resolves to {ip} ({why}); refused")
+                    }
+                    None => format!("callback: {bare} resolves to no address"),
+                },
+            ));
+        }
+        Ok(allowed)
+    }
+
+    async fn send(&self, url: &str, body: &serde_json::Value) -> Result<u16> {
+        let (scheme, host, port) = parts(url)?;
+        let failed = |e: &dyn std::fmt::Display| {
+            Error::new(ErrorKind::Unavailable, format!("callback to {url}: {e}"))
+        };
+        let uri: http::Uri = url.parse().map_err(|e| failed(&e))?;
+        let request = http::Request::post(uri.path_and_query().map_or("/", |p| p.as_str()))
+            .header(
+                http::header::HOST,
+                uri.authority().map_or(host.as_str(), |a| a.as_str()),
+            )
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .header(http::header::USER_AGENT, "toolhost-callback/1")
+            .body(Full::new(bytes::Bytes::from(body.to_string())))
+            .map_err(|e| failed(&e))?;
+        let addrs = self.vetted(&host, port).await?;
+        let tcp = tokio::net::TcpStream::connect(addrs.as_slice())
             .await
             .map_err(|e| failed(&e))?;
-    let status = if scheme == "https" {
-        let config = crate::capability::http::tls_config().ok_or_else(|| failed(&"no TLS"))?;
-        let name = rustls::pki_types::ServerName::try_from(host.clone()).map_err(|e| failed(&e))?;
-        let tls = tokio_rustls::TlsConnector::from(config)
-            .connect(name, tcp)
-            .await
+        let status = if scheme == "https" {
+            let config = crate::capability::http::tls_config().ok_or_else(|| failed(&"no TLS"))?;
+            let name = rustls::pki_types::ServerName::try_from(
+                host.trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .to_string(),
+            )
             .map_err(|e| failed(&e))?;
-        exchange(tls, request).await
-    } else {
-        exchange(tcp, request).await
-    };
-    status.map_err(|e| failed(&e))
+            let tls = tokio_rustls::TlsConnector::from(config)
+                .connect(name, tcp)
+                .await
+                .map_err(|e| failed(&e))?;
+            exchange(tls, request).await
+        } else {
+            exchange(tcp, request).await
+        };
+        status.map_err(|e| failed(&e))
+    }
 }
 
 async fn exchange<S>(
@@ -123,11 +194,20 @@ where
 {
     let (mut sender, conn) =
         hyper::client::conn::http1::handshake(wasmtime_wasi_http::io::TokioIo::new(stream)).await?;
-    tokio::spawn(conn);
+    let conn = tokio::spawn(conn);
     let response = sender.send_request(request).await?;
     let status = response.status().as_u16();
-    // Drain (bounded by the deadline) so the connection closes cleanly.
-    let _ = response.into_body().collect().await;
+    // Read at most MAX_ANSWER_BYTES of the answer (bounded by the deadline
+    // too), then drop the connection.
+    let mut body = response.into_body();
+    let mut read = 0usize;
+    while read < MAX_ANSWER_BYTES {
+        match body.frame().await {
+            Some(Ok(frame)) => read += frame.data_ref().map_or(0, |d| d.len()),
+            _ => break,
+        }
+    }
+    conn.abort();
     Ok(status)
 }
 

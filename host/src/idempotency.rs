@@ -8,10 +8,13 @@
 //!   fingerprint, done: the stored answer ([`Begin::Replay`]); different
 //!   fingerprint: [`ErrorKind::IdempotencyKeyReused`]; still running:
 //!   [`ErrorKind::IdempotencyInProgress`].
-//! * The gate stores the final answer in the same transaction as the
-//!   invocation's audit record (`CallContext::idempotency_key`), so a crash
-//!   can never leave an executed call without its answer. A key whose
-//!   request died before finishing is taken over after the stale period.
+//! * The key points at the invocation it started, a running row with an
+//!   owner and a lease. The gate stores the final answer in the same
+//!   transaction as the invocation's audit record
+//!   (`CallContext::idempotency_key`), so a crash can never leave an executed
+//!   call without its answer. If the host running it dies, the reaper
+//!   finishes the invocation (`host_lost`, answered to retries) or, if it
+//!   never ran, forgets it and its key (a retry runs it). No clock guesses.
 //! * Answers are kept for the retention window (default 24 h), then
 //!   forgotten; they are the caller's full answer (unredacted), so that a
 //!   retry gets exactly what the first request got.
@@ -19,7 +22,7 @@
 use crate::audit::canonical;
 use crate::error::{Error, ErrorKind, Result};
 use crate::invoke::InvocationResponse;
-use crate::storage::{IdempotencyBegin, Storage};
+use crate::storage::{IdempotencyBegin, KeyBegin, NewRun, Storage};
 use serde_json::json;
 use std::time::Duration;
 
@@ -64,27 +67,27 @@ pub enum Begin {
     Replay(u16, Box<InvocationResponse>),
 }
 
-/// Start a keyed request.
+/// Start a keyed request: the key is stored pointing at `run` (written as
+/// a running row, not yet admitted) unless it is known.
 pub async fn begin(
     storage: &dyn Storage,
-    tenant: &str,
     key: &str,
     fingerprint: &str,
     retention: Duration,
-    stale_after: Duration,
+    run: NewRun,
 ) -> Result<Begin> {
     validate_key(key)?;
-    let now = crate::clock::now_ms();
+    let now = run.created_ms;
     let ms = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
     let answer = storage
-        .idempotency_begin(
-            tenant,
-            key,
-            fingerprint,
-            now,
-            now.saturating_add(ms(retention)),
-            now.saturating_sub(ms(stale_after)),
-        )
+        .idempotency_begin(KeyBegin {
+            tenant: run.tenant.clone(),
+            key: key.to_string(),
+            fingerprint: fingerprint.to_string(),
+            now_ms: now,
+            expires_ms: now.saturating_add(ms(retention)),
+            run,
+        })
         .await?;
     match answer {
         IdempotencyBegin::Started => Ok(Begin::Run),
@@ -93,7 +96,7 @@ pub async fn begin(
             response,
         } => {
             let response = serde_json::from_str(&response).map_err(|e| {
-                Error::internal(format!(
+                Error::corrupt(format!(
                     "the stored answer for this key does not parse: {e}"
                 ))
             })?;

@@ -17,6 +17,7 @@ pub mod gate;
 pub mod idempotency;
 pub mod invoke;
 pub mod keys;
+pub mod lease;
 pub mod limits;
 pub mod policy;
 pub mod record;

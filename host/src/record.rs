@@ -33,6 +33,8 @@ pub enum Status {
     Refused,
     /// It waits for a human's approval.
     PendingApproval,
+    /// It is running now (a record read while it runs; never an answer).
+    Running,
 }
 
 impl Status {
@@ -42,6 +44,7 @@ impl Status {
             Status::Error => "error",
             Status::Refused => "refused",
             Status::PendingApproval => "pending_approval",
+            Status::Running => "running",
         }
     }
 }
@@ -83,7 +86,7 @@ impl InvocationResponse {
     pub fn http_status(&self) -> u16 {
         match self.status {
             Status::Ok | Status::Error => 200,
-            Status::PendingApproval => 202,
+            Status::PendingApproval | Status::Running => 202,
             Status::Refused => match self.error.as_ref().map(|e| e.kind) {
                 Some(ErrorKind::CapabilityDenied) => 403,
                 Some(k) => k.http_status(),
@@ -91,4 +94,15 @@ impl InvocationResponse {
             },
         }
     }
+}
+
+/// A stored response (a waiting invocation's), ended with `error`: the
+/// status becomes `status`, the error is set, nothing else changes. A
+/// response that does not parse is `corrupt`.
+pub fn ended(response: &str, status: Status, error: Error) -> crate::Result<String> {
+    let mut r: InvocationResponse = serde_json::from_str(response)
+        .map_err(|e| Error::corrupt(format!("stored invocation record: {e}")))?;
+    r.status = status;
+    r.error = Some(error);
+    Ok(serde_json::to_string(&r).unwrap_or_default())
 }

@@ -27,7 +27,7 @@ pub mod statement;
 pub mod verify;
 
 use crate::error::{Error, Result};
-use crate::storage::{Batch, Checkpoint, NewEntry, Storage, StoredEntry};
+use crate::storage::{Checkpoint, NewEntry, Storage, StoredEntry, Work};
 use ed25519_dalek::SigningKey;
 use serde_json::Value;
 use statement::{Notary, Statement};
@@ -136,7 +136,7 @@ pub fn load_or_create_key(data_dir: &Path) -> Result<SigningKey> {
 }
 
 struct Pending {
-    batch: Batch,
+    work: Work,
     done: oneshot::Sender<Result<Vec<StoredEntry>>>,
 }
 
@@ -256,18 +256,18 @@ impl AuditLog {
         Ok(())
     }
 
-    /// Commit everything queued, in batches of at most [`MAX_BATCH`]
-    /// entries, answering each waiter.
+    /// Commit everything queued, in transactions of at most [`MAX_BATCH`]
+    /// entries, answering each waiter with its own work's answer.
     async fn commit_queued(&self) {
         loop {
             let pending: Vec<Pending> = {
                 let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
                 let (mut count, mut take) = (0, 0);
                 for p in q.iter() {
-                    if take > 0 && count + p.batch.entries.len() > MAX_BATCH {
+                    if take > 0 && count + p.work.entries.len() > MAX_BATCH {
                         break;
                     }
-                    count += p.batch.entries.len();
+                    count += p.work.entries.len();
                     take += 1;
                 }
                 q.drain(..take).collect()
@@ -275,27 +275,16 @@ impl AuditLog {
             if pending.is_empty() {
                 return;
             }
-            let mut batch = Batch::default();
-            let mut waiters = Vec::with_capacity(pending.len());
-            for p in pending {
-                waiters.push((p.batch.entries.len(), p.done));
-                batch.entries.extend(p.batch.entries);
-                batch.release.extend(p.batch.release);
-                batch.charge.extend(p.batch.charge);
-                batch.invocations.extend(p.batch.invocations);
-                batch.approvals.extend(p.batch.approvals);
-                batch.idempotency.extend(p.batch.idempotency);
-                batch.cache.extend(p.batch.cache);
-            }
-            match self.storage.audit_append(batch, self.notary.clone()).await {
-                Ok(stored) => {
-                    let mut stored = stored.into_iter();
-                    for (n, done) in waiters {
-                        let _ = done.send(Ok(stored.by_ref().take(n).collect()));
+            let (works, waiters): (Vec<Work>, Vec<_>) =
+                pending.into_iter().map(|p| (p.work, p.done)).unzip();
+            match self.storage.audit_commit(works, self.notary.clone()).await {
+                Ok(answers) => {
+                    for (answer, done) in answers.into_iter().zip(waiters) {
+                        let _ = done.send(answer);
                     }
                 }
                 Err(e) => {
-                    for (_, done) in waiters {
+                    for done in waiters {
                         let _ = done.send(Err(e.clone()));
                     }
                 }
@@ -318,38 +307,19 @@ impl AuditLog {
 
     /// Append records (canonicalised here) and wait until they are durable.
     pub async fn append(&self, records: Vec<(String, i64, Value)>) -> Result<Vec<StoredEntry>> {
-        self.append_settling(records, Batch::default()).await
+        self.commit(records, Work::default()).await
     }
 
-    /// [`AuditLog::append`], committing `with` in the same transaction: its
-    /// budget settlement (`release` reservations, record `charge` as used),
-    /// invocation records, approvals, idempotency answers and cache entries.
-    /// (`with.entries` is ignored.)
-    pub async fn append_settling(
+    /// Commit a unit of work: `records` (canonicalised here) become its
+    /// entries, committed with everything `work` carries, or not at all (a
+    /// precondition that failed is `Conflict`). Waits until durable.
+    /// (`work.entries` is replaced.)
+    pub async fn commit(
         &self,
         records: Vec<(String, i64, Value)>,
-        with: Batch,
+        mut work: Work,
     ) -> Result<Vec<StoredEntry>> {
-        let Batch {
-            release,
-            charge,
-            invocations,
-            approvals,
-            idempotency,
-            cache,
-            ..
-        } = with;
-        if records.is_empty()
-            && release.is_empty()
-            && charge.is_empty()
-            && invocations.is_empty()
-            && approvals.is_empty()
-            && idempotency.is_empty()
-            && cache.is_empty()
-        {
-            return Ok(Vec::new());
-        }
-        let entries: Vec<NewEntry> = records
+        work.entries = records
             .into_iter()
             .map(|(chain, time_ms, body)| NewEntry {
                 chain,
@@ -357,22 +327,14 @@ impl AuditLog {
                 body: canonical::canonical_json(&body),
             })
             .collect();
+        if work.is_empty() {
+            return Ok(Vec::new());
+        }
         let (done, mut wait) = oneshot::channel();
         self.queue
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .push(Pending {
-                batch: Batch {
-                    entries,
-                    release,
-                    charge,
-                    invocations,
-                    approvals,
-                    idempotency,
-                    cache,
-                },
-                done,
-            });
+            .push(Pending { work, done });
         // Commit everything queued (ours, unless a concurrent caller took
         // it: then its answer comes from there).
         self.commit_queued().await;

@@ -5,7 +5,7 @@
 //! An invocation reserves its worst case before it runs — one tool call, its
 //! fuel limit, its timeout, its outbound-call limit and the cost of all of
 //! those — and settles to what it actually used when it is over, in the same
-//! transaction as its audit record ([`crate::audit::AuditLog::append_settling`]).
+//! transaction as its audit record ([`crate::audit::AuditLog::commit`]).
 //! Model tokens are reported by the orchestrator ([`Ledger::report_tokens`]);
 //! a task over its token budget may run no further tools.
 
@@ -196,14 +196,17 @@ impl Ledger {
         Ledger { storage }
     }
 
-    /// Reserve `charges` atomically, or fail with `budget_exceeded`.
-    pub async fn reserve(&self, charges: Vec<Charge>) -> Result<()> {
-        if charges.is_empty() {
-            return Ok(());
-        }
-        match self.storage.budget_reserve(charges).await? {
+    /// Admit an invocation: reserve its worst case and write its row
+    /// running, atomically, or fail with `budget_exceeded` (naming the
+    /// limit) or `conflict` (its row is no longer this host's to run).
+    pub async fn admit(&self, admit: crate::storage::Admit) -> Result<()> {
+        match self.storage.invocation_admit(admit).await? {
             Ok(()) => Ok(()),
-            Err(e) => Err(exceeded_error(&e)),
+            Err(crate::storage::Refused::Exceeded(e)) => Err(exceeded_error(&e)),
+            Err(crate::storage::Refused::Taken) => Err(Error::new(
+                ErrorKind::Conflict,
+                "this invocation is no longer this host's to run (the reaper or another host took it)",
+            )),
         }
     }
 
@@ -224,9 +227,7 @@ impl Ledger {
             ..Spend::default()
         };
         let charges = charges(budget, scope, now_ms, &spend);
-        self.storage
-            .budget_settle(Vec::new(), charges.clone())
-            .await?;
+        self.storage.budget_charge(charges.clone()).await?;
         let mut over = Vec::new();
         for c in charges.iter().filter(|c| c.metric.ends_with("_tokens")) {
             if let Some(limit) = c.limit {

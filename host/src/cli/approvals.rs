@@ -59,18 +59,27 @@ pub async fn main(cmd: Command) -> i32 {
     super::exit_code(run(cmd).await)
 }
 
-/// POST the decision to the request's callback URL, if it has one.
-async fn notify(decided: &approvals::Decided) {
+/// Deliver the decision's callback now, if the request gave one: the
+/// message waits in the outbox (a running `host serve` would deliver it);
+/// this tries once, to the URL the server accepted with the request.
+async fn notify(d: &Decider, decided: &approvals::Decided) {
     let Some(url) = &decided.approval.callback_url else {
         return;
     };
-    let mut body = serde_json::json!({ "approval": approvals::view(&decided.approval, now_ms()) });
-    if let Some(o) = &decided.outcome {
-        body["invocation"] = serde_json::json!(o.response());
-    }
-    match toolhost::callback::post(url, &body).await {
-        Ok(status) => eprintln!("callback {url}: {status}"),
-        Err(e) => eprintln!("warning: callback {url} failed: {}", e.message),
+    let origin = url
+        .parse::<http::Uri>()
+        .ok()
+        .and_then(|u| Some(format!("{}://{}", u.scheme_str()?, u.authority()?)));
+    let Some(callbacks) = origin.and_then(|o| toolhost::callback::Callbacks::new(&[o]).ok()) else {
+        return;
+    };
+    d.service.set_callbacks(callbacks);
+    match d.service.deliver_outbox().await {
+        Ok(n) if n > 0 => eprintln!(
+            "callback {url}: attempted (see the server log or the invocation's outbox for its fate)"
+        ),
+        Ok(_) => {}
+        Err(e) => eprintln!("warning: callback {url}: {}", e.message),
     }
 }
 
@@ -100,11 +109,12 @@ async fn decider(data: &DataDir, secrets: Option<&std::path::Path>) -> toolhost:
     Ok(Decider {
         registry: Registry::new(storage.clone(), runtime.clone()),
         service: Arc::new(InvocationService::new(
-            Arc::new(Host::new(runtime, governed)),
+            Arc::new(Host::new(runtime, governed.clone())),
             Some(Keys {
                 audit: audit.clone(),
                 retention: toolhost::idempotency::DEFAULT_RETENTION,
             }),
+            governed.instance().clone(),
         )),
         storage,
         audit,
@@ -167,7 +177,7 @@ async fn run(cmd: Command) -> toolhost::Result<i32> {
             let Some(outcome) = &decided.outcome else {
                 return Err(Error::internal("an approval ran nothing"));
             };
-            notify(&decided).await;
+            notify(&d, &decided).await;
             println!(
                 "{}",
                 serde_json::to_string_pretty(&outcome.response()).unwrap_or_default()
@@ -191,7 +201,7 @@ async fn run(cmd: Command) -> toolhost::Result<i32> {
             )
             .await;
             let decided = decided?;
-            notify(&decided).await;
+            notify(&d, &decided).await;
             eprintln!("denied {}", decided.approval.id);
             Ok(0)
         }

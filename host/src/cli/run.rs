@@ -174,14 +174,20 @@ pub async fn main(args: Args) -> i32 {
         idempotency_key: args.idempotency_key.clone(),
         approval: None,
         callback_url: None,
+        transport: Some("cli".into()),
     };
-    let (host, audit) = match &args.policy {
-        None => (Host::new(runtime, Arc::new(SandboxOnly)), None),
+    let (host, audit, instance) = match &args.policy {
+        None => (
+            Host::new(runtime, Arc::new(SandboxOnly)),
+            None,
+            toolhost::lease::Instance::system(),
+        ),
         Some(policy) => {
             match super::data::governed(&args.data, policy, args.secrets.as_deref()).await {
                 Ok(gate) => {
                     let audit = gate.audit().clone();
-                    (Host::new(runtime, Arc::new(gate)), Some(audit))
+                    let instance = gate.instance().clone();
+                    (Host::new(runtime, Arc::new(gate)), Some(audit), instance)
                 }
                 Err(e) => return fail(args.json, e),
             }
@@ -203,7 +209,10 @@ pub async fn main(args: Args) -> i32 {
             audit,
             retention: toolhost::idempotency::DEFAULT_RETENTION,
         }),
+        instance,
     ));
+    // Leases renewed while this runs (a tool may run longer than a lease).
+    let lifecycle = service.start_lifecycle();
     let request = Request {
         tool: Arc::new(tool),
         function: Some(args.function.clone()),
@@ -217,6 +226,9 @@ pub async fn main(args: Args) -> i32 {
         Ok(Answer::Replayed(response)) => return replay(args.json, &response),
         Ok(Answer::Done(outcome)) => outcome,
     };
+    for task in lifecycle {
+        task.abort();
+    }
     let mut records = Vec::new();
     if let (Some(a), true) = (&audit, args.audit) {
         let entries = a

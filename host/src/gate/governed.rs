@@ -9,12 +9,14 @@ use super::{
 use crate::audit::{AuditLog, canonical, chain_of};
 use crate::budget::{Ledger, Scope, Spend, charges};
 use crate::error::{Error, ErrorKind, Result};
+use crate::lease::Instance;
 use crate::limits::Limits;
 use crate::policy::file::{Document, FileMode, ToolSettings};
 use crate::policy::{Effect, Policy, Subject, tool_settings};
 use crate::secrets::{Secret, SecretSource, expand, referenced};
 use crate::storage::{
-    ApprovalRecord, Batch, CacheEntry, Charge, IdempotencyDone, InvocationRecord,
+    Admit, ApprovalRecord, CacheEntry, End, Expect, IdempotencyDone, InvocationRecord, NewRun,
+    OutboxMessage, Work,
 };
 use serde_json::{Value, json};
 use std::sync::Arc;
@@ -38,6 +40,8 @@ pub struct Governed {
     ledger: Ledger,
     audit: Arc<AuditLog>,
     secrets: Arc<dyn SecretSource>,
+    /// This host instance: the owner of the invocations it admits.
+    instance: Arc<Instance>,
 }
 
 /// What the gate keeps about one admitted invocation.
@@ -45,7 +49,6 @@ struct State {
     workflow: String,
     settings: Arc<ToolSettings>,
     scope: Scope,
-    reserved: Vec<Charge>,
     admitted_ms: i64,
     document: Arc<Document>,
     outbound: AtomicU32,
@@ -90,7 +93,20 @@ impl Governed {
             ledger,
             audit,
             secrets,
+            instance: Instance::system(),
         }
+    }
+
+    /// The gate, admitting invocations as owned by `instance` (its clock and
+    /// lease).
+    pub fn with_instance(mut self, instance: Arc<Instance>) -> Governed {
+        self.instance = instance;
+        self
+    }
+
+    /// The host instance that owns what this gate admits.
+    pub fn instance(&self) -> &Arc<Instance> {
+        &self.instance
     }
 
     /// How long approval requests created from now on wait for a decision.
@@ -303,14 +319,31 @@ impl Gate for Governed {
                 }
                 .priced(&settings.price)
             };
-            // Only limited lines need a reservation; the clock is fixed at
-            // admission so that settling hits the same windows.
-            let admitted_ms = now_ms();
-            let reserved: Vec<Charge> = charges(&document.budget, &scope, admitted_ms, &worst)
-                .into_iter()
-                .filter(|c| c.limit.is_some())
-                .collect();
-            self.ledger.reserve(reserved.clone()).await?;
+            // The limited lines are reserved, all are charged if it is lost;
+            // the clock is fixed at admission so that settling hits the same
+            // windows. The running row is written with the reservation.
+            let admitted_ms = self.instance.now_ms();
+            let worst = charges(&document.budget, &scope, admitted_ms, &worst);
+            self.ledger
+                .admit(Admit {
+                    run: NewRun {
+                        id: r.invocation_id.to_string(),
+                        tenant: tenant.clone(),
+                        tool: r.tool.to_string(),
+                        function: r.function.name.clone(),
+                        version: r.version.map(str::to_string),
+                        workflow: workflow.clone(),
+                        task_id: r.context.task_id.clone(),
+                        principal: r.context.principal.clone(),
+                        transport: r.context.transport().to_string(),
+                        idempotency_key: r.context.idempotency_key.clone(),
+                        created_ms: admitted_ms,
+                        owner: self.instance.id.clone(),
+                        lease_until: self.instance.lease_until(),
+                    },
+                    worst,
+                })
+                .await?;
 
             let injected = self.injected(&settings);
             let state = State {
@@ -318,7 +351,6 @@ impl Gate for Governed {
                 workflow: workflow.unwrap_or_else(|| "*".into()),
                 settings,
                 scope,
-                reserved,
                 document,
                 outbound: AtomicU32::new(0),
                 max_outbound,
@@ -470,7 +502,7 @@ impl Gate for Governed {
             let state = admission
                 .and_then(|a| a.state.as_ref())
                 .and_then(|s| s.downcast_ref::<State>());
-            let time_ms = now_ms();
+            let time_ms = self.instance.now_ms();
             let ctx = report.context;
             let response = report.response;
             let workflow = match state {
@@ -489,7 +521,7 @@ impl Gate for Governed {
             // Settle: release the reservation, charge what was used — in the
             // same transaction as the audit records.
             let mut charged = None;
-            let mut settle = (Vec::new(), Vec::new());
+            let mut used_lines = None;
             if let Some(s) = state {
                 let used = if s.cache_hit {
                     hit_spend(&s.settings)
@@ -505,10 +537,7 @@ impl Gate for Governed {
                     }
                     .priced(&s.settings.price)
                 };
-                settle = (
-                    s.reserved.clone(),
-                    charges(&s.document.budget, &s.scope, s.admitted_ms, &used),
-                );
+                used_lines = Some(charges(&s.document.budget, &s.scope, s.admitted_ms, &used));
                 charged = Some(used);
             }
 
@@ -584,11 +613,18 @@ impl Gate for Governed {
                 created_ms: time_ms,
                 response: stored.to_string(),
             };
-            let mut batch = Batch {
-                release: settle.0,
-                charge: settle.1,
-                invocations: vec![invocation],
-                ..Batch::default()
+            // The row ends here if it is still this host's (else the reaper
+            // took it: then this commit is refused, and so is the answer);
+            // its reservation is settled by its own charges.
+            let mut batch = Work {
+                end: Some(End {
+                    record: invocation,
+                    expect: Expect::Mine {
+                        owner: self.instance.id.clone(),
+                    },
+                    used: Some(used_lines.unwrap_or_default()),
+                }),
+                ..Work::default()
             };
             // A pending approval: the decision packet, and the call to run.
             if let (Some(approval_id), Some(e)) = (&response.approval_id, error) {
@@ -646,7 +682,23 @@ impl Gate for Governed {
                         .saturating_add(i64::try_from(cache.ttl.as_millis()).unwrap_or(i64::MAX)),
                 });
             }
-            self.audit.append_settling(records, batch).await?;
+            // An approved call's outcome goes to its callback (delivered from
+            // the outbox once this commits).
+            if let (Some(approval_id), Some(url)) = (&ctx.approval, &ctx.callback_url) {
+                batch.outbox.push(OutboxMessage {
+                    id: 0,
+                    tenant: chain.clone(),
+                    invocation_id: response.invocation_id.clone(),
+                    approval_id: Some(approval_id.clone()),
+                    url: url.clone(),
+                    created_ms: time_ms,
+                    attempts: 0,
+                    state: "pending".into(),
+                    last_error: None,
+                    delivered_ms: None,
+                });
+            }
+            self.audit.commit(records, batch).await?;
             Ok(())
         })
     }

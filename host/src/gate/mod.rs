@@ -49,6 +49,15 @@ pub struct CallContext {
     /// Where to POST the outcome if the call waits for approval (checked
     /// against the server's allowlist before it gets here).
     pub callback_url: Option<String>,
+    /// How the call arrived: `http`, `mcp`, `cli`, `approval` (recorded).
+    pub transport: Option<String>,
+}
+
+impl CallContext {
+    /// How the call arrived (`http` unless said otherwise).
+    pub fn transport(&self) -> &str {
+        self.transport.as_deref().unwrap_or("http")
+    }
 }
 
 /// An invocation about to run, as the gate sees it.

@@ -64,6 +64,12 @@ impl HostPattern {
     pub fn as_str(&self) -> &str {
         &self.source
     }
+
+    /// Whether the pattern names `host` itself (not by a wildcard).
+    pub fn names_exactly(&self, host: &str) -> bool {
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        matches!(&self.host, HostMatch::Exact(h) if h.eq_ignore_ascii_case(host))
+    }
 }
 
 fn default_port(scheme: &str) -> Option<u16> {

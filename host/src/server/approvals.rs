@@ -181,9 +181,11 @@ async fn decide(
     let approver = caller.key.id.clone();
     // On its own task: once decided, the approved call runs to completion
     // whatever happens to this request.
+    let slot = super::limit::current_slot();
     let decided = app
         .tracker
         .spawn(async move {
+            let _slot = slot;
             approvals::decide(
                 &decider,
                 &tenant,
@@ -206,14 +208,8 @@ async fn decide(
         );
         out["invocation"] = json!(outcome.response());
     }
-    if let Some(url) = decided.approval.callback_url.clone() {
-        let body = out.clone();
-        app.tracker.spawn(async move {
-            match crate::callback::post(&url, &body).await {
-                Ok(status) => tracing::info!(%url, status, "callback sent"),
-                Err(e) => tracing::warn!(%url, "callback failed: {}", e.message),
-            }
-        });
-    }
+    // A callback, if the request gave one, is in the outbox: written with
+    // the decision (deny) or the approved call's end, delivered at least
+    // once by whichever host claims it.
     Ok(Json(out))
 }

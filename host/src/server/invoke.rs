@@ -215,6 +215,7 @@ async fn run(
             idempotency_key,
             approval: None,
             callback_url: request.callback_url,
+            transport: Some("http".into()),
         },
         hold: super::limit::current_slot().map(|s| s as Arc<dyn std::any::Any + Send + Sync>),
     };

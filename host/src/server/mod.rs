@@ -188,11 +188,14 @@ impl Server {
                 audit: governed.audit().clone(),
                 retention: config.idempotency_retention,
             }),
+            governed.instance().clone(),
         ));
+        let callbacks = crate::callback::Callbacks::new(&config.callback_allow)?;
+        service.set_callbacks(callbacks.clone());
         let app = Arc::new(App {
             tools: tools::ToolCache::new(registry.clone(), storage.clone(), config.state_ttl),
             keys: auth::KeyCache::new(config.state_ttl),
-            callbacks: crate::callback::Callbacks::new(&config.callback_allow)?,
+            callbacks,
             registry,
             host,
             service,
@@ -239,6 +242,7 @@ impl Server {
         } = self;
         let router = router(app.clone(), &config);
         let watcher = tokio::spawn(watch_policy(app.clone(), config.policy_poll));
+        let lifecycle = app.service.start_lifecycle();
         let retention = tokio::spawn(enforce_retention(app.clone(), config.retention_every));
         let flag = app.clone();
         let signal = async move {
@@ -267,6 +271,10 @@ impl Server {
                 running = app.service.tracker().len(),
                 "invocations still running after the grace period"
             );
+        }
+        // Leases end with the process: what still runs is the reaper's.
+        for task in lifecycle {
+            task.abort();
         }
         tracing::info!("stopped");
         Ok(())

@@ -22,6 +22,19 @@ const READERS: &[Role] = &[Role::Invoke, Role::Audit, Role::Approve];
 fn show(r: &InvocationRecord) -> Value {
     let mut v: Value = serde_json::from_str(&r.response).unwrap_or_else(|_| json!({}));
     if let Some(obj) = v.as_object_mut() {
+        // The row's status is the truth (a running row keeps the answer it
+        // had while it waited for approval, or none yet).
+        obj.insert("invocation_id".into(), json!(r.id));
+        obj.insert("status".into(), json!(r.status));
+        obj.entry("tool").or_insert_with(|| json!(r.tool));
+        obj.entry("function").or_insert_with(|| json!(r.function));
+        if r.status == "running" {
+            obj.insert("version".into(), json!(r.version));
+            obj.remove("error");
+            obj.remove("approval_id");
+            obj.entry("usage")
+                .or_insert_with(|| json!(crate::record::Usage::default()));
+        }
         obj.insert("workflow".into(), json!(r.workflow));
         obj.insert("task_id".into(), json!(r.task_id));
         obj.insert("principal".into(), json!(r.principal));

@@ -15,8 +15,8 @@ pub struct ApprovalRecord {
     pub tenant: String,
     /// The invocation that waits (its record is `pending_approval`).
     pub invocation_id: String,
-    /// `pending`, `approved` (and run), `denied`; a pending one past
-    /// `expires_ms` is expired.
+    /// `pending`, `approved` (and run), `denied`, `expired` (finished by the
+    /// reaper); a stored `pending` past `expires_ms` is expired too.
     pub status: String,
     pub tool: String,
     pub function: String,
@@ -43,6 +43,44 @@ pub struct ApprovalRecord {
     pub callback_url: Option<String>,
 }
 
+/// A decision on an approval request, applied in a
+/// [`crate::storage::Work`]: only if the request is still pending and (for
+/// `approved`/`denied`) not expired, or (for `expired`) expired — so of two
+/// concurrent decisions exactly one wins. Its stored arguments are erased.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    pub tenant: String,
+    pub approval_id: String,
+    /// `approved`, `denied` or `expired`.
+    pub status: String,
+    pub decided_by: Option<String>,
+    pub reason: Option<String>,
+    pub now_ms: i64,
+    /// Approved: the waiting invocation's row becomes running (unadmitted)
+    /// under this owner and lease, in the same transaction.
+    pub run: Option<(String, i64)>,
+}
+
+/// The effective status of a request as of `now_ms`: a pending one past its
+/// expiry is `expired`. The one rule every backend and reader applies.
+pub fn effective_status(a: &ApprovalRecord, now_ms: i64) -> &str {
+    if a.status == "pending" && now_ms >= a.expires_ms {
+        "expired"
+    } else {
+        &a.status
+    }
+}
+
+/// Whether `decision` may be applied to a request now `status` (as stored)
+/// that expires at `expires_ms`.
+pub fn may_decide(decision: &Decision, status: &str, expires_ms: i64) -> bool {
+    status == "pending"
+        && match decision.status.as_str() {
+            "expired" => decision.now_ms >= expires_ms,
+            _ => decision.now_ms < expires_ms,
+        }
+}
+
 /// Human-approval requests.
 pub trait ApprovalStore: Send + Sync {
     /// An approval request.
@@ -62,18 +100,23 @@ pub trait ApprovalStore: Send + Sync {
         before: Option<(i64, String)>,
         limit: i64,
     ) -> BoxFuture<'_, Result<Vec<ApprovalRecord>>>;
-    /// Decide a pending, unexpired request: set `status` if and only if it
-    /// is still pending and `now_ms < expires_ms`, atomically (of two
-    /// concurrent decisions exactly one wins), and erase its stored
-    /// arguments. Returns the decided record (arguments erased), or `None`
-    /// when it was not pending (or had expired).
-    fn approval_decide(
-        &self,
-        tenant: &str,
-        id: &str,
-        status: &str,
-        decided_by: &str,
-        reason: Option<&str>,
-        now_ms: i64,
-    ) -> BoxFuture<'_, Result<Option<ApprovalRecord>>>;
+
+    /// Requests still stored `pending` whose expiry passed by `now_ms`, of
+    /// any tenant, oldest first (for the reaper to finish).
+    fn approvals_due(&self, now_ms: i64, limit: i64) -> BoxFuture<'_, Result<Vec<ApprovalRecord>>>;
+}
+
+impl ApprovalRecord {
+    /// What approvers see of it as of `now_ms`: the effective status, the
+    /// redacted arguments (never the ones to run with).
+    pub fn view(&self, now_ms: i64) -> serde_json::Value {
+        use serde_json::{Value, json};
+        let mut v = serde_json::to_value(self).unwrap_or_else(|_| json!({}));
+        v["status"] = json!(effective_status(self, now_ms));
+        v["args"] = serde_json::from_str(&self.args_redacted).unwrap_or(Value::Null);
+        if let Some(o) = v.as_object_mut() {
+            o.remove("args_redacted");
+        }
+        v
+    }
 }

@@ -61,17 +61,19 @@ impl Checkpoint {
 
 /// The audit chain: entries, heads, signed statements, the registry of chains.
 pub trait AuditStore: Send + Sync {
-    /// Commit a batch in one transaction: read the touched chains' heads
-    /// (and the registry if a chain is new), [`crate::audit::link::link`]
-    /// the entries, and write what it returns (entries, heads with their
-    /// signed statements, periodic checkpoints, the registry); settle its
-    /// budget lines; store its records. Durable on return. Returns the
-    /// stored entries in order.
-    fn audit_append(
+    /// Commit units of work in one transaction: check each one's
+    /// preconditions in order (its [`Decision`], its [`End::expect`] by
+    /// [`check`]) and leave out, whole, each that fails; read the touched
+    /// chains' heads (and the registry if a chain is new),
+    /// [`crate::audit::link::link`] the entries of the rest, and write what
+    /// it returns (entries, heads with their signed statements, periodic
+    /// checkpoints, the registry) with everything the works carry. Durable on
+    /// return. Answers each work: its stored entries, or `Conflict`.
+    fn audit_commit(
         &self,
-        batch: Batch,
+        works: Vec<Work>,
         notary: Arc<Notary>,
-    ) -> BoxFuture<'_, Result<Vec<StoredEntry>>>;
+    ) -> BoxFuture<'_, Result<Vec<Result<Vec<StoredEntry>>>>>;
     /// The signed registry of chains, if one was stored.
     fn audit_registry(&self) -> BoxFuture<'_, Result<Option<Signed>>>;
     /// Replace the registry (creating the first one; re-signing on upgrade).

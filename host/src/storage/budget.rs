@@ -8,7 +8,7 @@ use crate::error::Result;
 use serde::Serialize;
 
 /// One charge against a budget ledger.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Charge {
     /// `task:<tenant>/<task>`, `workflow:<tenant>/<workflow>`, `tenant:<tenant>`.
     pub scope: String,
@@ -46,14 +46,53 @@ pub struct Usage {
 
 /// Budget ledgers: reservations (taken at admission), settlements, usage.
 pub trait BudgetStore: Send + Sync {
-    /// Reserve all charges, or none: `Ok(Err(..))` names the first limit
-    /// that would be passed.
-    fn budget_reserve(
-        &self,
-        charges: Vec<Charge>,
-    ) -> BoxFuture<'_, Result<std::result::Result<(), Exceeded>>>;
-    /// Release reservations and record what was actually used.
-    fn budget_settle(&self, reserved: Vec<Charge>, used: Vec<Charge>) -> BoxFuture<'_, Result<()>>;
+    /// Record usage outside any invocation (reported model tokens).
+    fn budget_charge(&self, used: Vec<Charge>) -> BoxFuture<'_, Result<()>>;
     /// Ledger lines of a scope.
     fn budget_usage(&self, scope: &str) -> BoxFuture<'_, Result<Vec<Usage>>>;
+}
+
+/// The budget check every backend applies when reserving: `charge` on a
+/// line with `used` and `reserved` passes its limit?
+pub fn exceeds(charge: &Charge, used: i64, reserved: i64) -> Option<Exceeded> {
+    let limit = charge.limit?;
+    (used.saturating_add(reserved).saturating_add(charge.amount) > limit).then(|| Exceeded {
+        scope: charge.scope.clone(),
+        window: charge.window.clone(),
+        metric: charge.metric.clone(),
+        limit,
+        used,
+        reserved,
+        requested: charge.amount,
+    })
+}
+
+/// The net change per ledger line of releasing `release` and recording
+/// `charge`: `(used += u, reserved -= r)`, lines with no change left out.
+pub fn settlement<'a>(
+    release: &'a [Charge],
+    charge: &'a [Charge],
+) -> std::collections::BTreeMap<(&'a str, &'a str, &'a str), (i64, i64)> {
+    let mut lines: std::collections::BTreeMap<(&str, &str, &str), (i64, i64)> =
+        std::collections::BTreeMap::new();
+    for c in release.iter().filter(|c| c.amount != 0) {
+        lines.entry((&c.scope, &c.window, &c.metric)).or_default().1 += c.amount;
+    }
+    for c in charge.iter().filter(|c| c.amount != 0) {
+        lines.entry((&c.scope, &c.window, &c.metric)).or_default().0 += c.amount;
+    }
+    lines
+}
+
+/// What ending an invocation does to the ledgers: release the reserved
+/// (limited) lines of its `worst` case, and charge `used`, or, when it was
+/// lost (`None`), its whole worst case.
+pub fn end_charges(worst: &[Charge], used: Option<&[Charge]>) -> (Vec<Charge>, Vec<Charge>) {
+    let reserved = worst
+        .iter()
+        .filter(|c| c.limit.is_some())
+        .cloned()
+        .collect();
+    let charged = used.map_or_else(|| worst.to_vec(), <[Charge]>::to_vec);
+    (reserved, charged)
 }

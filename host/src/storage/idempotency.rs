@@ -1,4 +1,8 @@
 //! Idempotency keys and their answers.
+//!
+//! A key's row points at the invocation it started; whether that
+//! invocation still runs is its row's business (owner, lease, reaper), so
+//! no clock guesses when a first request "must" have died.
 
 #[allow(unused_imports)]
 use super::*;
@@ -16,37 +20,71 @@ pub struct IdempotencyDone {
     pub response: String,
 }
 
+/// Starting a keyed request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyBegin {
+    pub tenant: String,
+    pub key: String,
+    pub fingerprint: String,
+    pub now_ms: i64,
+    /// When the key and its answer are forgotten.
+    pub expires_ms: i64,
+    /// The invocation to start (running, unadmitted) if the key is new.
+    pub run: NewRun,
+}
+
 /// What starting an idempotent request found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum IdempotencyBegin {
-    /// The key is new (or its earlier use expired or was abandoned): run.
+    /// The key is new (or its earlier use expired, or ended before its
+    /// invocation ran): the invocation row was written; run it.
     Started,
     /// Done before with the same fingerprint: answer this again.
     Replay { http_status: u16, response: String },
     /// Used before with another request.
     Mismatch,
-    /// The first request with this key is still running.
+    /// The first request with this key is still running (or its host was
+    /// lost and the reaper has not finished it yet).
     InProgress,
+}
+
+/// A stored key, as [`decide`] sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyRow {
+    pub fingerprint: String,
+    pub expires_ms: i64,
+    pub answer: Option<(u16, String)>,
+    /// The state of the invocation it started (`None`: no such row).
+    pub invocation: Option<String>,
+}
+
+/// The idempotency state machine, shared by every backend: what a keyed
+/// request with `fingerprint` gets, given the stored key (`None`: none).
+pub fn decide(stored: Option<&KeyRow>, fingerprint: &str, now_ms: i64) -> IdempotencyBegin {
+    let Some(k) = stored.filter(|k| k.expires_ms > now_ms) else {
+        return IdempotencyBegin::Started;
+    };
+    if k.fingerprint != fingerprint {
+        return IdempotencyBegin::Mismatch;
+    }
+    if let Some((http_status, response)) = &k.answer {
+        return IdempotencyBegin::Replay {
+            http_status: *http_status,
+            response: response.clone(),
+        };
+    }
+    match k.invocation.as_deref() {
+        // Its invocation was forgotten before it ran: start over.
+        None => IdempotencyBegin::Started,
+        Some(_) => IdempotencyBegin::InProgress,
+    }
 }
 
 /// Idempotency keys and their answers.
 pub trait IdempotencyStore: Send + Sync {
-    /// Start an idempotent request: record `key` as running with
-    /// `fingerprint` unless it is known. A running entry older than
-    /// `stale_before_ms` was abandoned (its process died) and is taken over;
-    /// entries past their expiry are forgotten. Atomic.
-    fn idempotency_begin(
-        &self,
-        tenant: &str,
-        key: &str,
-        fingerprint: &str,
-        now_ms: i64,
-        expires_ms: i64,
-        stale_before_ms: i64,
-    ) -> BoxFuture<'_, Result<IdempotencyBegin>>;
-    /// Forget a running key (the request failed before it produced an
-    /// answer to keep).
-    fn idempotency_abandon(&self, tenant: &str, key: &str) -> BoxFuture<'_, Result<()>>;
-    /// Finish a key outside an audit batch.
-    fn idempotency_finish(&self, done: IdempotencyDone) -> BoxFuture<'_, Result<()>>;
+    /// Start a keyed request, atomically: [`decide`] on the stored key;
+    /// on [`IdempotencyBegin::Started`], store the key (pointing at
+    /// `begin.run`) and write `begin.run` as a running, unadmitted row.
+    /// Keys past their expiry are forgotten.
+    fn idempotency_begin(&self, begin: KeyBegin) -> BoxFuture<'_, Result<IdempotencyBegin>>;
 }

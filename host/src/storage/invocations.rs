@@ -1,4 +1,21 @@
-//! Invocation records: one row per invocation, from admission to its end.
+//! Invocation rows: one per invocation, from admission to its end.
+//!
+//! The lifecycle (ARCHITECTURE.md has the diagram):
+//!
+//! * **running**: written at admission ([`InvocationStore::invocation_admit`],
+//!   in the transaction that reserves its budget), or earlier, unadmitted,
+//!   when an Idempotency-Key starts it or an approval lets it run. It has an
+//!   `owner` (the host instance running it) and a `lease_until` the owner
+//!   renews while it runs; it holds its worst-case charges.
+//! * **pending_approval**: parked for a human (no owner, no lease).
+//! * **ok / error / refused**: final. A [`crate::storage::Work`] with an
+//!   [`End`] writes it, settling the reservation by the row's own charges.
+//!
+//! Who moves a row: the owner (admission, completion), an approver (pending
+//! → running, or → refused), the reaper (running with an expired lease →
+//! error `host_lost`; pending past its expiry → refused `approval_expired`).
+//! Every transition is conditional on the state it expects ([`Expect`]), so
+//! two movers never both win.
 
 #[allow(unused_imports)]
 use super::*;
@@ -7,7 +24,7 @@ use crate::error::Result;
 #[allow(unused_imports)]
 use serde::Serialize;
 
-/// A finished (or refused) invocation, as the API reports it.
+/// An invocation's record, as the API reports it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct InvocationRecord {
     pub id: String,
@@ -19,11 +36,12 @@ pub struct InvocationRecord {
     pub workflow: Option<String>,
     pub task_id: Option<String>,
     pub principal: Option<String>,
-    /// `ok`, `error` (the tool ran and failed) or `refused` (it never ran).
+    /// `running`, `pending_approval`, `ok`, `error` (the tool ran and
+    /// failed, or its host was lost) or `refused` (it never ran).
     pub status: String,
     pub error_kind: Option<String>,
     pub created_ms: i64,
-    /// The response body (JSON) the caller was given.
+    /// The response body (JSON) the caller was given (`{}` while running).
     pub response: String,
 }
 
@@ -39,7 +57,108 @@ pub struct InvocationFilter {
     pub limit: i64,
 }
 
-/// Invocation records: one row per invocation, from admission to its end.
+/// What identifies a new running row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewRun {
+    pub id: String,
+    pub tenant: String,
+    pub tool: String,
+    pub function: String,
+    pub version: Option<String>,
+    pub workflow: Option<String>,
+    pub task_id: Option<String>,
+    pub principal: Option<String>,
+    /// `http`, `mcp`, `cli`, `approval`.
+    pub transport: String,
+    /// The Idempotency-Key it answers, if any.
+    pub idempotency_key: Option<String>,
+    pub created_ms: i64,
+    /// The host instance running it, and until when its lease holds.
+    pub owner: String,
+    pub lease_until: i64,
+}
+
+/// Admission: reserve, and mark the row running and admitted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Admit {
+    pub run: NewRun,
+    /// The invocation's worst case, per ledger line: the lines with a limit
+    /// are reserved now (all or none); all are charged if it is lost.
+    pub worst: Vec<Charge>,
+}
+
+/// Why an admission was not taken.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refused {
+    /// A limit would be passed.
+    Exceeded(Exceeded),
+    /// The row exists and is not this owner's unadmitted running row (the
+    /// reaper finished it, or another host runs it).
+    Taken,
+}
+
+/// A running row whose lease expired (its host died or hung), as the
+/// reaper needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lost {
+    pub run: NewRun,
+    /// Whether it was admitted (it may have run): if not, nothing ran.
+    pub admitted: bool,
+    /// The approval it runs under, with the callback URL to notify.
+    pub approval_id: Option<String>,
+    pub callback_url: Option<String>,
+}
+
+/// What a [`crate::storage::Work`] expects of the invocation row it ends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Expect {
+    /// No row, or a running row owned by `owner` (the normal end).
+    Mine { owner: String },
+    /// A running row owned by `owner` (its task ended without finishing:
+    /// the owner itself ends it as lost).
+    Abandoned { owner: String },
+    /// A running row whose lease ended before `now_ms` (the reaper).
+    Expired { now_ms: i64 },
+    /// A row waiting for approval (denied, or expired).
+    Pending,
+}
+
+/// The end (or parking) of an invocation, in a [`crate::storage::Work`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct End {
+    /// The record to store (status final, or `pending_approval`).
+    pub record: InvocationRecord,
+    pub expect: Expect,
+    /// What it used: charged once its reservation is released. `None`:
+    /// charge its worst case (it was lost).
+    pub used: Option<Vec<Charge>>,
+}
+
+/// The row's state, as [`check`] sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RowState {
+    pub status: String,
+    pub owner: Option<String>,
+    pub lease_until: Option<i64>,
+}
+
+/// Whether an invocation row in `state` (`None`: no row) may be moved as
+/// `expect` says. The one rule every backend applies.
+pub fn check(expect: &Expect, state: Option<&RowState>) -> bool {
+    match (expect, state) {
+        (Expect::Mine { .. }, None) => true,
+        (Expect::Mine { owner } | Expect::Abandoned { owner }, Some(s)) => {
+            s.status == "running" && s.owner.as_deref() == Some(owner.as_str())
+        }
+        (Expect::Expired { now_ms }, Some(s)) => {
+            s.status == "running" && s.lease_until.is_some_and(|l| l < *now_ms)
+        }
+        (Expect::Pending, Some(s)) => s.status == "pending_approval",
+        _ => false,
+    }
+}
+
+/// Invocation rows.
 pub trait InvocationStore: Send + Sync {
     /// One of a tenant's invocation records.
     fn invocation_get(
@@ -47,6 +166,7 @@ pub trait InvocationStore: Send + Sync {
         tenant: &str,
         id: &str,
     ) -> BoxFuture<'_, Result<Option<InvocationRecord>>>;
+
     /// A tenant's invocation records, newest first, each with its position
     /// (for [`InvocationFilter::before`]).
     fn invocation_list(
@@ -54,4 +174,33 @@ pub trait InvocationStore: Send + Sync {
         tenant: &str,
         filter: InvocationFilter,
     ) -> BoxFuture<'_, Result<Vec<(i64, InvocationRecord)>>>;
+
+    /// Admission, atomically: reserve the limited lines of `worst` (all or
+    /// none: [`Refused::Exceeded`] names the first limit passed) and write
+    /// the row running, admitted, holding `worst` — a new row, or this
+    /// owner's unadmitted running row ([`Refused::Taken`] otherwise).
+    fn invocation_admit(
+        &self,
+        admit: Admit,
+    ) -> BoxFuture<'_, Result<std::result::Result<(), Refused>>>;
+
+    /// Extend the leases of `owner`'s running rows among `ids` to
+    /// `lease_until`; returns how many were extended.
+    fn invocation_renew(
+        &self,
+        owner: &str,
+        ids: Vec<String>,
+        lease_until: i64,
+    ) -> BoxFuture<'_, Result<u64>>;
+
+    /// Running rows whose lease ended before `now_ms`, oldest first.
+    fn invocation_expired(&self, now_ms: i64, limit: i64) -> BoxFuture<'_, Result<Vec<Lost>>>;
+
+    /// A running row, as the reaper would see it if it were lost.
+    fn invocation_running(&self, id: &str) -> BoxFuture<'_, Result<Option<Lost>>>;
+
+    /// Delete an unadmitted running row (nothing ran) if `expect` holds,
+    /// with the Idempotency-Key that started it (a retry runs anew).
+    /// Returns whether it was deleted.
+    fn invocation_forget(&self, id: &str, expect: Expect) -> BoxFuture<'_, Result<bool>>;
 }

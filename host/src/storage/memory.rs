@@ -2,12 +2,7 @@
 //! tests, for measuring the gate without the durability wait, and as the
 //! reference the SQL backends must agree with.
 
-use super::{
-    ApiKeyRecord, ApprovalRecord, ApprovalStore, AuditStore, Batch, BudgetStore, CacheStore,
-    Charge, Checkpoint, Exceeded, IdempotencyBegin, IdempotencyDone, IdempotencyStore,
-    InvocationFilter, InvocationRecord, InvocationStore, KeyStore, MetaStore, Notary, PolicyStore,
-    Registered, RegistryStore, Signed, StoredEntry, StoredPolicy, ToolEntry, ToolVersion, Usage,
-};
+use super::*;
 use crate::BoxFuture;
 use crate::audit::link::{Head, link};
 use crate::error::Result;
@@ -31,27 +26,191 @@ struct Inner {
     tools: BTreeMap<(String, String), ToolEntry>,
     keys: BTreeMap<String, ApiKeyRecord>,
     /// By position.
-    invocations: BTreeMap<i64, InvocationRecord>,
+    invocations: BTreeMap<i64, Row>,
     /// Invocation id → position.
     invocation_pos: HashMap<String, i64>,
     policies: Vec<StoredPolicy>,
-    /// (tenant, key) → (fingerprint, done answer, started, expires).
+    /// (tenant, key) → the key.
     idempotency: HashMap<(String, String), Idem>,
+    /// By id: the message, when it is next due, and its claim.
+    outbox: BTreeMap<i64, Queued>,
     approvals: BTreeMap<String, ApprovalRecord>,
     /// (tenant, key) → (result, expires).
     cache: HashMap<(String, String), (String, i64)>,
 }
 
+/// A message in the outbox: when it is next due, and who claimed it until
+/// when.
+type Queued = (OutboxMessage, i64, Option<(String, i64)>);
+
 struct Idem {
     fingerprint: String,
     done: Option<(u16, String)>,
-    started_ms: i64,
     expires_ms: i64,
+    invocation_id: String,
+}
+
+/// An invocation row: its record and its lifecycle.
+#[derive(Clone)]
+struct Row {
+    record: InvocationRecord,
+    owner: Option<String>,
+    lease_until: Option<i64>,
+    admitted: bool,
+    worst: Option<Vec<Charge>>,
+    run: Option<NewRun>,
+}
+
+impl Row {
+    fn state(&self) -> RowState {
+        RowState {
+            status: self.record.status.clone(),
+            owner: self.owner.clone(),
+            lease_until: self.lease_until,
+        }
+    }
+}
+
+/// A running row as the reaper sees it.
+fn lost_of(inner: &Inner, r: &Row) -> Option<Lost> {
+    let mut run = r.run.clone()?;
+    run.owner = r.owner.clone().unwrap_or_default();
+    run.lease_until = r.lease_until.unwrap_or(0);
+    let approval = inner.approvals.values().find(|a| a.invocation_id == run.id);
+    Some(Lost {
+        admitted: r.admitted,
+        callback_url: approval.and_then(|a| a.callback_url.clone()),
+        approval_id: approval.map(|a| a.id.clone()),
+        run,
+    })
 }
 
 fn finish(inner: &mut Inner, d: IdempotencyDone) {
     if let Some(e) = inner.idempotency.get_mut(&(d.tenant, d.key)) {
         e.done = Some((d.http_status, d.response));
+    }
+}
+
+fn running_record(run: &NewRun) -> InvocationRecord {
+    InvocationRecord {
+        id: run.id.clone(),
+        tenant: run.tenant.clone(),
+        tool: run.tool.clone(),
+        function: run.function.clone(),
+        version: run.version.clone(),
+        workflow: run.workflow.clone(),
+        task_id: run.task_id.clone(),
+        principal: run.principal.clone(),
+        status: "running".into(),
+        error_kind: None,
+        created_ms: run.created_ms,
+        response: "{}".into(),
+    }
+}
+
+impl Inner {
+    fn row(&self, id: &str) -> Option<&Row> {
+        self.invocation_pos
+            .get(id)
+            .and_then(|p| self.invocations.get(p))
+    }
+
+    fn row_mut(&mut self, id: &str) -> Option<&mut Row> {
+        let pos = *self.invocation_pos.get(id)?;
+        self.invocations.get_mut(&pos)
+    }
+
+    /// Insert a row, or replace the one with its id (keeping its position).
+    fn put_row(&mut self, row: Row) {
+        let next = self.invocations.keys().next_back().map_or(1, |p| p + 1);
+        let pos = *self
+            .invocation_pos
+            .entry(row.record.id.clone())
+            .or_insert(next);
+        self.invocations.insert(pos, row);
+    }
+
+    fn new_running(&mut self, run: &NewRun) {
+        self.put_row(Row {
+            record: running_record(run),
+            owner: Some(run.owner.clone()),
+            lease_until: Some(run.lease_until),
+            admitted: false,
+            worst: None,
+            run: Some(run.clone()),
+        });
+    }
+
+    /// Whether a decision may be applied now.
+    fn may_decide(&self, d: &Decision) -> bool {
+        let Some(a) = self.approvals.get(&d.approval_id) else {
+            return false;
+        };
+        a.tenant == d.tenant
+            && may_decide(d, &a.status, a.expires_ms)
+            && (d.run.is_none()
+                || self
+                    .row(&a.invocation_id)
+                    .is_some_and(|r| r.record.status == "pending_approval"))
+    }
+
+    /// Apply a decision [`Inner::may_decide`] allowed.
+    fn decide(&mut self, d: &Decision) {
+        let Some(invocation_id) = self
+            .approvals
+            .get(&d.approval_id)
+            .map(|a| a.invocation_id.clone())
+        else {
+            return;
+        };
+        if let Some((owner, lease_until)) = &d.run
+            && let Some(row) = self.row_mut(&invocation_id)
+        {
+            row.record.status = "running".into();
+            row.owner = Some(owner.clone());
+            row.lease_until = Some(*lease_until);
+            row.admitted = false;
+        }
+        let a = self
+            .approvals
+            .get_mut(&d.approval_id)
+            .expect("checked above");
+        a.status = d.status.clone();
+        a.decided_by = d.decided_by.clone();
+        a.decided_ms = Some(d.now_ms);
+        a.reason = d.reason.clone();
+        a.args.clear();
+    }
+
+    /// Whether an end may be applied now.
+    fn may_end(&self, end: &End) -> bool {
+        check(
+            &end.expect,
+            self.row(&end.record.id).map(Row::state).as_ref(),
+        )
+    }
+
+    /// Apply an end [`Inner::may_end`] allowed.
+    fn end(&mut self, end: &End) {
+        let existing = self.row(&end.record.id).cloned();
+        if let Some(worst) = existing.as_ref().and_then(|r| r.worst.as_ref()) {
+            let (release, charge) = end_charges(worst, end.used.as_deref());
+            settle(self, &release, &charge);
+        } else if let Some(used) = &end.used {
+            settle(self, &[], used);
+        }
+        let mut record = end.record.clone();
+        if let Some(old) = &existing {
+            record.created_ms = old.record.created_ms;
+        }
+        self.put_row(Row {
+            record,
+            owner: None,
+            lease_until: None,
+            admitted: existing.as_ref().is_some_and(|r| r.admitted),
+            worst: None,
+            run: existing.and_then(|r| r.run),
+        });
     }
 }
 
@@ -93,6 +252,7 @@ fn key(c: &Charge) -> (String, String, String) {
 }
 
 fn settle(inner: &mut Inner, release: &[Charge], charge: &[Charge]) {
+    // (the net of both, as the SQL backends apply it)
     for c in release {
         let line = inner.budget.entry(key(c)).or_default();
         line.1 = (line.1 - c.amount).max(0);
@@ -103,15 +263,35 @@ fn settle(inner: &mut Inner, release: &[Charge], charge: &[Charge]) {
 }
 
 impl AuditStore for MemoryStorage {
-    fn audit_append(
+    fn audit_commit(
         &self,
-        batch: Batch,
+        works: Vec<Work>,
         notary: Arc<Notary>,
-    ) -> BoxFuture<'_, Result<Vec<StoredEntry>>> {
+    ) -> BoxFuture<'_, Result<Vec<Result<Vec<StoredEntry>>>>> {
         Box::pin(async move {
             let mut inner = self.lock();
-            let heads: BTreeMap<String, Option<Head>> = batch
-                .entries
+            // Preconditions first, in order: a work that fails is left out.
+            let mut taken = Vec::with_capacity(works.len());
+            for w in &works {
+                let ok = w.decide.as_ref().is_none_or(|d| inner.may_decide(d))
+                    && w.end.as_ref().is_none_or(|e| inner.may_end(e));
+                if ok {
+                    if let Some(d) = &w.decide {
+                        inner.decide(d);
+                    }
+                    if let Some(e) = &w.end {
+                        inner.end(e);
+                    }
+                }
+                taken.push(ok);
+            }
+            let entries: Vec<NewEntry> = works
+                .iter()
+                .zip(&taken)
+                .filter(|(_, ok)| **ok)
+                .flat_map(|(w, _)| w.entries.iter().cloned())
+                .collect();
+            let heads: BTreeMap<String, Option<Head>> = entries
                 .iter()
                 .map(|e| {
                     let head = inner.tips.get(&e.chain).map(|(seq, hash)| Head {
@@ -121,14 +301,8 @@ impl AuditStore for MemoryStorage {
                     (e.chain.clone(), head)
                 })
                 .collect();
-            let now = batch.entries.last().map_or(0, |e| e.time_ms);
-            let linked = link(
-                &batch.entries,
-                &heads,
-                inner.registry.as_ref(),
-                &notary,
-                now,
-            );
+            let now = entries.last().map_or(0, |e| e.time_ms);
+            let linked = link(&entries, &heads, inner.registry.as_ref(), &notary, now);
             for e in &linked.entries {
                 inner
                     .entries
@@ -163,27 +337,37 @@ impl AuditStore for MemoryStorage {
             if let Some(r) = linked.registry {
                 inner.registry = Some(r);
             }
-            let stored = linked.entries;
-            settle(&mut inner, &batch.release, &batch.charge);
-            for r in batch.invocations {
-                let next = inner.invocations.keys().next_back().map_or(1, |p| p + 1);
-                let pos = *inner.invocation_pos.entry(r.id.clone()).or_insert(next);
-                inner.invocations.insert(pos, r);
+            let mut stored = linked.entries.into_iter();
+            let mut answers = Vec::with_capacity(works.len());
+            for (w, ok) in works.into_iter().zip(taken) {
+                if !ok {
+                    answers.push(Err(conflict()));
+                    continue;
+                }
+                settle(&mut inner, &[], &w.charge);
+                for a in w.approvals {
+                    inner.approvals.insert(a.id.clone(), a);
+                }
+                for d in w.idempotency {
+                    finish(&mut inner, d);
+                }
+                for c in w.cache {
+                    inner
+                        .cache
+                        .insert((c.tenant, c.key), (c.result, c.expires_ms));
+                }
+                for mut m in w.outbox {
+                    let id = inner.outbox.keys().next_back().map_or(1, |i| i + 1);
+                    m.id = id;
+                    let due = m.created_ms;
+                    inner.outbox.insert(id, (m, due, None));
+                }
+                answers.push(Ok(stored.by_ref().take(w.entries.len()).collect()));
             }
-            for a in batch.approvals {
-                inner.approvals.insert(a.id.clone(), a);
-            }
-            for d in batch.idempotency {
-                finish(&mut inner, d);
-            }
-            for c in batch.cache {
-                inner
-                    .cache
-                    .insert((c.tenant, c.key), (c.result, c.expires_ms));
-            }
-            Ok(stored)
+            Ok(answers)
         })
     }
+
     fn audit_registry(&self) -> BoxFuture<'_, Result<Option<Signed>>> {
         let r = self.lock().registry.clone();
         Box::pin(async move { Ok(r) })
@@ -213,7 +397,7 @@ impl AuditStore for MemoryStorage {
         let mut tenants: Vec<String> = inner
             .invocations
             .values()
-            .map(|r| r.tenant.clone())
+            .map(|r| r.record.tenant.clone())
             .chain(inner.approvals.values().map(|a| a.tenant.clone()))
             .collect();
         tenants.sort();
@@ -290,40 +474,11 @@ impl AuditStore for MemoryStorage {
 }
 
 impl BudgetStore for MemoryStorage {
-    fn budget_reserve(
-        &self,
-        charges: Vec<Charge>,
-    ) -> BoxFuture<'_, Result<std::result::Result<(), Exceeded>>> {
-        Box::pin(async move {
-            let mut inner = self.lock();
-            for c in &charges {
-                let (used, reserved) = inner.budget.get(&key(c)).copied().unwrap_or((0, 0));
-                if let Some(limit) = c.limit
-                    && used.saturating_add(reserved).saturating_add(c.amount) > limit
-                {
-                    return Ok(Err(Exceeded {
-                        scope: c.scope.clone(),
-                        window: c.window.clone(),
-                        metric: c.metric.clone(),
-                        limit,
-                        used,
-                        reserved,
-                        requested: c.amount,
-                    }));
-                }
-            }
-            for c in &charges {
-                inner.budget.entry(key(c)).or_default().1 += c.amount;
-            }
-            Ok(Ok(()))
-        })
+    fn budget_charge(&self, used: Vec<Charge>) -> BoxFuture<'_, Result<()>> {
+        settle(&mut self.lock(), &[], &used);
+        Box::pin(async { Ok(()) })
     }
-    fn budget_settle(&self, reserved: Vec<Charge>, used: Vec<Charge>) -> BoxFuture<'_, Result<()>> {
-        Box::pin(async move {
-            settle(&mut self.lock(), &reserved, &used);
-            Ok(())
-        })
-    }
+
     fn budget_usage(&self, scope: &str) -> BoxFuture<'_, Result<Vec<Usage>>> {
         let scope = scope.to_string();
         Box::pin(async move {
@@ -526,16 +681,14 @@ impl InvocationStore for MemoryStorage {
         tenant: &str,
         id: &str,
     ) -> BoxFuture<'_, Result<Option<InvocationRecord>>> {
-        let inner = self.lock();
-        let found = inner
-            .invocation_pos
-            .get(id)
-            .and_then(|p| inner.invocations.get(p))
-            .filter(|r| r.tenant == tenant)
-            .cloned();
-        drop(inner);
+        let found = self
+            .lock()
+            .row(id)
+            .map(|r| r.record.clone())
+            .filter(|r| r.tenant == tenant);
         Box::pin(async move { Ok(found) })
     }
+
     fn invocation_list(
         &self,
         tenant: &str,
@@ -549,6 +702,7 @@ impl InvocationStore for MemoryStorage {
             .invocations
             .range(..f.before.unwrap_or(i64::MAX))
             .rev()
+            .map(|(p, r)| (p, &r.record))
             .filter(|(_, r)| {
                 r.tenant == tenant
                     && f.tool.as_ref().is_none_or(|t| &r.tool == t)
@@ -560,6 +714,99 @@ impl InvocationStore for MemoryStorage {
             .map(|(p, r)| (*p, r.clone()))
             .collect();
         Box::pin(async move { Ok(found) })
+    }
+
+    fn invocation_admit(
+        &self,
+        admit: Admit,
+    ) -> BoxFuture<'_, Result<std::result::Result<(), Refused>>> {
+        let mut inner = self.lock();
+        let answer = (|| {
+            match inner.row(&admit.run.id) {
+                None => {}
+                Some(r)
+                    if r.record.status == "running"
+                        && !r.admitted
+                        && r.owner.as_deref() == Some(admit.run.owner.as_str()) => {}
+                Some(_) => return Err(Refused::Taken),
+            }
+            for c in &admit.worst {
+                let (used, reserved) = inner.budget.get(&key(c)).copied().unwrap_or((0, 0));
+                if let Some(e) = exceeds(c, used, reserved) {
+                    return Err(Refused::Exceeded(e));
+                }
+            }
+            for c in admit.worst.iter().filter(|c| c.limit.is_some()) {
+                inner.budget.entry(key(c)).or_default().1 += c.amount;
+            }
+            if inner.row(&admit.run.id).is_none() {
+                inner.new_running(&admit.run);
+            }
+            let row = inner.row_mut(&admit.run.id).expect("written above");
+            row.admitted = true;
+            row.lease_until = Some(admit.run.lease_until);
+            row.worst = Some(admit.worst.clone());
+            Ok(())
+        })();
+        Box::pin(async move { Ok(answer) })
+    }
+
+    fn invocation_renew(
+        &self,
+        owner: &str,
+        ids: Vec<String>,
+        lease_until: i64,
+    ) -> BoxFuture<'_, Result<u64>> {
+        let mut inner = self.lock();
+        let mut n = 0;
+        for id in ids {
+            if let Some(row) = inner.row_mut(&id)
+                && row.record.status == "running"
+                && row.owner.as_deref() == Some(owner)
+            {
+                row.lease_until = Some(lease_until);
+                n += 1;
+            }
+        }
+        Box::pin(async move { Ok(n) })
+    }
+
+    fn invocation_expired(&self, now_ms: i64, limit: i64) -> BoxFuture<'_, Result<Vec<Lost>>> {
+        let inner = self.lock();
+        let found = inner
+            .invocations
+            .values()
+            .filter(|r| r.record.status == "running" && r.lease_until.is_some_and(|l| l < now_ms))
+            .take(usize::try_from(limit).unwrap_or(0))
+            .filter_map(|r| lost_of(&inner, r))
+            .collect();
+        Box::pin(async move { Ok(found) })
+    }
+
+    fn invocation_running(&self, id: &str) -> BoxFuture<'_, Result<Option<Lost>>> {
+        let inner = self.lock();
+        let found = inner
+            .row(id)
+            .filter(|r| r.record.status == "running")
+            .and_then(|r| lost_of(&inner, r));
+        Box::pin(async move { Ok(found) })
+    }
+
+    fn invocation_forget(&self, id: &str, expect: Expect) -> BoxFuture<'_, Result<bool>> {
+        let mut inner = self.lock();
+        let forgotten = match inner.row(id).cloned() {
+            Some(row) if !row.admitted && check(&expect, Some(&row.state())) => {
+                if let Some(pos) = inner.invocation_pos.remove(id) {
+                    inner.invocations.remove(&pos);
+                }
+                if let Some(key) = row.run.as_ref().and_then(|r| r.idempotency_key.clone()) {
+                    inner.idempotency.remove(&(row.record.tenant.clone(), key));
+                }
+                true
+            }
+            _ => false,
+        };
+        Box::pin(async move { Ok(forgotten) })
     }
 }
 
@@ -582,55 +829,31 @@ impl PolicyStore for MemoryStorage {
 }
 
 impl IdempotencyStore for MemoryStorage {
-    fn idempotency_begin(
-        &self,
-        tenant: &str,
-        key: &str,
-        fingerprint: &str,
-        now_ms: i64,
-        expires_ms: i64,
-        stale_before_ms: i64,
-    ) -> BoxFuture<'_, Result<IdempotencyBegin>> {
+    fn idempotency_begin(&self, begin: KeyBegin) -> BoxFuture<'_, Result<IdempotencyBegin>> {
         let mut inner = self.lock();
-        inner.idempotency.retain(|_, e| e.expires_ms > now_ms);
-        let k = (tenant.to_string(), key.to_string());
-        let answer = match inner.idempotency.get(&k) {
-            Some(e) if e.fingerprint != fingerprint => Some(IdempotencyBegin::Mismatch),
-            Some(Idem {
-                done: Some((status, response)),
-                ..
-            }) => Some(IdempotencyBegin::Replay {
-                http_status: *status,
-                response: response.clone(),
-            }),
-            Some(e) if e.started_ms > stale_before_ms => Some(IdempotencyBegin::InProgress),
-            _ => None,
-        };
-        let answer = answer.unwrap_or_else(|| {
+        let now = begin.now_ms;
+        inner.idempotency.retain(|_, e| e.expires_ms > now);
+        let k = (begin.tenant.clone(), begin.key.clone());
+        let stored = inner.idempotency.get(&k).map(|e| KeyRow {
+            fingerprint: e.fingerprint.clone(),
+            expires_ms: e.expires_ms,
+            answer: e.done.clone(),
+            invocation: inner.row(&e.invocation_id).map(|r| r.record.status.clone()),
+        });
+        let answer = decide(stored.as_ref(), &begin.fingerprint, now);
+        if answer == IdempotencyBegin::Started {
             inner.idempotency.insert(
                 k,
                 Idem {
-                    fingerprint: fingerprint.to_string(),
+                    fingerprint: begin.fingerprint.clone(),
                     done: None,
-                    started_ms: now_ms,
-                    expires_ms,
+                    expires_ms: begin.expires_ms,
+                    invocation_id: begin.run.id.clone(),
                 },
             );
-            IdempotencyBegin::Started
-        });
-        Box::pin(async move { Ok(answer) })
-    }
-    fn idempotency_abandon(&self, tenant: &str, key: &str) -> BoxFuture<'_, Result<()>> {
-        let mut inner = self.lock();
-        let k = (tenant.to_string(), key.to_string());
-        if inner.idempotency.get(&k).is_some_and(|e| e.done.is_none()) {
-            inner.idempotency.remove(&k);
+            inner.new_running(&begin.run);
         }
-        Box::pin(async move { Ok(()) })
-    }
-    fn idempotency_finish(&self, done: IdempotencyDone) -> BoxFuture<'_, Result<()>> {
-        finish(&mut self.lock(), done);
-        Box::pin(async move { Ok(()) })
+        Box::pin(async move { Ok(answer) })
     }
 }
 
@@ -662,7 +885,7 @@ impl ApprovalStore for MemoryStorage {
             .values()
             .filter(|a| {
                 a.tenant == tenant
-                    && status.is_none_or(|s| crate::approvals::effective_status(a, now_ms) == s)
+                    && status.is_none_or(|s| effective_status(a, now_ms) == s)
                     && before
                         .as_ref()
                         .is_none_or(|(ms, id)| (a.created_ms, &a.id) < (*ms, id))
@@ -673,27 +896,18 @@ impl ApprovalStore for MemoryStorage {
         found.truncate(usize::try_from(limit).unwrap_or(0));
         Box::pin(async move { Ok(found) })
     }
-    fn approval_decide(
-        &self,
-        tenant: &str,
-        id: &str,
-        status: &str,
-        decided_by: &str,
-        reason: Option<&str>,
-        now_ms: i64,
-    ) -> BoxFuture<'_, Result<Option<ApprovalRecord>>> {
-        let decided = match self.lock().approvals.get_mut(id) {
-            Some(a) if a.tenant == tenant && a.status == "pending" && now_ms < a.expires_ms => {
-                a.status = status.to_string();
-                a.decided_by = Some(decided_by.to_string());
-                a.decided_ms = Some(now_ms);
-                a.reason = reason.map(str::to_string);
-                a.args.clear();
-                Some(a.clone())
-            }
-            _ => None,
-        };
-        Box::pin(async move { Ok(decided) })
+
+    fn approvals_due(&self, now_ms: i64, limit: i64) -> BoxFuture<'_, Result<Vec<ApprovalRecord>>> {
+        let mut found: Vec<ApprovalRecord> = self
+            .lock()
+            .approvals
+            .values()
+            .filter(|a| a.status == "pending" && a.expires_ms <= now_ms)
+            .cloned()
+            .collect();
+        found.sort_by_key(|a| a.expires_ms);
+        found.truncate(usize::try_from(limit).unwrap_or(0));
+        Box::pin(async move { Ok(found) })
     }
 }
 
@@ -726,4 +940,83 @@ impl MetaStore for MemoryStorage {
     fn health(&self) -> BoxFuture<'_, Result<()>> {
         Box::pin(async { Ok(()) })
     }
+}
+
+impl OutboxStore for MemoryStorage {
+    fn outbox_claim(
+        &self,
+        owner: &str,
+        now_ms: i64,
+        lease_until: i64,
+        limit: i64,
+    ) -> BoxFuture<'_, Result<Vec<OutboxMessage>>> {
+        let mut inner = self.lock();
+        let mut claimed = Vec::new();
+        for (m, due, claim) in inner.outbox.values_mut() {
+            if claimed.len() as i64 >= limit {
+                break;
+            }
+            if m.state == "pending" && *due <= now_ms && claim.as_ref().is_none_or(|c| c.1 < now_ms)
+            {
+                *claim = Some((owner.to_string(), lease_until));
+                claimed.push(m.clone());
+            }
+        }
+        Box::pin(async move { Ok(claimed) })
+    }
+
+    fn outbox_attempt(
+        &self,
+        id: i64,
+        owner: &str,
+        now_ms: i64,
+        attempt: Attempt,
+    ) -> BoxFuture<'_, Result<()>> {
+        let mut inner = self.lock();
+        if let Some((m, due, claim)) = inner.outbox.get_mut(&id)
+            && claim.as_ref().is_some_and(|c| c.0 == owner)
+            && m.state == "pending"
+        {
+            m.attempts += 1;
+            *claim = None;
+            match attempt {
+                Attempt::Delivered { .. } => {
+                    m.state = "delivered".into();
+                    m.delivered_ms = Some(now_ms);
+                }
+                Attempt::Retry { next_ms, error } => {
+                    *due = next_ms;
+                    m.last_error = Some(error);
+                }
+                Attempt::Failed { error } => {
+                    m.state = "failed".into();
+                    m.last_error = Some(error);
+                }
+            }
+        }
+        Box::pin(async { Ok(()) })
+    }
+
+    fn outbox_for(
+        &self,
+        tenant: &str,
+        invocation_id: &str,
+    ) -> BoxFuture<'_, Result<Vec<OutboxMessage>>> {
+        let found = self
+            .lock()
+            .outbox
+            .values()
+            .map(|(m, _, _)| m)
+            .filter(|m| m.tenant == tenant && m.invocation_id == invocation_id)
+            .cloned()
+            .collect();
+        Box::pin(async move { Ok(found) })
+    }
+}
+
+fn conflict() -> crate::Error {
+    crate::Error::new(
+        crate::ErrorKind::Conflict,
+        "the invocation or approval is no longer in the state this work expected (another host or the reaper moved it)",
+    )
 }

@@ -30,6 +30,7 @@ mod idempotency;
 mod invocations;
 mod keys;
 mod meta;
+mod outbox;
 mod policies;
 mod registry;
 
@@ -41,6 +42,7 @@ pub use idempotency::*;
 pub use invocations::*;
 pub use keys::*;
 pub use meta::*;
+pub use outbox::*;
 pub use policies::*;
 pub use registry::*;
 
@@ -50,35 +52,55 @@ use std::sync::Arc;
 pub mod prelude {
     pub use super::{
         ApprovalStore, AuditStore, BudgetStore, CacheStore, IdempotencyStore, InvocationStore,
-        KeyStore, MetaStore, PolicyStore, RegistryStore, Storage,
+        KeyStore, MetaStore, OutboxStore, PolicyStore, RegistryStore, Storage,
     };
 }
 
-/// What one audit commit writes.
+/// One unit of work: audit entries and everything they describe, committed
+/// together or not at all. The backend commits many at once (one
+/// transaction, one fsync) but answers each on its own: a work whose
+/// precondition fails ([`End::expect`], a [`Decision`] that lost) is left
+/// out, whole, and answered [`crate::ErrorKind::Conflict`]; the others
+/// commit.
 #[derive(Debug, Clone, Default)]
-pub struct Batch {
+pub struct Work {
+    /// Audit entries (canonical JSON), appended to their chains in order.
     pub entries: Vec<NewEntry>,
-    /// Reservations to release.
-    pub release: Vec<Charge>,
-    /// Usage to record.
+    /// A decision on an approval request (checked first).
+    pub decide: Option<Decision>,
+    /// The invocation this work ends or parks: its record, and the
+    /// settlement of its reservation by the row's own charges.
+    pub end: Option<End>,
+    /// Ledger lines charged outside an invocation (reported tokens).
     pub charge: Vec<Charge>,
-    /// Invocation records to store (with the audit entries that describe
-    /// them, so that the two always agree). A record with an existing id
-    /// replaces it (an approved invocation's result replaces its pending
-    /// record).
-    pub invocations: Vec<InvocationRecord>,
     /// Approval requests to store.
     pub approvals: Vec<ApprovalRecord>,
-    /// Idempotency keys whose response is now final.
+    /// Idempotency keys whose answer is now final.
     pub idempotency: Vec<IdempotencyDone>,
     /// Results to cache.
     pub cache: Vec<CacheEntry>,
+    /// Messages to deliver once committed.
+    pub outbox: Vec<OutboxMessage>,
+}
+
+impl Work {
+    /// Whether it writes nothing.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+            && self.decide.is_none()
+            && self.end.is_none()
+            && self.charge.is_empty()
+            && self.approvals.is_empty()
+            && self.idempotency.is_empty()
+            && self.cache.is_empty()
+            && self.outbox.is_empty()
+    }
 }
 
 pub use crate::audit::statement::{Notary, Signed};
 
 /// Everything Toolhost persists: one store per domain, all in one backend
-/// (so that a completion's unit of work, [`Batch`], commits atomically).
+/// (so that a unit of work, [`Work`], commits atomically).
 pub trait Storage:
     AuditStore
     + BudgetStore
@@ -90,6 +112,7 @@ pub trait Storage:
     + ApprovalStore
     + CacheStore
     + MetaStore
+    + OutboxStore
     + Send
     + Sync
     + 'static
@@ -107,6 +130,7 @@ impl<T> Storage for T where
         + ApprovalStore
         + CacheStore
         + MetaStore
+        + OutboxStore
         + Send
         + Sync
         + 'static

@@ -31,10 +31,14 @@ impl ApprovalStore for SqliteStorage {
         limit: i64,
     ) -> BoxFuture<'_, Result<Vec<ApprovalRecord>>> {
         // ?1 tenant, ?2 stored status, ?3 now, ?4 limit, ?5/?6 the cursor.
+        // (`expired`: stored so by the reaper, or pending past its expiry.)
         let (stored, when) = match status {
             None => (None, ""),
             Some("pending") => (Some("pending"), "AND expires_ms > ?3"),
-            Some("expired") => (Some("pending"), "AND expires_ms <= ?3"),
+            Some("expired") => (
+                None,
+                "AND (status = 'expired' OR (status = 'pending' AND expires_ms <= ?3))",
+            ),
             Some(s) => (Some(s), ""),
         };
         let (tenant, stored) = (tenant.to_string(), stored.map(str::to_string));
@@ -57,39 +61,19 @@ impl ApprovalStore for SqliteStorage {
             Ok(rows.iter().map(approval_row).collect())
         })
     }
-    fn approval_decide(
-        &self,
-        tenant: &str,
-        id: &str,
-        status: &str,
-        decided_by: &str,
-        reason: Option<&str>,
-        now_ms: i64,
-    ) -> BoxFuture<'_, Result<Option<ApprovalRecord>>> {
-        let (tenant, id, status, decided_by, reason) = (
-            tenant.to_string(),
-            id.to_string(),
-            status.to_string(),
-            decided_by.to_string(),
-            reason.map(str::to_string),
-        );
+
+    fn approvals_due(&self, now_ms: i64, limit: i64) -> BoxFuture<'_, Result<Vec<ApprovalRecord>>> {
         Box::pin(async move {
-            let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-                "UPDATE approvals SET status = ?, decided_by = ?, decided_ms = ?, reason = ?, args = ''
-                 WHERE tenant = ? AND id = ? AND status = 'pending' AND expires_ms > ?
-                 RETURNING {APPROVAL_COLUMNS}"
+            let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "SELECT {APPROVAL_COLUMNS} FROM approvals
+                 WHERE status = 'pending' AND expires_ms <= ? ORDER BY expires_ms LIMIT ?"
             )))
-            .bind(status)
-            .bind(decided_by)
             .bind(now_ms)
-            .bind(reason)
-            .bind(tenant)
-            .bind(id)
-            .bind(now_ms)
-            .fetch_optional(&self.pool)
+            .bind(limit)
+            .fetch_all(&self.pool)
             .await
             .map_err(db)?;
-            Ok(row.as_ref().map(approval_row))
+            Ok(rows.iter().map(approval_row).collect())
         })
     }
 }

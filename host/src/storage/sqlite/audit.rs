@@ -4,12 +4,12 @@
 use super::*;
 
 impl AuditStore for SqliteStorage {
-    fn audit_append(
+    fn audit_commit(
         &self,
-        batch: Batch,
+        works: Vec<Work>,
         notary: Arc<Notary>,
-    ) -> BoxFuture<'_, Result<Vec<StoredEntry>>> {
-        Box::pin(self.writer.append(batch, notary))
+    ) -> BoxFuture<'_, Result<Vec<Result<Vec<StoredEntry>>>>> {
+        Box::pin(self.writer.commit(works, notary))
     }
     fn audit_registry(&self) -> BoxFuture<'_, Result<Option<Signed>>> {
         Box::pin(async move {

@@ -4,21 +4,11 @@
 use super::*;
 
 impl BudgetStore for SqliteStorage {
-    fn budget_reserve(
-        &self,
-        charges: Vec<Charge>,
-    ) -> BoxFuture<'_, Result<std::result::Result<(), Exceeded>>> {
-        Box::pin(async move {
-            if charges.is_empty() {
-                return Ok(Ok(()));
-            }
-            self.writer.reserve(charges).await
-        })
-    }
-    fn budget_settle(&self, reserved: Vec<Charge>, used: Vec<Charge>) -> BoxFuture<'_, Result<()>> {
-        Box::pin(self.writer.run_durable(move |w| {
-            commit::settle_alone(&mut w.conn, &reserved, &used).map_err(writer::db)
-        }))
+    fn budget_charge(&self, used: Vec<Charge>) -> BoxFuture<'_, Result<()>> {
+        Box::pin(
+            self.writer
+                .run_durable(move |w| commit::charge_alone(&mut w.conn, &used).map_err(writer::db)),
+        )
     }
     fn budget_usage(&self, scope: &str) -> BoxFuture<'_, Result<Vec<Usage>>> {
         let scope = scope.to_string();

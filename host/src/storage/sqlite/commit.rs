@@ -1,6 +1,5 @@
-//! What the hot writer ([`super::writer`]) writes: audit commits
-//! ([`append_in`]), budget reservations ([`reserve_in`]) and idempotency
-//! markers, as cached prepared statements inside `BEGIN IMMEDIATE`
+//! What the hot writer ([`super::writer`]) writes: units of work
+//! ([`commit_in`]), admissions ([`admit_in`]) and idempotency keys, as cached prepared statements inside `BEGIN IMMEDIATE`
 //! transactions on the writer's connection.
 //!
 //! All run on the writer thread, where a statement is a function call (no
@@ -9,22 +8,25 @@
 //! one data dir never fork a chain.
 
 use crate::audit::link::{Head, link};
+use crate::error::Result;
 use crate::storage::{
-    Batch, Charge, Exceeded, IdempotencyBegin, IdempotencyDone, Notary, Signed, StoredEntry,
+    Admit, ApprovalRecord, Charge, Decision, End, IdempotencyBegin, IdempotencyDone, KeyBegin,
+    KeyRow, NewEntry, NewRun, Notary, Refused, RowState, Signed, StoredEntry, Work, check, decide,
+    end_charges, exceeds, may_decide, settlement,
 };
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use std::collections::BTreeMap;
 
-/// [`append_in`] in a transaction of its own.
-pub(super) fn append(
+/// [`commit_in`] in a transaction of its own.
+pub(super) fn commit(
     conn: &mut Connection,
-    batch: &Batch,
+    works: &[Work],
     notary: &Notary,
-) -> rusqlite::Result<Vec<StoredEntry>> {
+) -> rusqlite::Result<Vec<Result<Vec<StoredEntry>>>> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let stored = append_in(&tx, batch, notary)?;
+    let answers = commit_in(&tx, works, notary)?;
     tx.commit()?;
-    Ok(stored)
+    Ok(answers)
 }
 
 /// Store the chain registry.
@@ -38,21 +40,160 @@ pub(super) fn registry_put(conn: &Connection, registry: &Signed) -> rusqlite::Re
     Ok(())
 }
 
-/// Write a batch inside the caller's write transaction (`BEGIN
-/// IMMEDIATE`): read the touched chains' heads, [`link`] the entries, write
-/// the entries, the signed heads, the periodic checkpoints and (for new
-/// chains) the registry; settle its budget lines, and store its invocation
-/// records, approvals, idempotency answers and cache entries. Returns the
-/// stored entries in order.
-pub(super) fn append_in(
+/// An invocation row's lifecycle columns.
+fn row_state(tx: &Connection, id: &str) -> rusqlite::Result<Option<(RowState, Option<String>)>> {
+    tx.prepare_cached("SELECT status, owner, lease_until, worst FROM invocations WHERE id = ?")?
+        .query_row([id], |r| {
+            Ok((
+                RowState {
+                    status: r.get(0)?,
+                    owner: r.get(1)?,
+                    lease_until: r.get(2)?,
+                },
+                r.get(3)?,
+            ))
+        })
+        .optional()
+}
+
+/// Whether a decision may be applied now (read in the transaction).
+fn may_decide_in(tx: &Connection, d: &Decision) -> rusqlite::Result<bool> {
+    let found: Option<(String, i64, String)> = tx
+        .prepare_cached(
+            "SELECT status, expires_ms, invocation_id FROM approvals WHERE tenant = ? AND id = ?",
+        )?
+        .query_row([&d.tenant, &d.approval_id], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })
+        .optional()?;
+    let Some((status, expires_ms, invocation_id)) = found else {
+        return Ok(false);
+    };
+    if !may_decide(d, &status, expires_ms) {
+        return Ok(false);
+    }
+    if d.run.is_some() {
+        let row = row_state(tx, &invocation_id)?;
+        return Ok(row.is_some_and(|(r, _)| r.status == "pending_approval"));
+    }
+    Ok(true)
+}
+
+/// Apply a decision [`may_decide_in`] allowed.
+fn decide_in(tx: &Connection, d: &Decision) -> rusqlite::Result<()> {
+    tx.prepare_cached(
+        "UPDATE approvals SET status = ?, decided_by = ?, decided_ms = ?, reason = ?, args = ''
+         WHERE tenant = ? AND id = ?",
+    )?
+    .execute(params![
+        d.status,
+        d.decided_by,
+        d.now_ms,
+        d.reason,
+        d.tenant,
+        d.approval_id
+    ])?;
+    if let Some((owner, lease_until)) = &d.run {
+        tx.prepare_cached(
+            "UPDATE invocations SET status = 'running', owner = ?, lease_until = ?, admitted = 0
+             WHERE id = (SELECT invocation_id FROM approvals WHERE tenant = ? AND id = ?)
+               AND status = 'pending_approval'",
+        )?
+        .execute(params![owner, lease_until, d.tenant, d.approval_id])?;
+    }
+    Ok(())
+}
+
+/// Apply an end whose precondition held: settle the row's reservation by
+/// its own charges, then write the record.
+fn end_in(tx: &Connection, end: &End, worst: Option<String>) -> rusqlite::Result<()> {
+    let worst: Option<Vec<Charge>> = worst.and_then(|w| serde_json::from_str(&w).ok());
+    match &worst {
+        Some(worst) => {
+            let (release, charge) = end_charges(worst, end.used.as_deref());
+            settle(tx, &release, &charge)?;
+        }
+        None => {
+            if let Some(used) = &end.used {
+                settle(tx, &[], used)?;
+            }
+        }
+    }
+    let r = &end.record;
+    tx.prepare_cached(
+        "INSERT INTO invocations (id, tenant, tool, function, version, workflow, task_id, principal,
+                                  status, error_kind, created_ms, response, record_version)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+         ON CONFLICT (id) DO UPDATE SET version = excluded.version, status = excluded.status,
+           error_kind = excluded.error_kind, response = excluded.response,
+           record_version = excluded.record_version, owner = NULL, lease_until = NULL, worst = NULL",
+    )?
+    .execute(params![
+        r.id,
+        r.tenant,
+        r.tool,
+        r.function,
+        r.version,
+        r.workflow,
+        r.task_id,
+        r.principal,
+        r.status,
+        r.error_kind,
+        r.created_ms,
+        r.response,
+        crate::record::RECORD_VERSION
+    ])?;
+    Ok(())
+}
+
+/// Commit units of work inside the caller's write transaction (`BEGIN
+/// IMMEDIATE`): check each one's preconditions (in order, each seeing the
+/// ones before it) and leave out those that fail; link the entries of the
+/// rest onto their chains' heads, write the entries, the signed heads, the
+/// periodic checkpoints and (for new chains) the registry; write what each
+/// work carries. Answers each work.
+pub(super) fn commit_in(
     tx: &Connection,
-    batch: &Batch,
+    works: &[Work],
     notary: &Notary,
-) -> rusqlite::Result<Vec<StoredEntry>> {
+) -> rusqlite::Result<Vec<Result<Vec<StoredEntry>>>> {
+    let mut taken = Vec::with_capacity(works.len());
+    for w in works {
+        let decide_ok = match &w.decide {
+            Some(d) => may_decide_in(tx, d)?,
+            None => true,
+        };
+        let end_ok = match (&w.end, decide_ok) {
+            (Some(e), true) => {
+                let state = row_state(tx, &e.record.id)?;
+                let ok = check(&e.expect, state.as_ref().map(|(s, _)| s));
+                ok.then(|| state.and_then(|(_, worst)| worst))
+            }
+            (None, true) => Some(None),
+            (_, false) => None,
+        };
+        let Some(worst) = end_ok else {
+            taken.push(false);
+            continue;
+        };
+        if let Some(d) = &w.decide {
+            decide_in(tx, d)?;
+        }
+        if let Some(e) = &w.end {
+            end_in(tx, e, worst)?;
+        }
+        taken.push(true);
+    }
+    let entries: Vec<NewEntry> = works
+        .iter()
+        .zip(&taken)
+        .filter(|(_, ok)| **ok)
+        .flat_map(|(w, _)| w.entries.iter().cloned())
+        .collect();
     let mut heads: BTreeMap<String, Option<Head>> = BTreeMap::new();
     {
         let mut read = tx.prepare_cached("SELECT seq, hash FROM audit_heads WHERE chain = ?")?;
-        for e in &batch.entries {
+        for e in &entries {
             if !heads.contains_key(e.chain.as_str()) {
                 let head = read
                     .query_row([&e.chain], |r| {
@@ -74,8 +215,8 @@ pub(super) fn append_in(
     } else {
         None
     };
-    let now = batch.entries.last().map_or(0, |e| e.time_ms);
-    let linked = link(&batch.entries, &heads, registry.as_ref(), notary, now);
+    let now = entries.last().map_or(0, |e| e.time_ms);
+    let linked = link(&entries, &heads, registry.as_ref(), notary, now);
     {
         let mut insert = tx.prepare_cached(
             "INSERT INTO audit_entries (chain, seq, time_ms, body, prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?)",
@@ -128,71 +269,81 @@ pub(super) fn append_in(
     if let Some(r) = &linked.registry {
         registry_put(tx, r)?;
     }
-    let stored = linked.entries;
-    settle(tx, &batch.release, &batch.charge)?;
-    {
-        let mut insert = tx.prepare_cached(
-            "INSERT INTO invocations (id, tenant, tool, function, version, workflow, task_id, principal,
-                                      status, error_kind, created_ms, response)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-             ON CONFLICT (id) DO UPDATE SET version = excluded.version, status = excluded.status,
-               error_kind = excluded.error_kind, response = excluded.response",
-        )?;
-        for r in &batch.invocations {
-            insert.execute(params![
-                r.id,
-                r.tenant,
-                r.tool,
-                r.function,
-                r.version,
-                r.workflow,
-                r.task_id,
-                r.principal,
-                r.status,
-                r.error_kind,
-                r.created_ms,
-                r.response
+    let mut stored = linked.entries.into_iter();
+    let mut answers = Vec::with_capacity(works.len());
+    for (w, ok) in works.iter().zip(taken) {
+        if !ok {
+            answers.push(Err(conflict()));
+            continue;
+        }
+        settle(tx, &[], &w.charge)?;
+        for a in &w.approvals {
+            insert_approval(tx, a)?;
+        }
+        for d in &w.idempotency {
+            finish_idempotency(tx, d)?;
+        }
+        for c in &w.cache {
+            tx.prepare_cached(
+                "INSERT INTO result_cache (tenant, key, result, expires_ms) VALUES (?, ?, ?, ?)
+                 ON CONFLICT (tenant, key) DO UPDATE SET result = excluded.result, expires_ms = excluded.expires_ms",
+            )?
+            .execute(params![c.tenant, c.key, c.result, c.expires_ms])?;
+        }
+        for m in &w.outbox {
+            tx.prepare_cached(
+                "INSERT INTO outbox (tenant, invocation_id, approval_id, url, created_ms, attempts, state, next_ms)
+                 VALUES (?, ?, ?, ?, ?, 0, 'pending', ?)",
+            )?
+            .execute(params![
+                m.tenant,
+                m.invocation_id,
+                m.approval_id,
+                m.url,
+                m.created_ms,
+                m.created_ms
             ])?;
         }
+        answers.push(Ok(stored.by_ref().take(w.entries.len()).collect()));
     }
-    for a in &batch.approvals {
-        tx.prepare_cached(
-            "INSERT INTO approvals (id, tenant, invocation_id, status, tool, function, version, workflow,
-                                    task_id, args, args_redacted, args_sha256, rule, requester, created_ms,
-                                    expires_ms, callback_url)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        )?
-        .execute(params![
-            a.id,
-            a.tenant,
-            a.invocation_id,
-            a.status,
-            a.tool,
-            a.function,
-            a.version,
-            a.workflow,
-            a.task_id,
-            a.args,
-            a.args_redacted,
-            a.args_sha256,
-            a.rule,
-            a.requester,
-            a.created_ms,
-            a.expires_ms,
-            a.callback_url
-        ])?;
-    }
-    for d in &batch.idempotency {
-        finish_idempotency(tx, d)?;
-    }
-    for c in &batch.cache {
-        tx.prepare_cached(
-            "INSERT INTO result_cache (tenant, key, result, expires_ms) VALUES (?, ?, ?, ?)
-             ON CONFLICT (tenant, key) DO UPDATE SET result = excluded.result, expires_ms = excluded.expires_ms",
-        )?
-        .execute(params![c.tenant, c.key, c.result, c.expires_ms])?;
-    }
-    Ok(stored)
+    Ok(answers)
+}
+
+/// The answer to a work whose precondition failed.
+pub(super) fn conflict() -> crate::Error {
+    crate::Error::new(
+        crate::ErrorKind::Conflict,
+        "the invocation or approval is no longer in the state this work expected (another host or the reaper moved it)",
+    )
+}
+
+fn insert_approval(tx: &Connection, a: &ApprovalRecord) -> rusqlite::Result<()> {
+    tx.prepare_cached(
+        "INSERT INTO approvals (id, tenant, invocation_id, status, tool, function, version, workflow,
+                                task_id, args, args_redacted, args_sha256, rule, requester, created_ms,
+                                expires_ms, callback_url)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    )?
+    .execute(params![
+        a.id,
+        a.tenant,
+        a.invocation_id,
+        a.status,
+        a.tool,
+        a.function,
+        a.version,
+        a.workflow,
+        a.task_id,
+        a.args,
+        a.args_redacted,
+        a.args_sha256,
+        a.rule,
+        a.requester,
+        a.created_ms,
+        a.expires_ms,
+        a.callback_url
+    ])?;
+    Ok(())
 }
 
 /// Keep an idempotent request's final answer.
@@ -204,14 +355,10 @@ pub(super) fn finish_idempotency(conn: &Connection, d: &IdempotencyDone) -> rusq
     Ok(())
 }
 
-/// [`settle`] in a transaction of its own.
-pub(super) fn settle_alone(
-    conn: &mut Connection,
-    release: &[Charge],
-    charge: &[Charge],
-) -> rusqlite::Result<()> {
+/// Record usage outside any invocation, in a transaction of its own.
+pub(super) fn charge_alone(conn: &mut Connection, charge: &[Charge]) -> rusqlite::Result<()> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    settle(&tx, release, charge)?;
+    settle(&tx, &[], charge)?;
     tx.commit()
 }
 
@@ -232,137 +379,169 @@ fn settle(conn: &Connection, release: &[Charge], charge: &[Charge]) -> rusqlite:
     Ok(())
 }
 
-/// [`reserve_in`] in a transaction of its own.
-pub(super) fn reserve(
+/// [`admit_in`] in a transaction of its own.
+pub(super) fn admit(
     conn: &mut Connection,
-    invocations: &[Vec<Charge>],
-) -> rusqlite::Result<Vec<std::result::Result<(), Exceeded>>> {
+    admits: &[Admit],
+) -> rusqlite::Result<Vec<std::result::Result<(), Refused>>> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let answers = reserve_in(&tx, invocations)?;
+    let answers = admit_in(&tx, admits)?;
     tx.commit()?;
     Ok(answers)
 }
 
-/// Reserve the charges of many invocations inside the caller's write
-/// transaction, in order, each all or nothing: an invocation that would
-/// pass a limit reserves nothing and gets the first limit it would pass.
-pub(super) fn reserve_in(
+/// Admit many invocations inside the caller's write transaction, in order,
+/// each all or nothing: reserve the limited lines of its worst case and
+/// write its row running and admitted (a new row, or its owner's
+/// unadmitted one).
+pub(super) fn admit_in(
     tx: &Connection,
-    invocations: &[Vec<Charge>],
-) -> rusqlite::Result<Vec<std::result::Result<(), Exceeded>>> {
-    let mut answers = Vec::with_capacity(invocations.len());
-    {
-        let mut read = tx.prepare_cached(
-            "SELECT used, reserved FROM budget WHERE scope = ? AND window = ? AND metric = ?",
-        )?;
-        let mut upsert = tx.prepare_cached(
-            "INSERT INTO budget (scope, window, metric, used, reserved, lim) VALUES (?, ?, ?, 0, ?, ?)
-             ON CONFLICT (scope, window, metric) DO UPDATE
-             SET reserved = reserved + excluded.reserved, lim = excluded.lim",
-        )?;
-        for charges in invocations {
-            let mut refused = None;
-            for c in charges {
-                let Some(limit) = c.limit else { continue };
-                let (used, reserved): (i64, i64) = read
-                    .query_row(params![c.scope, c.window, c.metric], |r| {
-                        Ok((r.get(0)?, r.get(1)?))
-                    })
-                    .optional()?
-                    .unwrap_or((0, 0));
-                if used.saturating_add(reserved).saturating_add(c.amount) > limit {
-                    refused = Some(Exceeded {
-                        scope: c.scope.clone(),
-                        window: c.window.clone(),
-                        metric: c.metric.clone(),
-                        limit,
-                        used,
-                        reserved,
-                        requested: c.amount,
-                    });
-                    break;
-                }
+    admits: &[Admit],
+) -> rusqlite::Result<Vec<std::result::Result<(), Refused>>> {
+    let mut answers = Vec::with_capacity(admits.len());
+    let mut read = tx.prepare_cached(
+        "SELECT used, reserved FROM budget WHERE scope = ? AND window = ? AND metric = ?",
+    )?;
+    let mut reserve = tx.prepare_cached(
+        "INSERT INTO budget (scope, window, metric, used, reserved, lim) VALUES (?, ?, ?, 0, ?, ?)
+         ON CONFLICT (scope, window, metric) DO UPDATE
+         SET reserved = reserved + excluded.reserved, lim = excluded.lim",
+    )?;
+    for a in admits {
+        let existing: Option<(String, Option<String>, i64)> = tx
+            .prepare_cached("SELECT status, owner, admitted FROM invocations WHERE id = ?")?
+            .query_row([&a.run.id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .optional()?;
+        let mine = match &existing {
+            None => true,
+            Some((status, owner, admitted)) => {
+                status == "running" && *admitted == 0 && owner.as_deref() == Some(&a.run.owner)
             }
-            if let Some(exceeded) = refused {
-                answers.push(Err(exceeded));
-                continue;
-            }
-            for c in charges {
-                upsert.execute(params![c.scope, c.window, c.metric, c.amount, c.limit])?;
-            }
-            answers.push(Ok(()));
+        };
+        if !mine {
+            answers.push(Err(Refused::Taken));
+            continue;
         }
+        let mut refused = None;
+        for c in a.worst.iter().filter(|c| c.limit.is_some()) {
+            let (used, reserved): (i64, i64) = read
+                .query_row(params![c.scope, c.window, c.metric], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })
+                .optional()?
+                .unwrap_or((0, 0));
+            if let Some(e) = exceeds(c, used, reserved) {
+                refused = Some(e);
+                break;
+            }
+        }
+        if let Some(e) = refused {
+            answers.push(Err(Refused::Exceeded(e)));
+            continue;
+        }
+        for c in a.worst.iter().filter(|c| c.limit.is_some()) {
+            reserve.execute(params![c.scope, c.window, c.metric, c.amount, c.limit])?;
+        }
+        let worst = serde_json::to_string(&a.worst).unwrap_or_default();
+        if existing.is_none() {
+            insert_running(tx, &a.run, true, Some(&worst))?;
+        } else {
+            tx.prepare_cached(
+                "UPDATE invocations SET admitted = 1, worst = ?, lease_until = ? WHERE id = ?",
+            )?
+            .execute(params![worst, a.run.lease_until, a.run.id])?;
+        }
+        answers.push(Ok(()));
     }
     Ok(answers)
 }
 
-/// The net change per budget line of releasing `release` and recording
-/// `charge`: `(used += u, reserved -= r)`, lines with no change left out.
-fn settlement<'a>(
-    release: &'a [Charge],
-    charge: &'a [Charge],
-) -> BTreeMap<(&'a str, &'a str, &'a str), (i64, i64)> {
-    let mut lines: BTreeMap<(&str, &str, &str), (i64, i64)> = BTreeMap::new();
-    for c in release.iter().filter(|c| c.amount != 0) {
-        lines.entry((&c.scope, &c.window, &c.metric)).or_default().1 += c.amount;
-    }
-    for c in charge.iter().filter(|c| c.amount != 0) {
-        lines.entry((&c.scope, &c.window, &c.metric)).or_default().0 += c.amount;
-    }
-    lines
+/// Write a new running row.
+pub(super) fn insert_running(
+    tx: &Connection,
+    run: &NewRun,
+    admitted: bool,
+    worst: Option<&str>,
+) -> rusqlite::Result<()> {
+    tx.prepare_cached(
+        "INSERT INTO invocations (id, tenant, tool, function, version, workflow, task_id, principal,
+                                  status, created_ms, response, owner, lease_until, admitted, worst,
+                                  transport, idempotency_key, record_version)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'running', ?, '{}', ?, ?, ?, ?, ?, ?, ?)",
+    )?
+    .execute(params![
+        run.id,
+        run.tenant,
+        run.tool,
+        run.function,
+        run.version,
+        run.workflow,
+        run.task_id,
+        run.principal,
+        run.created_ms,
+        run.owner,
+        run.lease_until,
+        i64::from(admitted),
+        worst,
+        run.transport,
+        run.idempotency_key,
+        crate::record::RECORD_VERSION
+    ])?;
+    Ok(())
 }
 
-/// An idempotency key's stored fingerprint, state, status, response and
-/// start.
-type KeyRow = (String, String, Option<i64>, Option<String>, i64);
-
-/// [`crate::storage::Storage::idempotency_begin`], in one transaction.
+/// [`crate::storage::IdempotencyStore::idempotency_begin`], in one
+/// transaction: [`decide`] on the stored key and, when the request starts,
+/// store the key and its running (unadmitted) invocation row.
 pub(super) fn idempotency_begin(
     conn: &mut Connection,
-    tenant: &str,
-    key: &str,
-    fingerprint: &str,
-    now_ms: i64,
-    expires_ms: i64,
-    stale_before_ms: i64,
+    b: &KeyBegin,
 ) -> rusqlite::Result<IdempotencyBegin> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     tx.prepare_cached("DELETE FROM idempotency WHERE expires_ms <= ?")?
-        .execute([now_ms])?;
-    let row: Option<KeyRow> = tx
+        .execute([b.now_ms])?;
+    let stored: Option<KeyRow> = tx
         .prepare_cached(
-            "SELECT fingerprint, state, http_status, response, started_ms FROM idempotency
-             WHERE tenant = ? AND key = ?",
+            "SELECT k.fingerprint, k.expires_ms, k.state, k.http_status, k.response, i.status
+             FROM idempotency k LEFT JOIN invocations i ON i.id = k.invocation_id
+             WHERE k.tenant = ? AND k.key = ?",
         )?
-        .query_row([tenant, key], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+        .query_row([&b.tenant, &b.key], |r| {
+            let state: String = r.get(2)?;
+            let status: Option<i64> = r.get(3)?;
+            let response: Option<String> = r.get(4)?;
+            Ok(KeyRow {
+                fingerprint: r.get(0)?,
+                expires_ms: r.get(1)?,
+                answer: (state == "done").then(|| {
+                    (
+                        status.and_then(|s| u16::try_from(s).ok()).unwrap_or(200),
+                        response.unwrap_or_default(),
+                    )
+                }),
+                invocation: r.get(5)?,
+            })
         })
         .optional()?;
-    let answer = match row {
-        Some((fp, _, _, _, _)) if fp != fingerprint => Some(IdempotencyBegin::Mismatch),
-        Some((_, state, status, response, _)) if state == "done" => {
-            Some(IdempotencyBegin::Replay {
-                http_status: status.and_then(|s| u16::try_from(s).ok()).unwrap_or(200),
-                response: response.unwrap_or_default(),
-            })
-        }
-        Some((_, _, _, _, started)) if started > stale_before_ms => {
-            Some(IdempotencyBegin::InProgress)
-        }
-        _ => None,
-    };
-    if let Some(answer) = answer {
-        tx.commit()?;
-        return Ok(answer);
+    let answer = decide(stored.as_ref(), &b.fingerprint, b.now_ms);
+    if answer == IdempotencyBegin::Started {
+        tx.prepare_cached(
+            "INSERT INTO idempotency (tenant, key, fingerprint, state, started_ms, expires_ms, invocation_id)
+             VALUES (?, ?, ?, 'running', ?, ?, ?)
+             ON CONFLICT (tenant, key) DO UPDATE SET fingerprint = excluded.fingerprint, state = 'running',
+               http_status = NULL, response = NULL, started_ms = excluded.started_ms,
+               expires_ms = excluded.expires_ms, invocation_id = excluded.invocation_id",
+        )?
+        .execute(params![
+            b.tenant,
+            b.key,
+            b.fingerprint,
+            b.now_ms,
+            b.expires_ms,
+            b.run.id
+        ])?;
+        insert_running(&tx, &b.run, false, None)?;
     }
-    tx.prepare_cached(
-        "INSERT INTO idempotency (tenant, key, fingerprint, state, started_ms, expires_ms)
-         VALUES (?, ?, ?, 'running', ?, ?)
-         ON CONFLICT (tenant, key) DO UPDATE SET fingerprint = excluded.fingerprint, state = 'running',
-           http_status = NULL, response = NULL, started_ms = excluded.started_ms,
-           expires_ms = excluded.expires_ms",
-    )?
-    .execute(params![tenant, key, fingerprint, now_ms, expires_ms])?;
     tx.commit()?;
-    Ok(IdempotencyBegin::Started)
+    Ok(answer)
 }

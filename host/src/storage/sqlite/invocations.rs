@@ -2,6 +2,37 @@
 
 #[allow(unused_imports)]
 use super::*;
+use rusqlite::OptionalExtension;
+
+const LOST_SELECT: &str = "SELECT i.id, i.tenant, i.tool, i.function, i.version, i.workflow, i.task_id,
+        i.principal, i.transport, i.idempotency_key, i.created_ms, i.owner, i.lease_until, i.admitted,
+        a.id, a.callback_url
+ FROM invocations i LEFT JOIN approvals a ON a.invocation_id = i.id";
+
+fn lost_row(r: &sqlx::sqlite::SqliteRow) -> Lost {
+    Lost {
+        run: NewRun {
+            id: r.get(0),
+            tenant: r.get(1),
+            tool: r.get(2),
+            function: r.get(3),
+            version: r.get(4),
+            workflow: r.get(5),
+            task_id: r.get(6),
+            principal: r.get(7),
+            transport: r
+                .get::<Option<String>, _>(8)
+                .unwrap_or_else(|| "http".into()),
+            idempotency_key: r.get(9),
+            created_ms: r.get(10),
+            owner: r.get::<Option<String>, _>(11).unwrap_or_default(),
+            lease_until: r.get::<Option<i64>, _>(12).unwrap_or(0),
+        },
+        admitted: r.get::<i64, _>(13) != 0,
+        approval_id: r.get(14),
+        callback_url: r.get(15),
+    }
+}
 
 impl InvocationStore for SqliteStorage {
     fn invocation_get(
@@ -48,5 +79,118 @@ impl InvocationStore for SqliteStorage {
             .map_err(db)?;
             Ok(rows.iter().map(invocation_row).collect())
         })
+    }
+
+    fn invocation_admit(
+        &self,
+        admit: Admit,
+    ) -> BoxFuture<'_, Result<std::result::Result<(), Refused>>> {
+        Box::pin(self.writer.admit(admit))
+    }
+
+    fn invocation_renew(
+        &self,
+        owner: &str,
+        ids: Vec<String>,
+        lease_until: i64,
+    ) -> BoxFuture<'_, Result<u64>> {
+        let owner = owner.to_string();
+        Box::pin(self.writer.run(move |w| {
+            let tx = w
+                .conn
+                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                .map_err(writer::db)?;
+            let mut n = 0;
+            {
+                let mut renew = tx
+                    .prepare_cached(
+                        "UPDATE invocations SET lease_until = ?
+                         WHERE id = ? AND owner = ? AND status = 'running'",
+                    )
+                    .map_err(writer::db)?;
+                for id in &ids {
+                    n += renew
+                        .execute(rusqlite::params![lease_until, id, owner])
+                        .map_err(writer::db)? as u64;
+                }
+            }
+            tx.commit().map_err(writer::db)?;
+            Ok(n)
+        }))
+    }
+
+    fn invocation_expired(&self, now_ms: i64, limit: i64) -> BoxFuture<'_, Result<Vec<Lost>>> {
+        Box::pin(async move {
+            let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "{LOST_SELECT} WHERE i.status = 'running' AND i.lease_until < ? ORDER BY i.lease_until LIMIT ?"
+            )))
+            .bind(now_ms)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db)?;
+            Ok(rows.iter().map(lost_row).collect())
+        })
+    }
+
+    fn invocation_running(&self, id: &str) -> BoxFuture<'_, Result<Option<Lost>>> {
+        let id = id.to_string();
+        Box::pin(async move {
+            let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "{LOST_SELECT} WHERE i.id = ? AND i.status = 'running'"
+            )))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db)?;
+            Ok(row.as_ref().map(lost_row))
+        })
+    }
+
+    fn invocation_forget(&self, id: &str, expect: Expect) -> BoxFuture<'_, Result<bool>> {
+        let id = id.to_string();
+        Box::pin(self.writer.run(move |w| {
+            let tx = w
+                .conn
+                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                .map_err(writer::db)?;
+            let row: Option<(RowState, i64, String, Option<String>)> = tx
+                .query_row(
+                    "SELECT status, owner, lease_until, admitted, tenant, idempotency_key
+                     FROM invocations WHERE id = ?",
+                    [&id],
+                    |r| {
+                        Ok((
+                            RowState {
+                                status: r.get(0)?,
+                                owner: r.get(1)?,
+                                lease_until: r.get(2)?,
+                            },
+                            r.get(3)?,
+                            r.get(4)?,
+                            r.get(5)?,
+                        ))
+                    },
+                )
+                .optional()
+                .map_err(writer::db)?;
+            let Some((state, admitted, tenant, key)) = row else {
+                return Ok(false);
+            };
+            if admitted != 0 || !check(&expect, Some(&state)) {
+                return Ok(false);
+            }
+            tx.execute("DELETE FROM invocations WHERE id = ?", [&id])
+                .map_err(writer::db)?;
+            if let Some(key) = key {
+                tx.execute(
+                    "DELETE FROM idempotency WHERE tenant = ? AND key = ? AND invocation_id = ?",
+                    rusqlite::params![tenant, key, id],
+                )
+                .map_err(writer::db)?;
+            }
+            tx.commit().map_err(writer::db)?;
+            Ok(true)
+        }))
     }
 }

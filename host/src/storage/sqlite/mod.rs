@@ -3,12 +3,7 @@
 //! migrations, and `BEGIN IMMEDIATE` for every read-modify-write so that
 //! concurrent processes on one data dir serialise correctly.
 
-use super::{
-    ApiKeyRecord, ApprovalRecord, ApprovalStore, AuditStore, Batch, BudgetStore, CacheStore,
-    Charge, Checkpoint, Exceeded, IdempotencyBegin, IdempotencyDone, IdempotencyStore,
-    InvocationFilter, InvocationRecord, InvocationStore, KeyStore, MetaStore, Notary, PolicyStore,
-    Registered, RegistryStore, Signed, StoredEntry, StoredPolicy, ToolEntry, ToolVersion, Usage,
-};
+use super::*;
 use crate::BoxFuture;
 use crate::error::{Error, Result};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
@@ -26,6 +21,7 @@ mod idempotency;
 mod invocations;
 mod keys;
 mod meta;
+mod outbox;
 mod policies;
 mod registry;
 mod writer;
@@ -178,10 +174,59 @@ const MIGRATIONS: &[&str] = &[
     // signature covers; legacy rows (NULL) are re-signed on upgrade.
     "ALTER TABLE audit_checkpoints ADD COLUMN statement TEXT;
     ALTER TABLE audit_heads ADD COLUMN signed_statement TEXT;",
+    // 6: invocations as leased state machines (storage/invocations.rs);
+    // idempotency keys point at theirs; the callback outbox. An approved
+    // call whose host died before this upgrade is handed to the reaper.
+    "ALTER TABLE invocations ADD COLUMN owner TEXT;
+    ALTER TABLE invocations ADD COLUMN lease_until INTEGER;
+    ALTER TABLE invocations ADD COLUMN admitted INTEGER NOT NULL DEFAULT 1;
+    ALTER TABLE invocations ADD COLUMN worst TEXT;
+    ALTER TABLE invocations ADD COLUMN transport TEXT;
+    ALTER TABLE invocations ADD COLUMN idempotency_key TEXT;
+    ALTER TABLE invocations ADD COLUMN record_version INTEGER NOT NULL DEFAULT 1;
+    CREATE INDEX invocations_running ON invocations (lease_until) WHERE status = 'running';
+    ALTER TABLE idempotency ADD COLUMN invocation_id TEXT;
+    UPDATE invocations SET status = 'running', owner = 'upgrade', lease_until = 0
+      WHERE status = 'pending_approval'
+        AND id IN (SELECT invocation_id FROM approvals WHERE status = 'approved');
+    CREATE TABLE outbox (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        tenant TEXT NOT NULL,
+        invocation_id TEXT NOT NULL,
+        approval_id TEXT,
+        url TEXT NOT NULL,
+        created_ms INTEGER NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        state TEXT NOT NULL,
+        next_ms INTEGER NOT NULL,
+        owner TEXT,
+        lease_until INTEGER,
+        last_error TEXT,
+        delivered_ms INTEGER
+    );
+    CREATE INDEX outbox_due ON outbox (next_ms) WHERE state = 'pending';
+    CREATE INDEX outbox_invocation ON outbox (tenant, invocation_id);",
 ];
 
+/// A driver error as an [`Error`] that says whether retrying can help:
+/// a busy or locked database or an I/O failure is `unavailable`, a damaged
+/// file `corrupt`, anything else `internal`. The cause is kept.
 fn db(e: sqlx::Error) -> Error {
-    Error::internal(format!("database: {e}"))
+    let kind = match &e {
+        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed => {
+            crate::ErrorKind::Unavailable
+        }
+        sqlx::Error::Database(d) => match d.code().as_deref() {
+            // SQLITE_BUSY, SQLITE_LOCKED, SQLITE_FULL, SQLITE_IOERR
+            Some("5" | "6" | "13" | "10") => crate::ErrorKind::Unavailable,
+            // SQLITE_CORRUPT, SQLITE_NOTADB
+            Some("11" | "26") => crate::ErrorKind::Corrupt,
+            _ => crate::ErrorKind::Internal,
+        },
+        sqlx::Error::ColumnDecode { .. } | sqlx::Error::Decode(_) => crate::ErrorKind::Corrupt,
+        _ => crate::ErrorKind::Internal,
+    };
+    Error::new(kind, format!("database: {e}")).caused_by(e)
 }
 
 /// SQLite storage.

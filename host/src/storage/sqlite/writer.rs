@@ -1,19 +1,21 @@
 //! The hot writer: a thread of its own that owns one SQLite connection and
-//! does this process's hot writes (audit commits, budget reservations,
-//! idempotency markers, head signatures), and a syncer thread that makes
-//! audit commits durable.
+//! does this process's hot writes (units of work, admissions, idempotency
+//! keys, leases), and a syncer thread that makes units of work durable.
 //!
 //! Callers send requests and await answers; the writer takes everything
-//! queued at once: all waiting reservations ([`commit::reserve_in`]) and
-//! audit commits ([`commit::append_in`]) become one transaction. It calls
+//! queued at once: all waiting admissions ([`commit::admit_in`]) and units
+//! of work ([`commit::commit_in`]) become one transaction. It calls
 //! SQLite directly (rusqlite, on the same
 //! SQLite library sqlx links), so a statement costs no thread handoff, and it
 //! never waits on the async runtime that serves requests, so a busy server
 //! does not slow its own critical section.
 //!
 //! Durability: the connection commits with `synchronous = NORMAL` (no fsync
-//! while it holds SQLite's write lock). Reservations and idempotency markers
-//! guard work that dies with the process, so a crash may lose them. An audit
+//! while it holds SQLite's write lock). Admissions (reservations with their
+//! running rows) and idempotency keys are not fsynced on their own: a
+//! process crash keeps them (the kernel has the WAL pages) and the reaper
+//! finishes them; a power loss drops them together with everything written
+//! after them, so no reservation is left without its row. A unit of work
 //! commit is answered only after the syncer ran an `fdatasync` of the WAL
 //! file that began after the commit was written: what a caller is told is
 //! committed survives power loss exactly as with `synchronous = FULL`, one
@@ -23,7 +25,7 @@
 
 use super::commit;
 use crate::error::{Error, Result};
-use crate::storage::{Batch, Charge, Exceeded, Notary, StoredEntry};
+use crate::storage::{Admit, Notary, Refused, StoredEntry, Work};
 use rusqlite::{Connection, OpenFlags};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -34,11 +36,30 @@ use tokio::sync::oneshot;
 /// Most requests taken from the queue at once.
 const MAX_TAKE: usize = 512;
 
-/// Most audit entries committed in one transaction.
+/// Most audit entries committed in one transaction (a unit of work larger
+/// than this commits on its own).
 const MAX_ENTRIES: usize = 2048;
 
+/// A SQLite error as an [`Error`] that says whether retrying can help (as
+/// [`super::db`] does for the pool's errors). The cause is kept.
 pub(super) fn db(e: rusqlite::Error) -> Error {
-    Error::internal(format!("database: {e}"))
+    use rusqlite::ErrorCode;
+    let kind = match e.sqlite_error_code() {
+        Some(
+            ErrorCode::DatabaseBusy
+            | ErrorCode::DatabaseLocked
+            | ErrorCode::DiskFull
+            | ErrorCode::SystemIoFailure
+            | ErrorCode::CannotOpen,
+        ) => crate::ErrorKind::Unavailable,
+        Some(ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase) => crate::ErrorKind::Corrupt,
+        _ => match &e {
+            rusqlite::Error::FromSqlConversionFailure(..)
+            | rusqlite::Error::InvalidColumnType(..) => crate::ErrorKind::Corrupt,
+            _ => crate::ErrorKind::Internal,
+        },
+    };
+    Error::new(kind, format!("database: {e}")).caused_by(e)
 }
 
 /// The connection, and the way to the syncer.
@@ -63,18 +84,20 @@ pub(super) type Synced = Box<dyn FnOnce(Result<()>) + Send>;
 /// Work for the writer thread on its connection.
 pub(super) type Job = Box<dyn FnOnce(&mut Writer) + Send>;
 
-type AppendDone = oneshot::Sender<Result<Vec<StoredEntry>>>;
-type ReserveDone = oneshot::Sender<Result<std::result::Result<(), Exceeded>>>;
+/// The answers to a list of units of work.
+pub(super) type Committed = Vec<Result<Vec<StoredEntry>>>;
+type CommitDone = oneshot::Sender<Result<Committed>>;
+type AdmitDone = oneshot::Sender<Result<std::result::Result<(), Refused>>>;
 
 enum Request {
-    Reserve {
-        charges: Vec<Charge>,
-        done: ReserveDone,
+    Admit {
+        admit: Box<Admit>,
+        done: AdmitDone,
     },
-    Append {
-        batch: Batch,
+    Commit {
+        works: Vec<Work>,
         notary: Arc<Notary>,
-        done: AppendDone,
+        done: CommitDone,
     },
     Run(Job),
 }
@@ -127,25 +150,21 @@ impl WriterHandle {
             .map_err(|_| Error::internal("the SQLite writer has stopped"))
     }
 
-    /// Reserve an invocation's charges (all or none).
-    pub(super) async fn reserve(
-        &self,
-        charges: Vec<Charge>,
-    ) -> Result<std::result::Result<(), Exceeded>> {
+    /// Admit an invocation (reserve, and write its row running).
+    pub(super) async fn admit(&self, admit: Admit) -> Result<std::result::Result<(), Refused>> {
         let (done, answer) = oneshot::channel();
-        self.send(Request::Reserve { charges, done })?;
+        self.send(Request::Admit {
+            admit: Box::new(admit),
+            done,
+        })?;
         answer.await.map_err(|_| abandoned())?
     }
 
-    /// Commit an audit batch; returns once it is durable.
-    pub(super) async fn append(
-        &self,
-        batch: Batch,
-        notary: Arc<Notary>,
-    ) -> Result<Vec<StoredEntry>> {
+    /// Commit units of work; returns once they are durable.
+    pub(super) async fn commit(&self, works: Vec<Work>, notary: Arc<Notary>) -> Result<Committed> {
         let (done, answer) = oneshot::channel();
-        self.send(Request::Append {
-            batch,
+        self.send(Request::Commit {
+            works,
             notary,
             done,
         })?;
@@ -296,110 +315,97 @@ fn serve(mut writer: Writer, rx: mpsc::Receiver<Request>) {
         written = true;
         let mut taken = vec![first];
         taken.extend(rx.try_iter().take(MAX_TAKE));
-        let mut reservations = Vec::new();
-        let mut appends = Vec::new();
+        let mut admissions = Vec::new();
+        let mut commits = Vec::new();
         let mut jobs = Vec::new();
         for request in taken {
             match request {
-                Request::Reserve { charges, done } => reservations.push((charges, done)),
-                Request::Append {
-                    batch,
+                Request::Admit { admit, done } => admissions.push((*admit, done)),
+                Request::Commit {
+                    works,
                     notary,
                     done,
-                } => appends.push((batch, notary, done)),
+                } => commits.push((works, notary, done)),
                 Request::Run(job) => jobs.push(job),
             }
         }
-        write_round(&mut writer, reservations, group(appends));
+        write_round(&mut writer, admissions, group(commits));
         for job in jobs {
             job(&mut writer);
         }
     }
 }
 
-/// Audit batches merged for one transaction, and who waits for which part.
+/// Units of work merged for one transaction, and who waits for which.
 struct Group {
-    batch: Batch,
+    works: Vec<Work>,
     notary: Arc<Notary>,
-    waiters: Vec<(usize, AppendDone)>,
+    /// Each waiter's number of works, in order.
+    waiters: Vec<(usize, CommitDone)>,
 }
 
-/// Merge audit batches that arrived together (those signed by one notary,
-/// up to [`MAX_ENTRIES`] entries each).
-fn group(appends: Vec<(Batch, Arc<Notary>, AppendDone)>) -> Vec<Group> {
+/// Merge the units of work that arrived together (those signed by one
+/// notary, up to [`MAX_ENTRIES`] entries each).
+fn group(commits: Vec<(Vec<Work>, Arc<Notary>, CommitDone)>) -> Vec<Group> {
     let mut groups: Vec<Group> = Vec::new();
-    for (next, notary, done) in appends {
+    let entries = |works: &[Work]| works.iter().map(|w| w.entries.len()).sum::<usize>();
+    for (works, notary, done) in commits {
         if let Some(g) = groups.last_mut()
             && Arc::ptr_eq(&g.notary, &notary)
-            && g.batch.entries.len() + next.entries.len() <= MAX_ENTRIES
+            && entries(&g.works) + entries(&works) <= MAX_ENTRIES
         {
-            g.waiters.push((next.entries.len(), done));
-            let b = &mut g.batch;
-            b.entries.extend(next.entries);
-            b.release.extend(next.release);
-            b.charge.extend(next.charge);
-            b.invocations.extend(next.invocations);
-            b.approvals.extend(next.approvals);
-            b.idempotency.extend(next.idempotency);
-            b.cache.extend(next.cache);
+            g.waiters.push((works.len(), done));
+            g.works.extend(works);
             continue;
         }
         groups.push(Group {
-            waiters: vec![(next.entries.len(), done)],
-            batch: next,
+            waiters: vec![(works.len(), done)],
+            works,
             notary,
         });
     }
     groups
 }
 
-/// One round's reservations and audit commits in one transaction (one
+/// One round's admissions and units of work in one transaction (one
 /// commit, each shared page written once); if that fails, each on its own,
-/// so one bad batch fails only its own callers.
-fn write_round(
-    writer: &mut Writer,
-    reservations: Vec<(Vec<Charge>, ReserveDone)>,
-    groups: Vec<Group>,
-) {
-    if reservations.is_empty() && groups.is_empty() {
+/// so one bad request fails only its own callers.
+fn write_round(writer: &mut Writer, admissions: Vec<(Admit, AdmitDone)>, groups: Vec<Group>) {
+    if admissions.is_empty() && groups.is_empty() {
         return;
     }
-    let (charges, reserved): (Vec<_>, Vec<_>) = reservations.into_iter().unzip();
+    let (admits, admitted): (Vec<_>, Vec<_>) = admissions.into_iter().unzip();
     let together = (|| {
         let tx = writer
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let answers = commit::reserve_in(&tx, &charges)?;
-        let stored = groups
+        let answers = commit::admit_in(&tx, &admits)?;
+        let committed = groups
             .iter()
-            .map(|g| commit::append_in(&tx, &g.batch, g.notary.as_ref()))
+            .map(|g| commit::commit_in(&tx, &g.works, g.notary.as_ref()))
             .collect::<rusqlite::Result<Vec<_>>>()?;
         tx.commit()?;
-        Ok::<_, rusqlite::Error>((answers, stored))
+        Ok::<_, rusqlite::Error>((answers, committed))
     })();
     match together {
-        Ok((answers, stored)) => {
-            for (answer, done) in answers.into_iter().zip(reserved) {
+        Ok((answers, committed)) => {
+            for (answer, done) in answers.into_iter().zip(admitted) {
                 let _ = done.send(Ok(answer));
             }
-            for (g, stored) in groups.into_iter().zip(stored) {
-                answer_when_durable(writer, g.waiters, Ok(stored));
+            for (g, committed) in groups.into_iter().zip(committed) {
+                answer_when_durable(writer, g.waiters, Ok(committed));
             }
         }
         Err(_) => {
-            if !charges.is_empty() {
-                let answers = commit::reserve(&mut writer.conn, &charges).map_err(db);
-                for (i, done) in reserved.into_iter().enumerate() {
-                    let answer = match &answers {
-                        Ok(answers) => Ok(answers[i].clone()),
-                        Err(e) => Err(e.clone()),
-                    };
-                    let _ = done.send(answer);
-                }
+            for (a, done) in admits.into_iter().zip(admitted) {
+                let answer = commit::admit(&mut writer.conn, std::slice::from_ref(&a))
+                    .map_err(db)
+                    .and_then(|mut v| v.pop().ok_or_else(abandoned));
+                let _ = done.send(answer);
             }
             for g in groups {
-                let stored = commit::append(&mut writer.conn, &g.batch, g.notary.as_ref());
-                answer_when_durable(writer, g.waiters, stored.map_err(db));
+                let committed = commit::commit(&mut writer.conn, &g.works, g.notary.as_ref());
+                answer_when_durable(writer, g.waiters, committed.map_err(db));
             }
         }
     }
@@ -409,15 +415,15 @@ fn write_round(
 /// with the error).
 fn answer_when_durable(
     writer: &Writer,
-    waiters: Vec<(usize, AppendDone)>,
-    stored: Result<Vec<StoredEntry>>,
+    waiters: Vec<(usize, CommitDone)>,
+    committed: Result<Committed>,
 ) {
-    match stored {
-        Ok(stored) => writer.after_sync(Box::new(move |synced| {
-            let mut stored = stored.into_iter();
+    match committed {
+        Ok(committed) => writer.after_sync(Box::new(move |synced| {
+            let mut committed = committed.into_iter();
             for (n, done) in waiters {
                 let answer = match &synced {
-                    Ok(()) => Ok(stored.by_ref().take(n).collect()),
+                    Ok(()) => Ok(committed.by_ref().take(n).collect()),
                     Err(e) => Err(e.clone()),
                 };
                 let _ = done.send(answer);

@@ -17,16 +17,25 @@
 //!   and the guest all see that one [`crate::value::CanonicalArgs`].
 //! * An invocation runs on a task of the service's tracker: it finishes and
 //!   is recorded whatever happens to the caller that asked for it.
+//! * Every invocation this host runs is in its [`crate::lease::Live`] set
+//!   while it runs, so its row's lease is renewed ([`lifecycle`]); when its
+//!   task ends without recording an end (an `internal` failure, a panic) the
+//!   row is handed to the reaper at once. Nothing is run twice
+//!   automatically.
 //! * Status codes and problem documents are the HTTP adapter's business;
 //!   here errors are [`Error`]s with kinds.
 
+pub mod lifecycle;
+pub mod outbox;
+
 use crate::audit::{AuditLog, canonical};
-use crate::clock::now_ms;
 use crate::error::{Error, ErrorKind, Result};
 use crate::gate::CallContext;
 use crate::idempotency;
 use crate::invoke::{Call, Host, InvocationResponse, Outcome, new_invocation_id, prepare};
+use crate::lease::Instance;
 use crate::limits::Limits;
+use crate::storage::NewRun;
 use crate::tool::Tool;
 use serde_json::{Value, json};
 use std::sync::Arc;
@@ -70,11 +79,12 @@ impl Answer {
     }
 }
 
-/// Idempotency keys need a store and an audit trail.
+/// What the store-backed parts of the flow (Idempotency-Keys, leases, the
+/// reaper, the outbox) need: a governed host's audit trail and its store.
 #[derive(Clone)]
 pub struct Keys {
     pub audit: Arc<AuditLog>,
-    /// How long answers are kept.
+    /// How long Idempotency-Key answers are kept.
     pub retention: Duration,
 }
 
@@ -82,18 +92,34 @@ pub struct Keys {
 pub struct InvocationService {
     host: Arc<Host>,
     keys: Option<Keys>,
+    instance: Arc<Instance>,
     tracker: TaskTracker,
+    /// Where approval callbacks may go (checked again when sent).
+    callbacks: std::sync::Mutex<crate::callback::Callbacks>,
 }
 
 impl InvocationService {
-    /// A service over `host`; `keys` enables Idempotency-Keys (a governed
-    /// host with a store).
-    pub fn new(host: Arc<Host>, keys: Option<Keys>) -> InvocationService {
+    /// A service over `host`, whose invocations `instance` owns (the
+    /// governed gate's instance); `keys` enables Idempotency-Keys and the
+    /// lifecycle's store-backed parts.
+    pub fn new(host: Arc<Host>, keys: Option<Keys>, instance: Arc<Instance>) -> InvocationService {
         InvocationService {
             host,
             keys,
+            instance,
             tracker: TaskTracker::new(),
+            callbacks: Default::default(),
         }
+    }
+
+    /// This host instance.
+    pub fn instance(&self) -> &Arc<Instance> {
+        &self.instance
+    }
+
+    /// The store-backed parts, if this service has them.
+    pub fn keys(&self) -> Option<&Keys> {
+        self.keys.as_ref()
     }
 
     pub fn host(&self) -> &Arc<Host> {
@@ -127,15 +153,19 @@ impl InvocationService {
         call: Call,
     ) -> Result<Outcome> {
         let host = self.host.clone();
+        let live = self.instance.live().clone();
         self.tracker
             .spawn(async move {
-                match prepare(&tool, &call.function, &call.args) {
+                let running = live.enter(&invocation_id);
+                let outcome = match prepare(&tool, &call.function, &call.args) {
                     Ok(p) => host.invoke_prepared(invocation_id, &tool, &p, &call).await,
                     Err((function, e)) => {
                         host.refuse_unprepared(invocation_id, &tool, &function, &call, e)
                             .await
                     }
-                }
+                };
+                running.ended(outcome.error_kind() != Some(ErrorKind::Internal));
+                outcome
             })
             .await
             .map_err(|e| Error::internal(format!("the invocation task failed: {e}")))
@@ -167,6 +197,10 @@ impl InvocationService {
             Ok(p) => (p.function.name.clone(), &p.args.json),
             Err((f, _)) => (f.clone(), &call.args),
         };
+        let id = new_invocation_id();
+        // Renewed while it runs; handed to the reaper if this task ends
+        // without recording its end.
+        let running = self.instance.live().enter(&id);
         if let Some(key) = &call.context.idempotency_key {
             let keys = self.keys.as_ref().ok_or_else(|| {
                 Error::new(
@@ -182,17 +216,39 @@ impl InvocationService {
                 call.context.task_id.as_deref(),
             );
             let tenant = crate::audit::chain_of(call.context.tenant.as_deref());
+            let run = NewRun {
+                id: id.clone(),
+                tenant: tenant.clone(),
+                tool: tool.name().to_string(),
+                function: function_name.clone(),
+                version: tool.version().map(str::to_string),
+                workflow: call.context.workflow.clone(),
+                task_id: call.context.task_id.clone(),
+                principal: call.context.principal.clone(),
+                transport: call.context.transport().to_string(),
+                idempotency_key: Some(key.clone()),
+                created_ms: self.instance.now_ms(),
+                owner: self.instance.id.clone(),
+                lease_until: self.instance.lease_until(),
+            };
             let begun = idempotency::begin(
                 keys.audit.storage().as_ref(),
-                &tenant,
                 key,
                 &fingerprint,
                 keys.retention,
-                stale_after(&call.limits),
+                run,
             )
-            .await?;
+            .await;
+            let begun = match begun {
+                Ok(b) => b,
+                Err(e) => {
+                    running.ended(true);
+                    return Err(e);
+                }
+            };
             if let idempotency::Begin::Replay(_, response) = begun {
-                let time_ms = now_ms();
+                running.ended(true);
+                let time_ms = self.instance.now_ms();
                 keys.audit
                     .append(vec![(
                         tenant,
@@ -209,7 +265,6 @@ impl InvocationService {
                 return Ok(Answer::Replayed(response));
             }
         }
-        let id = new_invocation_id();
         let outcome = match &prepared {
             Ok(p) => self.host.invoke_prepared(id, &tool, p, &call).await,
             Err((function, e)) => {
@@ -218,22 +273,11 @@ impl InvocationService {
                     .await
             }
         };
-        if let (Some(key), Some(keys), Some(ErrorKind::Internal)) = (
-            &call.context.idempotency_key,
-            &self.keys,
-            outcome.error_kind(),
-        ) {
-            // Not recorded, so not answered: a retry may run it.
-            let tenant = crate::audit::chain_of(call.context.tenant.as_deref());
-            let _ = keys.audit.storage().idempotency_abandon(&tenant, key).await;
-        }
+        // Recorded, unless the host failed to record it (`internal`): then
+        // its row, if it has one, is finished by the reaper at once.
+        running.ended(outcome.error_kind() != Some(ErrorKind::Internal));
         Ok(Answer::Done(Box::new(outcome)))
     }
-}
-
-/// A running key is taken over after this long without an answer.
-fn stale_after(limits: &Limits) -> Duration {
-    (limits.timeout * 2).max(Duration::from_secs(120))
 }
 
 /// The name of a tool's only function, or an error listing them all.
