@@ -75,7 +75,14 @@ impl WasiHttpHooks for HttpHooks {
         options: Option<RequestOptions>,
         _fut: Box<dyn Future<Output = Result<(), Error>> + Send>,
     ) -> Sent {
-        let (verdict, index) = self.mediator.check(describe(&request));
+        let call = describe(&request);
+        #[cfg(feature = "test-faults")]
+        if let crate::capability::OutboundCall::Http { host, .. } = &call
+            && host == "panic.toolhost.test"
+        {
+            panic!("test fault: a panic in the host's outbound call path");
+        }
+        let (verdict, index) = self.mediator.check(call);
         if !verdict.allowed {
             return Box::new(async { Err(Error::HttpRequestDenied) });
         }

@@ -82,6 +82,11 @@ pub struct Args {
     /// How long approval requests wait for a decision before they expire.
     #[arg(long, default_value = "24h")]
     approval_ttl: String,
+    /// How long this host's hold on a running invocation lasts unless
+    /// renewed (it renews every third of it): if the host dies, another
+    /// host's reaper ends its invocations this long after.
+    #[arg(long, default_value = "15s")]
+    lease: String,
     /// Callback URLs invoke requests may give (repeatable patterns:
     /// `https://hooks.example.com`, `https://*.example.com`,
     /// `http://127.0.0.1:8000-8100`). None: callbacks are refused.
@@ -224,12 +229,20 @@ async fn run(args: Args) -> Result<()> {
     let audit = AuditLog::open(storage.clone(), &data).await?;
     let secrets = FileAndEnv::new(args.secrets.as_deref())
         .map_err(|e| Error::new(ErrorKind::InvalidArgs, e))?;
-    let governed = Arc::new(Governed::new(
-        Arc::new(policy),
-        Ledger::new(storage.clone()),
-        audit,
-        Arc::new(secrets),
-    ));
+    let lease = parse_duration(&args.lease).map_err(bad("lease"))?;
+    if lease < std::time::Duration::from_millis(300) {
+        return Err(Error::invalid_args("--lease: at least 300ms"));
+    }
+    let instance = toolhost::lease::Instance::new(Arc::new(toolhost::clock::SystemClock), lease);
+    let governed = Arc::new(
+        Governed::new(
+            Arc::new(policy),
+            Ledger::new(storage.clone()),
+            audit,
+            Arc::new(secrets),
+        )
+        .with_instance(instance),
+    );
     let runtime = Arc::new(toolhost::Runtime::new(&toolhost::RuntimeConfig {
         max_instances: config.max_concurrency as u32,
         ..Default::default()

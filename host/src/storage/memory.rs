@@ -58,7 +58,8 @@ struct Row {
     lease_until: Option<i64>,
     admitted: bool,
     worst: Option<Vec<Charge>>,
-    run: Option<NewRun>,
+    transport: String,
+    idempotency_key: Option<String>,
 }
 
 impl Row {
@@ -73,9 +74,22 @@ impl Row {
 
 /// A running row as the reaper sees it.
 fn lost_of(inner: &Inner, r: &Row) -> Option<Lost> {
-    let mut run = r.run.clone()?;
-    run.owner = r.owner.clone().unwrap_or_default();
-    run.lease_until = r.lease_until.unwrap_or(0);
+    let rec = &r.record;
+    let run = NewRun {
+        id: rec.id.clone(),
+        tenant: rec.tenant.clone(),
+        tool: rec.tool.clone(),
+        function: rec.function.clone(),
+        version: rec.version.clone(),
+        workflow: rec.workflow.clone(),
+        task_id: rec.task_id.clone(),
+        principal: rec.principal.clone(),
+        transport: r.transport.clone(),
+        idempotency_key: r.idempotency_key.clone(),
+        created_ms: rec.created_ms,
+        owner: r.owner.clone().unwrap_or_default(),
+        lease_until: r.lease_until.unwrap_or(0),
+    };
     let approval = inner.approvals.values().find(|a| a.invocation_id == run.id);
     Some(Lost {
         admitted: r.admitted,
@@ -137,7 +151,8 @@ impl Inner {
             lease_until: Some(run.lease_until),
             admitted: false,
             worst: None,
-            run: Some(run.clone()),
+            transport: run.transport.clone(),
+            idempotency_key: run.idempotency_key.clone(),
         });
     }
 
@@ -209,7 +224,10 @@ impl Inner {
             lease_until: None,
             admitted: existing.as_ref().is_some_and(|r| r.admitted),
             worst: None,
-            run: existing.and_then(|r| r.run),
+            transport: existing
+                .as_ref()
+                .map_or_else(|| "http".into(), |r| r.transport.clone()),
+            idempotency_key: existing.and_then(|r| r.idempotency_key),
         });
     }
 }
@@ -799,7 +817,7 @@ impl InvocationStore for MemoryStorage {
                 if let Some(pos) = inner.invocation_pos.remove(id) {
                     inner.invocations.remove(&pos);
                 }
-                if let Some(key) = row.run.as_ref().and_then(|r| r.idempotency_key.clone()) {
+                if let Some(key) = row.idempotency_key.clone() {
                     inner.idempotency.remove(&(row.record.tenant.clone(), key));
                 }
                 true

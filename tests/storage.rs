@@ -1,0 +1,576 @@
+//! The backend conformance suite: the same tests, run against every
+//! storage backend (in memory, SQLite; PostgreSQL where a server is
+//! configured). A backend is correct when it passes all of them.
+
+mod common;
+
+use serde_json::json;
+use std::sync::Arc;
+use toolhost::audit::AuditLog;
+use toolhost::storage::prelude::*;
+use toolhost::storage::*;
+
+/// The backends under test, each fresh.
+async fn backends(tag: &str) -> Vec<(&'static str, Arc<dyn Storage>, std::path::PathBuf)> {
+    let dir = common::tempdir(tag);
+    let sqlite: Arc<dyn Storage> = Arc::new(
+        toolhost::storage::sqlite::SqliteStorage::open(&dir.join("sqlite"))
+            .await
+            .unwrap(),
+    );
+    let memory: Arc<dyn Storage> = Arc::new(toolhost::storage::memory::MemoryStorage::new());
+    vec![
+        ("memory", memory, dir.join("memory")),
+        ("sqlite", sqlite, dir.join("sqlite")),
+    ]
+}
+
+fn run(id: &str, owner: &str, lease_until: i64) -> NewRun {
+    NewRun {
+        id: id.into(),
+        tenant: "acme".into(),
+        tool: "t".into(),
+        function: "f".into(),
+        version: Some("1".into()),
+        workflow: None,
+        task_id: Some("task".into()),
+        principal: Some("k".into()),
+        transport: "http".into(),
+        idempotency_key: None,
+        created_ms: 1,
+        owner: owner.into(),
+        lease_until,
+    }
+}
+
+fn line(metric: &str, amount: i64, limit: Option<i64>) -> Charge {
+    Charge {
+        scope: "task:acme/t".into(),
+        window: "all".into(),
+        metric: metric.into(),
+        amount,
+        limit,
+    }
+}
+
+fn record(id: &str, status: &str) -> InvocationRecord {
+    InvocationRecord {
+        id: id.into(),
+        tenant: "acme".into(),
+        tool: "t".into(),
+        function: "f".into(),
+        version: Some("1".into()),
+        workflow: None,
+        task_id: Some("task".into()),
+        principal: Some("k".into()),
+        status: status.into(),
+        error_kind: None,
+        created_ms: 1,
+        response: json!({"invocation_id": id, "status": status, "tool": "t", "function": "f",
+                         "usage": {"fuel": 0, "wall_ms": 0, "memory_peak_bytes": 0}})
+        .to_string(),
+    }
+}
+
+async fn reserved(s: &Arc<dyn Storage>, metric: &str) -> (i64, i64) {
+    s.budget_usage("task:acme/t")
+        .await
+        .unwrap()
+        .iter()
+        .find(|u| u.metric == metric)
+        .map_or((0, 0), |u| (u.used, u.reserved))
+}
+
+async fn audit(s: &Arc<dyn Storage>, dir: &std::path::Path) -> Arc<AuditLog> {
+    AuditLog::open(s.clone(), dir).await.unwrap()
+}
+
+/// Admissions arriving together are decided together, yet each stays all
+/// or nothing: one refused on its second line reserves nothing on its
+/// first, and the refusal names the line that would pass its limit.
+#[tokio::test(flavor = "multi_thread")]
+async fn admissions_are_each_all_or_nothing_under_concurrency() {
+    for (name, s, _) in backends("conf-admit").await {
+        let mut tasks = Vec::new();
+        for i in 0..20 {
+            let s = s.clone();
+            tasks.push(tokio::spawn(async move {
+                s.invocation_admit(Admit {
+                    run: run(&format!("inv_{i}"), "hst_a", 1000),
+                    worst: vec![line("tool_calls", 1, Some(100)), line("fuel", 2, Some(5))],
+                })
+                .await
+                .unwrap()
+            }));
+        }
+        let mut granted = 0;
+        for t in tasks {
+            match t.await.unwrap() {
+                Ok(()) => granted += 1,
+                Err(Refused::Exceeded(e)) => {
+                    assert_eq!((e.metric.as_str(), e.limit, e.requested), ("fuel", 5, 2));
+                    assert_eq!(e.used + e.reserved, 4, "{name}");
+                }
+                Err(other) => panic!("{name}: {other:?}"),
+            }
+        }
+        assert_eq!(
+            granted, 2,
+            "{name}: 2 + 2 fit under 5; a third would pass it"
+        );
+        assert_eq!(reserved(&s, "fuel").await, (0, 4), "{name}");
+        assert_eq!(
+            reserved(&s, "tool_calls").await,
+            (0, 2),
+            "{name}: refused reserved nothing"
+        );
+        // Only admitted calls have rows, each running under its owner.
+        let running = s.invocation_expired(i64::MAX, 100).await.unwrap();
+        assert_eq!(running.len(), 2, "{name}");
+        assert!(running.iter().all(|l| l.admitted && l.run.owner == "hst_a"));
+    }
+}
+
+/// Ending settles by the row's own charges: its reservation released, what
+/// it used charged; a lost one is charged its worst case.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_end_settles_by_the_rows_own_charges() {
+    for (name, s, dir) in backends("conf-end").await {
+        let log = audit(&s, &dir).await;
+        let worst = vec![
+            line("tool_calls", 1, Some(10)),
+            line("fuel", 50, Some(1000)),
+        ];
+        for id in ["inv_a", "inv_b"] {
+            s.invocation_admit(Admit {
+                run: run(id, "hst_a", 1000),
+                worst: worst.clone(),
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        }
+        assert_eq!(reserved(&s, "fuel").await, (0, 100), "{name}");
+        // a: ended by its owner, having used 7 fuel.
+        let used = vec![line("tool_calls", 1, Some(10)), line("fuel", 7, Some(1000))];
+        let work = Work {
+            end: Some(End {
+                record: record("inv_a", "ok"),
+                expect: Expect::Mine {
+                    owner: "hst_a".into(),
+                },
+                used: Some(used),
+            }),
+            ..Work::default()
+        };
+        log.commit(vec![("acme".into(), 2, json!({"n": "a"}))], work)
+            .await
+            .unwrap();
+        assert_eq!(reserved(&s, "fuel").await, (7, 50), "{name}");
+        // b: lost (its lease ran out at 1000): the reaper charges the worst.
+        let work = Work {
+            end: Some(End {
+                record: record("inv_b", "error"),
+                expect: Expect::Expired { now_ms: 2000 },
+                used: None,
+            }),
+            ..Work::default()
+        };
+        log.commit(vec![("acme".into(), 3, json!({"n": "b"}))], work)
+            .await
+            .unwrap();
+        assert_eq!(reserved(&s, "fuel").await, (57, 0), "{name}");
+        assert_eq!(reserved(&s, "tool_calls").await, (2, 0), "{name}");
+        let rec = s.invocation_get("acme", "inv_b").await.unwrap().unwrap();
+        assert_eq!(rec.status, "error", "{name}");
+    }
+}
+
+/// Two movers of one row never both win: the end whose precondition no
+/// longer holds is refused (`conflict`) and writes nothing — no entries, no
+/// settlement — while the other works of the same commit go through.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stale_end_is_refused_whole_and_alone() {
+    for (name, s, dir) in backends("conf-stale").await {
+        let log = audit(&s, &dir).await;
+        s.invocation_admit(Admit {
+            run: run("inv_a", "hst_a", 1000),
+            worst: vec![line("fuel", 10, Some(100))],
+        })
+        .await
+        .unwrap()
+        .unwrap();
+        // Not expired yet: the reaper's end is refused.
+        let reap = |now_ms| Work {
+            end: Some(End {
+                record: record("inv_a", "error"),
+                expect: Expect::Expired { now_ms },
+                used: None,
+            }),
+            ..Work::default()
+        };
+        let refused = log
+            .commit(vec![("acme".into(), 1, json!({"reap": 1}))], reap(500))
+            .await
+            .unwrap_err();
+        assert_eq!(refused.kind, toolhost::ErrorKind::Conflict, "{name}");
+        // Another host's end: refused too.
+        let other = Work {
+            end: Some(End {
+                record: record("inv_a", "ok"),
+                expect: Expect::Mine {
+                    owner: "hst_b".into(),
+                },
+                used: Some(vec![]),
+            }),
+            ..Work::default()
+        };
+        let (a, b) = tokio::join!(
+            log.commit(vec![("acme".into(), 2, json!({"other": 1}))], other),
+            log.append(vec![("acme".into(), 2, json!({"bystander": 1}))]),
+        );
+        assert_eq!(a.unwrap_err().kind, toolhost::ErrorKind::Conflict, "{name}");
+        assert_eq!(b.unwrap().len(), 1, "{name}: the bystander committed");
+        assert_eq!(
+            reserved(&s, "fuel").await,
+            (0, 10),
+            "{name}: nothing settled"
+        );
+        // The renewal moves the lease; the reaper still cannot take it.
+        assert_eq!(
+            s.invocation_renew("hst_a", vec!["inv_a".into()], 5000)
+                .await
+                .unwrap(),
+            1,
+            "{name}"
+        );
+        assert_eq!(
+            s.invocation_renew("hst_b", vec!["inv_a".into()], 9000)
+                .await
+                .unwrap(),
+            0,
+            "{name}: only the owner renews"
+        );
+        assert!(log.commit(vec![], reap(2000)).await.is_err(), "{name}");
+        assert!(s.invocation_expired(2000, 10).await.unwrap().is_empty());
+        // Past the renewed lease it can, once.
+        log.commit(vec![("acme".into(), 3, json!({"reap": 2}))], reap(6000))
+            .await
+            .unwrap();
+        assert!(
+            log.commit(vec![], reap(7000)).await.is_err(),
+            "{name}: once"
+        );
+        // The chain holds exactly what committed.
+        let entries = s.audit_read("acme", 0, 100).await.unwrap();
+        let bodies: Vec<&str> = entries.iter().map(|e| e.body.as_str()).collect();
+        assert_eq!(bodies, [r#"{"bystander":1}"#, r#"{"reap":2}"#], "{name}");
+        let key = toolhost::audit::verify::parse_key(&log.public_key()).unwrap();
+        let report = toolhost::audit::verify::verify(&s, &key, None)
+            .await
+            .unwrap();
+        assert!(report.ok, "{name}: {report:?}");
+    }
+}
+
+/// The idempotency state machine: start (the row is written running and
+/// unadmitted), in progress, mismatch, replay; a key whose invocation was
+/// forgotten before it ran starts again.
+#[tokio::test(flavor = "multi_thread")]
+async fn idempotency_keys_follow_their_invocation() {
+    for (name, s, dir) in backends("conf-idem").await {
+        let log = audit(&s, &dir).await;
+        let begin = |fp: &str, id: &str| KeyBegin {
+            tenant: "acme".into(),
+            key: "k1".into(),
+            fingerprint: fp.into(),
+            now_ms: 10,
+            expires_ms: 100_000,
+            run: NewRun {
+                idempotency_key: Some("k1".into()),
+                ..run(id, "hst_a", 1000)
+            },
+        };
+        assert_eq!(
+            s.idempotency_begin(begin("fp", "inv_1")).await.unwrap(),
+            IdempotencyBegin::Started,
+            "{name}"
+        );
+        let rows = s.invocation_running("inv_1").await.unwrap().unwrap();
+        assert!(!rows.admitted, "{name}: written, not admitted");
+        assert_eq!(
+            s.idempotency_begin(begin("fp", "inv_2")).await.unwrap(),
+            IdempotencyBegin::InProgress,
+            "{name}"
+        );
+        assert_eq!(
+            s.idempotency_begin(begin("other", "inv_2")).await.unwrap(),
+            IdempotencyBegin::Mismatch,
+            "{name}"
+        );
+        // Forgotten before it ran (its host died): the key starts again.
+        assert!(
+            !s.invocation_forget("inv_1", Expect::Expired { now_ms: 500 })
+                .await
+                .unwrap(),
+            "{name}: the lease has not run out"
+        );
+        assert!(
+            s.invocation_forget("inv_1", Expect::Expired { now_ms: 2000 })
+                .await
+                .unwrap(),
+            "{name}"
+        );
+        assert_eq!(
+            s.idempotency_begin(begin("fp", "inv_3")).await.unwrap(),
+            IdempotencyBegin::Started,
+            "{name}"
+        );
+        // Admitted (it may run): never forgotten.
+        s.invocation_admit(Admit {
+            run: NewRun {
+                idempotency_key: Some("k1".into()),
+                ..run("inv_3", "hst_a", 1000)
+            },
+            worst: vec![],
+        })
+        .await
+        .unwrap()
+        .unwrap();
+        assert!(
+            !s.invocation_forget("inv_3", Expect::Expired { now_ms: 2000 })
+                .await
+                .unwrap(),
+            "{name}"
+        );
+        // Its end answers the key.
+        let work = Work {
+            end: Some(End {
+                record: record("inv_3", "ok"),
+                expect: Expect::Mine {
+                    owner: "hst_a".into(),
+                },
+                used: Some(vec![]),
+            }),
+            idempotency: vec![IdempotencyDone {
+                tenant: "acme".into(),
+                key: "k1".into(),
+                http_status: 200,
+                response: "{\"answer\":1}".into(),
+            }],
+            ..Work::default()
+        };
+        log.commit(vec![("acme".into(), 20, json!({"n": 1}))], work)
+            .await
+            .unwrap();
+        assert_eq!(
+            s.idempotency_begin(begin("fp", "inv_4")).await.unwrap(),
+            IdempotencyBegin::Replay {
+                http_status: 200,
+                response: "{\"answer\":1}".into()
+            },
+            "{name}"
+        );
+    }
+}
+
+fn approval(id: &str, invocation_id: &str, expires_ms: i64) -> ApprovalRecord {
+    ApprovalRecord {
+        id: id.into(),
+        tenant: "acme".into(),
+        invocation_id: invocation_id.into(),
+        status: "pending".into(),
+        tool: "t".into(),
+        function: "f".into(),
+        version: Some("1".into()),
+        workflow: None,
+        task_id: None,
+        args: "{\"x\":1}".into(),
+        args_redacted: "{}".into(),
+        args_sha256: "h".into(),
+        rule: "r".into(),
+        requester: Some("k".into()),
+        created_ms: 1,
+        expires_ms,
+        decided_by: None,
+        decided_ms: None,
+        reason: None,
+        callback_url: Some("http://127.0.0.1:9/cb".into()),
+    }
+}
+
+/// Of concurrent decisions exactly one wins; approving hands the waiting
+/// row to the approver's host; expiry only after the deadline.
+#[tokio::test(flavor = "multi_thread")]
+async fn one_decision_wins_and_approval_hands_the_row_over() {
+    for (name, s, dir) in backends("conf-decide").await {
+        let log = audit(&s, &dir).await;
+        // Park two invocations for approval.
+        for (inv, apr) in [("inv_1", "apr_1"), ("inv_2", "apr_2")] {
+            let work = Work {
+                end: Some(End {
+                    record: record(inv, "pending_approval"),
+                    expect: Expect::Mine {
+                        owner: "hst_a".into(),
+                    },
+                    used: Some(vec![]),
+                }),
+                approvals: vec![approval(apr, inv, 1000)],
+                ..Work::default()
+            };
+            log.commit(vec![("acme".into(), 1, json!({"park": inv}))], work)
+                .await
+                .unwrap();
+        }
+        let decide = |apr: &str, status: &str, now_ms, run: Option<(String, i64)>| Work {
+            decide: Some(Decision {
+                tenant: "acme".into(),
+                approval_id: apr.into(),
+                status: status.into(),
+                decided_by: Some("boss".into()),
+                reason: None,
+                now_ms,
+                run,
+            }),
+            ..Work::default()
+        };
+        let mut tasks = Vec::new();
+        for i in 0..10 {
+            let log = log.clone();
+            let status = if i % 2 == 0 { "approved" } else { "denied" };
+            let run = (status == "approved").then(|| (format!("hst_{i}"), 5000));
+            let work = decide("apr_1", status, 10, run);
+            tasks.push(tokio::spawn(async move {
+                log.commit(vec![("acme".into(), 2, json!({"d": i}))], work)
+                    .await
+            }));
+        }
+        let mut wins = 0;
+        for t in tasks {
+            match t.await.unwrap() {
+                Ok(_) => wins += 1,
+                Err(e) => assert_eq!(e.kind, toolhost::ErrorKind::Conflict, "{name}"),
+            }
+        }
+        assert_eq!(wins, 1, "{name}");
+        let a = s.approval_get("acme", "apr_1").await.unwrap().unwrap();
+        assert_eq!(a.args, "", "{name}: the arguments are erased once decided");
+        if a.status == "approved" {
+            let row = s.invocation_running("inv_1").await.unwrap().unwrap();
+            assert!(row.run.owner.starts_with("hst_"), "{name}: {row:?}");
+            assert_eq!(row.run.lease_until, 5000, "{name}");
+            assert!(!row.admitted, "{name}");
+        } else {
+            assert_eq!(a.status, "denied", "{name}");
+        }
+        // Expiry: not before its deadline, then once.
+        assert!(
+            log.commit(vec![], decide("apr_2", "expired", 999, None))
+                .await
+                .is_err(),
+            "{name}"
+        );
+        let due = s.approvals_due(1000, 10).await.unwrap();
+        assert_eq!(
+            due.iter().map(|a| a.id.as_str()).collect::<Vec<_>>(),
+            ["apr_2"],
+            "{name}"
+        );
+        log.commit(vec![], decide("apr_2", "expired", 1000, None))
+            .await
+            .unwrap();
+        assert!(
+            s.approvals_due(1000, 10).await.unwrap().is_empty(),
+            "{name}"
+        );
+        // Approving past the deadline is refused.
+        assert!(
+            log.commit(
+                vec![],
+                decide("apr_2", "approved", 2000, Some(("h".into(), 1)))
+            )
+            .await
+            .is_err(),
+            "{name}"
+        );
+    }
+}
+
+/// The outbox: written with its work, claimed by one host at a time,
+/// retried when due, done once delivered.
+#[tokio::test(flavor = "multi_thread")]
+async fn outbox_messages_are_claimed_once_and_retried() {
+    for (name, s, dir) in backends("conf-outbox").await {
+        let log = audit(&s, &dir).await;
+        let message = OutboxMessage {
+            id: 0,
+            tenant: "acme".into(),
+            invocation_id: "inv_1".into(),
+            approval_id: Some("apr_1".into()),
+            url: "http://127.0.0.1:9/cb".into(),
+            created_ms: 100,
+            attempts: 0,
+            state: "pending".into(),
+            last_error: None,
+            delivered_ms: None,
+        };
+        let work = Work {
+            outbox: vec![message],
+            ..Work::default()
+        };
+        log.commit(vec![("acme".into(), 1, json!({"o": 1}))], work)
+            .await
+            .unwrap();
+        assert!(
+            s.outbox_claim("h1", 99, 1000, 10).await.unwrap().is_empty(),
+            "{name}: not due"
+        );
+        let claimed = s.outbox_claim("h1", 100, 1000, 10).await.unwrap();
+        assert_eq!(claimed.len(), 1, "{name}");
+        assert!(
+            s.outbox_claim("h2", 200, 1200, 10)
+                .await
+                .unwrap()
+                .is_empty(),
+            "{name}: claimed"
+        );
+        let id = claimed[0].id;
+        s.outbox_attempt(
+            id,
+            "h1",
+            300,
+            Attempt::Retry {
+                next_ms: 2000,
+                error: "503".into(),
+            },
+        )
+        .await
+        .unwrap();
+        assert!(
+            s.outbox_claim("h2", 1500, 3000, 10)
+                .await
+                .unwrap()
+                .is_empty(),
+            "{name}: backing off"
+        );
+        let again = s.outbox_claim("h2", 2000, 3000, 10).await.unwrap();
+        assert_eq!(again.len(), 1, "{name}");
+        // h1's claim is gone: its report is ignored.
+        s.outbox_attempt(id, "h1", 2100, Attempt::Delivered { status: 200 })
+            .await
+            .unwrap();
+        s.outbox_attempt(id, "h2", 2100, Attempt::Delivered { status: 200 })
+            .await
+            .unwrap();
+        let m = s.outbox_for("acme", "inv_1").await.unwrap();
+        assert_eq!(m[0].state, "delivered", "{name}");
+        assert_eq!(m[0].attempts, 2, "{name}");
+        assert!(
+            s.outbox_claim("h3", 999_999, 1_000_000, 10)
+                .await
+                .unwrap()
+                .is_empty(),
+            "{name}"
+        );
+    }
+}
