@@ -714,3 +714,116 @@ async fn an_approved_call_whose_host_died_is_reaped_as_host_lost() {
     );
     server.stop();
 }
+
+/// The CLI (`host run --policy --idempotency-key`) and the API answer the
+/// same idempotency scenarios alike: one invocation service behind both.
+#[tokio::test]
+async fn the_cli_and_the_api_agree_on_idempotency() {
+    let dir = data_dir_with("sem-parity", POLICY, &[("text-tools", "text-tools")]);
+    let invoker = key(&dir, "acme", &["invoke", "audit"]);
+    // The CLI runs the same component file as a tool of tenant `cli-t`.
+    let cli = |key: &str, args: &str| {
+        let out = host(&[
+            "run",
+            s(&guest("text-tools")),
+            "hello",
+            "--args",
+            args,
+            "--policy",
+            s(&dir.join("policy.yaml")),
+            "--data-dir",
+            s(&dir),
+            "--tenant",
+            "cli-t",
+            "--idempotency-key",
+            key,
+            "--json",
+        ]);
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        let kind = v["error"]["kind"].as_str().map(str::to_string).or_else(|| {
+            let err = String::from_utf8_lossy(&out.stderr);
+            [
+                "idempotency_key_reused",
+                "idempotency_in_progress",
+                "invalid_args",
+            ]
+            .iter()
+            .find(|k| err.contains(*k))
+            .map(|k| k.to_string())
+        });
+        (
+            v["invocation_id"].as_str().map(str::to_string),
+            kind,
+            v["replayed"] == true,
+        )
+    };
+    let server = Server::start(&dir, &[]);
+    let c = Client::new(&server, Some(&invoker));
+    let api = |key: &'static str, args: Value| {
+        let c = &c;
+        async move {
+            let (_, body, headers) = c
+                .post_with(
+                    "/v1/tools/text-tools/hello/invoke",
+                    json!({ "args": args }),
+                    &[("idempotency-key", key)],
+                )
+                .await;
+            let kind = body["error"]["kind"]
+                .as_str()
+                .or(body["kind"].as_str())
+                .map(str::to_string);
+            (
+                body["invocation_id"].as_str().map(str::to_string),
+                kind,
+                headers.get("idempotent-replayed").is_some(),
+            )
+        }
+    };
+    // The same scenarios, in both transports.
+    let scenarios: [(&str, Value); 5] = [
+        ("p-1", json!({"name": "a"})),
+        ("p-1", json!({"name": "a"})),
+        ("p-1", json!({"name": "a"})),
+        ("p-1", json!({"name": "b"})),
+        ("p-2", json!({"nme": "a"})),
+    ];
+    let mut from_api = Vec::new();
+    let mut from_cli = Vec::new();
+    for (k, args) in &scenarios {
+        from_api.push(api(k, args.clone()).await);
+        from_cli.push(cli(k, &args.to_string()));
+    }
+    let shape =
+        |answers: &[(Option<String>, Option<String>, bool)]| -> Vec<(bool, Option<String>, bool)> {
+            answers
+                .iter()
+                .map(|(id, kind, replayed)| (id.is_some(), kind.clone(), *replayed))
+                .collect()
+        };
+    assert_eq!(
+        shape(&from_api),
+        shape(&from_cli),
+        "api {from_api:?}\ncli {from_cli:?}"
+    );
+    assert_eq!(
+        shape(&from_api),
+        vec![
+            (true, None, false),
+            (true, None, true),
+            (true, None, true),
+            (false, Some("idempotency_key_reused".into()), false),
+            (true, Some("invalid_args".into()), false),
+        ]
+    );
+    assert_eq!(from_api[0].0, from_api[1].0, "a replay names the first run");
+    assert_eq!(from_cli[0].0, from_cli[1].0);
+    server.stop();
+    // Both audit their replays.
+    for chain in ["acme", "cli-t"] {
+        let out = host(&["audit", "export", "--tenant", chain, "--data-dir", s(&dir)]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        let replays = text.matches("idempotent_replay").count();
+        assert_eq!(replays, 2, "{chain}: {text}");
+    }
+}
