@@ -15,3 +15,6 @@ mod secrets;
 
 #[path = "attacks/server.rs"]
 mod server;
+
+#[path = "attacks/callbacks.rs"]
+mod callbacks;

@@ -63,7 +63,24 @@ pub async fn get_one(
         .await?
         .ok_or_else(|| ApiError::new(ErrorKind::NotFound, format!("no invocation `{id}`")))?;
     let record = crate::approvals::current_record(app.storage.as_ref(), record).await?;
-    Ok(Json(show(&record)))
+    let mut shown = show(&record);
+    // Its callbacks, if any, and how their delivery went.
+    let callbacks = app.storage.outbox_for(caller.tenant(), &id).await?;
+    if !callbacks.is_empty() {
+        shown["callbacks"] = json!(
+            callbacks
+                .iter()
+                .map(|m| json!({
+                    "url": m.url,
+                    "state": m.state,
+                    "attempts": m.attempts,
+                    "last_error": m.last_error,
+                    "delivered_ms": m.delivered_ms,
+                }))
+                .collect::<Vec<_>>()
+        );
+    }
+    Ok(Json(shown))
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
