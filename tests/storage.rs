@@ -355,7 +355,6 @@ async fn idempotency_keys_follow_their_invocation() {
             idempotency: vec![IdempotencyDone {
                 tenant: "acme".into(),
                 key: "k1".into(),
-                http_status: 200,
                 response: "{\"answer\":1}".into(),
             }],
             ..Work::default()
@@ -366,7 +365,6 @@ async fn idempotency_keys_follow_their_invocation() {
         assert_eq!(
             s.idempotency_begin(begin("fp", "inv_4")).await.unwrap(),
             IdempotencyBegin::Replay {
-                http_status: 200,
                 response: "{\"answer\":1}".into()
             },
             "{name}"

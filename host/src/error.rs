@@ -143,37 +143,6 @@ impl ErrorKind {
     }
 }
 
-impl ErrorKind {
-    /// The HTTP status this kind answers with. Sandbox failures are 200: the
-    /// tool ran and failed, and that is data for the agent.
-    pub fn http_status(self) -> u16 {
-        match self {
-            k if k.is_sandbox_failure() => 200,
-            ErrorKind::InvalidArgs
-            | ErrorKind::InvalidComponent
-            | ErrorKind::InvalidPolicy
-            | ErrorKind::IdempotencyKeyReused => 422,
-            ErrorKind::UnknownFunction | ErrorKind::NotFound => 404,
-            ErrorKind::PolicyDenied
-            | ErrorKind::Forbidden
-            | ErrorKind::ApprovalDenied
-            | ErrorKind::ApprovalExpired => 403,
-            ErrorKind::ApprovalRequired => 202,
-            ErrorKind::BudgetExceeded | ErrorKind::TenantOverloaded => 429,
-            ErrorKind::ToolDisabled | ErrorKind::Conflict | ErrorKind::IdempotencyInProgress => 409,
-            ErrorKind::Unauthenticated => 401,
-            ErrorKind::InvalidRequest => 400,
-            ErrorKind::PayloadTooLarge => 413,
-            ErrorKind::Overloaded | ErrorKind::Unavailable => 503,
-            // An invocation outcome: it ran (as far as anyone knows) and its
-            // end was lost; the answer is data for the agent, as for any
-            // sandbox failure.
-            ErrorKind::HostLost => 200,
-            _ => 500,
-        }
-    }
-}
-
 impl fmt::Display for ErrorKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())

@@ -63,8 +63,8 @@ pub fn fingerprint(
 pub enum Begin {
     /// Run it (the key is now marked running).
     Run,
-    /// Answer this again, with this HTTP status.
-    Replay(u16, Box<InvocationResponse>),
+    /// Answer this again.
+    Replay(Box<InvocationResponse>),
 }
 
 /// Start a keyed request: the key is stored pointing at `run` (written as
@@ -91,16 +91,13 @@ pub async fn begin(
         .await?;
     match answer {
         IdempotencyBegin::Started => Ok(Begin::Run),
-        IdempotencyBegin::Replay {
-            http_status,
-            response,
-        } => {
+        IdempotencyBegin::Replay { response } => {
             let response = serde_json::from_str(&response).map_err(|e| {
                 Error::corrupt(format!(
                     "the stored answer for this key does not parse: {e}"
                 ))
             })?;
-            Ok(Begin::Replay(http_status, Box::new(response)))
+            Ok(Begin::Replay(Box::new(response)))
         }
         IdempotencyBegin::Mismatch => Err(Error::new(
             ErrorKind::IdempotencyKeyReused,

@@ -6,7 +6,7 @@
 //! versioned: [`RECORD_VERSION`] is written with every record, and readers
 //! accept every version up to it (fields are added, never renamed).
 
-use crate::error::{Error, ErrorKind};
+use crate::error::Error;
 use serde::{Deserialize, Serialize};
 
 /// The version of the stored record format.
@@ -76,24 +76,6 @@ pub struct InvocationResponse {
     /// True when the result came from the result cache (nothing ran).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub cached: bool,
-}
-
-impl InvocationResponse {
-    /// The HTTP status this outcome is answered with: ran → 200 (`ok` or
-    /// `error`); waiting for approval → 202; refused → by kind (invalid
-    /// arguments 422, unknown function 404, policy or a missing granted
-    /// secret 403, budget 429).
-    pub fn http_status(&self) -> u16 {
-        match self.status {
-            Status::Ok | Status::Error => 200,
-            Status::PendingApproval | Status::Running => 202,
-            Status::Refused => match self.error.as_ref().map(|e| e.kind) {
-                Some(ErrorKind::CapabilityDenied) => 403,
-                Some(k) => k.http_status(),
-                None => 500,
-            },
-        }
-    }
 }
 
 /// A stored response (a waiting invocation's), ended with `error`: the

@@ -661,7 +661,6 @@ impl Gate for Governed {
                 batch.idempotency.push(IdempotencyDone {
                     tenant: chain.clone(),
                     key: key.clone(),
-                    http_status: response.http_status(),
                     response: serde_json::to_string(response).unwrap_or_default(),
                 });
             }

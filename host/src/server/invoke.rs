@@ -225,7 +225,7 @@ async fn run(
             Ok(respond(&outcome))
         }
         Answer::Replayed(response) => {
-            let mut answer = answer(response.http_status(), &response);
+            let mut answer = answer(status_of(&response), &response);
             answer
                 .headers_mut()
                 .insert("idempotent-replayed", HeaderValue::from_static("true"));
@@ -263,11 +263,29 @@ pub fn respond(outcome: &Outcome) -> Response {
         return ApiError::from(Error::new(ErrorKind::Internal, e.message.clone())).into_response();
     }
     let response = outcome.response();
-    answer(response.http_status(), &response)
+    answer(status_of(&response), &response)
 }
 
 /// An invocation answer with its status code.
 pub fn answer(status: u16, response: &InvocationResponse) -> Response {
     let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     (status, Json(response)).into_response()
+}
+
+/// The HTTP status an invocation's answer is sent with: ran → 200 (`ok` or
+/// `error`, `host_lost` included); waiting for approval → 202; refused → by
+/// kind (invalid arguments 422, unknown function 404, policy or a missing
+/// granted secret 403, budget 429). The HTTP adapter's mapping: the core
+/// knows no status codes.
+pub fn status_of(response: &InvocationResponse) -> u16 {
+    use crate::invoke::Status;
+    match response.status {
+        Status::Ok | Status::Error => 200,
+        Status::PendingApproval | Status::Running => 202,
+        Status::Refused => match response.error.as_ref().map(|e| e.kind) {
+            Some(ErrorKind::CapabilityDenied) => 403,
+            Some(k) => super::problem::status_of(k),
+            None => 500,
+        },
+    }
 }

@@ -50,7 +50,7 @@ impl From<Error> for ApiError {
         let status = StatusCode::from_u16(match error.kind {
             // Outside an invocation these are the caller's mistakes.
             k if k.is_sandbox_failure() => 422,
-            k => k.http_status(),
+            k => status_of(k),
         })
         .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         ApiError {
@@ -225,4 +225,33 @@ pub async fn ensure_problem(response: Response) -> Response {
         }
     }
     out
+}
+
+/// The HTTP status this kind answers with. Sandbox failures are 200: the
+/// tool ran and failed, and that is data for the agent.
+pub fn status_of(kind: ErrorKind) -> u16 {
+    match kind {
+        k if k.is_sandbox_failure() => 200,
+        ErrorKind::InvalidArgs
+        | ErrorKind::InvalidComponent
+        | ErrorKind::InvalidPolicy
+        | ErrorKind::IdempotencyKeyReused => 422,
+        ErrorKind::UnknownFunction | ErrorKind::NotFound => 404,
+        ErrorKind::PolicyDenied
+        | ErrorKind::Forbidden
+        | ErrorKind::ApprovalDenied
+        | ErrorKind::ApprovalExpired => 403,
+        ErrorKind::ApprovalRequired => 202,
+        ErrorKind::BudgetExceeded | ErrorKind::TenantOverloaded => 429,
+        ErrorKind::ToolDisabled | ErrorKind::Conflict | ErrorKind::IdempotencyInProgress => 409,
+        ErrorKind::Unauthenticated => 401,
+        ErrorKind::InvalidRequest => 400,
+        ErrorKind::PayloadTooLarge => 413,
+        ErrorKind::Overloaded | ErrorKind::Unavailable => 503,
+        // An invocation outcome: it ran (as far as anyone knows) and its
+        // end was lost; the answer is data for the agent, as for any
+        // sandbox failure.
+        ErrorKind::HostLost => 200,
+        _ => 500,
+    }
 }

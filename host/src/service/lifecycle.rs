@@ -172,7 +172,6 @@ impl InvocationService {
             work.idempotency.push(IdempotencyDone {
                 tenant: run.tenant.clone(),
                 key: key.clone(),
-                http_status: response.http_status(),
                 response: body,
             });
         }

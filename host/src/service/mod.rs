@@ -246,7 +246,7 @@ impl InvocationService {
                     return Err(e);
                 }
             };
-            if let idempotency::Begin::Replay(_, response) = begun {
+            if let idempotency::Begin::Replay(response) = begun {
                 running.ended(true);
                 let time_ms = self.instance.now_ms();
                 keys.audit

@@ -16,7 +16,8 @@ use serde::Serialize;
 pub struct IdempotencyDone {
     pub tenant: String,
     pub key: String,
-    pub http_status: u16,
+    /// The answer ([`crate::record::InvocationResponse`] JSON); each
+    /// transport derives its own status from it.
     pub response: String,
 }
 
@@ -40,7 +41,7 @@ pub enum IdempotencyBegin {
     /// invocation ran): the invocation row was written; run it.
     Started,
     /// Done before with the same fingerprint: answer this again.
-    Replay { http_status: u16, response: String },
+    Replay { response: String },
     /// Used before with another request.
     Mismatch,
     /// The first request with this key is still running (or its host was
@@ -53,7 +54,7 @@ pub enum IdempotencyBegin {
 pub struct KeyRow {
     pub fingerprint: String,
     pub expires_ms: i64,
-    pub answer: Option<(u16, String)>,
+    pub answer: Option<String>,
     /// The state of the invocation it started (`None`: no such row).
     pub invocation: Option<String>,
 }
@@ -67,9 +68,8 @@ pub fn decide(stored: Option<&KeyRow>, fingerprint: &str, now_ms: i64) -> Idempo
     if k.fingerprint != fingerprint {
         return IdempotencyBegin::Mismatch;
     }
-    if let Some((http_status, response)) = &k.answer {
+    if let Some(response) = &k.answer {
         return IdempotencyBegin::Replay {
-            http_status: *http_status,
             response: response.clone(),
         };
     }

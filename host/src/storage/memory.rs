@@ -45,7 +45,7 @@ type Queued = (OutboxMessage, i64, Option<(String, i64)>);
 
 struct Idem {
     fingerprint: String,
-    done: Option<(u16, String)>,
+    done: Option<String>,
     expires_ms: i64,
     invocation_id: String,
 }
@@ -101,7 +101,7 @@ fn lost_of(inner: &Inner, r: &Row) -> Option<Lost> {
 
 fn finish(inner: &mut Inner, d: IdempotencyDone) {
     if let Some(e) = inner.idempotency.get_mut(&(d.tenant, d.key)) {
-        e.done = Some((d.http_status, d.response));
+        e.done = Some(d.response);
     }
 }
 

@@ -349,9 +349,9 @@ fn insert_approval(tx: &Connection, a: &ApprovalRecord) -> rusqlite::Result<()> 
 /// Keep an idempotent request's final answer.
 pub(super) fn finish_idempotency(conn: &Connection, d: &IdempotencyDone) -> rusqlite::Result<()> {
     conn.prepare_cached(
-        "UPDATE idempotency SET state = 'done', http_status = ?, response = ? WHERE tenant = ? AND key = ?",
+        "UPDATE idempotency SET state = 'done', response = ? WHERE tenant = ? AND key = ?",
     )?
-    .execute(params![d.http_status, d.response, d.tenant, d.key])?;
+    .execute(params![d.response, d.tenant, d.key])?;
     Ok(())
 }
 
@@ -508,17 +508,11 @@ pub(super) fn idempotency_begin(
         )?
         .query_row([&b.tenant, &b.key], |r| {
             let state: String = r.get(2)?;
-            let status: Option<i64> = r.get(3)?;
             let response: Option<String> = r.get(4)?;
             Ok(KeyRow {
                 fingerprint: r.get(0)?,
                 expires_ms: r.get(1)?,
-                answer: (state == "done").then(|| {
-                    (
-                        status.and_then(|s| u16::try_from(s).ok()).unwrap_or(200),
-                        response.unwrap_or_default(),
-                    )
-                }),
+                answer: (state == "done").then(|| response.unwrap_or_default()),
                 invocation: r.get(5)?,
             })
         })
