@@ -11,7 +11,6 @@ use toolhost::budget::Ledger;
 use toolhost::gate::Governed;
 use toolhost::gate::governed::now_ms;
 use toolhost::policy::Policy;
-use toolhost::registry::Registry;
 use toolhost::secrets::FileAndEnv;
 use toolhost::{Error, ErrorKind, Host};
 
@@ -97,7 +96,7 @@ async fn decider(data: &DataDir, secrets: Option<&std::path::Path>) -> toolhost:
     ));
     let runtime = super::runtime()?;
     Ok(Decider {
-        registry: Registry::new(storage.clone(), runtime.clone()),
+        registry: super::registry(data, storage.clone(), runtime.clone(), Default::default())?,
         host: Arc::new(Host::new(runtime, governed)),
         storage,
         audit,

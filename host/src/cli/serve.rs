@@ -75,6 +75,25 @@ pub struct Args {
     /// Log format on stderr (level from RUST_LOG, default info).
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+    // --- Compiling and loading tools (registry::compile, server::tools) ---
+    /// Wall-clock limit for compiling one component (an upload, or a
+    /// registered tool this node has not compiled yet), in a child process.
+    #[arg(long, default_value = "60s")]
+    compile_timeout: String,
+    /// Address-space limit of the compile child.
+    #[arg(long, default_value = "4GiB")]
+    compile_memory: String,
+    /// Compiles at once; more wait their turn.
+    #[arg(long, default_value_t = 2)]
+    compile_jobs: usize,
+    /// Size bound of this node's compiled-artifact cache
+    /// (`<data dir>/artifacts`); least recently used artifacts go first.
+    #[arg(long, default_value = "4GiB")]
+    artifact_cache: String,
+    /// Tool versions kept loaded in memory; least recently used go first.
+    #[arg(long, default_value_t = 256)]
+    max_loaded_tools: usize,
+    // --- end of compiling and loading tools ---
     #[command(flatten)]
     data: DataDir,
 }
@@ -104,6 +123,17 @@ fn config(args: &Args) -> Result<ServeConfig> {
         callback_allow: args.callback_allow.clone(),
         ..ServeConfig::default()
     };
+    // Compiling and loading tools.
+    let limits = toolhost::registry::CompileLimits {
+        timeout: parse_duration(&args.compile_timeout).map_err(bad("compile-timeout"))?,
+        memory: parse_bytes(&args.compile_memory).map_err(bad("compile-memory"))?,
+        jobs: args.compile_jobs.max(1),
+    };
+    c.registry = toolhost::registry::RegistryOptions {
+        artifact_cache_bytes: parse_bytes(&args.artifact_cache).map_err(bad("artifact-cache"))?,
+        ..super::registry_options(&args.data, limits)?
+    };
+    c.loaded_tools.max_tools = args.max_loaded_tools.max(1);
     if let Some(f) = args.fuel {
         c.limits.fuel = Some(f);
     }

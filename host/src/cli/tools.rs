@@ -79,7 +79,12 @@ pub enum Command {
 }
 
 async fn registry(data: &DataDir) -> toolhost::Result<Registry> {
-    Ok(Registry::new(data.storage().await?, super::runtime()?))
+    super::registry(
+        data,
+        data.storage().await?,
+        super::runtime()?,
+        Default::default(),
+    )
 }
 
 pub async fn register(args: RegisterArgs) -> i32 {
