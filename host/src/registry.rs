@@ -301,10 +301,7 @@ impl Registry {
     async fn compile(&self, digest: &str, bytes: Arc<Vec<u8>>) -> Result<Compiled> {
         if let Some(cache) = &self.artifacts {
             let (cache, key) = (cache.clone(), digest.to_string());
-            let found = tokio::task::spawn_blocking(move || cache.get(&key))
-                .await
-                .map_err(|e| Error::internal(format!("artifact cache task: {e}")))??;
-            if let Some(path) = found {
+            if let Some(path) = blocking(move || cache.get(&key)).await? {
                 return Ok(Compiled::File(path));
             }
         }
@@ -313,9 +310,7 @@ impl Registry {
             return Ok(Compiled::Bytes(artifact));
         };
         let (cache, key) = (cache.clone(), digest.to_string());
-        let path = tokio::task::spawn_blocking(move || cache.put(&key, &artifact))
-            .await
-            .map_err(|e| Error::internal(format!("artifact cache task: {e}")))??;
+        let path = blocking(move || cache.put(&key, &artifact)).await?;
         Ok(Compiled::File(path))
     }
 
@@ -496,11 +491,11 @@ enum Compiled {
     Bytes(Vec<u8>),
 }
 
-/// Run blocking work off the async workers.
+/// Run blocking work (hashing, file system, mapping) off the async workers.
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
     tokio::task::spawn_blocking(f)
         .await
-        .map_err(|e| Error::internal(format!("loading task: {e}")))?
+        .map_err(|e| Error::internal(format!("registry task: {e}")))?
 }
 
 /// Refuse a disabled tool.

@@ -76,13 +76,10 @@ pub struct Args {
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
     // --- Compiling and loading tools (registry::compile, server::tools) ---
-    /// Wall-clock limit for compiling one component (an upload, or a
-    /// registered tool this node has not compiled yet), in a child process.
-    #[arg(long, default_value = "60s")]
-    compile_timeout: String,
-    /// Address-space limit of the compile child.
-    #[arg(long, default_value = "4GiB")]
-    compile_memory: String,
+    // `--compile-timeout` and `--compile-memory`: for uploads and for
+    // registered tools this node has not compiled yet.
+    #[command(flatten)]
+    compile: super::compile::CompileArgs,
     /// Compiles at once; more wait their turn.
     #[arg(long, default_value_t = 2)]
     compile_jobs: usize,
@@ -124,11 +121,7 @@ fn config(args: &Args) -> Result<ServeConfig> {
         ..ServeConfig::default()
     };
     // Compiling and loading tools.
-    let limits = toolhost::registry::CompileLimits {
-        timeout: parse_duration(&args.compile_timeout).map_err(bad("compile-timeout"))?,
-        memory: parse_bytes(&args.compile_memory).map_err(bad("compile-memory"))?,
-        jobs: args.compile_jobs.max(1),
-    };
+    let limits = args.compile.limits(args.compile_jobs)?;
     c.registry = toolhost::registry::RegistryOptions {
         artifact_cache_bytes: parse_bytes(&args.artifact_cache).map_err(bad("artifact-cache"))?,
         ..super::registry_options(&args.data, limits)?

@@ -53,8 +53,8 @@ pub struct CompileLimits {
 impl Default for CompileLimits {
     fn default() -> Self {
         CompileLimits {
-            timeout: Duration::from_secs(60),
-            memory: 4 << 30,
+            timeout: Duration::from_secs(30),
+            memory: 2 << 30,
             jobs: 2,
         }
     }
@@ -71,10 +71,17 @@ pub enum Compiler {
 
 impl Compiler {
     /// The running executable as the compile child: for the `host` binary,
-    /// whose command line has the child subcommand.
+    /// whose command line has the child subcommand. On Linux, the very
+    /// binary this process runs (`/proc/self/exe`), even if its file was
+    /// replaced since (an upgrade in place): its artifacts are for this
+    /// engine.
     pub fn subprocess(limits: CompileLimits) -> Result<Compiler> {
-        let exe = std::env::current_exe()
-            .map_err(|e| Error::internal(format!("finding the host executable: {e}")))?;
+        let exe = if cfg!(target_os = "linux") {
+            PathBuf::from("/proc/self/exe")
+        } else {
+            std::env::current_exe()
+                .map_err(|e| Error::internal(format!("finding the host executable: {e}")))?
+        };
         Ok(Compiler::Subprocess { exe, limits })
     }
 
@@ -245,12 +252,14 @@ async fn drain(pipe: &mut (impl AsyncRead + Unpin), cap: usize) -> (Vec<u8>, boo
 
 /// Why the child failed, as the error the uploader sees.
 fn failure(status: ExitStatus, stderr: &str, limits: &CompileLimits) -> Error {
+    // The last line that says something (a panic's message, not its
+    // `note: run with RUST_BACKTRACE=1` footer).
     let last = stderr
         .lines()
+        .map(str::trim)
         .rev()
-        .find(|l| !l.trim().is_empty())
-        .unwrap_or("")
-        .trim();
+        .find(|l| !l.is_empty() && !l.starts_with("note:"))
+        .unwrap_or("");
     // An allocation refused under the address-space limit: Rust's abort
     // message, an `ENOMEM` from a mapping, or a thread without room for its
     // stack.
