@@ -18,3 +18,6 @@ mod server;
 
 #[path = "attacks/callbacks.rs"]
 mod callbacks;
+
+#[path = "attacks/compile.rs"]
+mod compile;

@@ -1,16 +1,28 @@
 //! The tool registry: tools registered once, versioned, loaded without
 //! recompiling.
 //!
-//! * Registration validates the component fully (it must load: a component,
-//!   only imports the host provides, only supported types) before anything
-//!   is stored; then stores the bytes content-addressed (SHA-256), the
-//!   precompiled artifact for this engine, and an immutable version record.
+//! * Registration validates the component fully before anything is stored:
+//!   a cheap structural check ([`check`]), then it must load (a component,
+//!   only imports the host provides, only supported types) and compile under
+//!   the compiler's bounds ([`compile`]). Then it stores the bytes
+//!   content-addressed (SHA-256) and an immutable version record, and keeps
+//!   the compiled artifact in this node's artifact cache ([`artifacts`]).
 //! * A name points at one version; re-pointing it is deploy or rollback. A
 //!   name can be disabled.
-//! * Loading uses the precompiled artifact when it was built for an engine
-//!   with this host's settings, else recompiles once and stores the new
-//!   artifact.
+//! * Loading checks the stored bytes against their digest, then uses this
+//!   node's artifact for them when it has one, else compiles them (bounded,
+//!   like an upload) and keeps the artifact. Artifacts are native code:
+//!   none is ever read from storage, so whoever can write the database
+//!   cannot make the host run code of their choosing.
 //! * Names are per tenant and satisfy LLM tool-name rules.
+
+pub mod artifacts;
+pub mod check;
+pub mod compile;
+
+pub use artifacts::ArtifactCache;
+pub use check::StructureLimits;
+pub use compile::{CompileLimits, Compiler};
 
 use crate::audit::canonical::sha256_hex;
 use crate::clock::now_ms;
@@ -19,15 +31,44 @@ use crate::runtime::Runtime;
 use crate::storage::{Registered, Storage, ToolEntry, ToolVersion};
 use crate::tool::docs::WitSource;
 use crate::tool::{LoadOptions, Tool};
-use std::path::Path;
+use compile::Compiles;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+/// How a registry compiles components and where it keeps their artifacts.
+#[derive(Debug, Clone)]
+pub struct RegistryOptions {
+    /// In process (the default: trusted input only) or in a bounded child.
+    pub compiler: Compiler,
+    /// This node's artifact cache directory (`<data dir>/artifacts`). None:
+    /// nothing is kept, every load compiles.
+    pub artifact_dir: Option<PathBuf>,
+    /// The artifact cache's size bound, in bytes.
+    pub artifact_cache_bytes: u64,
+    /// What an uploaded component may contain.
+    pub structure: StructureLimits,
+}
+
+impl Default for RegistryOptions {
+    fn default() -> Self {
+        RegistryOptions {
+            compiler: Compiler::InProcess,
+            artifact_dir: None,
+            artifact_cache_bytes: 4 << 30,
+            structure: StructureLimits::default(),
+        }
+    }
+}
 
 /// The registry over a storage backend and a runtime.
 #[derive(Clone)]
 pub struct Registry {
     storage: Arc<dyn Storage>,
     runtime: Arc<Runtime>,
+    compiles: Arc<Compiles>,
+    artifacts: Option<Arc<ArtifactCache>>,
+    structure: StructureLimits,
 }
 
 /// What a registration did.
@@ -65,7 +106,7 @@ pub struct Loaded {
     pub tool: Tool,
     pub entry: ToolEntry,
     pub version: ToolVersion,
-    /// True when the precompiled artifact was used (no compilation).
+    /// True when this node's artifact was used (no compilation).
     pub from_artifact: bool,
 }
 
@@ -103,8 +144,39 @@ fn check_version(v: &str) -> Result<()> {
 }
 
 impl Registry {
+    /// A registry that compiles in process and keeps no artifacts (every
+    /// load compiles): for tests and trusted input.
     pub fn new(storage: Arc<dyn Storage>, runtime: Arc<Runtime>) -> Registry {
-        Registry { storage, runtime }
+        Registry {
+            storage,
+            runtime,
+            compiles: Arc::new(Compiles::new(Compiler::InProcess)),
+            artifacts: None,
+            structure: StructureLimits::default(),
+        }
+    }
+
+    /// A registry with `options` (opening the artifact cache).
+    pub fn with_options(
+        storage: Arc<dyn Storage>,
+        runtime: Arc<Runtime>,
+        options: RegistryOptions,
+    ) -> Result<Registry> {
+        let artifacts = match &options.artifact_dir {
+            Some(dir) => Some(Arc::new(ArtifactCache::open(
+                dir,
+                &runtime.compatibility(),
+                options.artifact_cache_bytes,
+            )?)),
+            None => None,
+        };
+        Ok(Registry {
+            storage,
+            runtime,
+            compiles: Arc::new(Compiles::new(options.compiler)),
+            artifacts,
+            structure: options.structure,
+        })
     }
 
     /// Register `bytes` as `name` (version given, or the next number).
@@ -127,16 +199,25 @@ impl Registry {
         if let Some(v) = version {
             check_version(v)?;
         }
-        // Validate everything before storing anything.
-        let docs = match wit {
-            Some(dir) => Some(WitSource::parse(dir)?.package_docs()?),
-            None => None,
+        // Validate everything before storing anything (off the async
+        // workers: an upload may be large).
+        let bytes = Arc::new(bytes);
+        let (docs, catalog) = {
+            let (bytes, structure) = (bytes.clone(), self.structure.clone());
+            let wit = wit.map(Path::to_path_buf);
+            tokio::task::spawn_blocking(move || {
+                check::check(&bytes, &structure)?;
+                let docs = match &wit {
+                    Some(dir) => Some(WitSource::parse(dir)?.package_docs()?),
+                    None => None,
+                };
+                let options = LoadOptions { wit, docs: None };
+                let (catalog, _warnings) = Tool::reflect(&bytes, &options)?;
+                Ok::<_, Error>((docs, catalog))
+            })
+            .await
+            .map_err(|e| Error::internal(format!("validation task: {e}")))??
         };
-        let options = LoadOptions {
-            wit: wit.map(Path::to_path_buf),
-            docs: None,
-        };
-        let (catalog, _warnings) = Tool::reflect(&bytes, &options)?;
         for f in &catalog.functions {
             let llm = crate::schema::llm_name(name, f);
             if llm.len() > 64 {
@@ -172,27 +253,28 @@ impl Registry {
             return Err(conflict(name, &version, &existing.digest));
         }
         let started = Instant::now();
-        let runtime = self.runtime.clone();
-        let compile_bytes = bytes.clone();
-        let mut compile = tokio::task::spawn_blocking(move || runtime.precompile(&compile_bytes));
-        let artifact = loop {
-            tokio::select! {
-                done = &mut compile => break done.map_err(|e| Error::internal(format!("compiler task: {e}")))??,
-                _ = tokio::time::sleep(Duration::from_millis(500)) => progress(started.elapsed()),
-            }
-        };
+        {
+            // Kept in this node's artifact cache; loading finds it there.
+            let compile = self.compile(&digest, bytes.clone());
+            tokio::pin!(compile);
+            let _compiled = loop {
+                tokio::select! {
+                    done = &mut compile => break done?,
+                    _ = tokio::time::sleep(Duration::from_millis(500)) => progress(started.elapsed()),
+                }
+            };
+        }
         let compile_ms = started.elapsed().as_millis() as u64;
-        let artifact_digest = sha256_hex(&artifact);
         self.storage.blob_put(&digest, &bytes).await?;
-        self.storage.blob_put(&artifact_digest, &artifact).await?;
         let record = ToolVersion {
             tenant: tenant.to_string(),
             name: name.to_string(),
             version: version.clone(),
             digest: digest.clone(),
             docs,
-            artifact: Some(artifact_digest),
-            engine: Some(self.runtime.compatibility()),
+            // Artifacts are per node (`artifacts`), never stored.
+            artifact: None,
+            engine: None,
             functions: functions.clone(),
             created_ms: now_ms(),
         };
@@ -211,6 +293,25 @@ impl Registry {
             functions,
             compile_ms,
         })
+    }
+
+    /// Compile `bytes` (bounded) unless this node already has their
+    /// artifact; keep the artifact. Returns it when there is no cache to
+    /// keep it in.
+    async fn compile(&self, digest: &str, bytes: Arc<Vec<u8>>) -> Result<Compiled> {
+        if let Some(cache) = &self.artifacts {
+            let (cache, key) = (cache.clone(), digest.to_string());
+            if let Some(path) = blocking(move || cache.get(&key)).await? {
+                return Ok(Compiled::File(path));
+            }
+        }
+        let artifact = self.compiles.compile(&self.runtime, bytes).await?;
+        let Some(cache) = &self.artifacts else {
+            return Ok(Compiled::Bytes(artifact));
+        };
+        let (cache, key) = (cache.clone(), digest.to_string());
+        let path = blocking(move || cache.put(&key, &artifact)).await?;
+        Ok(Compiled::File(path))
     }
 
     /// Load the version a name points at.
@@ -261,46 +362,67 @@ impl Registry {
                     version.version
                 ))
             })?;
+        let bytes = Arc::new(bytes);
         let options = LoadOptions {
             wit: None,
             docs: version.docs.clone(),
         };
-        let engine = self.runtime.compatibility();
-        if let (Some(artifact), Some(built_for)) = (&version.artifact, &version.engine)
-            && *built_for == engine
-            && let Some(compiled) = self.storage.blob_get(artifact).await?
-        {
-            let tool = self
-                .runtime
-                .load_precompiled(name, &bytes, &compiled, &options)?
-                .with_origin(&version.version, &version.digest);
-            return Ok(Loaded {
-                tool,
-                entry,
-                version,
-                from_artifact: true,
-            });
-        }
-        // Built for another engine (or missing): compile once, keep the result.
-        let runtime = self.runtime.clone();
-        let compile_bytes = bytes.clone();
-        let artifact = tokio::task::spawn_blocking(move || runtime.precompile(&compile_bytes))
-            .await
-            .map_err(|e| Error::internal(format!("compiler task: {e}")))??;
-        let artifact_digest = sha256_hex(&artifact);
-        self.storage.blob_put(&artifact_digest, &artifact).await?;
-        self.storage
-            .tool_set_artifact(tenant, name, &version.version, &artifact_digest, &engine)
-            .await?;
-        let tool = self
-            .runtime
-            .load_precompiled(name, &bytes, &artifact, &options)?
-            .with_origin(&version.version, &version.digest);
+        // Off the async workers: hashing, reflecting and mapping a large
+        // component take milliseconds.
+        let (runtime, artifacts) = (self.runtime.clone(), self.artifacts.clone());
+        let (key, tool_name, label) = (
+            version.digest.clone(),
+            name.to_string(),
+            format!("{name}@{}", version.version),
+        );
+        let (b, o) = (bytes.clone(), options.clone());
+        let cached = blocking(move || {
+            if sha256_hex(&b) != key {
+                return Err(Error::internal(format!(
+                    "the stored bytes of {label} do not match their digest sha256:{key}"
+                )));
+            }
+            let Some(cache) = artifacts else {
+                return Ok(None);
+            };
+            let Some(path) = cache.get(&key)? else {
+                return Ok(None);
+            };
+            match Tool::load_artifact_file(&runtime, &tool_name, &b, &path, &o) {
+                Ok(tool) => Ok(Some(tool)),
+                Err(e) => {
+                    // Unreadable or for another engine: rebuild it.
+                    tracing::warn!(tool = %label, "artifact dropped: {}", e.message);
+                    cache.remove(&key);
+                    Ok(None)
+                }
+            }
+        })
+        .await?;
+        let (tool, from_artifact) = match cached {
+            Some(tool) => (tool, true),
+            None => {
+                // Not compiled on this node yet (or for this engine):
+                // compile, bounded like an upload, and keep the artifact.
+                let compiled = self.compile(&version.digest, bytes.clone()).await?;
+                let (runtime, tool_name) = (self.runtime.clone(), name.to_string());
+                let tool = blocking(move || match compiled {
+                    Compiled::File(path) => {
+                        Tool::load_artifact_file(&runtime, &tool_name, &bytes, &path, &options)
+                    }
+                    Compiled::Bytes(artifact) => {
+                        Tool::load_precompiled(&runtime, &tool_name, &bytes, &artifact, &options)
+                    }
+                })
+                .await?;
+                (tool, false)
+            }
+        };
         Ok(Loaded {
-            tool,
+            tool: tool.with_origin(&version.version, &version.digest),
             entry,
             version,
-            from_artifact: false,
+            from_artifact,
         })
     }
 
@@ -360,6 +482,20 @@ impl Registry {
             Err(not_found(name))
         }
     }
+}
+
+/// A compiled component: this node's artifact file, or (without an artifact
+/// cache) the artifact itself.
+enum Compiled {
+    File(PathBuf),
+    Bytes(Vec<u8>),
+}
+
+/// Run blocking work (hashing, file system, mapping) off the async workers.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::internal(format!("registry task: {e}")))?
 }
 
 /// Refuse a disabled tool.

@@ -3,7 +3,10 @@
 //! One [`Runtime`] per process. It compiles components ([`Runtime::load`]),
 //! and its linker defines exactly the tool world's imports (`wit/world.wit`):
 //! WASI 0.2 (cli, clocks, filesystem, io, random, sockets), `wasi:http`
-//! outgoing-handler and `toolhost:tool/log`.
+//! outgoing-handler and `toolhost:tool/log`. [`compiler_engine`] builds an
+//! engine with the same compilation settings (hence the same
+//! [`Runtime::compatibility`]) but no instance pool, for the compile child
+//! (`registry::compile`): its artifacts load in the runtime.
 
 use crate::capability::log;
 use crate::error::{Error, Result};
@@ -43,19 +46,35 @@ pub struct Runtime {
     engine: Engine,
     linker: Linker<SandboxState>,
     stop_ticker: Arc<AtomicBool>,
+    config: RuntimeConfig,
+}
+
+/// The settings compiled code depends on. Shared by [`Runtime::new`] and
+/// [`compiler_engine`] so that both produce and accept the same artifacts.
+fn compile_settings(config: &RuntimeConfig) -> Config {
+    let mut cfg = Config::new();
+    cfg.wasm_component_model(true)
+        .consume_fuel(true)
+        .epoch_interruption(true)
+        .max_wasm_stack(config.max_wasm_stack)
+        .async_stack_size(config.max_wasm_stack + (1 << 20))
+        // Measured: per-instance cost drops from ~40 µs to ~25 µs; tools
+        // do not use component-model async.
+        .concurrency_support(false);
+    cfg
+}
+
+/// An engine that only compiles: the runtime's compilation settings without
+/// its instance pool (which reserves far more address space than a
+/// memory-limited compile child may have), linker or epoch ticker.
+pub fn compiler_engine(config: &RuntimeConfig) -> Result<Engine> {
+    Engine::new(&compile_settings(config))
+        .map_err(|e| Error::internal(format!("creating the compiler engine: {e:#}")))
 }
 
 impl Runtime {
     pub fn new(config: &RuntimeConfig) -> Result<Runtime> {
-        let mut cfg = Config::new();
-        cfg.wasm_component_model(true)
-            .consume_fuel(true)
-            .epoch_interruption(true)
-            .max_wasm_stack(config.max_wasm_stack)
-            .async_stack_size(config.max_wasm_stack + (1 << 20))
-            // Measured: per-instance cost drops from ~40 µs to ~25 µs; tools
-            // do not use component-model async.
-            .concurrency_support(false);
+        let mut cfg = compile_settings(config);
         let n = config.max_instances.max(1);
         let mut pool = PoolingAllocationConfig::default();
         pool.total_component_instances(n)
@@ -108,11 +127,17 @@ impl Runtime {
             engine,
             linker,
             stop_ticker,
+            config: config.clone(),
         })
     }
 
     pub fn engine(&self) -> &Engine {
         &self.engine
+    }
+
+    /// The settings this runtime was made with.
+    pub fn config(&self) -> &RuntimeConfig {
+        &self.config
     }
 
     pub(crate) fn linker(&self) -> &Linker<SandboxState> {
@@ -124,7 +149,11 @@ impl Runtime {
         Tool::load(self, name, bytes, options)
     }
 
-    /// Load a tool from an artifact of [`Runtime::precompile`]: no compiling.
+    /// Load a tool from an artifact of [`Runtime::precompile`] (or of the
+    /// compile child) that this process made: no compiling.
+    ///
+    /// Artifacts are native code: never pass bytes that anyone but this host
+    /// could have written (such as bytes read from the database).
     pub fn load_precompiled(
         &self,
         name: &str,
@@ -135,20 +164,17 @@ impl Runtime {
         Tool::load_precompiled(self, name, bytes, artifact, options)
     }
 
-    /// Compile a component to an artifact this engine (and any engine with
-    /// the same [`Runtime::compatibility`]) can load without compiling.
+    /// Compile a component, in this process and without bounds, to an
+    /// artifact this engine (and any engine with the same
+    /// [`Runtime::compatibility`]) can load without compiling. Uploads are
+    /// compiled by `registry::compile` instead.
     pub fn precompile(&self, bytes: &[u8]) -> Result<Vec<u8>> {
-        self.engine
-            .precompile_component(bytes)
-            .map_err(|e| Error::invalid_component(format!("compiling the component: {e:#}")))
+        precompile(&self.engine, bytes)
     }
 
     /// A fingerprint of the engine settings artifacts depend on.
     pub fn compatibility(&self) -> String {
-        use std::hash::{Hash, Hasher};
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        self.engine.precompile_compatibility_hash().hash(&mut h);
-        format!("{:016x}", h.finish())
+        compatibility(&self.engine)
     }
 
     /// [`Runtime::load`] a component file; the tool is named after the file.
@@ -162,6 +188,23 @@ impl Runtime {
             .unwrap_or_else(|| "tool".into());
         self.load(&name, &bytes, options)
     }
+}
+
+/// Compile a component with `engine` to a loadable artifact.
+pub fn precompile(engine: &Engine, bytes: &[u8]) -> Result<Vec<u8>> {
+    engine
+        .precompile_component(bytes)
+        .map_err(|e| Error::invalid_component(format!("compiling the component: {e:#}")))
+}
+
+/// A fingerprint (16 hex digits) of the settings `engine`'s artifacts
+/// depend on: wasmtime's version, the target, compiler flags, tunables and
+/// features.
+pub fn compatibility(engine: &Engine) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    engine.precompile_compatibility_hash().hash(&mut h);
+    format!("{:016x}", h.finish())
 }
 
 impl Drop for Runtime {

@@ -11,7 +11,6 @@ use toolhost::budget::Ledger;
 use toolhost::clock::now_ms;
 use toolhost::gate::Governed;
 use toolhost::policy::Policy;
-use toolhost::registry::Registry;
 use toolhost::secrets::FileAndEnv;
 use toolhost::service::{InvocationService, Keys};
 use toolhost::{Error, ErrorKind, Host};
@@ -107,7 +106,7 @@ async fn decider(data: &DataDir, secrets: Option<&std::path::Path>) -> toolhost:
     ));
     let runtime = super::runtime()?;
     Ok(Decider {
-        registry: Registry::new(storage.clone(), runtime.clone()),
+        registry: super::registry(data, storage.clone(), runtime.clone(), Default::default())?,
         service: Arc::new(InvocationService::new(
             Arc::new(Host::new(runtime, governed.clone())),
             Some(Keys {

@@ -5,6 +5,7 @@
 mod approvals;
 mod audit;
 mod budget;
+mod compile;
 mod data;
 mod docs;
 mod inspect;
@@ -56,6 +57,9 @@ enum Command {
     /// List, approve and deny calls waiting for a human.
     #[command(subcommand)]
     Approvals(approvals::Command),
+    /// The compile child (internal).
+    #[command(name = "__compile", hide = true)]
+    Compile(compile::Args),
 }
 
 /// Options shared by commands that load a component.
@@ -93,6 +97,7 @@ pub async fn main() -> i32 {
         Command::Keys(cmd) => keys::main(cmd).await,
         Command::Policy(cmd) => policy::main(cmd).await,
         Command::Approvals(cmd) => approvals::main(cmd).await,
+        Command::Compile(args) => compile::main(args),
     }
 }
 
@@ -103,6 +108,29 @@ pub fn runtime() -> Result<std::sync::Arc<toolhost::Runtime>, toolhost::Error> {
         ..Default::default()
     };
     toolhost::Runtime::new(&config).map(std::sync::Arc::new)
+}
+
+/// The registry over a data dir: components compile in a bounded child
+/// process (`limits`); artifacts are kept in `<data dir>/artifacts`.
+pub fn registry(
+    data: &data::DataDir,
+    storage: std::sync::Arc<dyn toolhost::storage::Storage>,
+    runtime: std::sync::Arc<toolhost::Runtime>,
+    limits: toolhost::registry::CompileLimits,
+) -> toolhost::Result<toolhost::registry::Registry> {
+    toolhost::registry::Registry::with_options(storage, runtime, registry_options(data, limits)?)
+}
+
+/// How `host` commands compile and keep artifacts for a data dir.
+pub fn registry_options(
+    data: &data::DataDir,
+    limits: toolhost::registry::CompileLimits,
+) -> toolhost::Result<toolhost::registry::RegistryOptions> {
+    Ok(toolhost::registry::RegistryOptions {
+        compiler: toolhost::registry::Compiler::subprocess(limits)?,
+        artifact_dir: Some(data.path().join("artifacts")),
+        ..Default::default()
+    })
 }
 
 /// A command's exit code: its own on success; on error, the error reported

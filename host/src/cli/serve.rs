@@ -95,6 +95,22 @@ pub struct Args {
     /// Log format on stderr (level from RUST_LOG, default info).
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+    // --- Compiling and loading tools (registry::compile, server::tools) ---
+    // `--compile-timeout` and `--compile-memory`: for uploads and for
+    // registered tools this node has not compiled yet.
+    #[command(flatten)]
+    compile: super::compile::CompileArgs,
+    /// Compiles at once; more wait their turn.
+    #[arg(long, default_value_t = 2)]
+    compile_jobs: usize,
+    /// Size bound of this node's compiled-artifact cache
+    /// (`<data dir>/artifacts`); least recently used artifacts go first.
+    #[arg(long, default_value = "4GiB")]
+    artifact_cache: String,
+    /// Tool versions kept loaded in memory; least recently used go first.
+    #[arg(long, default_value_t = 256)]
+    max_loaded_tools: usize,
+    // --- end of compiling and loading tools ---
     #[command(flatten)]
     data: DataDir,
 }
@@ -146,6 +162,13 @@ fn config(args: &Args) -> Result<ServeConfig> {
         callback_allow: args.callback_allow.clone(),
         ..ServeConfig::default()
     };
+    // Compiling and loading tools.
+    let limits = args.compile.limits(args.compile_jobs)?;
+    c.registry = toolhost::registry::RegistryOptions {
+        artifact_cache_bytes: parse_bytes(&args.artifact_cache).map_err(bad("artifact-cache"))?,
+        ..super::registry_options(&args.data, limits)?
+    };
+    c.loaded_tools.max_tools = args.max_loaded_tools.max(1);
     if let Some(f) = args.fuel {
         c.limits.fuel = Some(f);
     }

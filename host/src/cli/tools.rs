@@ -29,6 +29,8 @@ pub struct RegisterArgs {
     #[arg(long)]
     json: bool,
     #[command(flatten)]
+    compile: super::compile::CompileArgs,
+    #[command(flatten)]
     data: DataDir,
 }
 
@@ -79,7 +81,12 @@ pub enum Command {
 }
 
 async fn registry(data: &DataDir) -> toolhost::Result<Registry> {
-    Ok(Registry::new(data.storage().await?, super::runtime()?))
+    super::registry(
+        data,
+        data.storage().await?,
+        super::runtime()?,
+        Default::default(),
+    )
 }
 
 pub async fn register(args: RegisterArgs) -> i32 {
@@ -91,7 +98,12 @@ pub async fn register(args: RegisterArgs) -> i32 {
             ))
         })?;
         let size = bytes.len();
-        let registry = registry(&args.data).await?;
+        let registry = super::registry(
+            &args.data,
+            args.data.storage().await?,
+            super::runtime()?,
+            args.compile.limits(1)?,
+        )?;
         let name = args.name.clone();
         let progress = move |elapsed: std::time::Duration| {
             eprint!(

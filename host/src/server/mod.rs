@@ -94,6 +94,11 @@ pub struct ServeConfig {
     pub header_timeout: Duration,
     /// Most connections open at once; past it the server stops accepting.
     pub max_connections: usize,
+    /// How components are compiled (uploads; tools this node has not
+    /// compiled yet) and where their artifacts are kept.
+    pub registry: crate::registry::RegistryOptions,
+    /// How many loaded tools are kept.
+    pub loaded_tools: tools::CacheBounds,
 }
 
 impl Default for ServeConfig {
@@ -119,6 +124,8 @@ impl Default for ServeConfig {
             callback_allow: Vec::new(),
             header_timeout: Duration::from_secs(30),
             max_connections: 4096,
+            registry: crate::registry::RegistryOptions::default(),
+            loaded_tools: tools::CacheBounds::default(),
         }
     }
 }
@@ -178,7 +185,8 @@ impl Server {
         let listener = tokio::net::TcpListener::bind(listen)
             .await
             .map_err(|e| Error::invalid_args(format!("cannot listen on {listen}: {e}")))?;
-        let registry = Registry::new(storage.clone(), runtime.clone());
+        let registry =
+            Registry::with_options(storage.clone(), runtime.clone(), config.registry.clone())?;
         governed.set_approval_ttl(config.approval_ttl);
         let gate: Arc<dyn Gate> = governed.clone();
         let host = Arc::new(Host::new(runtime, gate));
@@ -193,7 +201,12 @@ impl Server {
         let callbacks = crate::callback::Callbacks::new(&config.callback_allow)?;
         service.set_callbacks(callbacks.clone());
         let app = Arc::new(App {
-            tools: tools::ToolCache::new(registry.clone(), storage.clone(), config.state_ttl),
+            tools: tools::ToolCache::new(
+                registry.clone(),
+                storage.clone(),
+                config.state_ttl,
+                config.loaded_tools,
+            ),
             keys: auth::KeyCache::new(config.state_ttl),
             callbacks,
             registry,

@@ -21,21 +21,99 @@ use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-/// Loaded tools, by tenant and name, at the version their name pointed at
-/// when loaded. Each use checks the name's current version in storage, so a
-/// deploy, rollback or disable (by this server or by `host` commands on the
-/// same data dir) takes effect on the next call. Tools load lazily: a server
-/// with many tools starts at once.
+/// Loaded tools, by tenant, name and version. Each use checks the name's
+/// current version (remembered for `ttl`), so a deploy, rollback or disable
+/// (by this server at once, by `host` commands on the same data dir within
+/// `ttl`) takes effect on the next call. Tools load lazily: a server with
+/// many tools starts at once.
+///
+/// Loading never blocks the async workers or a lock other requests wait on:
+/// the first request for a version starts its load on a task of its own
+/// (which finishes, and is kept, even if that request goes away); requests
+/// for the same version meanwhile wait for that load, not for a lock;
+/// requests for other tools are not delayed. A failed load is not kept: the
+/// next request tries again. The loaded tools are bounded in number and in
+/// compiled-code bytes; past either, the least recently used are dropped
+/// (calls running on one keep it until they finish).
 pub struct ToolCache {
     registry: Registry,
     storage: Arc<dyn Storage>,
-    slots: Mutex<HashMap<(String, String), Slot>>,
+    loaded: Arc<Mutex<Loaded>>,
+    bounds: CacheBounds,
     /// Names' entries (current version, disabled), remembered for `ttl`.
     entries: Mutex<HashMap<(String, String), (ToolEntry, std::time::Instant)>>,
     ttl: std::time::Duration,
 }
 
-type Slot = Arc<tokio::sync::Mutex<Option<Arc<Tool>>>>;
+/// How many loaded tools a [`ToolCache`] keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheBounds {
+    /// Loaded tool versions kept.
+    pub max_tools: usize,
+    /// Their compiled code, in bytes, in total.
+    pub max_code_bytes: u64,
+}
+
+impl Default for CacheBounds {
+    fn default() -> Self {
+        CacheBounds {
+            max_tools: 256,
+            max_code_bytes: 2 << 30,
+        }
+    }
+}
+
+/// (tenant, name, version).
+type Key = (String, String, String);
+
+/// The result of a load, shared by everyone waiting for it.
+type Shared = Option<std::result::Result<Arc<Tool>, Error>>;
+
+enum Slot {
+    Ready { tool: Arc<Tool>, used: u64 },
+    Loading(tokio::sync::watch::Receiver<Shared>),
+}
+
+#[derive(Default)]
+struct Loaded {
+    slots: HashMap<Key, Slot>,
+    /// A use counter: the least recently used has the lowest `used`.
+    clock: u64,
+    code_bytes: u64,
+}
+
+impl Loaded {
+    /// Keep a loaded tool; drop the least recently used past the bounds.
+    fn keep(&mut self, key: Key, tool: Arc<Tool>, bounds: CacheBounds) {
+        self.clock += 1;
+        self.code_bytes += tool.code_bytes() as u64;
+        let used = self.clock;
+        if let Some(Slot::Ready { tool: old, .. }) =
+            self.slots.insert(key.clone(), Slot::Ready { tool, used })
+        {
+            self.code_bytes -= old.code_bytes() as u64;
+        }
+        loop {
+            let ready = self.slots.iter().filter_map(|(k, s)| match s {
+                Slot::Ready { used, tool } => Some((*used, k, tool.code_bytes() as u64)),
+                Slot::Loading(_) => None,
+            });
+            let count = ready.clone().count();
+            if count <= bounds.max_tools.max(1) && self.code_bytes <= bounds.max_code_bytes {
+                return;
+            }
+            let Some((_, victim, size)) = ready
+                .filter(|(_, k, _)| **k != key)
+                .min_by_key(|(u, _, _)| *u)
+            else {
+                return;
+            };
+            let victim = victim.clone();
+            self.slots.remove(&victim);
+            self.code_bytes -= size;
+        }
+    }
+}
 
 impl ToolCache {
     /// A cache that re-reads a name's entry after `ttl`: a deploy, rollback
@@ -45,11 +123,13 @@ impl ToolCache {
         registry: Registry,
         storage: Arc<dyn Storage>,
         ttl: std::time::Duration,
+        bounds: CacheBounds,
     ) -> ToolCache {
         ToolCache {
             registry,
             storage,
-            slots: Mutex::new(HashMap::new()),
+            loaded: Arc::new(Mutex::new(Loaded::default())),
+            bounds,
             entries: Mutex::new(HashMap::new()),
             ttl,
         }
@@ -95,22 +175,85 @@ impl ToolCache {
 
     /// The tool an entry points at (loaded once per version).
     pub async fn get_entry(&self, entry: ToolEntry) -> Result<Arc<Tool>> {
-        let slot = self
-            .slots
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry((entry.tenant.clone(), entry.name.clone()))
-            .or_default()
-            .clone();
-        // One load per tool at a time; hits hold the lock only to look.
-        let mut slot = slot.lock().await;
-        if let Some(tool) = slot.as_ref()
-            && tool.version() == Some(entry.current.as_str())
-        {
-            return Ok(tool.clone());
+        let key: Key = (
+            entry.tenant.clone(),
+            entry.name.clone(),
+            entry.current.clone(),
+        );
+        let mut waiting = {
+            let mut loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
+            loaded.clock += 1;
+            let now = loaded.clock;
+            match loaded.slots.get_mut(&key) {
+                Some(Slot::Ready { tool, used }) => {
+                    *used = now;
+                    return Ok(tool.clone());
+                }
+                Some(Slot::Loading(rx)) => rx.clone(),
+                None => {
+                    let (tx, rx) = tokio::sync::watch::channel(None);
+                    loaded.slots.insert(key.clone(), Slot::Loading(rx.clone()));
+                    let pending = Pending {
+                        loaded: self.loaded.clone(),
+                        key: Some(key),
+                        bounds: self.bounds,
+                    };
+                    tokio::spawn(load(self.registry.clone(), pending, entry, tx));
+                    rx
+                }
+            }
+        };
+        let done = waiting
+            .wait_for(Option::is_some)
+            .await
+            .map_err(|_| Error::internal("the tool's loading task ended without an answer"))?;
+        match done.as_ref() {
+            Some(result) => result.clone(),
+            None => Err(Error::internal(
+                "the tool's loading task ended without an answer",
+            )),
         }
-        let started = std::time::Instant::now();
-        let loaded = self.registry.load_entry(entry).await?;
+    }
+}
+
+/// A load in progress: its slot is removed if the load ends without a tool
+/// (an error, or a panic), so that the next request tries again.
+struct Pending {
+    loaded: Arc<Mutex<Loaded>>,
+    key: Option<Key>,
+    bounds: CacheBounds,
+}
+
+impl Pending {
+    /// Keep the loaded tool.
+    fn done(mut self, tool: Arc<Tool>) {
+        if let Some(key) = self.key.take() {
+            let mut loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
+            loaded.keep(key, tool, self.bounds);
+        }
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if let Some(key) = self.key.take() {
+            let mut loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
+            if matches!(loaded.slots.get(&key), Some(Slot::Loading(_))) {
+                loaded.slots.remove(&key);
+            }
+        }
+    }
+}
+
+/// Load one tool version on its own task; tell everyone waiting.
+async fn load(
+    registry: Registry,
+    pending: Pending,
+    entry: ToolEntry,
+    tx: tokio::sync::watch::Sender<Shared>,
+) {
+    let started = std::time::Instant::now();
+    let result = registry.load_entry(entry).await.map(|loaded| {
         tracing::info!(
             tenant = %loaded.entry.tenant,
             tool = %loaded.entry.name,
@@ -119,10 +262,13 @@ impl ToolCache {
             ms = started.elapsed().as_millis() as u64,
             "tool loaded"
         );
-        let tool = Arc::new(loaded.tool);
-        *slot = Some(tool.clone());
-        Ok(tool)
+        Arc::new(loaded.tool)
+    });
+    match &result {
+        Ok(tool) => pending.done(tool.clone()),
+        Err(_) => drop(pending),
     }
+    let _ = tx.send(Some(result));
 }
 
 /// A tool-list format.

@@ -15,7 +15,7 @@ pub use ty::Ty;
 use crate::error::{Error, Result};
 use crate::runtime::Runtime;
 use crate::sandbox::SandboxState;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use wasmtime::component::{Component, ComponentExportIndex, InstancePre};
 use wit_parser::decoding::DecodedWasm;
 
@@ -40,6 +40,8 @@ pub struct Tool {
     warnings: Vec<String>,
     /// The registered version this was loaded from, and its digest.
     origin: Option<(String, String)>,
+    /// The size of the compiled code image, in bytes.
+    code_bytes: usize,
 }
 
 /// Interfaces the host provides, without version. WASI at any 0.2.x,
@@ -137,11 +139,35 @@ impl Tool {
         options: &LoadOptions,
     ) -> Result<Tool> {
         let (catalog, warnings) = Self::reflect(bytes, options)?;
-        // SAFETY: `artifact` is only ever produced by `Runtime::precompile`
-        // and kept in the host's own store, which is as trusted as the host's
-        // binary; a mismatched engine is detected by wasmtime and refused.
+        // SAFETY: callers pass only artifacts this process just compiled (in
+        // process or in its compile child), never bytes read from storage; a
+        // mismatched engine is detected by wasmtime and refused.
         let component = unsafe { Component::deserialize(runtime.engine(), artifact) }
             .map_err(|e| Error::internal(format!("loading the precompiled artifact: {e:#}")))?;
+        Self::assemble(runtime, name, component, catalog, warnings)
+    }
+
+    /// Load from an artifact file in this node's artifact cache
+    /// (`registry::artifacts`): mapped, not copied; no compilation.
+    pub(crate) fn load_artifact_file(
+        runtime: &Runtime,
+        name: &str,
+        bytes: &[u8],
+        path: &Path,
+        options: &LoadOptions,
+    ) -> Result<Tool> {
+        let (catalog, warnings) = Self::reflect(bytes, options)?;
+        // SAFETY: the artifact cache holds only files this host wrote (from
+        // its own compiler's output, fsynced, renamed into place, never
+        // modified after) in a directory only the host's user can write; a
+        // mismatched engine is detected by wasmtime and refused.
+        let component =
+            unsafe { Component::deserialize_file(runtime.engine(), path) }.map_err(|e| {
+                Error::internal(format!(
+                    "loading the precompiled artifact {}: {e:#}",
+                    path.display()
+                ))
+            })?;
         Self::assemble(runtime, name, component, catalog, warnings)
     }
 
@@ -208,7 +234,9 @@ impl Tool {
                 })?;
             exports.push(index);
         }
+        let image = component.image_range();
         Ok(Tool {
+            code_bytes: (image.end as usize).saturating_sub(image.start as usize),
             name: name.to_string(),
             pre,
             catalog,
@@ -233,6 +261,12 @@ impl Tool {
     /// registry.
     pub fn digest(&self) -> Option<&str> {
         self.origin.as_ref().map(|(_, d)| d.as_str())
+    }
+
+    /// The size of the tool's compiled code, in bytes (what keeping it
+    /// loaded costs, beyond its catalog).
+    pub fn code_bytes(&self) -> usize {
+        self.code_bytes
     }
 
     /// The tool's name.
