@@ -101,3 +101,39 @@ async fn two_spellings_of_one_record_field_are_invalid_at_any_depth() {
     let out = run(deep).await;
     assert_eq!(out.error_kind(), Some(toolhost::ErrorKind::InvalidArgs));
 }
+
+/// One key twice in one object: serde keeps the last, a proxy in front may
+/// keep the first. Refused, so no two readers can disagree.
+#[tokio::test]
+async fn a_key_repeated_in_the_arguments_is_refused() {
+    let dir = data_dir("attack-dupkey", &[("refund", "refund")]);
+    let server = Server::start(&dir, &[]);
+    let invoker = key(&dir, "acme", &["invoke"]);
+    let c = Client::new(&server, Some(&invoker));
+    let body = br#"{"args": {"order_id": "A-1", "amount_usd": 1, "amount_usd": 499}}"#.to_vec();
+    let (status, p) = c
+        .post_raw(
+            "/v1/tools/refund/issue-refund/invoke",
+            body,
+            "application/json",
+        )
+        .await;
+    assert_eq!(status, 400, "{p}");
+    assert_eq!(p["kind"], "invalid_request");
+    assert!(
+        p["detail"].as_str().unwrap().contains("appears twice"),
+        "{p}"
+    );
+    // Nested too.
+    let body =
+        br#"{"args": {"c": {"name": "a", "name": "b", "tier": "pro", "tags": []}}}"#.to_vec();
+    let (status, _) = c
+        .post_raw(
+            "/v1/tools/refund/lookup-order/invoke",
+            body,
+            "application/json",
+        )
+        .await;
+    assert_eq!(status, 400);
+    server.stop();
+}

@@ -29,7 +29,8 @@ use std::sync::Arc;
 #[serde(deny_unknown_fields)]
 pub struct InvokeRequest {
     /// The arguments, keyed by parameter name (see the function's schema).
-    #[serde(default)]
+    /// An object naming one key twice is refused.
+    #[serde(default, deserialize_with = "crate::value::strict_json_opt")]
     #[schema(value_type = Object)]
     pub args: Option<serde_json::Value>,
     /// The orchestrator's task: per-task budgets apply to it.
