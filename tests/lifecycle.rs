@@ -143,6 +143,7 @@ async fn a_lost_invocation_is_reaped_after_its_lease_not_before() {
         .invocation_admit(Admit {
             run: run_row("inv_dead", "hst_dead", T0 + 15_000, Some("retry-me")),
             worst: vec![charge(1, Some(5))],
+            existing: true,
         })
         .await
         .unwrap()
@@ -215,6 +216,7 @@ async fn a_renewed_lease_is_not_reaped() {
                 None,
             ),
             worst: vec![],
+            existing: false,
         })
         .await
         .unwrap()
@@ -337,6 +339,7 @@ async fn an_abandoned_invocation_is_reaped_at_once() {
         .invocation_admit(Admit {
             run: run_row(id, &svc.instance().id, svc.instance().lease_until(), None),
             worst: vec![],
+            existing: false,
         })
         .await
         .unwrap()

@@ -98,6 +98,7 @@ async fn admissions_are_each_all_or_nothing_under_concurrency() {
                 s.invocation_admit(Admit {
                     run: run(&format!("inv_{i}"), "hst_a", 1000),
                     worst: vec![line("tool_calls", 1, Some(100)), line("fuel", 2, Some(5))],
+                    existing: false,
                 })
                 .await
                 .unwrap()
@@ -145,6 +146,7 @@ async fn an_end_settles_by_the_rows_own_charges() {
             s.invocation_admit(Admit {
                 run: run(id, "hst_a", 1000),
                 worst: worst.clone(),
+                existing: false,
             })
             .await
             .unwrap()
@@ -196,6 +198,7 @@ async fn a_stale_end_is_refused_whole_and_alone() {
         s.invocation_admit(Admit {
             run: run("inv_a", "hst_a", 1000),
             worst: vec![line("fuel", 10, Some(100))],
+            existing: false,
         })
         .await
         .unwrap()
@@ -333,6 +336,7 @@ async fn idempotency_keys_follow_their_invocation() {
                 ..run("inv_3", "hst_a", 1000)
             },
             worst: vec![],
+            existing: true,
         })
         .await
         .unwrap()
@@ -355,6 +359,7 @@ async fn idempotency_keys_follow_their_invocation() {
             idempotency: vec![IdempotencyDone {
                 tenant: "acme".into(),
                 key: "k1".into(),
+                invocation_id: "inv_3".into(),
                 response: "{\"answer\":1}".into(),
             }],
             ..Work::default()

@@ -212,7 +212,7 @@ pub async fn main(args: Args) -> i32 {
         instance,
     ));
     // Leases renewed while this runs (a tool may run longer than a lease).
-    let lifecycle = service.start_lifecycle();
+    let lifecycle = service.start_renewer();
     let request = Request {
         tool: Arc::new(tool),
         function: Some(args.function.clone()),

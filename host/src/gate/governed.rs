@@ -342,6 +342,7 @@ impl Gate for Governed {
                         lease_until: self.instance.lease_until(),
                     },
                     worst,
+                    existing: r.context.idempotency_key.is_some() || r.context.approval.is_some(),
                 })
                 .await?;
 
@@ -661,6 +662,7 @@ impl Gate for Governed {
                 batch.idempotency.push(IdempotencyDone {
                     tenant: chain.clone(),
                     key: key.clone(),
+                    invocation_id: response.invocation_id.clone(),
                     response: serde_json::to_string(response).unwrap_or_default(),
                 });
             }

@@ -30,41 +30,70 @@ use std::time::Duration;
 const REAP_BATCH: i64 = 100;
 
 impl InvocationService {
-    /// Start the renewer and the reaper (and the outbox deliverer) on the
-    /// current runtime; they stop when the returned handles are aborted.
+    /// Start the renewer, the reaper and the outbox deliverer on the
+    /// current runtime (a server); they stop when the returned handles are
+    /// aborted.
     pub fn start_lifecycle(self: &Arc<Self>) -> Vec<tokio::task::JoinHandle<()>> {
-        let Some(_) = self.keys() else {
+        let mut tasks = self.start_renewer();
+        if self.keys().is_none() {
+            return tasks;
+        }
+        let every = self.every();
+        let reap = self.clone();
+        tasks.push(tokio::spawn(async move {
+            loop {
+                // Each round on a task of its own: a panic (a row that does
+                // not decode) ends the round, not the reaper.
+                let round = reap.clone();
+                match tokio::spawn(async move { round.reap().await }).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => tracing::warn!("reaper: {}", e.message),
+                    Err(e) => tracing::error!("reaper round failed: {e}"),
+                }
+                let wake = reap.instance.live().wake.notified();
+                let _ = tokio::time::timeout(every, wake).await;
+            }
+        }));
+        let deliver = self.clone();
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let round = deliver.clone();
+                match tokio::spawn(async move { round.deliver_outbox().await }).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => tracing::warn!("outbox: {}", e.message),
+                    Err(e) => tracing::error!("outbox round failed: {e}"),
+                }
+                tokio::time::sleep(super::outbox::POLL).await;
+            }
+        }));
+        tasks
+    }
+
+    /// Start only the lease renewer (a short-lived process such as `host
+    /// run`: it keeps its own invocations' leases and leaves reaping and
+    /// callbacks to the servers).
+    pub fn start_renewer(self: &Arc<Self>) -> Vec<tokio::task::JoinHandle<()>> {
+        if self.keys().is_none() {
             return Vec::new();
-        };
-        let every = (self.instance.lease / 3).max(Duration::from_millis(50));
-        let (renew, reap, deliver) = (self.clone(), self.clone(), self.clone());
-        vec![
-            tokio::spawn(async move {
-                loop {
-                    tokio::time::sleep(every).await;
-                    if let Err(e) = renew.renew().await {
-                        tracing::warn!("renewing leases: {}", e.message);
-                    }
+        }
+        let every = self.every();
+        let renew = self.clone();
+        vec![tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let round = renew.clone();
+                match tokio::spawn(async move { round.renew().await }).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => tracing::warn!("renewing leases: {}", e.message),
+                    Err(e) => tracing::error!("renewal round failed: {e}"),
                 }
-            }),
-            tokio::spawn(async move {
-                loop {
-                    if let Err(e) = reap.reap().await {
-                        tracing::warn!("reaper: {}", e.message);
-                    }
-                    let wake = reap.instance.live().wake.notified();
-                    let _ = tokio::time::timeout(every, wake).await;
-                }
-            }),
-            tokio::spawn(async move {
-                loop {
-                    if let Err(e) = deliver.deliver_outbox().await {
-                        tracing::warn!("outbox: {}", e.message);
-                    }
-                    tokio::time::sleep(super::outbox::POLL).await;
-                }
-            }),
-        ]
+            }
+        })]
+    }
+
+    /// How often the renewer and the reaper run: a third of a lease.
+    fn every(&self) -> Duration {
+        (self.instance.lease / 3).max(Duration::from_millis(50))
     }
 
     /// Extend the leases of the invocations this host runs.
@@ -101,11 +130,23 @@ impl InvocationService {
             }
         }
         let now = self.instance.now_ms();
+        let live: std::collections::HashSet<String> =
+            self.instance.live().ids().into_iter().collect();
+        let mut mine = Vec::new();
         for lost in storage.invocation_expired(now, REAP_BATCH).await? {
-            done += usize::from(
-                self.finish_lost(&lost, Expect::Expired { now_ms: now })
-                    .await?,
-            );
+            // This host is running it (its renewal came late: a stall, a
+            // clock step): renew it, never reap it.
+            if lost.run.owner == self.instance.id && live.contains(&lost.run.id) {
+                mine.push(lost.run.id.clone());
+                continue;
+            }
+            let expect = Expect::Expired { now_ms: now };
+            done += usize::from(self.finish_lost(&lost, expect).await?);
+        }
+        if !mine.is_empty() {
+            storage
+                .invocation_renew(&self.instance.id, mine, self.instance.lease_until())
+                .await?;
         }
         for a in storage.approvals_due(now, REAP_BATCH).await? {
             done += usize::from(self.expire(&a, now).await?);
@@ -172,6 +213,7 @@ impl InvocationService {
             work.idempotency.push(IdempotencyDone {
                 tenant: run.tenant.clone(),
                 key: key.clone(),
+                invocation_id: run.id.clone(),
                 response: body,
             });
         }

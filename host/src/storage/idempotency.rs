@@ -16,6 +16,9 @@ use serde::Serialize;
 pub struct IdempotencyDone {
     pub tenant: String,
     pub key: String,
+    /// The invocation that answers it: the key is answered only while it
+    /// still points at this invocation.
+    pub invocation_id: String,
     /// The answer ([`crate::record::InvocationResponse`] JSON); each
     /// transport derives its own status from it.
     pub response: String,

@@ -82,6 +82,11 @@ pub struct NewRun {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Admit {
     pub run: NewRun,
+    /// The row was written before admission (by its Idempotency-Key, or by
+    /// the approval that let it run): it must still be there, this owner's
+    /// and unadmitted — if the reaper forgot or ended it meanwhile, the
+    /// admission is refused ([`Refused::Taken`]), never taken as new.
+    pub existing: bool,
     /// The invocation's worst case, per ledger line: the lines with a limit
     /// are reserved now (all or none); all are charged if it is lost.
     pub worst: Vec<Charge>,

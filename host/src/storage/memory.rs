@@ -100,7 +100,9 @@ fn lost_of(inner: &Inner, r: &Row) -> Option<Lost> {
 }
 
 fn finish(inner: &mut Inner, d: IdempotencyDone) {
-    if let Some(e) = inner.idempotency.get_mut(&(d.tenant, d.key)) {
+    if let Some(e) = inner.idempotency.get_mut(&(d.tenant, d.key))
+        && e.invocation_id == d.invocation_id
+    {
         e.done = Some(d.response);
     }
 }
@@ -741,6 +743,7 @@ impl InvocationStore for MemoryStorage {
         let mut inner = self.lock();
         let answer = (|| {
             match inner.row(&admit.run.id) {
+                None if admit.existing => return Err(Refused::Taken),
                 None => {}
                 Some(r)
                     if r.record.status == "running"

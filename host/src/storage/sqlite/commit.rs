@@ -349,9 +349,10 @@ fn insert_approval(tx: &Connection, a: &ApprovalRecord) -> rusqlite::Result<()> 
 /// Keep an idempotent request's final answer.
 pub(super) fn finish_idempotency(conn: &Connection, d: &IdempotencyDone) -> rusqlite::Result<()> {
     conn.prepare_cached(
-        "UPDATE idempotency SET state = 'done', response = ? WHERE tenant = ? AND key = ?",
+        "UPDATE idempotency SET state = 'done', response = ?
+         WHERE tenant = ? AND key = ? AND invocation_id = ?",
     )?
-    .execute(params![d.response, d.tenant, d.key])?;
+    .execute(params![d.response, d.tenant, d.key, d.invocation_id])?;
     Ok(())
 }
 
@@ -413,7 +414,7 @@ pub(super) fn admit_in(
             .query_row([&a.run.id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
             .optional()?;
         let mine = match &existing {
-            None => true,
+            None => !a.existing,
             Some((status, owner, admitted)) => {
                 status == "running" && *admitted == 0 && owner.as_deref() == Some(&a.run.owner)
             }
