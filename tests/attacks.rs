@@ -21,3 +21,6 @@ mod callbacks;
 
 #[path = "attacks/compile.rs"]
 mod compile;
+
+#[path = "attacks/review.rs"]
+mod review;

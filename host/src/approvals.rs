@@ -136,6 +136,23 @@ pub async fn decide(
         }
         Verdict::Deny => None,
     };
+    // What runs is what the approver saw the hash of: checked before the
+    // decision is spent.
+    let approved_args: Option<Value> = match verdict {
+        // (A request already decided has no arguments left: the decision
+        // below is refused as `conflict`.)
+        Verdict::Approve if request.status == "pending" => {
+            let args: Value = serde_json::from_str(&request.args)
+                .map_err(|e| Error::corrupt(format!("stored arguments: {e}")))?;
+            if crate::audit::canonical::fingerprint(&args) != request.args_sha256 {
+                return Err(Error::corrupt(
+                    "the stored arguments no longer match the hash the approver was shown; not run",
+                ));
+            }
+            Some(args)
+        }
+        _ => None,
+    };
     let status = match verdict {
         Verdict::Approve => "approved",
         Verdict::Deny => "denied",
@@ -248,8 +265,7 @@ pub async fn decide(
         Some(tool) => {
             // The stored arguments are erased by the decision; these were
             // read before it.
-            let args: Value = serde_json::from_str(&request.args)
-                .map_err(|e| Error::corrupt(format!("stored arguments: {e}")))?;
+            let args = approved_args.clone().unwrap_or_default();
             let call = Call {
                 function: decided.function.clone(),
                 args,

@@ -148,10 +148,18 @@ impl Outcome {
         if let Some(e) = &mut self.error {
             scrubber.string(&mut e.message);
         }
-        scrubber.string(&mut self.stdout);
-        scrubber.string(&mut self.stderr);
+        // A capture cut at its cap may end with part of a value.
+        let text = |s: &mut String, cut: bool| {
+            if cut {
+                scrubber.string_cut(s)
+            } else {
+                scrubber.string(s)
+            }
+        };
+        text(&mut self.stdout, self.stdout_truncated);
+        text(&mut self.stderr, self.stderr_truncated);
         for line in &mut self.logs {
-            scrubber.string(&mut line.message);
+            text(&mut line.message, line.truncated);
         }
         for event in &mut self.outbound {
             if let crate::gate::OutboundCall::Http { path, host, .. } = &mut event.call {
@@ -283,23 +291,31 @@ impl Host {
         )
         .await;
 
-        let result = out
-            .result
-            .and_then(|vals| match (&function.result, vals.first()) {
-                (Some(ty), Some(val)) => {
-                    let mut budget = limits.max_output_bytes;
-                    value::val_to_json(ty, val, &mut budget).map_err(|value::OverBudget| {
-                        Error::new(
-                            ErrorKind::OutputTooLarge,
-                            format!(
-                                "the result is larger than the {}-byte output cap",
-                                limits.max_output_bytes
-                            ),
-                        )
-                    })
-                }
-                _ => Ok(serde_json::Value::Null),
-            });
+        // Bytes and strings the guest returns are scrubbed as values, before
+        // they become JSON (a `list<u8>` turns into base64 there, where the
+        // injected values could no longer be found).
+        let scrubber = Scrubber::new(&admitted.admission.injected);
+        let result = out.result.map(|mut vals| {
+            for v in &mut vals {
+                value::scrub_val(v, &scrubber);
+            }
+            vals
+        });
+        let result = result.and_then(|vals| match (&function.result, vals.first()) {
+            (Some(ty), Some(val)) => {
+                let mut budget = limits.max_output_bytes;
+                value::val_to_json(ty, val, &mut budget).map_err(|value::OverBudget| {
+                    Error::new(
+                        ErrorKind::OutputTooLarge,
+                        format!(
+                            "the result is larger than the {}-byte output cap",
+                            limits.max_output_bytes
+                        ),
+                    )
+                })
+            }
+            _ => Ok(serde_json::Value::Null),
+        });
         let usage = Usage {
             fuel: out.fuel_used,
             wall_ms: out.wall.as_millis() as u64,
@@ -347,7 +363,7 @@ impl Host {
         // Nothing the invocation produced leaves the host (to the caller,
         // the records, the audit trail, the cache or an idempotent answer)
         // with a secret the host injected into it.
-        outcome.scrub(&Scrubber::new(&admitted.admission.injected));
+        outcome.scrub(&scrubber);
         let response = outcome.response();
         let report = InvocationReport {
             context: &call.context,

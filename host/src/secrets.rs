@@ -172,6 +172,38 @@ impl Scrubber {
         hit
     }
 
+    /// Scrub a byte string in place (a `list<u8>` result, a header value
+    /// that is not text); returns whether anything was replaced.
+    pub fn bytes(&self, b: &mut Vec<u8>) -> bool {
+        if self.is_empty() {
+            return false;
+        }
+        let scrubbed = self.stream().replace(std::mem::take(b));
+        let hit = scrubbed
+            .windows(SCRUBBED.len())
+            .any(|w| w == SCRUBBED.as_bytes());
+        *b = scrubbed;
+        hit
+    }
+
+    /// Scrub a string that was cut short (a capture at its cap): beyond
+    /// [`Scrubber::string`], a tail that is the start of a value (at least
+    /// [`MIN_SCRUB_LEN`] bytes of it) is replaced too.
+    pub fn string_cut(&self, s: &mut String) -> bool {
+        let mut hit = self.string(s);
+        for n in &self.needles {
+            let longest = (MIN_SCRUB_LEN..n.len())
+                .rev()
+                .find(|&k| n.is_char_boundary(k) && s.ends_with(&n[..k]));
+            if let Some(k) = longest {
+                s.truncate(s.len() - k);
+                s.push_str(SCRUBBED);
+                hit = true;
+            }
+        }
+        hit
+    }
+
     /// Scrub every string (and object key) of a JSON value in place.
     pub fn json(&self, v: &mut serde_json::Value) {
         use serde_json::Value;

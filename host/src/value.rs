@@ -339,12 +339,22 @@ fn to_val<'a>(ty: &'a Ty, v: &'a Value, path: &mut Path<'a>) -> Result<Val, Stri
             }
             (_, Value::Array(items)) => {
                 let mut pairs = Vec::with_capacity(items.len());
+                // One key twice: the guest would get both pairs, every JSON
+                // reader one of them.
+                let mut seen = std::collections::HashSet::new();
                 for (i, item) in items.iter().enumerate() {
                     let pair = path.with(Seg::Index(i), |p| match item {
-                        Value::Array(kv) if kv.len() == 2 => Ok((
-                            p.with(Seg::Index(0), |p| to_val(k, &kv[0], p))?,
-                            p.with(Seg::Index(1), |p| to_val(val, &kv[1], p))?,
-                        )),
+                        Value::Array(kv) if kv.len() == 2 => {
+                            let key = p.with(Seg::Index(0), |p| to_val(k, &kv[0], p))?;
+                            let mut unbounded = usize::MAX;
+                            let canonical = val_to_json(k, &key, &mut unbounded)
+                                .map(|j| crate::audit::canonical::canonical_json(&j))
+                                .unwrap_or_default();
+                            if !seen.insert(canonical) {
+                                return Err(p.err(format!("the key {} appears twice", kv[0])));
+                            }
+                            Ok((key, p.with(Seg::Index(1), |p| to_val(val, &kv[1], p))?))
+                        }
                         _ => Err(p.err("expected a [key, value] pair")),
                     })?;
                     pairs.push(pair);
@@ -639,6 +649,43 @@ impl<'de> serde::Deserialize<'de> for Strict {
             }
         }
         d.deserialize_any(V)
+    }
+}
+
+/// Scrub the strings and byte lists of a component value in place.
+pub fn scrub_val(v: &mut Val, s: &crate::secrets::Scrubber) {
+    if s.is_empty() {
+        return;
+    }
+    match v {
+        Val::String(text) => {
+            s.string(text);
+        }
+        Val::List(items) | Val::FixedLengthList(items)
+            if !items.is_empty() && items.iter().all(|i| matches!(i, Val::U8(_))) =>
+        {
+            let mut bytes: Vec<u8> = items
+                .iter()
+                .map(|i| match i {
+                    Val::U8(b) => *b,
+                    _ => 0,
+                })
+                .collect();
+            if s.bytes(&mut bytes) {
+                *items = bytes.into_iter().map(Val::U8).collect();
+            }
+        }
+        Val::List(items) | Val::FixedLengthList(items) | Val::Tuple(items) => {
+            items.iter_mut().for_each(|i| scrub_val(i, s));
+        }
+        Val::Record(fields) => fields.iter_mut().for_each(|(_, f)| scrub_val(f, s)),
+        Val::Map(pairs) => pairs.iter_mut().for_each(|(k, v)| {
+            scrub_val(k, s);
+            scrub_val(v, s);
+        }),
+        Val::Variant(_, Some(p)) | Val::Option(Some(p)) => scrub_val(p, s),
+        Val::Result(Ok(Some(p)) | Err(Some(p))) => scrub_val(p, s),
+        _ => {}
     }
 }
 

@@ -151,109 +151,200 @@ pub struct AuditLog {
 /// Most entries committed in one transaction.
 const MAX_BATCH: usize = 2048;
 
-/// The `meta` key recording that every signature in the store is a
-/// statement (set once legacy signatures were re-signed).
+/// The `meta` key recording that the store's signatures are statements
+/// (set on a fresh store, or by an operator's upgrade of a legacy one).
 const FORMAT_KEY: &str = "audit.format";
 
+/// Its value.
+const FORMAT: &str = "statements/v2";
+
+fn key_mismatch(data_dir: &Path, pinned: &str) -> Error {
+    Error::internal(format!(
+        "{} does not match the key this store's audit trail was signed with ({pinned})",
+        data_dir.join(KEY_FILE).display()
+    ))
+}
+
+/// What [`AuditLog::upgrade_legacy`] did.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Upgraded {
+    /// Chains whose legacy signatures verified and were re-signed.
+    pub chains: Vec<String>,
+    /// Chains left as they are, and why (`host audit verify` reports them).
+    pub refused: Vec<(String, String)>,
+    pub checkpoints: usize,
+}
+
 impl AuditLog {
-    /// Open the trail: load (or create) the key, pin its public key in the
-    /// store, and make sure the store's signatures are statements (re-signing
-    /// a legacy store's once, see [`AuditLog::upgrade`]). Must run inside a
+    /// Open the trail: load (or create) the key and pin its public key in the
+    /// store. A fresh store (no chain, no registry) gets its signed, empty
+    /// registry. Nothing else is ever signed on opening: a store whose chains
+    /// carry only legacy (v1) signatures is refused until an operator runs
+    /// `host audit upgrade` ([`AuditLog::upgrade_legacy`]) — re-signing on
+    /// its own would bless whatever an intruder left. Must run inside a
     /// tokio runtime.
     pub async fn open(storage: Arc<dyn Storage>, data_dir: &Path) -> Result<Arc<AuditLog>> {
+        let log = Self::open_unchecked(storage, data_dir).await?;
+        if log.storage.meta_get(FORMAT_KEY).await?.is_some() {
+            return Ok(log);
+        }
+        let chains = log.storage.audit_chains().await?;
+        if chains.is_empty() && log.storage.audit_registry().await?.is_none() {
+            let registry = log.notary.sign(&Statement::Registry {
+                chains: Vec::new(),
+                generation: 0,
+                time_ms: crate::clock::now_ms(),
+            });
+            log.storage.audit_registry_put(registry).await?;
+            log.storage.meta_init(FORMAT_KEY, FORMAT).await?;
+            return Ok(log);
+        }
+        Err(Error::corrupt(
+            "the audit store has chains but no statement format mark: either it was written by a Toolhost before signed statements (run `host audit upgrade`, which re-signs what its legacy signatures still vouch for), or it was altered (then do not upgrade: run `host audit verify`)",
+        ))
+    }
+
+    /// Open the trail to read it (verify, export): the key is loaded and
+    /// checked against the pinned one; nothing is written.
+    pub async fn open_for_reading(
+        storage: Arc<dyn Storage>,
+        data_dir: &Path,
+    ) -> Result<Arc<AuditLog>> {
+        let key = load_or_create_key(data_dir)?;
+        let public = hex::encode(key.verifying_key().to_bytes());
+        if let Some(pinned) = storage.meta_get("audit.public_key").await?
+            && pinned != public
+        {
+            return Err(key_mismatch(data_dir, &pinned));
+        }
+        Ok(Arc::new(AuditLog {
+            storage,
+            notary: Arc::new(Notary::new(key)),
+            queue: Mutex::new(Vec::new()),
+        }))
+    }
+
+    async fn open_unchecked(storage: Arc<dyn Storage>, data_dir: &Path) -> Result<Arc<AuditLog>> {
         let key = load_or_create_key(data_dir)?;
         let public = hex::encode(key.verifying_key().to_bytes());
         let pinned = storage.meta_init("audit.public_key", &public).await?;
         if pinned != public {
-            return Err(Error::internal(format!(
-                "{} does not match the key this data dir's audit trail was signed with ({pinned})",
-                data_dir.join(KEY_FILE).display()
-            )));
+            return Err(key_mismatch(data_dir, &pinned));
         }
-        let log = Arc::new(AuditLog {
+        Ok(Arc::new(AuditLog {
             storage,
             notary: Arc::new(Notary::new(key)),
             queue: Mutex::new(Vec::new()),
-        });
-        log.upgrade().await?;
-        Ok(log)
+        }))
     }
 
-    /// Once per store: re-sign signatures written before statements existed
-    /// (their v1 signature covered no kind), and sign the registry of the
-    /// chains there are. This trusts the store as it is at that moment; it
-    /// runs only when the store holds no statement at all (a store that has
-    /// statements but lost its format mark was tampered with, and is left
-    /// for `host audit verify` to report).
-    async fn upgrade(&self) -> Result<()> {
-        if self.storage.meta_get(FORMAT_KEY).await?.is_some() {
-            return Ok(());
+    /// `host audit upgrade`: re-sign, as statements, what a store written
+    /// before statements existed still vouches for with its legacy (v1)
+    /// signatures — an operator's decision, never automatic. A chain is
+    /// upgraded only if its head row's v1 signature verifies and the entry
+    /// it names is still there with that hash; then its v1-signed periodic
+    /// checkpoints and pruning anchors are re-signed, and its current end
+    /// (which may extend past the v1 head by a few unsigned records: the
+    /// one thing this trusts) gets a signed head. The registry lists the
+    /// chains upgraded. Refuses a store that already has statements.
+    pub async fn upgrade_legacy(storage: Arc<dyn Storage>, data_dir: &Path) -> Result<Upgraded> {
+        let log = Self::open_unchecked(storage, data_dir).await?;
+        if log.storage.meta_get(FORMAT_KEY).await?.is_some()
+            || log.storage.audit_registry().await?.is_some()
+        {
+            return Err(Error::new(
+                crate::ErrorKind::Conflict,
+                "the audit store already has signed statements: nothing to upgrade",
+            ));
         }
-        let chains = self.storage.audit_chains().await?;
-        let mut resign = Vec::new();
-        let mut has_statements = self.storage.audit_registry().await?.is_some();
+        let key = *log.notary.public_key();
         let now = crate::clock::now_ms();
-        for chain in &chains {
-            for c in self.storage.checkpoints(chain).await? {
-                if !c.statement.is_empty() {
-                    has_statements = true;
+        let mut report = Upgraded::default();
+        let mut resign = Vec::new();
+        for chain in log.storage.audit_chains().await? {
+            let rows = log.storage.checkpoints(&chain).await?;
+            if rows.iter().any(|c| !c.statement.is_empty()) {
+                report
+                    .refused
+                    .push((chain, "it already has signed statements".into()));
+                continue;
+            }
+            let head = rows.iter().find(|c| c.kind == "head");
+            let tip = rows.iter().find(|c| c.kind == "tip");
+            let (Some(head), Some(tip)) = (head, tip) else {
+                report
+                    .refused
+                    .push((chain, "it has no legacy-signed head".into()));
+                continue;
+            };
+            if !legacy_signature_ok(&key, head) {
+                report
+                    .refused
+                    .push((chain, "its legacy head signature does not verify".into()));
+                continue;
+            }
+            let at_head = log
+                .storage
+                .audit_range(&chain, head.seq - 1, head.seq)
+                .await?;
+            if tip.seq < head.seq || at_head.first().is_none_or(|e| e.hash != head.hash) {
+                report.refused.push((
+                    chain,
+                    "its entries do not reach its legacy-signed head".into(),
+                ));
+                continue;
+            }
+            let mut mine = vec![link::checkpoint(
+                &Statement::Head {
+                    chain: chain.clone(),
+                    seq: tip.seq,
+                    hash: tip.hash.clone(),
+                    time_ms: now,
+                },
+                &log.notary,
+            )];
+            for c in &rows {
+                if !legacy_signature_ok(&key, c) {
                     continue;
                 }
                 let statement = match c.kind.as_str() {
-                    // The head as it stands now (a legacy store may have an
-                    // unsigned tail past its last head signature).
-                    "tip" => Statement::Head {
+                    "periodic" => Statement::Periodic {
                         chain: c.chain.clone(),
                         seq: c.seq,
                         hash: c.hash.clone(),
-                        time_ms: now,
+                        time_ms: c.time_ms,
                     },
-                    "periodic" if legacy_signature_ok(self.notary.public_key(), &c) => {
-                        Statement::Periodic {
-                            chain: c.chain.clone(),
-                            seq: c.seq,
-                            hash: c.hash.clone(),
-                            time_ms: c.time_ms,
-                        }
-                    }
-                    "prune" if legacy_signature_ok(self.notary.public_key(), &c) => {
-                        Statement::Prune {
-                            chain: c.chain.clone(),
-                            first_seq: 1,
-                            seq: c.seq,
-                            hash: c.hash.clone(),
-                            time_ms: c.time_ms,
-                            pruned_at_ms: now,
-                            retain_days: None,
-                            upgraded: true,
-                        }
-                    }
+                    "prune" => Statement::Prune {
+                        chain: c.chain.clone(),
+                        first_seq: 1,
+                        seq: c.seq,
+                        hash: c.hash.clone(),
+                        time_ms: c.time_ms,
+                        pruned_at_ms: now,
+                        retain_days: None,
+                        upgraded: true,
+                    },
                     _ => continue,
                 };
-                resign.push(link::checkpoint(&statement, &self.notary));
+                let mut row = link::checkpoint(&statement, &log.notary);
+                row.kind = c.kind.clone();
+                mine.push(row);
             }
-        }
-        if has_statements {
-            tracing::warn!(
-                "the audit store has signed statements but no format mark: not upgrading; run `host audit verify`"
-            );
-            return Ok(());
+            report.checkpoints += mine.len();
+            resign.extend(mine);
+            report.chains.push(chain);
         }
         if !resign.is_empty() {
-            tracing::info!(
-                checkpoints = resign.len(),
-                "re-signing legacy audit checkpoints as statements"
-            );
-            self.storage.audit_resign(resign).await?;
+            log.storage.audit_resign(resign).await?;
         }
-        let registry = self.notary.sign(&Statement::Registry {
-            chains,
+        let registry = log.notary.sign(&Statement::Registry {
+            chains: report.chains.clone(),
             generation: 0,
-            time_ms: crate::clock::now_ms(),
+            time_ms: now,
         });
-        self.storage.audit_registry_put(registry).await?;
-        self.storage.meta_init(FORMAT_KEY, "statements/v2").await?;
-        Ok(())
+        log.storage.audit_registry_put(registry).await?;
+        log.storage.meta_init(FORMAT_KEY, FORMAT).await?;
+        Ok(report)
     }
 
     /// Commit everything queued, in transactions of at most [`MAX_BATCH`]
@@ -345,14 +436,27 @@ impl AuditLog {
             .map_err(|_| Error::internal("the audit commit was abandoned"))?
     }
 
-    /// Sign an export's last entry.
-    pub fn sign_export(&self, last: &StoredEntry) -> Checkpoint {
+    /// Sign an export: its first and last entries (none: an empty range of
+    /// `chain`), how many it holds, and the range asked for.
+    pub fn sign_export(
+        &self,
+        chain: &str,
+        first: Option<&StoredEntry>,
+        last: Option<&StoredEntry>,
+        entries: u64,
+        range: (Option<i64>, Option<i64>),
+    ) -> Checkpoint {
         link::checkpoint(
             &Statement::Export {
-                chain: last.chain.clone(),
-                seq: last.seq,
-                hash: last.hash.clone(),
-                time_ms: last.time_ms,
+                chain: chain.to_string(),
+                seq: last.map_or(0, |e| e.seq),
+                hash: last.map_or_else(String::new, |e| e.hash.clone()),
+                time_ms: last.map_or(0, |e| e.time_ms),
+                first_seq: first.map_or(0, |e| e.seq),
+                first_prev_hash: first.map_or_else(String::new, |e| e.prev_hash.clone()),
+                entries,
+                since_ms: range.0,
+                until_ms: range.1,
             },
             &self.notary,
         )

@@ -22,6 +22,11 @@ pub struct ChainReport {
     pub entries: u64,
     pub first_seq: Option<i64>,
     pub last_seq: Option<i64>,
+    /// The signed head (seq, hash) verification ended at: keep it somewhere
+    /// the store's writers cannot reach, and a later rollback to an older
+    /// state shows as a chain whose signed head is behind it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signed_head: Option<(i64, String)>,
     /// What is wrong, and where. Empty when the chain verifies.
     pub problems: Vec<String>,
 }
@@ -147,6 +152,7 @@ impl ChainCheck {
                 entries: 0,
                 first_seq: None,
                 last_seq: None,
+                signed_head: None,
                 problems: Vec::new(),
             },
             expected_seq: seq,
@@ -260,6 +266,9 @@ impl ChainCheck {
                 )),
             Some(_) => {}
         }
+        self.report.signed_head = head
+            .and_then(Statement::position)
+            .map(|(_, seq, hash, _)| (seq, hash.to_string()));
         match head.and_then(Statement::position) {
             None if self.report.entries > 0 || tip.is_some() => {
                 self.problem("no signed head: the chain's end is not signed".into())
@@ -496,6 +505,7 @@ pub async fn export(
     writeln!(out, "{header}").map_err(io)?;
     let mut after = 0;
     let mut written = 0u64;
+    let mut first: Option<StoredEntry> = None;
     let mut last: Option<StoredEntry> = None;
     'pages: loop {
         let page = storage.audit_read(chain, after, 20_000).await?;
@@ -514,22 +524,32 @@ pub async fn export(
             });
             writeln!(out, "{line}").map_err(io)?;
             written += 1;
+            if first.is_none() {
+                first = Some(e.clone());
+            }
             last = Some(e);
         }
     }
-    if let Some(last) = &last {
-        let first_seq = last.seq - written as i64 + 1;
+    if let (Some(first), Some(last)) = (&first, &last) {
         for c in storage.checkpoints(chain).await? {
             if (c.kind == "periodic" || c.kind == "prune")
-                && c.seq >= first_seq
+                && c.seq >= first.seq
                 && c.seq <= last.seq
             {
                 writeln!(out, "{}", json!({"type": "checkpoint", "checkpoint": c})).map_err(io)?;
             }
         }
-        let c = log.sign_export(last);
-        writeln!(out, "{}", json!({"type": "checkpoint", "checkpoint": c})).map_err(io)?;
     }
+    // Always signed, an empty range too: a file without its statement, or
+    // cut at either end, does not verify.
+    let c = log.sign_export(
+        chain,
+        first.as_ref(),
+        last.as_ref(),
+        written,
+        (since_ms, until_ms),
+    );
+    writeln!(out, "{}", json!({"type": "checkpoint", "checkpoint": c})).map_err(io)?;
     Ok(written)
 }
 
@@ -581,26 +601,67 @@ pub fn verify_export(input: &mut dyn BufRead, trusted_key: Option<&str>) -> Resu
         .map(|e| (e.seq, e.prev_hash.clone()))
         .unwrap_or((1, GENESIS.to_string()));
     let mut check = ChainCheck::new(&chain, start, &prev);
-    let mut head: Option<Statement> = None;
+    let mut export: Option<Statement> = None;
     let mut expected = Vec::new();
     for c in &checkpoints {
-        match checked(&key, &chain, c) {
-            Ok(s @ Statement::Export { .. }) => {
-                let later = head
-                    .as_ref()
-                    .and_then(Statement::position)
-                    .is_none_or(|(_, seq, _, _)| c.seq > seq);
-                if later {
-                    head = Some(s);
+        if c.kind == "export" {
+            // An export statement for an empty range names no position.
+            match c.signed().verify(&key) {
+                Ok(s @ Statement::Export { .. }) if export.is_none() => export = Some(s),
+                Ok(Statement::Export { .. }) => {
+                    check.problem("the export has more than one export statement".into())
                 }
+                Ok(other) => check.problem(format!(
+                    "the export statement is signed as a {} statement (relabelled)",
+                    other.kind()
+                )),
+                Err(e) => check.problem(format!("the export statement: {e}")),
             }
+            continue;
+        }
+        match checked(&key, &chain, c) {
             Ok(s @ Statement::Periodic { .. }) => expected.push(s),
             Ok(_) => {}
             Err(problem) => check.problem(problem),
         }
     }
-    if let Some(h) = &head {
-        expected.push(h.clone());
+    let mut tip = None;
+    match &export {
+        None => check
+            .problem("the export has no signed export statement (cut, or not an export)".into()),
+        Some(Statement::Export {
+            chain: c,
+            seq,
+            hash,
+            first_seq,
+            first_prev_hash,
+            entries: count,
+            ..
+        }) => {
+            if *c != chain {
+                check.problem(format!(
+                    "the export statement is about chain `{c}`, not `{chain}`"
+                ));
+            }
+            if *count != entries.len() as u64 {
+                check.problem(format!(
+                    "the export holds {} entries; its signed statement says {count} (entries removed or added)",
+                    entries.len()
+                ));
+            }
+            match entries.first() {
+                Some(e) if e.seq != *first_seq || e.prev_hash != *first_prev_hash => check.problem(format!(
+                    "the export starts at entry {}; its signed statement says entry {first_seq} (cut at the front)",
+                    e.seq
+                )),
+                _ => {}
+            }
+            if *count > 0 {
+                tip = Some((*seq, hash.clone()));
+                expected.push(export.clone().expect("matched above"));
+            }
+        }
+        Some(_) => unreachable!("only export statements are kept"),
     }
     check.expect(expected);
     for e in entries {
@@ -612,13 +673,10 @@ pub fn verify_export(input: &mut dyn BufRead, trusted_key: Option<&str>) -> Resu
         }
         check.push(e);
     }
-    let tip = head
-        .as_ref()
-        .and_then(Statement::position)
-        .map(|(_, seq, hash, _)| (seq, hash.to_string()));
+    let signed_end = export.as_ref().filter(|_| tip.is_some());
     let report = check.finish(
         tip.as_ref().map(|(seq, hash)| (*seq, hash.as_str())),
-        head.as_ref(),
+        signed_end,
     );
     Ok(Report {
         ok: report.problems.is_empty(),

@@ -287,16 +287,7 @@ async fn send(
     // reaches the guest: not in a header, not in the body.
     let scrubber = Scrubber::new(&permit.injected);
     let scrub = (!scrubber.is_empty()).then(|| {
-        for value in response.headers_mut().values_mut() {
-            if let Ok(text) = value.to_str() {
-                let mut text = text.to_string();
-                if scrubber.string(&mut text)
-                    && let Ok(v) = http::HeaderValue::from_str(&text)
-                {
-                    *value = v;
-                }
-            }
-        }
+        scrub_headers(response.headers_mut(), &scrubber);
         // The body's length changes with each replacement.
         response.headers_mut().remove(http::header::CONTENT_LENGTH);
         scrubber.stream()
@@ -309,11 +300,31 @@ async fn send(
             deadline: Box::pin(tokio::time::sleep_until(call_deadline.into())),
             mediator: mediator.clone(),
             index,
+            scrub_trailers: scrub.is_some().then(|| scrubber.clone()),
             scrub,
             ended: false,
         })
     });
     Ok((response, io))
+}
+
+/// Scrub injected values from header values, as bytes (a value that is not
+/// text is searched too); a value that no longer makes a valid header after
+/// scrubbing is dropped.
+fn scrub_headers(headers: &mut http::HeaderMap, scrubber: &Scrubber) {
+    let mut drop = Vec::new();
+    for (name, value) in headers.iter_mut() {
+        let mut bytes = value.as_bytes().to_vec();
+        if scrubber.bytes(&mut bytes) {
+            match http::HeaderValue::from_bytes(&bytes) {
+                Ok(v) => *value = v,
+                Err(_) => drop.push(name.clone()),
+            }
+        }
+    }
+    for name in drop {
+        headers.remove(name);
+    }
 }
 
 /// Substitute `{{secret:NAME}}` in a guest header value with the secrets the
@@ -406,6 +417,8 @@ struct Capped {
     index: Option<usize>,
     /// Scrubs injected secrets from the body, holding back a few bytes.
     scrub: Option<StreamScrubber>,
+    /// Scrubs them from trailers.
+    scrub_trailers: Option<Scrubber>,
     /// Whether the held-back bytes were passed on at the end.
     ended: bool,
 }
@@ -418,7 +431,14 @@ impl Capped {
         };
         match frame.into_data() {
             Ok(data) => Frame::data(Bytes::from(scrub.push(&data))),
-            Err(trailers) => trailers,
+            Err(frame) => match (frame.into_trailers(), &self.scrub_trailers) {
+                (Ok(mut trailers), Some(s)) => {
+                    scrub_headers(&mut trailers, s);
+                    Frame::trailers(trailers)
+                }
+                (Ok(trailers), None) => Frame::trailers(trailers),
+                (Err(other), _) => other,
+            },
         }
     }
 }

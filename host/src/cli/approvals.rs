@@ -58,27 +58,17 @@ pub async fn main(cmd: Command) -> i32 {
     super::exit_code(run(cmd).await)
 }
 
-/// Deliver the decision's callback now, if the request gave one: the
-/// message waits in the outbox (a running `host serve` would deliver it);
-/// this tries once, to the URL the server accepted with the request.
-async fn notify(d: &Decider, decided: &approvals::Decided) {
-    let Some(url) = &decided.approval.callback_url else {
-        return;
-    };
-    let origin = url
-        .parse::<http::Uri>()
-        .ok()
-        .and_then(|u| Some(format!("{}://{}", u.scheme_str()?, u.authority()?)));
-    let Some(callbacks) = origin.and_then(|o| toolhost::callback::Callbacks::new(&[o]).ok()) else {
-        return;
-    };
-    d.service.set_callbacks(callbacks);
-    match d.service.deliver_outbox().await {
-        Ok(n) if n > 0 => eprintln!(
-            "callback {url}: attempted (see the server log or the invocation's outbox for its fate)"
-        ),
-        Ok(_) => {}
-        Err(e) => eprintln!("warning: callback {url}: {}", e.message),
+/// Say where the decision's callback is, if the request gave one: queued in
+/// the outbox, which a running `host serve` (checking its own
+/// `--callback-allow`) delivers — never sent from here, where no allowlist
+/// is configured.
+fn notify(decided: &approvals::Decided) {
+    if let Some(url) = &decided.approval.callback_url {
+        eprintln!(
+            "callback {url}: queued; a running `host serve` on this store delivers it \
+             (GET /v1/invocations/{} shows its fate)",
+            decided.approval.invocation_id
+        );
     }
 }
 
@@ -163,6 +153,9 @@ async fn run(cmd: Command) -> toolhost::Result<i32> {
             data,
         } => {
             let d = decider(&data, secrets.as_deref()).await?;
+            // The approved run is leased to this process: keep the lease
+            // while it runs, so a server on the same store does not reap it.
+            let renewer = d.service.start_renewer();
             let decided = approvals::decide(
                 &d,
                 &tenant,
@@ -172,11 +165,14 @@ async fn run(cmd: Command) -> toolhost::Result<i32> {
                 reason.as_deref(),
             )
             .await;
+            for task in renewer {
+                task.abort();
+            }
             let decided = decided?;
             let Some(outcome) = &decided.outcome else {
                 return Err(Error::internal("an approval ran nothing"));
             };
-            notify(&d, &decided).await;
+            notify(&decided);
             println!(
                 "{}",
                 serde_json::to_string_pretty(&outcome.response()).unwrap_or_default()
@@ -200,7 +196,7 @@ async fn run(cmd: Command) -> toolhost::Result<i32> {
             )
             .await;
             let decided = decided?;
-            notify(&d, &decided).await;
+            notify(&decided);
             eprintln!("denied {}", decided.approval.id);
             Ok(0)
         }

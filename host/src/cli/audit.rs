@@ -1,4 +1,4 @@
-//! `host audit verify | export | prune`.
+//! `host audit verify | export | prune | upgrade`.
 
 use super::data::{DataDir, parse_time};
 use std::path::PathBuf;
@@ -57,6 +57,15 @@ pub enum Command {
         #[arg(long)]
         tenant: Option<String>,
     },
+    /// Re-sign, as signed statements, what a store written by a Toolhost
+    /// before statements (0.1) still vouches for with its legacy signatures.
+    /// Trusts the few unsigned records a legacy chain may end with. Never run
+    /// it on a store this version wrote: an intruder who stripped its
+    /// statements would have them re-signed.
+    Upgrade {
+        #[command(flatten)]
+        data: DataDir,
+    },
 }
 
 pub async fn main(cmd: Command) -> i32 {
@@ -86,7 +95,11 @@ async fn run(cmd: Command) -> toolhost::Result<i32> {
                     verify::verify_export(&mut std::io::BufReader::new(f), public_key.as_deref())?
                 }
                 None => {
-                    let log = data.audit().await?;
+                    let log = toolhost::audit::AuditLog::open_for_reading(
+                        data.storage().await?,
+                        &data.path(),
+                    )
+                    .await?;
                     let key = match &public_key {
                         Some(k) => verify::parse_key(k).map_err(Error::invalid_args)?,
                         None => verify::parse_key(&log.public_key()).map_err(Error::internal)?,
@@ -152,7 +165,9 @@ async fn run(cmd: Command) -> toolhost::Result<i32> {
                 .map(|s| parse_time(&s))
                 .transpose()
                 .map_err(Error::invalid_args)?;
-            let log = data.audit().await?;
+            let log =
+                toolhost::audit::AuditLog::open_for_reading(data.storage().await?, &data.path())
+                    .await?;
             let chain = chain_of(tenant.as_deref());
             let mut out: Box<dyn std::io::Write> = match &output {
                 Some(p) => Box::new(std::io::BufWriter::new(std::fs::File::create(p).map_err(
@@ -203,6 +218,19 @@ async fn run(cmd: Command) -> toolhost::Result<i32> {
                 println!("chain {chain}: pruned {n} records older than {days} days");
             }
             Ok(0)
+        }
+        Command::Upgrade { data } => {
+            let done =
+                toolhost::audit::AuditLog::upgrade_legacy(data.storage().await?, &data.path())
+                    .await?;
+            for c in &done.chains {
+                println!("chain {c}: re-signed");
+            }
+            for (c, why) in &done.refused {
+                println!("chain {c}: NOT upgraded: {why}");
+            }
+            println!("{} statements signed", done.checkpoints);
+            Ok(if done.refused.is_empty() { 0 } else { 1 })
         }
     }
 }

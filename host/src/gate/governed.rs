@@ -65,9 +65,13 @@ struct State {
 const APPROVAL_PREFIX: &str = "a human must approve this call: ";
 
 /// The cache key of a call: tool version digest, function, canonical
-/// arguments (the tenant scopes the entry).
-fn cache_key(digest: &str, function: &str, args: &Value) -> String {
-    canonical::fingerprint(&json!({"digest": digest, "function": function, "args": args}))
+/// arguments, and the workflow whose document granted what it ran with (two
+/// workflows may grant one tool different capabilities, so results of one
+/// are not answers for the other); the tenant scopes the entry.
+fn cache_key(digest: &str, function: &str, args: &Value, workflow: Option<&str>) -> String {
+    canonical::fingerprint(
+        &json!({"digest": digest, "function": function, "args": args, "workflow": workflow}),
+    )
 }
 
 /// The Idempotency-Key prefix sent on a keyed invocation's outbound HTTP
@@ -289,7 +293,12 @@ impl Gate for Governed {
 
             let tenant = chain_of(r.context.tenant.as_deref());
             let cache_key = match (&settings.cache, r.digest) {
-                (Some(_), Some(digest)) => Some(cache_key(digest, &r.function.name, r.args)),
+                (Some(_), Some(digest)) => Some(cache_key(
+                    digest,
+                    &r.function.name,
+                    r.args,
+                    workflow.as_deref(),
+                )),
                 _ => None,
             };
             let cached = match &cache_key {

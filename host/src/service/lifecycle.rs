@@ -29,6 +29,12 @@ use std::time::Duration;
 /// Rows taken per reaper round.
 const REAP_BATCH: i64 = 100;
 
+/// How often the sweeps run.
+const SWEEP_EVERY_MS: i64 = 60_000;
+
+/// How long delivered or failed callbacks are kept.
+const OUTBOX_KEEP_MS: i64 = 7 * 86_400_000;
+
 impl InvocationService {
     /// Start the renewer, the reaper and the outbox deliverer on the
     /// current runtime (a server); they stop when the returned handles are
@@ -150,6 +156,22 @@ impl InvocationService {
         }
         for a in storage.approvals_due(now, REAP_BATCH).await? {
             done += usize::from(self.expire(&a, now).await?);
+        }
+        // What only grows otherwise: expired cache entries, delivered or
+        // given-up callbacks after a week (at most once a minute).
+        let due = {
+            let mut last = self.swept.lock().unwrap_or_else(|e| e.into_inner());
+            let due = now.saturating_sub(*last) >= SWEEP_EVERY_MS;
+            if due {
+                *last = now;
+            }
+            due
+        };
+        if due {
+            storage.cache_sweep(now).await?;
+            storage
+                .outbox_sweep(now.saturating_sub(OUTBOX_KEEP_MS))
+                .await?;
         }
         Ok(done)
     }

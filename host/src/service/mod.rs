@@ -96,6 +96,8 @@ pub struct InvocationService {
     tracker: TaskTracker,
     /// Where approval callbacks may go (checked again when sent).
     callbacks: std::sync::Mutex<crate::callback::Callbacks>,
+    /// When the reaper last swept.
+    swept: std::sync::Mutex<i64>,
 }
 
 impl InvocationService {
@@ -109,6 +111,7 @@ impl InvocationService {
             instance,
             tracker: TaskTracker::new(),
             callbacks: Default::default(),
+            swept: std::sync::Mutex::new(0),
         }
     }
 

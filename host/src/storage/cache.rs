@@ -26,4 +26,7 @@ pub trait CacheStore: Send + Sync {
         key: &str,
         now_ms: i64,
     ) -> BoxFuture<'_, Result<Option<String>>>;
+
+    /// Delete entries expired by `now_ms`; returns how many.
+    fn cache_sweep(&self, now_ms: i64) -> BoxFuture<'_, Result<u64>>;
 }

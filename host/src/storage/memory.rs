@@ -4,7 +4,7 @@
 
 use super::*;
 use crate::BoxFuture;
-use crate::audit::link::{Head, link};
+use crate::audit::link::{HeadRow, link, refused, vet};
 use crate::error::Result;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -290,9 +290,27 @@ impl AuditStore for MemoryStorage {
     ) -> BoxFuture<'_, Result<Vec<Result<Vec<StoredEntry>>>>> {
         Box::pin(async move {
             let mut inner = self.lock();
-            // Preconditions first, in order: a work that fails is left out.
+            // The touched chains' heads, as their signatures say.
+            let rows: BTreeMap<String, Option<HeadRow>> = works
+                .iter()
+                .flat_map(|w| &w.entries)
+                .map(|e| {
+                    let row = inner.tips.get(&e.chain).map(|(seq, hash)| HeadRow {
+                        seq: *seq,
+                        hash: hash.clone(),
+                        signed: inner.heads.get(&e.chain).map(Checkpoint::signed),
+                    });
+                    (e.chain.clone(), row)
+                })
+                .collect();
+            let (heads, bad) = vet(&rows, inner.registry.as_ref(), &notary);
+            // Preconditions next, in order: a work that fails is left out.
             let mut taken = Vec::with_capacity(works.len());
             for w in &works {
+                if let Some(e) = w.entries.iter().find(|e| bad.contains_key(&e.chain)) {
+                    taken.push(Err(refused(&e.chain, &bad[&e.chain])));
+                    continue;
+                }
                 let ok = w.decide.as_ref().is_none_or(|d| inner.may_decide(d))
                     && w.end.as_ref().is_none_or(|e| inner.may_end(e));
                 if ok {
@@ -303,23 +321,13 @@ impl AuditStore for MemoryStorage {
                         inner.end(e);
                     }
                 }
-                taken.push(ok);
+                taken.push(if ok { Ok(()) } else { Err(conflict()) });
             }
             let entries: Vec<NewEntry> = works
                 .iter()
                 .zip(&taken)
-                .filter(|(_, ok)| **ok)
+                .filter(|(_, ok)| ok.is_ok())
                 .flat_map(|(w, _)| w.entries.iter().cloned())
-                .collect();
-            let heads: BTreeMap<String, Option<Head>> = entries
-                .iter()
-                .map(|e| {
-                    let head = inner.tips.get(&e.chain).map(|(seq, hash)| Head {
-                        seq: *seq,
-                        hash: hash.clone(),
-                    });
-                    (e.chain.clone(), head)
-                })
                 .collect();
             let now = entries.last().map_or(0, |e| e.time_ms);
             let linked = link(&entries, &heads, inner.registry.as_ref(), &notary, now);
@@ -360,8 +368,8 @@ impl AuditStore for MemoryStorage {
             let mut stored = linked.entries.into_iter();
             let mut answers = Vec::with_capacity(works.len());
             for (w, ok) in works.into_iter().zip(taken) {
-                if !ok {
-                    answers.push(Err(conflict()));
+                if let Err(e) = ok {
+                    answers.push(Err(e));
                     continue;
                 }
                 settle(&mut inner, &[], &w.charge);
@@ -947,6 +955,14 @@ impl CacheStore for MemoryStorage {
             .map(|(r, _)| r.clone());
         Box::pin(async move { Ok(found) })
     }
+
+    fn cache_sweep(&self, now_ms: i64) -> BoxFuture<'_, Result<u64>> {
+        let mut inner = self.lock();
+        let before = inner.cache.len();
+        inner.cache.retain(|_, (_, expires)| *expires > now_ms);
+        let n = (before - inner.cache.len()) as u64;
+        Box::pin(async move { Ok(n) })
+    }
 }
 
 impl MetaStore for MemoryStorage {
@@ -1016,6 +1032,16 @@ impl OutboxStore for MemoryStorage {
             }
         }
         Box::pin(async { Ok(()) })
+    }
+
+    fn outbox_sweep(&self, before_ms: i64) -> BoxFuture<'_, Result<u64>> {
+        let mut inner = self.lock();
+        let before = inner.outbox.len();
+        inner
+            .outbox
+            .retain(|_, (m, _, _)| m.state == "pending" || m.created_ms >= before_ms);
+        let n = (before - inner.outbox.len()) as u64;
+        Box::pin(async move { Ok(n) })
     }
 
     fn outbox_for(

@@ -61,6 +61,10 @@ pub trait OutboxStore: Send + Sync {
         attempt: Attempt,
     ) -> BoxFuture<'_, Result<()>>;
 
+    /// Delete delivered or failed messages created before `before_ms`;
+    /// returns how many.
+    fn outbox_sweep(&self, before_ms: i64) -> BoxFuture<'_, Result<u64>>;
+
     /// The messages about an invocation.
     fn outbox_for(
         &self,

@@ -23,4 +23,17 @@ impl CacheStore for SqliteStorage {
             .map_err(db)
         })
     }
+
+    fn cache_sweep(&self, now_ms: i64) -> BoxFuture<'_, Result<u64>> {
+        Box::pin(async move {
+            Ok(
+                sqlx::query("DELETE FROM result_cache WHERE expires_ms <= ?")
+                    .bind(now_ms)
+                    .execute(&self.pool)
+                    .await
+                    .map_err(db)?
+                    .rows_affected(),
+            )
+        })
+    }
 }

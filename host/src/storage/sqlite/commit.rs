@@ -7,7 +7,7 @@
 //! chain heads are read inside the transaction, so concurrent processes on
 //! one data dir never fork a chain.
 
-use crate::audit::link::{Head, link};
+use crate::audit::link::{HeadRow, link, refused, vet};
 use crate::error::Result;
 use crate::storage::{
     Admit, ApprovalRecord, Charge, Decision, End, IdempotencyBegin, IdempotencyDone, KeyBegin,
@@ -157,8 +157,50 @@ pub(super) fn commit_in(
     works: &[Work],
     notary: &Notary,
 ) -> rusqlite::Result<Vec<Result<Vec<StoredEntry>>>> {
-    let mut taken = Vec::with_capacity(works.len());
+    // The touched chains' heads, as their signatures say (vet): a work on a
+    // chain that fails is refused before anything of it is applied.
+    let mut rows: BTreeMap<String, Option<HeadRow>> = BTreeMap::new();
+    {
+        let mut read = tx.prepare_cached(
+            "SELECT seq, hash, signed_statement, signature FROM audit_heads WHERE chain = ?",
+        )?;
+        for e in works.iter().flat_map(|w| &w.entries) {
+            if !rows.contains_key(e.chain.as_str()) {
+                let row = read
+                    .query_row([&e.chain], |r| {
+                        let statement: Option<String> = r.get(2)?;
+                        let signature: Option<String> = r.get(3)?;
+                        Ok(HeadRow {
+                            seq: r.get(0)?,
+                            hash: r.get(1)?,
+                            signed: statement
+                                .zip(signature)
+                                .map(|(statement, signature)| Signed {
+                                    statement,
+                                    signature,
+                                }),
+                        })
+                    })
+                    .optional()?;
+                rows.insert(e.chain.clone(), row);
+            }
+        }
+    }
+    let registry = if rows.values().any(Option::is_none) {
+        tx.prepare_cached("SELECT value FROM meta WHERE key = 'audit.registry'")?
+            .query_row([], |r| r.get::<_, String>(0))
+            .optional()?
+            .and_then(|text| serde_json::from_str::<Signed>(&text).ok())
+    } else {
+        None
+    };
+    let (heads, bad) = vet(&rows, registry.as_ref(), notary);
+    let mut taken: Vec<std::result::Result<(), crate::Error>> = Vec::with_capacity(works.len());
     for w in works {
+        if let Some(e) = w.entries.iter().find(|e| bad.contains_key(&e.chain)) {
+            taken.push(Err(refused(&e.chain, &bad[&e.chain])));
+            continue;
+        }
         let decide_ok = match &w.decide {
             Some(d) => may_decide_in(tx, d)?,
             None => true,
@@ -173,7 +215,7 @@ pub(super) fn commit_in(
             (_, false) => None,
         };
         let Some(worst) = end_ok else {
-            taken.push(false);
+            taken.push(Err(conflict()));
             continue;
         };
         if let Some(d) = &w.decide {
@@ -182,39 +224,14 @@ pub(super) fn commit_in(
         if let Some(e) = &w.end {
             end_in(tx, e, worst)?;
         }
-        taken.push(true);
+        taken.push(Ok(()));
     }
     let entries: Vec<NewEntry> = works
         .iter()
         .zip(&taken)
-        .filter(|(_, ok)| **ok)
+        .filter(|(_, ok)| ok.is_ok())
         .flat_map(|(w, _)| w.entries.iter().cloned())
         .collect();
-    let mut heads: BTreeMap<String, Option<Head>> = BTreeMap::new();
-    {
-        let mut read = tx.prepare_cached("SELECT seq, hash FROM audit_heads WHERE chain = ?")?;
-        for e in &entries {
-            if !heads.contains_key(e.chain.as_str()) {
-                let head = read
-                    .query_row([&e.chain], |r| {
-                        Ok(Head {
-                            seq: r.get(0)?,
-                            hash: r.get(1)?,
-                        })
-                    })
-                    .optional()?;
-                heads.insert(e.chain.clone(), head);
-            }
-        }
-    }
-    let registry = if heads.values().any(Option::is_none) {
-        tx.prepare_cached("SELECT value FROM meta WHERE key = 'audit.registry'")?
-            .query_row([], |r| r.get::<_, String>(0))
-            .optional()?
-            .and_then(|text| serde_json::from_str::<Signed>(&text).ok())
-    } else {
-        None
-    };
     let now = entries.last().map_or(0, |e| e.time_ms);
     let linked = link(&entries, &heads, registry.as_ref(), notary, now);
     {
@@ -272,8 +289,8 @@ pub(super) fn commit_in(
     let mut stored = linked.entries.into_iter();
     let mut answers = Vec::with_capacity(works.len());
     for (w, ok) in works.iter().zip(taken) {
-        if !ok {
-            answers.push(Err(conflict()));
+        if let Err(e) = ok {
+            answers.push(Err(e));
             continue;
         }
         settle(tx, &[], &w.charge)?;

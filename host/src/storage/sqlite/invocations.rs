@@ -9,28 +9,41 @@ const LOST_SELECT: &str = "SELECT i.id, i.tenant, i.tool, i.function, i.version,
         a.id, a.callback_url
  FROM invocations i LEFT JOIN approvals a ON a.invocation_id = i.id";
 
-fn lost_row(r: &sqlx::sqlite::SqliteRow) -> Lost {
-    Lost {
-        run: NewRun {
-            id: r.get(0),
-            tenant: r.get(1),
-            tool: r.get(2),
-            function: r.get(3),
-            version: r.get(4),
-            workflow: r.get(5),
-            task_id: r.get(6),
-            principal: r.get(7),
-            transport: r
-                .get::<Option<String>, _>(8)
-                .unwrap_or_else(|| "http".into()),
-            idempotency_key: r.get(9),
-            created_ms: r.get(10),
-            owner: r.get::<Option<String>, _>(11).unwrap_or_default(),
-            lease_until: r.get::<Option<i64>, _>(12).unwrap_or(0),
-        },
-        admitted: r.get::<i64, _>(13) != 0,
-        approval_id: r.get(14),
-        callback_url: r.get(15),
+/// A running row as the reaper needs it; a row that does not decode (the
+/// database was edited) is skipped, and said so, rather than stopping the
+/// reaper.
+fn lost_row(r: &sqlx::sqlite::SqliteRow) -> Option<Lost> {
+    let decoded = (|| -> std::result::Result<Lost, sqlx::Error> {
+        Ok(Lost {
+            run: NewRun {
+                id: r.try_get(0)?,
+                tenant: r.try_get(1)?,
+                tool: r.try_get(2)?,
+                function: r.try_get(3)?,
+                version: r.try_get(4)?,
+                workflow: r.try_get(5)?,
+                task_id: r.try_get(6)?,
+                principal: r.try_get(7)?,
+                transport: r
+                    .try_get::<Option<String>, _>(8)?
+                    .unwrap_or_else(|| "http".into()),
+                idempotency_key: r.try_get(9)?,
+                created_ms: r.try_get(10)?,
+                owner: r.try_get::<Option<String>, _>(11)?.unwrap_or_default(),
+                lease_until: r.try_get::<Option<i64>, _>(12)?.unwrap_or(0),
+            },
+            admitted: r.try_get::<i64, _>(13)? != 0,
+            approval_id: r.try_get(14)?,
+            callback_url: r.try_get(15)?,
+        })
+    })();
+    match decoded {
+        Ok(lost) => Some(lost),
+        Err(e) => {
+            let id: Option<String> = r.try_get(0).ok();
+            tracing::error!(invocation_id = ?id, "a running invocation row does not decode (the database was edited): {e}");
+            None
+        }
     }
 }
 
@@ -129,7 +142,7 @@ impl InvocationStore for SqliteStorage {
             .fetch_all(&self.pool)
             .await
             .map_err(db)?;
-            Ok(rows.iter().map(lost_row).collect())
+            Ok(rows.iter().filter_map(lost_row).collect())
         })
     }
 
@@ -143,7 +156,7 @@ impl InvocationStore for SqliteStorage {
             .fetch_optional(&self.pool)
             .await
             .map_err(db)?;
-            Ok(row.as_ref().map(lost_row))
+            Ok(row.as_ref().and_then(lost_row))
         })
     }
 

@@ -206,6 +206,10 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX outbox_due ON outbox (next_ms) WHERE state = 'pending';
     CREATE INDEX outbox_invocation ON outbox (tenant, invocation_id);",
+    // 7: the reaper's sweeps: pending approvals by expiry, the cache by
+    // expiry.
+    "CREATE INDEX approvals_due ON approvals (expires_ms) WHERE status = 'pending';
+    CREATE INDEX result_cache_expiry ON result_cache (expires_ms);",
 ];
 
 /// A driver error as an [`Error`] that says whether retrying can help:

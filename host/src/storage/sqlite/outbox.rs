@@ -80,6 +80,19 @@ impl OutboxStore for SqliteStorage {
         })
     }
 
+    fn outbox_sweep(&self, before_ms: i64) -> BoxFuture<'_, Result<u64>> {
+        Box::pin(async move {
+            Ok(sqlx::query(
+                "DELETE FROM outbox WHERE state IN ('delivered', 'failed') AND created_ms < ?",
+            )
+            .bind(before_ms)
+            .execute(&self.pool)
+            .await
+            .map_err(db)?
+            .rows_affected())
+        })
+    }
+
     fn outbox_for(
         &self,
         tenant: &str,
