@@ -12,6 +12,7 @@ mod keys;
 mod policy;
 mod run;
 mod serve;
+mod stats;
 mod tools;
 
 use clap::{Parser, Subcommand};
@@ -56,6 +57,9 @@ enum Command {
     /// List, approve and deny calls waiting for a human.
     #[command(subcommand)]
     Approvals(approvals::Command),
+    /// Reports: per tool and function the count, failure rate, p50/p95/p99
+    /// latency and cost; per task the cost, tokens and calls.
+    Stats(Box<stats::Args>),
 }
 
 /// Options shared by commands that load a component.
@@ -93,6 +97,7 @@ pub async fn main() -> i32 {
         Command::Keys(cmd) => keys::main(cmd).await,
         Command::Policy(cmd) => policy::main(cmd).await,
         Command::Approvals(cmd) => approvals::main(cmd).await,
+        Command::Stats(args) => stats::main(*args).await,
     }
 }
 

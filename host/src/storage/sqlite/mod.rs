@@ -206,6 +206,9 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX outbox_due ON outbox (next_ms) WHERE state = 'pending';
     CREATE INDEX outbox_invocation ON outbox (tenant, invocation_id);",
+    // 7: reports and time filters read a tenant's invocations by creation
+    // time (storage/invocations.rs, `invocation_samples`).
+    "CREATE INDEX invocations_created ON invocations (tenant, created_ms);",
 ];
 
 /// A driver error as an [`Error`] that says whether retrying can help:
