@@ -1269,3 +1269,58 @@ pub async fn stats(
     };
     Ok(page(&session, "Reports", "/console/stats", body))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_mirrored_api_route_exists() {
+        // A renamed API route must not silently close (or open) a page.
+        let mirrors = [
+            APPROVALS,
+            DECIDE,
+            INVOCATIONS,
+            TOOLS,
+            DEPLOY,
+            DISABLE,
+            ENABLE,
+            BUDGETS,
+            STATS,
+        ];
+        for m in mirrors
+            .into_iter()
+            .chain(super::super::PAGES.iter().map(|(_, _, m)| *m))
+        {
+            if let Mirror::Api(method, route) = m {
+                let method = axum::http::Method::from_bytes(method.as_bytes()).unwrap();
+                assert!(
+                    crate::server::route_access(&method, route).is_some(),
+                    "{method} {route}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn the_amount_is_read_where_the_rule_says() {
+        let rule =
+            "p: approval.required_for[0] (issue_refund over 50 USD, amount from `amount_usd`)";
+        assert_eq!(
+            amount(rule, &serde_json::json!({"amount-usd": 120.5})).as_deref(),
+            Some("120.5 USD")
+        );
+        assert_eq!(
+            amount(rule, &serde_json::json!({"amount_usd": 7})).as_deref(),
+            Some("7 USD")
+        );
+        assert_eq!(
+            amount(rule, &serde_json::json!({"amount_usd": "[redacted]"})),
+            None
+        );
+        assert_eq!(
+            amount("p: deny_tools[0]", &serde_json::json!({"amount_usd": 7})),
+            None
+        );
+    }
+}
