@@ -301,6 +301,18 @@ async fn sessions_forms_and_roles_hold_over_http() {
         r.headers
     );
 
+    // Another replica on the same store takes the session: it lives in the
+    // cookie and the store, not in a server's memory.
+    {
+        let replica = Server::start(&dir, &[]);
+        let mut on_replica = Browserless::new(&replica);
+        on_replica.cookies = a.cookies.clone();
+        let page = on_replica.get("/console/approvals").await;
+        assert_eq!(page.status, 200, "{}", page.body);
+        assert!(page.body.contains(&approve_id));
+        replica.stop();
+    }
+
     // The approver's inbox: both refunds, newest first, with their packets.
     let csrf = {
         let page = a.get("/console/approvals").await;

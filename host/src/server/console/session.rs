@@ -177,7 +177,8 @@ impl Sessions {
     }
 }
 
-/// Every value of cookie `name` in the request (a client may send several).
+/// The values of cookie `name` in the request (a client may send several;
+/// the first [`MAX_SAME_NAME`] count).
 pub fn cookies<'a>(headers: &'a HeaderMap, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
     headers
         .get_all(header::COOKIE)
@@ -188,7 +189,11 @@ pub fn cookies<'a>(headers: &'a HeaderMap, name: &'a str) -> impl Iterator<Item 
             let (n, v) = pair.trim().split_once('=')?;
             (n == name).then_some(v.trim())
         })
+        .take(MAX_SAME_NAME)
 }
+
+/// Cookies of one name looked at, at most (each may cost a key lookup).
+pub const MAX_SAME_NAME: usize = 4;
 
 /// Whether the request came over TLS: the proxy in front of the server
 /// says so (`X-Forwarded-Proto: https`). Cookies are then `Secure`.
@@ -210,13 +215,16 @@ pub fn set_cookie(name: &str, value: &str, max_age_s: i64, secure: bool) -> Stri
 
 /// Whether a form post comes from this server's own pages: its `Origin`
 /// (sent by browsers with every POST) names the host the request was sent
-/// to; without one, a `Sec-Fetch-Site` header must say `same-origin`. A
-/// client that sends neither (not a browser) still needs the form's token.
+/// to (`Host`, or the `X-Forwarded-Host` a proxy in front sets: a
+/// cross-site form cannot set either); without an `Origin`, a
+/// `Sec-Fetch-Site` header must say `same-origin`. A client that sends
+/// neither (not a browser) still needs the form's token.
 pub fn same_origin(headers: &HeaderMap) -> bool {
-    let host = headers
-        .get(header::HOST)
-        .and_then(|v| v.to_str().ok())
-        .map(str::trim);
+    let hosts: Vec<&str> = [header::HOST.as_str(), "x-forwarded-host"]
+        .into_iter()
+        .filter_map(|h| headers.get(h).and_then(|v| v.to_str().ok()))
+        .map(str::trim)
+        .collect();
     if let Some(origin) = headers.get(header::ORIGIN) {
         let Ok(origin) = origin.to_str() else {
             return false;
@@ -224,9 +232,9 @@ pub fn same_origin(headers: &HeaderMap) -> bool {
         let authority = origin
             .strip_prefix("http://")
             .or_else(|| origin.strip_prefix("https://"));
-        return match (authority, host) {
-            (Some(a), Some(h)) => !a.contains('/') && a.eq_ignore_ascii_case(h),
-            _ => false,
+        return match authority {
+            Some(a) => !a.contains('/') && hosts.iter().any(|h| a.eq_ignore_ascii_case(h)),
+            None => false,
         };
     }
     match headers.get("sec-fetch-site").and_then(|v| v.to_str().ok()) {
@@ -334,6 +342,18 @@ mod tests {
             HeaderValue::from_static("https://127.0.0.1:8080"),
         );
         assert!(same_origin(&h));
+        // Behind a proxy that names the public host.
+        h.insert(
+            header::ORIGIN,
+            HeaderValue::from_static("https://console.example.com"),
+        );
+        assert!(!same_origin(&h));
+        h.insert(
+            "x-forwarded-host",
+            HeaderValue::from_static("console.example.com"),
+        );
+        assert!(same_origin(&h));
+        h.remove("x-forwarded-host");
         for bad in [
             "null",
             "http://evil.example",
