@@ -439,6 +439,79 @@ async fn sessions_forms_and_roles_hold_over_http() {
     );
     assert!(!list.body.contains("<b>task</b>"));
 
+    // An admin deploys, rolls back, disables and enables from the tool page,
+    // as the API does; the same forms from an approver are refused.
+    ok(host(&[
+        "register",
+        s(&common::guest("types")),
+        "--name",
+        "text-tools",
+        "--version",
+        "2",
+        "--no-deploy",
+        "--tenant",
+        "acme",
+        "--data-dir",
+        s(&dir),
+    ]));
+    let admin = key(&dir, "acme", &["admin"]);
+    let mut ad = Browserless::new(&server);
+    let ad_csrf = ad.sign_in(&admin).await;
+    let api = Client::new(&server, Some(&admin));
+    let page = ad.get("/console/tools/text-tools").await;
+    assert!(page.body.contains("Deploy"), "{}", page.body);
+    let r = ad
+        .post(
+            "/console/tools/text-tools/deploy",
+            &[("version", "2"), ("csrf", &ad_csrf)],
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 303, "{}", r.body);
+    assert_eq!(api.get("/v1/tools/text-tools").await.1["version"], "2");
+    // Version 2 is current: the page offers the rollback to 1.
+    let page = ad.get("/console/tools/text-tools").await;
+    assert!(page.body.contains("Roll back to 1"), "{}", page.body);
+    let r = ad
+        .post(
+            "/console/tools/text-tools/deploy",
+            &[("version", "1"), ("csrf", &ad_csrf)],
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 303, "{}", r.body);
+    assert_eq!(api.get("/v1/tools/text-tools").await.1["version"], "1");
+    let r = ad
+        .post(
+            "/console/tools/text-tools/disable",
+            &[("csrf", &ad_csrf)],
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 303);
+    assert_eq!(api.get("/v1/tools/text-tools").await.1["disabled"], true);
+    let r = a
+        .post("/console/tools/text-tools/enable", &[("csrf", &csrf)], None)
+        .await;
+    assert_eq!(r.status, 403, "an approver is no admin: {}", r.body);
+    let r = ad
+        .post(
+            "/console/tools/text-tools/enable",
+            &[("csrf", &ad_csrf)],
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 303);
+    assert_eq!(api.get("/v1/tools/text-tools").await.1["disabled"], false);
+    let r = ad
+        .post(
+            "/console/tools/text-tools/deploy",
+            &[("version", "9"), ("csrf", &ad_csrf)],
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 404, "no such version: {}", r.body);
+
     // Revoking the key ends its sessions at once (no cache in between).
     ok(host(&[
         "keys",
