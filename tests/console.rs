@@ -439,6 +439,24 @@ async fn sessions_forms_and_roles_hold_over_http() {
     );
     assert!(!list.body.contains("<b>task</b>"));
 
+    // Budgets: the task's ledger against the policy's limit (3 calls).
+    let budgets = a.get("/console/budgets").await;
+    assert_eq!(budgets.status, 200, "{}", budgets.body);
+    let at = budgets
+        .body
+        .find("task:acme/support-7")
+        .expect("the task's ledger");
+    let ledger = &budgets.body[at..];
+    assert!(ledger.contains("tool_calls"), "{ledger}");
+    assert!(ledger.contains("3 used, 0 reserved of 3"), "{ledger}");
+    // Reports: figures and charts.
+    let stats = a.get("/console/stats?since=1h").await;
+    assert_eq!(stats.status, 200);
+    assert!(stats.body.contains("fuel_exhausted"), "{}", stats.body);
+    assert_eq!(stats.body.matches("<svg class=\"chart\"").count(), 2);
+    let bad = a.get("/console/stats?since=soon").await;
+    assert_eq!(bad.status, 400, "{}", bad.body);
+
     // An admin deploys, rolls back, disables and enables from the tool page,
     // as the API does; the same forms from an approver are refused.
     ok(host(&[
