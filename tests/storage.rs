@@ -577,3 +577,245 @@ async fn outbox_messages_are_claimed_once_and_retried() {
         );
     }
 }
+
+/// (id, tenant, tool, function, workflow, status, kind, created, wall, cost)
+type Row<'a> = (
+    &'a str,
+    &'a str,
+    &'a str,
+    &'a str,
+    Option<&'a str>,
+    &'a str,
+    Option<&'a str>,
+    i64,
+    Option<i64>,
+    Option<i64>,
+);
+
+/// What the reports and the filtered listing read: a tenant's invocations
+/// in `[since, until)` by creation time, newest first, filtered by tool,
+/// function and workflow, with the wall time and cost from the stored
+/// response (none where it has none); and the listing's error kind and
+/// time filters.
+#[tokio::test(flavor = "multi_thread")]
+async fn samples_and_time_filters_read_the_records() {
+    for (name, s, dir) in backends("conf-samples").await {
+        let log = audit(&s, &dir).await;
+        // (id, tenant, tool, function, workflow, status, kind, created, wall, cost)
+        let rows: &[Row] = &[
+            (
+                "inv_1",
+                "acme",
+                "a",
+                "f",
+                None,
+                "ok",
+                None,
+                100,
+                Some(5),
+                Some(7),
+            ),
+            (
+                "inv_2",
+                "acme",
+                "a",
+                "g",
+                Some("w"),
+                "error",
+                Some("trap"),
+                200,
+                Some(9),
+                Some(3),
+            ),
+            (
+                "inv_3",
+                "acme",
+                "b",
+                "f",
+                Some("w"),
+                "refused",
+                Some("policy_denied"),
+                300,
+                None,
+                None,
+            ),
+            (
+                "inv_4",
+                "other",
+                "a",
+                "f",
+                None,
+                "ok",
+                None,
+                250,
+                Some(1),
+                Some(1),
+            ),
+            (
+                "inv_5",
+                "acme",
+                "a",
+                "f",
+                None,
+                "ok",
+                None,
+                400,
+                Some(11),
+                Some(2),
+            ),
+            // Written after inv_5 but created earlier: by time, not position.
+            (
+                "inv_6",
+                "acme",
+                "a",
+                "f",
+                None,
+                "ok",
+                None,
+                150,
+                Some(2),
+                Some(2),
+            ),
+        ];
+        for (i, (id, tenant, tool, function, workflow, status, kind, created, wall, cost)) in
+            rows.iter().enumerate()
+        {
+            let mut response = json!({"invocation_id": id, "status": status, "tool": tool,
+                "function": function, "usage": {"fuel": 0, "wall_ms": 0, "memory_peak_bytes": 0}});
+            match wall {
+                Some(w) => response["usage"]["wall_ms"] = json!(w),
+                None => {
+                    response.as_object_mut().unwrap().remove("usage");
+                }
+            }
+            if let Some(c) = cost {
+                response["charged"] = json!({"tool_calls": 1, "cost_micro_usd": c});
+            }
+            let rec = InvocationRecord {
+                id: id.to_string(),
+                tenant: tenant.to_string(),
+                tool: tool.to_string(),
+                function: function.to_string(),
+                version: None,
+                workflow: workflow.map(str::to_string),
+                task_id: Some(format!("t{}", i % 2)),
+                principal: None,
+                status: status.to_string(),
+                error_kind: kind.map(str::to_string),
+                created_ms: *created,
+                response: response.to_string(),
+            };
+            let work = Work {
+                end: Some(End {
+                    record: rec,
+                    expect: Expect::Mine {
+                        owner: "hst_a".into(),
+                    },
+                    used: Some(vec![]),
+                }),
+                ..Work::default()
+            };
+            log.commit(vec![(tenant.to_string(), *created, json!({"n": i}))], work)
+                .await
+                .unwrap();
+        }
+        let samples = |f: SampleFilter| {
+            let s = s.clone();
+            async move { s.invocation_samples("acme", f).await.unwrap() }
+        };
+        let all = SampleFilter {
+            since_ms: 0,
+            until_ms: 1000,
+            limit: 100,
+            ..SampleFilter::default()
+        };
+        let got = samples(all.clone()).await;
+        let times: Vec<i64> = got.iter().map(|x| x.created_ms).collect();
+        assert_eq!(
+            times,
+            [400, 300, 200, 150, 100],
+            "{name}: newest first, one tenant"
+        );
+        assert_eq!(got[0].wall_ms, Some(11), "{name}");
+        assert_eq!(got[0].cost_micro_usd, Some(2), "{name}");
+        assert_eq!(got[1].wall_ms, None, "{name}: no usage");
+        assert_eq!(got[1].cost_micro_usd, None, "{name}: nothing charged");
+        assert_eq!(
+            got[1].error_kind.as_deref(),
+            Some("policy_denied"),
+            "{name}"
+        );
+        assert_eq!(got[2].workflow.as_deref(), Some("w"), "{name}");
+        // The range is [since, until).
+        let r = samples(SampleFilter {
+            since_ms: 150,
+            until_ms: 400,
+            ..all.clone()
+        })
+        .await;
+        assert_eq!(
+            r.iter().map(|x| x.created_ms).collect::<Vec<_>>(),
+            [300, 200, 150],
+            "{name}"
+        );
+        // Filters and the limit.
+        let r = samples(SampleFilter {
+            tool: Some("a".into()),
+            function: Some("f".into()),
+            ..all.clone()
+        })
+        .await;
+        assert_eq!(
+            r.iter().map(|x| x.created_ms).collect::<Vec<_>>(),
+            [400, 150, 100],
+            "{name}"
+        );
+        let r = samples(SampleFilter {
+            workflow: Some("w".into()),
+            ..all.clone()
+        })
+        .await;
+        assert_eq!(r.len(), 2, "{name}");
+        let r = samples(SampleFilter {
+            limit: 2,
+            ..all.clone()
+        })
+        .await;
+        assert_eq!(
+            r.iter().map(|x| x.created_ms).collect::<Vec<_>>(),
+            [400, 300],
+            "{name}"
+        );
+        // The listing's new filters.
+        let list = |f: InvocationFilter| {
+            let s = s.clone();
+            async move {
+                s.invocation_list("acme", InvocationFilter { limit: 100, ..f })
+                    .await
+                    .unwrap()
+                    .into_iter()
+                    .map(|(_, r)| r.id)
+                    .collect::<Vec<_>>()
+            }
+        };
+        assert_eq!(
+            list(InvocationFilter {
+                error_kind: Some("trap".into()),
+                ..InvocationFilter::default()
+            })
+            .await,
+            ["inv_2"],
+            "{name}"
+        );
+        assert_eq!(
+            list(InvocationFilter {
+                since_ms: Some(150),
+                until_ms: Some(400),
+                ..InvocationFilter::default()
+            })
+            .await,
+            ["inv_6", "inv_3", "inv_2"],
+            "{name}: by position, within the times"
+        );
+    }
+}

@@ -28,6 +28,7 @@ pub mod schema;
 pub mod secrets;
 pub mod server;
 pub mod service;
+pub mod stats;
 pub mod storage;
 pub mod tool;
 pub mod value;

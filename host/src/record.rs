@@ -79,12 +79,43 @@ pub struct InvocationResponse {
 }
 
 /// A stored response (a waiting invocation's), ended with `error`: the
-/// status becomes `status`, the error is set, nothing else changes. A
+/// status becomes `status`, the error is set, nothing else changes (the
+/// record's own fields — arguments, decision, charge — are kept). A
 /// response that does not parse is `corrupt`.
 pub fn ended(response: &str, status: Status, error: Error) -> crate::Result<String> {
-    let mut r: InvocationResponse = serde_json::from_str(response)
-        .map_err(|e| Error::corrupt(format!("stored invocation record: {e}")))?;
-    r.status = status;
-    r.error = Some(error);
-    Ok(serde_json::to_string(&r).unwrap_or_default())
+    let corrupt = |e: serde_json::Error| Error::corrupt(format!("stored invocation record: {e}"));
+    let mut v: serde_json::Value = serde_json::from_str(response).map_err(corrupt)?;
+    // It must be a response, whatever else it holds.
+    serde_json::from_value::<InvocationResponse>(v.clone()).map_err(corrupt)?;
+    v["status"] = serde_json::to_value(status).map_err(corrupt)?;
+    v["error"] = serde_json::to_value(&error).map_err(corrupt)?;
+    Ok(v.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::ErrorKind;
+
+    #[test]
+    fn ending_a_record_keeps_its_own_fields() {
+        let stored = serde_json::json!({
+            "invocation_id": "inv_1", "status": "pending_approval", "tool": "t",
+            "function": "f", "usage": {"fuel": 0, "wall_ms": 0, "memory_peak_bytes": 0},
+            "approval_id": "apr_1",
+            "args": {"amount_usd": 120}, "decision": {"effect": "allow", "rule": "r"},
+        });
+        let ended = ended(
+            &stored.to_string(),
+            Status::Refused,
+            Error::new(ErrorKind::ApprovalDenied, "no"),
+        )
+        .unwrap();
+        let v: serde_json::Value = serde_json::from_str(&ended).unwrap();
+        assert_eq!(v["status"], "refused");
+        assert_eq!(v["error"]["kind"], "approval_denied");
+        assert_eq!(v["args"]["amount_usd"], 120);
+        assert_eq!(v["decision"]["rule"], "r");
+        assert!(super::ended("{\"status\": 1}", Status::Refused, Error::internal("x")).is_err());
+    }
 }

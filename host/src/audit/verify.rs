@@ -485,12 +485,12 @@ async fn verify_chain(
 /// as JSON lines: a header, the entries, the checkpoints that fall inside,
 /// and a fresh `export` checkpoint signed over the last entry written, so the
 /// file verifies on its own ([`verify_export`]).
-pub async fn export(
+pub async fn export<W: Write + ?Sized>(
     log: &super::AuditLog,
     chain: &str,
     since_ms: Option<i64>,
     until_ms: Option<i64>,
-    out: &mut dyn Write,
+    out: &mut W,
 ) -> Result<u64> {
     let storage = log.storage();
     let io = |e: std::io::Error| Error::internal(format!("writing the export: {e}"));

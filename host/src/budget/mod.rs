@@ -50,12 +50,25 @@ impl Spend {
     }
 }
 
+/// The ledger metrics, in the order [`Spend`] lists them.
+pub const METRICS: [&str; 7] = [
+    "tool_calls",
+    "outbound_calls",
+    "fuel",
+    "wall_ms",
+    "cost_micro_usd",
+    "input_tokens",
+    "output_tokens",
+];
+
 /// USD in micro-USD, rounded up.
 pub fn micro_usd(usd: f64) -> i64 {
     (usd * 1e6).ceil().min(i64::MAX as f64) as i64
 }
 
-fn limit_of(limits: &Limits, metric: &str) -> Option<i64> {
+/// The limit `limits` sets on a ledger metric, in the ledger's unit
+/// (`cost_micro_usd` in micro-USD).
+pub fn limit_of(limits: &Limits, metric: &str) -> Option<i64> {
     let clamp = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
     match metric {
         "tool_calls" => limits.max_tool_calls.map(clamp),
@@ -111,8 +124,11 @@ pub fn civil_date(unix_ms: i64) -> (i64, u32, u32) {
     (y, m, d)
 }
 
-/// The ledger lines an amount is charged to, with their limits.
-pub fn charges(budget: &Budget, scope: &Scope, now_ms: i64, spend: &Spend) -> Vec<Charge> {
+/// The ledgers (scope, window) a call in `scope` at `now_ms` is charged
+/// to, with their limits: the task's (`all`), the workflow's and the
+/// tenant's (the current `day:` and `month:` windows) where the budget sets
+/// limits.
+pub fn levels(budget: &Budget, scope: &Scope, now_ms: i64) -> Vec<(String, String, Limits)> {
     let (y, m, d) = civil_date(now_ms);
     let day = format!("day:{y:04}-{m:02}-{d:02}");
     let month = format!("month:{y:04}-{m:02}");
@@ -134,11 +150,14 @@ pub fn charges(budget: &Budget, scope: &Scope, now_ms: i64, spend: &Spend) -> Ve
             levels.push((s.clone(), month.clone(), l.clone()));
         }
     }
+    levels.retain(|(_, _, limits)| *limits != Limits::default());
+    levels
+}
+
+/// The ledger lines an amount is charged to, with their limits.
+pub fn charges(budget: &Budget, scope: &Scope, now_ms: i64, spend: &Spend) -> Vec<Charge> {
     let mut out = Vec::new();
-    for (scope, window, limits) in levels {
-        if limits == Limits::default() {
-            continue;
-        }
+    for (scope, window, limits) in levels(budget, scope, now_ms) {
         for (metric, amount) in spend.metrics() {
             let limit = limit_of(&limits, metric);
             if amount != 0 || limit.is_some() {

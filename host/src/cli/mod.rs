@@ -13,6 +13,7 @@ mod keys;
 mod policy;
 mod run;
 mod serve;
+mod stats;
 mod tools;
 
 use clap::{Parser, Subcommand};
@@ -60,6 +61,9 @@ enum Command {
     /// The compile child (internal).
     #[command(name = "__compile", hide = true)]
     Compile(compile::Args),
+    /// Reports: per tool and function the count, failure rate, p50/p95/p99
+    /// latency and cost; per task the cost, tokens and calls.
+    Stats(Box<stats::Args>),
 }
 
 /// Options shared by commands that load a component.
@@ -98,6 +102,7 @@ pub async fn main() -> i32 {
         Command::Policy(cmd) => policy::main(cmd).await,
         Command::Approvals(cmd) => approvals::main(cmd).await,
         Command::Compile(args) => compile::main(args),
+        Command::Stats(args) => stats::main(*args).await,
     }
 }
 

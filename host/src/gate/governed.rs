@@ -558,6 +558,8 @@ impl Gate for Governed {
                 (None, None) => json!({"effect": "allow", "rule": ""}),
             };
             let chain = chain_of(ctx.tenant.as_deref());
+            let args_redacted = canonical::redact(report.args, redact);
+            let args_sha256 = canonical::fingerprint(report.args);
             let mut records = vec![(
                 chain.clone(),
                 time_ms,
@@ -572,8 +574,8 @@ impl Gate for Governed {
                     "tool": response.tool,
                     "version": response.version,
                     "function": response.function,
-                    "args_sha256": canonical::fingerprint(report.args),
-                    "args": canonical::redact(report.args, redact),
+                    "args_sha256": args_sha256,
+                    "args": args_redacted,
                     "decision": decision,
                     "charged": charged,
                     "outcome": {
@@ -604,10 +606,24 @@ impl Gate for Governed {
             }
             // The caller's own record: what they were answered (already
             // scrubbed of injected secrets by the host), redacted as the
-            // audit copies are.
+            // audit copies are; with what the audit entries say about it
+            // (arguments, decision, charge, outbound calls), so a reader of
+            // the record (the API, the console, the reports) need not
+            // search the trail.
             let mut stored = serde_json::to_value(response).unwrap_or_default();
             if let Some(result) = stored.get_mut("result") {
                 *result = canonical::redact(result, redact);
+            }
+            if let Some(obj) = stored.as_object_mut() {
+                obj.insert("args".into(), args_redacted.clone());
+                obj.insert("args_sha256".into(), json!(args_sha256));
+                obj.insert("decision".into(), decision.clone());
+                if let Some(charged) = &charged {
+                    obj.insert("charged".into(), json!(charged));
+                }
+                if !report.outbound.is_empty() {
+                    obj.insert("outbound".into(), json!(report.outbound));
+                }
             }
             let invocation = InvocationRecord {
                 id: response.invocation_id.clone(),
@@ -654,8 +670,8 @@ impl Gate for Governed {
                     workflow: workflow.clone(),
                     task_id: ctx.task_id.clone(),
                     args: report.args.to_string(),
-                    args_redacted: canonical::redact(report.args, redact).to_string(),
-                    args_sha256: canonical::fingerprint(report.args),
+                    args_redacted: args_redacted.to_string(),
+                    args_sha256: args_sha256.clone(),
                     rule,
                     requester: ctx.principal.clone(),
                     created_ms: time_ms,

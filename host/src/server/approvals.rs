@@ -170,6 +170,30 @@ async fn decide(
     } else {
         super::problem::parse_json(&body, "decision")?
     };
+    let decided = decide_as(&app, &caller, id, verdict, request.reason).await?;
+    let mut out = json!({ "approval": approvals::view(&decided.approval, now_ms()) });
+    if let Some(outcome) = &decided.outcome {
+        out["invocation"] = json!(outcome.response());
+    }
+    // A callback, if the request gave one, is in the outbox: written with
+    // the decision (deny) or the approved call's end, delivered at least
+    // once by whichever host claims it.
+    Ok(Json(out))
+}
+
+/// Decide request `id` of the caller's tenant as the caller: the one path
+/// for the API and the console. Needs the `approve` role;
+/// [`approvals::decide`] refuses the requester's own key, a decided or
+/// expired request, and runs an approved call (on its own task: once
+/// decided, it runs to completion whatever happens to the request).
+pub async fn decide_as(
+    app: &Arc<App>,
+    caller: &Caller,
+    id: String,
+    verdict: Verdict,
+    reason: Option<String>,
+) -> Result<approvals::Decided, ApiError> {
+    caller.require(Role::Approve)?;
     let decider = Decider {
         storage: app.storage.clone(),
         registry: app.registry.clone(),
@@ -192,13 +216,12 @@ async fn decide(
                 &id,
                 &approver,
                 verdict,
-                request.reason.as_deref(),
+                reason.as_deref(),
             )
             .await
         })
         .await
         .map_err(|e| crate::Error::internal(format!("the decision task failed: {e}")))??;
-    let mut out = json!({ "approval": approvals::view(&decided.approval, now_ms()) });
     if let Some(outcome) = &decided.outcome {
         tracing::info!(
             invocation_id = %outcome.invocation_id,
@@ -206,10 +229,6 @@ async fn decide(
             status = outcome.status.as_str(),
             "approved invocation ran"
         );
-        out["invocation"] = json!(outcome.response());
     }
-    // A callback, if the request gave one, is in the outbox: written with
-    // the decision (deny) or the approved call's end, delivered at least
-    // once by whichever host claims it.
-    Ok(Json(out))
+    Ok(decided)
 }

@@ -17,6 +17,7 @@
 pub mod approvals;
 pub mod auth;
 pub mod bodies;
+pub mod console;
 pub mod fair;
 pub mod invoke;
 pub mod limit;
@@ -24,6 +25,7 @@ pub mod listen;
 pub mod openapi;
 pub mod problem;
 pub mod records;
+pub mod stats;
 pub mod tools;
 
 use crate::error::{Error, Result};
@@ -322,6 +324,7 @@ const ROUTES: &[(&str, &str, auth::Access)] = {
         ("GET", "/v1/invocations/{id}", RECORDS),
         ("GET", "/v1/tasks/{task_id}/usage", RECORDS),
         ("POST", "/v1/tasks/{task_id}/usage", INVOKE),
+        ("GET", "/v1/stats", RECORDS),
     ]
 };
 
@@ -365,6 +368,7 @@ pub fn router(app: Arc<App>, config: &ServeConfig) -> Router {
             "/v1/tasks/{task_id}/usage",
             get(records::get_usage).post(records::report_usage),
         )
+        .route("/v1/stats", get(stats::get))
         .layer(axum::middleware::from_fn_with_state(
             app.clone(),
             limit::limit,
@@ -378,6 +382,8 @@ pub fn router(app: Arc<App>, config: &ServeConfig) -> Router {
         .method_not_allowed_fallback(problem::method_not_allowed)
         .layer(DefaultBodyLimit::max(config.max_body))
         .layer(axum::middleware::map_response(problem::ensure_problem))
+        // HTML, with its own sessions, limits and headers (not problems).
+        .nest_service("/console", console::router(app.clone(), config))
         .layer(
             tower_http::trace::TraceLayer::new_for_http()
                 .make_span_with(|req: &axum::http::Request<_>| {

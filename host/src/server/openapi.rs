@@ -28,6 +28,7 @@ use utoipa::{Modify, OpenApi};
         records::list,
         records::report_usage,
         records::get_usage,
+        super::stats::get,
         super::healthz,
         super::readyz,
     ),

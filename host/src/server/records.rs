@@ -17,9 +17,21 @@ use std::sync::Arc;
 
 const READERS: &[Role] = &[Role::Invoke, Role::Audit, Role::Approve];
 
+/// A time query parameter (`since`, `until`): see [`crate::stats::parse_time`].
+pub fn time_param(name: &str, value: Option<&str>) -> Result<Option<i64>, ApiError> {
+    value
+        .map(|v| {
+            crate::stats::parse_time(v, crate::clock::now_ms())
+                .map_err(|e| ApiError::new(ErrorKind::InvalidRequest, format!("`{name}`: {e}")))
+        })
+        .transpose()
+}
+
 /// A record as the API shows it: the response the caller was given, with
-/// its context.
-fn show(r: &InvocationRecord) -> Value {
+/// its context (and, for records written since they carry them, the
+/// redacted arguments and their hash, the policy decision, the budget
+/// charge and the outbound calls).
+pub fn show(r: &InvocationRecord) -> Value {
     let mut v: Value = serde_json::from_str(&r.response).unwrap_or_else(|_| json!({}));
     if let Some(obj) = v.as_object_mut() {
         // The row's status is the truth (a running row keeps the answer it
@@ -91,6 +103,13 @@ pub struct ListQuery {
     status: Option<crate::invoke::Status>,
     workflow: Option<String>,
     task_id: Option<String>,
+    /// The error kind (`fuel_exhausted`, `policy_denied`, ...).
+    kind: Option<String>,
+    /// Created at or after this time: Unix ms, `2026-11-26`,
+    /// `2026-11-26T10:00:00Z`, or a period ago (`24h`, `7d`).
+    since: Option<String>,
+    /// Created before this time (same forms).
+    until: Option<String>,
     /// At most this many (default 50).
     #[param(minimum = 1, maximum = 500)]
     limit: Option<i64>,
@@ -138,6 +157,9 @@ pub async fn list(
                 status: q.status.map(|s| s.as_str().to_string()),
                 workflow: q.workflow,
                 task_id: q.task_id,
+                error_kind: q.kind,
+                since_ms: time_param("since", q.since.as_deref())?,
+                until_ms: time_param("until", q.until.as_deref())?,
                 before,
                 limit,
             },

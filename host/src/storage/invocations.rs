@@ -52,9 +52,69 @@ pub struct InvocationFilter {
     pub status: Option<String>,
     pub workflow: Option<String>,
     pub task_id: Option<String>,
+    /// The error kind (`error_kind` column).
+    pub error_kind: Option<String>,
+    /// Only records created at or after this time (Unix ms).
+    pub since_ms: Option<i64>,
+    /// Only records created before this time (Unix ms).
+    pub until_ms: Option<i64>,
     /// Only records older than this position (from a previous page).
     pub before: Option<i64>,
     pub limit: i64,
+}
+
+/// Which invocations the reports ([`crate::stats`]) aggregate: a tenant's,
+/// created in `[since_ms, until_ms)`, newest first, at most `limit`.
+#[derive(Debug, Clone, Default)]
+pub struct SampleFilter {
+    pub tool: Option<String>,
+    pub function: Option<String>,
+    pub workflow: Option<String>,
+    pub since_ms: i64,
+    pub until_ms: i64,
+    pub limit: i64,
+}
+
+/// One invocation as the reports need it: who, what, how it ended, how
+/// long it ran and what it cost.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct InvocationSample {
+    pub tool: String,
+    pub function: String,
+    pub workflow: Option<String>,
+    pub task_id: Option<String>,
+    pub status: String,
+    pub error_kind: Option<String>,
+    pub created_ms: i64,
+    /// The response's `usage.wall_ms` (none while running).
+    pub wall_ms: Option<i64>,
+    /// The record's `charged.cost_micro_usd` (none when nothing was
+    /// charged: refused before admission, or recorded before records
+    /// carried their charge).
+    pub cost_micro_usd: Option<i64>,
+}
+
+/// A record's sample: the wall time and cost read from its stored response
+/// (`usage.wall_ms`, `charged.cost_micro_usd`). What every backend returns
+/// from [`InvocationStore::invocation_samples`] (SQL backends read the
+/// same two JSON paths in the query).
+pub fn sample_of(r: &InvocationRecord) -> InvocationSample {
+    let v: serde_json::Value = serde_json::from_str(&r.response).unwrap_or_default();
+    InvocationSample {
+        tool: r.tool.clone(),
+        function: r.function.clone(),
+        workflow: r.workflow.clone(),
+        task_id: r.task_id.clone(),
+        status: r.status.clone(),
+        error_kind: r.error_kind.clone(),
+        created_ms: r.created_ms,
+        wall_ms: v
+            .pointer("/usage/wall_ms")
+            .and_then(serde_json::Value::as_i64),
+        cost_micro_usd: v
+            .pointer("/charged/cost_micro_usd")
+            .and_then(serde_json::Value::as_i64),
+    }
 }
 
 /// What identifies a new running row.
@@ -179,6 +239,16 @@ pub trait InvocationStore: Send + Sync {
         tenant: &str,
         filter: InvocationFilter,
     ) -> BoxFuture<'_, Result<Vec<(i64, InvocationRecord)>>>;
+
+    /// A tenant's invocations created in `[since_ms, until_ms)` that match
+    /// the filter, as [`sample_of`] reads them, newest first (by
+    /// `created_ms`, then position), at most `limit`: what the reports
+    /// aggregate.
+    fn invocation_samples(
+        &self,
+        tenant: &str,
+        filter: SampleFilter,
+    ) -> BoxFuture<'_, Result<Vec<InvocationSample>>>;
 
     /// Admission, atomically: reserve the limited lines of `worst` (all or
     /// none: [`Refused::Exceeded`] names the first limit passed) and write

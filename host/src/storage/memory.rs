@@ -737,11 +737,46 @@ impl InvocationStore for MemoryStorage {
                     && f.status.as_ref().is_none_or(|s| &r.status == s)
                     && eq(&f.workflow, &r.workflow)
                     && eq(&f.task_id, &r.task_id)
+                    && eq(&f.error_kind, &r.error_kind)
+                    && f.since_ms.is_none_or(|s| r.created_ms >= s)
+                    && f.until_ms.is_none_or(|u| r.created_ms < u)
             })
             .take(usize::try_from(f.limit).unwrap_or(0))
             .map(|(p, r)| (*p, r.clone()))
             .collect();
         Box::pin(async move { Ok(found) })
+    }
+
+    fn invocation_samples(
+        &self,
+        tenant: &str,
+        f: SampleFilter,
+    ) -> BoxFuture<'_, Result<Vec<InvocationSample>>> {
+        let eq = |want: &Option<String>, have: Option<&String>| {
+            want.as_ref().is_none_or(|w| have == Some(w))
+        };
+        let inner = self.lock();
+        let mut found: Vec<(i64, i64, &InvocationRecord)> = inner
+            .invocations
+            .iter()
+            .map(|(p, r)| (*p, &r.record))
+            .filter(|(_, r)| {
+                r.tenant == tenant
+                    && r.created_ms >= f.since_ms
+                    && r.created_ms < f.until_ms
+                    && eq(&f.tool, Some(&r.tool))
+                    && eq(&f.function, Some(&r.function))
+                    && eq(&f.workflow, r.workflow.as_ref())
+            })
+            .map(|(p, r)| (r.created_ms, p, r))
+            .collect();
+        found.sort_by_key(|s| std::cmp::Reverse((s.0, s.1)));
+        let samples = found
+            .into_iter()
+            .take(usize::try_from(f.limit).unwrap_or(0))
+            .map(|(_, _, r)| sample_of(r))
+            .collect();
+        Box::pin(async move { Ok(samples) })
     }
 
     fn invocation_admit(

@@ -78,6 +78,8 @@ impl InvocationStore for SqliteStorage {
                  WHERE tenant = ?1 AND pos < ?2
                    AND (?3 IS NULL OR tool = ?3) AND (?4 IS NULL OR status = ?4)
                    AND (?5 IS NULL OR workflow = ?5) AND (?6 IS NULL OR task_id = ?6)
+                   AND (?8 IS NULL OR error_kind = ?8)
+                   AND (?9 IS NULL OR created_ms >= ?9) AND (?10 IS NULL OR created_ms < ?10)
                  ORDER BY pos DESC LIMIT ?7",
             )
             .bind(tenant)
@@ -87,10 +89,65 @@ impl InvocationStore for SqliteStorage {
             .bind(f.workflow)
             .bind(f.task_id)
             .bind(f.limit)
+            .bind(f.error_kind)
+            .bind(f.since_ms)
+            .bind(f.until_ms)
             .fetch_all(&self.pool)
             .await
             .map_err(db)?;
             Ok(rows.iter().map(invocation_row).collect())
+        })
+    }
+
+    fn invocation_samples(
+        &self,
+        tenant: &str,
+        f: SampleFilter,
+    ) -> BoxFuture<'_, Result<Vec<InvocationSample>>> {
+        let tenant = tenant.to_string();
+        Box::pin(async move {
+            // The two numbers come from the stored response, as
+            // `sample_of` reads them (a response that is not JSON, or has
+            // no such number, gives NULL).
+            let rows = sqlx::query(
+                "SELECT tool, function, workflow, task_id, status, error_kind, created_ms,
+                        CASE WHEN json_valid(response) THEN json_extract(response, '$.usage.wall_ms') END,
+                        CASE WHEN json_valid(response) THEN json_extract(response, '$.charged.cost_micro_usd') END
+                 FROM invocations INDEXED BY invocations_created
+                 WHERE tenant = ?1 AND created_ms >= ?2 AND created_ms < ?3
+                   AND (?4 IS NULL OR tool = ?4) AND (?5 IS NULL OR function = ?5)
+                   AND (?6 IS NULL OR workflow = ?6)
+                 ORDER BY created_ms DESC, pos DESC LIMIT ?7",
+            )
+            .bind(tenant)
+            .bind(f.since_ms)
+            .bind(f.until_ms)
+            .bind(f.tool)
+            .bind(f.function)
+            .bind(f.workflow)
+            .bind(f.limit)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db)?;
+            let int = |r: &sqlx::sqlite::SqliteRow, i: usize| -> Option<i64> {
+                // json_extract gives an integer, a real (a float in the
+                // JSON) or text; only whole numbers count.
+                r.try_get::<Option<i64>, _>(i).ok().flatten()
+            };
+            Ok(rows
+                .iter()
+                .map(|r| InvocationSample {
+                    tool: r.get(0),
+                    function: r.get(1),
+                    workflow: r.get(2),
+                    task_id: r.get(3),
+                    status: r.get(4),
+                    error_kind: r.get(5),
+                    created_ms: r.get(6),
+                    wall_ms: int(r, 7),
+                    cost_micro_usd: int(r, 8),
+                })
+                .collect())
         })
     }
 

@@ -210,6 +210,9 @@ const MIGRATIONS: &[&str] = &[
     // expiry.
     "CREATE INDEX approvals_due ON approvals (expires_ms) WHERE status = 'pending';
     CREATE INDEX result_cache_expiry ON result_cache (expires_ms);",
+    // 8: reports and time filters read a tenant's invocations by creation
+    // time (storage/invocations.rs, `invocation_samples`).
+    "CREATE INDEX invocations_created ON invocations (tenant, created_ms);",
 ];
 
 /// A driver error as an [`Error`] that says whether retrying can help:
