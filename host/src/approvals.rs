@@ -279,6 +279,7 @@ pub async fn decide(
                     idempotency_key: None,
                     callback_url: decided.callback_url.clone(),
                     transport: Some("approval".into()),
+                    traceparent: None,
                 },
             };
             Some(

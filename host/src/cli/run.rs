@@ -175,6 +175,7 @@ pub async fn main(args: Args) -> i32 {
         approval: None,
         callback_url: None,
         transport: Some("cli".into()),
+        traceparent: None,
     };
     let (host, audit, instance) = match &args.policy {
         None => (

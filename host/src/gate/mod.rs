@@ -51,6 +51,10 @@ pub struct CallContext {
     pub callback_url: Option<String>,
     /// How the call arrived: `http`, `mcp`, `cli`, `approval` (recorded).
     pub transport: Option<String>,
+    /// The caller's W3C trace context (`traceparent`, validated by the
+    /// transport: HTTP header on `/v1`, `_meta` on MCP): the invocation's
+    /// logs and spans continue the caller's trace.
+    pub traceparent: Option<String>,
 }
 
 impl CallContext {

@@ -217,6 +217,7 @@ async fn run(
             approval: None,
             callback_url: request.callback_url,
             transport: Some("http".into()),
+            traceparent: None,
         },
         hold: super::limit::current_slot().map(|s| s as Arc<dyn std::any::Any + Send + Sync>),
     };
