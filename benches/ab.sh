@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# A/B load comparison of two `host` binaries on this machine, in one run:
+# the same governed invoke as benches/serve.sh (Cedar policy, budget
+# reservation and settlement, durable SQLite audit), each binary on its own
+# data dir, runs interleaved (A, B, A, B, ...) so drift and noise hit both.
+# Prints each run's requests/s and, per concurrency, the medians and B/A.
+#
+# Needs: wrk, curl, python3; the guests built (benches/serve.sh builds them).
+# Extra `host serve` flags per side: SERVE_ARGS_A, SERVE_ARGS_B.
+# Usage: benches/ab.sh HOST_A HOST_B [seconds per run=5] [rounds=5] [concurrencies="1 16 64"]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+a=$1 b=$2 secs=${3:-5} rounds=${4:-5} concs=${5:-"1 16 64"}
+command -v wrk >/dev/null || { echo "wrk not found (apt-get install wrk)" >&2; exit 1; }
+tools=guest-examples/target/wasm32-wasip2/release
+[ -f $tools/text_tools.wasm ] ||
+  cargo build --quiet --release --target wasm32-wasip2 --manifest-path guest-examples/Cargo.toml
+work=target/bench-ab
+rm -rf "$work"; mkdir -p "$work"
+cat > "$work/policy.yaml" <<'YAML'
+workflow: "*"
+budget:
+  max_tool_calls: 1000000000
+  per_tenant:
+    day: {max_tool_calls: 1000000000}
+policy:
+  allow_tools: [hello]
+YAML
+
+pids=()
+trap 'kill "${pids[@]}" 2>/dev/null || true' EXIT
+start() { # name binary -> sets url_<name>
+  local name=$1 host=$2 extra=$3 data="$work/$1"
+  $host register $tools/text_tools.wasm --name text-tools --tenant bench --data-dir "$data" >/dev/null
+  local key; key=$($host keys create --tenant bench --role invoke --data-dir "$data")
+  cat > "$work/$name.lua" <<LUA
+wrk.method = "POST"
+wrk.body = '{"args": {"name": "world"}, "task_id": "bench"}'
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer $key"
+LUA
+  $host serve --listen 127.0.0.1:0 --data-dir "$data" --policy "$work/policy.yaml" \
+    --max-concurrency 64 $extra 2>"$work/$name.log" >"$work/$name.url" &
+  pids+=($!)
+  for _ in $(seq 1 200); do [ -s "$work/$name.url" ] && break; sleep 0.1; done
+  local url; url="$(head -1 "$work/$name.url")/v1/tools/text-tools/hello/invoke"
+  curl -sf -H "Authorization: Bearer $key" -d '{"args": {"name": "world"}}' "$url" >/dev/null
+  echo "$url" > "$work/$name.target"
+}
+start a "$a" "${SERVE_ARGS_A:-}"
+start b "$b" "${SERVE_ARGS_B:-}"
+: > "$work/results"
+for c in $concs; do
+  threads=$(( c < 2 ? 1 : 2 ))
+  for r in $(seq 1 "$rounds"); do
+    for side in a b; do
+      rps=$(wrk -t$threads -c$c -d${secs}s -s "$work/$side.lua" "$(cat "$work/$side.target")" |
+        awk '/Requests\/sec/ {print $2}')
+      echo "c=$c round=$r $side $rps" | tee -a "$work/results"
+    done
+  done
+done
+python3 - "$work/results" <<'PY'
+import sys, statistics, collections
+runs = collections.defaultdict(list)
+for line in open(sys.argv[1]):
+    c, _, side, rps = line.split()
+    runs[(c, side)].append(float(rps))
+print("concurrency  A median   B median   B/A   (requests/s)")
+for c in sorted({c for c, _ in runs}, key=lambda c: int(c[2:])):
+    a, b = statistics.median(runs[(c, "a")]), statistics.median(runs[(c, "b")])
+    print(f"{c:<12} {a:>9.0f}  {b:>9.0f}  {b/a:5.2f}")
+PY
