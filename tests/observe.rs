@@ -225,9 +225,9 @@ async fn metrics_count_what_happened_by_tenant_tool_and_outcome_within_the_label
         2.0
     );
     assert!(
-        text.contains(&format!(
-            "toolhost_invocation_duration_seconds_bucket{{tenant=\"acme\",tool=\"text-tools\",function=\"hello\",le=\"+Inf\"}} 3"
-        )),
+        text.contains(
+            r#"toolhost_invocation_duration_seconds_bucket{tenant="acme",tool="text-tools",function="hello",le="+Inf"} 3"#
+        ),
         "{text}"
     );
     assert!(value(&text, &format!("toolhost_invocation_fuel_sum{labels}")) > 0.0);

@@ -50,21 +50,43 @@ pub struct Labels {
 
 #[derive(Default)]
 struct Seen {
-    tools: HashSet<(String, String)>,
+    /// Tool → its functions named.
+    tools: HashMap<String, HashSet<String>>,
+    /// Tool/function pairs named (the bound applies to pairs).
+    pairs: usize,
     hosts: HashSet<String>,
     workflows: HashSet<String>,
 }
 
+impl Seen {
+    /// Whether the pair may be named (it is already, or there is room:
+    /// then it is added). No allocation when it is known.
+    fn pair(&mut self, tool: &str, function: &str, cap: usize) -> bool {
+        if self.tools.get(tool).is_some_and(|f| f.contains(function)) {
+            return true;
+        }
+        if self.pairs >= cap {
+            return false;
+        }
+        self.pairs += 1;
+        self.tools
+            .entry(tool.to_string())
+            .or_default()
+            .insert(function.to_string());
+        true
+    }
+}
+
 /// Whether `value` may be a label value of a set bounded at `cap` (it is
 /// one already, or there is room: then it is added).
-fn admit<T: std::hash::Hash + Eq>(set: &mut HashSet<T>, value: T, cap: usize) -> bool {
-    if set.contains(&value) {
+fn admit(set: &mut HashSet<String>, value: &str, cap: usize) -> bool {
+    if set.contains(value) {
         return true;
     }
     if set.len() >= cap {
         return false;
     }
-    set.insert(value);
+    set.insert(value.to_string());
     true
 }
 
@@ -97,9 +119,7 @@ impl Labels {
     /// (tenant, tool, function) as labels.
     pub fn tool(&self, tenant: &str, tool: &str, function: &str) -> [String; 3] {
         let cap = self.bounds.names;
-        let named = self.with(tenant, |s| {
-            admit(&mut s.tools, (tool.to_string(), function.to_string()), cap)
-        });
+        let named = self.with(tenant, |s| s.pair(tool, function, cap));
         match named {
             Some(true) => [tenant.into(), tool.into(), function.into()],
             Some(false) => {
@@ -113,7 +133,7 @@ impl Labels {
     /// (tenant, destination host) as labels.
     pub fn host(&self, tenant: &str, host: &str) -> [String; 2] {
         let cap = self.bounds.names;
-        match self.with(tenant, |s| admit(&mut s.hosts, host.to_string(), cap)) {
+        match self.with(tenant, |s| admit(&mut s.hosts, host, cap)) {
             Some(true) => [tenant.into(), host.into()],
             Some(false) => {
                 overflow("host");
@@ -126,9 +146,7 @@ impl Labels {
     /// (tenant, workflow) as labels.
     pub fn workflow(&self, tenant: &str, workflow: &str) -> [String; 2] {
         let cap = self.bounds.names;
-        match self.with(tenant, |s| {
-            admit(&mut s.workflows, workflow.to_string(), cap)
-        }) {
+        match self.with(tenant, |s| admit(&mut s.workflows, workflow, cap)) {
             Some(true) => [tenant.into(), workflow.into()],
             Some(false) => {
                 overflow("workflow");
@@ -627,6 +645,7 @@ mod tests {
         // values per kind, not 5000.
         let tenants = m.labels.tenants.lock().unwrap();
         assert_eq!(tenants.len(), 3);
+        assert_eq!(tenants["big"].pairs, 10);
         assert_eq!(tenants["big"].tools.len(), 10);
         assert_eq!(tenants["big"].hosts.len(), 10);
     }
