@@ -10,8 +10,19 @@
 # Needs: wrk (apt-get install wrk), wasmtime 48.x on PATH
 # (cargo install wasmtime-cli --version 48.0.8 --locked), curl.
 # Usage: benches/serve.sh [seconds per run, default 10]
+#
+# `benches/serve.sh observe [seconds per run, default 10] [rounds, default 5]`
+# measures what metrics and tracing cost instead: `host serve` at c=16
+# without them, and with `--metrics-listen` (scraped every 5 s) and
+# `--otlp-endpoint` (every invocation traced and exported to a local OTLP
+# sink), interleaved run by run (the order alternates each round), on the
+# same data dir; medians and their ratio. Needs wrk, curl and python3.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+if [ "${1:-}" = observe ]; then
+  shift
+  exec "$(dirname "$0")/serve-observe.sh" "$@"
+fi
 secs=${1:-10}
 command -v wrk >/dev/null || { echo "wrk not found (apt-get install wrk)" >&2; exit 1; }
 command -v wasmtime >/dev/null || { echo "wasmtime not found (cargo install wasmtime-cli --version 48.0.8 --locked)" >&2; exit 1; }

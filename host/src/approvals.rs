@@ -253,6 +253,15 @@ pub async fn decide(
         }
         Err(e) => return Err(e),
     }
+    crate::observe::metrics::approval_decided(
+        tenant,
+        if verdict == Verdict::Approve {
+            "approved"
+        } else {
+            "denied"
+        },
+        std::time::Duration::from_millis(u64::try_from(now - request.created_ms).unwrap_or(0)),
+    );
     let decided = d
         .storage
         .approval_get(tenant, id)

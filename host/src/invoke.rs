@@ -11,6 +11,7 @@ use crate::capability::{CapabilityEvent, Mediator};
 use crate::error::{Error, ErrorKind};
 use crate::gate::{CallContext, Gate, InvocationReport, InvocationRequest};
 use crate::limits::Limits;
+use crate::observe;
 pub use crate::record::{InvocationResponse, Status, Usage};
 use crate::runtime::Runtime;
 use crate::sandbox::{self, Run, stdio::Captured};
@@ -247,7 +248,22 @@ impl Host {
             context: &call.context,
             limits: &call.limits,
         };
-        let admission = match self.gate.admit(&request).await {
+        let admit = observe::trace::child("admit");
+        let admitted = admit.run(self.gate.admit(&request)).await;
+        match &admitted {
+            _ if !admit.is_on() => {}
+            Ok(a) => {
+                admit.set("toolhost.policy.effect", "allow");
+                admit.set("toolhost.policy.rule", a.rule.clone());
+                admit.set("toolhost.cache.hit", a.cached.is_some());
+            }
+            Err(e) => {
+                admit.set("toolhost.policy.effect", e.kind.as_str());
+                admit.set("toolhost.policy.rule", e.message.clone());
+            }
+        }
+        admit.end();
+        let admission = match admitted {
             Ok(a) => a,
             Err(refusal) => {
                 return self
@@ -277,19 +293,31 @@ impl Host {
             admission,
         });
         let mediator = Mediator::new(admitted.clone());
-        let out = sandbox::run(
-            self.runtime.engine(),
-            Run {
-                pre: tool.instance_pre(),
-                export,
-                params,
-                result_count: usize::from(function.result.is_some()),
-                limits: &limits,
-                grants: &admitted.admission.grants,
-                mediator: mediator.clone(),
-            },
-        )
-        .await;
+        let sandbox_span = observe::trace::child("sandbox");
+        let out = sandbox_span
+            .run(sandbox::run(
+                self.runtime.engine(),
+                Run {
+                    pre: tool.instance_pre(),
+                    export,
+                    params,
+                    result_count: usize::from(function.result.is_some()),
+                    limits: &limits,
+                    grants: &admitted.admission.grants,
+                    mediator: mediator.clone(),
+                },
+            ))
+            .await;
+        sandbox_span.set(
+            "toolhost.fuel",
+            i64::try_from(out.fuel_used).unwrap_or(i64::MAX),
+        );
+        sandbox_span.set("toolhost.wall_ms", out.wall.as_millis() as i64);
+        sandbox_span.set(
+            "toolhost.memory_peak_bytes",
+            i64::try_from(out.memory_peak_bytes).unwrap_or(i64::MAX),
+        );
+        sandbox_span.end();
 
         // Bytes and strings the guest returns are scrubbed as values, before
         // they become JSON (a `list<u8>` turns into base64 there, where the
@@ -371,7 +399,7 @@ impl Host {
             response: &response,
             outbound: &outcome.outbound,
         };
-        if let Err(e) = self.gate.complete(Some(&admitted.admission), &report).await {
+        if let Err(e) = self.complete(Some(&admitted.admission), &report).await {
             // The outcome could not be recorded: it must not be returned as
             // if it had been.
             outcome.fail(e);
@@ -381,6 +409,22 @@ impl Host {
 }
 
 impl Host {
+    /// `Gate::complete`, in its span.
+    async fn complete(
+        &self,
+        admission: Option<&crate::gate::Admission>,
+        report: &InvocationReport<'_>,
+    ) -> crate::error::Result<()> {
+        let span = observe::trace::child("complete");
+        let done = span.run(self.gate.complete(admission, report)).await;
+        if let Err(e) = &done {
+            span.set("toolhost.error_kind", e.kind.as_str());
+            span.error(e.kind.as_str());
+        }
+        span.end();
+        done
+    }
+
     /// An admitted invocation the gate had a result on file for: nothing
     /// runs; the gate records the hit.
     #[allow(clippy::too_many_arguments)]
@@ -404,7 +448,7 @@ impl Host {
             response: &response,
             outbound: &[],
         };
-        if let Err(e) = self.gate.complete(Some(&admission), &report).await {
+        if let Err(e) = self.complete(Some(&admission), &report).await {
             outcome.fail(e);
         }
         outcome
@@ -442,7 +486,7 @@ impl Host {
             response: &response,
             outbound: &[],
         };
-        if let Err(e) = self.gate.complete(None, &report).await {
+        if let Err(e) = self.complete(None, &report).await {
             outcome.fail(e);
         }
         outcome

@@ -421,6 +421,7 @@ impl AuditLog {
         if work.is_empty() {
             return Ok(Vec::new());
         }
+        let started = std::time::Instant::now();
         let (done, mut wait) = oneshot::channel();
         self.queue
             .lock()
@@ -429,11 +430,14 @@ impl AuditLog {
         // Commit everything queued (ours, unless a concurrent caller took
         // it: then its answer comes from there).
         self.commit_queued().await;
-        if let Ok(answer) = wait.try_recv() {
-            return answer;
-        }
-        wait.await
-            .map_err(|_| Error::internal("the audit commit was abandoned"))?
+        let answer = match wait.try_recv() {
+            Ok(answer) => answer,
+            Err(_) => wait
+                .await
+                .map_err(|_| Error::internal("the audit commit was abandoned"))?,
+        };
+        crate::observe::metrics::audit_commit(started.elapsed(), answer.is_ok());
+        answer
     }
 
     /// Sign an export: its first and last entries (none: an empty range of

@@ -18,6 +18,7 @@
 
 use super::Mediator;
 use super::{HttpPermit, OutboundCall};
+use crate::observe;
 use crate::policy::outbound::{canonical_ip, restricted};
 use crate::secrets::{Scrubber, StreamScrubber};
 use bytes::Bytes;
@@ -82,8 +83,18 @@ impl WasiHttpHooks for HttpHooks {
         {
             panic!("test fault: a panic in the host's outbound call path");
         }
+        let span = outbound_span(&call);
         let (verdict, index) = self.mediator.check(call);
+        if span.is_on() {
+            span.set(
+                "toolhost.decision",
+                if verdict.allowed { "allow" } else { "deny" },
+            );
+            span.set("toolhost.rule", verdict.rule.clone());
+        }
         if !verdict.allowed {
+            span.error("denied by the gate");
+            span.end();
             return Box::new(async { Err(Error::HttpRequestDenied) });
         }
         let permit = verdict.http.unwrap_or_default();
@@ -91,11 +102,12 @@ impl WasiHttpHooks for HttpHooks {
         let deadline = self.deadline;
         Box::new(async move {
             let started = Instant::now();
-            let result = send(request, options, &permit, deadline, &mediator, index).await;
+            let result = send(request, options, &permit, deadline, &mediator, index, &span).await;
             let latency = started.elapsed().as_millis() as u64;
             match &result {
                 Ok((response, _)) => {
                     let status = response.status().as_u16();
+                    span.set("http.response.status_code", i64::from(status));
                     mediator.update(
                         index,
                         |r| {
@@ -107,6 +119,9 @@ impl WasiHttpHooks for HttpHooks {
                 }
                 Err(e) => {
                     let msg = e.to_string();
+                    span.set("error.type", format!("{e:?}"));
+                    span.error(msg.clone());
+                    span.end();
                     mediator.update(
                         index,
                         |r| {
@@ -122,6 +137,34 @@ impl WasiHttpHooks for HttpHooks {
     }
 }
 
+/// The client span of one outbound request (empty when tracing is off).
+fn outbound_span(call: &OutboundCall) -> observe::trace::Span {
+    use observe::trace::attr;
+    if !observe::trace::enabled() {
+        return observe::trace::Span::none();
+    }
+    let OutboundCall::Http {
+        method,
+        scheme,
+        host,
+        port,
+        path,
+    } = call
+    else {
+        return observe::trace::Span::none();
+    };
+    observe::trace::outbound(
+        format!("{method} {host}"),
+        vec![
+            attr("http.request.method", method.clone()),
+            attr("server.address", host.clone()),
+            attr("server.port", i64::from(*port)),
+            attr("url.scheme", scheme.clone()),
+            attr("url.path", path.clone()),
+        ],
+    )
+}
+
 fn min_opt(a: Option<Duration>, b: Duration) -> Duration {
     a.map_or(b, |a| a.min(b))
 }
@@ -133,6 +176,7 @@ async fn send(
     deadline: Instant,
     mediator: &Arc<Mediator>,
     index: Option<usize>,
+    span: &observe::trace::Span,
 ) -> Result<(http::Response<WasiBody>, IoFuture), Error> {
     let uri = request.uri().clone();
     let tls = uri
@@ -194,6 +238,10 @@ async fn send(
             ),
             None => format!("ssrf: {host} resolves to no address"),
         };
+        if span.is_on() {
+            span.set("toolhost.decision", "deny");
+            span.set("toolhost.rule", rule.clone());
+        }
         let message = rule.clone();
         mediator.update(index, |r| r.error = Some(message), Some(rule));
         return Err(Error::DestinationIpProhibited);
@@ -245,6 +293,16 @@ async fn send(
             && let Ok(v) = http::HeaderValue::from_str(key)
         {
             headers.insert("idempotency-key", v);
+        }
+        // With tracing on, the request carries this call's span as its
+        // parent: the host's value replaces whatever the guest (or a
+        // grant) set, so the downstream service joins the invocation's
+        // trace, not one the guest names.
+        if let Some(traceparent) = span.traceparent()
+            && let Ok(v) = http::HeaderValue::from_str(&traceparent)
+        {
+            headers.insert("traceparent", v);
+            headers.remove("tracestate");
         }
         // A request carrying secrets gets an uncompressed answer, so that an
         // echoed secret can be found in it and scrubbed.
@@ -303,6 +361,7 @@ async fn send(
             scrub_trailers: scrub.is_some().then(|| scrubber.clone()),
             scrub,
             ended: false,
+            span: span.clone(),
         })
     });
     Ok((response, io))
@@ -421,6 +480,20 @@ struct Capped {
     scrub_trailers: Option<Scrubber>,
     /// Whether the held-back bytes were passed on at the end.
     ended: bool,
+    /// The call's span: ends with the body, with the bytes read.
+    span: observe::trace::Span,
+}
+
+impl Drop for Capped {
+    fn drop(&mut self) {
+        if self.span.is_on() {
+            self.span.set(
+                "http.response.body.size",
+                i64::try_from(self.read).unwrap_or(i64::MAX),
+            );
+            self.span.end();
+        }
+    }
 }
 
 impl Capped {

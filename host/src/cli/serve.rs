@@ -111,6 +111,28 @@ pub struct Args {
     #[arg(long, default_value_t = 256)]
     max_loaded_tools: usize,
     // --- end of compiling and loading tools ---
+    // --- Observability (observe, server::metrics) ---
+    /// Serve Prometheus metrics at `GET /metrics` on this address (its own
+    /// listener, no key: bind it where only the scraper reaches it). Off
+    /// without it.
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<String>,
+    /// Tenants named in metric labels; later tenants are `other`.
+    #[arg(long, default_value_t = 100, value_name = "N")]
+    metrics_max_tenants: usize,
+    /// Per tenant, distinct tool/function pairs, destination hosts and
+    /// workflows (each) named in metric labels; later ones are `other`.
+    #[arg(long, default_value_t = 50, value_name = "N")]
+    metrics_max_names: usize,
+    /// Export traces over OTLP/HTTP (protobuf) to this collector
+    /// (`http://collector:4318`; spans go to `<URL>/v1/traces`). Without
+    /// it, `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` or
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT` turn tracing on; other `OTEL_*`
+    /// variables (headers, timeout, service name, resource, sampler, batch)
+    /// are honoured; `OTEL_SDK_DISABLED=true` turns it off.
+    #[arg(long, value_name = "URL")]
+    otlp_endpoint: Option<String>,
+    // --- end of observability ---
     #[command(flatten)]
     data: DataDir,
 }
@@ -169,6 +191,7 @@ fn config(args: &Args) -> Result<ServeConfig> {
         ..super::registry_options(&args.data, limits)?
     };
     c.loaded_tools.max_tools = args.max_loaded_tools.max(1);
+    c.metrics_listen = args.metrics_listen.clone();
     if let Some(f) = args.fuel {
         c.limits.fuel = Some(f);
     }
@@ -243,8 +266,29 @@ pub async fn main(args: Args) -> i32 {
     }
 }
 
+/// Metrics and traces, as the flags and `OTEL_*` variables ask.
+fn observability(args: &Args) -> Result<()> {
+    if args.metrics_listen.is_some() {
+        toolhost::observe::metrics::install(toolhost::observe::metrics::Bounds {
+            tenants: args.metrics_max_tenants.max(1),
+            names: args.metrics_max_names.max(1),
+        });
+    }
+    let trace = !toolhost::observe::trace::disabled_by_env()
+        && (args.otlp_endpoint.is_some() || toolhost::observe::trace::wanted_by_env());
+    if trace {
+        let endpoint = toolhost::observe::trace::install(&toolhost::observe::trace::Config {
+            endpoint: args.otlp_endpoint.clone(),
+        })
+        .map_err(Error::invalid_args)?;
+        tracing::info!(%endpoint, "exporting traces over OTLP/HTTP");
+    }
+    Ok(())
+}
+
 async fn run(args: Args) -> Result<()> {
     let config = config(&args)?;
+    observability(&args)?;
     let data = args.data.path();
     let storage = args.data.storage().await?;
     toolhost::datadir::warn_if_open(&data);
@@ -273,12 +317,18 @@ async fn run(args: Args) -> Result<()> {
     let server = Server::bind(&args.listen, storage, runtime, governed, version, config).await?;
     let addr = server.local_addr()?;
     tracing::info!(%addr, data_dir = %data.display(), policy_version = version, "listening");
+    if let Some(metrics) = server.metrics_addr() {
+        tracing::info!(metrics_url = %format!("http://{metrics}/metrics"), "serving metrics");
+    }
     {
         let mut out = std::io::stdout().lock();
         let _ = writeln!(out, "http://{addr}");
         let _ = out.flush();
     }
-    server.run(shutdown_signal()).await
+    let served = server.run(shutdown_signal()).await;
+    // Export the spans still buffered.
+    let _ = tokio::task::spawn_blocking(toolhost::observe::trace::shutdown).await;
+    served
 }
 
 async fn shutdown_signal() {

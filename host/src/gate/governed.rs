@@ -11,6 +11,7 @@ use crate::budget::{Ledger, Scope, Spend, charges};
 use crate::error::{Error, ErrorKind, Result};
 use crate::lease::Instance;
 use crate::limits::Limits;
+use crate::observe;
 use crate::policy::file::{Document, FileMode, ToolSettings};
 use crate::policy::{Effect, Policy, Subject, tool_settings};
 use crate::secrets::{Secret, SecretSource, expand, referenced};
@@ -161,7 +162,8 @@ impl Governed {
                     "no policy document governs this task's workflow",
                 )
             })?;
-        self.ledger
+        let exceeded = self
+            .ledger
             .report_tokens(
                 &doc.budget,
                 &scope_of(context, workflow.as_deref()),
@@ -169,7 +171,14 @@ impl Governed {
                 input,
                 output,
             )
-            .await
+            .await?;
+        observe::metrics::tokens(
+            &chain_of(context.tenant.as_deref()),
+            workflow.as_deref().unwrap_or("*"),
+            input,
+            output,
+        );
+        Ok(exceeded)
     }
 
     fn grants(&self, settings: &ToolSettings) -> Result<Grants> {
@@ -332,9 +341,15 @@ impl Gate for Governed {
             // the clock is fixed at admission so that settling hits the same
             // windows. The running row is written with the reservation.
             let admitted_ms = self.instance.now_ms();
+            let reserve = observe::trace::child("reserve");
+            if reserve.is_on() {
+                reserve.set("toolhost.budget.tool_calls", worst.tool_calls);
+                reserve.set("toolhost.budget.outbound_calls", worst.outbound_calls);
+                reserve.set("toolhost.budget.cost_micro_usd", worst.cost_micro_usd);
+            }
             let worst = charges(&document.budget, &scope, admitted_ms, &worst);
-            self.ledger
-                .admit(Admit {
+            let reserved = reserve
+                .run(self.ledger.admit(Admit {
                     run: NewRun {
                         id: r.invocation_id.to_string(),
                         tenant: tenant.clone(),
@@ -352,8 +367,13 @@ impl Gate for Governed {
                     },
                     worst,
                     existing: r.context.idempotency_key.is_some() || r.context.approval.is_some(),
-                })
-                .await?;
+                }))
+                .await;
+            if let Err(e) = &reserved {
+                reserve.set("toolhost.error_kind", e.kind.as_str());
+            }
+            reserve.end();
+            reserved?;
 
             let injected = self.injected(&settings);
             let state = State {
@@ -624,6 +644,16 @@ impl Gate for Governed {
                 if !report.outbound.is_empty() {
                     obj.insert("outbound".into(), json!(report.outbound));
                 }
+                // The trace this invocation is part of: its span's, else
+                // the caller's (tracing off).
+                let trace_id = observe::trace::current().trace_id().or_else(|| {
+                    ctx.traceparent
+                        .as_deref()
+                        .and_then(observe::trace::trace_id_of)
+                });
+                if let Some(t) = trace_id {
+                    obj.insert("trace_id".into(), json!(t));
+                }
             }
             let invocation = InvocationRecord {
                 id: response.invocation_id.clone(),
@@ -725,6 +755,15 @@ impl Gate for Governed {
                 });
             }
             self.audit.commit(records, batch).await?;
+            if let Some(c) = &charged {
+                observe::metrics::spend(
+                    &chain,
+                    workflow.as_deref().unwrap_or("*"),
+                    c.tool_calls,
+                    c.outbound_calls,
+                    c.cost_micro_usd,
+                );
+            }
             Ok(())
         })
     }

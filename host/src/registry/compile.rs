@@ -119,7 +119,8 @@ impl Compiles {
             .acquire()
             .await
             .map_err(|_| Error::internal("the compiler is closed"))?;
-        match &self.compiler {
+        let started = std::time::Instant::now();
+        let compiled = match &self.compiler {
             Compiler::InProcess => {
                 let runtime = runtime.clone();
                 tokio::task::spawn_blocking(move || runtime.precompile(&bytes))
@@ -129,7 +130,9 @@ impl Compiles {
             Compiler::Subprocess { exe, limits } => {
                 in_child(exe, limits, runtime.config(), bytes).await
             }
-        }
+        };
+        crate::observe::metrics::compiled(started.elapsed(), compiled.is_ok());
+        compiled
     }
 }
 

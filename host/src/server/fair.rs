@@ -116,6 +116,15 @@ impl FairSlots {
         }
     }
 
+    /// Slots held, and requests waiting for one, now.
+    pub fn counts(&self) -> (usize, usize) {
+        let state = lock(&self.shared);
+        (
+            self.limits.max_running.saturating_sub(state.free),
+            state.waiting,
+        )
+    }
+
     /// A slot for `tenant`, waiting for one until `deadline` if need be.
     pub async fn acquire(&self, tenant: &str, deadline: Instant) -> Result<Slot, Refusal> {
         let mut ticket = {

@@ -217,7 +217,7 @@ async fn run(
             approval: None,
             callback_url: request.callback_url,
             transport: Some("http".into()),
-            traceparent: None,
+            traceparent: traceparent(&headers),
         },
         hold: super::limit::current_slot().map(|s| s as Arc<dyn std::any::Any + Send + Sync>),
     };
@@ -254,6 +254,19 @@ pub fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> 
         .map_err(|_| ApiError::new(ErrorKind::InvalidRequest, "the Idempotency-Key is not text"))?;
     idempotency::validate_key(key)?;
     Ok(Some(key.to_string()))
+}
+
+/// The caller's W3C `traceparent`, if it sent exactly one valid header;
+/// anything else is ignored (W3C Trace Context: the invocation starts a new
+/// trace), never refused.
+pub fn traceparent(headers: &HeaderMap) -> Option<String> {
+    let mut values = headers.get_all("traceparent").iter();
+    let value = values.next()?;
+    if values.next().is_some() {
+        return None;
+    }
+    let value = value.to_str().ok()?.trim();
+    crate::observe::trace::valid_traceparent(value).then(|| value.to_string())
 }
 
 /// Answer an outcome: the invocation shape with its status code, or a 500

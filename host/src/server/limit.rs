@@ -70,6 +70,11 @@ impl Limiter {
     pub fn timeout(&self) -> Duration {
         self.timeout
     }
+
+    /// Requests holding a slot, and waiting for one, now.
+    pub fn slot_counts(&self) -> (usize, usize) {
+        self.slots.counts()
+    }
 }
 
 fn refused(kind: ErrorKind, message: String) -> Response {
@@ -79,6 +84,7 @@ fn refused(kind: ErrorKind, message: String) -> Response {
 }
 
 fn overloaded() -> Response {
+    crate::observe::metrics::rejected(503, "overloaded");
     refused(
         ErrorKind::Overloaded,
         "the server is at its concurrency and queue limits; retry later".into(),
@@ -86,6 +92,7 @@ fn overloaded() -> Response {
 }
 
 fn tenant_overloaded(tenant: &str, what: &str) -> Response {
+    crate::observe::metrics::rejected(429, "tenant_overloaded");
     refused(
         ErrorKind::TenantOverloaded,
         format!("tenant `{tenant}` is at its share of the server's {what}; retry later"),
@@ -177,6 +184,7 @@ pub fn current_slot() -> Option<Arc<fair::Slot>> {
 }
 
 fn past_deadline(timeout: Duration) -> Response {
+    crate::observe::metrics::rejected(504, "deadline");
     ApiError::new(
         ErrorKind::Timeout,
         format!(

@@ -22,6 +22,7 @@ pub mod fair;
 pub mod invoke;
 pub mod limit;
 pub mod listen;
+pub mod metrics;
 pub mod openapi;
 pub mod problem;
 pub mod records;
@@ -101,6 +102,10 @@ pub struct ServeConfig {
     pub registry: crate::registry::RegistryOptions,
     /// How many loaded tools are kept.
     pub loaded_tools: tools::CacheBounds,
+    /// Where `GET /metrics` is served (its own listener; none: no
+    /// endpoint). Metrics are recorded once `observe::metrics::install`
+    /// ran.
+    pub metrics_listen: Option<String>,
 }
 
 impl Default for ServeConfig {
@@ -128,6 +133,7 @@ impl Default for ServeConfig {
             max_connections: 4096,
             registry: crate::registry::RegistryOptions::default(),
             loaded_tools: tools::CacheBounds::default(),
+            metrics_listen: None,
         }
     }
 }
@@ -170,6 +176,8 @@ pub fn record_in_span(outcome: &Outcome) {
 pub struct Server {
     app: Arc<App>,
     listener: tokio::net::TcpListener,
+    /// `GET /metrics`'s own listener.
+    metrics: Option<tokio::net::TcpListener>,
     config: ServeConfig,
 }
 
@@ -187,6 +195,12 @@ impl Server {
         let listener = tokio::net::TcpListener::bind(listen)
             .await
             .map_err(|e| Error::invalid_args(format!("cannot listen on {listen}: {e}")))?;
+        let metrics = match &config.metrics_listen {
+            Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+                Error::invalid_args(format!("--metrics-listen: cannot listen on {addr}: {e}"))
+            })?),
+            None => None,
+        };
         let registry =
             Registry::with_options(storage.clone(), runtime.clone(), config.registry.clone())?;
         governed.set_approval_ttl(config.approval_ttl);
@@ -235,8 +249,14 @@ impl Server {
         Ok(Server {
             app,
             listener,
+            metrics,
             config,
         })
+    }
+
+    /// The address `GET /metrics` is served on, if any.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     /// The address it listens on.
@@ -253,9 +273,21 @@ impl Server {
         let Server {
             app,
             listener,
+            metrics,
             config,
         } = self;
         let router = router(app.clone(), &config);
+        let metrics = metrics.map(|l| {
+            let router = metrics::router(app.clone());
+            let limits = listen::ConnLimits {
+                header_timeout: Duration::from_secs(10),
+                max_connections: 64,
+            };
+            (
+                tokio::spawn(listen::serve(l, router, limits, std::future::pending())),
+                tokio::spawn(metrics::upkeep()),
+            )
+        });
         let watcher = tokio::spawn(watch_policy(app.clone(), config.policy_poll));
         let lifecycle = app.service.start_lifecycle();
         let retention = tokio::spawn(enforce_retention(app.clone(), config.retention_every));
@@ -270,6 +302,10 @@ impl Server {
             max_connections: config.max_connections,
         };
         listen::serve(listener, router, limits, signal).await;
+        if let Some((serve, upkeep)) = metrics {
+            serve.abort();
+            upkeep.abort();
+        }
         watcher.abort();
         retention.abort();
         app.tracker.close();

@@ -254,6 +254,14 @@ async fn load(
 ) {
     let started = std::time::Instant::now();
     let result = registry.load_entry(entry).await.map(|loaded| {
+        crate::observe::metrics::tool_loaded(
+            started.elapsed(),
+            if loaded.from_artifact {
+                "artifact"
+            } else {
+                "compiled"
+            },
+        );
         tracing::info!(
             tenant = %loaded.entry.tenant,
             tool = %loaded.entry.name,
@@ -266,7 +274,10 @@ async fn load(
     });
     match &result {
         Ok(tool) => pending.done(tool.clone()),
-        Err(_) => drop(pending),
+        Err(_) => {
+            crate::observe::metrics::tool_loaded(started.elapsed(), "error");
+            drop(pending)
+        }
     }
     let _ = tx.send(Some(result));
 }

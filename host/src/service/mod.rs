@@ -35,6 +35,7 @@ use crate::idempotency;
 use crate::invoke::{Call, Host, InvocationResponse, Outcome, new_invocation_id, prepare};
 use crate::lease::Instance;
 use crate::limits::Limits;
+use crate::observe;
 use crate::storage::NewRun;
 use crate::tool::Tool;
 use serde_json::{Value, json};
@@ -159,22 +160,58 @@ impl InvocationService {
         let live = self.instance.live().clone();
         self.tracker
             .spawn(async move {
+                let started = std::time::Instant::now();
+                let span = invocation_span(&tool, &call.function, &call.context);
+                if span.is_on() {
+                    span.set("toolhost.invocation_id", invocation_id.clone());
+                }
                 let running = live.enter(&invocation_id);
-                let outcome = match prepare(&tool, &call.function, &call.args) {
-                    Ok(p) => host.invoke_prepared(invocation_id, &tool, &p, &call).await,
-                    Err((function, e)) => {
-                        host.refuse_unprepared(invocation_id, &tool, &function, &call, e)
-                            .await
-                    }
-                };
+                let outcome = span
+                    .run(async {
+                        match prepare(&tool, &call.function, &call.args) {
+                            Ok(p) => host.invoke_prepared(invocation_id, &tool, &p, &call).await,
+                            Err((function, e)) => {
+                                host.refuse_unprepared(invocation_id, &tool, &function, &call, e)
+                                    .await
+                            }
+                        }
+                    })
+                    .await;
                 running.ended(outcome.error_kind() != Some(ErrorKind::Internal));
+                observed(&span, call.context.tenant.as_deref(), &outcome, started);
                 outcome
             })
             .await
             .map_err(|e| Error::internal(format!("the invocation task failed: {e}")))
     }
 
+    /// [`InvocationService::flow_in_span`] in the invocation's span, with
+    /// its metrics.
     async fn flow(&self, request: Request) -> Result<Answer> {
+        let started = std::time::Instant::now();
+        let function = request.function.as_deref().unwrap_or("");
+        let span = invocation_span(&request.tool, function, &request.context);
+        let tenant = request.context.tenant.clone();
+        let answer = span.run(self.flow_in_span(request)).await;
+        match &answer {
+            Ok(Answer::Done(outcome)) => observed(&span, tenant.as_deref(), outcome, started),
+            Ok(Answer::Replayed(response)) => {
+                if span.is_on() {
+                    span.set("toolhost.invocation_id", response.invocation_id.clone());
+                }
+                span.set("toolhost.outcome", "replayed");
+                observe::metrics::replay(tenant.as_deref(), response);
+            }
+            Err(e) => {
+                span.set("toolhost.error_kind", e.kind.as_str());
+                span.error(e.kind.as_str());
+            }
+        }
+        span.end();
+        answer
+    }
+
+    async fn flow_in_span(&self, request: Request) -> Result<Answer> {
         let Request {
             tool,
             function,
@@ -280,6 +317,80 @@ impl InvocationService {
         // its row, if it has one, is finished by the reaper at once.
         running.ended(outcome.error_kind() != Some(ErrorKind::Internal));
         Ok(Answer::Done(Box::new(outcome)))
+    }
+}
+
+/// The span an invocation runs in (see [`observe::trace`]).
+fn invocation_span(tool: &Tool, function: &str, context: &CallContext) -> observe::trace::Span {
+    if !observe::trace::enabled() {
+        return observe::trace::Span::none();
+    }
+    use observe::trace::attr;
+    let mut attributes = vec![
+        attr("toolhost.tool", tool.name().to_string()),
+        attr(
+            "toolhost.tenant",
+            context.tenant.clone().unwrap_or_else(|| "_".into()),
+        ),
+        attr("toolhost.transport", context.transport().to_string()),
+    ];
+    if let Some(v) = tool.version() {
+        attributes.push(attr("toolhost.version", v.to_string()));
+    }
+    if let Some(w) = &context.workflow {
+        attributes.push(attr("toolhost.workflow", w.clone()));
+    }
+    if let Some(t) = &context.task_id {
+        attributes.push(attr("toolhost.task_id", t.clone()));
+    }
+    observe::trace::invocation(
+        tool.name(),
+        function,
+        context.traceparent.as_deref(),
+        attributes,
+    )
+}
+
+/// An invocation's outcome, into its span and the metrics.
+fn observed(
+    span: &observe::trace::Span,
+    tenant: Option<&str>,
+    outcome: &Outcome,
+    started: std::time::Instant,
+) {
+    if span.is_on() {
+        span.rename(format!("invoke {}/{}", outcome.tool, outcome.function));
+        span.set("toolhost.invocation_id", outcome.invocation_id.clone());
+        span.set("toolhost.function", outcome.function.clone());
+        span.set("toolhost.outcome", outcome.status.as_str());
+    }
+    if let Some(e) = &outcome.error {
+        span.set("toolhost.error_kind", e.kind.as_str());
+        if outcome.status == crate::record::Status::Error {
+            span.error(e.kind.as_str());
+        }
+    }
+    observe::metrics::invocation(
+        tenant,
+        &observe::metrics::Invocation {
+            tool: &outcome.tool,
+            function: &outcome.function,
+            status: outcome.status,
+            kind: outcome.error_kind(),
+            cached: outcome.cached,
+            usage: &outcome.usage,
+        },
+        started.elapsed(),
+    );
+    for event in &outcome.outbound {
+        match &event.call {
+            crate::gate::OutboundCall::Http { host, .. } => {
+                observe::metrics::outbound(tenant, host, event.allowed)
+            }
+            crate::gate::OutboundCall::Socket { addr, .. } => {
+                observe::metrics::outbound(tenant, &addr.ip().to_string(), event.allowed)
+            }
+        }
     }
 }
 
