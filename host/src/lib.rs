@@ -19,6 +19,7 @@ pub mod invoke;
 pub mod keys;
 pub mod lease;
 pub mod limits;
+pub mod mcp;
 pub mod policy;
 pub mod record;
 pub mod registry;

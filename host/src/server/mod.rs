@@ -22,6 +22,7 @@ pub mod fair;
 pub mod invoke;
 pub mod limit;
 pub mod listen;
+pub mod mcp;
 pub mod openapi;
 pub mod problem;
 pub mod records;
@@ -101,6 +102,8 @@ pub struct ServeConfig {
     pub registry: crate::registry::RegistryOptions,
     /// How many loaded tools are kept.
     pub loaded_tools: tools::CacheBounds,
+    /// Where MCP clients may come from (`/mcp`).
+    pub mcp: mcp::McpConfig,
 }
 
 impl Default for ServeConfig {
@@ -128,6 +131,7 @@ impl Default for ServeConfig {
             max_connections: 4096,
             registry: crate::registry::RegistryOptions::default(),
             loaded_tools: tools::CacheBounds::default(),
+            mcp: mcp::McpConfig::default(),
         }
     }
 }
@@ -145,6 +149,8 @@ pub struct App {
     pub keys: auth::KeyCache,
     pub callbacks: crate::callback::Callbacks,
     pub limits: Limits,
+    /// Where MCP clients may come from.
+    pub mcp: mcp::McpConfig,
     /// Decisions in flight (each on its own task).
     pub tracker: TaskTracker,
     /// False once shutdown began.
@@ -227,6 +233,7 @@ impl Server {
                 max_body_memory: config.max_body_memory,
             }),
             limits: config.limits.clone(),
+            mcp: config.mcp.clone(),
             tracker: TaskTracker::new(),
             ready: AtomicBool::new(true),
             policy_version: AtomicI64::new(policy_version),
@@ -325,6 +332,8 @@ const ROUTES: &[(&str, &str, auth::Access)] = {
         ("GET", "/v1/tasks/{task_id}/usage", RECORDS),
         ("POST", "/v1/tasks/{task_id}/usage", INVOKE),
         ("GET", "/v1/stats", RECORDS),
+        // MCP over Streamable HTTP: POST only (GET and DELETE are 405).
+        ("POST", "/mcp", INVOKE),
     ]
 };
 
@@ -375,6 +384,7 @@ pub fn router(app: Arc<App>, config: &ServeConfig) -> Router {
         ));
     Router::new()
         .merge(api)
+        .merge(mcp::router(app.clone(), config))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/openapi.json", get(openapi::serve))
