@@ -19,7 +19,7 @@ workflow: "*"
 budget:
   max_tool_calls: 3
 policy:
-  allow_tools: [text-tools, hostile, lookup_order, create_refund_draft]
+  allow_tools: [text-tools, hostile, lookup_order, create_refund_draft, mcp-fixtures]
   deny_tools: [issue_refund, text-tools/slugify]
 approval:
   required_for:
@@ -105,6 +105,7 @@ fn setup(tag: &str) -> std::path::PathBuf {
             ("text-tools", "text_tools"),
             ("refund", "refund"),
             ("hostile", "hostile"),
+            ("mcp-fixtures", "mcp_fixtures"),
         ],
     )
 }
@@ -614,5 +615,157 @@ async fn stdio_serves_one_tenant_through_the_same_gate() {
     assert_eq!(record["transport"], "mcp");
     assert_eq!(record["principal"], "stdio");
     assert_eq!(record["error"]["kind"], "policy_denied");
+    server.stop();
+}
+
+/// The `data:` lines of an SSE body, as JSON.
+fn sse_messages(body: &str) -> Vec<Value> {
+    body.lines()
+        .filter_map(|l| l.strip_prefix("data:"))
+        .filter_map(|d| serde_json::from_str(d.trim()).ok())
+        .collect()
+}
+
+#[tokio::test]
+async fn rich_content_and_log_lines_reach_mcp_clients() {
+    use base64::Engine;
+    let dir = setup("mcp-content");
+    let k = key(&dir, "acme", &["invoke"]);
+    let server = Server::start(&dir, &[]);
+    let client = connect(&server, &k, ProtocolVersion::V_2026_07_28).await;
+    let tools = client.peer().list_all_tools().await.unwrap();
+    let simple = tools
+        .iter()
+        .find(|t| t.name == "mcp-fixtures__test-simple-text")
+        .unwrap();
+    assert!(simple.output_schema.is_none(), "content, not structured");
+
+    // An image: a content block with the bytes in base64 and the MIME type.
+    let r = client
+        .call_tool(call("mcp-fixtures__test-image-content", json!({})))
+        .await
+        .unwrap();
+    assert_eq!(r.is_error, Some(false), "{r:?}");
+    let wire = serde_json::to_value(&r).unwrap();
+    assert_eq!(wire["content"][0]["type"], "image", "{wire}");
+    assert_eq!(wire["content"][0]["mimeType"], "image/png");
+    let png = base64::engine::general_purpose::STANDARD
+        .decode(wire["content"][0]["data"].as_str().unwrap())
+        .unwrap();
+    assert_eq!(&png[..4], b"\x89PNG");
+    assert!(wire.get("structuredContent").is_none(), "{wire}");
+    // Several kinds in order, an embedded resource, a resource link, audio.
+    let r = client
+        .call_tool(call("mcp-fixtures__test_multiple_content_types", json!({})))
+        .await
+        .unwrap();
+    let wire = serde_json::to_value(&r).unwrap();
+    let kinds: Vec<&str> = wire["content"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["text", "image", "resource"], "{wire}");
+    assert_eq!(
+        wire["content"][2]["resource"]["uri"],
+        "test://mixed-content-resource"
+    );
+    assert_eq!(
+        wire["content"][2]["resource"]["mimeType"],
+        "application/json"
+    );
+    let r = client
+        .call_tool(call("mcp-fixtures__test-resource-link", json!({})))
+        .await
+        .unwrap();
+    let wire = serde_json::to_value(&r).unwrap();
+    assert_eq!(wire["content"][0]["type"], "resource_link", "{wire}");
+    assert_eq!(wire["content"][0]["uri"], "test://linked-resource");
+    assert_eq!(wire["content"][0]["name"], "linked-resource");
+    let r = client
+        .call_tool(call("mcp-fixtures__test-audio-content", json!({})))
+        .await
+        .unwrap();
+    let wire = serde_json::to_value(&r).unwrap();
+    assert_eq!(wire["content"][0]["mimeType"], "audio/wav", "{wire}");
+    // The same function over /v1: the value as JSON (bytes in base64).
+    let (status, v1) = Client::new(&server, Some(&k))
+        .post(
+            "/v1/tools/mcp-fixtures/test-image-content/invoke",
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 200, "{v1}");
+    assert_eq!(v1["result"][0]["image"]["mime-type"], "image/png", "{v1}");
+    client.cancel().await.unwrap();
+
+    // Log lines become notifications/message before the result (SSE):
+    // for 2025-11-25 clients at info and above; for 2026-07-28 when the
+    // request's _meta asks for a level.
+    let http = reqwest::Client::new();
+    let post = |headers: Vec<(&'static str, String)>, body: Value| {
+        let mut r = http
+            .post(format!("{}/mcp", server.url))
+            .header("authorization", format!("Bearer {k}"))
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream");
+        for (h, v) in headers {
+            r = r.header(h, v);
+        }
+        r.body(body.to_string()).send()
+    };
+    let legacy = post(
+        vec![("mcp-protocol-version", "2025-11-25".into())],
+        json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call",
+               "params": {"name": "mcp-fixtures__test-tool-with-logging", "arguments": {}}}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(legacy.status().as_u16(), 200);
+    let messages = sse_messages(&legacy.text().await.unwrap());
+    let logs: Vec<&Value> = messages
+        .iter()
+        .filter(|m| m["method"] == "notifications/message")
+        .collect();
+    assert_eq!(logs.len(), 3, "{messages:?}");
+    assert_eq!(logs[0]["params"]["data"], "Tool execution started");
+    assert_eq!(logs[0]["params"]["level"], "info");
+    assert_eq!(logs[0]["params"]["logger"], "mcp-fixtures");
+    let last = messages.last().unwrap();
+    assert_eq!(last["id"], 7, "the result comes last: {messages:?}");
+    assert!(
+        last["result"]
+            .to_string()
+            .contains("Logging test completed")
+    );
+    for (meta_level, expected) in [(None, 0), (Some("info"), 3), (Some("error"), 0)] {
+        let mut meta = discover_meta("2026-07-28");
+        if let Some(l) = meta_level {
+            meta["io.modelcontextprotocol/logLevel"] = json!(l);
+        }
+        let r = post(
+            vec![
+                ("mcp-protocol-version", "2026-07-28".into()),
+                ("mcp-method", "tools/call".into()),
+                ("mcp-name", "mcp-fixtures__test-tool-with-logging".into()),
+            ],
+            json!({"jsonrpc": "2.0", "id": 8, "method": "tools/call",
+                   "params": {"name": "mcp-fixtures__test-tool-with-logging", "arguments": {}, "_meta": meta}}),
+        )
+        .await
+        .unwrap();
+        let body = r.text().await.unwrap();
+        let messages = if body.trim_start().starts_with('{') {
+            vec![serde_json::from_str::<Value>(&body).unwrap()]
+        } else {
+            sse_messages(&body)
+        };
+        let n = messages
+            .iter()
+            .filter(|m| m["method"] == "notifications/message")
+            .count();
+        assert_eq!(n, expected, "{meta_level:?}: {body}");
+    }
     server.stop();
 }

@@ -3,6 +3,7 @@
 //! | answer | `isError` | content | `structuredContent` |
 //! |---|---|---|---|
 //! | ran, returned a value | false | the value as JSON text | the value |
+//! | ran, returned `list<content-block>` (`toolhost:tool/content`) | false | those blocks (text, image, audio, resource, resource link) | — |
 //! | ran, returned a WIT `result`'s `err` | true | `tool_error: ...` and the value | the value (`{"err": ...}`) |
 //! | ran and failed (fuel, timeout, trap, ...) | true | `<kind>: <message>` and what to do | — |
 //! | refused (policy, budget, arguments, ...) | true | `<kind>: <message>` and what to do | — |
@@ -15,7 +16,7 @@
 
 use crate::error::{Error, ErrorKind};
 use crate::record::{InvocationResponse, Status};
-use crate::tool::{Tool, Ty};
+use crate::tool::{FunctionInfo, Tool, Ty};
 use rmcp::model::{CallToolResult, ContentBlock as Content, MetaObject as Meta};
 use serde_json::{Value, json};
 
@@ -28,7 +29,12 @@ pub fn result(tool: &Tool, r: &InvocationResponse) -> CallToolResult {
         Status::Ok => {
             let value = r.result.clone().unwrap_or(Value::Null);
             let text = serde_json::to_string(&value).unwrap_or_default();
-            if is_wit_err(tool, &r.function, &value) {
+            let blocks = function(tool, &r.function)
+                .filter(|f| returns_content(f))
+                .and_then(|_| content_blocks(&value));
+            if let Some(blocks) = blocks {
+                CallToolResult::success(blocks)
+            } else if is_wit_err(tool, &r.function, &value) {
                 let mut c = CallToolResult::error(vec![Content::text(format!(
                     "tool_error: `{}` returned an error (its WIT result's `err`): {text}\n\
                      What to do: this is the tool's own answer; read it, and change the \
@@ -162,12 +168,91 @@ pub fn advice(kind: ErrorKind) -> &'static str {
     }
 }
 
+fn function<'t>(tool: &'t Tool, name: &str) -> Option<&'t FunctionInfo> {
+    tool.catalog().functions.iter().find(|f| f.name == name)
+}
+
 /// Whether `value` is the `err` side of a function whose WIT result is a
 /// `result<_, _>`.
-fn is_wit_err(tool: &Tool, function: &str, value: &Value) -> bool {
-    let Some(f) = tool.catalog().functions.iter().find(|f| f.name == function) else {
-        return false;
-    };
-    matches!(f.result, Some(Ty::Result { .. }))
+fn is_wit_err(tool: &Tool, function_name: &str, value: &Value) -> bool {
+    function(tool, function_name).is_some_and(|f| matches!(f.result, Some(Ty::Result { .. })))
         && value.as_object().is_some_and(|o| o.contains_key("err"))
+}
+
+/// Whether `ty` is `toolhost:tool/content`'s `content-block` (a variant of
+/// that name whose cases are among text, image, audio, embedded-resource
+/// and resource-link).
+fn is_content_block(ty: &Ty) -> bool {
+    const CASES: &[&str] = &[
+        "text",
+        "image",
+        "audio",
+        "embedded-resource",
+        "resource-link",
+    ];
+    matches!(ty, Ty::Variant(v) if v.name.as_deref() == Some("content-block")
+        && v.items.iter().all(|c| CASES.contains(&c.name.as_str())))
+}
+
+/// Whether a function returns MCP content: `list<content-block>`, or a
+/// `result` whose `ok` side is one.
+pub fn returns_content(f: &FunctionInfo) -> bool {
+    let list = |t: &Ty| matches!(t, Ty::List(inner) if is_content_block(inner));
+    match &f.result {
+        Some(t @ Ty::List(_)) => list(t),
+        Some(Ty::Result { ok: Some(ok), .. }) => list(ok),
+        _ => false,
+    }
+}
+
+/// A `list<content-block>` (or the `ok` side of a result holding one) as
+/// MCP content blocks; `None` for anything else (an `err`: answered as the
+/// tool's error).
+fn content_blocks(value: &Value) -> Option<Vec<Content>> {
+    let list = match value {
+        Value::Array(a) => a,
+        Value::Object(o) if o.len() == 1 => o.get("ok")?.as_array()?,
+        _ => return None,
+    };
+    list.iter().map(content_block).collect()
+}
+
+/// One `content-block` value (as Toolhost writes variants in JSON) as the
+/// MCP content block it stands for.
+fn content_block(v: &Value) -> Option<Content> {
+    let (case, payload) = v.as_object()?.iter().next()?;
+    let field = |name: &str| payload.get(name).filter(|v| !v.is_null()).cloned();
+    let wire = match case.as_str() {
+        "text" => json!({"type": "text", "text": payload}),
+        "image" | "audio" => json!({
+            "type": case,
+            "data": field("data")?,
+            "mimeType": field("mime-type")?,
+        }),
+        "embedded-resource" => {
+            let mut resource = json!({"uri": field("uri")?});
+            if let Some(m) = field("mime-type") {
+                resource["mimeType"] = m;
+            }
+            match (field("text"), field("blob")) {
+                (Some(text), _) => resource["text"] = text,
+                (None, Some(blob)) => resource["blob"] = blob,
+                (None, None) => resource["text"] = json!(""),
+            }
+            json!({"type": "resource", "resource": resource})
+        }
+        "resource-link" => {
+            let mut link =
+                json!({"type": "resource_link", "uri": field("uri")?, "name": field("name")?});
+            if let Some(d) = field("description") {
+                link["description"] = d;
+            }
+            if let Some(m) = field("mime-type") {
+                link["mimeType"] = m;
+            }
+            link
+        }
+        _ => return None,
+    };
+    serde_json::from_value(wire).ok()
 }

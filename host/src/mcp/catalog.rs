@@ -41,7 +41,11 @@ pub fn definitions(tools: &[(String, Arc<Tool>)], policy: &Policy, tenant: &str)
             let Ok(mut t) = serde_json::from_value::<McpTool>(definition) else {
                 continue;
             };
-            if f.result.is_some()
+            // A function returning MCP content is answered in content
+            // blocks, not structured content.
+            if super::answer::returns_content(f) {
+                t.output_schema = None;
+            } else if f.result.is_some()
                 && let Value::Object(output) = schema::result(f)
             {
                 t.output_schema = Some(Arc::new(output));

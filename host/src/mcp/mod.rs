@@ -34,7 +34,7 @@ use crate::BoxFuture;
 use crate::error::Result;
 use crate::gate::{CallContext, Governed};
 use crate::limits::Limits;
-use crate::service::{InvocationService, Request};
+use crate::service::{Answer, InvocationService, Request};
 use crate::tool::Tool;
 use rmcp::ErrorData as McpError;
 use rmcp::model::{
@@ -205,18 +205,25 @@ fn label(s: &str) -> std::result::Result<(), String> {
 }
 
 impl rmcp::ServerHandler for McpServer {
+    // Logging is deprecated by SEP-2577 (kept for 2025-11-25 clients).
+    #[allow(deprecated)]
     fn get_info(&self) -> ServerConfig {
-        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
-            .with_server_info(
-                Implementation::new("toolhost", env!("CARGO_PKG_VERSION")).with_title("Toolhost"),
-            )
-            .with_instructions(
-                "Toolhost runs sandboxed WebAssembly tools under a policy, a budget and an audit \
+        ServerConfig::new(
+            ServerCapabilities::builder()
+                .enable_tools()
+                .enable_logging()
+                .build(),
+        )
+        .with_server_info(
+            Implementation::new("toolhost", env!("CARGO_PKG_VERSION")).with_title("Toolhost"),
+        )
+        .with_instructions(
+            "Toolhost runs sandboxed WebAssembly tools under a policy, a budget and an audit \
                  trail. A refused or failed call is a tool result with isError: true whose text \
                  starts with the error kind and says what to do. A call that needs a human's \
                  approval does not run: its result names the approval and how to get the \
                  outcome once it is decided.",
-            )
+        )
     }
 
     fn supported_protocol_versions(&self) -> Cow<'static, [ProtocolVersion]> {
@@ -291,10 +298,77 @@ impl rmcp::ServerHandler for McpServer {
             hold: caller.hold.clone(),
         };
         let result = match self.shared.service.invoke(request).await {
-            Ok(answer) => answer::result(&tool, &answer.response()),
+            Ok(answer) => {
+                if let Answer::Done(outcome) = &answer {
+                    send_logs(&context, &tool, &outcome.logs).await;
+                }
+                answer::result(&tool, &answer.response())
+            }
             Err(e) => answer::failed(&e),
         };
         Ok(result.into())
+    }
+
+    #[allow(deprecated)]
+    async fn set_level(
+        &self,
+        _request: rmcp::model::SetLevelRequestParams,
+        _context: RequestContext<RoleServer>,
+    ) -> std::result::Result<(), McpError> {
+        // Accepted, not remembered: no request depends on another (no
+        // sessions). Tools' log lines at `info` and above go with each call.
+        Ok(())
+    }
+}
+
+#[allow(deprecated)]
+fn rank(level: rmcp::model::LoggingLevel) -> u8 {
+    use rmcp::model::LoggingLevel::*;
+    match level {
+        Debug => 0,
+        Info => 1,
+        Notice => 2,
+        Warning => 3,
+        Error => 4,
+        Critical => 5,
+        Alert => 6,
+        Emergency => 7,
+    }
+}
+
+/// The tool's log lines (`toolhost:tool/log`) as `notifications/message`,
+/// sent before the call's result: for 2026-07-28 requests when their
+/// `_meta` asks for a log level, at that level and above; for earlier
+/// revisions at `info` and above. Lines are the invocation's bounded,
+/// secret-scrubbed log.
+#[allow(deprecated)]
+async fn send_logs(
+    context: &RequestContext<RoleServer>,
+    tool: &Tool,
+    logs: &[crate::capability::log::LogLine],
+) {
+    use rmcp::model::{LoggingLevel, LoggingMessageNotificationParam};
+    let threshold = match context.meta.log_level() {
+        Some(level) => level,
+        None if context.meta.protocol_version().is_some() => return,
+        None => LoggingLevel::Info,
+    };
+    for line in logs {
+        let level = match line.level.as_str() {
+            "trace" | "debug" => LoggingLevel::Debug,
+            "info" => LoggingLevel::Info,
+            "warn" => LoggingLevel::Warning,
+            _ => LoggingLevel::Error,
+        };
+        if rank(level) < rank(threshold) {
+            continue;
+        }
+        let mut message =
+            LoggingMessageNotificationParam::new(level, Value::String(line.message.clone()));
+        message.logger = Some(tool.name().to_string());
+        if context.peer.notify_logging_message(message).await.is_err() {
+            return;
+        }
     }
 }
 
