@@ -20,6 +20,7 @@ pub mod keys;
 pub mod lease;
 pub mod limits;
 pub mod observe;
+pub mod mcp;
 pub mod policy;
 pub mod record;
 pub mod registry;

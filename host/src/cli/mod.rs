@@ -10,6 +10,7 @@ mod data;
 mod docs;
 mod inspect;
 mod keys;
+mod mcp;
 mod policy;
 mod run;
 mod serve;
@@ -49,6 +50,9 @@ enum Command {
     Budget(budget::Command),
     /// Serve the HTTP API (tools, invocations, budgets) for orchestrators.
     Serve(Box<serve::Args>),
+    /// Speak MCP over stdin/stdout for one tenant (for desktop clients
+    /// that launch a local server).
+    Mcp(Box<mcp::Args>),
     /// Create, list and revoke API keys.
     #[command(subcommand)]
     Keys(keys::Command),
@@ -98,6 +102,7 @@ pub async fn main() -> i32 {
         Command::Audit(cmd) => audit::main(cmd).await,
         Command::Budget(cmd) => budget::main(cmd).await,
         Command::Serve(args) => serve::main(*args).await,
+        Command::Mcp(args) => mcp::main(*args).await,
         Command::Keys(cmd) => keys::main(cmd).await,
         Command::Policy(cmd) => policy::main(cmd).await,
         Command::Approvals(cmd) => approvals::main(cmd).await,

@@ -92,6 +92,20 @@ pub struct Args {
     /// `http://127.0.0.1:8000-8100`). None: callbacks are refused.
     #[arg(long, value_name = "PATTERN")]
     callback_allow: Vec<String>,
+    /// `Host` names `/mcp` answers to besides the loopback names
+    /// (repeatable: `tools.example.com` for any port, or `name:port`).
+    /// Behind a proxy or load balancer, name the address clients use.
+    #[arg(long, value_name = "HOST")]
+    mcp_allow_host: Vec<String>,
+    /// Browser origins that may use `/mcp` besides the server's own
+    /// (repeatable: `https://app.example.com`).
+    #[arg(long, value_name = "ORIGIN")]
+    mcp_allow_origin: Vec<String>,
+    /// The server's public base URL (`https://tools.example.com`): the
+    /// resource `/.well-known/oauth-protected-resource` names, and a host
+    /// `/mcp` answers to.
+    #[arg(long, value_name = "URL")]
+    public_url: Option<String>,
     /// Log format on stderr (level from RUST_LOG, default info).
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -182,8 +196,21 @@ fn config(args: &Args) -> Result<ServeConfig> {
             .map_err(bad("idempotency-retention"))?,
         approval_ttl: parse_period(&args.approval_ttl).map_err(bad("approval-ttl"))?,
         callback_allow: args.callback_allow.clone(),
+        mcp: toolhost::server::mcp::McpConfig {
+            allowed_hosts: args.mcp_allow_host.clone(),
+            allowed_origins: args.mcp_allow_origin.clone(),
+            public_url: args.public_url.clone(),
+        },
         ..ServeConfig::default()
     };
+    if let Some(url) = &args.public_url {
+        let ok = url
+            .parse::<http::Uri>()
+            .is_ok_and(|u| matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some());
+        if !ok {
+            return Err(bad("public-url")(format!("`{url}` is not an http(s) URL")));
+        }
+    }
     // Compiling and loading tools.
     let limits = args.compile.limits(args.compile_jobs)?;
     c.registry = toolhost::registry::RegistryOptions {

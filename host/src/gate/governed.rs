@@ -638,6 +638,8 @@ impl Gate for Governed {
                 obj.insert("args".into(), args_redacted.clone());
                 obj.insert("args_sha256".into(), json!(args_sha256));
                 obj.insert("decision".into(), decision.clone());
+                // How the call arrived (`http`, `mcp`, `cli`, `approval`).
+                obj.insert("transport".into(), json!(ctx.transport()));
                 if let Some(charged) = &charged {
                     obj.insert("charged".into(), json!(charged));
                 }

@@ -23,6 +23,7 @@ pub mod invoke;
 pub mod limit;
 pub mod listen;
 pub mod metrics;
+pub mod mcp;
 pub mod openapi;
 pub mod problem;
 pub mod records;
@@ -106,6 +107,8 @@ pub struct ServeConfig {
     /// endpoint). Metrics are recorded once `observe::metrics::install`
     /// ran.
     pub metrics_listen: Option<String>,
+    /// Where MCP clients may come from (`/mcp`).
+    pub mcp: mcp::McpConfig,
 }
 
 impl Default for ServeConfig {
@@ -134,6 +137,7 @@ impl Default for ServeConfig {
             registry: crate::registry::RegistryOptions::default(),
             loaded_tools: tools::CacheBounds::default(),
             metrics_listen: None,
+            mcp: mcp::McpConfig::default(),
         }
     }
 }
@@ -151,6 +155,8 @@ pub struct App {
     pub keys: auth::KeyCache,
     pub callbacks: crate::callback::Callbacks,
     pub limits: Limits,
+    /// Where MCP clients may come from.
+    pub mcp: mcp::McpConfig,
     /// Decisions in flight (each on its own task).
     pub tracker: TaskTracker,
     /// False once shutdown began.
@@ -241,6 +247,7 @@ impl Server {
                 max_body_memory: config.max_body_memory,
             }),
             limits: config.limits.clone(),
+            mcp: config.mcp.clone(),
             tracker: TaskTracker::new(),
             ready: AtomicBool::new(true),
             policy_version: AtomicI64::new(policy_version),
@@ -361,6 +368,8 @@ const ROUTES: &[(&str, &str, auth::Access)] = {
         ("GET", "/v1/tasks/{task_id}/usage", RECORDS),
         ("POST", "/v1/tasks/{task_id}/usage", INVOKE),
         ("GET", "/v1/stats", RECORDS),
+        // MCP over Streamable HTTP: POST only (GET and DELETE are 405).
+        ("POST", "/mcp", INVOKE),
     ]
 };
 
@@ -411,6 +420,7 @@ pub fn router(app: Arc<App>, config: &ServeConfig) -> Router {
         ));
     Router::new()
         .merge(api)
+        .merge(mcp::router(app.clone(), config))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/openapi.json", get(openapi::serve))

@@ -173,6 +173,23 @@ impl ToolCache {
         self.get_entry(entry).await
     }
 
+    /// The tenant's enabled tools, loaded, by name. A tool that does not
+    /// load is left out (and logged): it does not hide the others.
+    pub async fn enabled(&self, tenant: &str) -> Result<Vec<(String, Arc<Tool>)>> {
+        let mut out = Vec::new();
+        for entry in self.storage.tool_list(tenant).await? {
+            if entry.disabled {
+                continue;
+            }
+            let name = entry.name.clone();
+            match self.get_entry(entry).await {
+                Ok(tool) => out.push((name, tool)),
+                Err(e) => tracing::warn!(tool = %name, "listing tools: {}", e.message),
+            }
+        }
+        Ok(out)
+    }
+
     /// The tool an entry points at (loaded once per version).
     pub async fn get_entry(&self, entry: ToolEntry) -> Result<Arc<Tool>> {
         let key: Key = (

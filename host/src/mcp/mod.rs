@@ -1,0 +1,408 @@
+//! MCP: every registered tool reachable by Model Context Protocol clients,
+//! through the same invocation service (policy → budget → audit) as the
+//! HTTP API.
+//!
+//! This module is transport-independent: [`McpServer`] implements rmcp's
+//! `ServerHandler` (`tools/list`, `tools/call`) over a [`Tools`] source and
+//! the [`InvocationService`]. Transports put it on the wire:
+//! `server::mcp` (Streamable HTTP at `/mcp`, authenticated by API key) and
+//! `host mcp` (stdio, one tenant).
+//!
+//! ```text
+//! tools/list ─▶ Tools::list(tenant) ─▶ one MCP tool per function (catalog)
+//! tools/call ─▶ name → tool + function ─▶ service::Request (transport "mcp")
+//!            ─▶ InvocationService::invoke ─▶ Answer ─▶ CallToolResult (answer)
+//! ```
+//!
+//! Invariants:
+//! * Who calls ([`Caller`]: tenant, principal) comes from the transport,
+//!   never from the request: the HTTP adapter puts it in the request's
+//!   extensions after checking the API key; stdio fixes it at start.
+//! * `tools/call` builds one [`crate::service::Request`] and hands it to the
+//!   service: nothing of the flow (policy, budget, audit, caching,
+//!   idempotency) is repeated here.
+//! * Everything the service answers is a tool result, never a JSON-RPC
+//!   error: a refusal, a sandbox failure, a tool's WIT `err` and a call
+//!   waiting for approval are `isError: true` results naming the error kind
+//!   and what to do. Only a request that names no tool of the caller's
+//!   tenant, or is malformed, is a JSON-RPC error (`-32602`).
+
+pub mod answer;
+pub mod catalog;
+
+use crate::BoxFuture;
+use crate::error::Result;
+use crate::gate::{CallContext, Governed};
+use crate::limits::Limits;
+use crate::service::{Answer, InvocationService, Request};
+use crate::tool::Tool;
+use rmcp::ErrorData as McpError;
+use rmcp::model::{
+    CallToolRequestParams, CallToolResponse, Implementation, ListToolsResult,
+    PaginatedRequestParams, ProtocolVersion, ServerCapabilities, ServerConfig,
+};
+use rmcp::service::{RequestContext, RoleServer};
+use serde_json::Value;
+use std::borrow::Cow;
+use std::sync::Arc;
+
+/// The protocol revisions served: 2026-07-28 (stateless) and the
+/// initialize-based 2025-11-25 and 2025-06-18.
+pub const VERSIONS: &[ProtocolVersion] = &[
+    ProtocolVersion::V_2025_06_18,
+    ProtocolVersion::V_2025_11_25,
+    ProtocolVersion::V_2026_07_28,
+];
+
+/// `_meta` keys a client may send with `tools/call` (Toolhost's own, in its
+/// reverse-DNS namespace): the orchestrator's task (per-task budgets), the
+/// workflow whose policy governs the call, and an idempotency key.
+pub const META_TASK_ID: &str = "io.toolhost/task_id";
+pub const META_WORKFLOW: &str = "io.toolhost/workflow";
+pub const META_IDEMPOTENCY_KEY: &str = "io.toolhost/idempotency_key";
+
+/// Who is calling, as the transport established it.
+#[derive(Clone)]
+pub struct Caller {
+    pub tenant: String,
+    /// The caller's identity in records (an API key id; `stdio`).
+    pub principal: String,
+    /// Held until the invocation ends (the HTTP adapter's request slot).
+    pub hold: Option<Arc<dyn std::any::Any + Send + Sync>>,
+}
+
+impl std::fmt::Debug for Caller {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Caller")
+            .field("tenant", &self.tenant)
+            .field("principal", &self.principal)
+            .finish()
+    }
+}
+
+/// A tenant's enabled tools: (registered name, loaded tool).
+pub type Listing = Vec<(String, Arc<Tool>)>;
+
+/// Where the tenant's tools come from (the server's loaded-tool cache).
+pub trait Tools: Send + Sync + 'static {
+    /// The tenant's enabled tools.
+    fn list<'a>(&'a self, tenant: &'a str) -> BoxFuture<'a, Result<Listing>>;
+    /// The enabled tool `name` points at now (`not_found`,
+    /// `tool_disabled` otherwise).
+    fn get<'a>(&'a self, tenant: &'a str, name: &'a str) -> BoxFuture<'a, Result<Arc<Tool>>>;
+}
+
+/// What every MCP request shares.
+pub struct Shared {
+    pub tools: Arc<dyn Tools>,
+    pub service: Arc<InvocationService>,
+    /// The gate: its policy in force says which functions need approval
+    /// (tool annotations).
+    pub governed: Arc<Governed>,
+    /// Default invocation limits (a policy may set others per tool).
+    pub limits: Limits,
+}
+
+/// The MCP handler: one per request (HTTP) or per connection (stdio).
+#[derive(Clone)]
+pub struct McpServer {
+    shared: Arc<Shared>,
+    /// The caller of every request (stdio); `None`: each request's own,
+    /// from its HTTP extensions.
+    fixed: Option<Caller>,
+}
+
+impl McpServer {
+    /// A handler whose callers come from each request's HTTP extensions.
+    pub fn per_request(shared: Arc<Shared>) -> McpServer {
+        McpServer {
+            shared,
+            fixed: None,
+        }
+    }
+
+    /// A handler for one caller (stdio).
+    pub fn for_caller(shared: Arc<Shared>, caller: Caller) -> McpServer {
+        McpServer {
+            shared,
+            fixed: Some(caller),
+        }
+    }
+
+    fn caller(
+        &self,
+        context: &RequestContext<RoleServer>,
+    ) -> std::result::Result<Caller, McpError> {
+        if let Some(c) = &self.fixed {
+            return Ok(c.clone());
+        }
+        context
+            .extensions
+            .get::<http::request::Parts>()
+            .and_then(|p| p.extensions.get::<Caller>())
+            .cloned()
+            .ok_or_else(|| {
+                McpError::internal_error("the request has no authenticated caller", None)
+            })
+    }
+}
+
+/// The arguments of a `tools/call`: an object, or none (`{}`).
+fn arguments(params: &CallToolRequestParams) -> Value {
+    Value::Object(params.arguments.clone().unwrap_or_default())
+}
+
+/// A valid W3C `traceparent` (version 00 form: `00-<32 hex>-<16 hex>-<2
+/// hex>`, lowercase, trace and parent ids not all zero; a later version's
+/// value is read by its first four fields). Anything else is ignored, as
+/// W3C Trace Context requires.
+pub fn valid_traceparent(value: &str) -> bool {
+    let parts: Vec<&str> = value.split('-').collect();
+    if parts.len() < 4 {
+        return false;
+    }
+    let hex = |s: &str, n: usize| {
+        s.len() == n
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    };
+    let (version, trace, parent, flags) = (parts[0], parts[1], parts[2], parts[3]);
+    if !hex(version, 2) || version == "ff" || !hex(trace, 32) || !hex(parent, 16) || !hex(flags, 2)
+    {
+        return false;
+    }
+    if version == "00" && parts.len() != 4 {
+        return false;
+    }
+    trace.bytes().any(|b| b != b'0') && parent.bytes().any(|b| b != b'0')
+}
+
+/// A Toolhost `_meta` string (task id, workflow, idempotency key): absent,
+/// or a string that passes `check`.
+fn meta_string(
+    meta: &rmcp::model::RequestMetaObject,
+    key: &str,
+    check: impl Fn(&str) -> std::result::Result<(), String>,
+) -> std::result::Result<Option<String>, McpError> {
+    match meta.0.0.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => check(s)
+            .map(|()| Some(s.clone()))
+            .map_err(|e| McpError::invalid_params(format!("_meta `{key}`: {e}"), None)),
+        Some(_) => Err(McpError::invalid_params(
+            format!("_meta `{key}` must be a string"),
+            None,
+        )),
+    }
+}
+
+fn label(s: &str) -> std::result::Result<(), String> {
+    if s.is_empty() || s.chars().count() > 200 || s.chars().any(char::is_control) {
+        Err("must be 1 to 200 characters without control characters".into())
+    } else {
+        Ok(())
+    }
+}
+
+impl rmcp::ServerHandler for McpServer {
+    // Logging is deprecated by SEP-2577 (kept for 2025-11-25 clients).
+    #[allow(deprecated)]
+    fn get_info(&self) -> ServerConfig {
+        ServerConfig::new(
+            ServerCapabilities::builder()
+                .enable_tools()
+                .enable_logging()
+                .build(),
+        )
+        .with_server_info(
+            Implementation::new("toolhost", env!("CARGO_PKG_VERSION")).with_title("Toolhost"),
+        )
+        .with_instructions(
+            "Toolhost runs sandboxed WebAssembly tools under a policy, a budget and an audit \
+                 trail. A refused or failed call is a tool result with isError: true whose text \
+                 starts with the error kind and says what to do. A call that needs a human's \
+                 approval does not run: its result names the approval and how to get the \
+                 outcome once it is decided.",
+        )
+    }
+
+    fn supported_protocol_versions(&self) -> Cow<'static, [ProtocolVersion]> {
+        Cow::Borrowed(VERSIONS)
+    }
+
+    async fn list_tools(
+        &self,
+        request: Option<PaginatedRequestParams>,
+        context: RequestContext<RoleServer>,
+    ) -> std::result::Result<ListToolsResult, McpError> {
+        let caller = self.caller(&context)?;
+        let tools = self
+            .shared
+            .tools
+            .list(&caller.tenant)
+            .await
+            .map_err(|e| McpError::internal_error(e.to_string(), None))?;
+        let policy = self.shared.governed.policy();
+        let all = catalog::definitions(&tools, &policy, &caller.tenant);
+        let cursor = request.and_then(|r| r.cursor);
+        catalog::page(all, cursor.as_deref(), catalog::PAGE_SIZE)
+    }
+
+    async fn call_tool(
+        &self,
+        params: CallToolRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> std::result::Result<CallToolResponse, McpError> {
+        let caller = self.caller(&context)?;
+        let meta = &context.meta;
+        let task_id = meta_string(meta, META_TASK_ID, label)?;
+        let workflow = meta_string(meta, META_WORKFLOW, label)?;
+        let idempotency_key = meta_string(meta, META_IDEMPOTENCY_KEY, |k| {
+            crate::idempotency::validate_key(k).map_err(|e| e.message)
+        })?;
+        let traceparent = meta
+            .get_traceparent()
+            .filter(|t| valid_traceparent(t))
+            .map(str::to_string);
+        let Some((name, function)) = params.name.split_once("__") else {
+            return Err(unknown_tool(&params.name));
+        };
+        let tool = match self.shared.tools.get(&caller.tenant, name).await {
+            Ok(t) => t,
+            Err(e)
+                if matches!(
+                    e.kind,
+                    crate::ErrorKind::NotFound | crate::ErrorKind::ToolDisabled
+                ) =>
+            {
+                return Err(unknown_tool(&params.name));
+            }
+            Err(e) => return Ok(answer::failed(&e).into()),
+        };
+        let request = Request {
+            tool: tool.clone(),
+            function: Some(function.to_string()),
+            args: arguments(&params),
+            limits: self.shared.limits.clone(),
+            context: CallContext {
+                tenant: Some(caller.tenant.clone()),
+                workflow,
+                task_id,
+                principal: Some(caller.principal.clone()),
+                idempotency_key,
+                approval: None,
+                callback_url: None,
+                transport: Some("mcp".into()),
+                traceparent,
+            },
+            hold: caller.hold.clone(),
+        };
+        let result = match self.shared.service.invoke(request).await {
+            Ok(answer) => {
+                if let Answer::Done(outcome) = &answer {
+                    send_logs(&context, &tool, &outcome.logs).await;
+                }
+                answer::result(&tool, &answer.response())
+            }
+            Err(e) => answer::failed(&e),
+        };
+        Ok(result.into())
+    }
+
+    #[allow(deprecated)]
+    async fn set_level(
+        &self,
+        _request: rmcp::model::SetLevelRequestParams,
+        _context: RequestContext<RoleServer>,
+    ) -> std::result::Result<(), McpError> {
+        // Accepted, not remembered: no request depends on another (no
+        // sessions). Tools' log lines at `info` and above go with each call.
+        Ok(())
+    }
+}
+
+#[allow(deprecated)]
+fn rank(level: rmcp::model::LoggingLevel) -> u8 {
+    use rmcp::model::LoggingLevel::*;
+    match level {
+        Debug => 0,
+        Info => 1,
+        Notice => 2,
+        Warning => 3,
+        Error => 4,
+        Critical => 5,
+        Alert => 6,
+        Emergency => 7,
+    }
+}
+
+/// The tool's log lines (`toolhost:tool/log`) as `notifications/message`,
+/// sent before the call's result: for 2026-07-28 requests when their
+/// `_meta` asks for a log level, at that level and above; for earlier
+/// revisions at `info` and above. Lines are the invocation's bounded,
+/// secret-scrubbed log.
+#[allow(deprecated)]
+async fn send_logs(
+    context: &RequestContext<RoleServer>,
+    tool: &Tool,
+    logs: &[crate::capability::log::LogLine],
+) {
+    use rmcp::model::{LoggingLevel, LoggingMessageNotificationParam};
+    let threshold = match context.meta.log_level() {
+        Some(level) => level,
+        None if context.meta.protocol_version().is_some() => return,
+        None => LoggingLevel::Info,
+    };
+    for line in logs {
+        let level = match line.level.as_str() {
+            "trace" | "debug" => LoggingLevel::Debug,
+            "info" => LoggingLevel::Info,
+            "warn" => LoggingLevel::Warning,
+            _ => LoggingLevel::Error,
+        };
+        if rank(level) < rank(threshold) {
+            continue;
+        }
+        let mut message =
+            LoggingMessageNotificationParam::new(level, Value::String(line.message.clone()));
+        message.logger = Some(tool.name().to_string());
+        if context.peer.notify_logging_message(message).await.is_err() {
+            return;
+        }
+    }
+}
+
+fn unknown_tool(name: &str) -> McpError {
+    McpError::invalid_params(
+        format!("Unknown tool: `{name}` (tools/list names the tools this caller may use)"),
+        None,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn traceparent_is_checked_as_w3c_says() {
+        assert!(valid_traceparent(
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+        ));
+        // A later version: its first four fields.
+        assert!(valid_traceparent(
+            "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra"
+        ));
+        for bad in [
+            "",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+            "00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01",
+        ] {
+            assert!(!valid_traceparent(bad), "{bad}");
+        }
+    }
+}

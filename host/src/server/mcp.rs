@@ -1,0 +1,287 @@
+//! `/mcp`: MCP over Streamable HTTP (rmcp's `StreamableHttpService` around
+//! [`crate::mcp::McpServer`]), and the RFC 9728 protected-resource
+//! metadata.
+//!
+//! A request to `/mcp` passes, in order:
+//!
+//! 1. [`guard`]: the `Host` must be one this server answers to and an
+//!    `Origin`, if sent, the server's own or an allowed one (DNS rebinding,
+//!    cross-site requests): 403. A 401 from below gets
+//!    `WWW-Authenticate: Bearer resource_metadata="…"`, pointing at
+//!    `/.well-known/oauth-protected-resource/mcp`.
+//! 2. [`super::limit`], exactly as for `/v1`: the API key (role `invoke`;
+//!    `Authorization` header only, never a query string) and the route's
+//!    access from the headers, the body's bytes, a fair per-tenant slot,
+//!    the deadline. `POST` is the only method (`GET`, `DELETE`: 405).
+//! 3. [`identity`]: the caller's tenant, key id and slot go into the
+//!    request's extensions as an [`mcp::Caller`]; the slot is held by the
+//!    invocation until it ends.
+//! 4. rmcp: JSON-RPC, the protocol-version and `Mcp-Method`/`Mcp-Name`
+//!    header checks against the body (-32020, -32022: 400), `resultType`,
+//!    caching hints, notifications (202), JSON or SSE answers.
+//!
+//! **No sessions.** The service runs stateless (rmcp's
+//! `legacy_session_mode: false`, `NeverSessionManager`): 2026-07-28 has no
+//! sessions, and 2025-11-25/2025-06-18 clients are served without an
+//! `Mcp-Session-Id` (the revision makes it optional), each request on its
+//! own. No request depends on a process's memory of an earlier one, so any
+//! replica behind one address serves any request. What 2025-11-25 sessions
+//! would add — a standalone `GET` stream for server-initiated messages — is
+//! not offered (405, as that revision allows).
+
+use super::App;
+use super::auth::Caller;
+use super::tools::ToolCache;
+use crate::error::{ErrorKind, Result};
+use crate::mcp::{self, McpServer, Shared};
+use crate::tool::Tool;
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use rmcp::transport::streamable_http_server::session::never::NeverSessionManager;
+use rmcp::transport::{StreamableHttpServerConfig, StreamableHttpService};
+use serde_json::json;
+use std::sync::Arc;
+
+/// Where MCP clients may come from.
+#[derive(Debug, Clone, Default)]
+pub struct McpConfig {
+    /// `Host` values `/mcp` answers to besides the loopback names
+    /// (`localhost`, `127.0.0.1`, `[::1]`, any port): `name` (any port) or
+    /// `name:port`.
+    pub allowed_hosts: Vec<String>,
+    /// Browser origins allowed besides the server's own
+    /// (`https://app.example.com`, with a port if not the scheme's default).
+    pub allowed_origins: Vec<String>,
+    /// The server's public base URL (`https://tools.example.com`): the
+    /// resource the protected-resource metadata names. Default: `http://`
+    /// and the request's (allowed) `Host`.
+    pub public_url: Option<String>,
+}
+
+/// The tools of a tenant, from a loaded-tool cache (the server's; `host
+/// mcp`'s own).
+impl mcp::Tools for ToolCache {
+    fn list<'a>(&'a self, tenant: &'a str) -> crate::BoxFuture<'a, Result<mcp::Listing>> {
+        Box::pin(self.enabled(tenant))
+    }
+
+    fn get<'a>(
+        &'a self,
+        tenant: &'a str,
+        name: &'a str,
+    ) -> crate::BoxFuture<'a, Result<Arc<Tool>>> {
+        Box::pin(ToolCache::get(self, tenant, name))
+    }
+}
+
+/// The server's tools (its [`ToolCache`]).
+struct AppTools(Arc<App>);
+
+impl mcp::Tools for AppTools {
+    fn list<'a>(&'a self, tenant: &'a str) -> crate::BoxFuture<'a, Result<mcp::Listing>> {
+        Box::pin(self.0.tools.enabled(tenant))
+    }
+
+    fn get<'a>(
+        &'a self,
+        tenant: &'a str,
+        name: &'a str,
+    ) -> crate::BoxFuture<'a, Result<Arc<Tool>>> {
+        Box::pin(self.0.tools.get(tenant, name))
+    }
+}
+
+/// The `/mcp` route and the protected-resource metadata, with their layers.
+pub fn router(app: Arc<App>, config: &super::ServeConfig) -> Router<Arc<App>> {
+    let shared = Arc::new(Shared {
+        tools: Arc::new(AppTools(app.clone())),
+        service: app.service.clone(),
+        governed: app.governed.clone(),
+        limits: app.limits.clone(),
+    });
+    let rmcp_config = StreamableHttpServerConfig::default()
+        .with_legacy_session_mode(false)
+        .with_json_response(true)
+        // Host and Origin are checked by `guard`, before the key.
+        .disable_allowed_hosts()
+        .disable_allowed_origins()
+        .with_max_request_body_bytes(config.max_body)
+        .with_sse_keep_alive(Some(std::time::Duration::from_secs(15)));
+    let service = StreamableHttpService::new(
+        move || Ok(McpServer::per_request(shared.clone())),
+        Arc::new(NeverSessionManager::default()),
+        rmcp_config,
+    );
+    let mcp = Router::new()
+        .route_service(
+            "/mcp",
+            tower::ServiceBuilder::new()
+                .layer(axum::middleware::from_fn(identity))
+                .service(service),
+        )
+        .layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            super::limit::limit,
+        ))
+        .layer(axum::middleware::from_fn_with_state(app.clone(), guard));
+    Router::new()
+        .merge(mcp)
+        .route(
+            "/.well-known/oauth-protected-resource",
+            axum::routing::get(resource_metadata),
+        )
+        .route(
+            "/.well-known/oauth-protected-resource/mcp",
+            axum::routing::get(resource_metadata),
+        )
+}
+
+/// Host and Origin checks, and the 401 challenge.
+async fn guard(State(app): State<Arc<App>>, request: Request, next: Next) -> Response {
+    let config = &app.mcp;
+    let host = match allowed_host(request.headers(), config) {
+        Ok(h) => h,
+        Err(refusal) => return forbidden(refusal),
+    };
+    if let Err(refusal) = allowed_origin(request.headers(), &host, config) {
+        return forbidden(refusal);
+    }
+    let mut response = next.run(request).await;
+    if response.status() == StatusCode::UNAUTHORIZED {
+        let url = format!(
+            "{}/.well-known/oauth-protected-resource/mcp",
+            base_url(config, &host)
+        );
+        if let Ok(v) = HeaderValue::from_str(&format!("Bearer resource_metadata=\"{url}\"")) {
+            response.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+        }
+    }
+    response
+}
+
+/// The authenticated caller (from `limit`) as MCP's caller, with the
+/// request's slot.
+async fn identity(mut request: Request, next: Next) -> Response {
+    let Some(caller) = request.extensions().get::<Caller>().cloned() else {
+        return super::problem::ApiError::new(ErrorKind::Unauthenticated, "no API key")
+            .into_response();
+    };
+    let hold = super::limit::current_slot().map(|s| s as Arc<dyn std::any::Any + Send + Sync>);
+    request.extensions_mut().insert(mcp::Caller {
+        tenant: caller.tenant().to_string(),
+        principal: caller.key.id.clone(),
+        hold,
+    });
+    next.run(request).await
+}
+
+fn forbidden(message: String) -> Response {
+    super::problem::ApiError::new(ErrorKind::Forbidden, message)
+        .with_status(StatusCode::FORBIDDEN)
+        .into_response()
+}
+
+/// The request's `Host` (`name[:port]`, lowercase), if this server answers
+/// to it.
+fn allowed_host(headers: &HeaderMap, config: &McpConfig) -> std::result::Result<String, String> {
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .and_then(|h| h.parse::<http::uri::Authority>().ok())
+        .ok_or_else(|| "the request has no valid Host header".to_string())?;
+    let name = host.host().trim_matches(['[', ']']).to_ascii_lowercase();
+    let port = host.port_u16();
+    let loopback = ["localhost", "127.0.0.1", "::1"].contains(&name.as_str());
+    let listed = config.allowed_hosts.iter().any(|a| {
+        let Ok(a) = a.parse::<http::uri::Authority>() else {
+            return false;
+        };
+        a.host()
+            .trim_matches(['[', ']'])
+            .eq_ignore_ascii_case(&name)
+            && a.port_u16().is_none_or(|p| Some(p) == port)
+    });
+    let public = config
+        .public_url
+        .as_deref()
+        .and_then(|u| u.parse::<http::Uri>().ok())
+        .and_then(|u| {
+            u.host()
+                .map(|h| h.trim_matches(['[', ']']).eq_ignore_ascii_case(&name))
+        })
+        .unwrap_or(false);
+    if loopback || listed || public {
+        Ok(host.as_str().to_ascii_lowercase())
+    } else {
+        Err(format!(
+            "Host `{}` is not one this server answers to on /mcp (DNS rebinding protection; \
+             the operator allows more with --mcp-allow-host)",
+            host.as_str()
+        ))
+    }
+}
+
+/// An `Origin`, if sent, must be the server's own (`http(s)://` + Host) or
+/// one the operator allowed.
+fn allowed_origin(
+    headers: &HeaderMap,
+    host: &str,
+    config: &McpConfig,
+) -> std::result::Result<(), String> {
+    let Some(origin) = headers.get(header::ORIGIN) else {
+        return Ok(());
+    };
+    let origin = origin
+        .to_str()
+        .map(|o| o.trim().to_ascii_lowercase())
+        .map_err(|_| "the Origin header is not text".to_string())?;
+    let own = [format!("http://{host}"), format!("https://{host}")];
+    let public = config
+        .public_url
+        .as_deref()
+        .map(|u| u.trim_end_matches('/').to_ascii_lowercase());
+    if own.contains(&origin)
+        || public.as_deref() == Some(origin.as_str())
+        || config
+            .allowed_origins
+            .iter()
+            .any(|a| a.trim_end_matches('/').eq_ignore_ascii_case(&origin))
+    {
+        Ok(())
+    } else {
+        Err(format!(
+            "Origin `{origin}` may not use /mcp (the operator allows origins with --mcp-allow-origin)"
+        ))
+    }
+}
+
+fn base_url(config: &McpConfig, host: &str) -> String {
+    match &config.public_url {
+        Some(u) => u.trim_end_matches('/').to_string(),
+        None => format!("http://{host}"),
+    }
+}
+
+/// RFC 9728 protected-resource metadata for `/mcp`: bearer tokens in the
+/// `Authorization` header (Toolhost API keys, `host keys create`); no
+/// `authorization_servers` yet (OAuth can be added without changing
+/// clients that read this).
+async fn resource_metadata(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
+    let host = match allowed_host(&headers, &app.mcp) {
+        Ok(h) => h,
+        Err(refusal) => return forbidden(refusal),
+    };
+    let base = base_url(&app.mcp, &host);
+    (
+        [(header::CACHE_CONTROL, "max-age=3600")],
+        axum::Json(json!({
+            "resource": format!("{base}/mcp"),
+            "bearer_methods_supported": ["header"],
+            "resource_name": "Toolhost MCP server",
+        })),
+    )
+        .into_response()
+}

@@ -1,0 +1,771 @@
+//! MCP end to end: rmcp's own client against a spawned `host serve` (`/mcp`,
+//! Streamable HTTP, both revisions) and `host mcp` (stdio), and raw HTTP for
+//! what a well-behaved client never sends (bad keys, origins, headers,
+//! versions).
+
+mod common;
+
+use common::serve::{Client, Server, data_dir_with, key, s};
+use rmcp::model::{CallToolRequestParams, CallToolResult, ProtocolVersion, RequestMetaObject};
+use rmcp::service::{ClientLifecycleMode, ClientServiceExt, RoleClient, RunningService};
+use rmcp::transport::StreamableHttpClientTransport;
+use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+use serde_json::{Value, json};
+
+/// The tests' policy: text-tools' `slugify` is denied; `issue_refund`
+/// always waits for a human; three tool calls per task.
+const POLICY: &str = r#"
+workflow: "*"
+budget:
+  max_tool_calls: 3
+policy:
+  allow_tools: [text-tools, hostile, lookup_order, create_refund_draft, mcp-fixtures]
+  deny_tools: [issue_refund, text-tools/slugify]
+approval:
+  required_for:
+    - tool: issue_refund
+      threshold_usd: 50
+tools:
+  hostile:
+    limits: {timeout: 1s, fuel: 100000000}
+  hello:
+    cache: {ttl: 10m}
+"#;
+
+type McpClient = RunningService<RoleClient, ()>;
+
+/// rmcp's client over Streamable HTTP with an API key, speaking `version`
+/// (2026-07-28: `server/discover`, stateless; earlier: `initialize`).
+async fn connect(server: &Server, key: &str, version: ProtocolVersion) -> McpClient {
+    let transport = StreamableHttpClientTransport::from_config(
+        StreamableHttpClientTransportConfig::with_uri(format!("{}/mcp", server.url))
+            .auth_header(key.to_string()),
+    );
+    let lifecycle = if version.has_initialize() {
+        ClientLifecycleMode::Initialize
+    } else {
+        ClientLifecycleMode::Discover {
+            preferred_versions: vec![version.clone()],
+        }
+    };
+    let client = ()
+        .serve_with_lifecycle(transport, lifecycle)
+        .await
+        .unwrap_or_else(|e| panic!("connecting ({version}): {e}; log:\n{}", server.log()));
+    assert_eq!(
+        client
+            .peer()
+            .peer_info()
+            .map(|i| i.protocol_version.clone()),
+        Some(version),
+        "the negotiated revision"
+    );
+    client
+}
+
+fn call(name: &str, args: Value) -> CallToolRequestParams {
+    let Value::Object(args) = args else {
+        panic!("arguments are an object")
+    };
+    CallToolRequestParams::new(name.to_string()).with_arguments(args)
+}
+
+fn with_meta(mut params: CallToolRequestParams, meta: Value) -> CallToolRequestParams {
+    let Value::Object(meta) = meta else { panic!() };
+    let mut m = RequestMetaObject::new();
+    for (k, v) in meta {
+        m.0.0.insert(k, v);
+    }
+    params.meta = Some(m);
+    params
+}
+
+fn text(r: &CallToolResult) -> String {
+    r.content
+        .iter()
+        .filter_map(|c| c.as_text().map(|t| t.text.clone()))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The invocation facts every result carries.
+fn facts(r: &CallToolResult) -> Value {
+    r.meta
+        .as_ref()
+        .and_then(|m| m.0.get("io.toolhost/invocation"))
+        .cloned()
+        .unwrap_or_else(|| panic!("no invocation facts: {r:?}"))
+}
+
+fn setup(tag: &str) -> std::path::PathBuf {
+    data_dir_with(
+        tag,
+        POLICY,
+        &[
+            ("text-tools", "text_tools"),
+            ("refund", "refund"),
+            ("hostile", "hostile"),
+            ("mcp-fixtures", "mcp_fixtures"),
+        ],
+    )
+}
+
+#[tokio::test]
+async fn list_and_call_over_both_revisions_through_the_gate() {
+    let dir = setup("mcp-basic");
+    let k = key(&dir, "acme", &["invoke"]);
+    let server = Server::start(&dir, &[]);
+    let api = Client::new(&server, Some(&k));
+
+    for version in [ProtocolVersion::V_2026_07_28, ProtocolVersion::V_2025_11_25] {
+        let client = connect(&server, &k, version.clone()).await;
+        let tools = client.peer().list_all_tools().await.unwrap();
+        let names: Vec<&str> = tools.iter().map(|t| t.name.as_ref()).collect();
+        // One MCP tool per function, named as /v1/tools?format=mcp names
+        // them, in a stable (sorted) order.
+        let mut sorted = names.clone();
+        sorted.sort();
+        assert_eq!(names, sorted, "{version}");
+        for n in [
+            "text-tools__hello",
+            "text-tools__word-count",
+            "refund__issue-refund",
+            "hostile__spin",
+        ] {
+            assert!(names.contains(&n), "{version}: {n} in {names:?}");
+        }
+        let (_, v1) = api.get("/v1/tools?format=mcp").await;
+        let v1_names: Vec<&str> = v1
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(sorted, {
+            let mut v = v1_names.clone();
+            v.sort();
+            v
+        });
+        let get = |n: &str| tools.iter().find(|t| t.name == n).unwrap();
+        // Annotations the policy vouches for.
+        let refund = get("refund__issue-refund").annotations.clone().unwrap();
+        assert_eq!(refund.read_only_hint, Some(false), "needs approval");
+        assert_eq!(refund.destructive_hint, Some(true));
+        let hello = get("text-tools__hello");
+        let a = hello.annotations.clone().unwrap();
+        assert_eq!(a.read_only_hint, Some(true), "no grants: changes nothing");
+        assert_eq!(a.open_world_hint, Some(false));
+        assert_eq!(a.idempotent_hint, Some(true), "cached by the policy");
+        assert_eq!(hello.input_schema["required"], json!(["name"]));
+        let wc = get("text-tools__word-count");
+        assert_eq!(
+            wc.output_schema.as_ref().unwrap()["type"],
+            "object",
+            "{version}"
+        );
+        // A string result: an outputSchema on 2026-07-28 only (earlier
+        // revisions allow objects only).
+        assert_eq!(
+            hello.output_schema.is_some(),
+            version == ProtocolVersion::V_2026_07_28,
+            "{version}"
+        );
+
+        let r = client
+            .call_tool(call("text-tools__word-count", json!({"text": "a b\nc"})))
+            .await
+            .unwrap();
+        assert_eq!(r.is_error, Some(false), "{r:?}");
+        assert_eq!(r.structured_content.as_ref().unwrap()["words"], 3);
+        assert_eq!(
+            serde_json::from_str::<Value>(&text(&r)).unwrap()["lines"],
+            2
+        );
+        // The invocation is a normal record, transport noted.
+        let id = facts(&r)["invocation_id"].as_str().unwrap().to_string();
+        let (status, record) = api.get(&format!("/v1/invocations/{id}")).await;
+        assert_eq!(status, 200, "{record}");
+        assert_eq!(record["status"], "ok");
+        assert_eq!(record["transport"], "mcp");
+        assert_eq!(record["tool"], "text-tools");
+        assert_eq!(record["result"]["words"], 3);
+        assert!(record["principal"].as_str().unwrap().len() > 4);
+
+        // A string result.
+        let r = client
+            .call_tool(call("text-tools__hello", json!({"name": "mcp"})))
+            .await
+            .unwrap();
+        assert_eq!(r.is_error, Some(false), "{r:?}");
+        assert!(text(&r).contains("Hello, mcp!"), "{r:?}");
+        client.cancel().await.unwrap();
+    }
+    server.stop();
+}
+
+#[tokio::test]
+async fn refusals_failures_and_approvals_are_error_results_naming_the_kind() {
+    let dir = setup("mcp-refusals");
+    let k = key(&dir, "acme", &["invoke"]);
+    let approver = key(&dir, "acme", &["approve"]);
+    let server = Server::start(&dir, &[]);
+    let api = Client::new(&server, Some(&k));
+    let client = connect(&server, &k, ProtocolVersion::V_2026_07_28).await;
+
+    let expect = |r: &CallToolResult, kind: &str| {
+        assert_eq!(r.is_error, Some(true), "{kind}: {r:?}");
+        let t = text(r);
+        assert!(t.starts_with(&format!("{kind}: ")), "{kind}: {t}");
+        assert!(t.contains("What to do: "), "{t}");
+        assert_eq!(facts(r)["kind"], kind, "{r:?}");
+    };
+    // Invalid arguments name the field.
+    let r = client
+        .call_tool(call("text-tools__hello", json!({"name": 5})))
+        .await
+        .unwrap();
+    expect(&r, "invalid_args");
+    assert!(text(&r).contains("args.name"), "{}", text(&r));
+    // The policy.
+    let r = client
+        .call_tool(call("text-tools__slugify", json!({"text": "A B"})))
+        .await
+        .unwrap();
+    expect(&r, "policy_denied");
+    // A sandbox failure.
+    let r = client
+        .call_tool(call("hostile__spin", json!({})))
+        .await
+        .unwrap();
+    expect(&r, "fuel_exhausted");
+    assert_eq!(facts(&r)["status"], "error");
+    // The tool's own WIT `err`: an error result with the value.
+    let r = client
+        .call_tool(call("refund__lookup-order", json!({"order-id": "nope"})))
+        .await
+        .unwrap();
+    assert_eq!(r.is_error, Some(true), "{r:?}");
+    assert!(text(&r).starts_with("tool_error: "), "{}", text(&r));
+    assert!(r.structured_content.as_ref().unwrap()["err"].is_string());
+    // The budget: three calls per task (the task from `_meta`), then
+    // budget_exceeded naming the limit.
+    for i in 0..3 {
+        let r = client
+            .call_tool(with_meta(
+                call("text-tools__word-count", json!({"text": "x"})),
+                json!({"io.toolhost/task_id": "t1"}),
+            ))
+            .await
+            .unwrap();
+        assert_eq!(r.is_error, Some(false), "call {i}: {r:?}");
+    }
+    let r = client
+        .call_tool(with_meta(
+            call("text-tools__word-count", json!({"text": "x"})),
+            json!({"io.toolhost/task_id": "t1"}),
+        ))
+        .await
+        .unwrap();
+    expect(&r, "budget_exceeded");
+    assert!(text(&r).contains("max_tool_calls"), "{}", text(&r));
+    let (_, usage) = api.get("/v1/tasks/t1/usage").await;
+    assert!(usage.to_string().contains("tool_calls"), "{usage}");
+    // A tool that does not exist (or another tenant's): a protocol error.
+    let e = client
+        .call_tool(call("nope__hello", json!({})))
+        .await
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("-32602") || e.to_string().contains("Unknown tool"),
+        "{e}"
+    );
+    let e = client
+        .call_tool(call("no-separator", json!({})))
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("Unknown tool"), "{e}");
+
+    // A call that needs a human: it does not run; the result names the
+    // approval and where the outcome will be.
+    let r = client
+        .call_tool(call(
+            "refund__issue-refund",
+            json!({"order-id": "ord_1001", "amount-usd": 10.0}),
+        ))
+        .await
+        .unwrap();
+    expect(&r, "approval_required");
+    let f = facts(&r);
+    assert_eq!(f["status"], "pending_approval");
+    let approval = f["approval_id"].as_str().unwrap().to_string();
+    let id = f["invocation_id"].as_str().unwrap().to_string();
+    let t = text(&r);
+    assert!(t.contains(&approval), "{t}");
+    assert!(t.contains(&format!("GET /v1/invocations/{id}")), "{t}");
+    assert!(t.contains("has NOT run"), "{t}");
+    let (_, record) = api.get(&format!("/v1/invocations/{id}")).await;
+    assert_eq!(record["status"], "pending_approval");
+    // A human approves; the call runs once; the record has the outcome.
+    let decider = Client::new(&server, Some(&approver));
+    let (status, d) = decider
+        .post(
+            &format!("/v1/approvals/{approval}/approve"),
+            json!({"reason": "ok"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{d}");
+    let (_, record) = api.get(&format!("/v1/invocations/{id}")).await;
+    assert_eq!(record["status"], "ok", "{record}");
+    client.cancel().await.unwrap();
+    server.stop();
+}
+
+/// Raw JSON-RPC over HTTP, for what rmcp's client never sends.
+struct Raw {
+    http: reqwest::Client,
+    url: String,
+}
+
+impl Raw {
+    async fn post(
+        &self,
+        headers: &[(&str, &str)],
+        body: Value,
+    ) -> (u16, reqwest::header::HeaderMap, String) {
+        let mut r = self
+            .http
+            .post(format!("{}/mcp", self.url))
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream")
+            .body(body.to_string());
+        for (k, v) in headers {
+            r = r.header(*k, *v);
+        }
+        let resp = r.send().await.unwrap();
+        let status = resp.status().as_u16();
+        let h = resp.headers().clone();
+        (status, h, resp.text().await.unwrap())
+    }
+}
+
+fn discover_meta(version: &str) -> Value {
+    json!({
+        "io.modelcontextprotocol/protocolVersion": version,
+        "io.modelcontextprotocol/clientInfo": {"name": "raw", "version": "1"},
+        "io.modelcontextprotocol/clientCapabilities": {},
+    })
+}
+
+#[tokio::test]
+async fn http_guards_keys_origins_headers_and_versions() {
+    let dir = setup("mcp-http");
+    common::serve::register(&dir, "globex", "text-tools", "text_tools");
+    let k = key(&dir, "acme", &["invoke"]);
+    let auditor = key(&dir, "acme", &["audit"]);
+    let other = key(&dir, "globex", &["invoke"]);
+    let server = Server::start(&dir, &[]);
+    let raw = Raw {
+        http: reqwest::Client::new(),
+        url: server.url.clone(),
+    };
+    let bearer = format!("Bearer {k}");
+    let list = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list",
+        "params": {"_meta": discover_meta("2026-07-28")}});
+    let v = ("mcp-protocol-version", "2026-07-28");
+    let m = ("mcp-method", "tools/list");
+
+    // A well-formed stateless request works.
+    let (status, _, body) = raw
+        .post(&[("authorization", &bearer), v, m], list.clone())
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let answer: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(answer["result"]["resultType"], "complete", "{answer}");
+    assert_eq!(answer["result"]["ttlMs"], 0);
+    assert_eq!(answer["result"]["cacheScope"], "private");
+
+    // No key, a bad key, a key in the query string: 401 with the
+    // protected-resource metadata's address.
+    for (headers, url_suffix) in [
+        (vec![], ""),
+        (vec![("authorization", "Bearer thk_nope_nope")], ""),
+        (vec![], "?api_key=KEY"),
+    ] {
+        let mut h = headers.clone();
+        h.extend([v, m]);
+        let r = raw
+            .http
+            .post(format!(
+                "{}/mcp{}",
+                server.url,
+                url_suffix.replace("KEY", &k)
+            ))
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream");
+        let r = h.iter().fold(r, |r, (a, b)| r.header(*a, *b));
+        let resp = r.body(list.to_string()).send().await.unwrap();
+        assert_eq!(resp.status().as_u16(), 401);
+        let challenge = resp.headers()["www-authenticate"]
+            .to_str()
+            .unwrap()
+            .to_string();
+        assert!(
+            challenge.starts_with("Bearer resource_metadata=\""),
+            "{challenge}"
+        );
+        assert!(
+            challenge.contains("/.well-known/oauth-protected-resource/mcp"),
+            "{challenge}"
+        );
+    }
+    let (status, meta) = Client::new(&server, None)
+        .get("/.well-known/oauth-protected-resource/mcp")
+        .await;
+    assert_eq!(status, 200, "{meta}");
+    assert_eq!(meta["resource"], format!("{}/mcp", server.url));
+    assert_eq!(meta["bearer_methods_supported"], json!(["header"]));
+    // A key without the invoke role: 403.
+    let (status, _, body) = raw
+        .post(
+            &[("authorization", &format!("Bearer {auditor}")), v, m],
+            list.clone(),
+        )
+        .await;
+    assert_eq!(status, 403, "{body}");
+
+    // Another tenant sees only its own tools and cannot call acme's.
+    let (status, _, body) = raw
+        .post(
+            &[("authorization", &format!("Bearer {other}")), v, m],
+            list.clone(),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(!body.contains("refund__"), "{body}");
+    assert!(body.contains("text-tools__hello"), "{body}");
+    let call_refund = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+        "params": {"name": "refund__lookup-order", "arguments": {"order-id": "ord_1001"},
+                   "_meta": discover_meta("2026-07-28")}});
+    let (status, _, body) = raw
+        .post(
+            &[
+                ("authorization", &format!("Bearer {other}")),
+                v,
+                ("mcp-method", "tools/call"),
+                ("mcp-name", "refund__lookup-order"),
+            ],
+            call_refund.clone(),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let answer: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(answer["error"]["code"], -32602, "{answer}");
+
+    // Origin: another site's is refused (even with a key); the server's own is not.
+    let (status, _, body) = raw
+        .post(
+            &[
+                ("authorization", &bearer),
+                ("origin", "https://evil.example"),
+                v,
+                m,
+            ],
+            list.clone(),
+        )
+        .await;
+    assert_eq!(status, 403, "{body}");
+    let own = server.url.clone();
+    let (status, _, body) = raw
+        .post(
+            &[("authorization", &bearer), ("origin", &own), v, m],
+            list.clone(),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    // A Host this server does not answer to (DNS rebinding): 403.
+    let (status, _, body) = raw
+        .post(
+            &[
+                ("authorization", &bearer),
+                ("host", "evil.example.com"),
+                v,
+                m,
+            ],
+            list.clone(),
+        )
+        .await;
+    assert_eq!(status, 403, "{body}");
+
+    // Headers that disagree with the body: 400, -32020.
+    for headers in [
+        vec![("mcp-protocol-version", "2025-11-25"), m],
+        vec![v, ("mcp-method", "tools/call")],
+    ] {
+        let mut h = vec![("authorization", bearer.as_str())];
+        h.extend(headers.iter().copied());
+        let (status, _, body) = raw.post(&h, list.clone()).await;
+        assert_eq!(status, 400, "{headers:?}: {body}");
+        let answer: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(answer["error"]["code"], -32020, "{headers:?}: {answer}");
+    }
+    // A tools/call whose Mcp-Name is not the tool called.
+    let call_hello = json!({"jsonrpc": "2.0", "id": 3, "method": "tools/call",
+        "params": {"name": "text-tools__hello", "arguments": {"name": "x"},
+                   "_meta": discover_meta("2026-07-28")}});
+    let (status, _, body) = raw
+        .post(
+            &[
+                ("authorization", &bearer),
+                v,
+                ("mcp-method", "tools/call"),
+                ("mcp-name", "other"),
+            ],
+            call_hello.clone(),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap()["error"]["code"],
+        -32020
+    );
+    // An unsupported revision: 400, -32022, naming the supported ones.
+    let old = json!({"jsonrpc": "2.0", "id": 4, "method": "tools/list",
+        "params": {"_meta": discover_meta("2099-01-01")}});
+    let (status, _, body) = raw
+        .post(
+            &[
+                ("authorization", &bearer),
+                ("mcp-protocol-version", "2099-01-01"),
+                m,
+            ],
+            old,
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    let answer: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(answer["error"]["code"], -32022, "{answer}");
+    assert!(answer.to_string().contains("2026-07-28"), "{answer}");
+    // Notifications: 202. GET and DELETE: 405.
+    let (status, _, body) = raw
+        .post(
+            &[
+                ("authorization", &bearer),
+                v,
+                ("mcp-method", "notifications/cancelled"),
+            ],
+            json!({"jsonrpc": "2.0", "method": "notifications/cancelled",
+                   "params": {"requestId": 9, "reason": "x"}}),
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    for method in [reqwest::Method::GET, reqwest::Method::DELETE] {
+        let resp = raw
+            .http
+            .request(method.clone(), format!("{}/mcp", server.url))
+            .header("authorization", &bearer)
+            .header("accept", "text/event-stream")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 405, "{method}");
+    }
+    server.stop();
+}
+
+#[tokio::test]
+async fn stdio_serves_one_tenant_through_the_same_gate() {
+    use rmcp::ServiceExt;
+    use rmcp::transport::TokioChildProcess;
+    let dir = setup("mcp-stdio");
+    let policy = dir.join("policy.yaml");
+    let mut cmd = tokio::process::Command::new(common::serve::BIN);
+    cmd.args([
+        "mcp",
+        "--tenant",
+        "acme",
+        "--data-dir",
+        s(&dir),
+        "--policy",
+        s(&policy),
+    ]);
+    let client = ().serve(TokioChildProcess::new(cmd).unwrap()).await.unwrap();
+    let tools = client.peer().list_all_tools().await.unwrap();
+    assert!(tools.iter().any(|t| t.name == "text-tools__hello"));
+    let r = client
+        .call_tool(call("text-tools__hello", json!({"name": "stdio"})))
+        .await
+        .unwrap();
+    assert_eq!(r.is_error, Some(false), "{r:?}");
+    assert!(text(&r).contains("Hello, stdio!"));
+    let r = client
+        .call_tool(call("text-tools__slugify", json!({"text": "A"})))
+        .await
+        .unwrap();
+    assert_eq!(r.is_error, Some(true));
+    assert!(text(&r).starts_with("policy_denied: "), "{}", text(&r));
+    let id = facts(&r)["invocation_id"].as_str().unwrap().to_string();
+    client.cancel().await.unwrap();
+    // Recorded like any invocation: visible to the API afterwards.
+    let k = key(&dir, "acme", &["invoke"]);
+    let server = Server::start(&dir, &[]);
+    let (status, record) = Client::new(&server, Some(&k))
+        .get(&format!("/v1/invocations/{id}"))
+        .await;
+    assert_eq!(status, 200, "{record}");
+    assert_eq!(record["transport"], "mcp");
+    assert_eq!(record["principal"], "stdio");
+    assert_eq!(record["error"]["kind"], "policy_denied");
+    server.stop();
+}
+
+/// The `data:` lines of an SSE body, as JSON.
+fn sse_messages(body: &str) -> Vec<Value> {
+    body.lines()
+        .filter_map(|l| l.strip_prefix("data:"))
+        .filter_map(|d| serde_json::from_str(d.trim()).ok())
+        .collect()
+}
+
+#[tokio::test]
+async fn rich_content_and_log_lines_reach_mcp_clients() {
+    use base64::Engine;
+    let dir = setup("mcp-content");
+    let k = key(&dir, "acme", &["invoke"]);
+    let server = Server::start(&dir, &[]);
+    let client = connect(&server, &k, ProtocolVersion::V_2026_07_28).await;
+    let tools = client.peer().list_all_tools().await.unwrap();
+    let simple = tools
+        .iter()
+        .find(|t| t.name == "mcp-fixtures__test-simple-text")
+        .unwrap();
+    assert!(simple.output_schema.is_none(), "content, not structured");
+
+    // An image: a content block with the bytes in base64 and the MIME type.
+    let r = client
+        .call_tool(call("mcp-fixtures__test-image-content", json!({})))
+        .await
+        .unwrap();
+    assert_eq!(r.is_error, Some(false), "{r:?}");
+    let wire = serde_json::to_value(&r).unwrap();
+    assert_eq!(wire["content"][0]["type"], "image", "{wire}");
+    assert_eq!(wire["content"][0]["mimeType"], "image/png");
+    let png = base64::engine::general_purpose::STANDARD
+        .decode(wire["content"][0]["data"].as_str().unwrap())
+        .unwrap();
+    assert_eq!(&png[..4], b"\x89PNG");
+    assert!(wire.get("structuredContent").is_none(), "{wire}");
+    // Several kinds in order, an embedded resource, a resource link, audio.
+    let r = client
+        .call_tool(call("mcp-fixtures__test_multiple_content_types", json!({})))
+        .await
+        .unwrap();
+    let wire = serde_json::to_value(&r).unwrap();
+    let kinds: Vec<&str> = wire["content"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["text", "image", "resource"], "{wire}");
+    assert_eq!(
+        wire["content"][2]["resource"]["uri"],
+        "test://mixed-content-resource"
+    );
+    assert_eq!(
+        wire["content"][2]["resource"]["mimeType"],
+        "application/json"
+    );
+    let r = client
+        .call_tool(call("mcp-fixtures__test-resource-link", json!({})))
+        .await
+        .unwrap();
+    let wire = serde_json::to_value(&r).unwrap();
+    assert_eq!(wire["content"][0]["type"], "resource_link", "{wire}");
+    assert_eq!(wire["content"][0]["uri"], "test://linked-resource");
+    assert_eq!(wire["content"][0]["name"], "linked-resource");
+    let r = client
+        .call_tool(call("mcp-fixtures__test-audio-content", json!({})))
+        .await
+        .unwrap();
+    let wire = serde_json::to_value(&r).unwrap();
+    assert_eq!(wire["content"][0]["mimeType"], "audio/wav", "{wire}");
+    // The same function over /v1: the value as JSON (bytes in base64).
+    let (status, v1) = Client::new(&server, Some(&k))
+        .post(
+            "/v1/tools/mcp-fixtures/test-image-content/invoke",
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 200, "{v1}");
+    assert_eq!(v1["result"][0]["image"]["mime-type"], "image/png", "{v1}");
+    client.cancel().await.unwrap();
+
+    // Log lines become notifications/message before the result (SSE):
+    // for 2025-11-25 clients at info and above; for 2026-07-28 when the
+    // request's _meta asks for a level.
+    let http = reqwest::Client::new();
+    let post = |headers: Vec<(&'static str, String)>, body: Value| {
+        let mut r = http
+            .post(format!("{}/mcp", server.url))
+            .header("authorization", format!("Bearer {k}"))
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream");
+        for (h, v) in headers {
+            r = r.header(h, v);
+        }
+        r.body(body.to_string()).send()
+    };
+    let legacy = post(
+        vec![("mcp-protocol-version", "2025-11-25".into())],
+        json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call",
+               "params": {"name": "mcp-fixtures__test-tool-with-logging", "arguments": {}}}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(legacy.status().as_u16(), 200);
+    let messages = sse_messages(&legacy.text().await.unwrap());
+    let logs: Vec<&Value> = messages
+        .iter()
+        .filter(|m| m["method"] == "notifications/message")
+        .collect();
+    assert_eq!(logs.len(), 3, "{messages:?}");
+    assert_eq!(logs[0]["params"]["data"], "Tool execution started");
+    assert_eq!(logs[0]["params"]["level"], "info");
+    assert_eq!(logs[0]["params"]["logger"], "mcp-fixtures");
+    let last = messages.last().unwrap();
+    assert_eq!(last["id"], 7, "the result comes last: {messages:?}");
+    assert!(
+        last["result"]
+            .to_string()
+            .contains("Logging test completed")
+    );
+    for (meta_level, expected) in [(None, 0), (Some("info"), 3), (Some("error"), 0)] {
+        let mut meta = discover_meta("2026-07-28");
+        if let Some(l) = meta_level {
+            meta["io.modelcontextprotocol/logLevel"] = json!(l);
+        }
+        let r = post(
+            vec![
+                ("mcp-protocol-version", "2026-07-28".into()),
+                ("mcp-method", "tools/call".into()),
+                ("mcp-name", "mcp-fixtures__test-tool-with-logging".into()),
+            ],
+            json!({"jsonrpc": "2.0", "id": 8, "method": "tools/call",
+                   "params": {"name": "mcp-fixtures__test-tool-with-logging", "arguments": {}, "_meta": meta}}),
+        )
+        .await
+        .unwrap();
+        let body = r.text().await.unwrap();
+        let messages = if body.trim_start().starts_with('{') {
+            vec![serde_json::from_str::<Value>(&body).unwrap()]
+        } else {
+            sse_messages(&body)
+        };
+        let n = messages
+            .iter()
+            .filter(|m| m["method"] == "notifications/message")
+            .count();
+        assert_eq!(n, expected, "{meta_level:?}: {body}");
+    }
+    server.stop();
+}
