@@ -125,6 +125,7 @@ pub enum Answers {
     params(
         ("tool" = String, Path, description = "`name` (a tool with one function) or `name__function`"),
         ("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, pattern = "^[!-~]+$", description = "Retry safely: the same key with the same request returns the first answer (no second run or charge); with another request 422; while the first runs 409. Kept 24 h by default. 1 to 255 visible ASCII characters."),
+        ("traceparent" = Option<String>, Header, description = "W3C Trace Context: the invocation's spans continue this trace (and the record keeps its trace id). One valid header; an invalid or repeated one is ignored (a new trace)."),
     ),
     request_body = InvokeRequest,
     responses(Answers),
@@ -150,6 +151,7 @@ pub async fn invoke_tool(
         ("tool" = String, Path, description = "The tool's name"),
         ("function" = String, Path, description = "The function (`lookup-order`, `lookup_order`; `crm/divide` as `crm/divide/invoke` or `crm__divide`)"),
         ("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, pattern = "^[!-~]+$", description = "As for /v1/tools/{tool}/invoke"),
+        ("traceparent" = Option<String>, Header, description = "As for /v1/tools/{tool}/invoke"),
     ),
     request_body = InvokeRequest,
     responses(Answers),
