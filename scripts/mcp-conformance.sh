@@ -35,7 +35,7 @@ cargo build --quiet --release --target wasm32-wasip2 --manifest-path guest-examp
 if [ "$profile" = release ]; then cargo build --quiet --release --bin host; else cargo build --quiet --bin host; fi
 host="target/$profile/host"
 data="$work/data"
-rm -rf "$data"
+rm -rf "$data" "$work/serve.out" "$work/proxy.out"
 cat >"$work/policy.yaml" <<'YAML'
 workflow: "*"
 policy:
