@@ -198,6 +198,37 @@ async fn list_and_call_over_both_revisions_through_the_gate() {
             .unwrap();
         assert_eq!(r.is_error, Some(false), "{r:?}");
         assert!(text(&r).contains("Hello, mcp!"), "{r:?}");
+        // The policy caches hello: the same call again is a cache hit.
+        let again = client
+            .call_tool(call("text-tools__hello", json!({"name": "mcp"})))
+            .await
+            .unwrap();
+        assert_eq!(facts(&again)["cached"], true, "{again:?}");
+        assert_eq!(text(&again), text(&r));
+        // An idempotency key in _meta: the same request replays its answer
+        // (nothing runs again); another request with that key is refused.
+        let key = format!("k-{version}");
+        let keyed = |text: &str| {
+            with_meta(
+                call("text-tools__word-count", json!({"text": text})),
+                json!({"io.toolhost/idempotency_key": key}),
+            )
+        };
+        let first = client.call_tool(keyed("one two")).await.unwrap();
+        let second = client.call_tool(keyed("one two")).await.unwrap();
+        assert_eq!(
+            facts(&first)["invocation_id"],
+            facts(&second)["invocation_id"],
+            "replayed"
+        );
+        assert_eq!(second.structured_content, first.structured_content);
+        let other = client.call_tool(keyed("three")).await.unwrap();
+        assert_eq!(other.is_error, Some(true), "{other:?}");
+        assert!(
+            text(&other).starts_with("idempotency_key_reused: "),
+            "{}",
+            text(&other)
+        );
         client.cancel().await.unwrap();
     }
     server.stop();
