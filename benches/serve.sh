@@ -17,14 +17,80 @@
 # `--otlp-endpoint` (every invocation traced and exported to a local OTLP
 # sink), interleaved run by run (the order alternates each round), on the
 # same data dir; medians and their ratio. Needs wrk, curl and python3.
+#
+# `benches/serve.sh --mcp [seconds per run]`: MCP's tools/call of the same
+# `hello` over /mcp (2026-07-28, stateless, JSON answers) against POST /v1
+# invoke, same server, same generator (wrk, c=16), alternating, 3 runs
+# each; medians and their ratio (target >= 0.9). Needs only wrk and curl.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ "${1:-}" = observe ]; then
   shift
   exec "$(dirname "$0")/serve-observe.sh" "$@"
 fi
+mode=http
+if [ "${1:-}" = "--mcp" ]; then mode=mcp; shift; fi
 secs=${1:-10}
 command -v wrk >/dev/null || { echo "wrk not found (apt-get install wrk)" >&2; exit 1; }
+if [ "$mode" = mcp ]; then
+  cargo build --quiet --release --target wasm32-wasip2 --manifest-path guest-examples/Cargo.toml
+  cargo build --quiet --release --bin host
+  host=target/release/host
+  work=target/bench-mcp
+  rm -rf "$work"; mkdir -p "$work"
+  data="$work/data"
+  printf 'workflow: "*"\nbudget:\n  max_tool_calls: 1000000000\n  per_tenant:\n    day: {max_tool_calls: 1000000000}\npolicy:\n  allow_tools: [hello]\n' >"$work/policy.yaml"
+  $host register guest-examples/target/wasm32-wasip2/release/text_tools.wasm --name text-tools --tenant bench --data-dir "$data" >/dev/null
+  key=$($host keys create --tenant bench --role invoke --data-dir "$data")
+  cat >"$work/v1.lua" <<LUA
+wrk.method = "POST"
+wrk.body = '{"args": {"name": "world"}, "task_id": "bench"}'
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer $key"
+LUA
+  call='{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"text-tools__hello","arguments":{"name":"world"},"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientInfo":{"name":"wrk","version":"1"},"io.modelcontextprotocol/clientCapabilities":{},"io.toolhost/task_id":"bench"}}}'
+  cat >"$work/mcp.lua" <<LUA
+wrk.method = "POST"
+wrk.body = '$call'
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Accept"] = "application/json, text/event-stream"
+wrk.headers["MCP-Protocol-Version"] = "2026-07-28"
+wrk.headers["Mcp-Method"] = "tools/call"
+wrk.headers["Mcp-Name"] = "text-tools__hello"
+wrk.headers["Authorization"] = "Bearer $key"
+LUA
+  $host serve --listen 127.0.0.1:0 --data-dir "$data" --policy "$work/policy.yaml" \
+    --max-concurrency 64 2>"$work/serve.log" >"$work/serve.url" &
+  spid=$!
+  trap 'kill $spid 2>/dev/null || true' EXIT
+  for _ in $(seq 1 100); do [ -s "$work/serve.url" ] && break; sleep 0.1; done
+  base=$(head -1 "$work/serve.url")
+  v1="$base/v1/tools/text-tools/hello/invoke"
+  mcp="$base/mcp"
+  curl -sf -H "Authorization: Bearer $key" -d '{"args": {"name": "world"}}' "$v1"; echo
+  curl -sf -H "Authorization: Bearer $key" -H 'Content-Type: application/json' \
+    -H 'Accept: application/json, text/event-stream' -H 'MCP-Protocol-Version: 2026-07-28' \
+    -H 'Mcp-Method: tools/call' -H 'Mcp-Name: text-tools__hello' -d "$call" "$mcp" |
+    grep -q '"isError":false' || { echo "the MCP call did not succeed" >&2; exit 1; }
+  v1_rps=(); mcp_rps=()
+  for run in 1 2 3; do
+    for which in v1 mcp; do
+      url=$v1; [ $which = mcp ] && url=$mcp
+      out=$(wrk -t2 -c16 -d${secs}s --latency -s "$work/$which.lua" "$url")
+      echo "$out" | grep -E "Requests/sec|Non-2xx|Socket errors|50%|99%" | sed "s/^/  run $run $which /"
+      r=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
+      if [ $which = v1 ]; then v1_rps+=("$r"); else mcp_rps+=("$r"); fi
+    done
+  done
+  python3 - "${v1_rps[*]}" "${mcp_rps[*]}" <<'PY'
+import statistics, sys
+v1 = [float(x) for x in sys.argv[1].split()]
+mcp = [float(x) for x in sys.argv[2].split()]
+a, b = statistics.median(v1), statistics.median(mcp)
+print(f"==> c=16, median of 3: POST /v1 invoke {a:.0f} req/s, /mcp tools/call {b:.0f} req/s, ratio {b/a:.2f} (target >= 0.9)")
+PY
+  exit 0
+fi
 command -v wasmtime >/dev/null || { echo "wasmtime not found (cargo install wasmtime-cli --version 48.0.8 --locked)" >&2; exit 1; }
 wasmtime --version
 

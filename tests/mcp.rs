@@ -198,6 +198,37 @@ async fn list_and_call_over_both_revisions_through_the_gate() {
             .unwrap();
         assert_eq!(r.is_error, Some(false), "{r:?}");
         assert!(text(&r).contains("Hello, mcp!"), "{r:?}");
+        // The policy caches hello: the same call again is a cache hit.
+        let again = client
+            .call_tool(call("text-tools__hello", json!({"name": "mcp"})))
+            .await
+            .unwrap();
+        assert_eq!(facts(&again)["cached"], true, "{again:?}");
+        assert_eq!(text(&again), text(&r));
+        // An idempotency key in _meta: the same request replays its answer
+        // (nothing runs again); another request with that key is refused.
+        let key = format!("k-{version}");
+        let keyed = |text: &str| {
+            with_meta(
+                call("text-tools__word-count", json!({"text": text})),
+                json!({"io.toolhost/idempotency_key": key}),
+            )
+        };
+        let first = client.call_tool(keyed("one two")).await.unwrap();
+        let second = client.call_tool(keyed("one two")).await.unwrap();
+        assert_eq!(
+            facts(&first)["invocation_id"],
+            facts(&second)["invocation_id"],
+            "replayed"
+        );
+        assert_eq!(second.structured_content, first.structured_content);
+        let other = client.call_tool(keyed("three")).await.unwrap();
+        assert_eq!(other.is_error, Some(true), "{other:?}");
+        assert!(
+            text(&other).starts_with("idempotency_key_reused: "),
+            "{}",
+            text(&other)
+        );
         client.cancel().await.unwrap();
     }
     server.stop();
@@ -766,6 +797,49 @@ async fn rich_content_and_log_lines_reach_mcp_clients() {
             .filter(|m| m["method"] == "notifications/message")
             .count();
         assert_eq!(n, expected, "{meta_level:?}: {body}");
+    }
+
+    // Progress reports become notifications/progress for the request's
+    // progressToken, in order, before the result; none without a token.
+    for token in [Some(json!("p-1")), None] {
+        let mut meta = discover_meta("2026-07-28");
+        if let Some(t) = &token {
+            meta["progressToken"] = t.clone();
+        }
+        let r = post(
+            vec![
+                ("mcp-protocol-version", "2026-07-28".into()),
+                ("mcp-method", "tools/call".into()),
+                ("mcp-name", "mcp-fixtures__test-tool-with-progress".into()),
+            ],
+            json!({"jsonrpc": "2.0", "id": 9, "method": "tools/call",
+                   "params": {"name": "mcp-fixtures__test-tool-with-progress", "arguments": {}, "_meta": meta}}),
+        )
+        .await
+        .unwrap();
+        let body = r.text().await.unwrap();
+        let messages = if body.trim_start().starts_with('{') {
+            vec![serde_json::from_str::<Value>(&body).unwrap()]
+        } else {
+            sse_messages(&body)
+        };
+        let progress: Vec<&Value> = messages
+            .iter()
+            .filter(|m| m["method"] == "notifications/progress")
+            .collect();
+        match &token {
+            Some(t) => {
+                let done: Vec<f64> = progress
+                    .iter()
+                    .map(|p| p["params"]["progress"].as_f64().unwrap())
+                    .collect();
+                assert_eq!(done, [0.0, 50.0, 100.0], "{body}");
+                assert!(progress.iter().all(|p| &p["params"]["progressToken"] == t));
+                assert_eq!(progress[0]["params"]["total"], 100.0);
+                assert_eq!(messages.last().unwrap()["id"], 9, "{body}");
+            }
+            None => assert!(progress.is_empty(), "{body}"),
+        }
     }
     server.stop();
 }

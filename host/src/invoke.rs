@@ -6,7 +6,7 @@
 //! the results into JSON under the output cap, and has the gate settle and
 //! record the outcome before returning it.
 
-use crate::capability::log::LogLine;
+use crate::capability::log::{LogLine, Progress};
 use crate::capability::{CapabilityEvent, Mediator};
 use crate::error::{Error, ErrorKind};
 use crate::gate::{CallContext, Gate, InvocationReport, InvocationRequest};
@@ -62,6 +62,9 @@ pub struct Outcome {
     pub logs: Vec<LogLine>,
     #[serde(skip_serializing_if = "is_zero")]
     pub logs_dropped: u64,
+    /// Progress the tool reported (`toolhost:tool/progress`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub progress: Vec<Progress>,
     /// Outbound calls the guest attempted, with the gate's decisions.
     pub outbound: Vec<CapabilityEvent>,
 }
@@ -91,6 +94,7 @@ impl Outcome {
             stderr_truncated: false,
             logs: Vec::new(),
             logs_dropped: 0,
+            progress: Vec::new(),
             outbound: Vec::new(),
         }
     }
@@ -161,6 +165,11 @@ impl Outcome {
         text(&mut self.stderr, self.stderr_truncated);
         for line in &mut self.logs {
             text(&mut line.message, line.truncated);
+        }
+        for report in &mut self.progress {
+            if let Some(m) = &mut report.message {
+                scrubber.string(m);
+            }
         }
         for event in &mut self.outbound {
             if let crate::gate::OutboundCall::Http { path, host, .. } = &mut event.call {
@@ -386,6 +395,7 @@ impl Host {
             stderr_truncated,
             logs: out.logs,
             logs_dropped: out.logs_dropped,
+            progress: out.progress,
             outbound,
         };
         // Nothing the invocation produced leaves the host (to the caller,

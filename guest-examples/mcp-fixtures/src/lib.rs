@@ -8,6 +8,7 @@ wit_bindgen::generate!({
 
 use toolhost::tool::content::{EmbeddedResource, Media, ResourceLink};
 use toolhost::tool::log::{Level, emit};
+use toolhost::tool::progress::report;
 
 struct Fixtures;
 
@@ -90,6 +91,13 @@ impl Guest for Fixtures {
         emit(Level::Info, "Tool processing data");
         emit(Level::Info, "Tool execution completed");
         "Logging test completed".into()
+    }
+
+    fn test_tool_with_progress() -> String {
+        for done in [0.0, 50.0, 100.0] {
+            report(done, Some(100.0), None);
+        }
+        "Progress test completed".into()
     }
 }
 

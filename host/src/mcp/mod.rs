@@ -301,6 +301,7 @@ impl rmcp::ServerHandler for McpServer {
             Ok(answer) => {
                 if let Answer::Done(outcome) = &answer {
                     send_logs(&context, &tool, &outcome.logs).await;
+                    send_progress(&context, &outcome.progress).await;
                 }
                 answer::result(&tool, &answer.response())
             }
@@ -318,6 +319,26 @@ impl rmcp::ServerHandler for McpServer {
         // Accepted, not remembered: no request depends on another (no
         // sessions). Tools' log lines at `info` and above go with each call.
         Ok(())
+    }
+}
+
+/// The tool's progress reports (`toolhost:tool/progress`) as
+/// `notifications/progress` for the request's `progressToken`, before the
+/// result; none without a token.
+async fn send_progress(
+    context: &RequestContext<RoleServer>,
+    reports: &[crate::capability::log::Progress],
+) {
+    let Some(token) = context.meta.get_progress_token() else {
+        return;
+    };
+    for r in reports {
+        let mut p = rmcp::model::ProgressNotificationParam::new(token.clone(), r.done);
+        p.total = r.total;
+        p.message = r.message.clone();
+        if context.peer.notify_progress(p).await.is_err() {
+            return;
+        }
     }
 }
 

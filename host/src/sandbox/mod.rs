@@ -13,7 +13,7 @@ pub mod limiter;
 pub mod stdio;
 
 use crate::capability::Grants;
-use crate::capability::log::{HasLog, LogBuffer, LogLine};
+use crate::capability::log::{HasLog, LogBuffer, LogLine, Progress};
 use crate::capability::{Mediator, http::HttpHooks, sockets};
 use crate::error::{Error, ErrorKind};
 use crate::limits::Limits;
@@ -79,6 +79,8 @@ pub struct RunOutput {
     pub stderr: Captured,
     pub logs: Vec<LogLine>,
     pub logs_dropped: u64,
+    /// Progress reports (`toolhost:tool/progress`), bounded like the log.
+    pub progress: Vec<Progress>,
 }
 
 /// One function call to run.
@@ -142,6 +144,7 @@ pub async fn run(engine: &Engine, run: Run<'_>) -> RunOutput {
         stderr: stderr.finish(),
         logs: log.lines,
         logs_dropped: log.dropped,
+        progress: log.progress,
     };
     let wasi = match wasi_ctx(&run, &stdout, &stderr) {
         Ok(w) => w,

@@ -79,7 +79,7 @@ const PROVIDED: &[(&str, &[&str])] = &[
         ],
     ),
     ("wasi:http", &["types", "outgoing-handler"]),
-    ("toolhost:tool", &["log", "content"]),
+    ("toolhost:tool", &["log", "content", "progress"]),
 ];
 
 /// Check that the host provides every import, naming the first it does not.
