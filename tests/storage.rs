@@ -1,6 +1,6 @@
 //! The backend conformance suite: the same tests, run against every
-//! storage backend (in memory, SQLite; PostgreSQL where a server is
-//! configured). A backend is correct when it passes all of them.
+//! storage backend (in memory, SQLite, PostgreSQL: a real server, from
+//! `TOOLHOST_TEST_DATABASE_URL`, required in CI). A backend is correct when it passes all of them.
 
 mod common;
 
@@ -19,10 +19,21 @@ async fn backends(tag: &str) -> Vec<(&'static str, Arc<dyn Storage>, std::path::
             .unwrap(),
     );
     let memory: Arc<dyn Storage> = Arc::new(toolhost::storage::memory::MemoryStorage::new());
-    vec![
+    let mut all = vec![
         ("memory", memory, dir.join("memory")),
         ("sqlite", sqlite, dir.join("sqlite")),
-    ]
+    ];
+    if let Some(url) = common::pg::fresh_database(tag).await {
+        let postgres: Arc<dyn Storage> = Arc::new(
+            toolhost::storage::postgres::PostgresStorage::open(
+                &toolhost::storage::postgres::PostgresOptions::new(&url),
+            )
+            .await
+            .unwrap(),
+        );
+        all.push(("postgres", postgres, dir.join("postgres")));
+    }
+    all
 }
 
 fn run(id: &str, owner: &str, lease_until: i64) -> NewRun {
