@@ -191,7 +191,7 @@ async fn budgets_hold_across_replicas_and_the_audit_is_one_chain() {
                 assert!(other == 200 || other == 429, "globex: {other}");
                 match status {
                     200 => ran += 1,
-                    429 => assert_eq!(body["kind"], "budget_exceeded", "{body}"),
+                    429 => assert_eq!(body["error"]["kind"], "budget_exceeded", "{body}"),
                     _ => panic!("{status}: {body}"),
                 }
             }
