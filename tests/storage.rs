@@ -835,8 +835,12 @@ async fn samples_and_time_filters_read_the_records() {
 async fn two_replicas(tag: &str) -> Option<(Arc<dyn Storage>, Arc<dyn Storage>, String)> {
     use toolhost::storage::postgres::{PostgresOptions, PostgresStorage};
     let url = common::pg::fresh_database(tag).await?;
-    let a = PostgresStorage::open(&PostgresOptions::new(&url)).await.unwrap();
-    let b = PostgresStorage::open(&PostgresOptions::new(&url)).await.unwrap();
+    let a = PostgresStorage::open(&PostgresOptions::new(&url))
+        .await
+        .unwrap();
+    let b = PostgresStorage::open(&PostgresOptions::new(&url))
+        .await
+        .unwrap();
     Some((Arc::new(a), Arc::new(b), url))
 }
 
@@ -928,7 +932,11 @@ async fn postgres_a_newer_schema_refuses_an_older_host() {
     let Some(url) = common::pg::fresh_database("conf-pg-newer").await else {
         return;
     };
-    drop(PostgresStorage::open(&PostgresOptions::new(&url)).await.unwrap());
+    drop(
+        PostgresStorage::open(&PostgresOptions::new(&url))
+            .await
+            .unwrap(),
+    );
     let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
     sqlx::query("UPDATE toolhost_schema SET version = version + 1")
         .execute(&mut conn)
@@ -942,7 +950,10 @@ async fn postgres_a_newer_schema_refuses_an_older_host() {
     // Unreachable: a clear error once the deadline passes.
     let mut options = PostgresOptions::new("postgres://u:secret@127.0.0.1:1/db");
     options.connect_deadline = std::time::Duration::from_millis(300);
-    let e = PostgresStorage::open(&options).await.err().expect("refused");
+    let e = PostgresStorage::open(&options)
+        .await
+        .err()
+        .expect("refused");
     assert_eq!(e.kind, toolhost::ErrorKind::Unavailable, "{e}");
     assert!(e.message.contains("cannot reach the database"), "{e}");
     assert!(!e.message.contains("secret"), "{e}");

@@ -26,7 +26,9 @@ fn with_database(url: &str, db: &str) -> String {
         Some((b, q)) => (b, Some(q)),
         None => (url, None),
     };
-    let slash = base.rfind('/').filter(|&i| i > base.find("://").unwrap_or(0) + 2);
+    let slash = base
+        .rfind('/')
+        .filter(|&i| i > base.find("://").unwrap_or(0) + 2);
     let base = match slash {
         Some(i) => &base[..i],
         None => base,

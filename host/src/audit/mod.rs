@@ -298,7 +298,10 @@ impl AuditLog {
         }))
     }
 
-    async fn open_unchecked(storage: Arc<dyn Storage>, source: &KeySource) -> Result<Arc<AuditLog>> {
+    async fn open_unchecked(
+        storage: Arc<dyn Storage>,
+        source: &KeySource,
+    ) -> Result<Arc<AuditLog>> {
         let existing = storage.meta_get("audit.public_key").await?;
         let key = source.load(existing.as_deref())?;
         let public = hex::encode(key.verifying_key().to_bytes());

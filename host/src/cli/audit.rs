@@ -165,9 +165,11 @@ async fn run(cmd: Command) -> toolhost::Result<i32> {
                 .map(|s| parse_time(&s))
                 .transpose()
                 .map_err(Error::invalid_args)?;
-            let log =
-                toolhost::audit::AuditLog::open_for_reading(data.storage().await?, data.key_source())
-                    .await?;
+            let log = toolhost::audit::AuditLog::open_for_reading(
+                data.storage().await?,
+                data.key_source(),
+            )
+            .await?;
             let chain = chain_of(tenant.as_deref());
             let mut out: Box<dyn std::io::Write> = match &output {
                 Some(p) => Box::new(std::io::BufWriter::new(std::fs::File::create(p).map_err(

@@ -39,7 +39,11 @@ impl PostgresStorage {
     /// Commit units of work: queue them, and take the committer's turn;
     /// whoever holds it commits everything queued (with the same notary) as
     /// one transaction, so concurrent invocations share commits.
-    pub(super) async fn commit_works(&self, works: Vec<Work>, notary: Arc<Notary>) -> Result<Committed> {
+    pub(super) async fn commit_works(
+        &self,
+        works: Vec<Work>,
+        notary: Arc<Notary>,
+    ) -> Result<Committed> {
         let (done, mut wait) = oneshot::channel();
         self.queue
             .lock()
@@ -64,7 +68,9 @@ impl PostgresStorage {
                 let mut count = 0;
                 for p in q.iter() {
                     let n: usize = p.works.iter().map(|w| w.entries.len()).sum();
-                    if take > 0 && (count + n > MAX_ENTRIES || !Arc::ptr_eq(&p.notary, &q[0].notary)) {
+                    if take > 0
+                        && (count + n > MAX_ENTRIES || !Arc::ptr_eq(&p.notary, &q[0].notary))
+                    {
                         break;
                     }
                     count += n;
@@ -85,7 +91,10 @@ impl PostgresStorage {
                 works.extend(p.works);
                 waiters.push(p.done);
             }
-            let answered = transact!(self, true, |tx| (commit_in(&mut tx, &works, &notary).await?, true));
+            let answered = transact!(self, true, |tx| (
+                commit_in(&mut tx, &works, &notary).await?,
+                true
+            ));
             drop(turn);
             match answered {
                 Ok(answers) => {
@@ -141,10 +150,12 @@ async fn read_heads(
                 HeadRow {
                     seq: r.get(1),
                     hash: r.get(2),
-                    signed: statement.zip(signature).map(|(statement, signature)| Signed {
-                        statement,
-                        signature,
-                    }),
+                    signed: statement
+                        .zip(signature)
+                        .map(|(statement, signature)| Signed {
+                            statement,
+                            signature,
+                        }),
                 },
             )
         })
@@ -313,7 +324,8 @@ pub(super) async fn commit_in(
                     Some((id, inv)) if *id == e.record.id => Some(inv),
                     _ => invs.get(&e.record.id),
                 };
-                check(&e.expect, state.map(|i| &i.state)).then(|| state.and_then(|i| i.worst.clone()))
+                check(&e.expect, state.map(|i| &i.state))
+                    .then(|| state.and_then(|i| i.worst.clone()))
             }
             None => Some(None),
         };
@@ -474,7 +486,11 @@ pub(super) async fn commit_in(
         )
         .bind(d.iter().map(|x| x.tenant.clone()).collect::<Vec<_>>())
         .bind(d.iter().map(|x| x.key.clone()).collect::<Vec<_>>())
-        .bind(d.iter().map(|x| x.invocation_id.clone()).collect::<Vec<_>>())
+        .bind(
+            d.iter()
+                .map(|x| x.invocation_id.clone())
+                .collect::<Vec<_>>(),
+        )
         .bind(d.iter().map(|x| x.response.clone()).collect::<Vec<_>>())
         .execute(&mut *tx)
         .await?;
@@ -658,12 +674,11 @@ pub(super) async fn admit_in(
     tx: &mut PgConnection,
     a: &Admit,
 ) -> std::result::Result<(std::result::Result<(), Refused>, bool), sqlx::Error> {
-    let existing = sqlx::query(
-        "SELECT status, owner, admitted FROM invocations WHERE id = $1 FOR UPDATE",
-    )
-    .bind(&a.run.id)
-    .fetch_optional(&mut *tx)
-    .await?;
+    let existing =
+        sqlx::query("SELECT status, owner, admitted FROM invocations WHERE id = $1 FOR UPDATE")
+            .bind(&a.run.id)
+            .fetch_optional(&mut *tx)
+            .await?;
     let mine = match &existing {
         None => !a.existing,
         Some(r) => {
@@ -681,8 +696,9 @@ pub(super) async fn admit_in(
     let mut merged: Vec<Charge> = Vec::with_capacity(lines.len());
     for c in lines {
         match merged.last_mut() {
-            Some(m) if (m.scope.as_str(), m.window.as_str(), m.metric.as_str())
-                == (c.scope.as_str(), c.window.as_str(), c.metric.as_str()) =>
+            Some(m)
+                if (m.scope.as_str(), m.window.as_str(), m.metric.as_str())
+                    == (c.scope.as_str(), c.window.as_str(), c.metric.as_str()) =>
             {
                 m.amount = m.amount.saturating_add(c.amount);
                 m.limit = c.limit;
@@ -717,12 +733,14 @@ pub(super) async fn admit_in(
         .await?
         .rows_affected();
         if reserved == 0 {
-            let r = sqlx::query("SELECT used, reserved FROM budget WHERE scope = $1 AND win = $2 AND metric = $3")
-                .bind(&c.scope)
-                .bind(&c.window)
-                .bind(&c.metric)
-                .fetch_one(&mut *tx)
-                .await?;
+            let r = sqlx::query(
+                "SELECT used, reserved FROM budget WHERE scope = $1 AND win = $2 AND metric = $3",
+            )
+            .bind(&c.scope)
+            .bind(&c.window)
+            .bind(&c.metric)
+            .fetch_one(&mut *tx)
+            .await?;
             let (used, held): (i64, i64) = (r.get(0), r.get(1));
             let refusal = exceeds(c, used, held).unwrap_or(crate::storage::Exceeded {
                 scope: c.scope.clone(),

@@ -232,8 +232,11 @@ pub(super) fn retryable(e: &sqlx::Error) -> bool {
 /// `internal`. The cause is kept.
 pub(super) fn db(e: sqlx::Error) -> Error {
     let kind = match &e {
+        // (A protocol error is a connection that broke mid-message, e.g.
+        // a server or proxy closing it while it starts.)
         sqlx::Error::Io(_)
         | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
         | sqlx::Error::PoolTimedOut
         | sqlx::Error::PoolClosed
         | sqlx::Error::WorkerCrashed => ErrorKind::Unavailable,
@@ -462,7 +465,10 @@ macro_rules! transact {
             };
             match run.await {
                 Ok(out) => break Ok(out),
-                Err(e) if $crate::storage::postgres::retryable(&e) && attempt < $crate::storage::postgres::ATTEMPTS => {
+                Err(e)
+                    if $crate::storage::postgres::retryable(&e)
+                        && attempt < $crate::storage::postgres::ATTEMPTS =>
+                {
                     attempt += 1;
                     $crate::storage::postgres::backoff(attempt).await;
                 }
@@ -623,7 +629,10 @@ mod tests {
             redact("postgres://user:secret@db.example:5432/th?sslmode=require"),
             "postgres://user:***@db.example:5432/th?sslmode=require"
         );
-        assert_eq!(redact("postgres://db.example/th"), "postgres://db.example/th");
+        assert_eq!(
+            redact("postgres://db.example/th"),
+            "postgres://db.example/th"
+        );
         assert!(!redact("postgres://u:p@ss@h/db").contains("p@ss"));
     }
 }

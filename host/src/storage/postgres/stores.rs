@@ -617,7 +617,10 @@ impl InvocationStore for PostgresStorage {
             .fetch_all(&self.pool)
             .await
             .map_err(db)?;
-            Ok(rows.iter().map(|r| sample_of(&invocation_row(r).1)).collect())
+            Ok(rows
+                .iter()
+                .map(|r| sample_of(&invocation_row(r).1))
+                .collect())
         })
     }
     fn invocation_admit(
@@ -866,12 +869,14 @@ impl CacheStore for PostgresStorage {
                 .execute(&self.pool)
                 .await
                 .map_err(db)?;
-            Ok(sqlx::query("DELETE FROM result_cache WHERE expires_ms <= $1")
-                .bind(now_ms)
-                .execute(&self.pool)
-                .await
-                .map_err(db)?
-                .rows_affected())
+            Ok(
+                sqlx::query("DELETE FROM result_cache WHERE expires_ms <= $1")
+                    .bind(now_ms)
+                    .execute(&self.pool)
+                    .await
+                    .map_err(db)?
+                    .rows_affected(),
+            )
         })
     }
 }
@@ -891,11 +896,13 @@ impl MetaStore for PostgresStorage {
         let (key, value) = (key.to_string(), value.to_string());
         Box::pin(async move {
             transact!(self, true, |tx| {
-                sqlx::query("INSERT INTO meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING")
-                    .bind(&key)
-                    .bind(&value)
-                    .execute(&mut *tx)
-                    .await?;
+                sqlx::query(
+                    "INSERT INTO meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING",
+                )
+                .bind(&key)
+                .bind(&value)
+                .execute(&mut *tx)
+                .await?;
                 let v: String = sqlx::query_scalar("SELECT value FROM meta WHERE key = $1")
                     .bind(&key)
                     .fetch_one(&mut *tx)
