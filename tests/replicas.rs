@@ -79,7 +79,7 @@ impl Fleet {
         vec![
             ("TOOLHOST_DATABASE_URL", self.url.clone()),
             ("TOOLHOST_AUDIT_KEY", s(&self.key_file).to_string()),
-            ("TOOLHOST_DATABASE_POOL", "12".into()),
+            ("TOOLHOST_DATABASE_POOL", "24".into()),
         ]
     }
 

@@ -652,7 +652,8 @@ pub(super) async fn settle(
     sqlx::query(
         "INSERT INTO budget AS b (scope, win, metric, used, reserved)
          SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[])
-         ORDER BY 1, 2, 3
+           AS x(s, w, m, u, r)
+         ORDER BY s COLLATE \"C\", w COLLATE \"C\", m COLLATE \"C\"
          ON CONFLICT (scope, win, metric) DO UPDATE
          SET used = b.used + excluded.used, reserved = greatest(0, b.reserved + excluded.reserved)",
     )

@@ -331,7 +331,12 @@ impl PostgresStorage {
             .application_name("toolhost");
         let pool = PgPoolOptions::new()
             .max_connections(options.max_connections.max(2))
-            .acquire_timeout(Duration::from_secs(5))
+            .min_connections(2.min(options.max_connections))
+            // A request waits this long for a connection when all are busy
+            // (under load: other requests' short transactions); a database
+            // that is down answers sooner (its connects fail), and the
+            // readiness probe has a deadline of its own.
+            .acquire_timeout(Duration::from_secs(15))
             .connect_lazy_with(connect);
         let started = std::time::Instant::now();
         let mut backoff = Duration::from_millis(100);
@@ -441,6 +446,9 @@ pub(super) async fn backoff(attempt: u32) {
     let jitter = u64::from(rand_core::RngCore::next_u32(&mut rand_core::OsRng) % 8);
     tokio::time::sleep(Duration::from_millis(u64::from(attempt) * 4 + jitter)).await;
 }
+
+/// How long the readiness probe waits for the database.
+pub(super) const HEALTH_DEADLINE: Duration = Duration::from_secs(2);
 
 /// Most attempts of one transaction that keeps failing retryably.
 pub(super) const ATTEMPTS: u32 = 10;

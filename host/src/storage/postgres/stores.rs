@@ -914,9 +914,15 @@ impl MetaStore for PostgresStorage {
     fn health(&self) -> BoxFuture<'_, Result<()>> {
         Box::pin(async move {
             // Reachable, and a primary (a standby cannot write).
-            let standby: bool = sqlx::query_scalar("SELECT pg_is_in_recovery()")
-                .fetch_one(&self.pool)
+            let probe = sqlx::query_scalar("SELECT pg_is_in_recovery()").fetch_one(&self.pool);
+            let standby: bool = tokio::time::timeout(HEALTH_DEADLINE, probe)
                 .await
+                .map_err(|_| {
+                    Error::new(
+                        ErrorKind::Unavailable,
+                        format!("the database did not answer within {HEALTH_DEADLINE:?}"),
+                    )
+                })?
                 .map_err(db)?;
             if standby {
                 return Err(Error::new(
