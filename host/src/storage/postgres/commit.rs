@@ -675,21 +675,23 @@ pub(super) async fn admit_in(
     tx: &mut PgConnection,
     a: &Admit,
 ) -> std::result::Result<(std::result::Result<(), Refused>, bool), sqlx::Error> {
-    let existing =
-        sqlx::query("SELECT status, owner, admitted FROM invocations WHERE id = $1 FOR UPDATE")
-            .bind(&a.run.id)
-            .fetch_optional(&mut *tx)
-            .await?;
-    let mine = match &existing {
-        None => !a.existing,
-        Some(r) => {
+    // A row written before admission (its key's, or its approval's) must
+    // still be this owner's unadmitted one; a new row's id must be free
+    // (checked when it is inserted, below).
+    if a.existing {
+        let existing =
+            sqlx::query("SELECT status, owner, admitted FROM invocations WHERE id = $1 FOR UPDATE")
+                .bind(&a.run.id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let mine = existing.is_some_and(|r| {
             r.get::<String, _>(0) == "running"
                 && !r.get::<bool, _>(2)
                 && r.get::<Option<String>, _>(1).as_deref() == Some(&a.run.owner)
+        });
+        if !mine {
+            return Ok((Err(Refused::Taken), false));
         }
-    };
-    if !mine {
-        return Ok((Err(Refused::Taken), false));
     }
     let mut lines: Vec<&Charge> = a.worst.iter().filter(|c| c.limit.is_some()).collect();
     lines.sort_by(|x, y| (&x.scope, &x.window, &x.metric).cmp(&(&y.scope, &y.window, &y.metric)));
@@ -708,41 +710,36 @@ pub(super) async fn admit_in(
         }
     }
     for c in &merged {
-        sqlx::query(
-            "INSERT INTO budget (scope, win, metric, used, reserved, lim) VALUES ($1, $2, $3, 0, 0, $4)
-             ON CONFLICT (scope, win, metric) DO NOTHING",
-        )
-        .bind(&c.scope)
-        .bind(&c.window)
-        .bind(&c.metric)
-        .bind(c.limit)
-        .execute(&mut *tx)
-        .await?;
-        // The limit check and the reservation in one statement: under
-        // READ COMMITTED a concurrent reservation of the line is waited
-        // for and the condition re-checked on the row it left.
+        // The limit check and the reservation in one statement: a new line
+        // is written only if the amount fits its limit; an existing one is
+        // locked and updated only if `used + reserved + amount <= limit`
+        // on its latest version (a concurrent reservation is waited for,
+        // then the condition re-checked). No row back: refused.
         let reserved = sqlx::query(
-            "UPDATE budget SET reserved = reserved + $4, lim = $5
-             WHERE scope = $1 AND win = $2 AND metric = $3 AND used + reserved + $4 <= $5",
+            "INSERT INTO budget AS b (scope, win, metric, used, reserved, lim)
+             SELECT $1, $2, $3, 0, $4, $5 WHERE $4 <= $5
+             ON CONFLICT (scope, win, metric) DO UPDATE
+             SET reserved = b.reserved + excluded.reserved, lim = excluded.lim
+             WHERE b.used + b.reserved + excluded.reserved <= excluded.lim
+             RETURNING 1",
         )
         .bind(&c.scope)
         .bind(&c.window)
         .bind(&c.metric)
         .bind(c.amount)
         .bind(c.limit)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if reserved == 0 {
+        .fetch_optional(&mut *tx)
+        .await?;
+        if reserved.is_none() {
             let r = sqlx::query(
                 "SELECT used, reserved FROM budget WHERE scope = $1 AND win = $2 AND metric = $3",
             )
             .bind(&c.scope)
             .bind(&c.window)
             .bind(&c.metric)
-            .fetch_one(&mut *tx)
+            .fetch_optional(&mut *tx)
             .await?;
-            let (used, held): (i64, i64) = (r.get(0), r.get(1));
+            let (used, held): (i64, i64) = r.map_or((0, 0), |r| (r.get(0), r.get(1)));
             let refusal = exceeds(c, used, held).unwrap_or(crate::storage::Exceeded {
                 scope: c.scope.clone(),
                 window: c.window.clone(),
@@ -756,9 +753,7 @@ pub(super) async fn admit_in(
         }
     }
     let worst = serde_json::to_string(&a.worst).unwrap_or_default();
-    if existing.is_none() {
-        insert_running(tx, &a.run, true, Some(&worst)).await?;
-    } else {
+    if a.existing {
         sqlx::query(
             "UPDATE invocations SET admitted = true, worst = $1, lease_until = $2 WHERE id = $3",
         )
@@ -767,22 +762,25 @@ pub(super) async fn admit_in(
         .bind(&a.run.id)
         .execute(&mut *tx)
         .await?;
+    } else if !insert_running(tx, &a.run, true, Some(&worst)).await? {
+        return Ok((Err(Refused::Taken), false));
     }
     Ok((Ok(()), true))
 }
 
-/// Write a new running row.
+/// Write a new running row; false if the id is taken.
 pub(super) async fn insert_running(
     tx: &mut PgConnection,
     run: &NewRun,
     admitted: bool,
     worst: Option<&str>,
-) -> std::result::Result<(), sqlx::Error> {
-    sqlx::query(
+) -> std::result::Result<bool, sqlx::Error> {
+    let n = sqlx::query(
         "INSERT INTO invocations (id, tenant, tool, function, version, workflow, task_id, principal,
                                   status, created_ms, response, owner, lease_until, admitted, worst,
                                   transport, idempotency_key, record_version)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'running', $9, '{}', $10, $11, $12, $13, $14, $15, $16)",
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'running', $9, '{}', $10, $11, $12, $13, $14, $15, $16)
+         ON CONFLICT (id) DO NOTHING",
     )
     .bind(&run.id)
     .bind(&run.tenant)
@@ -801,8 +799,9 @@ pub(super) async fn insert_running(
     .bind(&run.idempotency_key)
     .bind(i32::try_from(crate::record::RECORD_VERSION).unwrap_or(i32::MAX))
     .execute(&mut *tx)
-    .await?;
-    Ok(())
+    .await?
+    .rows_affected();
+    Ok(n == 1)
 }
 
 /// [`crate::storage::IdempotencyStore::idempotency_begin`] in the caller's
@@ -858,7 +857,14 @@ pub(super) async fn idempotency_begin_in(
             // Someone inserted it after our read: decide again on theirs.
             return Ok((None, false));
         }
-        insert_running(tx, &b.run, false, None).await?;
+        if !insert_running(tx, &b.run, false, None).await? {
+            // The invocation id is taken (never, with fresh ids): refuse
+            // rather than point the key at another's row.
+            return Err(sqlx::Error::Protocol(format!(
+                "invocation id {} exists",
+                b.run.id
+            )));
+        }
     }
     Ok((Some(answer), true))
 }

@@ -431,13 +431,15 @@ impl PostgresStorage {
         &self,
         durable: bool,
     ) -> std::result::Result<Transaction<'static, Postgres>, sqlx::Error> {
-        let mut tx = self.pool.begin().await?;
-        if !durable {
-            sqlx::query("SET LOCAL synchronous_commit = off")
-                .execute(&mut *tx)
-                .await?;
+        // (Sent with the transaction's first statement: no round trip of
+        // its own.)
+        if durable {
+            self.pool.begin().await
+        } else {
+            self.pool
+                .begin_with("BEGIN; SET LOCAL synchronous_commit = off")
+                .await
         }
-        Ok(tx)
     }
 }
 
