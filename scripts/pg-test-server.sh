@@ -3,6 +3,7 @@
 # on PostgreSQL) on this machine, and print the URL to use:
 #
 #   eval "$(scripts/pg-test-server.sh)"    # exports TOOLHOST_TEST_DATABASE_URL
+#   eval "$(scripts/pg-test-server.sh DB)" # the same, for a database DB
 #
 # As root: installs Debian's `postgresql` if it is missing, starts the
 # packaged cluster (`pg_ctlcluster <version> main start`) and creates a role
@@ -15,7 +16,8 @@ set -euo pipefail
 
 ROLE=toolhost_test
 PASS=${TOOLHOST_PG_PASSWORD:-toolhost_test}
-DB=toolhost_test
+DB=${1:-toolhost_test}
+case "$DB" in *[!a-z0-9_]*|"") echo "pg-test-server: the database name must be [a-z0-9_]+" >&2; exit 2;; esac
 say() { echo "pg-test-server: $*" >&2; }
 
 pg_bin() {
