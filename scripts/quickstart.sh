@@ -3,8 +3,24 @@
 # on its embedded default (SQLite in target/quickstart-data), then print an
 # API key and a curl that invokes a tool. Needs only rustup and cargo.
 #   PORT=8080 (default)   TOOLHOST_DATA_DIR=target/quickstart-data (default)
+#
+# `scripts/quickstart.sh --postgres` does the same on PostgreSQL: it brings
+# one up on this machine (scripts/pg-test-server.sh: as root, installs and
+# starts Debian's, database `toolhost_quickstart`) and keeps everything
+# there; the data dir then holds only compiled artifacts and the audit key
+# (target/quickstart-data/audit.key, which every replica must share).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+if [ "${1:-}" = "--postgres" ]; then
+  echo "==> PostgreSQL (scripts/pg-test-server.sh)" >&2
+  eval "$(scripts/pg-test-server.sh toolhost_quickstart)"
+  export TOOLHOST_DATABASE_URL=$TOOLHOST_TEST_DATABASE_URL
+  mkdir -p "${TOOLHOST_DATA_DIR:-target/quickstart-data}"
+  export TOOLHOST_AUDIT_KEY=${TOOLHOST_AUDIT_KEY:-${TOOLHOST_DATA_DIR:-target/quickstart-data}/audit.key}
+  if [ ! -s "$TOOLHOST_AUDIT_KEY" ]; then
+    (umask 077; od -An -tx1 -N32 /dev/urandom | tr -d ' \n' > "$TOOLHOST_AUDIT_KEY")
+  fi
+fi
 
 rustup target add wasm32-wasip2 >/dev/null
 echo "==> building the example tools (wasm32-wasip2)" >&2
@@ -34,9 +50,11 @@ for _ in $(seq 1 100); do
   sleep 0.1
 done
 url=$(head -1 "$out")
+store=$data
+[ -n "${TOOLHOST_DATABASE_URL:-}" ] && store="PostgreSQL, database toolhost_quickstart"
 cat <<MSG
 
-Toolhost is serving at $url (tenant 'demo').
+Toolhost is serving at $url (tenant 'demo'; store: $store).
 API key (shown once): $key
 
 Try:

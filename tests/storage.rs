@@ -1,6 +1,6 @@
 //! The backend conformance suite: the same tests, run against every
-//! storage backend (in memory, SQLite; PostgreSQL where a server is
-//! configured). A backend is correct when it passes all of them.
+//! storage backend (in memory, SQLite, PostgreSQL: a real server, from
+//! `TOOLHOST_TEST_DATABASE_URL`, required in CI). A backend is correct when it passes all of them.
 
 mod common;
 
@@ -19,10 +19,21 @@ async fn backends(tag: &str) -> Vec<(&'static str, Arc<dyn Storage>, std::path::
             .unwrap(),
     );
     let memory: Arc<dyn Storage> = Arc::new(toolhost::storage::memory::MemoryStorage::new());
-    vec![
+    let mut all = vec![
         ("memory", memory, dir.join("memory")),
         ("sqlite", sqlite, dir.join("sqlite")),
-    ]
+    ];
+    if let Some(url) = common::pg::fresh_database(tag).await {
+        let postgres: Arc<dyn Storage> = Arc::new(
+            toolhost::storage::postgres::PostgresStorage::open(
+                &toolhost::storage::postgres::PostgresOptions::new(&url),
+            )
+            .await
+            .unwrap(),
+        );
+        all.push(("postgres", postgres, dir.join("postgres")));
+    }
+    all
 }
 
 fn run(id: &str, owner: &str, lease_until: i64) -> NewRun {
@@ -818,4 +829,132 @@ async fn samples_and_time_filters_read_the_records() {
             "{name}: by position, within the times"
         );
     }
+}
+
+/// Two PostgreSQL stores on one database (two replicas), fresh.
+async fn two_replicas(tag: &str) -> Option<(Arc<dyn Storage>, Arc<dyn Storage>, String)> {
+    use toolhost::storage::postgres::{PostgresOptions, PostgresStorage};
+    let url = common::pg::fresh_database(tag).await?;
+    let a = PostgresStorage::open(&PostgresOptions::new(&url))
+        .await
+        .unwrap();
+    let b = PostgresStorage::open(&PostgresOptions::new(&url))
+        .await
+        .unwrap();
+    Some((Arc::new(a), Arc::new(b), url))
+}
+
+/// Appends from two replicas at once (each batching its own concurrent
+/// commits) make one chain per tenant that verifies: no fork, no gap;
+/// admissions from both never pass a limit.
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_replicas_append_one_chain_and_share_limits() {
+    let Some((a, b, _)) = two_replicas("conf-pg-chain").await else {
+        return;
+    };
+    let dir = common::tempdir("conf-pg-chain");
+    std::fs::write(dir.join("key"), "42".repeat(32)).unwrap();
+    let key = toolhost::audit::KeySource::File(dir.join("key"));
+    let la = AuditLog::open(a.clone(), key.clone()).await.unwrap();
+    let lb = AuditLog::open(b.clone(), key).await.unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..200 {
+        let log = if i % 2 == 0 { la.clone() } else { lb.clone() };
+        tasks.push(tokio::spawn(async move {
+            let chain = ["acme", "globex", "initech"][i % 3].to_string();
+            log.append(vec![(chain, i as i64, json!({"n": i}))])
+                .await
+                .unwrap()
+        }));
+    }
+    let mut seqs: std::collections::BTreeMap<String, Vec<i64>> = Default::default();
+    for t in tasks {
+        for e in t.await.unwrap() {
+            seqs.entry(e.chain).or_default().push(e.seq);
+        }
+    }
+    for (chain, mut s) in seqs {
+        s.sort();
+        let n = s.len() as i64;
+        assert_eq!(s, (1..=n).collect::<Vec<_>>(), "{chain}: no fork, no gap");
+    }
+    let report = toolhost::audit::verify::verify(&a, la.notary().public_key(), None)
+        .await
+        .unwrap();
+    assert!(report.ok, "{:?}", report);
+    assert_eq!(report.entries, 200);
+
+    let mut admits = Vec::new();
+    for i in 0..40 {
+        let s = if i % 2 == 0 { a.clone() } else { b.clone() };
+        admits.push(tokio::spawn(async move {
+            s.invocation_admit(Admit {
+                run: run(&format!("inv_{i}"), "hst_a", 1000),
+                worst: vec![line("tool_calls", 1, Some(4))],
+                existing: false,
+            })
+            .await
+            .unwrap()
+        }));
+    }
+    let mut granted = 0;
+    for t in admits {
+        granted += usize::from(t.await.unwrap().is_ok());
+    }
+    assert_eq!(granted, 4, "exactly the limit, across replicas");
+    assert_eq!(reserved(&b, "tool_calls").await, (0, 4));
+}
+
+/// Fleet roles: one store leads a role at a time; when the leader's
+/// connection goes (it died), another takes over.
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_one_leader_per_role_and_it_passes_on() {
+    let Some((a, b, _)) = two_replicas("conf-pg-lead").await else {
+        return;
+    };
+    assert!(a.lead("reaper").await.unwrap());
+    assert!(a.lead("reaper").await.unwrap(), "it keeps it");
+    assert!(!b.lead("reaper").await.unwrap(), "one leader");
+    assert!(b.lead("retention").await.unwrap(), "roles are separate");
+    drop(a);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !b.lead("reaper").await.unwrap() {
+        assert!(std::time::Instant::now() < deadline, "never passed on");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+/// A database a newer Toolhost migrated is refused, saying so.
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_a_newer_schema_refuses_an_older_host() {
+    use sqlx::Connection;
+    use toolhost::storage::postgres::{PostgresOptions, PostgresStorage};
+    let Some(url) = common::pg::fresh_database("conf-pg-newer").await else {
+        return;
+    };
+    drop(
+        PostgresStorage::open(&PostgresOptions::new(&url))
+            .await
+            .unwrap(),
+    );
+    let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
+    sqlx::query("UPDATE toolhost_schema SET version = version + 1")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let e = PostgresStorage::open(&PostgresOptions::new(&url))
+        .await
+        .err()
+        .expect("refused");
+    assert!(e.message.contains("newer than this host"), "{e}");
+    // Unreachable: a clear error once the deadline passes.
+    let mut options = PostgresOptions::new("postgres://u:secret@127.0.0.1:1/db");
+    options.connect_deadline = std::time::Duration::from_millis(300);
+    let e = PostgresStorage::open(&options)
+        .await
+        .err()
+        .expect("refused");
+    assert_eq!(e.kind, toolhost::ErrorKind::Unavailable, "{e}");
+    assert!(e.message.contains("cannot reach the database"), "{e}");
+    assert!(!e.message.contains("secret"), "{e}");
 }

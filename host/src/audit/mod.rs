@@ -31,7 +31,7 @@ use crate::storage::{Checkpoint, NewEntry, Storage, StoredEntry, Work};
 use ed25519_dalek::SigningKey;
 use serde_json::Value;
 use statement::{Notary, Statement};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::Mutex;
 use tokio::sync::oneshot;
@@ -135,6 +135,75 @@ pub fn load_or_create_key(data_dir: &Path) -> Result<SigningKey> {
     }
 }
 
+/// Where the audit signing key comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeySource {
+    /// `<data dir>/audit-signing.key`, created (mode 0600) on a fresh
+    /// store: one node's own key.
+    DataDir(PathBuf),
+    /// A key file shared by every replica of one database (`--audit-key`):
+    /// 64 hex digits, never created or replaced by Toolhost.
+    File(PathBuf),
+}
+
+impl From<&Path> for KeySource {
+    fn from(data_dir: &Path) -> KeySource {
+        KeySource::DataDir(data_dir.to_path_buf())
+    }
+}
+
+impl From<&PathBuf> for KeySource {
+    fn from(data_dir: &PathBuf) -> KeySource {
+        KeySource::DataDir(data_dir.clone())
+    }
+}
+
+impl KeySource {
+    /// The key file.
+    pub fn path(&self) -> PathBuf {
+        match self {
+            KeySource::DataDir(dir) => dir.join(KEY_FILE),
+            KeySource::File(file) => file.clone(),
+        }
+    }
+
+    /// Load the key; a data dir's is created if absent, unless `pinned`
+    /// (the store already has a key, so a new one could only be refused).
+    fn load(&self, pinned: Option<&str>) -> Result<SigningKey> {
+        match self {
+            KeySource::DataDir(dir) => {
+                if let Some(pinned) = pinned
+                    && !dir.join(KEY_FILE).exists()
+                {
+                    return Err(Error::internal(format!(
+                        "{} does not exist, and the store's audit trail is signed with the key {pinned}: give this node that key (a replica of a shared database: --audit-key FILE, the same file on every replica); a new key is never made for a store that has one",
+                        dir.join(KEY_FILE).display()
+                    )));
+                }
+                load_or_create_key(dir)
+            }
+            KeySource::File(file) => load_key_file(file),
+        }
+    }
+}
+
+/// Read an ed25519 signing key (64 hex digits) from a file.
+pub fn load_key_file(path: &Path) -> Result<SigningKey> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        Error::invalid_args(format!("cannot read the audit key {}: {e}", path.display()))
+    })?;
+    hex::decode(text.trim())
+        .ok()
+        .and_then(|b| <[u8; 32]>::try_from(b).ok())
+        .map(|b| SigningKey::from_bytes(&b))
+        .ok_or_else(|| {
+            Error::invalid_args(format!(
+                "{} is not an ed25519 key (64 hex digits)",
+                path.display()
+            ))
+        })
+}
+
 struct Pending {
     work: Work,
     done: oneshot::Sender<Result<Vec<StoredEntry>>>,
@@ -158,10 +227,10 @@ const FORMAT_KEY: &str = "audit.format";
 /// Its value.
 const FORMAT: &str = "statements/v2";
 
-fn key_mismatch(data_dir: &Path, pinned: &str) -> Error {
+fn key_mismatch(source: &KeySource, pinned: &str) -> Error {
     Error::internal(format!(
-        "{} does not match the key this store's audit trail was signed with ({pinned})",
-        data_dir.join(KEY_FILE).display()
+        "{} does not match the key this store's audit trail was signed with ({pinned}); refusing to sign with another key (every replica of a shared database must use the same --audit-key file)",
+        source.path().display()
     ))
 }
 
@@ -183,8 +252,11 @@ impl AuditLog {
     /// `host audit upgrade` ([`AuditLog::upgrade_legacy`]) — re-signing on
     /// its own would bless whatever an intruder left. Must run inside a
     /// tokio runtime.
-    pub async fn open(storage: Arc<dyn Storage>, data_dir: &Path) -> Result<Arc<AuditLog>> {
-        let log = Self::open_unchecked(storage, data_dir).await?;
+    pub async fn open(
+        storage: Arc<dyn Storage>,
+        key: impl Into<KeySource>,
+    ) -> Result<Arc<AuditLog>> {
+        let log = Self::open_unchecked(storage, &key.into()).await?;
         if log.storage.meta_get(FORMAT_KEY).await?.is_some() {
             return Ok(log);
         }
@@ -208,14 +280,16 @@ impl AuditLog {
     /// checked against the pinned one; nothing is written.
     pub async fn open_for_reading(
         storage: Arc<dyn Storage>,
-        data_dir: &Path,
+        key: impl Into<KeySource>,
     ) -> Result<Arc<AuditLog>> {
-        let key = load_or_create_key(data_dir)?;
+        let source = key.into();
+        let pinned = storage.meta_get("audit.public_key").await?;
+        let key = source.load(pinned.as_deref())?;
         let public = hex::encode(key.verifying_key().to_bytes());
-        if let Some(pinned) = storage.meta_get("audit.public_key").await?
+        if let Some(pinned) = pinned
             && pinned != public
         {
-            return Err(key_mismatch(data_dir, &pinned));
+            return Err(key_mismatch(&source, &pinned));
         }
         Ok(Arc::new(AuditLog {
             storage,
@@ -224,12 +298,16 @@ impl AuditLog {
         }))
     }
 
-    async fn open_unchecked(storage: Arc<dyn Storage>, data_dir: &Path) -> Result<Arc<AuditLog>> {
-        let key = load_or_create_key(data_dir)?;
+    async fn open_unchecked(
+        storage: Arc<dyn Storage>,
+        source: &KeySource,
+    ) -> Result<Arc<AuditLog>> {
+        let existing = storage.meta_get("audit.public_key").await?;
+        let key = source.load(existing.as_deref())?;
         let public = hex::encode(key.verifying_key().to_bytes());
         let pinned = storage.meta_init("audit.public_key", &public).await?;
         if pinned != public {
-            return Err(key_mismatch(data_dir, &pinned));
+            return Err(key_mismatch(source, &pinned));
         }
         Ok(Arc::new(AuditLog {
             storage,
@@ -247,8 +325,11 @@ impl AuditLog {
     /// (which may extend past the v1 head by a few unsigned records: the
     /// one thing this trusts) gets a signed head. The registry lists the
     /// chains upgraded. Refuses a store that already has statements.
-    pub async fn upgrade_legacy(storage: Arc<dyn Storage>, data_dir: &Path) -> Result<Upgraded> {
-        let log = Self::open_unchecked(storage, data_dir).await?;
+    pub async fn upgrade_legacy(
+        storage: Arc<dyn Storage>,
+        key: impl Into<KeySource>,
+    ) -> Result<Upgraded> {
+        let log = Self::open_unchecked(storage, &key.into()).await?;
         if log.storage.meta_get(FORMAT_KEY).await?.is_some()
             || log.storage.audit_registry().await?.is_some()
         {

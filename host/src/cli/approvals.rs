@@ -86,7 +86,7 @@ async fn decider(data: &DataDir, secrets: Option<&std::path::Path>) -> toolhost:
         )
     })?;
     let policy = Policy::parse(&stored.name, &stored.text)?;
-    let audit = AuditLog::open(storage.clone(), &data.path()).await?;
+    let audit = AuditLog::open(storage.clone(), data.key_source()).await?;
     let secrets = FileAndEnv::new(secrets).map_err(|e| Error::new(ErrorKind::InvalidArgs, e))?;
     let governed = Arc::new(Governed::new(
         Arc::new(policy),

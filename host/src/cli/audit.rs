@@ -97,7 +97,7 @@ async fn run(cmd: Command) -> toolhost::Result<i32> {
                 None => {
                     let log = toolhost::audit::AuditLog::open_for_reading(
                         data.storage().await?,
-                        &data.path(),
+                        data.key_source(),
                     )
                     .await?;
                     let key = match &public_key {
@@ -165,9 +165,11 @@ async fn run(cmd: Command) -> toolhost::Result<i32> {
                 .map(|s| parse_time(&s))
                 .transpose()
                 .map_err(Error::invalid_args)?;
-            let log =
-                toolhost::audit::AuditLog::open_for_reading(data.storage().await?, &data.path())
-                    .await?;
+            let log = toolhost::audit::AuditLog::open_for_reading(
+                data.storage().await?,
+                data.key_source(),
+            )
+            .await?;
             let chain = chain_of(tenant.as_deref());
             let mut out: Box<dyn std::io::Write> = match &output {
                 Some(p) => Box::new(std::io::BufWriter::new(std::fs::File::create(p).map_err(
@@ -221,7 +223,7 @@ async fn run(cmd: Command) -> toolhost::Result<i32> {
         }
         Command::Upgrade { data } => {
             let done =
-                toolhost::audit::AuditLog::upgrade_legacy(data.storage().await?, &data.path())
+                toolhost::audit::AuditLog::upgrade_legacy(data.storage().await?, data.key_source())
                     .await?;
             for c in &done.chains {
                 println!("chain {c}: re-signed");

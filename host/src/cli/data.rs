@@ -2,12 +2,13 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use toolhost::audit::AuditLog;
+use toolhost::audit::{AuditLog, KeySource};
 use toolhost::budget::Ledger;
 use toolhost::gate::Governed;
 use toolhost::policy::Policy;
 use toolhost::secrets::FileAndEnv;
 use toolhost::storage::Storage;
+use toolhost::storage::postgres;
 use toolhost::storage::sqlite::SqliteStorage;
 use toolhost::{Error, Result};
 
@@ -18,6 +19,21 @@ pub struct DataDir {
     /// $XDG_DATA_HOME/toolhost, else ~/.local/share/toolhost).
     #[arg(long, value_name = "DIR", global = true)]
     pub data_dir: Option<PathBuf>,
+    /// A PostgreSQL database shared by many `host serve` replicas and the
+    /// admin commands, instead of SQLite in the data dir:
+    /// `postgres://USER:PASSWORD@HOST:PORT/DB` (TLS: `?sslmode=verify-full`
+    /// and `&sslrootcert=FILE`, or `sslmode=require`). Default:
+    /// $TOOLHOST_DATABASE_URL (prefer it: a flag's password shows in `ps`).
+    /// The data dir then holds only this node's compiled artifacts (and
+    /// its audit key unless --audit-key is given).
+    #[arg(long, value_name = "URL", global = true)]
+    pub database: Option<String>,
+    /// The audit signing key (64 hex digits): on a shared database, the same
+    /// file on every replica. Default: $TOOLHOST_AUDIT_KEY, else
+    /// `<data dir>/audit-signing.key` (created for a fresh store). A key
+    /// that is not the one the store's trail was signed with is refused.
+    #[arg(long, value_name = "FILE", global = true)]
+    pub audit_key: Option<PathBuf>,
 }
 
 impl DataDir {
@@ -37,12 +53,68 @@ impl DataDir {
         }
     }
 
+    /// The PostgreSQL URL, if the store is one (`--database`, else
+    /// $TOOLHOST_DATABASE_URL).
+    pub fn database_url(&self) -> Result<Option<String>> {
+        let url = match &self.database {
+            Some(u) => Some(u.clone()),
+            None => std::env::var("TOOLHOST_DATABASE_URL")
+                .ok()
+                .filter(|u| !u.is_empty()),
+        };
+        match url {
+            Some(u) if !postgres::is_url(&u) => Err(Error::invalid_args(format!(
+                "--database / TOOLHOST_DATABASE_URL: `{}` is not a postgres:// URL (SQLite needs no URL: it lives in the data dir)",
+                postgres::redact(&u)
+            ))),
+            other => Ok(other),
+        }
+    }
+
+    /// Where the audit signing key comes from.
+    pub fn key_source(&self) -> KeySource {
+        let file = self
+            .audit_key
+            .clone()
+            .or_else(|| std::env::var_os("TOOLHOST_AUDIT_KEY").map(PathBuf::from));
+        match file {
+            Some(f) => KeySource::File(f),
+            None => KeySource::DataDir(self.path()),
+        }
+    }
+
+    /// A description of the store, for logs (no password).
+    pub fn describe(&self) -> String {
+        match self.database_url() {
+            Ok(Some(url)) => postgres::redact(&url),
+            _ => self.path().display().to_string(),
+        }
+    }
+
     pub async fn storage(&self) -> Result<Arc<dyn Storage>> {
-        Ok(Arc::new(SqliteStorage::open(&self.path()).await?))
+        match self.database_url()? {
+            Some(url) => {
+                let mut options = postgres::PostgresOptions::new(&url);
+                if let Some(n) = std::env::var("TOOLHOST_DATABASE_POOL")
+                    .ok()
+                    .and_then(|n| n.parse().ok())
+                {
+                    options.max_connections = n;
+                }
+                if let Some(s) = std::env::var("TOOLHOST_DATABASE_CONNECT_TIMEOUT")
+                    .ok()
+                    .and_then(|s| toolhost::limits::parse_duration(&s).ok())
+                {
+                    options.connect_deadline = s;
+                }
+                Ok(Arc::new(postgres::PostgresStorage::open(&options).await?))
+            }
+            None => Ok(Arc::new(SqliteStorage::open(&self.path()).await?)),
+        }
     }
 
     pub async fn audit(&self) -> Result<Arc<AuditLog>> {
-        AuditLog::open(self.storage().await?, &self.path()).await
+        AuditLog::open(self.storage().await?, self.key_source()).await
     }
 }
 
@@ -54,7 +126,7 @@ pub async fn governed(
 ) -> Result<Governed> {
     let policy = Arc::new(Policy::load(policy)?);
     let storage = data.storage().await?;
-    let audit = AuditLog::open(storage.clone(), &data.path()).await?;
+    let audit = AuditLog::open(storage.clone(), data.key_source()).await?;
     let secrets =
         FileAndEnv::new(secrets).map_err(|e| Error::new(toolhost::ErrorKind::InvalidArgs, e))?;
     Ok(Governed::new(

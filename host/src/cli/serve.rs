@@ -314,13 +314,21 @@ fn observability(args: &Args) -> Result<()> {
 }
 
 async fn run(args: Args) -> Result<()> {
-    let config = config(&args)?;
+    let mut config = config(&args)?;
     observability(&args)?;
     let data = args.data.path();
+    let shared = args.data.database_url()?.is_some();
+    if shared {
+        // Replicas see each other's changes (keys revoked, tools deployed
+        // or disabled, policies stored) within a second: they re-read
+        // what they remember twice as often.
+        config.policy_poll = std::time::Duration::from_millis(500);
+        config.state_ttl = std::time::Duration::from_millis(500);
+    }
     let storage = args.data.storage().await?;
     toolhost::datadir::warn_if_open(&data);
     let (policy, version) = policy(&args, storage.as_ref()).await?;
-    let audit = AuditLog::open(storage.clone(), &data).await?;
+    let audit = AuditLog::open(storage.clone(), args.data.key_source()).await?;
     let secrets = FileAndEnv::new(args.secrets.as_deref())
         .map_err(|e| Error::new(ErrorKind::InvalidArgs, e))?;
     let lease = parse_duration(&args.lease).map_err(bad("lease"))?;
@@ -343,7 +351,7 @@ async fn run(args: Args) -> Result<()> {
     })?);
     let server = Server::bind(&args.listen, storage, runtime, governed, version, config).await?;
     let addr = server.local_addr()?;
-    tracing::info!(%addr, data_dir = %data.display(), policy_version = version, "listening");
+    tracing::info!(%addr, data_dir = %data.display(), store = %args.data.describe(), policy_version = version, "listening");
     if let Some(metrics) = server.metrics_addr() {
         tracing::info!(metrics_url = %format!("http://{metrics}/metrics"), "serving metrics");
     }

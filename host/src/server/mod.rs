@@ -493,6 +493,19 @@ async fn enforce_retention(app: Arc<App>, every: Duration) {
     loop {
         let policy = app.governed.policy();
         let audit = app.governed.audit();
+        // One host of a fleet prunes (two would write two anchors).
+        match app.storage.lead("retention").await {
+            Ok(true) => {}
+            Ok(false) => {
+                tokio::time::sleep(every).await;
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!("audit retention: {}", e.message);
+                tokio::time::sleep(every).await;
+                continue;
+            }
+        }
         match app.storage.audit_chains().await {
             Ok(chains) => {
                 for chain in chains {

@@ -136,6 +136,11 @@ impl InvocationService {
             }
         }
         let now = self.instance.now_ms();
+        // Other hosts' rows: one host of a fleet sweeps at a time (every
+        // move is conditional, so two would be safe, only wasteful).
+        if !storage.lead("reaper").await? {
+            return Ok(done);
+        }
         let live: std::collections::HashSet<String> =
             self.instance.live().ids().into_iter().collect();
         let mut mine = Vec::new();

@@ -17,4 +17,13 @@ pub trait MetaStore: Send + Sync {
     /// an error says why not (a stopped writer, a failed fsync, a lost
     /// connection). Cheap enough for a load balancer's probe.
     fn health(&self) -> BoxFuture<'_, Result<()>>;
+    /// Whether this process leads `role` now: work one host of a fleet
+    /// does at a time (the reaper's sweep of other hosts' expired rows,
+    /// audit retention). Embedded backends: always (every move they make is
+    /// conditional and their writes serialise). PostgreSQL: a session
+    /// advisory lock per role, held while its connection lives, so a dead
+    /// leader's role passes to the next host that asks.
+    fn lead(&self, _role: &str) -> BoxFuture<'_, Result<bool>> {
+        Box::pin(async { Ok(true) })
+    }
 }

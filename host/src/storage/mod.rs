@@ -7,9 +7,9 @@
 //! more; the *decisions* (chain linking, budget checks, the idempotency state
 //! machine, an approval's effective status) are pure functions the backends
 //! share, not rules each re-implements. The embedded default
-//! is SQLite ([`sqlite::SqliteStorage`]) in the data dir; a PostgreSQL backend
-//! implements the same trait so that many `host serve` replicas share one
-//! truth. Callers hold an `Arc<dyn Storage>` and never see SQL.
+//! is SQLite ([`sqlite::SqliteStorage`]) in the data dir; the PostgreSQL
+//! backend ([`postgres::PostgresStorage`]) implements the same traits so
+//! that many `host serve` replicas share one truth. Callers hold an `Arc<dyn Storage>` and never see SQL.
 //!
 //! Invariants every backend keeps:
 //! * `audit_append` links each entry to the previous entry of its chain
@@ -20,6 +20,7 @@
 //!   are reserved or none, and concurrent reservations never overspend.
 
 pub mod memory;
+pub mod postgres;
 pub mod sqlite;
 
 mod approvals;

@@ -1,0 +1,648 @@
+//! The PostgreSQL backend: many `host serve` replicas on one database, one
+//! truth. It implements every store trait with sqlx's PostgreSQL driver and
+//! makes each decision with the same shared pure functions as the other
+//! backends ([`check`], [`decide`], [`may_decide`], [`exceeds`],
+//! [`settlement`], [`end_charges`], [`crate::audit::link`]).
+//!
+//! How it stays correct across processes (READ COMMITTED throughout):
+//! * **Budgets**: a reservation is one conditional `UPDATE … SET reserved =
+//!   reserved + x WHERE used + reserved + x <= limit` per limited line
+//!   (lines in sorted order, in the transaction that writes the running
+//!   row); zero rows updated is a refusal, and the transaction is rolled
+//!   back whole. No application lock.
+//! * **Audit chains**: a commit locks the touched chains' head rows `FOR
+//!   UPDATE` in one statement, in chain order (and the registry row when a
+//!   chain is new), so appends to one chain serialise and chains of
+//!   different tenants do not wait on each other; `PRIMARY KEY (chain,
+//!   seq)` is the backstop. Deadlocks, serialization failures and a lost
+//!   race to create a chain are retried.
+//! * **Group commit**: this process's units of work are committed by one
+//!   committer at a time; whatever queued meanwhile is the next batch (one
+//!   transaction, a handful of statements whatever its size, one WAL
+//!   flush). Admissions and idempotency keys commit with `synchronous_commit
+//!   = off` (the same promise as SQLite's: a crash of the database loses
+//!   them only together with everything after them, and the reaper ends
+//!   what a lost host left); units of work with the server's setting (on).
+//! * **Migrations** are versioned (`toolhost_schema`), taken under an
+//!   advisory lock; a database migrated by a newer Toolhost refuses an older
+//!   one.
+
+use super::*;
+use crate::BoxFuture;
+use crate::error::{Error, ErrorKind, Result};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
+use sqlx::{Postgres, Row, Transaction};
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+mod commit;
+mod stores;
+
+/// Schema migrations, in order; `toolhost_schema.version` records how many
+/// ran.
+const MIGRATIONS: &[&str] = &[
+    // 1: everything (the SQLite schema's eight migrations, as one).
+    "CREATE TABLE audit_entries (
+        chain TEXT NOT NULL,
+        seq BIGINT NOT NULL,
+        time_ms BIGINT NOT NULL,
+        body TEXT NOT NULL,
+        prev_hash TEXT NOT NULL,
+        hash TEXT NOT NULL,
+        PRIMARY KEY (chain, seq)
+    );
+    CREATE TABLE audit_heads (
+        chain TEXT PRIMARY KEY,
+        seq BIGINT NOT NULL,
+        hash TEXT NOT NULL,
+        signed_seq BIGINT,
+        signed_hash TEXT,
+        signed_time_ms BIGINT,
+        signature TEXT,
+        signed_statement TEXT
+    );
+    CREATE TABLE audit_checkpoints (
+        id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        chain TEXT NOT NULL,
+        seq BIGINT NOT NULL,
+        hash TEXT NOT NULL,
+        time_ms BIGINT NOT NULL,
+        signature TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        statement TEXT
+    );
+    CREATE INDEX audit_checkpoints_chain ON audit_checkpoints (chain, seq);
+    CREATE TABLE budget (
+        scope TEXT NOT NULL,
+        win TEXT NOT NULL,
+        metric TEXT NOT NULL,
+        used BIGINT NOT NULL DEFAULT 0,
+        reserved BIGINT NOT NULL DEFAULT 0,
+        lim BIGINT,
+        PRIMARY KEY (scope, win, metric)
+    );
+    CREATE TABLE meta (
+        key TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    );
+    CREATE TABLE blobs (
+        digest TEXT PRIMARY KEY,
+        bytes BYTEA NOT NULL
+    );
+    CREATE TABLE tool_versions (
+        tenant TEXT NOT NULL,
+        name TEXT NOT NULL,
+        version TEXT NOT NULL,
+        digest TEXT NOT NULL,
+        docs BYTEA,
+        artifact TEXT,
+        engine TEXT,
+        functions TEXT NOT NULL,
+        created_ms BIGINT NOT NULL,
+        PRIMARY KEY (tenant, name, version)
+    );
+    CREATE TABLE tools (
+        tenant TEXT NOT NULL,
+        name TEXT NOT NULL,
+        current TEXT NOT NULL,
+        disabled BOOLEAN NOT NULL DEFAULT false,
+        updated_ms BIGINT NOT NULL,
+        PRIMARY KEY (tenant, name)
+    );
+    CREATE TABLE api_keys (
+        id TEXT PRIMARY KEY,
+        tenant TEXT NOT NULL,
+        roles TEXT NOT NULL,
+        hash TEXT NOT NULL,
+        label TEXT,
+        created_ms BIGINT NOT NULL,
+        revoked_ms BIGINT
+    );
+    CREATE TABLE invocations (
+        pos BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        id TEXT NOT NULL UNIQUE,
+        tenant TEXT NOT NULL,
+        tool TEXT NOT NULL,
+        function TEXT NOT NULL,
+        version TEXT,
+        workflow TEXT,
+        task_id TEXT,
+        principal TEXT,
+        status TEXT NOT NULL,
+        error_kind TEXT,
+        created_ms BIGINT NOT NULL,
+        response TEXT NOT NULL,
+        owner TEXT,
+        lease_until BIGINT,
+        admitted BOOLEAN NOT NULL DEFAULT true,
+        worst TEXT,
+        transport TEXT,
+        idempotency_key TEXT,
+        record_version INTEGER NOT NULL DEFAULT 1
+    );
+    CREATE INDEX invocations_tenant ON invocations (tenant, pos);
+    CREATE INDEX invocations_running ON invocations (lease_until) WHERE status = 'running';
+    CREATE INDEX invocations_created ON invocations (tenant, created_ms);
+    CREATE TABLE policies (
+        version BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        name TEXT NOT NULL,
+        text TEXT NOT NULL,
+        created_ms BIGINT NOT NULL
+    );
+    CREATE TABLE idempotency (
+        tenant TEXT NOT NULL,
+        key TEXT NOT NULL,
+        fingerprint TEXT NOT NULL,
+        state TEXT NOT NULL,
+        http_status INTEGER,
+        response TEXT,
+        started_ms BIGINT NOT NULL,
+        expires_ms BIGINT NOT NULL,
+        invocation_id TEXT,
+        PRIMARY KEY (tenant, key)
+    );
+    CREATE INDEX idempotency_expiry ON idempotency (expires_ms);
+    CREATE TABLE approvals (
+        id TEXT PRIMARY KEY,
+        tenant TEXT NOT NULL,
+        invocation_id TEXT NOT NULL,
+        status TEXT NOT NULL,
+        tool TEXT NOT NULL,
+        function TEXT NOT NULL,
+        version TEXT,
+        workflow TEXT,
+        task_id TEXT,
+        args TEXT NOT NULL,
+        args_redacted TEXT NOT NULL,
+        args_sha256 TEXT NOT NULL,
+        rule TEXT NOT NULL,
+        requester TEXT,
+        created_ms BIGINT NOT NULL,
+        expires_ms BIGINT NOT NULL,
+        decided_by TEXT,
+        decided_ms BIGINT,
+        reason TEXT,
+        callback_url TEXT
+    );
+    CREATE INDEX approvals_tenant ON approvals (tenant, status, created_ms);
+    CREATE INDEX approvals_due ON approvals (expires_ms) WHERE status = 'pending';
+    CREATE INDEX approvals_invocation ON approvals (invocation_id);
+    CREATE TABLE result_cache (
+        tenant TEXT NOT NULL,
+        key TEXT NOT NULL,
+        result TEXT NOT NULL,
+        expires_ms BIGINT NOT NULL,
+        PRIMARY KEY (tenant, key)
+    );
+    CREATE INDEX result_cache_expiry ON result_cache (expires_ms);
+    CREATE TABLE outbox (
+        id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        tenant TEXT NOT NULL,
+        invocation_id TEXT NOT NULL,
+        approval_id TEXT,
+        url TEXT NOT NULL,
+        created_ms BIGINT NOT NULL,
+        attempts BIGINT NOT NULL DEFAULT 0,
+        state TEXT NOT NULL,
+        next_ms BIGINT NOT NULL,
+        owner TEXT,
+        lease_until BIGINT,
+        last_error TEXT,
+        delivered_ms BIGINT
+    );
+    CREATE INDEX outbox_due ON outbox (next_ms) WHERE state = 'pending';
+    CREATE INDEX outbox_invocation ON outbox (tenant, invocation_id);",
+];
+
+/// The advisory lock key migrations run under (any replica may start
+/// first; the others wait, then find nothing to do).
+const MIGRATION_LOCK: i64 = 0x746f_6f6c_686f_7374; // "toolhost"
+
+/// SQLSTATEs worth retrying the whole transaction for: serialization
+/// failure, deadlock, and a lost race to insert the same key (two hosts
+/// starting one chain).
+pub(super) fn retryable(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if matches!(d.code().as_deref(), Some("40001" | "40P01" | "23505")))
+}
+
+/// A driver error as an [`Error`] that says whether retrying can help: a
+/// lost connection, an unreachable, starting, shutting down or overloaded
+/// server is `unavailable`; damaged data `corrupt`; anything else
+/// `internal`. The cause is kept.
+pub(super) fn db(e: sqlx::Error) -> Error {
+    let kind = match &e {
+        // (A protocol error is a connection that broke mid-message, e.g.
+        // a server or proxy closing it while it starts.)
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => ErrorKind::Unavailable,
+        sqlx::Error::Database(d) => match d.code().as_deref() {
+            // Connection exceptions, insufficient resources, operator
+            // intervention (shutdown, cannot connect now), serialization
+            // failures and deadlocks that kept failing, read-only
+            // transactions (a standby), lock timeouts.
+            Some(c)
+                if c.starts_with("08")
+                    || c.starts_with("53")
+                    || c.starts_with("57P")
+                    || c == "40001"
+                    || c == "40P01"
+                    || c == "25006"
+                    || c == "55P03" =>
+            {
+                ErrorKind::Unavailable
+            }
+            Some("XX001" | "XX002") => ErrorKind::Corrupt,
+            _ => ErrorKind::Internal,
+        },
+        sqlx::Error::ColumnDecode { .. } | sqlx::Error::Decode(_) => ErrorKind::Corrupt,
+        _ => ErrorKind::Internal,
+    };
+    Error::new(kind, format!("database: {e}")).caused_by(e)
+}
+
+/// How to reach the database.
+#[derive(Debug, Clone)]
+pub struct PostgresOptions {
+    /// `postgres://user:password@host:port/db?sslmode=verify-full&sslrootcert=…`.
+    pub url: String,
+    /// Connections this process holds at most.
+    pub max_connections: u32,
+    /// How long to keep trying to reach a database that is down at start
+    /// (with backoff) before giving up.
+    pub connect_deadline: Duration,
+}
+
+impl PostgresOptions {
+    pub fn new(url: &str) -> PostgresOptions {
+        PostgresOptions {
+            url: url.to_string(),
+            max_connections: 32,
+            connect_deadline: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Whether `s` names a PostgreSQL database (rather than a data dir).
+pub fn is_url(s: &str) -> bool {
+    s.starts_with("postgres://") || s.starts_with("postgresql://")
+}
+
+/// The URL with its password replaced, for messages and logs.
+pub fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return "<database url>".into();
+    };
+    let (authority, tail) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!("{scheme}://{user}:***@{host}{tail}")
+        }
+        None => url.to_string(),
+    }
+}
+
+/// PostgreSQL storage.
+pub struct PostgresStorage {
+    pool: PgPool,
+    /// Units of work waiting for the committer, and the committer's turn.
+    queue: std::sync::Mutex<Vec<commit::Pending>>,
+    turn: tokio::sync::Mutex<()>,
+    /// Fleet roles this process leads, each on a connection of its own.
+    leaders: tokio::sync::Mutex<std::collections::HashMap<String, sqlx::PgConnection>>,
+}
+
+impl PostgresStorage {
+    /// Connect (retrying with backoff while the database is unreachable, up
+    /// to `connect_deadline`), and migrate.
+    pub async fn open(options: &PostgresOptions) -> Result<PostgresStorage> {
+        let connect = PgConnectOptions::from_str(&options.url)
+            .map_err(|e| {
+                Error::invalid_args(format!(
+                    "the database URL {} is not valid: {e}",
+                    redact(&options.url)
+                ))
+            })?
+            .application_name("toolhost");
+        let pool = PgPoolOptions::new()
+            .max_connections(options.max_connections.max(2))
+            .min_connections(2.min(options.max_connections))
+            // A request waits this long for a connection when all are busy
+            // (under load: other requests' short transactions); a database
+            // that is down answers sooner (its connects fail), and the
+            // readiness probe has a deadline of its own.
+            .acquire_timeout(Duration::from_secs(15))
+            .connect_lazy_with(connect);
+        let started = std::time::Instant::now();
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match pool.acquire().await {
+                Ok(_) => break,
+                Err(e) => {
+                    let e = db(e);
+                    if e.kind != ErrorKind::Unavailable
+                        || started.elapsed() + backoff > options.connect_deadline
+                    {
+                        return Err(Error::new(
+                            e.kind,
+                            format!(
+                                "cannot reach the database {} (tried for {:.0?}): {}",
+                                redact(&options.url),
+                                started.elapsed(),
+                                e.message
+                            ),
+                        ));
+                    }
+                    tracing::warn!(
+                        database = %redact(&options.url),
+                        retry_in = ?backoff,
+                        "the database is unreachable: {}", e.message
+                    );
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+        let storage = PostgresStorage {
+            pool,
+            queue: std::sync::Mutex::new(Vec::new()),
+            turn: tokio::sync::Mutex::new(()),
+            leaders: tokio::sync::Mutex::new(std::collections::HashMap::new()),
+        };
+        storage.migrate().await?;
+        Ok(storage)
+    }
+
+    /// The connection pool (for LISTEN/NOTIFY and advisory locks).
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    async fn migrate(&self) -> Result<()> {
+        let mut tx = self.pool.begin().await.map_err(db)?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(MIGRATION_LOCK)
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+        sqlx::raw_sql(
+            "CREATE TABLE IF NOT EXISTS toolhost_schema (
+                 one BOOLEAN PRIMARY KEY DEFAULT true CHECK (one),
+                 version INTEGER NOT NULL
+             );
+             INSERT INTO toolhost_schema (version) VALUES (0) ON CONFLICT DO NOTHING;",
+        )
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
+        let version: i32 = sqlx::query_scalar("SELECT version FROM toolhost_schema")
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(db)?;
+        let version = usize::try_from(version).unwrap_or(0);
+        if version > MIGRATIONS.len() {
+            return Err(Error::internal(format!(
+                "the database's schema (version {version}) is newer than this host (version {}); upgrade the host",
+                MIGRATIONS.len()
+            )));
+        }
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
+            sqlx::raw_sql(sqlx::AssertSqlSafe(*sql))
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| Error::internal(format!("migration {}: {e}", i + 1)))?;
+            sqlx::query("UPDATE toolhost_schema SET version = $1")
+                .bind(i32::try_from(i + 1).unwrap_or(i32::MAX))
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?;
+        }
+        tx.commit().await.map_err(db)
+    }
+
+    /// Begin a transaction; `durable: false` commits it without waiting
+    /// for the WAL flush (`synchronous_commit = off`).
+    pub(super) async fn begin(
+        &self,
+        durable: bool,
+    ) -> std::result::Result<Transaction<'static, Postgres>, sqlx::Error> {
+        // (Sent with the transaction's first statement: no round trip of
+        // its own.)
+        if durable {
+            self.pool.begin().await
+        } else {
+            self.pool
+                .begin_with("BEGIN; SET LOCAL synchronous_commit = off")
+                .await
+        }
+    }
+}
+
+/// Wait before retrying a transaction (a few ms, growing, with jitter).
+pub(super) async fn backoff(attempt: u32) {
+    let jitter = u64::from(rand_core::RngCore::next_u32(&mut rand_core::OsRng) % 8);
+    tokio::time::sleep(Duration::from_millis(u64::from(attempt) * 4 + jitter)).await;
+}
+
+/// How long the readiness probe waits for the database.
+pub(super) const HEALTH_DEADLINE: Duration = Duration::from_secs(2);
+
+/// Most attempts of one transaction that keeps failing retryably.
+pub(super) const ATTEMPTS: u32 = 10;
+
+/// Run `$body` (an expression that may `.await` and `?` on `sqlx::Error`,
+/// using `$tx: &mut Transaction`, and gives `(value, commit?)`) in a
+/// transaction, and again when it failed in a way a retry can fix
+/// ([`retryable`]). Evaluates to `Result<value>`.
+macro_rules! transact {
+    ($storage:expr, $durable:expr, |$tx:ident| $body:expr) => {{
+        let mut attempt = 0u32;
+        loop {
+            let run = async {
+                let mut $tx = $storage.begin($durable).await?;
+                let (out, keep) = $body;
+                if keep {
+                    $tx.commit().await?;
+                } else {
+                    $tx.rollback().await?;
+                }
+                Ok::<_, sqlx::Error>(out)
+            };
+            match run.await {
+                Ok(out) => break Ok(out),
+                Err(e)
+                    if $crate::storage::postgres::retryable(&e)
+                        && attempt < $crate::storage::postgres::ATTEMPTS =>
+                {
+                    attempt += 1;
+                    $crate::storage::postgres::backoff(attempt).await;
+                }
+                Err(e) => break Err($crate::storage::postgres::db(e)),
+            }
+        }
+    }};
+}
+pub(super) use transact;
+
+impl PostgresStorage {
+    /// [`MetaStore::lead`]: keep (or try to take) the session advisory
+    /// lock of `role` on a connection of its own, outside the pool.
+    pub(super) async fn lead_role(&self, role: &str) -> Result<bool> {
+        use sha2::Digest;
+        let mut held = self.leaders.lock().await;
+        if let Some(conn) = held.get_mut(role) {
+            // The lock lives as long as the session: a live connection
+            // still holds it.
+            match sqlx::query("SELECT 1").execute(&mut *conn).await {
+                Ok(_) => return Ok(true),
+                Err(e) => {
+                    tracing::warn!(role, "lost the connection holding a fleet role: {e}");
+                    held.remove(role);
+                }
+            }
+        }
+        let digest = sha2::Sha256::digest(format!("toolhost.lead.{role}").as_bytes());
+        let key = i64::from_be_bytes(digest[..8].try_into().unwrap_or([0; 8]));
+        let mut conn = self.pool.acquire().await.map_err(db)?;
+        let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+            .bind(key)
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(db)?;
+        if got {
+            tracing::info!(role, "this host now leads");
+            held.insert(role.to_string(), conn.detach());
+        }
+        Ok(got)
+    }
+}
+
+const APPROVAL_COLUMNS: &str = "id, tenant, invocation_id, status, tool, function, version, workflow, task_id, args, args_redacted, args_sha256, rule, requester, created_ms, expires_ms, decided_by, decided_ms, reason, callback_url";
+
+fn approval_row(r: &PgRow) -> ApprovalRecord {
+    ApprovalRecord {
+        id: r.get(0),
+        tenant: r.get(1),
+        invocation_id: r.get(2),
+        status: r.get(3),
+        tool: r.get(4),
+        function: r.get(5),
+        version: r.get(6),
+        workflow: r.get(7),
+        task_id: r.get(8),
+        args: r.get(9),
+        args_redacted: r.get(10),
+        args_sha256: r.get(11),
+        rule: r.get(12),
+        requester: r.get(13),
+        created_ms: r.get(14),
+        expires_ms: r.get(15),
+        decided_by: r.get(16),
+        decided_ms: r.get(17),
+        reason: r.get(18),
+        callback_url: r.get(19),
+    }
+}
+
+fn entry(row: &PgRow) -> StoredEntry {
+    StoredEntry {
+        chain: row.get(0),
+        seq: row.get(1),
+        time_ms: row.get(2),
+        body: row.get(3),
+        prev_hash: row.get(4),
+        hash: row.get(5),
+    }
+}
+
+const VERSION_COLUMNS: &str =
+    "tenant, name, version, digest, docs, artifact, engine, functions, created_ms";
+
+fn tool_version_row(r: &PgRow) -> ToolVersion {
+    ToolVersion {
+        tenant: r.get(0),
+        name: r.get(1),
+        version: r.get(2),
+        digest: r.get(3),
+        docs: r.get(4),
+        artifact: r.get(5),
+        engine: r.get(6),
+        functions: serde_json::from_str(&r.get::<String, _>(7)).unwrap_or_default(),
+        created_ms: r.get(8),
+    }
+}
+
+fn tool_entry_row(r: &PgRow) -> ToolEntry {
+    ToolEntry {
+        tenant: r.get(0),
+        name: r.get(1),
+        current: r.get(2),
+        disabled: r.get(3),
+        updated_ms: r.get(4),
+    }
+}
+
+fn key_row(r: &PgRow) -> ApiKeyRecord {
+    let roles: String = r.get(2);
+    ApiKeyRecord {
+        id: r.get(0),
+        tenant: r.get(1),
+        roles: roles
+            .split(',')
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+            .collect(),
+        hash: r.get(3),
+        label: r.get(4),
+        created_ms: r.get(5),
+        revoked_ms: r.get(6),
+    }
+}
+
+const INVOCATION_COLUMNS: &str = "pos, id, tenant, tool, function, version, workflow, task_id, principal, status, error_kind, created_ms, response";
+
+fn invocation_row(r: &PgRow) -> (i64, InvocationRecord) {
+    (
+        r.get(0),
+        InvocationRecord {
+            id: r.get(1),
+            tenant: r.get(2),
+            tool: r.get(3),
+            function: r.get(4),
+            version: r.get(5),
+            workflow: r.get(6),
+            task_id: r.get(7),
+            principal: r.get(8),
+            status: r.get(9),
+            error_kind: r.get(10),
+            created_ms: r.get(11),
+            response: r.get(12),
+        },
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_recognised_and_redacted() {
+        assert!(is_url("postgres://u:p@h/db"));
+        assert!(is_url("postgresql://h/db"));
+        assert!(!is_url("/var/lib/toolhost"));
+        assert_eq!(
+            redact("postgres://user:secret@db.example:5432/th?sslmode=require"),
+            "postgres://user:***@db.example:5432/th?sslmode=require"
+        );
+        assert_eq!(
+            redact("postgres://db.example/th"),
+            "postgres://db.example/th"
+        );
+        assert!(!redact("postgres://u:p@ss@h/db").contains("p@ss"));
+    }
+}
