@@ -10,8 +10,22 @@
 # Needs: wrk (apt-get install wrk), wasmtime 48.x on PATH
 # (cargo install wasmtime-cli --version 48.0.8 --locked), curl.
 # Usage: benches/serve.sh [seconds per run, default 10]
+#
+# `benches/serve.sh --postgres [seconds]` instead compares one `host serve`
+# on PostgreSQL with one on SQLite (same machine, same generator, full gate,
+# durable commits: PostgreSQL's `synchronous_commit = on`) at c=1/16/64;
+# then three replicas on one database, all on one tenant vs one tenant
+# each (the cost of the hot rows: a tenant's chain head and day-budget
+# line); and the database work per invocation (transactions, WAL bytes).
+# Database: $TOOLHOST_BENCH_DATABASE_URL (a server URL; the script makes and
+# drops a database `toolhost_bench` on it), else scripts/pg-test-server.sh.
+# Needs wrk and psql.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+if [ "${1:-}" = "--postgres" ]; then
+  shift
+  exec benches/serve-postgres.sh "$@"
+fi
 secs=${1:-10}
 command -v wrk >/dev/null || { echo "wrk not found (apt-get install wrk)" >&2; exit 1; }
 command -v wasmtime >/dev/null || { echo "wasmtime not found (cargo install wasmtime-cli --version 48.0.8 --locked)" >&2; exit 1; }
