@@ -16,8 +16,15 @@ pg=$(db_url toolhost_bench)
 echo "==> PostgreSQL: $(psql -qAtX "$pg" -c 'SHOW server_version'), synchronous_commit=$(psql -qAtX "$pg" -c 'SHOW synchronous_commit'), fsync=$(psql -qAtX "$pg" -c 'SHOW fsync')"
 
 cargo build --quiet --release --target wasm32-wasip2 --manifest-path guest-examples/Cargo.toml
-cargo build --quiet --release --bin host
-host=target/release/host
+# TOOLHOST_BENCH_PROFILE=debug measures a debug build (indicative only: the
+# ratio between stores, not absolute figures).
+if [ "${TOOLHOST_BENCH_PROFILE:-release}" = debug ]; then
+  cargo build --quiet --bin host
+  host=target/debug/host
+else
+  cargo build --quiet --release --bin host
+  host=target/release/host
+fi
 tools=guest-examples/target/wasm32-wasip2/release
 work=target/bench-serve-pg
 rm -rf "$work"; mkdir -p "$work"
