@@ -22,8 +22,22 @@
 # `hello` over /mcp (2026-07-28, stateless, JSON answers) against POST /v1
 # invoke, same server, same generator (wrk, c=16), alternating, 3 runs
 # each; medians and their ratio (target >= 0.9). Needs only wrk and curl.
+#
+# `benches/serve.sh --postgres [seconds]` instead compares one `host serve`
+# on PostgreSQL with one on SQLite (same machine, same generator, full gate,
+# durable commits: PostgreSQL's `synchronous_commit = on`) at c=1/16/64;
+# then three replicas on one database, all on one tenant vs one tenant
+# each (the cost of the hot rows: a tenant's chain head and day-budget
+# line); and the database work per invocation (transactions, WAL bytes).
+# Database: $TOOLHOST_BENCH_DATABASE_URL (a server URL; the script makes and
+# drops a database `toolhost_bench` on it), else scripts/pg-test-server.sh.
+# Needs wrk and psql.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+if [ "${1:-}" = "--postgres" ]; then
+  shift
+  exec benches/serve-postgres.sh "$@"
+fi
 if [ "${1:-}" = observe ]; then
   shift
   exec "$(dirname "$0")/serve-observe.sh" "$@"

@@ -958,3 +958,38 @@ async fn postgres_a_newer_schema_refuses_an_older_host() {
     assert!(e.message.contains("cannot reach the database"), "{e}");
     assert!(!e.message.contains("secret"), "{e}");
 }
+
+/// TLS to the database (rustls): with `sslmode=require` every connection is
+/// encrypted when the server offers TLS, and refused when it does not.
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_tls_is_required_when_asked() {
+    use sqlx::Connection;
+    use toolhost::storage::postgres::{PostgresOptions, PostgresStorage};
+    let Some(url) = common::pg::fresh_database("conf-pg-tls").await else {
+        return;
+    };
+    let sep = if url.contains('?') { '&' } else { '?' };
+    let mut plain = sqlx::PgConnection::connect(&format!("{url}{sep}sslmode=disable"))
+        .await
+        .unwrap();
+    let offered: String = sqlx::query_scalar("SHOW ssl")
+        .fetch_one(&mut plain)
+        .await
+        .unwrap();
+    let mut options = PostgresOptions::new(&format!("{url}{sep}sslmode=require"));
+    options.connect_deadline = std::time::Duration::from_millis(500);
+    let opened = PostgresStorage::open(&options).await;
+    if offered == "on" {
+        let s = opened.unwrap();
+        let encrypted: bool =
+            sqlx::query_scalar("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+                .fetch_one(s.pool())
+                .await
+                .unwrap();
+        assert!(encrypted);
+        s.health().await.unwrap();
+    } else {
+        let e = opened.err().expect("no TLS, refused");
+        assert!(e.message.contains("cannot reach the database"), "{e}");
+    }
+}
