@@ -48,8 +48,12 @@ secs=${1:-10}
 command -v wrk >/dev/null || { echo "wrk not found (apt-get install wrk)" >&2; exit 1; }
 if [ "$mode" = mcp ]; then
   cargo build --quiet --release --target wasm32-wasip2 --manifest-path guest-examples/Cargo.toml
-  cargo build --quiet --release --bin host
-  host=target/release/host
+  # BENCH_PROFILE=debug: a quick look with the debug build (not for figures).
+  if [ "${BENCH_PROFILE:-release}" = debug ]; then
+    cargo build --quiet --bin host; host=target/debug/host
+  else
+    cargo build --quiet --release --bin host; host=target/release/host
+  fi
   work=target/bench-mcp
   rm -rf "$work"; mkdir -p "$work"
   data="$work/data"

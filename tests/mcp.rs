@@ -599,6 +599,7 @@ async fn http_guards_keys_origins_headers_and_versions() {
             .await
             .unwrap();
         assert_eq!(resp.status().as_u16(), 405, "{method}");
+        assert_eq!(resp.headers()["allow"], "POST");
     }
     server.stop();
 }

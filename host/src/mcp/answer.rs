@@ -256,3 +256,43 @@ fn content_block(v: &Value) -> Option<Content> {
     };
     serde_json::from_value(wire).ok()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_blocks_map_to_the_mcp_wire_form() {
+        let value = json!([
+            {"text": "hi"},
+            {"image": {"data": "AAEC", "mime-type": "image/png"}},
+            {"embedded-resource": {"uri": "test://r", "mime-type": null, "text": null, "blob": "AAEC"}},
+            {"resource-link": {"uri": "test://l", "name": "l", "description": null, "mime-type": "text/plain"}},
+        ]);
+        let blocks = content_blocks(&value).unwrap();
+        let wire = serde_json::to_value(&blocks).unwrap();
+        assert_eq!(wire[0], json!({"type": "text", "text": "hi"}));
+        assert_eq!(wire[1]["type"], "image");
+        assert_eq!(wire[1]["mimeType"], "image/png");
+        assert_eq!(wire[2]["resource"]["blob"], "AAEC");
+        assert!(wire[2]["resource"].get("mimeType").is_none());
+        assert_eq!(wire[3]["type"], "resource_link");
+        assert_eq!(wire[3]["mimeType"], "text/plain");
+        // The ok side of a result; an err is not content.
+        assert!(content_blocks(&json!({"ok": [{"text": "x"}]})).is_some());
+        assert!(content_blocks(&json!({"err": "no"})).is_none());
+        // Anything else falls back to JSON text.
+        assert!(content_blocks(&json!([{"video": {}}])).is_none());
+        assert!(content_blocks(&json!("text")).is_none());
+    }
+
+    #[test]
+    fn error_texts_start_with_the_kind_and_say_what_to_do() {
+        let t = error_text(&Error::new(
+            ErrorKind::BudgetExceeded,
+            "max_tool_calls: 3 used",
+        ));
+        assert!(t.starts_with("budget_exceeded: max_tool_calls"), "{t}");
+        assert!(t.contains("\nWhat to do: "), "{t}");
+    }
+}

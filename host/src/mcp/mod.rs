@@ -152,30 +152,9 @@ fn arguments(params: &CallToolRequestParams) -> Value {
     Value::Object(params.arguments.clone().unwrap_or_default())
 }
 
-/// A valid W3C `traceparent` (version 00 form: `00-<32 hex>-<16 hex>-<2
-/// hex>`, lowercase, trace and parent ids not all zero; a later version's
-/// value is read by its first four fields). Anything else is ignored, as
-/// W3C Trace Context requires.
-pub fn valid_traceparent(value: &str) -> bool {
-    let parts: Vec<&str> = value.split('-').collect();
-    if parts.len() < 4 {
-        return false;
-    }
-    let hex = |s: &str, n: usize| {
-        s.len() == n
-            && s.bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-    };
-    let (version, trace, parent, flags) = (parts[0], parts[1], parts[2], parts[3]);
-    if !hex(version, 2) || version == "ff" || !hex(trace, 32) || !hex(parent, 16) || !hex(flags, 2)
-    {
-        return false;
-    }
-    if version == "00" && parts.len() != 4 {
-        return false;
-    }
-    trace.bytes().any(|b| b != b'0') && parent.bytes().any(|b| b != b'0')
-}
+/// A valid W3C `traceparent`: the one check every transport uses (what
+/// fails it is ignored, as W3C Trace Context requires).
+pub use crate::observe::trace::valid_traceparent;
 
 /// A Toolhost `_meta` string (task id, workflow, idempotency key): absent,
 /// or a string that passes `check`.

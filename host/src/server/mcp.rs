@@ -150,6 +150,11 @@ async fn guard(State(app): State<Arc<App>>, request: Request, next: Next) -> Res
         return forbidden(refusal);
     }
     let mut response = next.run(request).await;
+    if response.status() == StatusCode::METHOD_NOT_ALLOWED {
+        response
+            .headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("POST"));
+    }
     if response.status() == StatusCode::UNAUTHORIZED {
         let url = format!(
             "{}/.well-known/oauth-protected-resource/mcp",
