@@ -10,10 +10,15 @@ if [ -z "${TOOLHOST_BENCH_DATABASE_URL:-}" ]; then
   TOOLHOST_BENCH_DATABASE_URL=$TOOLHOST_TEST_DATABASE_URL
 fi
 server=$TOOLHOST_BENCH_DATABASE_URL
-db_url() { echo "${server%/*}/$1"; }
+# The database is on this machine: by default Toolhost reaches it without
+# TLS over loopback, as a same-host deployment would over a Unix socket
+# (TLS on loopback costs ~25% here: TOOLHOST_BENCH_PG_SSLMODE=require
+# measures it).
+sslmode=${TOOLHOST_BENCH_PG_SSLMODE:-disable}
+db_url() { echo "${server%/*}/$1?sslmode=$sslmode"; }
 psql -qAtX "$server" -c "DROP DATABASE IF EXISTS toolhost_bench WITH (FORCE)" -c "CREATE DATABASE toolhost_bench"
 pg=$(db_url toolhost_bench)
-echo "==> PostgreSQL: $(psql -qAtX "$pg" -c 'SHOW server_version'), synchronous_commit=$(psql -qAtX "$pg" -c 'SHOW synchronous_commit'), fsync=$(psql -qAtX "$pg" -c 'SHOW fsync')"
+echo "==> PostgreSQL: $(psql -qAtX "$pg" -c 'SHOW server_version'), sslmode=$sslmode, synchronous_commit=$(psql -qAtX "$pg" -c 'SHOW synchronous_commit'), fsync=$(psql -qAtX "$pg" -c 'SHOW fsync')"
 
 cargo build --quiet --release --target wasm32-wasip2 --manifest-path guest-examples/Cargo.toml
 # TOOLHOST_BENCH_PROFILE=debug measures a debug build (indicative only: the

@@ -143,6 +143,68 @@ async fn admissions_are_each_all_or_nothing_under_concurrency() {
     }
 }
 
+/// What an admission reserves is decided by the shared rule on every
+/// backend: a worst case naming a line twice reserves (and is checked
+/// against) the sum; the same new invocation id admitted twice at once is
+/// admitted once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_line_named_twice_reserves_the_sum_and_an_id_is_admitted_once() {
+    for (name, s, _) in backends("conf-twice").await {
+        let twice = |id: &str, a: i64, b: i64| Admit {
+            run: run(id, "hst_a", 1000),
+            worst: vec![line("fuel", a, Some(10)), line("fuel", b, Some(10))],
+            existing: false,
+        };
+        match s.invocation_admit(twice("inv_big", 6, 6)).await.unwrap() {
+            Err(Refused::Exceeded(e)) => {
+                assert_eq!((e.limit, e.requested), (10, 12), "{name}");
+            }
+            other => panic!("{name}: 6 + 6 on one line passes 10: {other:?}"),
+        }
+        assert_eq!(reserved(&s, "fuel").await, (0, 0), "{name}");
+        assert_eq!(
+            s.invocation_admit(twice("inv_fits", 4, 5)).await.unwrap(),
+            Ok(()),
+            "{name}"
+        );
+        assert_eq!(reserved(&s, "fuel").await, (0, 9), "{name}");
+
+        let mut tasks = Vec::new();
+        for _ in 0..8 {
+            let s = s.clone();
+            tasks.push(tokio::spawn(async move {
+                s.invocation_admit(Admit {
+                    run: run("inv_same", "hst_a", 1000),
+                    worst: vec![line("tool_calls", 1, Some(100))],
+                    existing: false,
+                })
+                .await
+                .unwrap()
+            }));
+        }
+        let mut answers = Vec::new();
+        for t in tasks {
+            answers.push(t.await.unwrap());
+        }
+        assert_eq!(
+            answers.iter().filter(|a| a.is_ok()).count(),
+            1,
+            "{name}: {answers:?}"
+        );
+        assert!(
+            answers
+                .iter()
+                .all(|a| matches!(a, Ok(()) | Err(Refused::Taken))),
+            "{name}: {answers:?}"
+        );
+        assert_eq!(
+            reserved(&s, "tool_calls").await,
+            (0, 1),
+            "{name}: only the admitted one reserved"
+        );
+    }
+}
+
 /// Ending settles by the row's own charges: its reservation released, what
 /// it used charged; a lost one is charged its worst case.
 #[tokio::test(flavor = "multi_thread")]

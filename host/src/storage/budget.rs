@@ -67,6 +67,24 @@ pub fn exceeds(charge: &Charge, used: i64, reserved: i64) -> Option<Exceeded> {
     })
 }
 
+/// What an admission reserves: the limited lines of its worst case, each
+/// once (a worst case naming a line twice reserves the sum, against the
+/// last limit named), in line order.
+pub fn reservations(worst: &[Charge]) -> Vec<Charge> {
+    let mut lines: std::collections::BTreeMap<(&str, &str, &str), Charge> =
+        std::collections::BTreeMap::new();
+    for c in worst.iter().filter(|c| c.limit.is_some()) {
+        lines
+            .entry((&c.scope, &c.window, &c.metric))
+            .and_modify(|m| {
+                m.amount = m.amount.saturating_add(c.amount);
+                m.limit = c.limit;
+            })
+            .or_insert_with(|| c.clone());
+    }
+    lines.into_values().collect()
+}
+
 /// The net change per ledger line of releasing `release` and recording
 /// `charge`: `(used += u, reserved -= r)`, lines with no change left out.
 pub fn settlement<'a>(

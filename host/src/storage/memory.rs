@@ -794,13 +794,14 @@ impl InvocationStore for MemoryStorage {
                         && r.owner.as_deref() == Some(admit.run.owner.as_str()) => {}
                 Some(_) => return Err(Refused::Taken),
             }
-            for c in &admit.worst {
+            let lines = reservations(&admit.worst);
+            for c in &lines {
                 let (used, reserved) = inner.budget.get(&key(c)).copied().unwrap_or((0, 0));
                 if let Some(e) = exceeds(c, used, reserved) {
                     return Err(Refused::Exceeded(e));
                 }
             }
-            for c in admit.worst.iter().filter(|c| c.limit.is_some()) {
+            for c in &lines {
                 inner.budget.entry(key(c)).or_default().1 += c.amount;
             }
             if inner.row(&admit.run.id).is_none() {

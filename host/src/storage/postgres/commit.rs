@@ -15,101 +15,98 @@ use crate::error::Result;
 use crate::storage::{
     Admit, Charge, Decision, End, IdempotencyBegin, KeyBegin, KeyRow, NewEntry, NewRun, Notary,
     Refused, RowState, Signed, StoredEntry, Work, check, decide, end_charges, exceeds, may_decide,
-    settlement,
+    reservations, settlement,
 };
 use sqlx::{PgConnection, Row};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use tokio::sync::oneshot;
 
 /// The answers to a list of units of work.
 pub(super) type Committed = Vec<Result<Vec<StoredEntry>>>;
 
-/// Units of work waiting for the committer.
-pub(super) struct Pending {
-    works: Vec<Work>,
-    notary: Arc<Notary>,
-    done: oneshot::Sender<Result<Committed>>,
-}
+/// Units of work waiting for the committer, with the notary that signs
+/// their chains' heads.
+pub(super) type Pending = (Vec<Work>, Arc<Notary>);
 
 /// Most audit entries committed in one transaction.
 const MAX_ENTRIES: usize = 2048;
 
+/// Most admissions decided in one transaction.
+const MAX_ADMITS: usize = 512;
+
 impl PostgresStorage {
-    /// Commit units of work: queue them, and take the committer's turn;
-    /// whoever holds it commits everything queued (with the same notary) as
-    /// one transaction, so concurrent invocations share commits.
+    /// Commit units of work (with the notary that signs their chains'
+    /// heads), batched with whatever else is queued: a batch is every unit
+    /// of work queued with the same notary, up to [`MAX_ENTRIES`] audit
+    /// entries, committed by [`commit_in`] as one transaction with the
+    /// server's durability.
     pub(super) async fn commit_works(
         &self,
         works: Vec<Work>,
         notary: Arc<Notary>,
     ) -> Result<Committed> {
-        let (done, mut wait) = oneshot::channel();
-        self.queue
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(Pending {
-                works,
-                notary,
-                done,
-            });
-        loop {
-            let turn = self.turn.lock().await;
-            match wait.try_recv() {
-                Ok(answer) => return answer,
-                Err(oneshot::error::TryRecvError::Closed) => {
-                    return Err(crate::Error::internal("the audit commit was abandoned"));
+        let take = |q: &[Pending]| {
+            let mut count = 0;
+            for (i, (works, notary)) in q.iter().enumerate() {
+                let n: usize = works.iter().map(|w| w.entries.len()).sum();
+                if i > 0 && (count + n > MAX_ENTRIES || !Arc::ptr_eq(notary, &q[0].1)) {
+                    return i;
                 }
-                Err(oneshot::error::TryRecvError::Empty) => {}
+                count += n;
             }
-            let batch: Vec<Pending> = {
-                let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
-                let mut take = 0;
-                let mut count = 0;
-                for p in q.iter() {
-                    let n: usize = p.works.iter().map(|w| w.entries.len()).sum();
-                    if take > 0
-                        && (count + n > MAX_ENTRIES || !Arc::ptr_eq(&p.notary, &q[0].notary))
-                    {
-                        break;
-                    }
-                    count += n;
-                    take += 1;
-                }
-                q.drain(..take).collect()
-            };
-            if batch.is_empty() {
-                drop(turn);
-                continue;
-            }
-            let notary = batch[0].notary.clone();
-            let mut works = Vec::new();
-            let mut sizes = Vec::with_capacity(batch.len());
-            let mut waiters = Vec::with_capacity(batch.len());
-            for p in batch {
-                sizes.push(p.works.len());
-                works.extend(p.works);
-                waiters.push(p.done);
-            }
-            let answered = transact!(self, true, |tx| (
-                commit_in(&mut tx, &works, &notary).await?,
-                true
-            ));
-            drop(turn);
-            match answered {
-                Ok(answers) => {
-                    let mut answers = answers.into_iter();
-                    for (n, done) in sizes.into_iter().zip(waiters) {
-                        let _ = done.send(Ok(answers.by_ref().take(n).collect()));
-                    }
-                }
-                Err(e) => {
-                    for done in waiters {
-                        let _ = done.send(Err(e.clone()));
+            q.len()
+        };
+        let commit = |batch: Vec<Pending>| -> crate::BoxFuture<'_, Result<Vec<Committed>>> {
+            Box::pin(async move {
+                let notary = batch[0].1.clone();
+                let sizes: Vec<usize> = batch.iter().map(|(w, _)| w.len()).collect();
+                let works: Vec<Work> = batch.into_iter().flat_map(|(w, _)| w).collect();
+                let answers = transact!(self, true, |tx| (
+                    commit_in(&mut tx, &works, &notary).await?,
+                    true
+                ))?;
+                let mut answers = answers.into_iter();
+                Ok(sizes
+                    .into_iter()
+                    .map(|n| answers.by_ref().take(n).collect())
+                    .collect())
+            })
+        };
+        self.works.submit((works, notary), take, commit).await
+    }
+
+    /// Admit, batched with whatever else is queued: up to [`MAX_ADMITS`]
+    /// admissions decided by [`admit_in`] in one transaction (committed
+    /// without waiting for the WAL flush, see the module docs of
+    /// [`super`]), so they share its round trips and its locks on the hot
+    /// budget lines.
+    pub(super) async fn admit(&self, a: Admit) -> Result<std::result::Result<(), Refused>> {
+        type Answer = std::result::Result<(), Refused>;
+        let take = |q: &[Admit]| q.len().min(MAX_ADMITS);
+        let commit = |batch: Vec<Admit>| -> crate::BoxFuture<'_, Result<Vec<Answer>>> {
+            Box::pin(async move {
+                let mut taken = BTreeSet::new();
+                loop {
+                    let answer = transact!(self, false, |tx| {
+                        let out = admit_in(&mut tx, &batch, &taken).await?;
+                        let keep = matches!(out, Admitted::Answers(_));
+                        (out, keep)
+                    })?;
+                    match answer {
+                        Admitted::Answers(answers) => return Ok(answers),
+                        // Ids found taken when their rows were inserted
+                        // (never, with fresh ids): decide again without them.
+                        Admitted::Taken(ids) if !ids.is_subset(&taken) => taken.extend(ids),
+                        Admitted::Taken(_) => {
+                            return Err(crate::Error::internal(
+                                "an admission kept finding its invocation id taken",
+                            ));
+                        }
                     }
                 }
-            }
-        }
+            })
+        };
+        self.admits.submit(a, take, commit).await
     }
 }
 
@@ -374,8 +371,6 @@ pub(super) async fn commit_in(
     for d in &decisions {
         decide_in(tx, d).await?;
     }
-    upsert_records(tx, &records).await?;
-    settle(tx, &release, &charge).await?;
     let entries: Vec<NewEntry> = works
         .iter()
         .zip(&taken)
@@ -384,21 +379,7 @@ pub(super) async fn commit_in(
         .collect();
     let now = entries.last().map_or(0, |e| e.time_ms);
     let linked = link(&entries, &heads, registry.as_ref(), notary, now);
-    if !linked.entries.is_empty() {
-        let e = &linked.entries;
-        sqlx::query(
-            "INSERT INTO audit_entries (chain, seq, time_ms, body, prev_hash, hash)
-             SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::bigint[], $4::text[], $5::text[], $6::text[])",
-        )
-        .bind(e.iter().map(|x| x.chain.clone()).collect::<Vec<_>>())
-        .bind(e.iter().map(|x| x.seq).collect::<Vec<_>>())
-        .bind(e.iter().map(|x| x.time_ms).collect::<Vec<_>>())
-        .bind(e.iter().map(|x| x.body.clone()).collect::<Vec<_>>())
-        .bind(e.iter().map(|x| x.prev_hash.clone()).collect::<Vec<_>>())
-        .bind(e.iter().map(|x| x.hash.clone()).collect::<Vec<_>>())
-        .execute(&mut *tx)
-        .await?;
-    }
+    write_batch(tx, &records, &release, &charge, &linked, now).await?;
     for c in &linked.checkpoints {
         sqlx::query(
             "INSERT INTO audit_checkpoints (chain, seq, hash, time_ms, signature, kind, statement)
@@ -411,27 +392,6 @@ pub(super) async fn commit_in(
         .bind(&c.signature)
         .bind(&c.kind)
         .bind(&c.statement)
-        .execute(&mut *tx)
-        .await?;
-    }
-    if !linked.heads.is_empty() {
-        let h = &linked.heads;
-        sqlx::query(
-            "INSERT INTO audit_heads (chain, seq, hash, signed_seq, signed_hash, signed_time_ms, signature,
-                                      signed_statement)
-             SELECT c, s, h, s, h, $4, sig, st
-             FROM UNNEST($1::text[], $2::bigint[], $3::text[], $5::text[], $6::text[]) AS x(c, s, h, sig, st)
-             ON CONFLICT (chain) DO UPDATE SET seq = excluded.seq, hash = excluded.hash,
-               signed_seq = excluded.signed_seq, signed_hash = excluded.signed_hash,
-               signed_time_ms = excluded.signed_time_ms, signature = excluded.signature,
-               signed_statement = excluded.signed_statement",
-        )
-        .bind(h.iter().map(|x| x.0.clone()).collect::<Vec<_>>())
-        .bind(h.iter().map(|x| x.1.seq).collect::<Vec<_>>())
-        .bind(h.iter().map(|x| x.1.hash.clone()).collect::<Vec<_>>())
-        .bind(now)
-        .bind(h.iter().map(|x| x.2.signature.clone()).collect::<Vec<_>>())
-        .bind(h.iter().map(|x| x.2.statement.clone()).collect::<Vec<_>>())
         .execute(&mut *tx)
         .await?;
     }
@@ -552,13 +512,23 @@ async fn decide_in(tx: &mut PgConnection, d: &Decision) -> std::result::Result<(
     Ok(())
 }
 
-/// Write the records of the ends the batch accepted (one per row: the
-/// last).
-async fn upsert_records(
+/// A batch's common writes as one statement (one round trip, whatever the
+/// batch holds): the records of the ends it accepted (one per row: the
+/// last), the settlement of their budget lines (locked in line order), the
+/// linked audit entries and the chains' new signed heads. Each part is a
+/// no-op when its arrays are empty.
+async fn write_batch(
     tx: &mut PgConnection,
     ends: &BTreeMap<String, &End>,
+    release: &[Charge],
+    charge: &[Charge],
+    linked: &crate::audit::link::Linked,
+    now: i64,
 ) -> std::result::Result<(), sqlx::Error> {
-    if ends.is_empty() {
+    let lines = settlement(release, charge);
+    let e = &linked.entries;
+    let h = &linked.heads;
+    if ends.is_empty() && lines.is_empty() && e.is_empty() && h.is_empty() {
         return Ok(());
     }
     let r: Vec<&crate::storage::InvocationRecord> = ends.values().map(|e| &e.record).collect();
@@ -568,14 +538,42 @@ async fn upsert_records(
     let o = |f: fn(&crate::storage::InvocationRecord) -> &Option<String>| -> Vec<Option<String>> {
         r.iter().map(|x| f(x).clone()).collect()
     };
+    let mut k: (Vec<&str>, Vec<&str>, Vec<&str>, Vec<i64>, Vec<i64>) = Default::default();
+    for ((scope, window, metric), (u, released)) in lines {
+        k.0.push(scope);
+        k.1.push(window);
+        k.2.push(metric);
+        k.3.push(u);
+        k.4.push(-released);
+    }
     sqlx::query(
-        "INSERT INTO invocations (id, tenant, tool, function, version, workflow, task_id, principal,
-                                  status, error_kind, created_ms, response, record_version)
-         SELECT *, $13 FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
-                                   $7::text[], $8::text[], $9::text[], $10::text[], $11::bigint[], $12::text[])
-         ON CONFLICT (id) DO UPDATE SET version = excluded.version, status = excluded.status,
-           error_kind = excluded.error_kind, response = excluded.response,
-           record_version = excluded.record_version, owner = NULL, lease_until = NULL, worst = NULL",
+        "WITH records AS (
+           INSERT INTO invocations (id, tenant, tool, function, version, workflow, task_id, principal,
+                                    status, error_kind, created_ms, response, record_version)
+           SELECT *, $13 FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+                                     $7::text[], $8::text[], $9::text[], $10::text[], $11::bigint[], $12::text[])
+           ON CONFLICT (id) DO UPDATE SET version = excluded.version, status = excluded.status,
+             error_kind = excluded.error_kind, response = excluded.response,
+             record_version = excluded.record_version, owner = NULL, lease_until = NULL, worst = NULL
+         ), lines AS (
+           INSERT INTO budget AS b (scope, win, metric, used, reserved)
+           SELECT * FROM UNNEST($14::text[], $15::text[], $16::text[], $17::bigint[], $18::bigint[])
+             AS x(s, w, m, u, r)
+           ORDER BY s COLLATE \"C\", w COLLATE \"C\", m COLLATE \"C\"
+           ON CONFLICT (scope, win, metric) DO UPDATE
+           SET used = b.used + excluded.used, reserved = greatest(0, b.reserved + excluded.reserved)
+         ), entries AS (
+           INSERT INTO audit_entries (chain, seq, time_ms, body, prev_hash, hash)
+           SELECT * FROM UNNEST($19::text[], $20::bigint[], $21::bigint[], $22::text[], $23::text[], $24::text[])
+         )
+         INSERT INTO audit_heads (chain, seq, hash, signed_seq, signed_hash, signed_time_ms, signature,
+                                  signed_statement)
+         SELECT c, s, h, s, h, $25, sig, st
+         FROM UNNEST($26::text[], $27::bigint[], $28::text[], $29::text[], $30::text[]) AS x(c, s, h, sig, st)
+         ON CONFLICT (chain) DO UPDATE SET seq = excluded.seq, hash = excluded.hash,
+           signed_seq = excluded.signed_seq, signed_hash = excluded.signed_hash,
+           signed_time_ms = excluded.signed_time_ms, signature = excluded.signature,
+           signed_statement = excluded.signed_statement",
     )
     .bind(s(|x| &x.id))
     .bind(s(|x| &x.tenant))
@@ -590,6 +588,23 @@ async fn upsert_records(
     .bind(r.iter().map(|x| x.created_ms).collect::<Vec<_>>())
     .bind(s(|x| &x.response))
     .bind(i32::try_from(crate::record::RECORD_VERSION).unwrap_or(i32::MAX))
+    .bind(k.0)
+    .bind(k.1)
+    .bind(k.2)
+    .bind(k.3)
+    .bind(k.4)
+    .bind(e.iter().map(|x| x.chain.as_str()).collect::<Vec<_>>())
+    .bind(e.iter().map(|x| x.seq).collect::<Vec<_>>())
+    .bind(e.iter().map(|x| x.time_ms).collect::<Vec<_>>())
+    .bind(e.iter().map(|x| x.body.as_str()).collect::<Vec<_>>())
+    .bind(e.iter().map(|x| x.prev_hash.as_str()).collect::<Vec<_>>())
+    .bind(e.iter().map(|x| x.hash.as_str()).collect::<Vec<_>>())
+    .bind(now)
+    .bind(h.iter().map(|x| x.0.as_str()).collect::<Vec<_>>())
+    .bind(h.iter().map(|x| x.1.seq).collect::<Vec<_>>())
+    .bind(h.iter().map(|x| x.1.hash.as_str()).collect::<Vec<_>>())
+    .bind(h.iter().map(|x| x.2.signature.as_str()).collect::<Vec<_>>())
+    .bind(h.iter().map(|x| x.2.statement.as_str()).collect::<Vec<_>>())
     .execute(&mut *tx)
     .await?;
     Ok(())
@@ -667,105 +682,219 @@ pub(super) async fn settle(
     Ok(())
 }
 
-/// Admission in the caller's transaction: the row must be new (or this
-/// owner's unadmitted one); each limited line of the worst case is
-/// reserved by a conditional update, in line order. Returns the answer and
-/// whether to commit (a refusal rolls back what it reserved).
+/// What deciding a batch of admissions came to.
+pub(super) enum Admitted {
+    /// Each admission's answer, in order (commit).
+    Answers(Vec<std::result::Result<(), Refused>>),
+    /// These new rows' ids were found taken when inserted (roll back, and
+    /// decide again with them refused).
+    Taken(BTreeSet<String>),
+}
+
+/// A budget line's key.
+type Line = (String, String, String);
+
+/// A batch of admissions in the caller's transaction, decided in order,
+/// each seeing the reservations of those admitted before it:
+///
+/// 1. the rows written before admission (`existing`) locked `FOR UPDATE`
+///    in id order (as a batch of units of work locks them): each must still
+///    be this owner's unadmitted running row;
+/// 2. every limited line any of them reserves locked in line order by one
+///    upsert that creates the missing ones (empty) and returns the rest's
+///    `used` and `reserved`;
+/// 3. each admission decided in memory by the shared rules
+///    ([`reservations`], [`exceeds`]): all of its lines fit, or it is
+///    refused and reserves nothing;
+/// 4. the lines' new reservations and the admitted rows written by one
+///    statement.
+///
+/// Ids in `taken` are refused as [`Refused::Taken`] without a look.
 pub(super) async fn admit_in(
     tx: &mut PgConnection,
-    a: &Admit,
-) -> std::result::Result<(std::result::Result<(), Refused>, bool), sqlx::Error> {
-    // A row written before admission (its key's, or its approval's) must
-    // still be this owner's unadmitted one; a new row's id must be free
-    // (checked when it is inserted, below).
-    if a.existing {
-        let existing =
-            sqlx::query("SELECT status, owner, admitted FROM invocations WHERE id = $1 FOR UPDATE")
-                .bind(&a.run.id)
-                .fetch_optional(&mut *tx)
-                .await?;
-        let mine = existing.is_some_and(|r| {
-            r.get::<String, _>(0) == "running"
-                && !r.get::<bool, _>(2)
-                && r.get::<Option<String>, _>(1).as_deref() == Some(&a.run.owner)
-        });
-        if !mine {
-            return Ok((Err(Refused::Taken), false));
+    admits: &[Admit],
+    taken: &BTreeSet<String>,
+) -> std::result::Result<Admitted, sqlx::Error> {
+    // 1. Rows written before admission.
+    let existing: Vec<&str> = admits
+        .iter()
+        .filter(|a| a.existing)
+        .map(|a| a.run.id.as_str())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let mut rows: BTreeMap<String, (String, Option<String>, bool)> = BTreeMap::new();
+    if !existing.is_empty() {
+        for r in sqlx::query(
+            "SELECT id, status, owner, admitted FROM invocations WHERE id = ANY($1) ORDER BY id FOR UPDATE",
+        )
+        .bind(&existing)
+        .fetch_all(&mut *tx)
+        .await?
+        {
+            rows.insert(r.get(0), (r.get(1), r.get(2), r.get(3)));
         }
     }
-    let mut lines: Vec<&Charge> = a.worst.iter().filter(|c| c.limit.is_some()).collect();
-    lines.sort_by(|x, y| (&x.scope, &x.window, &x.metric).cmp(&(&y.scope, &y.window, &y.metric)));
-    // One line per key (a worst case naming a line twice reserves the sum).
-    let mut merged: Vec<Charge> = Vec::with_capacity(lines.len());
-    for c in lines {
-        match merged.last_mut() {
-            Some(m)
-                if (m.scope.as_str(), m.window.as_str(), m.metric.as_str())
-                    == (c.scope.as_str(), c.window.as_str(), c.metric.as_str()) =>
-            {
-                m.amount = m.amount.saturating_add(c.amount);
-                m.limit = c.limit;
-            }
-            _ => merged.push(c.clone()),
-        }
+
+    // 2. The lines, locked in line order (the order `settle` locks them).
+    let wanted: Vec<Vec<Charge>> = admits.iter().map(|a| reservations(&a.worst)).collect();
+    let mut limits: BTreeMap<Line, Option<i64>> = BTreeMap::new();
+    for c in wanted.iter().flatten() {
+        limits.insert(
+            (c.scope.clone(), c.window.clone(), c.metric.clone()),
+            c.limit,
+        );
     }
-    for c in &merged {
-        // The limit check and the reservation in one statement: a new line
-        // is written only if the amount fits its limit; an existing one is
-        // locked and updated only if `used + reserved + amount <= limit`
-        // on its latest version (a concurrent reservation is waited for,
-        // then the condition re-checked). No row back: refused.
-        let reserved = sqlx::query(
+    let mut lines: BTreeMap<Line, (i64, i64)> = BTreeMap::new();
+    if !limits.is_empty() {
+        let mut k: (Vec<&str>, Vec<&str>, Vec<&str>, Vec<Option<i64>>) = Default::default();
+        for ((scope, window, metric), limit) in &limits {
+            k.0.push(scope);
+            k.1.push(window);
+            k.2.push(metric);
+            k.3.push(*limit);
+        }
+        for r in sqlx::query(
             "INSERT INTO budget AS b (scope, win, metric, used, reserved, lim)
-             SELECT $1, $2, $3, 0, $4, $5 WHERE $4 <= $5
-             ON CONFLICT (scope, win, metric) DO UPDATE
-             SET reserved = b.reserved + excluded.reserved, lim = excluded.lim
-             WHERE b.used + b.reserved + excluded.reserved <= excluded.lim
-             RETURNING 1",
+             SELECT s, w, m, 0, 0, l FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bigint[])
+               AS x(s, w, m, l)
+             ORDER BY s COLLATE \"C\", w COLLATE \"C\", m COLLATE \"C\"
+             ON CONFLICT (scope, win, metric) DO UPDATE SET lim = excluded.lim
+             RETURNING scope, win, metric, used, reserved",
         )
-        .bind(&c.scope)
-        .bind(&c.window)
-        .bind(&c.metric)
-        .bind(c.amount)
-        .bind(c.limit)
-        .fetch_optional(&mut *tx)
-        .await?;
-        if reserved.is_none() {
-            let r = sqlx::query(
-                "SELECT used, reserved FROM budget WHERE scope = $1 AND win = $2 AND metric = $3",
-            )
-            .bind(&c.scope)
-            .bind(&c.window)
-            .bind(&c.metric)
-            .fetch_optional(&mut *tx)
-            .await?;
-            let (used, held): (i64, i64) = r.map_or((0, 0), |r| (r.get(0), r.get(1)));
-            let refusal = exceeds(c, used, held).unwrap_or(crate::storage::Exceeded {
-                scope: c.scope.clone(),
-                window: c.window.clone(),
-                metric: c.metric.clone(),
-                limit: c.limit.unwrap_or(0),
-                used,
-                reserved: held,
-                requested: c.amount,
-            });
-            return Ok((Err(Refused::Exceeded(refusal)), false));
+        .bind(k.0)
+        .bind(k.1)
+        .bind(k.2)
+        .bind(k.3)
+        .fetch_all(&mut *tx)
+        .await?
+        {
+            lines.insert((r.get(0), r.get(1), r.get(2)), (r.get(3), r.get(4)));
         }
     }
-    let worst = serde_json::to_string(&a.worst).unwrap_or_default();
-    if a.existing {
-        sqlx::query(
-            "UPDATE invocations SET admitted = true, worst = $1, lease_until = $2 WHERE id = $3",
-        )
-        .bind(worst)
-        .bind(a.run.lease_until)
-        .bind(&a.run.id)
-        .execute(&mut *tx)
-        .await?;
-    } else if !insert_running(tx, &a.run, true, Some(&worst)).await? {
-        return Ok((Err(Refused::Taken), false));
+    let before = lines.clone();
+
+    // 3. Decide, in order.
+    let mut answers = Vec::with_capacity(admits.len());
+    let mut fresh_ids: BTreeSet<&str> = BTreeSet::new();
+    for (a, want) in admits.iter().zip(&wanted) {
+        let mine = !taken.contains(&a.run.id)
+            && (a.existing || fresh_ids.insert(&a.run.id))
+            && (!a.existing
+                || rows
+                    .get(&a.run.id)
+                    .is_some_and(|(status, owner, admitted)| {
+                        status == "running" && !admitted && owner.as_deref() == Some(&a.run.owner)
+                    }));
+        if !mine {
+            answers.push(Err(Refused::Taken));
+            continue;
+        }
+        let refusal = want.iter().find_map(|c| {
+            let key = (c.scope.clone(), c.window.clone(), c.metric.clone());
+            let (used, held) = lines.get(&key).copied().unwrap_or((0, 0));
+            exceeds(c, used, held)
+        });
+        if let Some(e) = refusal {
+            answers.push(Err(Refused::Exceeded(e)));
+            continue;
+        }
+        for c in want {
+            let line = lines
+                .entry((c.scope.clone(), c.window.clone(), c.metric.clone()))
+                .or_default();
+            line.1 = line.1.saturating_add(c.amount);
+        }
+        if a.existing {
+            // Admitted once: a second admission of the same row is not.
+            if let Some(row) = rows.get_mut(&a.run.id) {
+                row.2 = true;
+            }
+        }
+        answers.push(Ok(()));
     }
-    Ok((Ok(()), true))
+
+    // 4. Write: the reservations, the new rows, the existing rows.
+    let mut r: (Vec<&str>, Vec<&str>, Vec<&str>, Vec<i64>) = Default::default();
+    for (key, (_, reserved)) in &lines {
+        if before.get(key).map(|b| b.1) != Some(*reserved) {
+            r.0.push(&key.0);
+            r.1.push(&key.1);
+            r.2.push(&key.2);
+            r.3.push(*reserved);
+        }
+    }
+    let admitted: Vec<&Admit> = admits
+        .iter()
+        .zip(&answers)
+        .filter(|(_, ok)| ok.is_ok())
+        .map(|(a, _)| a)
+        .collect();
+    let fresh: Vec<&Admit> = admitted.iter().copied().filter(|a| !a.existing).collect();
+    let old: Vec<&Admit> = admitted.iter().copied().filter(|a| a.existing).collect();
+    let worst = |a: &Admit| serde_json::to_string(&a.worst).unwrap_or_default();
+    let s = |f: fn(&NewRun) -> &String, v: &[&Admit]| -> Vec<String> {
+        v.iter().map(|a| f(&a.run).clone()).collect()
+    };
+    let o = |f: fn(&NewRun) -> &Option<String>, v: &[&Admit]| -> Vec<Option<String>> {
+        v.iter().map(|a| f(&a.run).clone()).collect()
+    };
+    let inserted: Vec<String> = sqlx::query_scalar(
+        "WITH lines AS (
+           UPDATE budget b SET reserved = x.r
+           FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bigint[]) AS x(s, w, m, r)
+           WHERE b.scope = x.s AND b.win = x.w AND b.metric = x.m
+         ), old AS (
+           UPDATE invocations i SET admitted = true, worst = x.w, lease_until = x.l
+           FROM UNNEST($5::text[], $6::text[], $7::bigint[]) AS x(id, w, l)
+           WHERE i.id = x.id
+         )
+         INSERT INTO invocations (id, tenant, tool, function, version, workflow, task_id, principal,
+                                  status, created_ms, response, owner, lease_until, admitted, worst,
+                                  transport, idempotency_key, record_version)
+         SELECT id, te, tl, f, v, wf, t, p, 'running', c, '{}', ow, l, true, w, tr, k, $22
+         FROM UNNEST($8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[],
+                     $14::text[], $15::text[], $16::bigint[], $17::text[], $18::bigint[], $19::text[],
+                     $20::text[], $21::text[])
+           AS x(id, te, tl, f, v, wf, t, p, c, ow, l, w, tr, k)
+         ON CONFLICT (id) DO NOTHING
+         RETURNING id",
+    )
+    .bind(r.0)
+    .bind(r.1)
+    .bind(r.2)
+    .bind(r.3)
+    .bind(s(|r| &r.id, &old))
+    .bind(old.iter().map(|a| worst(a)).collect::<Vec<_>>())
+    .bind(old.iter().map(|a| a.run.lease_until).collect::<Vec<_>>())
+    .bind(s(|r| &r.id, &fresh))
+    .bind(s(|r| &r.tenant, &fresh))
+    .bind(s(|r| &r.tool, &fresh))
+    .bind(s(|r| &r.function, &fresh))
+    .bind(o(|r| &r.version, &fresh))
+    .bind(o(|r| &r.workflow, &fresh))
+    .bind(o(|r| &r.task_id, &fresh))
+    .bind(o(|r| &r.principal, &fresh))
+    .bind(fresh.iter().map(|a| a.run.created_ms).collect::<Vec<_>>())
+    .bind(s(|r| &r.owner, &fresh))
+    .bind(fresh.iter().map(|a| a.run.lease_until).collect::<Vec<_>>())
+    .bind(fresh.iter().map(|a| worst(a)).collect::<Vec<_>>())
+    .bind(s(|r| &r.transport, &fresh))
+    .bind(o(|r| &r.idempotency_key, &fresh))
+    .bind(i32::try_from(crate::record::RECORD_VERSION).unwrap_or(i32::MAX))
+    .fetch_all(&mut *tx)
+    .await?;
+    if inserted.len() < fresh.len() {
+        let inserted: BTreeSet<&str> = inserted.iter().map(String::as_str).collect();
+        return Ok(Admitted::Taken(
+            fresh
+                .iter()
+                .filter(|a| !inserted.contains(a.run.id.as_str()))
+                .map(|a| a.run.id.clone())
+                .collect(),
+        ));
+    }
+    Ok(Admitted::Answers(answers))
 }
 
 /// Write a new running row; false if the id is taken.
@@ -870,10 +999,6 @@ pub(super) async fn idempotency_begin_in(
 }
 
 impl PostgresStorage {
-    pub(super) async fn admit(&self, a: Admit) -> Result<std::result::Result<(), Refused>> {
-        transact!(self, false, |tx| admit_in(&mut tx, &a).await?)
-    }
-
     pub(super) async fn idempotency_begin_tx(&self, b: KeyBegin) -> Result<IdempotencyBegin> {
         for _ in 0..super::ATTEMPTS {
             if let Some(answer) =

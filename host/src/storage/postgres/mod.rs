@@ -5,22 +5,25 @@
 //! [`settlement`], [`end_charges`], [`crate::audit::link`]).
 //!
 //! How it stays correct across processes (READ COMMITTED throughout):
-//! * **Budgets**: a reservation is one conditional `UPDATE … SET reserved =
-//!   reserved + x WHERE used + reserved + x <= limit` per limited line
-//!   (lines in sorted order, in the transaction that writes the running
-//!   row); zero rows updated is a refusal, and the transaction is rolled
-//!   back whole. No application lock.
+//! * **Budgets**: a batch of admissions locks every line it reserves, in
+//!   line order, with one upsert that returns their `used` and `reserved`;
+//!   decides each admission against them in memory with the shared rule
+//!   ([`exceeds`]); and writes the new reservations in the same
+//!   transaction. The row locks, not an application lock, are what make
+//!   it hold across replicas: a line is never read by one admitter while
+//!   another has reserved on it without committing.
 //! * **Audit chains**: a commit locks the touched chains' head rows `FOR
 //!   UPDATE` in one statement, in chain order (and the registry row when a
 //!   chain is new), so appends to one chain serialise and chains of
 //!   different tenants do not wait on each other; `PRIMARY KEY (chain,
 //!   seq)` is the backstop. Deadlocks, serialization failures and a lost
 //!   race to create a chain are retried.
-//! * **Group commit**: this process's units of work are committed by one
-//!   committer at a time; whatever queued meanwhile is the next batch (one
-//!   transaction, a handful of statements whatever its size, one WAL
-//!   flush). Admissions and idempotency keys commit with `synchronous_commit
-//!   = off` (the same promise as SQLite's: a crash of the database loses
+//! * **Group commit** ([`group`]): this process's units of work are
+//!   committed by one committer at a time, and its admissions decided by
+//!   one admitter at a time; whatever queued meanwhile is the next batch
+//!   (one transaction, a handful of statements whatever its size, one WAL
+//!   flush, the hot budget lines locked once for all of it). Admissions
+//!   and idempotency keys commit with `synchronous_commit = off` (the same promise as SQLite's: a crash of the database loses
 //!   them only together with everything after them, and the reaper ends
 //!   what a lost host left); units of work with the server's setting (on).
 //! * **Migrations** are versioned (`toolhost_schema`), taken under an
@@ -37,6 +40,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 mod commit;
+mod group;
 mod stores;
 
 /// Schema migrations, in order; `toolhost_schema.version` records how many
@@ -222,6 +226,19 @@ const MIGRATION_LOCK: i64 = 0x746f_6f6c_686f_7374; // "toolhost"
 /// SQLSTATEs worth retrying the whole transaction for: serialization
 /// failure, deadlock, and a lost race to insert the same key (two hosts
 /// starting one chain).
+/// The connection broke (or the server closed it: restarted, shut down,
+/// or terminated the session) — whatever the transaction on it did was
+/// rolled back, unless its `COMMIT` had been sent.
+pub(super) fn lost(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_) | sqlx::Error::Tls(_) | sqlx::Error::Protocol(_) => true,
+        sqlx::Error::Database(d) => d
+            .code()
+            .is_some_and(|c| c.starts_with("08") || c.starts_with("57P")),
+        _ => false,
+    }
+}
+
 pub(super) fn retryable(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(d) if matches!(d.code().as_deref(), Some("40001" | "40P01" | "23505")))
 }
@@ -310,9 +327,10 @@ pub fn redact(url: &str) -> String {
 /// PostgreSQL storage.
 pub struct PostgresStorage {
     pool: PgPool,
-    /// Units of work waiting for the committer, and the committer's turn.
-    queue: std::sync::Mutex<Vec<commit::Pending>>,
-    turn: tokio::sync::Mutex<()>,
+    /// Units of work waiting for the committer, admissions for the
+    /// admitter ([`group`]).
+    works: group::Group<commit::Pending, commit::Committed>,
+    admits: group::Group<Admit, std::result::Result<(), Refused>>,
     /// Fleet roles this process leads, each on a connection of its own.
     leaders: tokio::sync::Mutex<std::collections::HashMap<String, sqlx::PgConnection>>,
 }
@@ -370,8 +388,8 @@ impl PostgresStorage {
         }
         let storage = PostgresStorage {
             pool,
-            queue: std::sync::Mutex::new(Vec::new()),
-            turn: tokio::sync::Mutex::new(()),
+            works: group::Group::new(),
+            admits: group::Group::new(),
             leaders: tokio::sync::Mutex::new(std::collections::HashMap::new()),
         };
         storage.migrate().await?;
@@ -425,21 +443,28 @@ impl PostgresStorage {
         tx.commit().await.map_err(db)
     }
 
-    /// Begin a transaction; `durable: false` commits it without waiting
-    /// for the WAL flush (`synchronous_commit = off`).
+    /// Begin a transaction on the pool ([`begin_on`]).
     pub(super) async fn begin(
         &self,
         durable: bool,
     ) -> std::result::Result<Transaction<'static, Postgres>, sqlx::Error> {
-        // (Sent with the transaction's first statement: no round trip of
-        // its own.)
-        if durable {
-            self.pool.begin().await
-        } else {
-            self.pool
-                .begin_with("BEGIN; SET LOCAL synchronous_commit = off")
-                .await
-        }
+        begin_on(&self.pool, durable).await
+    }
+}
+
+/// Begin a transaction; `durable: false` commits it without waiting for the
+/// WAL flush (`synchronous_commit = off`).
+pub(super) async fn begin_on(
+    pool: &PgPool,
+    durable: bool,
+) -> std::result::Result<Transaction<'static, Postgres>, sqlx::Error> {
+    // (Sent with the transaction's first statement: no round trip of its
+    // own.)
+    if durable {
+        pool.begin().await
+    } else {
+        pool.begin_with("BEGIN; SET LOCAL synchronous_commit = off")
+            .await
     }
 }
 
@@ -457,32 +482,37 @@ pub(super) const ATTEMPTS: u32 = 10;
 
 /// Run `$body` (an expression that may `.await` and `?` on `sqlx::Error`,
 /// using `$tx: &mut Transaction`, and gives `(value, commit?)`) in a
-/// transaction, and again when it failed in a way a retry can fix
-/// ([`retryable`]). Evaluates to `Result<value>`.
+/// transaction, and again when it failed in a way a retry can fix: a
+/// [`retryable`] conflict, or a connection that broke ([`lost`]) before
+/// its `COMMIT` was sent (the transaction runs again on another). A
+/// `COMMIT` whose answer was lost is never retried: it may have committed. Evaluates to `Result<value>`.
 macro_rules! transact {
     ($storage:expr, $durable:expr, |$tx:ident| $body:expr) => {{
         let mut attempt = 0u32;
         loop {
             let run = async {
-                let mut $tx = $storage.begin($durable).await?;
-                let (out, keep) = $body;
-                if keep {
-                    $tx.commit().await?;
+                let mut $tx = $storage.begin($durable).await.map_err(|e| (e, false))?;
+                let body = async { Ok::<_, sqlx::Error>($body) }.await;
+                let (out, keep) = body.map_err(|e| (e, false))?;
+                let end = if keep {
+                    $tx.commit().await
                 } else {
-                    $tx.rollback().await?;
-                }
-                Ok::<_, sqlx::Error>(out)
+                    $tx.rollback().await
+                };
+                end.map_err(|e| (e, keep))?;
+                Ok::<_, (sqlx::Error, bool)>(out)
             };
             match run.await {
                 Ok(out) => break Ok(out),
-                Err(e)
-                    if $crate::storage::postgres::retryable(&e)
+                Err((e, committing))
+                    if ($crate::storage::postgres::retryable(&e)
+                        || (!committing && $crate::storage::postgres::lost(&e)))
                         && attempt < $crate::storage::postgres::ATTEMPTS =>
                 {
                     attempt += 1;
                     $crate::storage::postgres::backoff(attempt).await;
                 }
-                Err(e) => break Err($crate::storage::postgres::db(e)),
+                Err((e, _)) => break Err($crate::storage::postgres::db(e)),
             }
         }
     }};

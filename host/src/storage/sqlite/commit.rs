@@ -12,7 +12,7 @@ use crate::error::Result;
 use crate::storage::{
     Admit, ApprovalRecord, Charge, Decision, End, IdempotencyBegin, IdempotencyDone, KeyBegin,
     KeyRow, NewEntry, NewRun, Notary, Refused, RowState, Signed, StoredEntry, Work, check, decide,
-    end_charges, exceeds, may_decide, settlement,
+    end_charges, exceeds, may_decide, reservations, settlement,
 };
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use std::collections::BTreeMap;
@@ -441,7 +441,8 @@ pub(super) fn admit_in(
             continue;
         }
         let mut refused = None;
-        for c in a.worst.iter().filter(|c| c.limit.is_some()) {
+        let lines = reservations(&a.worst);
+        for c in &lines {
             let (used, reserved): (i64, i64) = read
                 .query_row(params![c.scope, c.window, c.metric], |r| {
                     Ok((r.get(0)?, r.get(1)?))
@@ -457,7 +458,7 @@ pub(super) fn admit_in(
             answers.push(Err(Refused::Exceeded(e)));
             continue;
         }
-        for c in a.worst.iter().filter(|c| c.limit.is_some()) {
+        for c in &lines {
             reserve.execute(params![c.scope, c.window, c.metric, c.amount, c.limit])?;
         }
         let worst = serde_json::to_string(&a.worst).unwrap_or_default();
