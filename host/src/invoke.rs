@@ -135,6 +135,14 @@ impl Outcome {
 
     /// Replace the outcome with a host failure (nothing may be returned as
     /// if it had been recorded).
+    fn refuse(&mut self, e: Error) {
+        self.ok = false;
+        self.status = Status::Refused;
+        self.approval_id = None;
+        self.result = None;
+        self.error = Some(e);
+    }
+
     fn fail(&mut self, e: Error) {
         self.ok = false;
         self.status = Status::Error;
@@ -497,7 +505,10 @@ impl Host {
             outbound: &[],
         };
         if let Err(e) = self.complete(None, &report).await {
-            outcome.fail(e);
+            // Nothing ran; a refusal that could not be recorded (nor its
+            // approval stored) stays a refusal, with the storage's error:
+            // a retry can help when that is `unavailable`.
+            outcome.refuse(e);
         }
         outcome
     }

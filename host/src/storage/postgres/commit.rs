@@ -538,13 +538,12 @@ async fn write_batch(
     let o = |f: fn(&crate::storage::InvocationRecord) -> &Option<String>| -> Vec<Option<String>> {
         r.iter().map(|x| f(x).clone()).collect()
     };
-    let mut k: (Vec<&str>, Vec<&str>, Vec<&str>, Vec<i64>, Vec<i64>) = Default::default();
-    for ((scope, window, metric), (u, released)) in lines {
-        k.0.push(scope);
-        k.1.push(window);
-        k.2.push(metric);
-        k.3.push(u);
-        k.4.push(-released);
+    let mut k = Columns::default();
+    let (mut used, mut released) = (Vec::new(), Vec::new());
+    for ((scope, window, metric), (u, r)) in lines {
+        k.push(scope, window, metric);
+        used.push(u);
+        released.push(-r);
     }
     sqlx::query(
         "WITH records AS (
@@ -588,11 +587,11 @@ async fn write_batch(
     .bind(r.iter().map(|x| x.created_ms).collect::<Vec<_>>())
     .bind(s(|x| &x.response))
     .bind(i32::try_from(crate::record::RECORD_VERSION).unwrap_or(i32::MAX))
-    .bind(k.0)
-    .bind(k.1)
-    .bind(k.2)
-    .bind(k.3)
-    .bind(k.4)
+    .bind(k.scope)
+    .bind(k.window)
+    .bind(k.metric)
+    .bind(used)
+    .bind(released)
     .bind(e.iter().map(|x| x.chain.as_str()).collect::<Vec<_>>())
     .bind(e.iter().map(|x| x.seq).collect::<Vec<_>>())
     .bind(e.iter().map(|x| x.time_ms).collect::<Vec<_>>())
@@ -694,6 +693,22 @@ pub(super) enum Admitted {
 /// A budget line's key.
 type Line = (String, String, String);
 
+/// Budget lines' keys as columns (bound as arrays, for `UNNEST`).
+#[derive(Default)]
+struct Columns<'a> {
+    scope: Vec<&'a str>,
+    window: Vec<&'a str>,
+    metric: Vec<&'a str>,
+}
+
+impl<'a> Columns<'a> {
+    fn push(&mut self, scope: &'a str, window: &'a str, metric: &'a str) {
+        self.scope.push(scope);
+        self.window.push(window);
+        self.metric.push(metric);
+    }
+}
+
 /// A batch of admissions in the caller's transaction, decided in order,
 /// each seeing the reservations of those admitted before it:
 ///
@@ -747,12 +762,9 @@ pub(super) async fn admit_in(
     }
     let mut lines: BTreeMap<Line, (i64, i64)> = BTreeMap::new();
     if !limits.is_empty() {
-        let mut k: (Vec<&str>, Vec<&str>, Vec<&str>, Vec<Option<i64>>) = Default::default();
-        for ((scope, window, metric), limit) in &limits {
-            k.0.push(scope);
-            k.1.push(window);
-            k.2.push(metric);
-            k.3.push(*limit);
+        let mut k = Columns::default();
+        for (scope, window, metric) in limits.keys() {
+            k.push(scope, window, metric);
         }
         for r in sqlx::query(
             "INSERT INTO budget AS b (scope, win, metric, used, reserved, lim)
@@ -762,10 +774,10 @@ pub(super) async fn admit_in(
              ON CONFLICT (scope, win, metric) DO UPDATE SET lim = excluded.lim
              RETURNING scope, win, metric, used, reserved",
         )
-        .bind(k.0)
-        .bind(k.1)
-        .bind(k.2)
-        .bind(k.3)
+        .bind(k.scope)
+        .bind(k.window)
+        .bind(k.metric)
+        .bind(limits.values().copied().collect::<Vec<_>>())
         .fetch_all(&mut *tx)
         .await?
         {
@@ -815,13 +827,12 @@ pub(super) async fn admit_in(
     }
 
     // 4. Write: the reservations, the new rows, the existing rows.
-    let mut r: (Vec<&str>, Vec<&str>, Vec<&str>, Vec<i64>) = Default::default();
+    let mut changed = Columns::default();
+    let mut reserved_now = Vec::new();
     for (key, (_, reserved)) in &lines {
         if before.get(key).map(|b| b.1) != Some(*reserved) {
-            r.0.push(&key.0);
-            r.1.push(&key.1);
-            r.2.push(&key.2);
-            r.3.push(*reserved);
+            changed.push(&key.0, &key.1, &key.2);
+            reserved_now.push(*reserved);
         }
     }
     let admitted: Vec<&Admit> = admits
@@ -860,10 +871,10 @@ pub(super) async fn admit_in(
          ON CONFLICT (id) DO NOTHING
          RETURNING id",
     )
-    .bind(r.0)
-    .bind(r.1)
-    .bind(r.2)
-    .bind(r.3)
+    .bind(changed.scope)
+    .bind(changed.window)
+    .bind(changed.metric)
+    .bind(reserved_now)
     .bind(s(|r| &r.id, &old))
     .bind(old.iter().map(|a| worst(a)).collect::<Vec<_>>())
     .bind(old.iter().map(|a| a.run.lease_until).collect::<Vec<_>>())
