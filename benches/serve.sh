@@ -30,7 +30,9 @@
 # each (the cost of the hot rows: a tenant's chain head and day-budget
 # line); and the database work per invocation (transactions, WAL bytes).
 # Database: $TOOLHOST_BENCH_DATABASE_URL (a server URL; the script makes and
-# drops a database `toolhost_bench` on it), else scripts/pg-test-server.sh.
+# drops a database `toolhost_bench` on it), else scripts/pg-test-server.sh;
+# reached with `sslmode=$TOOLHOST_BENCH_PG_SSLMODE` (default `disable`: the
+# database is on this machine; `require` measures TLS).
 # Needs wrk and psql.
 set -euo pipefail
 cd "$(dirname "$0")/.."
