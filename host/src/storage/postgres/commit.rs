@@ -1000,7 +1000,7 @@ pub(super) async fn idempotency_begin_in(
         if !insert_running(tx, &b.run, false, None).await? {
             // The invocation id is taken (never, with fresh ids): refuse
             // rather than point the key at another's row.
-            return Err(sqlx::Error::Protocol(format!(
+            return Err(sqlx::Error::InvalidArgument(format!(
                 "invocation id {} exists",
                 b.run.id
             )));
