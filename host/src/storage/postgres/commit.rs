@@ -643,42 +643,16 @@ fn insert_approval<'a>(
     })
 }
 
-/// Release reservations and record usage: one statement, lines in key
-/// order (so concurrent settlements lock them in one order).
+/// Release reservations and record usage: [`write_batch`] with nothing
+/// else to write (lines locked in key order, so concurrent settlements lock
+/// them in one order).
 pub(super) async fn settle(
     tx: &mut PgConnection,
     release: &[Charge],
     charge: &[Charge],
 ) -> std::result::Result<(), sqlx::Error> {
-    let lines = settlement(release, charge);
-    if lines.is_empty() {
-        return Ok(());
-    }
-    let mut k: (Vec<String>, Vec<String>, Vec<String>) = Default::default();
-    let (mut used, mut released) = (Vec::new(), Vec::new());
-    for ((scope, window, metric), (u, r)) in lines {
-        k.0.push(scope.to_string());
-        k.1.push(window.to_string());
-        k.2.push(metric.to_string());
-        used.push(u);
-        released.push(-r);
-    }
-    sqlx::query(
-        "INSERT INTO budget AS b (scope, win, metric, used, reserved)
-         SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[])
-           AS x(s, w, m, u, r)
-         ORDER BY s COLLATE \"C\", w COLLATE \"C\", m COLLATE \"C\"
-         ON CONFLICT (scope, win, metric) DO UPDATE
-         SET used = b.used + excluded.used, reserved = greatest(0, b.reserved + excluded.reserved)",
-    )
-    .bind(k.0)
-    .bind(k.1)
-    .bind(k.2)
-    .bind(used)
-    .bind(released)
-    .execute(&mut *tx)
-    .await?;
-    Ok(())
+    let linked = crate::audit::link::Linked::default();
+    write_batch(tx, &BTreeMap::new(), release, charge, &linked, 0).await
 }
 
 /// What deciding a batch of admissions came to.

@@ -443,28 +443,19 @@ impl PostgresStorage {
         tx.commit().await.map_err(db)
     }
 
-    /// Begin a transaction on the pool ([`begin_on`]).
+    /// Begin a transaction; `durable: false` commits it without waiting
+    /// for the WAL flush (`synchronous_commit = off`).
     pub(super) async fn begin(
         &self,
         durable: bool,
     ) -> std::result::Result<Transaction<'static, Postgres>, sqlx::Error> {
-        begin_on(&self.pool, durable).await
-    }
-}
-
-/// Begin a transaction; `durable: false` commits it without waiting for the
-/// WAL flush (`synchronous_commit = off`).
-pub(super) async fn begin_on(
-    pool: &PgPool,
-    durable: bool,
-) -> std::result::Result<Transaction<'static, Postgres>, sqlx::Error> {
-    // (Sent with the transaction's first statement: no round trip of its
-    // own.)
-    if durable {
-        pool.begin().await
-    } else {
-        pool.begin_with("BEGIN; SET LOCAL synchronous_commit = off")
-            .await
+        if durable {
+            self.pool.begin().await
+        } else {
+            self.pool
+                .begin_with("BEGIN; SET LOCAL synchronous_commit = off")
+                .await
+        }
     }
 }
 
