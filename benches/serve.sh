@@ -20,8 +20,11 @@
 #
 # `benches/serve.sh --mcp [seconds per run]`: MCP's tools/call of the same
 # `hello` over /mcp (2026-07-28, stateless, JSON answers) against POST /v1
-# invoke, same server, same generator (wrk, c=16), alternating, 3 runs
-# each; medians and their ratio (target >= 0.9). Needs only wrk and curl.
+# invoke, same server, same generator (wrk, c=16), alternating (the order
+# flips each round), `[rounds]` runs each (default 3); medians of
+# throughput and of the server's CPU time per request, and their ratios
+# (target >= 0.9). Usage: `benches/serve.sh --mcp [seconds] [rounds]`.
+# Needs wrk, curl and python3.
 #
 # `benches/serve.sh --postgres [seconds]` instead compares one `host serve`
 # on PostgreSQL with one on SQLite (same machine, same generator, full gate,
@@ -47,6 +50,7 @@ fi
 mode=http
 if [ "${1:-}" = "--mcp" ]; then mode=mcp; shift; fi
 secs=${1:-10}
+rounds=${2:-3}
 command -v wrk >/dev/null || { echo "wrk not found (apt-get install wrk)" >&2; exit 1; }
 if [ "$mode" = mcp ]; then
   cargo build --quiet --release --target wasm32-wasip2 --manifest-path guest-examples/Cargo.toml
@@ -92,22 +96,34 @@ LUA
     -H 'Accept: application/json, text/event-stream' -H 'MCP-Protocol-Version: 2026-07-28' \
     -H 'Mcp-Method: tools/call' -H 'Mcp-Name: text-tools__hello' -d "$call" "$mcp" |
     grep -q '"isError":false' || { echo "the MCP call did not succeed" >&2; exit 1; }
-  v1_rps=(); mcp_rps=()
-  for run in 1 2 3; do
-    for which in v1 mcp; do
+  v1_rps=(); mcp_rps=(); v1_cpu=(); mcp_cpu=()
+  hz=$(getconf CLK_TCK)
+  for run in $(seq 1 "$rounds"); do
+    order="v1 mcp"; [ $((run % 2)) = 0 ] && order="mcp v1"
+    for which in $order; do
       url=$v1; [ $which = mcp ] && url=$mcp
+      # The server's own CPU time around the run: CPU per request is each
+      # path's cost, whatever else (wrk, other tenants of the VM) takes the
+      # cores.
+      t0=$(awk '{print $14 + $15}' /proc/$spid/stat)
       out=$(wrk -t2 -c16 -d${secs}s --latency -s "$work/$which.lua" "$url")
+      t1=$(awk '{print $14 + $15}' /proc/$spid/stat)
+      n=$(echo "$out" | awk '/requests in/ {print $1}')
+      cpu=$(python3 -c "print(round(($t1 - $t0) / $hz * 1e6 / max($n, 1), 1))")
       echo "$out" | grep -E "Requests/sec|Non-2xx|Socket errors|50%|99%" | sed "s/^/  run $run $which /"
+      echo "  run $run $which server CPU per request: $cpu µs"
       r=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
-      if [ $which = v1 ]; then v1_rps+=("$r"); else mcp_rps+=("$r"); fi
+      if [ $which = v1 ]; then v1_rps+=("$r"); v1_cpu+=("$cpu"); else mcp_rps+=("$r"); mcp_cpu+=("$cpu"); fi
     done
   done
-  python3 - "${v1_rps[*]}" "${mcp_rps[*]}" <<'PY'
+  python3 - "${v1_rps[*]}" "${mcp_rps[*]}" "${v1_cpu[*]}" "${mcp_cpu[*]}" <<'PY'
 import statistics, sys
-v1 = [float(x) for x in sys.argv[1].split()]
-mcp = [float(x) for x in sys.argv[2].split()]
+v1, mcp, v1c, mcpc = ([float(x) for x in a.split()] for a in sys.argv[1:5])
 a, b = statistics.median(v1), statistics.median(mcp)
-print(f"==> c=16, median of 3: POST /v1 invoke {a:.0f} req/s, /mcp tools/call {b:.0f} req/s, ratio {b/a:.2f} (target >= 0.9)")
+pairs = " / ".join(f"{m/v:.2f}" for v, m in zip(v1, mcp))
+print(f"==> c=16, median of {len(v1)}: POST /v1 invoke {a:.0f} req/s, /mcp tools/call {b:.0f} req/s, ratio {b/a:.2f} (target >= 0.9); run by run {pairs}")
+ca, cb = statistics.median(v1c), statistics.median(mcpc)
+print(f"==> server CPU per request (median): /v1 {ca:.0f} µs, /mcp {cb:.0f} µs; /v1 over /mcp {ca/cb:.2f}")
 PY
   exit 0
 fi

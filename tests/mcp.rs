@@ -231,6 +231,17 @@ async fn list_and_call_over_both_revisions_through_the_gate() {
         );
         client.cancel().await.unwrap();
     }
+    // The log has an access line per MCP request, and not rmcp's
+    // per-request service lifecycle (stateless: it "starts" and "finishes"
+    // a service for every call, at info, with the client's whole Debug
+    // form).
+    let log = server.log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("path=/mcp") && l.contains("status=200")),
+        "{log}"
+    );
+    assert!(!log.contains("rmcp::service"), "{log}");
     server.stop();
 }
 

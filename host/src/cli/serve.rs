@@ -106,7 +106,7 @@ pub struct Args {
     /// `/mcp` answers to.
     #[arg(long, value_name = "URL")]
     public_url: Option<String>,
-    /// Log format on stderr (level from RUST_LOG, default info).
+    /// Log format on stderr (level from RUST_LOG, default `info,rmcp=warn`).
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
     // --- Compiling and loading tools (registry::compile, server::tools) ---
@@ -231,9 +231,16 @@ fn config(args: &Args) -> Result<ServeConfig> {
     Ok(c)
 }
 
+/// The log filter when `RUST_LOG` is not set: `info`, except rmcp's
+/// lifecycle lines. `/mcp` is stateless, so rmcp starts and finishes a
+/// "service" for every request and says so at `info` with the client's
+/// whole `Debug` form: two lines per call that drown the access log (and
+/// cost about as much CPU as the call's MCP handling).
+pub const DEFAULT_LOG_FILTER: &str = "info,rmcp=warn";
+
 fn init_logs(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
