@@ -615,6 +615,16 @@ async fn http_guards_keys_origins_headers_and_versions() {
     server.stop();
 }
 
+/// A client that reports `notifications/tools/list_changed`.
+#[derive(Clone)]
+struct ListChanged(tokio::sync::mpsc::UnboundedSender<()>);
+
+impl rmcp::ClientHandler for ListChanged {
+    async fn on_tool_list_changed(&self, _context: rmcp::service::NotificationContext<RoleClient>) {
+        let _ = self.0.send(());
+    }
+}
+
 #[tokio::test]
 async fn stdio_serves_one_tenant_through_the_same_gate() {
     use rmcp::ServiceExt;
@@ -631,9 +641,30 @@ async fn stdio_serves_one_tenant_through_the_same_gate() {
         "--policy",
         s(&policy),
     ]);
-    let client = ().serve(TokioChildProcess::new(cmd).unwrap()).await.unwrap();
+    let (changed, mut told) = tokio::sync::mpsc::unbounded_channel();
+    let client = ListChanged(changed)
+        .serve(TokioChildProcess::new(cmd).unwrap())
+        .await
+        .unwrap();
     let tools = client.peer().list_all_tools().await.unwrap();
     assert!(tools.iter().any(|t| t.name == "text-tools__hello"));
+    // An initialize-based client has a session on stdio: it is told when
+    // the tenant's tool list changes (here by the CLI on the data dir).
+    common::serve::ok(common::serve::host(&[
+        "tools",
+        "disable",
+        "hostile",
+        "--tenant",
+        "acme",
+        "--data-dir",
+        s(&dir),
+    ]));
+    tokio::time::timeout(std::time::Duration::from_secs(10), told.recv())
+        .await
+        .expect("notifications/tools/list_changed over stdio")
+        .unwrap();
+    let tools = client.peer().list_all_tools().await.unwrap();
+    assert!(!tools.iter().any(|t| t.name == "hostile__spin"));
     let r = client
         .call_tool(call("text-tools__hello", json!({"name": "stdio"})))
         .await
@@ -854,4 +885,157 @@ async fn rich_content_and_log_lines_reach_mcp_clients() {
         }
     }
     server.stop();
+}
+
+/// Reads an SSE answer as it arrives: its JSON messages one by one.
+struct SseStream {
+    response: reqwest::Response,
+    buffer: String,
+}
+
+impl SseStream {
+    /// The next message, or None when the stream ended or `wait` passed.
+    async fn next(&mut self, wait: std::time::Duration) -> Option<Value> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            if let Some(end) = self.buffer.find("\n\n") {
+                let event: String = self.buffer.drain(..end + 2).collect();
+                if let Some(m) = sse_messages(&event).into_iter().next() {
+                    return Some(m);
+                }
+                continue;
+            }
+            let chunk = tokio::time::timeout_at(deadline, self.response.chunk())
+                .await
+                .ok()?
+                .ok()??;
+            self.buffer
+                .push_str(&String::from_utf8_lossy(&chunk).replace("\r\n", "\n"));
+        }
+    }
+
+    /// The next message that is not `notifications/tools/list_changed`
+    /// (there should be none), or None.
+    async fn next_list_changed(&mut self, wait: std::time::Duration) -> Option<Value> {
+        self.next(wait)
+            .await
+            .filter(|m| m["method"] == "notifications/tools/list_changed")
+    }
+}
+
+/// `subscriptions/listen` on `/mcp` (2026-07-28) for `notifications`.
+async fn listen(server: &Server, key: &str, id: u64, notifications: Value) -> SseStream {
+    let body = json!({"jsonrpc": "2.0", "id": id, "method": "subscriptions/listen",
+        "params": {"notifications": notifications, "_meta": discover_meta("2026-07-28")}});
+    let response = reqwest::Client::new()
+        .post(format!("{}/mcp", server.url))
+        .bearer_auth(key)
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-protocol-version", "2026-07-28")
+        .header("mcp-method", "subscriptions/listen")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(
+        response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/event-stream")
+    );
+    SseStream {
+        response,
+        buffer: String::new(),
+    }
+}
+
+#[tokio::test]
+async fn listen_streams_hear_of_tool_list_changes_from_anywhere() {
+    use std::time::Duration;
+    let dir = setup("mcp-listen");
+    let k = key(&dir, "acme", &["invoke"]);
+    let admin = key(&dir, "acme", &["admin"]);
+    // One request slot: a stream that kept its slot would starve every call.
+    let server = Server::start(&dir, &["--max-concurrency", "1", "--max-queue", "4"]);
+    let discovered = {
+        let client = connect(&server, &k, ProtocolVersion::V_2026_07_28).await;
+        let caps = client.peer().peer_info().unwrap().capabilities.clone();
+        client.cancel().await.unwrap();
+        caps
+    };
+    assert_eq!(
+        discovered.tools.and_then(|t| t.list_changed),
+        Some(true),
+        "tools.listChanged is declared"
+    );
+
+    let mut stream = listen(&server, &k, 7, json!({"toolsListChanged": true})).await;
+    let ack = stream.next(Duration::from_secs(10)).await.unwrap();
+    assert_eq!(
+        ack["method"], "notifications/subscriptions/acknowledged",
+        "{ack}"
+    );
+    assert_eq!(
+        ack["params"]["notifications"]["toolsListChanged"], true,
+        "{ack}"
+    );
+    // A stream that asked for prompts only hears nothing of tools.
+    let mut quiet = listen(&server, &k, 8, json!({"promptsListChanged": true})).await;
+    let ack = quiet.next(Duration::from_secs(10)).await.unwrap();
+    assert_eq!(ack["method"], "notifications/subscriptions/acknowledged");
+
+    // The streams hold no request slot: calls still run.
+    let client = connect(&server, &k, ProtocolVersion::V_2026_07_28).await;
+    let r = client
+        .call_tool(call("text-tools__word-count", json!({"text": "a b"})))
+        .await
+        .unwrap();
+    assert_eq!(r.is_error, Some(false), "{r:?}");
+
+    // Nothing changed: nothing is said.
+    assert!(stream.next(Duration::from_millis(1500)).await.is_none());
+
+    // A change through the API is told, tagged with the listen's id.
+    let api = Client::new(&server, Some(&admin));
+    let (status, body) = api.post("/v1/tools/hostile/disable", json!({})).await;
+    assert_eq!(status, 200, "{body}");
+    let told = stream
+        .next_list_changed(Duration::from_secs(10))
+        .await
+        .expect("notifications/tools/list_changed after a disable");
+    assert_eq!(
+        told["params"]["_meta"]["io.modelcontextprotocol/subscriptionId"], 7,
+        "{told}"
+    );
+    let tools = client.peer().list_all_tools().await.unwrap();
+    assert!(!tools.iter().any(|t| t.name == "hostile__spin"));
+
+    // A change made outside this server (the CLI on the same data dir, as
+    // another replica would) is told too: the registry is the truth.
+    common::serve::ok(common::serve::host(&[
+        "tools",
+        "enable",
+        "hostile",
+        "--tenant",
+        "acme",
+        "--data-dir",
+        s(&dir),
+    ]));
+    stream
+        .next_list_changed(Duration::from_secs(10))
+        .await
+        .expect("notifications/tools/list_changed after the CLI's enable");
+    assert!(quiet.next(Duration::from_millis(300)).await.is_none());
+    client.cancel().await.unwrap();
+
+    // Shutdown ends open streams with the listen's final result and the
+    // server exits cleanly (stop() asserts it).
+    let stopping = tokio::task::spawn_blocking(move || server.stop());
+    let last = stream.next(Duration::from_secs(20)).await.unwrap();
+    assert_eq!(last["id"], 7, "{last}");
+    assert!(last.get("result").is_some(), "{last}");
+    assert!(stream.next(Duration::from_secs(5)).await.is_none(), "ended");
+    stopping.await.unwrap();
 }

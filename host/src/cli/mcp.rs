@@ -9,6 +9,7 @@ use std::sync::Arc;
 use toolhost::audit::AuditLog;
 use toolhost::budget::Ledger;
 use toolhost::gate::Governed;
+use toolhost::mcp::changes::Changes;
 use toolhost::mcp::{Caller, McpServer, Shared};
 use toolhost::policy::Policy;
 use toolhost::secrets::FileAndEnv;
@@ -87,10 +88,12 @@ async fn run(args: Args) -> Result<()> {
         governed.instance().clone(),
     ));
     let lifecycle = service.start_lifecycle();
+    let every = std::time::Duration::from_secs(1);
+    let changes = Changes::new(storage.clone(), every);
     let tools = Arc::new(ToolCache::new(
         registry,
         storage,
-        std::time::Duration::from_secs(1),
+        every,
         CacheBounds::default(),
     ));
     let shared = Arc::new(Shared {
@@ -98,6 +101,7 @@ async fn run(args: Args) -> Result<()> {
         service: service.clone(),
         governed,
         limits: toolhost::Limits::default(),
+        changes: changes.clone(),
     });
     let server = McpServer::for_caller(
         shared,
@@ -110,7 +114,26 @@ async fn run(args: Args) -> Result<()> {
     let running = rmcp::serve_server(server, rmcp::transport::stdio())
         .await
         .map_err(|e| Error::new(ErrorKind::InvalidRequest, format!("MCP over stdio: {e}")))?;
+    // A client on an initialize-based revision (2025-11-25, 2025-06-18)
+    // has a session here (the stdio connection) and no subscriptions/listen:
+    // it is told of tool-list changes on it, as its revision says.
+    let legacy = running
+        .peer()
+        .peer_info()
+        .is_some_and(|p| p.protocol_version < rmcp::model::ProtocolVersion::V_2026_07_28);
+    let pusher = match legacy {
+        true => Some(tokio::spawn(push_changes(
+            changes.clone(),
+            args.tenant.clone(),
+            running.peer().clone(),
+        ))),
+        false => None,
+    };
     let _ = running.waiting().await;
+    changes.stop();
+    if let Some(p) = pusher {
+        p.abort();
+    }
     // The client is gone: let invocations in flight finish and be recorded.
     service.tracker().close();
     let _ =
@@ -119,4 +142,18 @@ async fn run(args: Args) -> Result<()> {
         task.abort();
     }
     Ok(())
+}
+
+/// `notifications/tools/list_changed` to a session's client whenever the
+/// tenant's tool list changes.
+async fn push_changes(changes: Arc<Changes>, tenant: String, peer: rmcp::Peer<rmcp::RoleServer>) {
+    let mut listener = match changes.listen(&tenant) {
+        Ok(l) => l,
+        Err(e) => return tracing::warn!("tool-list changes: {}", e.message),
+    };
+    while listener.changed().await {
+        if peer.notify_tool_list_changed().await.is_err() {
+            return;
+        }
+    }
 }

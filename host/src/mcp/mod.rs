@@ -29,6 +29,7 @@
 
 pub mod answer;
 pub mod catalog;
+pub mod changes;
 
 use crate::BoxFuture;
 use crate::error::Result;
@@ -37,11 +38,12 @@ use crate::limits::Limits;
 use crate::service::{Answer, InvocationService, Request};
 use crate::tool::Tool;
 use rmcp::ErrorData as McpError;
+use rmcp::model::SubscriptionFilter;
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, Implementation, ListToolsResult,
     PaginatedRequestParams, ProtocolVersion, ServerCapabilities, ServerConfig,
 };
-use rmcp::service::{RequestContext, RoleServer};
+use rmcp::service::{RequestContext, RoleServer, SubscriptionContext};
 use serde_json::Value;
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -68,7 +70,33 @@ pub struct Caller {
     /// The caller's identity in records (an API key id; `stdio`).
     pub principal: String,
     /// Held until the invocation ends (the HTTP adapter's request slot).
-    pub hold: Option<Arc<dyn std::any::Any + Send + Sync>>,
+    pub hold: Option<Hold>,
+}
+
+type Held = Arc<dyn std::any::Any + Send + Sync>;
+
+/// What a request holds while its work runs (the HTTP adapter's request
+/// slot). An invocation the request starts keeps it until the invocation
+/// ends; a request that only waits (`subscriptions/listen`, open for as
+/// long as the client likes) lets go of it at once, so streams never take
+/// the slots invocations run in.
+#[derive(Clone)]
+pub struct Hold(Arc<std::sync::Mutex<Option<Held>>>);
+
+impl Hold {
+    pub fn new(held: Held) -> Hold {
+        Hold(Arc::new(std::sync::Mutex::new(Some(held))))
+    }
+
+    /// What is held, for work that keeps it (None once released).
+    fn keep(&self) -> Option<Held> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Let go of it (every copy of this hold).
+    fn release(&self) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).take();
+    }
 }
 
 impl std::fmt::Debug for Caller {
@@ -101,6 +129,8 @@ pub struct Shared {
     pub governed: Arc<Governed>,
     /// Default invocation limits (a policy may set others per tool).
     pub limits: Limits,
+    /// Tool-list changes, for `subscriptions/listen`.
+    pub changes: Arc<changes::Changes>,
 }
 
 /// The MCP handler: one per request (HTTP) or per connection (stdio).
@@ -190,6 +220,7 @@ impl rmcp::ServerHandler for McpServer {
         ServerConfig::new(
             ServerCapabilities::builder()
                 .enable_tools()
+                .enable_tool_list_changed()
                 .enable_logging()
                 .build(),
         )
@@ -274,7 +305,7 @@ impl rmcp::ServerHandler for McpServer {
                 transport: Some("mcp".into()),
                 traceparent,
             },
-            hold: caller.hold.clone(),
+            hold: caller.hold.as_ref().and_then(Hold::keep),
         };
         let result = match self.shared.service.invoke(request).await {
             Ok(answer) => {
@@ -287,6 +318,49 @@ impl rmcp::ServerHandler for McpServer {
             Err(e) => answer::failed(&e),
         };
         Ok(result.into())
+    }
+
+    /// `subscriptions/listen` (2026-07-28): tool-list changes only.
+    fn accepted_subscription_filter(
+        &self,
+        _requested: &SubscriptionFilter,
+    ) -> Option<SubscriptionFilter> {
+        // rmcp narrows this to what the client asked for.
+        Some(SubscriptionFilter::builder().tools_list_changed().build())
+    }
+
+    /// One listen stream: `notifications/tools/list_changed` whenever the
+    /// caller's tenant's tool list changes (any replica, the CLI, the
+    /// console), until the client closes it or the server shuts down (then
+    /// the final result). The stream holds no request slot.
+    async fn listen(&self, context: SubscriptionContext) -> std::result::Result<(), McpError> {
+        let caller = self.caller(context.request_context())?;
+        if let Some(hold) = &caller.hold {
+            hold.release();
+        }
+        let changes = &self.shared.changes;
+        if context.accepted().tools_list_changed != Some(true) {
+            // Nothing this server sends was asked for: an open, quiet stream.
+            tokio::select! {
+                () = context.cancelled() => {}
+                () = changes.stopped() => {}
+            }
+            return Ok(());
+        }
+        let mut listener = changes
+            .listen(&caller.tenant)
+            .map_err(|e| McpError::internal_error(answer::error_text(&e), None))?;
+        loop {
+            tokio::select! {
+                () = context.cancelled() => return Ok(()),
+                () = changes.stopped() => return Ok(()),
+                more = listener.changed() => {
+                    if !more || context.sink().notify_tool_list_changed().await.is_err() {
+                        return Ok(());
+                    }
+                }
+            }
+        }
     }
 
     #[allow(deprecated)]

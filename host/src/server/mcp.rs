@@ -20,6 +20,11 @@
 //!    header checks against the body (-32020, -32022: 400), `resultType`,
 //!    caching hints, notifications (202), JSON or SSE answers.
 //!
+//! `subscriptions/listen` (2026-07-28) is a long-lived SSE answer to one
+//! POST: it gives up its request slot at once ([`mcp::Hold`]) and ends at
+//! shutdown with the listen's final result, after which rmcp closes the
+//! stream: a server with open streams still stops.
+//!
 //! **No sessions.** The service runs stateless (rmcp's
 //! `legacy_session_mode: false`, `NeverSessionManager`): 2026-07-28 has no
 //! sessions, and 2025-11-25/2025-06-18 clients are served without an
@@ -101,6 +106,7 @@ pub fn router(app: Arc<App>, config: &super::ServeConfig) -> Router<Arc<App>> {
         service: app.service.clone(),
         governed: app.governed.clone(),
         limits: app.limits.clone(),
+        changes: app.tool_changes.clone(),
     });
     let rmcp_config = StreamableHttpServerConfig::default()
         .with_legacy_session_mode(false)
@@ -174,7 +180,8 @@ async fn identity(mut request: Request, next: Next) -> Response {
         return super::problem::ApiError::new(ErrorKind::Unauthenticated, "no API key")
             .into_response();
     };
-    let hold = super::limit::current_slot().map(|s| s as Arc<dyn std::any::Any + Send + Sync>);
+    let hold = super::limit::current_slot()
+        .map(|s| mcp::Hold::new(s as Arc<dyn std::any::Any + Send + Sync>));
     request.extensions_mut().insert(mcp::Caller {
         tenant: caller.tenant().to_string(),
         principal: caller.key.id.clone(),

@@ -157,6 +157,9 @@ pub struct App {
     pub limits: Limits,
     /// Where MCP clients may come from.
     pub mcp: mcp::McpConfig,
+    /// Tool-list changes for MCP `subscriptions/listen` streams (stopped at
+    /// shutdown, which ends the streams).
+    pub tool_changes: Arc<crate::mcp::changes::Changes>,
     /// Decisions in flight (each on its own task).
     pub tracker: TaskTracker,
     /// False once shutdown began.
@@ -248,6 +251,7 @@ impl Server {
             }),
             limits: config.limits.clone(),
             mcp: config.mcp.clone(),
+            tool_changes: crate::mcp::changes::Changes::new(storage.clone(), config.state_ttl),
             tracker: TaskTracker::new(),
             ready: AtomicBool::new(true),
             policy_version: AtomicI64::new(policy_version),
@@ -302,6 +306,9 @@ impl Server {
         let signal = async move {
             shutdown.await;
             flag.ready.store(false, Ordering::SeqCst);
+            // Open MCP listen streams end (their final result), so their
+            // connections can close.
+            flag.tool_changes.stop();
             tracing::info!("shutting down: finishing requests in flight");
         };
         let limits = listen::ConnLimits {
