@@ -1039,3 +1039,96 @@ async fn listen_streams_hear_of_tool_list_changes_from_anywhere() {
     assert!(stream.next(Duration::from_secs(5)).await.is_none(), "ended");
     stopping.await.unwrap();
 }
+
+/// An answer without what differs call to call (the invocation id, the
+/// wall-clock time).
+fn without_ids(mut answer: Value) -> Value {
+    if let Some(facts) = answer
+        .pointer_mut("/result/_meta/io.toolhost~1invocation")
+        .and_then(Value::as_object_mut)
+    {
+        facts.remove("invocation_id");
+        if let Some(usage) = facts.get_mut("usage").and_then(Value::as_object_mut) {
+            usage.remove("wall_ms");
+        }
+    }
+    if let Some(Value::String(t)) = answer.pointer_mut("/result/content/0/text")
+        && let Some(at) = t.find("(invocation inv_")
+    {
+        t.truncate(at);
+    }
+    answer
+}
+
+#[tokio::test]
+async fn plain_calls_are_answered_exactly_as_rmcp_answers_them() {
+    let dir = setup("mcp-plain");
+    let k = key(&dir, "acme", &["invoke"]);
+    let server = Server::start(&dir, &[]);
+    let raw = Raw {
+        http: reqwest::Client::new(),
+        url: server.url.clone(),
+    };
+    let bearer = format!("Bearer {k}");
+    let call = |name: &str, args: Value, meta: Value| {
+        let mut m = discover_meta("2026-07-28");
+        m.as_object_mut()
+            .unwrap()
+            .extend(meta.as_object().unwrap().clone());
+        json!({"jsonrpc": "2.0", "id": "c-1", "method": "tools/call",
+            "params": {"name": name, "arguments": args, "_meta": m}})
+    };
+    let headers = |name: &'static str| {
+        vec![
+            ("authorization", bearer.clone()),
+            ("mcp-protocol-version", "2026-07-28".to_string()),
+            ("mcp-method", "tools/call".to_string()),
+            ("mcp-name", name.to_string()),
+        ]
+    };
+    async fn post(raw: &Raw, headers: &[(&str, String)], body: Value) -> (u16, String) {
+        let h: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let (status, _, body) = raw.post(&h, body).await;
+        (status, body)
+    }
+    // Each case twice: plain, and with something that sends it through
+    // rmcp's service (a progress token: the tool reports no progress, so
+    // the answer is still one JSON result). Same status, same answer.
+    for (name, args) in [
+        ("text-tools__word-count", json!({"text": "a b\nc"})),
+        // The tool's WIT err, a policy refusal, bad arguments, an unknown
+        // function of a known tool, a tool that traps.
+        ("text-tools__slugify", json!({"text": "A"})),
+        ("text-tools__word-count", json!({"txt": 1})),
+        ("text-tools__no-such-function", json!({})),
+        ("hostile__spin", json!({})),
+        // Unknown tool: rmcp answers both (a JSON-RPC error).
+        ("nope__nothing", json!({})),
+    ] {
+        let plain = post(&raw, &headers(name), call(name, args.clone(), json!({}))).await;
+        let via_rmcp = post(
+            &raw,
+            &headers(name),
+            call(name, args.clone(), json!({"progressToken": "p"})),
+        )
+        .await;
+        assert_eq!(plain.0, via_rmcp.0, "{name}: {plain:?} / {via_rmcp:?}");
+        let (a, b): (Value, Value) = (
+            serde_json::from_str(&plain.1).unwrap_or_else(|_| panic!("{name}: {}", plain.1)),
+            serde_json::from_str(&via_rmcp.1).unwrap_or_else(|_| panic!("{name}: {}", via_rmcp.1)),
+        );
+        assert_eq!(a["id"], "c-1", "{a}");
+        assert_eq!(without_ids(a), without_ids(b), "{name}");
+    }
+    // A header that does not agree with the body is rmcp's to refuse, as
+    // ever: 400, -32020.
+    let (status, body) = post(
+        &raw,
+        &headers("text-tools__hello"),
+        call("text-tools__word-count", json!({"text": "x"}), json!({})),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("-32020"), "{body}");
+    server.stop();
+}

@@ -40,8 +40,8 @@ use crate::tool::Tool;
 use rmcp::ErrorData as McpError;
 use rmcp::model::SubscriptionFilter;
 use rmcp::model::{
-    CallToolRequestParams, CallToolResponse, Implementation, ListToolsResult,
-    PaginatedRequestParams, ProtocolVersion, ServerCapabilities, ServerConfig,
+    CallToolRequestParams, CallToolResponse, CallToolResult, Implementation, ListToolsResult,
+    PaginatedRequestParams, ProtocolVersion, RequestMetaObject, ServerCapabilities, ServerConfig,
 };
 use rmcp::service::{RequestContext, RoleServer, SubscriptionContext};
 use serde_json::Value;
@@ -159,6 +159,98 @@ impl McpServer {
         }
     }
 
+    /// A plain 2026-07-28 `tools/call` ([`is_plain`]) run without a
+    /// request context: what `tools/call` answers, for a transport that
+    /// serves this common case without rmcp's per-request service. `None`:
+    /// the call is not plain, or is refused before anything ran (an
+    /// unknown tool, a bad `_meta` value, the registry unavailable): hand
+    /// the request to rmcp, which answers it exactly as for any client.
+    pub async fn call_plain(
+        &self,
+        caller: &Caller,
+        params: &CallToolRequestParams,
+    ) -> Option<CallToolResult> {
+        let meta = params.meta.as_ref().filter(|_| is_plain(params))?;
+        match self.prepare(caller, params, meta).await {
+            Ok(Prepared::Call(call)) => Some(self.run(call, None).await),
+            Ok(Prepared::Failed(_)) | Err(_) => None,
+        }
+    }
+
+    /// A `tools/call` checked (`_meta`) and resolved to its tool: all that
+    /// happens before anything runs, with no effect anywhere.
+    async fn prepare(
+        &self,
+        caller: &Caller,
+        params: &CallToolRequestParams,
+        meta: &RequestMetaObject,
+    ) -> std::result::Result<Prepared, McpError> {
+        let task_id = meta_string(meta, META_TASK_ID, label)?;
+        let workflow = meta_string(meta, META_WORKFLOW, label)?;
+        let idempotency_key = meta_string(meta, META_IDEMPOTENCY_KEY, |k| {
+            crate::idempotency::validate_key(k).map_err(|e| e.message)
+        })?;
+        let traceparent = meta
+            .get_traceparent()
+            .filter(|t| valid_traceparent(t))
+            .map(str::to_string);
+        let Some((name, function)) = params.name.split_once("__") else {
+            return Err(unknown_tool(&params.name));
+        };
+        let tool = match self.shared.tools.get(&caller.tenant, name).await {
+            Ok(t) => t,
+            Err(e)
+                if matches!(
+                    e.kind,
+                    crate::ErrorKind::NotFound | crate::ErrorKind::ToolDisabled
+                ) =>
+            {
+                return Err(unknown_tool(&params.name));
+            }
+            Err(e) => return Ok(Prepared::Failed(answer::failed(&e))),
+        };
+        let request = Request {
+            tool: tool.clone(),
+            function: Some(function.to_string()),
+            args: arguments(params),
+            limits: self.shared.limits.clone(),
+            context: CallContext {
+                tenant: Some(caller.tenant.clone()),
+                workflow,
+                task_id,
+                principal: Some(caller.principal.clone()),
+                idempotency_key,
+                approval: None,
+                callback_url: None,
+                transport: Some("mcp".into()),
+                traceparent,
+            },
+            hold: caller.hold.as_ref().and_then(Hold::keep),
+        };
+        Ok(Prepared::Call(Box::new(Call { tool, request })))
+    }
+
+    /// Run a prepared call through the service; with a request context,
+    /// the invocation's log lines and progress reports go first, as that
+    /// request's `_meta` asks.
+    async fn run(
+        &self,
+        call: Box<Call>,
+        notify: Option<&RequestContext<RoleServer>>,
+    ) -> CallToolResult {
+        let Call { tool, request } = *call;
+        match self.shared.service.invoke(request).await {
+            Ok(answer) => {
+                if let (Answer::Done(outcome), Some(context)) = (&answer, notify) {
+                    send_logs(context, &tool, &outcome.logs).await;
+                    send_progress(context, &outcome.progress).await;
+                }
+                answer::result(&tool, &answer.response())
+            }
+            Err(e) => answer::failed(&e),
+        }
+    }
+
     fn caller(
         &self,
         context: &RequestContext<RoleServer>,
@@ -175,6 +267,37 @@ impl McpServer {
                 McpError::internal_error("the request has no authenticated caller", None)
             })
     }
+}
+
+/// A `tools/call` ready to run.
+struct Call {
+    tool: Arc<Tool>,
+    request: Request,
+}
+
+enum Prepared {
+    Call(Box<Call>),
+    /// Answered before running (the registry failed): an `isError` result.
+    Failed(CallToolResult),
+}
+
+/// Whether a `tools/call` is the plain 2026-07-28 case that
+/// [`McpServer::call_plain`] serves: self-contained `_meta` for 2026-07-28
+/// (protocol version, client info and capabilities), nothing that makes
+/// the answer more than one result (no `progressToken`, no log level), and
+/// no input-required round (`inputResponses`, `requestState`).
+pub fn is_plain(params: &CallToolRequestParams) -> bool {
+    let Some(meta) = &params.meta else {
+        return false;
+    };
+    params.input_responses.is_none()
+        && params.request_state.is_none()
+        && meta.protocol_version() == Some(ProtocolVersion::V_2026_07_28)
+        && meta
+            .missing_required_keys(&ProtocolVersion::V_2026_07_28)
+            .is_empty()
+        && meta.get_progress_token().is_none()
+        && meta.log_level().is_none()
 }
 
 /// The arguments of a `tools/call`: an object, or none (`{}`).
@@ -264,60 +387,11 @@ impl rmcp::ServerHandler for McpServer {
         context: RequestContext<RoleServer>,
     ) -> std::result::Result<CallToolResponse, McpError> {
         let caller = self.caller(&context)?;
-        let meta = &context.meta;
-        let task_id = meta_string(meta, META_TASK_ID, label)?;
-        let workflow = meta_string(meta, META_WORKFLOW, label)?;
-        let idempotency_key = meta_string(meta, META_IDEMPOTENCY_KEY, |k| {
-            crate::idempotency::validate_key(k).map_err(|e| e.message)
-        })?;
-        let traceparent = meta
-            .get_traceparent()
-            .filter(|t| valid_traceparent(t))
-            .map(str::to_string);
-        let Some((name, function)) = params.name.split_once("__") else {
-            return Err(unknown_tool(&params.name));
+        let call = match self.prepare(&caller, &params, &context.meta).await? {
+            Prepared::Call(call) => call,
+            Prepared::Failed(result) => return Ok(result.into()),
         };
-        let tool = match self.shared.tools.get(&caller.tenant, name).await {
-            Ok(t) => t,
-            Err(e)
-                if matches!(
-                    e.kind,
-                    crate::ErrorKind::NotFound | crate::ErrorKind::ToolDisabled
-                ) =>
-            {
-                return Err(unknown_tool(&params.name));
-            }
-            Err(e) => return Ok(answer::failed(&e).into()),
-        };
-        let request = Request {
-            tool: tool.clone(),
-            function: Some(function.to_string()),
-            args: arguments(&params),
-            limits: self.shared.limits.clone(),
-            context: CallContext {
-                tenant: Some(caller.tenant.clone()),
-                workflow,
-                task_id,
-                principal: Some(caller.principal.clone()),
-                idempotency_key,
-                approval: None,
-                callback_url: None,
-                transport: Some("mcp".into()),
-                traceparent,
-            },
-            hold: caller.hold.as_ref().and_then(Hold::keep),
-        };
-        let result = match self.shared.service.invoke(request).await {
-            Ok(answer) => {
-                if let Answer::Done(outcome) = &answer {
-                    send_logs(&context, &tool, &outcome.logs).await;
-                    send_progress(&context, &outcome.progress).await;
-                }
-                answer::result(&tool, &answer.response())
-            }
-            Err(e) => answer::failed(&e),
-        };
-        Ok(result.into())
+        Ok(self.run(call, Some(&context)).await.into())
     }
 
     /// `subscriptions/listen` (2026-07-28): tool-list changes only.

@@ -45,6 +45,9 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use rmcp::model::{
+    CallToolRequestParams, CallToolResponse, RequestId, ServerJsonRpcMessage, ServerResult,
+};
 use rmcp::transport::streamable_http_server::session::never::NeverSessionManager;
 use rmcp::transport::{StreamableHttpServerConfig, StreamableHttpService};
 use serde_json::json;
@@ -116,6 +119,7 @@ pub fn router(app: Arc<App>, config: &super::ServeConfig) -> Router<Arc<App>> {
         .disable_allowed_origins()
         .with_max_request_body_bytes(config.max_body)
         .with_sse_keep_alive(Some(std::time::Duration::from_secs(15)));
+    let plain = McpServer::per_request(shared.clone());
     let service = StreamableHttpService::new(
         move || Ok(McpServer::per_request(shared.clone())),
         Arc::new(NeverSessionManager::default()),
@@ -126,6 +130,7 @@ pub fn router(app: Arc<App>, config: &super::ServeConfig) -> Router<Arc<App>> {
             "/mcp",
             tower::ServiceBuilder::new()
                 .layer(axum::middleware::from_fn(identity))
+                .layer(axum::middleware::from_fn_with_state(plain, plain_call))
                 .service(service),
         )
         .layer(axum::middleware::from_fn_with_state(
@@ -188,6 +193,115 @@ async fn identity(mut request: Request, next: Next) -> Response {
         hold,
     });
     next.run(request).await
+}
+
+/// A JSON-RPC `tools/call` request, nothing more.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PlainRequest {
+    jsonrpc: String,
+    id: RequestId,
+    method: String,
+    params: CallToolRequestParams,
+}
+
+/// The header a plain call sends exactly once, if it has this value.
+fn one_header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    let mut values = headers.get_all(name).iter();
+    let first = values.next()?;
+    values
+        .next()
+        .is_none()
+        .then(|| first.to_str().ok())
+        .flatten()
+}
+
+/// The plain 2026-07-28 `tools/call`, the one every agent's call is,
+/// answered without rmcp's per-request service (a one-shot transport, a
+/// service loop, a peer and two tasks per request: ≈ 10% of a call's CPU
+/// time). What makes it plain is checked conservatively, and anything else
+/// — another method or revision, a header that does not agree with the
+/// body exactly, `Mcp-Param-*` headers, a session, a progress token or log
+/// level (notifications before the result), a malformed or refused request
+/// — goes to rmcp untouched, which answers it (errors included) as it
+/// answers any request. The answer is rmcp's own types, made and
+/// serialised as rmcp makes them (`resultType`, cache hints).
+async fn plain_call(State(server): State<McpServer>, request: Request, next: Next) -> Response {
+    use http_body_util::BodyExt;
+    let headers = request.headers();
+    let accepts = |t: &str| {
+        headers
+            .get_all(header::ACCEPT)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|v| {
+                v.split(';')
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+                    .eq_ignore_ascii_case(t)
+            })
+    };
+    let json_body = one_header(headers, "content-type").is_some_and(|c| {
+        c.split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .eq_ignore_ascii_case("application/json")
+    });
+    let plain_headers = request.method() == http::Method::POST
+        && one_header(headers, "mcp-protocol-version") == Some("2026-07-28")
+        && one_header(headers, "mcp-method") == Some("tools/call")
+        && one_header(headers, "mcp-name").is_some()
+        && !headers.contains_key("mcp-session-id")
+        && !headers.keys().any(|k| k.as_str().starts_with("mcp-param-"))
+        && json_body
+        && accepts("application/json")
+        && accepts("text/event-stream");
+    let caller = request.extensions().get::<mcp::Caller>().cloned();
+    let (Some(caller), true) = (caller, plain_headers) else {
+        return next.run(request).await;
+    };
+    let (parts, body) = request.into_parts();
+    // `limit` read the body into memory: collecting it copies nothing.
+    let Ok(bytes) = body.collect().await.map(|c| c.to_bytes()) else {
+        return super::problem::ApiError::new(ErrorKind::InvalidRequest, "unreadable body")
+            .into_response();
+    };
+    let call = serde_json::from_slice::<PlainRequest>(&bytes)
+        .ok()
+        .filter(|c| {
+            c.jsonrpc == "2.0"
+                && c.method == "tools/call"
+                && one_header(&parts.headers, "mcp-name") == Some(c.params.name.as_ref())
+        });
+    let answered = match &call {
+        Some(c) => server.call_plain(&caller, &c.params).await,
+        None => None,
+    };
+    let (Some(result), Some(call)) = (answered, call) else {
+        return next
+            .run(Request::from_parts(parts, axum::body::Body::from(bytes)))
+            .await;
+    };
+    let mut result = ServerResult::from(CallToolResponse::from(result));
+    result.fill_missing_cache_hints();
+    match serde_json::to_vec(&ServerJsonRpcMessage::response(result, call.id)) {
+        Ok(body) => (
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )],
+            body,
+        )
+            .into_response(),
+        Err(e) => super::problem::ApiError::new(
+            ErrorKind::Internal,
+            format!("serialising the MCP answer: {e}"),
+        )
+        .into_response(),
+    }
 }
 
 fn forbidden(message: String) -> Response {
