@@ -16,7 +16,10 @@
 //! 3. [`identity`]: the caller's tenant, key id and slot go into the
 //!    request's extensions as an [`mcp::Caller`]; the slot is held by the
 //!    invocation until it ends.
-//! 4. rmcp: JSON-RPC, the protocol-version and `Mcp-Method`/`Mcp-Name`
+//! 4. [`plain_call`]: the plain 2026-07-28 `tools/call` is answered here
+//!    (rmcp's model types, the same [`McpServer`] code) without rmcp's
+//!    per-request service; anything else passes on untouched.
+//! 5. rmcp: JSON-RPC, the protocol-version and `Mcp-Method`/`Mcp-Name`
 //!    header checks against the body (-32020, -32022: 400), `resultType`,
 //!    caching hints, notifications (202), JSON or SSE answers.
 //!
