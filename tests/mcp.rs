@@ -1027,8 +1027,61 @@ async fn listen_streams_hear_of_tool_list_changes_from_anywhere() {
         .next_list_changed(Duration::from_secs(10))
         .await
         .expect("notifications/tools/list_changed after the CLI's enable");
+    // A new policy changes the tools' annotations: told too.
+    std::fs::write(
+        dir.join("policy2.yaml"),
+        POLICY.replace("max_tool_calls: 3", "max_tool_calls: 4"),
+    )
+    .unwrap();
+    common::serve::ok(common::serve::host(&[
+        "policy",
+        "set",
+        s(&dir.join("policy2.yaml")),
+        "--data-dir",
+        s(&dir),
+    ]));
+    stream
+        .next_list_changed(Duration::from_secs(10))
+        .await
+        .expect("notifications/tools/list_changed after a new policy");
     assert!(quiet.next(Duration::from_millis(300)).await.is_none());
     client.cancel().await.unwrap();
+
+    // Streams are bounded per tenant, whatever they asked for (quiet ones
+    // included): the 33rd is refused, saying why.
+    let mut more = Vec::new();
+    for id in 0..30 {
+        more.push(listen(&server, &k, 100 + id, json!({})).await);
+    }
+    let mut refused = listen(&server, &k, 200, json!({"toolsListChanged": true})).await;
+    let mut last = None;
+    while let Some(m) = refused.next(Duration::from_secs(10)).await {
+        last = Some(m);
+    }
+    let last = last.unwrap();
+    assert_eq!(last["id"], 200, "{last}");
+    assert_eq!(last["error"]["data"]["kind"], "tenant_overloaded", "{last}");
+    drop(more);
+
+    // A stream whose key is revoked ends with an error: it hears nothing
+    // more once requests with that key are refused.
+    let doomed_key = key(&dir, "acme", &["invoke"]);
+    let mut doomed = listen(&server, &doomed_key, 9, json!({"toolsListChanged": true})).await;
+    assert_eq!(
+        doomed.next(Duration::from_secs(10)).await.unwrap()["method"],
+        "notifications/subscriptions/acknowledged"
+    );
+    let id = doomed_key.split('_').nth(1).unwrap();
+    common::serve::ok(common::serve::host(&[
+        "keys",
+        "revoke",
+        id,
+        "--data-dir",
+        s(&dir),
+    ]));
+    let end = doomed.next(Duration::from_secs(10)).await.unwrap();
+    assert_eq!(end["id"], 9, "{end}");
+    assert_eq!(end["error"]["data"]["kind"], "unauthenticated", "{end}");
 
     // Shutdown ends open streams with the listen's final result and the
     // server exits cleanly (stop() asserts it).
@@ -1120,6 +1173,22 @@ async fn plain_calls_are_answered_exactly_as_rmcp_answers_them() {
         assert_eq!(a["id"], "c-1", "{a}");
         assert_eq!(without_ids(a), without_ids(b), "{name}");
     }
+    // An Accept that refuses SSE (q=0) is rmcp's to refuse: 406, and the
+    // tool does not run.
+    let r = raw
+        .http
+        .post(format!("{}/mcp", server.url))
+        .header("authorization", &bearer)
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream;q=0")
+        .header("mcp-protocol-version", "2026-07-28")
+        .header("mcp-method", "tools/call")
+        .header("mcp-name", "text-tools__word-count")
+        .body(call("text-tools__word-count", json!({"text": "q"}), json!({})).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 406);
     // A header that does not agree with the body is rmcp's to refuse, as
     // ever: 400, -32020.
     let (status, body) = post(

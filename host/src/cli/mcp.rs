@@ -109,6 +109,7 @@ async fn run(args: Args) -> Result<()> {
             tenant: args.tenant.clone(),
             principal: "stdio".into(),
             hold: None,
+            recheck: None,
         },
     );
     let running = rmcp::serve_server(server, rmcp::transport::stdio())

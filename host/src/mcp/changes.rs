@@ -3,7 +3,8 @@
 //!
 //! The registry is the truth: one watcher task per tenant that has open
 //! listen streams (none otherwise) reads the tenant's registry entries
-//! (names, current versions, disabled flags) every `every`, and when they
+//! (names, current versions, disabled flags) and the stored policy's
+//! version (it decides the tools' annotations) every `every`, and when they
 //! differ from its last read bumps the tenant's generation; every stream of
 //! the tenant waits on that generation. So a tool registered, deployed,
 //! rolled back or disabled through any replica, the CLI or the console
@@ -118,8 +119,11 @@ impl Changes {
         self.tenants.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
 
-    /// What a tenant's tool list is now, as a hash of its registry entries.
+    /// What a tenant's tool list is now, as a hash of its registry entries
+    /// and the stored policy's version (the policy decides the tools'
+    /// annotations).
     async fn fingerprint(&self, tenant: &str) -> Result<u64> {
+        let policy = self.storage.policy_current().await?.map(|p| p.version);
         let mut entries: Vec<(String, String, bool)> = self
             .storage
             .tool_list(tenant)
@@ -129,7 +133,7 @@ impl Changes {
             .collect();
         entries.sort();
         let mut h = std::hash::DefaultHasher::new();
-        entries.hash(&mut h);
+        (entries, policy).hash(&mut h);
         Ok(h.finish())
     }
 
@@ -151,8 +155,11 @@ impl Changes {
                 }
             }
             match self.fingerprint(&tenant).await {
+                // A first read that failed leaves no baseline: the first
+                // that succeeds tells (a spare notice costs a re-list; a
+                // missed one leaves a stale list).
                 Ok(now) => {
-                    if last.is_some_and(|l| l != now)
+                    if last != Some(now)
                         && let Some(tx) = self
                             .tenants
                             .lock()

@@ -71,7 +71,21 @@ pub struct Caller {
     pub principal: String,
     /// Held until the invocation ends (the HTTP adapter's request slot).
     pub hold: Option<Hold>,
+    /// Asked again while a long-lived stream is open (the HTTP adapter:
+    /// the API key is still valid, not revoked); `None`: always.
+    pub recheck: Option<Arc<dyn Recheck>>,
 }
+
+/// Whether a caller may still be served: a long-lived stream
+/// (`subscriptions/listen`) asks every [`RECHECK_EVERY`] and ends when the
+/// answer is no, so a revoked key stops hearing anything as soon as
+/// requests with it are refused.
+pub trait Recheck: Send + Sync {
+    fn still_allowed(&self) -> BoxFuture<'_, bool>;
+}
+
+/// How often a listen stream re-checks its caller.
+pub const RECHECK_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 type Held = Arc<dyn std::any::Any + Send + Sync>;
 
@@ -162,9 +176,9 @@ impl McpServer {
     /// A plain 2026-07-28 `tools/call` ([`is_plain`]) run without a
     /// request context: what `tools/call` answers, for a transport that
     /// serves this common case without rmcp's per-request service. `None`:
-    /// the call is not plain, or is refused before anything ran (an
-    /// unknown tool, a bad `_meta` value, the registry unavailable): hand
-    /// the request to rmcp, which answers it exactly as for any client.
+    /// the call is not plain, or is a protocol error (an unknown tool, a
+    /// bad `_meta` value): hand the request to rmcp, which answers it
+    /// exactly as for any client.
     pub async fn call_plain(
         &self,
         caller: &Caller,
@@ -173,7 +187,8 @@ impl McpServer {
         let meta = params.meta.as_ref().filter(|_| is_plain(params))?;
         match self.prepare(caller, params, meta).await {
             Ok(Prepared::Call(call)) => Some(self.run(call, None).await),
-            Ok(Prepared::Failed(_)) | Err(_) => None,
+            Ok(Prepared::Failed(result)) => Some(result),
+            Err(_) => None,
         }
     }
 
@@ -405,32 +420,58 @@ impl rmcp::ServerHandler for McpServer {
 
     /// One listen stream: `notifications/tools/list_changed` whenever the
     /// caller's tenant's tool list changes (any replica, the CLI, the
-    /// console), until the client closes it or the server shuts down (then
-    /// the final result). The stream holds no request slot.
+    /// console), until the client closes it, the server shuts down (then
+    /// the final result) or the caller is no longer allowed (its key
+    /// revoked: an error). The stream holds no request slot, and counts
+    /// against the streams a tenant may have whatever it asked for.
     async fn listen(&self, context: SubscriptionContext) -> std::result::Result<(), McpError> {
         let caller = self.caller(context.request_context())?;
         if let Some(hold) = &caller.hold {
             hold.release();
         }
         let changes = &self.shared.changes;
-        if context.accepted().tools_list_changed != Some(true) {
-            // Nothing this server sends was asked for: an open, quiet stream.
-            tokio::select! {
-                () = context.cancelled() => {}
-                () = changes.stopped() => {}
-            }
-            return Ok(());
-        }
-        let mut listener = changes
-            .listen(&caller.tenant)
-            .map_err(|e| McpError::internal_error(answer::error_text(&e), None))?;
+        let mut listener = changes.listen(&caller.tenant).map_err(|e| {
+            McpError::internal_error(
+                answer::error_text(&e),
+                Some(serde_json::json!({"kind": e.kind.as_str(), "retryAfterMs": 1000})),
+            )
+        })?;
+        let tell = context.accepted().tools_list_changed == Some(true);
+        let mut recheck = tokio::time::interval(RECHECK_EVERY);
+        recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let revoked = || {
+            McpError::invalid_request(
+                "unauthenticated: the API key of this subscription is no longer valid (revoked or \
+                 its role removed); subscribe again with a valid key",
+                Some(serde_json::json!({"kind": "unauthenticated"})),
+            )
+        };
         loop {
             tokio::select! {
                 () = context.cancelled() => return Ok(()),
                 () = changes.stopped() => return Ok(()),
+                _ = recheck.tick() => {
+                    if let Some(r) = &caller.recheck && !r.still_allowed().await {
+                        return Err(revoked());
+                    }
+                }
                 more = listener.changed() => {
-                    if !more || context.sink().notify_tool_list_changed().await.is_err() {
+                    if !more {
                         return Ok(());
+                    }
+                    if !tell {
+                        continue;
+                    }
+                    // A client that stops reading must not keep this
+                    // stream (and shutdown) waiting on the send.
+                    tokio::select! {
+                        sent = context.sink().notify_tool_list_changed() => {
+                            if sent.is_err() {
+                                return Ok(());
+                            }
+                        }
+                        () = context.cancelled() => return Ok(()),
+                        () = changes.stopped() => return Ok(()),
                     }
                 }
             }

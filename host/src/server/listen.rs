@@ -8,7 +8,9 @@
 //! server stops accepting and new clients wait in the kernel's backlog,
 //! rather than the process running out of file descriptors); on shutdown
 //! the listener closes at once, each connection finishes the request it is
-//! serving (idle ones close), and `serve` returns when all have ended.
+//! serving (idle ones close), and `serve` returns when all have ended or
+//! `drain` has passed (a client that stops reading a long answer cannot
+//! hold shutdown).
 
 use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -27,6 +29,8 @@ pub struct ConnLimits {
     pub header_timeout: Duration,
     /// Most connections open at once.
     pub max_connections: usize,
+    /// How long shutdown waits for connections to finish.
+    pub drain: Duration,
 }
 
 /// Serve `router` on `listener` until `shutdown` resolves, then let every
@@ -87,7 +91,15 @@ pub async fn serve(
     drop(listener);
     drop(stopping);
     let _ = stop.send(());
-    stop.closed().await;
+    if tokio::time::timeout(limits.drain, stop.closed())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "connections still open after {} s of shutdown; closing them",
+            limits.drain.as_secs()
+        );
+    }
 }
 
 fn is_connection_error(e: &std::io::Error) -> bool {

@@ -132,7 +132,7 @@ pub fn router(app: Arc<App>, config: &super::ServeConfig) -> Router<Arc<App>> {
         .route_service(
             "/mcp",
             tower::ServiceBuilder::new()
-                .layer(axum::middleware::from_fn(identity))
+                .layer(axum::middleware::from_fn_with_state(app.clone(), identity))
                 .layer(axum::middleware::from_fn_with_state(plain, plain_call))
                 .service(service),
         )
@@ -182,20 +182,50 @@ async fn guard(State(app): State<Arc<App>>, request: Request, next: Next) -> Res
 }
 
 /// The authenticated caller (from `limit`) as MCP's caller, with the
-/// request's slot.
-async fn identity(mut request: Request, next: Next) -> Response {
+/// request's slot and a way to check its key again.
+async fn identity(State(app): State<Arc<App>>, mut request: Request, next: Next) -> Response {
     let Some(caller) = request.extensions().get::<Caller>().cloned() else {
         return super::problem::ApiError::new(ErrorKind::Unauthenticated, "no API key")
             .into_response();
     };
     let hold = super::limit::current_slot()
         .map(|s| mcp::Hold::new(s as Arc<dyn std::any::Any + Send + Sync>));
+    let mut authorization = HeaderMap::new();
+    if let Some(v) = request.headers().get(header::AUTHORIZATION) {
+        authorization.insert(header::AUTHORIZATION, v.clone());
+    }
+    let recheck = KeyRecheck {
+        app,
+        authorization,
+        tenant: caller.tenant().to_string(),
+    };
     request.extensions_mut().insert(mcp::Caller {
         tenant: caller.tenant().to_string(),
         principal: caller.key.id.clone(),
         hold,
+        recheck: Some(Arc::new(recheck)),
     });
     next.run(request).await
+}
+
+/// The request's API key, authenticated again as `limit` did (through the
+/// key cache: a revocation anywhere is seen within its TTL).
+struct KeyRecheck {
+    app: Arc<App>,
+    authorization: HeaderMap,
+    tenant: String,
+}
+
+impl mcp::Recheck for KeyRecheck {
+    fn still_allowed(&self) -> crate::BoxFuture<'_, bool> {
+        Box::pin(async move {
+            let access = super::route_access(&http::Method::POST, "/mcp");
+            match super::auth::authenticate(&self.app, &self.authorization).await {
+                Ok(c) => c.tenant() == self.tenant && access.is_some_and(|a| c.allowed(a).is_ok()),
+                Err(_) => false,
+            }
+        })
+    }
 }
 
 /// A JSON-RPC `tools/call` request, nothing more.
@@ -232,19 +262,19 @@ fn one_header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 async fn plain_call(State(server): State<McpServer>, request: Request, next: Next) -> Response {
     use http_body_util::BodyExt;
     let headers = request.headers();
+    // Only a plain list of media types (no parameters, no quoting: no
+    // `q=0` that refuses one) is read here; rmcp reads any other.
+    let accept: Vec<&str> = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .map(|v| v.to_str().unwrap_or(";"))
+        .collect();
+    let simple_accept = accept.iter().all(|v| !v.contains([';', '"']));
     let accepts = |t: &str| {
-        headers
-            .get_all(header::ACCEPT)
+        accept
             .iter()
-            .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
-            .any(|v| {
-                v.split(';')
-                    .next()
-                    .unwrap_or("")
-                    .trim()
-                    .eq_ignore_ascii_case(t)
-            })
+            .any(|v| v.trim().eq_ignore_ascii_case(t))
     };
     let json_body = one_header(headers, "content-type").is_some_and(|c| {
         c.split(';')
@@ -260,6 +290,7 @@ async fn plain_call(State(server): State<McpServer>, request: Request, next: Nex
         && !headers.contains_key("mcp-session-id")
         && !headers.keys().any(|k| k.as_str().starts_with("mcp-param-"))
         && json_body
+        && simple_accept
         && accepts("application/json")
         && accepts("text/event-stream");
     let caller = request.extensions().get::<mcp::Caller>().cloned();

@@ -293,6 +293,7 @@ impl Server {
             let limits = listen::ConnLimits {
                 header_timeout: Duration::from_secs(10),
                 max_connections: 64,
+                drain: Duration::from_secs(1),
             };
             (
                 tokio::spawn(listen::serve(l, router, limits, std::future::pending())),
@@ -314,6 +315,7 @@ impl Server {
         let limits = listen::ConnLimits {
             header_timeout: config.header_timeout,
             max_connections: config.max_connections,
+            drain: config.shutdown_grace,
         };
         listen::serve(listener, router, limits, signal).await;
         if let Some((serve, upkeep)) = metrics {
