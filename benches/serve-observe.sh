@@ -6,7 +6,7 @@
 # a local OTLP/HTTP sink), interleaved: each round runs both, the order
 # alternating; medians of requests/s and their ratio, and of the server's
 # own CPU time per request (robust to what else takes the cores).
-# Usage: benches/serve-observe.sh [seconds per run, default 10] [rounds, default 5]
+# Usage: [OBSERVE_MODES="metrics traces observed"] benches/serve-observe.sh [seconds per run, default 10] [rounds, default 5]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-10}
@@ -69,18 +69,20 @@ sink=$!
 spid=""
 trap 'kill $sink 2>/dev/null || true; [ -n "$spid" ] && kill $spid 2>/dev/null || true' EXIT
 
-run() { # mode: plain | observed
+run() { # mode: plain | metrics | traces | observed (metrics and traces)
   local extra=() scraper=""
-  if [ "$1" = observed ]; then
-    extra=(--metrics-listen 127.0.0.1:0 --otlp-endpoint "http://127.0.0.1:$sinkport")
-  fi
+  case "$1" in
+    metrics) extra=(--metrics-listen 127.0.0.1:0) ;;
+    traces) extra=(--otlp-endpoint "http://127.0.0.1:$sinkport") ;;
+    observed) extra=(--metrics-listen 127.0.0.1:0 --otlp-endpoint "http://127.0.0.1:$sinkport") ;;
+  esac
   $host serve --listen 127.0.0.1:0 --data-dir "$data" --max-concurrency 64 "${extra[@]}" \
     2>"$work/serve-$1.log" >"$work/serve.url" &
   spid=$!
   for _ in $(seq 1 100); do [ -s "$work/serve.url" ] && break; sleep 0.1; done
   local url; url="$(head -1 "$work/serve.url")/v1/tools/text-tools/hello/invoke"
   curl -sf -H "Authorization: Bearer $key" -d '{"args": {"name": "w"}}' "$url" >/dev/null
-  if [ "$1" = observed ]; then
+  if [ "$1" = observed ] || [ "$1" = metrics ]; then
     local murl=""
     for _ in $(seq 1 50); do
       murl=$(grep -o 'metrics_url=[^ ]*' "$work/serve-$1.log" | head -1 | cut -d= -f2) && [ -n "$murl" ] && break
@@ -103,21 +105,89 @@ run() { # mode: plain | observed
   echo "$(echo "$out" | awk '/Requests\/sec/ {print $2}') $(python3 -c "print(round(($t1 - $t0) / $hz * 1e6 / max($n, 1), 1))")"
 }
 
-declare -a plain observed plain_cpu observed_cpu
+# OBSERVE_PAIRED=1: each round runs `plain` and the mode at the same time
+# (two servers on copies of the data dir, c=8 each, one wrk each), so both
+# see the same machine: a VM's steal and other load move run to run, and
+# runs taken one after the other compared them as much as the mode.
+if [ "${OBSERVE_PAIRED:-0}" = 1 ]; then
+  hz=$(getconf CLK_TCK)
+  start() { # name mode -> pid on stdout; URL in $work/$name.url
+    local extra=()
+    case "$2" in
+      metrics) extra=(--metrics-listen 127.0.0.1:0) ;;
+      traces) extra=(--otlp-endpoint "http://127.0.0.1:$sinkport") ;;
+      observed) extra=(--metrics-listen 127.0.0.1:0 --otlp-endpoint "http://127.0.0.1:$sinkport") ;;
+    esac
+    rm -rf "$work/$1"; cp -r "$data" "$work/$1"; : > "$work/$1.url"
+    $host serve --listen 127.0.0.1:0 --data-dir "$work/$1" --max-concurrency 64 "${extra[@]}" \
+      2>"$work/$1.log" >"$work/$1.url" &
+    echo $!
+  }
+  results="$work/paired.txt"; : > "$results"
+  for m in ${OBSERVE_MODES:-observed}; do
+    pa=$(start a plain); pb=$(start b "$m")
+    for _ in $(seq 1 100); do [ -s "$work/a.url" ] && [ -s "$work/b.url" ] && break; sleep 0.1; done
+    ua="$(head -1 "$work/a.url")/v1/tools/text-tools/hello/invoke"
+    ub="$(head -1 "$work/b.url")/v1/tools/text-tools/hello/invoke"
+    for r in $(seq 1 "$rounds"); do
+      ta0=$(awk '{print $14 + $15}' /proc/$pa/stat); tb0=$(awk '{print $14 + $15}' /proc/$pb/stat)
+      wrk -t1 -c8 -d${secs}s -s "$work/post.lua" "$ua" > "$work/wa.txt" & wa=$!
+      wrk -t1 -c8 -d${secs}s -s "$work/post.lua" "$ub" > "$work/wb.txt" & wb=$!
+      wait $wa $wb
+      ta1=$(awk '{print $14 + $15}' /proc/$pa/stat); tb1=$(awk '{print $14 + $15}' /proc/$pb/stat)
+      na=$(awk '/requests in/ {print $1}' "$work/wa.txt"); nb=$(awk '/requests in/ {print $1}' "$work/wb.txt")
+      line=$(python3 -c "
+a = ($ta1 - $ta0) / $hz * 1e6 / $na; b = ($tb1 - $tb0) / $hz * 1e6 / $nb
+print(f'{$nb / $na:.4f} {b / a:.4f} {$na / $secs:.0f} {$nb / $secs:.0f} {a:.0f} {b:.0f}')")
+      echo "$m $line" >> "$results"
+      read -r tr cr ra rb ca cb <<< "$line"
+      echo "  round $r: plain $ra req/s, $ca µs/request | $m $rb req/s, $cb µs/request (same time)"
+    done
+    kill -TERM $pa $pb; wait $pa $pb 2>/dev/null || true
+  done
+  python3 - "$results" <<'PY'
+import statistics, sys, collections
+by = collections.defaultdict(list)
+for l in open(sys.argv[1]):
+    m, t, c, *_ = l.split()
+    by[m].append((float(t), float(c)))
+for m, rs in by.items():
+    t = statistics.median(x for x, _ in rs); c = statistics.median(y for _, y in rs)
+    print(f"==> {m} beside plain, median of {len(rs)} rounds: throughput ratio {t:.3f} (cost {100*(1-t):.1f}%, target <= 5%); CPU per request +{100*(c-1):.1f}%")
+PY
+  exit 0
+fi
+# OBSERVE_MODES: what to compare with `plain`, each run in every round
+# (order rotating): `observed` by default; `metrics traces observed` shows
+# which of the two costs what.
+modes=(plain ${OBSERVE_MODES:-observed})
+results="$work/results.txt"; : > "$results"
 for r in $(seq 1 "$rounds"); do
-  if (( r % 2 )); then order=(plain observed); else order=(observed plain); fi
+  n=${#modes[@]}; order=()
+  for i in $(seq 0 $((n - 1))); do order+=("${modes[$(( (i + r) % n ))]}"); done
   for m in "${order[@]}"; do
     read -r v cpu < <(run "$m")
     echo "  round $r $m: $v req/s, $cpu µs of server CPU per request"
-    if [ "$m" = plain ]; then plain+=("$v"); plain_cpu+=("$cpu"); else observed+=("$v"); observed_cpu+=("$cpu"); fi
+    echo "$r $m $v $cpu" >> "$results"
   done
 done
 echo "  OTLP sink received (requests bytes): $(cat "$work/sink.count" 2>/dev/null || echo '0 0'); OTEL_TRACES_SAMPLER=${OTEL_TRACES_SAMPLER:-default} ${OTEL_TRACES_SAMPLER_ARG:-}"
-python3 - "${plain[*]}" "${observed[*]}" "${plain_cpu[*]}" "${observed_cpu[*]}" <<'PY'
-import statistics, sys
-p, o, pc, oc = ([float(x) for x in a.split()] for a in sys.argv[1:5])
-mp, mo = statistics.median(p), statistics.median(o)
-cp, co = statistics.median(pc), statistics.median(oc)
-print(f"==> c=16 median req/s: without {mp:.0f}, with metrics + OTLP {mo:.0f}; ratio {mo/mp:.3f} (cost {100*(1-mo/mp):.1f}%, target <= 5%)")
-print(f"==> server CPU per request (median): without {cp:.0f} µs, with {co:.0f} µs; +{100*(co/cp-1):.1f}%")
+python3 - "$results" <<'PY'
+import statistics, sys, collections
+rows = [l.split() for l in open(sys.argv[1]) if l.strip()]
+by = collections.defaultdict(dict)
+for r, m, v, c in rows:
+    by[m][r] = (float(v), float(c))
+p = by.pop("plain")
+mp = statistics.median(v for v, _ in p.values())
+cp = statistics.median(c for _, c in p.values())
+print(f"==> plain: {mp:.0f} req/s, {cp:.0f} µs of server CPU per request (medians)")
+for m, runs in by.items():
+    mo = statistics.median(v for v, _ in runs.values())
+    co = statistics.median(c for _, c in runs.values())
+    # Paired by round: each round's runs are minutes apart at most.
+    tput = statistics.median(runs[r][0] / p[r][0] for r in runs if r in p)
+    cpu = statistics.median(runs[r][1] / p[r][1] for r in runs if r in p)
+    print(f"==> {m}: {mo:.0f} req/s (ratio of medians {mo/mp:.3f}; median of round ratios {tput:.3f}, cost {100*(1-tput):.1f}%, target <= 5%); "
+          f"CPU per request {co:.0f} µs (+{100*(co/cp-1):.1f}%; median of round ratios +{100*(cpu-1):.1f}%)")
 PY
