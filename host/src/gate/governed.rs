@@ -341,15 +341,18 @@ impl Gate for Governed {
             // the clock is fixed at admission so that settling hits the same
             // windows. The running row is written with the reservation.
             let admitted_ms = self.instance.now_ms();
-            let reserve = observe::trace::child("reserve");
-            if reserve.is_on() {
-                reserve.set("toolhost.budget.tool_calls", worst.tool_calls);
-                reserve.set("toolhost.budget.outbound_calls", worst.outbound_calls);
-                reserve.set("toolhost.budget.cost_micro_usd", worst.cost_micro_usd);
+            // The reservation is part of the `admit` span (its attributes),
+            // not a span of its own: a span costs more than the facts.
+            let admit_span = observe::trace::current();
+            if admit_span.is_on() {
+                admit_span.set("toolhost.budget.tool_calls", worst.tool_calls);
+                admit_span.set("toolhost.budget.outbound_calls", worst.outbound_calls);
+                admit_span.set("toolhost.budget.cost_micro_usd", worst.cost_micro_usd);
             }
             let worst = charges(&document.budget, &scope, admitted_ms, &worst);
-            let reserved = reserve
-                .run(self.ledger.admit(Admit {
+            let reserved = self
+                .ledger
+                .admit(Admit {
                     run: NewRun {
                         id: r.invocation_id.to_string(),
                         tenant: tenant.clone(),
@@ -367,12 +370,11 @@ impl Gate for Governed {
                     },
                     worst,
                     existing: r.context.idempotency_key.is_some() || r.context.approval.is_some(),
-                }))
+                })
                 .await;
             if let Err(e) = &reserved {
-                reserve.set("toolhost.error_kind", e.kind.as_str());
+                admit_span.set("toolhost.budget.error_kind", e.kind.as_str());
             }
-            reserve.end();
             reserved?;
 
             let injected = self.injected(&settings);

@@ -4,8 +4,7 @@
 //! root of this host's part of the trace, parented by the caller's W3C
 //! `traceparent` when the transport had one ([`crate::gate::CallContext`]'s
 //! `traceparent`: the HTTP header on `/v1`, `_meta` on MCP). Its children:
-//! `admit` (the policy decision and its rule; `reserve`, the budget
-//! reservation), `sandbox` (with one `outbound` client span per outbound
+//! `admit` (the policy decision and its rule, the budget reservation), `sandbox` (with one `outbound` client span per outbound
 //! call: destination, decision, status, bytes), and `complete` (the durable
 //! audit commit).
 //!
