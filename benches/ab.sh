@@ -7,6 +7,9 @@
 #
 # Needs: wrk, curl, python3; the guests built (benches/serve.sh builds them).
 # Extra `host serve` flags per side: SERVE_ARGS_A, SERVE_ARGS_B.
+# AB_PAIRED=1: load both sides at the same time (c/2 connections each)
+# instead of one after the other: runs taken seconds apart on a VM differ
+# by more than most changes do (benches/RESULTS.md, issue 14 round 3).
 # Usage: benches/ab.sh HOST_A HOST_B [seconds per run=5] [rounds=5] [concurrencies="1 16 64"]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -53,6 +56,18 @@ start b "$b" "${SERVE_ARGS_B:-}"
 for c in $concs; do
   threads=$(( c < 2 ? 1 : 2 ))
   for r in $(seq 1 "$rounds"); do
+    if [ "${AB_PAIRED:-0}" = 1 ]; then
+      # Both sides at the same time, c/2 connections each: whatever the VM
+      # does during the run (steal, neighbours) it does to both.
+      half=$(( c < 2 ? 1 : c / 2 ))
+      wrk -t1 -c$half -d${secs}s -s "$work/a.lua" "$(cat "$work/a.target")" > "$work/wa.txt" & wa=$!
+      wrk -t1 -c$half -d${secs}s -s "$work/b.lua" "$(cat "$work/b.target")" > "$work/wb.txt" & wb=$!
+      wait $wa $wb
+      for side in a b; do
+        echo "c=$c round=$r $side $(awk '/Requests\/sec/ {print $2}' "$work/w$side.txt")" | tee -a "$work/results"
+      done
+      continue
+    fi
     for side in a b; do
       rps=$(wrk -t$threads -c$c -d${secs}s -s "$work/$side.lua" "$(cat "$work/$side.target")" |
         awk '/Requests\/sec/ {print $2}')
