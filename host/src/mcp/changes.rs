@@ -114,11 +114,6 @@ impl Changes {
         self.stop.cancelled().await;
     }
 
-    /// Tenants watched now (their streams are open).
-    pub fn watched(&self) -> usize {
-        self.tenants.lock().unwrap_or_else(|e| e.into_inner()).len()
-    }
-
     /// What a tenant's tool list is now, as a hash of its registry entries
     /// and the stored policy's version (the policy decides the tools'
     /// annotations).
