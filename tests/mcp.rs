@@ -1173,22 +1173,28 @@ async fn plain_calls_are_answered_exactly_as_rmcp_answers_them() {
         assert_eq!(a["id"], "c-1", "{a}");
         assert_eq!(without_ids(a), without_ids(b), "{name}");
     }
-    // An Accept that refuses SSE (q=0) is rmcp's to refuse: 406, and the
-    // tool does not run.
-    let r = raw
-        .http
-        .post(format!("{}/mcp", server.url))
-        .header("authorization", &bearer)
-        .header("content-type", "application/json")
-        .header("accept", "application/json, text/event-stream;q=0")
-        .header("mcp-protocol-version", "2026-07-28")
-        .header("mcp-method", "tools/call")
-        .header("mcp-name", "text-tools__word-count")
-        .body(call("text-tools__word-count", json!({"text": "q"}), json!({})).to_string())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 406);
+    // An Accept that does not take SSE is rmcp's to refuse: 406, and the
+    // tool does not run. Refused with q=0, or hidden in a quoted parameter
+    // (a naive split on commas would read it as accepted).
+    for accept in [
+        "application/json, text/event-stream;q=0",
+        "application/json, text/plain;x=\",text/event-stream,\"",
+    ] {
+        let r = raw
+            .http
+            .post(format!("{}/mcp", server.url))
+            .header("authorization", &bearer)
+            .header("content-type", "application/json")
+            .header("accept", accept)
+            .header("mcp-protocol-version", "2026-07-28")
+            .header("mcp-method", "tools/call")
+            .header("mcp-name", "text-tools__word-count")
+            .body(call("text-tools__word-count", json!({"text": "q"}), json!({})).to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 406, "{accept}");
+    }
     // A header that does not agree with the body is rmcp's to refuse, as
     // ever: 400, -32020.
     let (status, body) = post(
