@@ -1207,3 +1207,243 @@ async fn plain_calls_are_answered_exactly_as_rmcp_answers_them() {
     assert!(body.contains("-32020"), "{body}");
     server.stop();
 }
+
+/// A call that waits for a human is a task (SEP-2663) for a request that
+/// declares the tasks extension: `tasks/get` follows it through approval,
+/// denial and the run; `tasks/cancel` withdraws the request; only the key
+/// that made the call sees the task. Without the extension nothing changes.
+#[tokio::test]
+async fn approval_waits_are_tasks_for_clients_that_declare_the_extension() {
+    let dir = setup("mcp-tasks");
+    let k = key(&dir, "acme", &["invoke"]);
+    let colleague = key(&dir, "acme", &["invoke"]);
+    let stranger = key(&dir, "globex", &["invoke"]);
+    let approver = key(&dir, "acme", &["approve"]);
+    let server = Server::start(&dir, &[]);
+    let raw = Raw {
+        http: reqwest::Client::new(),
+        url: server.url.clone(),
+    };
+    let tasks_meta = |extra: Value| {
+        let mut m = discover_meta("2026-07-28");
+        m["io.modelcontextprotocol/clientCapabilities"] =
+            json!({"extensions": {"io.modelcontextprotocol/tasks": {}}});
+        m.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        m
+    };
+    // One JSON-RPC request as a 2026-07-28 client sends it; the answer's
+    // `result` or `error`.
+    async fn rpc(raw: &Raw, key: &str, method: &str, name: &str, params: Value) -> Value {
+        let bearer = format!("Bearer {key}");
+        let (status, _, body) = raw
+            .post(
+                &[
+                    ("authorization", &bearer),
+                    ("mcp-protocol-version", "2026-07-28"),
+                    ("mcp-method", method),
+                    ("mcp-name", name),
+                ],
+                json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params}),
+            )
+            .await;
+        let v: Value =
+            serde_json::from_str(&body).unwrap_or_else(|_| panic!("{method}: {status} {body}"));
+        v.get("result")
+            .or_else(|| v.get("error"))
+            .cloned()
+            .unwrap_or_else(|| panic!("{method}: {v}"))
+    }
+    let refund = json!({"order-id": "ord_1001", "amount-usd": 10.0});
+    let call = |meta: Value| json!({"name": "refund__issue-refund", "arguments": refund.clone(), "_meta": meta});
+    let task_call = |k: &str, progress: bool| {
+        let meta = if progress {
+            tasks_meta(json!({"progressToken": "p"}))
+        } else {
+            tasks_meta(json!({}))
+        };
+        let params = call(meta);
+        let raw = &raw;
+        let k = k.to_string();
+        async move { rpc(raw, &k, "tools/call", "refund__issue-refund", params).await }
+    };
+    let task = |method: &'static str, k: &str, id: &str, with_ext: bool| {
+        let meta = if with_ext {
+            tasks_meta(json!({}))
+        } else {
+            discover_meta("2026-07-28")
+        };
+        let mut params = json!({"taskId": id, "_meta": meta});
+        if method == "tasks/update" {
+            params["inputResponses"] = json!({});
+        }
+        let (raw, k, id) = (&raw, k.to_string(), id.to_string());
+        async move { rpc(raw, &k, method, &id, params).await }
+    };
+
+    // The server declares the extension.
+    let client = connect(&server, &k, ProtocolVersion::V_2026_07_28).await;
+    let caps = client.peer().peer_info().unwrap().capabilities.clone();
+    client.cancel().await.unwrap();
+    assert!(caps.supports_tasks(), "{caps:?}");
+
+    // Declared: a task, durable, on the fast path and through rmcp alike.
+    let mut ids = Vec::new();
+    for progress in [false, true, false] {
+        let created = task_call(&k, progress).await;
+        assert_eq!(created["resultType"], "task", "{created}");
+        assert_eq!(created["status"], "working", "{created}");
+        for absent in ["content", "result", "error", "task", "ttl", "pollInterval"] {
+            assert!(created.get(absent).is_none(), "{absent}: {created}");
+        }
+        assert!(created["ttlMs"].is_null(), "{created}");
+        assert_eq!(created["pollIntervalMs"], 5000, "{created}");
+        assert!(created["createdAt"].as_str().unwrap().starts_with("20"));
+        let id = created["taskId"].as_str().unwrap().to_string();
+        assert!(id.starts_with("inv_"), "{created}");
+        let approval = id.replacen("inv_", "apr_", 1);
+        assert!(
+            created["statusMessage"]
+                .as_str()
+                .unwrap()
+                .contains(&approval),
+            "{created}"
+        );
+        ids.push(id);
+    }
+    // Not declared: the isError answer naming the approval, as before.
+    let plain = rpc(
+        &raw,
+        &k,
+        "tools/call",
+        "refund__issue-refund",
+        call(discover_meta("2026-07-28")),
+    )
+    .await;
+    assert_eq!(plain["resultType"], "complete", "{plain}");
+    assert_eq!(plain["isError"], true, "{plain}");
+    assert!(plain.get("taskId").is_none(), "{plain}");
+    // A call that can run now is never a task.
+    let now = rpc(
+        &raw,
+        &k,
+        "tools/call",
+        "text-tools__word-count",
+        json!({"name": "text-tools__word-count", "arguments": {"text": "a b"},
+            "_meta": tasks_meta(json!({}))}),
+    )
+    .await;
+    assert_eq!(now["resultType"], "complete", "{now}");
+    assert_eq!(now["structuredContent"]["words"], 2, "{now}");
+
+    let (approved, denied, withdrawn) = (&ids[0], &ids[1], &ids[2]);
+    // tasks/* need the extension declared: -32021.
+    let e = task("tasks/get", &k, approved, false).await;
+    assert_eq!(e["code"], -32021, "{e}");
+    // Waiting: working, naming the approval and its expiry.
+    let got = task("tasks/get", &k, approved, true).await;
+    assert_eq!(got["resultType"], "complete", "{got}");
+    assert_eq!(got["taskId"], approved.as_str(), "{got}");
+    assert_eq!(got["status"], "working", "{got}");
+    assert!(got["statusMessage"].as_str().unwrap().contains("expires"));
+    assert!(got.get("result").is_none(), "{got}");
+    // Only the key that made the call sees the task: to a colleague's
+    // key, another tenant's, or for an id that never was, it is unknown.
+    for (who, id) in [
+        (&colleague, approved.as_str()),
+        (&stranger, approved.as_str()),
+        (&k, "inv_doesnotexist"),
+        (&k, "apr_x' OR 1=1"),
+    ] {
+        for method in ["tasks/get", "tasks/cancel", "tasks/update"] {
+            let e = task(method, who, id, true).await;
+            assert_eq!(e["code"], -32602, "{method} {id}: {e}");
+        }
+    }
+    // The colleague's cancel did nothing: still waiting.
+    assert_eq!(
+        task("tasks/get", &k, approved, true).await["status"],
+        "working"
+    );
+
+    // Approved: the call runs once; the task completes with its result.
+    let api = Client::new(&server, Some(&approver));
+    let apr = |id: &str| id.replacen("inv_", "apr_", 1);
+    let (status, d) = api
+        .post(
+            &format!("/v1/approvals/{}/approve", apr(approved)),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 200, "{d}");
+    let got = task("tasks/get", &k, approved, true).await;
+    assert_eq!(got["status"], "completed", "{got}");
+    assert_eq!(got["result"]["isError"], false, "{got}");
+    assert!(!got["result"]["content"].as_array().unwrap().is_empty());
+    assert_eq!(
+        got["result"]["_meta"]["io.toolhost/invocation"]["status"], "ok",
+        "{got}"
+    );
+    // Denied: completed with the refusal as an isError result (SEP-2663
+    // keeps `failed` for JSON-RPC errors).
+    let (status, d) = api
+        .post(
+            &format!("/v1/approvals/{}/deny", apr(denied)),
+            json!({"reason": "no"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{d}");
+    let got = task("tasks/get", &k, denied, true).await;
+    assert_eq!(got["status"], "completed", "{got}");
+    assert_eq!(got["result"]["isError"], true, "{got}");
+    let text = got["result"]["content"][0]["text"].as_str().unwrap();
+    assert!(text.starts_with("approval_denied: "), "{text}");
+
+    // Cancelled: the request is withdrawn, final, recorded.
+    let ack = task("tasks/cancel", &k, withdrawn, true).await;
+    assert_eq!(ack, json!({"resultType": "complete"}));
+    let got = task("tasks/get", &k, withdrawn, true).await;
+    assert_eq!(got["status"], "cancelled", "{got}");
+    let (_, a) = api.get(&format!("/v1/approvals/{}", apr(withdrawn))).await;
+    assert_eq!(a["status"], "withdrawn", "{a}");
+    let (status, e) = api
+        .post(
+            &format!("/v1/approvals/{}/approve", apr(withdrawn)),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 409, "a withdrawn request cannot be approved: {e}");
+    let (_, record) = Client::new(&server, Some(&k))
+        .get(&format!("/v1/invocations/{withdrawn}"))
+        .await;
+    assert_eq!(record["status"], "refused", "{record}");
+    assert_eq!(record["error"]["kind"], "approval_withdrawn", "{record}");
+    let (status, page) = api.get("/v1/approvals?status=withdrawn").await;
+    assert_eq!(status, 200, "{page}");
+    assert!(page.to_string().contains(&apr(withdrawn)), "{page}");
+    // Cancelling a task that ended (any way) is the same acknowledgement
+    // and changes nothing; an update is acknowledged and ignored.
+    for id in [withdrawn, approved, denied] {
+        assert_eq!(
+            task("tasks/cancel", &k, id, true).await,
+            json!({"resultType": "complete"})
+        );
+        assert_eq!(
+            task("tasks/update", &k, id, true).await,
+            json!({"resultType": "complete"})
+        );
+    }
+    assert_eq!(
+        task("tasks/get", &k, approved, true).await["status"],
+        "completed"
+    );
+    assert_eq!(
+        task("tasks/get", &k, withdrawn, true).await["status"],
+        "cancelled"
+    );
+    server.stop();
+    // Every decision, the withdrawal included, is in a chain that verifies.
+    let out = common::serve::host(&["audit", "verify", "--data-dir", s(&dir)]);
+    assert!(out.status.success(), "{out:?}");
+}

@@ -10,8 +10,9 @@
 //! the same moment one wins, and a replayed approval finds it decided and
 //! does nothing. Approval runs the call once, under the waiting invocation's
 //! id, with `context.approved = true` for policy, and with the tool version
-//! that was requested; its result replaces the pending record. Denial and
-//! expiry (the TTL) are final. Every step is in the audit trail.
+//! that was requested; its result replaces the pending record. Denial,
+//! expiry (the TTL) and withdrawal by the requester ([`withdraw`]: an MCP
+//! client's `tasks/cancel`) are final. Every step is in the audit trail.
 
 use crate::audit::AuditLog;
 use crate::clock::now_ms;
@@ -35,7 +36,7 @@ pub fn view(a: &ApprovalRecord, now: i64) -> Value {
 pub use crate::storage::effective_status;
 
 /// A tenant's requests with an effective status (`pending`, `approved`,
-/// `denied`, `expired`; all when `None`), newest first, after `cursor` (a
+/// `denied`, `expired`, `withdrawn`; all when `None`), newest first, after `cursor` (a
 /// [`cursor`] of the previous page's last request).
 pub async fn list(
     storage: &dyn Storage,
@@ -58,12 +59,17 @@ pub async fn list(
                 })?,
         ),
     };
-    if let Some(other) =
-        status.filter(|s| !matches!(*s, "pending" | "expired" | "approved" | "denied"))
-    {
+    if let Some(other) = status.filter(|s| {
+        !matches!(
+            *s,
+            "pending" | "expired" | "approved" | "denied" | "withdrawn"
+        )
+    }) {
         return Err(Error::new(
             ErrorKind::InvalidRequest,
-            format!("unknown approval status `{other}`: use pending, approved, denied or expired"),
+            format!(
+                "unknown approval status `{other}`: use pending, approved, denied, expired or withdrawn"
+            ),
         ));
     }
     storage
@@ -196,63 +202,9 @@ pub async fn decide(
                 reason.map(|r| format!(": {r}")).unwrap_or_default()
             ),
         );
-        let existing = d
-            .storage
-            .invocation_get(tenant, &request.invocation_id)
-            .await?
-            .ok_or_else(|| {
-                Error::corrupt(format!(
-                    "the invocation {} waiting for approval has no record",
-                    request.invocation_id
-                ))
-            })?;
-        work.end = Some(End {
-            record: InvocationRecord {
-                status: Status::Refused.as_str().into(),
-                error_kind: Some(error.kind.as_str().into()),
-                response: crate::record::ended(&existing.response, Status::Refused, error)?,
-                ..existing
-            },
-            expect: Expect::Pending,
-            used: Some(Vec::new()),
-        });
-        if let Some(url) = &request.callback_url {
-            work.outbox.push(OutboxMessage {
-                id: 0,
-                tenant: tenant.to_string(),
-                invocation_id: request.invocation_id.clone(),
-                approval_id: Some(id.to_string()),
-                url: url.clone(),
-                created_ms: now,
-                attempts: 0,
-                state: "pending".into(),
-                last_error: None,
-                delivered_ms: None,
-            });
-        }
+        final_refusal(&mut work, d.storage.as_ref(), &request, error, now).await?;
     }
-    match d
-        .audit
-        .commit(vec![(tenant.to_string(), now, entry)], work)
-        .await
-    {
-        Ok(_) => {}
-        Err(e) if e.kind == ErrorKind::Conflict => {
-            let current = d
-                .storage
-                .approval_get(tenant, id)
-                .await?
-                .ok_or_else(not_found)?;
-            return Err(Error::new(
-                ErrorKind::Conflict,
-                format!(
-                    "approval request `{id}` is already {}; decisions are final",
-                    effective_status(&current, now)
-                ),
-            ));
-        }
-        Err(e) => return Err(e),
-    }
+    commit_decision(&d.audit, d.storage.as_ref(), tenant, id, now, entry, work).await?;
     crate::observe::metrics::approval_decided(
         tenant,
         if verdict == Verdict::Approve {
@@ -303,6 +255,151 @@ pub async fn decide(
         approval: decided,
         outcome,
     })
+}
+
+/// Withdraw request `id` of `tenant` as `requester`, the key that asked for
+/// the call (an MCP client's `tasks/cancel`): like a denial, final, and only
+/// while the request is pending and unexpired (of a withdrawal and a
+/// decision at the same moment exactly one wins: the other is `conflict`).
+/// The waiting invocation ends `refused` / `approval_withdrawn`; the call
+/// never runs. Another key, an approver's included, may not withdraw it.
+pub async fn withdraw(
+    storage: &dyn Storage,
+    audit: &AuditLog,
+    now: i64,
+    tenant: &str,
+    id: &str,
+    requester: &str,
+) -> Result<ApprovalRecord> {
+    let not_found = || Error::new(ErrorKind::NotFound, format!("no approval request `{id}`"));
+    let request = storage
+        .approval_get(tenant, id)
+        .await?
+        .ok_or_else(not_found)?;
+    if request.requester.as_deref() != Some(requester) {
+        return Err(Error::new(
+            ErrorKind::Forbidden,
+            "only the key that requested a call may withdraw its approval request",
+        ));
+    }
+    let entry = json!({
+        "type": "approval_decision",
+        "approval_id": id,
+        "invocation_id": request.invocation_id,
+        "decision": "withdrawn",
+        "decided_by": requester,
+        "reason": "withdrawn by the requester",
+        "time_ms": now,
+        "tool": request.tool,
+        "function": request.function,
+        "args_sha256": request.args_sha256,
+    });
+    let mut work = Work {
+        decide: Some(Decision {
+            tenant: tenant.to_string(),
+            approval_id: id.to_string(),
+            status: "withdrawn".into(),
+            decided_by: Some(requester.to_string()),
+            reason: Some("withdrawn by the requester".into()),
+            now_ms: now,
+            run: None,
+        }),
+        ..Work::default()
+    };
+    let error = Error::new(
+        ErrorKind::ApprovalWithdrawn,
+        "the requester withdrew the approval request before anyone decided it; the call did not run",
+    );
+    final_refusal(&mut work, storage, &request, error, now).await?;
+    commit_decision(audit, storage, tenant, id, now, entry, work).await?;
+    crate::observe::metrics::approval_decided(
+        tenant,
+        "withdrawn",
+        std::time::Duration::from_millis(u64::try_from(now - request.created_ms).unwrap_or(0)),
+    );
+    storage
+        .approval_get(tenant, id)
+        .await?
+        .ok_or_else(not_found)
+}
+
+/// A decision that ends the waiting invocation without running it (a
+/// denial, a withdrawal): its final `refused` record, expected still
+/// pending, and the callback, into `work`.
+async fn final_refusal(
+    work: &mut Work,
+    storage: &dyn Storage,
+    request: &ApprovalRecord,
+    error: Error,
+    now: i64,
+) -> Result<()> {
+    let existing = storage
+        .invocation_get(&request.tenant, &request.invocation_id)
+        .await?
+        .ok_or_else(|| {
+            Error::corrupt(format!(
+                "the invocation {} waiting for approval has no record",
+                request.invocation_id
+            ))
+        })?;
+    work.end = Some(End {
+        record: InvocationRecord {
+            status: Status::Refused.as_str().into(),
+            error_kind: Some(error.kind.as_str().into()),
+            response: crate::record::ended(&existing.response, Status::Refused, error)?,
+            ..existing
+        },
+        expect: Expect::Pending,
+        used: Some(Vec::new()),
+    });
+    if let Some(url) = &request.callback_url {
+        work.outbox.push(OutboxMessage {
+            id: 0,
+            tenant: request.tenant.clone(),
+            invocation_id: request.invocation_id.clone(),
+            approval_id: Some(request.id.clone()),
+            url: url.clone(),
+            created_ms: now,
+            attempts: 0,
+            state: "pending".into(),
+            last_error: None,
+            delivered_ms: None,
+        });
+    }
+    Ok(())
+}
+
+/// Commit a decision's unit of work with its audit entry; a request no
+/// longer pending (decided, withdrawn or expired meanwhile) is `conflict`,
+/// naming what it is now.
+async fn commit_decision(
+    audit: &AuditLog,
+    storage: &dyn Storage,
+    tenant: &str,
+    id: &str,
+    now: i64,
+    entry: Value,
+    work: Work,
+) -> Result<()> {
+    match audit
+        .commit(vec![(tenant.to_string(), now, entry)], work)
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind == ErrorKind::Conflict => {
+            let current = storage.approval_get(tenant, id).await?.ok_or_else(|| {
+                Error::new(ErrorKind::NotFound, format!("no approval request `{id}`"))
+            })?;
+            Err(Error::new(
+                ErrorKind::Conflict,
+                format!(
+                    "approval request `{id}` is already {}; decisions are final",
+                    effective_status(&current, now)
+                ),
+            ))
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// An invocation record as of now: one waiting for an approval that

@@ -83,6 +83,9 @@ pub enum ErrorKind {
     /// queue, or body memory) while others may still be served; retry
     /// later (HTTP 429).
     TenantOverloaded,
+    /// The requester withdrew the approval request before anyone decided
+    /// it (an MCP client's `tasks/cancel`): the call never ran.
+    ApprovalWithdrawn,
 }
 
 impl ErrorKind {
@@ -120,6 +123,7 @@ impl ErrorKind {
             ErrorKind::Unavailable => "unavailable",
             ErrorKind::Corrupt => "corrupt",
             ErrorKind::TenantOverloaded => "tenant_overloaded",
+            ErrorKind::ApprovalWithdrawn => "approval_withdrawn",
         }
     }
 

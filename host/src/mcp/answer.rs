@@ -25,16 +25,23 @@ pub const META_INVOCATION: &str = "io.toolhost/invocation";
 
 /// The result of an invocation the service answered.
 pub fn result(tool: &Tool, r: &InvocationResponse) -> CallToolResult {
+    result_of(function(tool, &r.function), r)
+}
+
+/// The result of an invocation of `function` (its WIT signature decides
+/// content blocks and what is a WIT `err`; `None`: the tool can no longer
+/// be loaded, and a value is shown as JSON).
+pub fn result_of(function: Option<&FunctionInfo>, r: &InvocationResponse) -> CallToolResult {
     let mut out = match r.status {
         Status::Ok => {
             let value = r.result.clone().unwrap_or(Value::Null);
             let text = serde_json::to_string(&value).unwrap_or_default();
-            let blocks = function(tool, &r.function)
+            let blocks = function
                 .filter(|f| returns_content(f))
                 .and_then(|_| content_blocks(&value));
             if let Some(blocks) = blocks {
                 CallToolResult::success(blocks)
-            } else if is_wit_err(tool, &r.function, &value) {
+            } else if is_wit_err(function, &value) {
                 let mut c = CallToolResult::error(vec![Content::text(format!(
                     "tool_error: `{}` returned an error (its WIT result's `err`): {text}\n\
                      What to do: this is the tool's own answer; read it, and change the \
@@ -139,6 +146,9 @@ pub fn advice(kind: ErrorKind) -> &'static str {
         ApprovalExpired => {
             "nobody decided the approval in time; call again only if the user still wants it."
         }
+        ApprovalWithdrawn => {
+            "the request was withdrawn (tasks/cancel) before anyone decided it; it did not run. Call again only if the user still wants it."
+        }
         BudgetExceeded => {
             "the budget named above is spent; do not retry within this task or window. Tell the user."
         }
@@ -168,14 +178,14 @@ pub fn advice(kind: ErrorKind) -> &'static str {
     }
 }
 
-fn function<'t>(tool: &'t Tool, name: &str) -> Option<&'t FunctionInfo> {
+pub fn function<'t>(tool: &'t Tool, name: &str) -> Option<&'t FunctionInfo> {
     tool.catalog().functions.iter().find(|f| f.name == name)
 }
 
 /// Whether `value` is the `err` side of a function whose WIT result is a
 /// `result<_, _>`.
-fn is_wit_err(tool: &Tool, function_name: &str, value: &Value) -> bool {
-    function(tool, function_name).is_some_and(|f| matches!(f.result, Some(Ty::Result { .. })))
+fn is_wit_err(function: Option<&FunctionInfo>, value: &Value) -> bool {
+    function.is_some_and(|f| matches!(f.result, Some(Ty::Result { .. })))
         && value.as_object().is_some_and(|o| o.contains_key("err"))
 }
 

@@ -30,6 +30,7 @@
 pub mod answer;
 pub mod catalog;
 pub mod changes;
+pub mod tasks;
 
 use crate::BoxFuture;
 use crate::error::Result;
@@ -40,8 +41,9 @@ use crate::tool::Tool;
 use rmcp::ErrorData as McpError;
 use rmcp::model::SubscriptionFilter;
 use rmcp::model::{
-    CallToolRequestParams, CallToolResponse, CallToolResult, Implementation, ListToolsResult,
-    PaginatedRequestParams, ProtocolVersion, RequestMetaObject, ServerCapabilities, ServerConfig,
+    CallToolRequestParams, CallToolResponse, CallToolResult, CancelTaskParams, GetTaskParams,
+    GetTaskResult, Implementation, ListToolsResult, PaginatedRequestParams, ProtocolVersion,
+    RequestMetaObject, ServerCapabilities, ServerConfig, UpdateTaskParams,
 };
 use rmcp::service::{RequestContext, RoleServer, SubscriptionContext};
 use serde_json::Value;
@@ -132,6 +134,14 @@ pub trait Tools: Send + Sync + 'static {
     /// The enabled tool `name` points at now (`not_found`,
     /// `tool_disabled` otherwise).
     fn get<'a>(&'a self, tenant: &'a str, name: &'a str) -> BoxFuture<'a, Result<Arc<Tool>>>;
+    /// Version `version` of tool `name`, enabled or not (to show the
+    /// result of a call that ran with it).
+    fn version<'a>(
+        &'a self,
+        tenant: &'a str,
+        name: &'a str,
+        version: &'a str,
+    ) -> BoxFuture<'a, Result<Arc<Tool>>>;
 }
 
 /// What every MCP request shares.
@@ -183,11 +193,14 @@ impl McpServer {
         &self,
         caller: &Caller,
         params: &CallToolRequestParams,
-    ) -> Option<CallToolResult> {
+    ) -> Option<CallToolResponse> {
         let meta = params.meta.as_ref().filter(|_| is_plain(params))?;
+        let tasks = meta
+            .client_capabilities()
+            .is_some_and(|c| c.supports_tasks());
         match self.prepare(caller, params, meta).await {
-            Ok(Prepared::Call(call)) => Some(self.run(call, None).await),
-            Ok(Prepared::Failed(result)) => Some(result),
+            Ok(Prepared::Call(call)) => Some(self.run(call, None, tasks).await),
+            Ok(Prepared::Failed(result)) => Some(result.into()),
             Err(_) => None,
         }
     }
@@ -247,12 +260,14 @@ impl McpServer {
 
     /// Run a prepared call through the service; with a request context,
     /// the invocation's log lines and progress reports go first, as that
-    /// request's `_meta` asks.
+    /// request's `_meta` asks. A call that waits for approval is a task
+    /// ([`tasks`]) when the request declared the tasks extension (`tasks`).
     async fn run(
         &self,
         call: Box<Call>,
         notify: Option<&RequestContext<RoleServer>>,
-    ) -> CallToolResult {
+        tasks: bool,
+    ) -> CallToolResponse {
         let Call { tool, request } = *call;
         match self.shared.service.invoke(request).await {
             Ok(answer) => {
@@ -260,9 +275,14 @@ impl McpServer {
                     send_logs(context, &tool, &outcome.logs).await;
                     send_progress(context, &outcome.progress).await;
                 }
-                answer::result(&tool, &answer.response())
+                let response = answer.response();
+                if tasks && response.status == crate::record::Status::PendingApproval {
+                    let now = self.shared.service.instance().now_ms();
+                    return tasks::created(&response, now).into();
+                }
+                answer::result(&tool, &response).into()
             }
-            Err(e) => answer::failed(&e),
+            Err(e) => answer::failed(&e).into(),
         }
     }
 
@@ -360,6 +380,7 @@ impl rmcp::ServerHandler for McpServer {
                 .enable_tools()
                 .enable_tool_list_changed()
                 .enable_logging()
+                .enable_tasks()
                 .build(),
         )
         .with_server_info(
@@ -369,8 +390,9 @@ impl rmcp::ServerHandler for McpServer {
             "Toolhost runs sandboxed WebAssembly tools under a policy, a budget and an audit \
                  trail. A refused or failed call is a tool result with isError: true whose text \
                  starts with the error kind and says what to do. A call that needs a human's \
-                 approval does not run: its result names the approval and how to get the \
-                 outcome once it is decided.",
+                 approval does not run until one approves it: a client that declares the tasks \
+                 extension gets a task that completes with the outcome; any other gets a result \
+                 naming the approval and how to get the outcome once it is decided.",
         )
     }
 
@@ -406,7 +428,41 @@ impl rmcp::ServerHandler for McpServer {
             Prepared::Call(call) => call,
             Prepared::Failed(result) => return Ok(result.into()),
         };
-        Ok(self.run(call, Some(&context)).await.into())
+        // Per request (2026-07-28 `_meta`) or, for an initialize-based
+        // session, as declared at initialize.
+        let tasks = context
+            .client_capabilities()
+            .is_some_and(|c| c.supports_tasks());
+        Ok(self.run(call, Some(&context), tasks).await)
+    }
+
+    /// `tasks/get` (rmcp refuses it with -32021 unless the request
+    /// declared the tasks extension).
+    async fn get_task(
+        &self,
+        request: GetTaskParams,
+        context: RequestContext<RoleServer>,
+    ) -> std::result::Result<GetTaskResult, McpError> {
+        let caller = self.caller(&context)?;
+        tasks::get(&self.shared, &caller, &request.task_id).await
+    }
+
+    async fn cancel_task(
+        &self,
+        request: CancelTaskParams,
+        context: RequestContext<RoleServer>,
+    ) -> std::result::Result<(), McpError> {
+        let caller = self.caller(&context)?;
+        tasks::cancel(&self.shared, &caller, &request.task_id).await
+    }
+
+    async fn update_task(
+        &self,
+        request: UpdateTaskParams,
+        context: RequestContext<RoleServer>,
+    ) -> std::result::Result<(), McpError> {
+        let caller = self.caller(&context)?;
+        tasks::update(&self.shared, &caller, &request.task_id).await
     }
 
     /// `subscriptions/listen` (2026-07-28): tool-list changes only.

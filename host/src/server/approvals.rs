@@ -25,6 +25,8 @@ pub enum ApprovalStatus {
     Approved,
     Denied,
     Expired,
+    /// Withdrawn by its requester before anyone decided it.
+    Withdrawn,
 }
 
 impl ApprovalStatus {
@@ -34,6 +36,7 @@ impl ApprovalStatus {
             ApprovalStatus::Approved => "approved",
             ApprovalStatus::Denied => "denied",
             ApprovalStatus::Expired => "expired",
+            ApprovalStatus::Withdrawn => "withdrawn",
         }
     }
 }

@@ -48,9 +48,7 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use rmcp::model::{
-    CallToolRequestParams, CallToolResponse, RequestId, ServerJsonRpcMessage, ServerResult,
-};
+use rmcp::model::{CallToolRequestParams, RequestId, ServerJsonRpcMessage, ServerResult};
 use rmcp::transport::streamable_http_server::session::never::NeverSessionManager;
 use rmcp::transport::{StreamableHttpServerConfig, StreamableHttpService};
 use serde_json::json;
@@ -86,6 +84,15 @@ impl mcp::Tools for ToolCache {
     ) -> crate::BoxFuture<'a, Result<Arc<Tool>>> {
         Box::pin(ToolCache::get(self, tenant, name))
     }
+
+    fn version<'a>(
+        &'a self,
+        tenant: &'a str,
+        name: &'a str,
+        version: &'a str,
+    ) -> crate::BoxFuture<'a, Result<Arc<Tool>>> {
+        Box::pin(self.get_version(tenant, name, version))
+    }
 }
 
 /// The server's tools (its [`ToolCache`]).
@@ -102,6 +109,15 @@ impl mcp::Tools for AppTools {
         name: &'a str,
     ) -> crate::BoxFuture<'a, Result<Arc<Tool>>> {
         Box::pin(self.0.tools.get(tenant, name))
+    }
+
+    fn version<'a>(
+        &'a self,
+        tenant: &'a str,
+        name: &'a str,
+        version: &'a str,
+    ) -> crate::BoxFuture<'a, Result<Arc<Tool>>> {
+        Box::pin(self.0.tools.get_version(tenant, name, version))
     }
 }
 
@@ -319,7 +335,7 @@ async fn plain_call(State(server): State<McpServer>, request: Request, next: Nex
             .run(Request::from_parts(parts, axum::body::Body::from(bytes)))
             .await;
     };
-    let mut result = ServerResult::from(CallToolResponse::from(result));
+    let mut result = ServerResult::from(result);
     result.fill_missing_cache_hints();
     match serde_json::to_vec(&ServerJsonRpcMessage::response(result, call.id)) {
         Ok(body) => (

@@ -240,7 +240,8 @@ pub fn status_of(kind: ErrorKind) -> u16 {
         ErrorKind::PolicyDenied
         | ErrorKind::Forbidden
         | ErrorKind::ApprovalDenied
-        | ErrorKind::ApprovalExpired => 403,
+        | ErrorKind::ApprovalExpired
+        | ErrorKind::ApprovalWithdrawn => 403,
         ErrorKind::ApprovalRequired => 202,
         ErrorKind::BudgetExceeded | ErrorKind::TenantOverloaded => 429,
         ErrorKind::ToolDisabled | ErrorKind::Conflict | ErrorKind::IdempotencyInProgress => 409,

@@ -173,6 +173,19 @@ impl ToolCache {
         self.get_entry(entry).await
     }
 
+    /// Version `version` of a tenant's tool `name`, enabled or not (loaded
+    /// once per version, as any other).
+    pub async fn get_version(&self, tenant: &str, name: &str, version: &str) -> Result<Arc<Tool>> {
+        self.get_entry(ToolEntry {
+            tenant: tenant.to_string(),
+            name: name.to_string(),
+            current: version.to_string(),
+            disabled: false,
+            updated_ms: 0,
+        })
+        .await
+    }
+
     /// The tenant's enabled tools, loaded, by name. A tool that does not
     /// load is left out (and logged): it does not hide the others.
     pub async fn enabled(&self, tenant: &str) -> Result<Vec<(String, Arc<Tool>)>> {

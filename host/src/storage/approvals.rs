@@ -15,8 +15,9 @@ pub struct ApprovalRecord {
     pub tenant: String,
     /// The invocation that waits (its record is `pending_approval`).
     pub invocation_id: String,
-    /// `pending`, `approved` (and run), `denied`, `expired` (finished by the
-    /// reaper); a stored `pending` past `expires_ms` is expired too.
+    /// `pending`, `approved` (and run), `denied`, `withdrawn` (by its
+    /// requester), `expired` (finished by the reaper); a stored `pending`
+    /// past `expires_ms` is expired too.
     pub status: String,
     pub tool: String,
     pub function: String,
@@ -51,7 +52,7 @@ pub struct ApprovalRecord {
 pub struct Decision {
     pub tenant: String,
     pub approval_id: String,
-    /// `approved`, `denied` or `expired`.
+    /// `approved`, `denied`, `withdrawn` or `expired`.
     pub status: String,
     pub decided_by: Option<String>,
     pub reason: Option<String>,

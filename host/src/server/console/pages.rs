@@ -291,7 +291,7 @@ pub async fn approvals(
         .flatten();
     let body = html! {
         nav.tabs {
-            @for s in ["pending", "approved", "denied", "expired", "all"] {
+            @for s in ["pending", "approved", "denied", "expired", "withdrawn", "all"] {
                 a href=(format!("/console/approvals?status={s}")) class=[(s == wanted).then_some("current")] { (s) }
             }
         }
