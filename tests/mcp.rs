@@ -1442,6 +1442,33 @@ async fn approval_waits_are_tasks_for_clients_that_declare_the_extension() {
         task("tasks/get", &k, withdrawn, true).await["status"],
         "cancelled"
     );
+
+    // A withdrawal and an approval at the same moment: exactly one wins,
+    // and the task, the request and the record all say which.
+    for round in 0..4 {
+        let created = task_call(&k, false).await;
+        let id = created["taskId"].as_str().unwrap().to_string();
+        let path = format!("/v1/approvals/{}/approve", apr(&id));
+        let approve = api.post(&path, json!({}));
+        let cancel = task("tasks/cancel", &k, &id, true);
+        let ((status, _), ack) = tokio::join!(approve, cancel);
+        assert_eq!(ack, json!({"resultType": "complete"}), "round {round}");
+        let got = task("tasks/get", &k, &id, true).await;
+        let (_, a) = api.get(&format!("/v1/approvals/{}", apr(&id))).await;
+        let (_, record) = Client::new(&server, Some(&k))
+            .get(&format!("/v1/invocations/{id}"))
+            .await;
+        if status == 200 {
+            assert_eq!(a["status"], "approved", "round {round}: {a}");
+            assert_eq!(got["status"], "completed", "round {round}: {got}");
+            assert_eq!(record["status"], "ok", "round {round}: {record}");
+        } else {
+            assert_eq!(status, 409, "round {round}");
+            assert_eq!(a["status"], "withdrawn", "round {round}: {a}");
+            assert_eq!(got["status"], "cancelled", "round {round}: {got}");
+            assert_eq!(record["error"]["kind"], "approval_withdrawn", "{record}");
+        }
+    }
     server.stop();
     // Every decision, the withdrawal included, is in a chain that verifies.
     let out = common::serve::host(&["audit", "verify", "--data-dir", s(&dir)]);
