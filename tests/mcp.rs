@@ -692,6 +692,69 @@ async fn stdio_serves_one_tenant_through_the_same_gate() {
     server.stop();
 }
 
+/// `host mcp` without `--policy` serves the data dir's stored policy and
+/// follows it: a `host policy set` while a (2026-07-28) client is connected
+/// takes effect on its next calls, as on `host serve`.
+#[tokio::test]
+async fn stdio_follows_the_stored_policy() {
+    use rmcp::transport::TokioChildProcess;
+    let dir = setup("mcp-stdio-policy");
+    let policy = dir.join("policy.yaml");
+    common::serve::ok(common::serve::host(&[
+        "policy",
+        "set",
+        s(&policy),
+        "--data-dir",
+        s(&dir),
+    ]));
+    let mut cmd = tokio::process::Command::new(common::serve::BIN);
+    cmd.args(["mcp", "--tenant", "acme", "--data-dir", s(&dir)]);
+    let client = ()
+        .serve_with_lifecycle(
+            TokioChildProcess::new(cmd).unwrap(),
+            ClientLifecycleMode::Discover {
+                preferred_versions: vec![ProtocolVersion::V_2026_07_28],
+            },
+        )
+        .await
+        .unwrap();
+    let slugify = || call("text-tools__slugify", json!({"text": "A B"}));
+    let r = client.call_tool(slugify()).await.unwrap();
+    assert!(text(&r).starts_with("policy_denied: "), "{}", text(&r));
+    // A new version that no longer denies it.
+    let relaxed = dir.join("relaxed.yaml");
+    std::fs::write(
+        &relaxed,
+        POLICY.replace(
+            "deny_tools: [issue_refund, text-tools/slugify]",
+            "deny_tools: [issue_refund]",
+        ),
+    )
+    .unwrap();
+    common::serve::ok(common::serve::host(&[
+        "policy",
+        "set",
+        s(&relaxed),
+        "--data-dir",
+        s(&dir),
+    ]));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let r = client.call_tool(slugify()).await.unwrap();
+        if r.is_error == Some(false) {
+            assert_eq!(r.structured_content, Some(json!("a-b")), "{r:?}");
+            break;
+        }
+        assert!(text(&r).starts_with("policy_denied: "), "{}", text(&r));
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the stored policy set while connected was not followed"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    client.cancel().await.unwrap();
+}
+
 /// The `data:` lines of an SSE body, as JSON.
 fn sse_messages(body: &str) -> Vec<Value> {
     body.lines()

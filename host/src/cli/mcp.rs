@@ -51,8 +51,11 @@ pub async fn main(args: Args) -> i32 {
 async fn run(args: Args) -> Result<()> {
     toolhost::keys::validate_tenant(&args.tenant)?;
     let storage = args.data.storage().await?;
-    let policy = match &args.policy {
-        Some(path) => Policy::load(path)?,
+    // A file given is the policy for the whole session; the stored one is
+    // followed: a `host policy set` while a client is connected takes
+    // effect within a second, as for `host serve`.
+    let (policy, follow) = match &args.policy {
+        Some(path) => (Policy::load(path)?, None),
         None => {
             let stored = storage.policy_current().await?.ok_or_else(|| {
                 Error::new(
@@ -60,7 +63,10 @@ async fn run(args: Args) -> Result<()> {
                     "no policy: pass --policy FILE, or store one with `host policy set FILE` (nothing runs without a policy)",
                 )
             })?;
-            Policy::parse(&stored.name, &stored.text)?
+            (
+                Policy::parse(&stored.name, &stored.text)?,
+                Some(stored.version),
+            )
         }
     };
     let audit = AuditLog::open(storage.clone(), &args.data.path()).await?;
@@ -96,6 +102,10 @@ async fn run(args: Args) -> Result<()> {
         every,
         CacheBounds::default(),
     ));
+    let follower = follow.map(|version| {
+        let governed = governed.clone();
+        tokio::spawn(async move { governed.follow_stored_policy(version, every).await })
+    });
     let shared = Arc::new(Shared {
         tools,
         service: service.clone(),
@@ -132,8 +142,8 @@ async fn run(args: Args) -> Result<()> {
     };
     let _ = running.waiting().await;
     changes.stop();
-    if let Some(p) = pusher {
-        p.abort();
+    for task in pusher.into_iter().chain(follower) {
+        task.abort();
     }
     // The client is gone: let invocations in flight finish and be recorded.
     service.tracker().close();

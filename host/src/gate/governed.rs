@@ -136,6 +136,41 @@ impl Governed {
         *self.policy.write().unwrap_or_else(|e| e.into_inner()) = policy;
     }
 
+    /// Put newly stored policies in force (`host policy set`, the console,
+    /// another replica): every `every`, the stored policy is read, and a
+    /// version newer than `version` (the one in force) replaces the policy.
+    /// A stored version that does not parse is logged and skipped (the
+    /// policy in force stays). Runs until dropped.
+    pub async fn follow_stored_policy(&self, mut version: i64, every: std::time::Duration) {
+        loop {
+            tokio::time::sleep(every).await;
+            let stored = match self.audit.storage().policy_current().await {
+                Ok(Some(p)) => p,
+                Ok(None) => continue,
+                Err(e) => {
+                    tracing::warn!("reading the stored policy: {}", e.message);
+                    continue;
+                }
+            };
+            if stored.version <= version {
+                continue;
+            }
+            // Either way this version is done: not retried.
+            version = stored.version;
+            match Policy::parse(&stored.name, &stored.text) {
+                Ok(policy) => {
+                    self.set_policy(Arc::new(policy));
+                    tracing::info!(version = stored.version, name = %stored.name, "policy updated");
+                }
+                Err(e) => tracing::error!(
+                    version = stored.version,
+                    "the stored policy does not load: {}",
+                    e.message
+                ),
+            }
+        }
+    }
+
     pub fn audit(&self) -> &Arc<AuditLog> {
         &self.audit
     }

@@ -34,7 +34,6 @@ use crate::error::{Error, Result};
 use crate::gate::{Gate, Governed};
 use crate::invoke::{Host, Outcome};
 use crate::limits::Limits;
-use crate::policy::Policy;
 use crate::registry::Registry;
 use crate::runtime::Runtime;
 use crate::service::InvocationService;
@@ -47,7 +46,7 @@ use axum::routing::{get, post};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio_util::task::TaskTracker;
 
@@ -164,8 +163,8 @@ pub struct App {
     pub tracker: TaskTracker,
     /// False once shutdown began.
     ready: AtomicBool,
-    /// The stored policy version in force (0: one given directly).
-    policy_version: AtomicI64,
+    /// The stored policy version in force at start (0: one given directly).
+    policy_version: i64,
 }
 
 /// Note an invocation in the request's span: its one log line (when the
@@ -254,7 +253,7 @@ impl Server {
             tool_changes: crate::mcp::changes::Changes::new(storage.clone(), config.state_ttl),
             tracker: TaskTracker::new(),
             ready: AtomicBool::new(true),
-            policy_version: AtomicI64::new(policy_version),
+            policy_version,
             storage,
         });
         Ok(Server {
@@ -300,7 +299,11 @@ impl Server {
                 tokio::spawn(metrics::upkeep()),
             )
         });
-        let watcher = tokio::spawn(watch_policy(app.clone(), config.policy_poll));
+        let watcher = {
+            let (governed, every) = (app.governed.clone(), config.policy_poll);
+            let version = app.policy_version;
+            tokio::spawn(async move { governed.follow_stored_policy(version, every).await })
+        };
         let lifecycle = app.service.start_lifecycle();
         let retention = tokio::spawn(enforce_retention(app.clone(), config.retention_every));
         let flag = app.clone();
@@ -532,40 +535,5 @@ async fn enforce_retention(app: Arc<App>, every: Duration) {
             Err(e) => tracing::warn!("audit retention: {}", e.message),
         }
         tokio::time::sleep(every).await;
-    }
-}
-
-/// Put newly stored policies (`host policy set` on the same data dir, or
-/// another replica) in force.
-async fn watch_policy(app: Arc<App>, every: Duration) {
-    loop {
-        tokio::time::sleep(every).await;
-        let stored = match app.storage.policy_current().await {
-            Ok(Some(p)) => p,
-            Ok(None) => continue,
-            Err(e) => {
-                tracing::warn!("reading the stored policy: {}", e.message);
-                continue;
-            }
-        };
-        if stored.version <= app.policy_version.load(Ordering::SeqCst) {
-            continue;
-        }
-        match Policy::parse(&stored.name, &stored.text) {
-            Ok(policy) => {
-                app.governed.set_policy(Arc::new(policy));
-                app.policy_version.store(stored.version, Ordering::SeqCst);
-                tracing::info!(version = stored.version, name = %stored.name, "policy updated");
-            }
-            Err(e) => {
-                // Keep the one in force; do not retry this version.
-                app.policy_version.store(stored.version, Ordering::SeqCst);
-                tracing::error!(
-                    version = stored.version,
-                    "the stored policy does not load: {}",
-                    e.message
-                );
-            }
-        }
     }
 }
