@@ -694,7 +694,8 @@ async fn stdio_serves_one_tenant_through_the_same_gate() {
 
 /// `host mcp` without `--policy` serves the data dir's stored policy and
 /// follows it: a `host policy set` while a (2026-07-28) client is connected
-/// takes effect on its next calls, as on `host serve`.
+/// takes effect on its next calls, as on `host serve`. The same client's
+/// `subscriptions/listen` hears of tool-list changes over stdio.
 #[tokio::test]
 async fn stdio_follows_the_stored_policy() {
     use rmcp::transport::TokioChildProcess;
@@ -721,6 +722,37 @@ async fn stdio_follows_the_stored_policy() {
     let slugify = || call("text-tools__slugify", json!({"text": "A B"}));
     let r = client.call_tool(slugify()).await.unwrap();
     assert!(text(&r).starts_with("policy_denied: "), "{}", text(&r));
+    // A 2026-07-28 client over stdio subscribes (`subscriptions/listen`)
+    // and is told when the tool list changes (a tool disabled by the CLI).
+    let mut subscription = client
+        .peer()
+        .listen(
+            rmcp::model::SubscriptionFilter::builder()
+                .tools_list_changed()
+                .build(),
+        )
+        .await
+        .unwrap();
+    common::serve::ok(common::serve::host(&[
+        "tools",
+        "disable",
+        "hostile",
+        "--tenant",
+        "acme",
+        "--data-dir",
+        s(&dir),
+    ]));
+    let told = tokio::time::timeout(std::time::Duration::from_secs(10), subscription.next())
+        .await
+        .expect("notifications/tools/list_changed on the stdio subscription")
+        .unwrap();
+    assert!(
+        matches!(
+            told,
+            Some(rmcp::model::ServerNotification::ToolListChangedNotification(_))
+        ),
+        "{told:?}"
+    );
     // A new version that no longer denies it.
     let relaxed = dir.join("relaxed.yaml");
     std::fs::write(
