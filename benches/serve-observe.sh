@@ -6,7 +6,8 @@
 # a local OTLP/HTTP sink), interleaved: each round runs both, the order
 # alternating; medians of requests/s and their ratio, and of the server's
 # own CPU time per request (robust to what else takes the cores).
-# Usage: [OBSERVE_MODES="metrics traces observed"] benches/serve-observe.sh [seconds per run, default 10] [rounds, default 5]
+# Usage: [OBSERVE_MODES="metrics traces observed"] [OBSERVE_HOST=path/to/host] benches/serve-observe.sh [seconds per run, default 10] [rounds, default 5]
+# (OBSERVE_HOST: measure that binary, e.g. a build of an earlier commit, instead of building this one.)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-10}
@@ -14,8 +15,12 @@ rounds=${2:-5}
 command -v wrk >/dev/null || { echo "wrk not found (apt-get install wrk)" >&2; exit 1; }
 
 cargo build --quiet --release --target wasm32-wasip2 --manifest-path guest-examples/Cargo.toml
-cargo build --quiet --release --bin host
-host=target/release/host
+if [ -n "${OBSERVE_HOST:-}" ]; then
+  host=$OBSERVE_HOST
+else
+  cargo build --quiet --release --bin host
+  host=target/release/host
+fi
 tools=guest-examples/target/wasm32-wasip2/release
 work=target/bench-observe
 rm -rf "$work"; mkdir -p "$work"
