@@ -12,12 +12,12 @@
 
 use crate::error::ErrorKind;
 use crate::record::{InvocationResponse, Status, Usage};
-use metrics::{counter, gauge, histogram};
+use metrics::{Counter, Histogram, counter, gauge, histogram};
 use metrics_exporter_prometheus::{
     Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
 };
 use std::collections::{HashMap, HashSet};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 /// The label value that stands for everything past a bound.
@@ -42,38 +42,146 @@ impl Default for Bounds {
     }
 }
 
-/// The label values seen so far, per tenant, capped by [`Bounds`].
+/// The label values seen so far, per tenant, capped by [`Bounds`], with
+/// the series handles of each label set: the hot path looks a handle up
+/// by the values it has (no allocation, no registry lookup) once a label
+/// set is known.
 pub struct Labels {
     bounds: Bounds,
     tenants: Mutex<HashMap<String, Seen>>,
+    /// The series of tenants past the bound (`tenant="other"`).
+    other: OnceLock<Arc<ToolSeries>>,
+    other_spend: OnceLock<Arc<SpendSeries>>,
 }
 
 #[derive(Default)]
 struct Seen {
-    /// Tool → its functions named.
-    tools: HashMap<String, HashSet<String>>,
+    /// Tool → its functions named, with their series.
+    tools: HashMap<String, HashMap<String, Arc<ToolSeries>>>,
     /// Tool/function pairs named (the bound applies to pairs).
     pairs: usize,
+    /// The series of pairs past the bound (`tool="other"`).
+    other_tool: Option<Arc<ToolSeries>>,
     hosts: HashSet<String>,
-    workflows: HashSet<String>,
+    workflows: HashMap<String, Arc<SpendSeries>>,
+    other_workflow: Option<Arc<SpendSeries>>,
 }
 
 impl Seen {
-    /// Whether the pair may be named (it is already, or there is room:
-    /// then it is added). No allocation when it is known.
-    fn pair(&mut self, tool: &str, function: &str, cap: usize) -> bool {
-        if self.tools.get(tool).is_some_and(|f| f.contains(function)) {
-            return true;
+    /// The series of a pair, if it may be named (it is already, or there is
+    /// room: then it is added). No allocation when it is known.
+    fn pair(
+        &mut self,
+        tenant: &str,
+        tool: &str,
+        function: &str,
+        cap: usize,
+    ) -> Option<Arc<ToolSeries>> {
+        if let Some(s) = self.tools.get(tool).and_then(|f| f.get(function)) {
+            return Some(s.clone());
         }
         if self.pairs >= cap {
-            return false;
+            return None;
         }
         self.pairs += 1;
+        let series = Arc::new(ToolSeries::new(tenant, tool, function));
         self.tools
             .entry(tool.to_string())
             .or_default()
-            .insert(function.to_string());
-        true
+            .insert(function.to_string(), series.clone());
+        Some(series)
+    }
+
+    /// The spend series of a workflow, if it may be named.
+    fn workflow(&mut self, tenant: &str, workflow: &str, cap: usize) -> Option<Arc<SpendSeries>> {
+        if let Some(s) = self.workflows.get(workflow) {
+            return Some(s.clone());
+        }
+        if self.workflows.len() >= cap {
+            return None;
+        }
+        let series = Arc::new(SpendSeries::new(tenant, workflow));
+        self.workflows.insert(workflow.to_string(), series.clone());
+        Some(series)
+    }
+}
+
+/// The series of one (tenant, tool, function) label set, each registered
+/// the first time it is recorded (a series never recorded is not shown).
+pub struct ToolSeries {
+    labels: [(&'static str, String); 3],
+    duration: OnceLock<Histogram>,
+    sandbox: OnceLock<Histogram>,
+    fuel: OnceLock<Histogram>,
+    memory: OnceLock<Histogram>,
+    cache_hits: OnceLock<Counter>,
+    /// `toolhost_invocations_total` per (outcome, kind): a closed set.
+    outcomes: Mutex<Vec<(&'static str, &'static str, Counter)>>,
+}
+
+impl ToolSeries {
+    fn new(tenant: &str, tool: &str, function: &str) -> ToolSeries {
+        ToolSeries {
+            labels: [
+                ("tenant", tenant.to_string()),
+                ("tool", tool.to_string()),
+                ("function", function.to_string()),
+            ],
+            duration: OnceLock::new(),
+            sandbox: OnceLock::new(),
+            fuel: OnceLock::new(),
+            memory: OnceLock::new(),
+            cache_hits: OnceLock::new(),
+            outcomes: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn histogram(&self, cell: &OnceLock<Histogram>, name: &'static str) -> Histogram {
+        cell.get_or_init(|| histogram!(name, &self.labels)).clone()
+    }
+
+    fn outcome(&self, outcome: &'static str, kind: &'static str) -> Counter {
+        let mut known = self.outcomes.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, _, c)) = known.iter().find(|(o, k, _)| *o == outcome && *k == kind) {
+            return c.clone();
+        }
+        let [(_, tenant), (_, tool), (_, function)] = &self.labels;
+        let c = counter!(
+            "toolhost_invocations_total",
+            "tenant" => tenant.clone(),
+            "tool" => tool.clone(),
+            "function" => function.clone(),
+            "outcome" => outcome,
+            "kind" => kind,
+        );
+        known.push((outcome, kind, c.clone()));
+        c
+    }
+}
+
+/// The budget-spend series of one (tenant, workflow) label set.
+pub struct SpendSeries {
+    labels: [(&'static str, String); 2],
+    calls: Counter,
+    outbound: Counter,
+    micro_usd: Counter,
+    /// Reported model tokens, input and output (registered when reported).
+    tokens: [OnceLock<Counter>; 2],
+}
+
+impl SpendSeries {
+    fn new(tenant: &str, workflow: &str) -> SpendSeries {
+        let labels = [
+            ("tenant", tenant.to_string()),
+            ("workflow", workflow.to_string()),
+        ];
+        SpendSeries {
+            calls: counter!("toolhost_budget_tool_calls_total", &labels),
+            outbound: counter!("toolhost_budget_outbound_calls_total", &labels),
+            micro_usd: counter!("toolhost_budget_cost_micro_usd_total", &labels),
+            tokens: [OnceLock::new(), OnceLock::new()],
+            labels,
+        }
     }
 }
 
@@ -99,6 +207,54 @@ impl Labels {
         Labels {
             bounds,
             tenants: Mutex::new(HashMap::new()),
+            other: OnceLock::new(),
+            other_spend: OnceLock::new(),
+        }
+    }
+
+    /// The series of (tenant, tool, function) as bounded labels.
+    fn series(&self, tenant: &str, tool: &str, function: &str) -> Arc<ToolSeries> {
+        let cap = self.bounds.names;
+        let named = self.with(tenant, |s| match s.pair(tenant, tool, function, cap) {
+            Some(series) => Ok(series),
+            None => Err(s
+                .other_tool
+                .get_or_insert_with(|| Arc::new(ToolSeries::new(tenant, OTHER, OTHER)))
+                .clone()),
+        });
+        match named {
+            Some(Ok(series)) => series,
+            Some(Err(folded)) => {
+                overflow("tool");
+                folded
+            }
+            None => self
+                .other
+                .get_or_init(|| Arc::new(ToolSeries::new(OTHER, OTHER, OTHER)))
+                .clone(),
+        }
+    }
+
+    /// The spend series of (tenant, workflow) as bounded labels.
+    fn spend(&self, tenant: &str, workflow: &str) -> Arc<SpendSeries> {
+        let cap = self.bounds.names;
+        let named = self.with(tenant, |s| match s.workflow(tenant, workflow, cap) {
+            Some(series) => Ok(series),
+            None => Err(s
+                .other_workflow
+                .get_or_insert_with(|| Arc::new(SpendSeries::new(tenant, OTHER)))
+                .clone()),
+        });
+        match named {
+            Some(Ok(series)) => series,
+            Some(Err(folded)) => {
+                overflow("workflow");
+                folded
+            }
+            None => self
+                .other_spend
+                .get_or_init(|| Arc::new(SpendSeries::new(OTHER, OTHER)))
+                .clone(),
         }
     }
 
@@ -116,20 +272,6 @@ impl Labels {
         tenants.get_mut(tenant).map(f)
     }
 
-    /// (tenant, tool, function) as labels.
-    pub fn tool(&self, tenant: &str, tool: &str, function: &str) -> [String; 3] {
-        let cap = self.bounds.names;
-        let named = self.with(tenant, |s| s.pair(tool, function, cap));
-        match named {
-            Some(true) => [tenant.into(), tool.into(), function.into()],
-            Some(false) => {
-                overflow("tool");
-                [tenant.into(), OTHER.into(), OTHER.into()]
-            }
-            None => [OTHER.into(), OTHER.into(), OTHER.into()],
-        }
-    }
-
     /// (tenant, destination host) as labels.
     pub fn host(&self, tenant: &str, host: &str) -> [String; 2] {
         let cap = self.bounds.names;
@@ -137,19 +279,6 @@ impl Labels {
             Some(true) => [tenant.into(), host.into()],
             Some(false) => {
                 overflow("host");
-                [tenant.into(), OTHER.into()]
-            }
-            None => [OTHER.into(), OTHER.into()],
-        }
-    }
-
-    /// (tenant, workflow) as labels.
-    pub fn workflow(&self, tenant: &str, workflow: &str) -> [String; 2] {
-        let cap = self.bounds.names;
-        match self.with(tenant, |s| admit(&mut s.workflows, workflow, cap)) {
-            Some(true) => [tenant.into(), workflow.into()],
-            Some(false) => {
-                overflow("workflow");
                 [tenant.into(), OTHER.into()]
             }
             None => [OTHER.into(), OTHER.into()],
@@ -372,43 +501,39 @@ impl Metrics {
 
     /// One invocation's answer, `elapsed` end to end.
     pub fn invocation(&self, tenant: &str, i: &Invocation<'_>, elapsed: Duration) {
-        let [tenant, tool, function] = self.labels.tool(tenant, i.tool, i.function);
-        counter!(
-            "toolhost_invocations_total",
-            "tenant" => tenant.clone(),
-            "tool" => tool.clone(),
-            "function" => function.clone(),
-            "outcome" => i.status.as_str(),
-            "kind" => i.kind.map_or("none", ErrorKind::as_str),
-        )
-        .increment(1);
-        let labels = [("tenant", tenant), ("tool", tool), ("function", function)];
-        histogram!("toolhost_invocation_duration_seconds", &labels).record(elapsed.as_secs_f64());
+        let series = self.labels.series(tenant, i.tool, i.function);
+        series
+            .outcome(i.status.as_str(), i.kind.map_or("none", ErrorKind::as_str))
+            .increment(1);
+        series
+            .histogram(&series.duration, "toolhost_invocation_duration_seconds")
+            .record(elapsed.as_secs_f64());
         if i.cached {
-            counter!("toolhost_cache_hits_total", &labels).increment(1);
+            series
+                .cache_hits
+                .get_or_init(|| counter!("toolhost_cache_hits_total", &series.labels))
+                .increment(1);
         }
         if matches!(i.status, Status::Ok | Status::Error) && !i.cached {
             let usage = i.usage;
-            histogram!("toolhost_sandbox_duration_seconds", &labels)
+            series
+                .histogram(&series.sandbox, "toolhost_sandbox_duration_seconds")
                 .record(usage.wall_ms as f64 / 1000.0);
-            histogram!("toolhost_invocation_fuel", &labels).record(usage.fuel as f64);
-            histogram!("toolhost_invocation_memory_peak_bytes", &labels)
+            series
+                .histogram(&series.fuel, "toolhost_invocation_fuel")
+                .record(usage.fuel as f64);
+            series
+                .histogram(&series.memory, "toolhost_invocation_memory_peak_bytes")
                 .record(usage.memory_peak_bytes as f64);
         }
     }
 
     /// An idempotent replay (nothing ran).
     pub fn replay(&self, tenant: &str, response: &InvocationResponse) {
-        let [tenant, tool, function] = self.labels.tool(tenant, &response.tool, &response.function);
-        counter!(
-            "toolhost_invocations_total",
-            "tenant" => tenant,
-            "tool" => tool,
-            "function" => function,
-            "outcome" => "replayed",
-            "kind" => "none",
-        )
-        .increment(1);
+        self.labels
+            .series(tenant, &response.tool, &response.function)
+            .outcome("replayed", "none")
+            .increment(1);
     }
 
     /// An outbound call and the gate's final decision on it.
@@ -426,28 +551,31 @@ impl Metrics {
 
     /// What an invocation was charged.
     pub fn spend(&self, tenant: &str, workflow: &str, calls: i64, outbound: i64, micro_usd: i64) {
-        let labels = self.labels.workflow(tenant, workflow);
-        let labels = [
-            ("tenant", labels[0].clone()),
-            ("workflow", labels[1].clone()),
-        ];
+        let series = self.labels.spend(tenant, workflow);
         let n = |v: i64| u64::try_from(v).unwrap_or(0);
-        counter!("toolhost_budget_tool_calls_total", &labels).increment(n(calls));
-        counter!("toolhost_budget_outbound_calls_total", &labels).increment(n(outbound));
-        counter!("toolhost_budget_cost_micro_usd_total", &labels).increment(n(micro_usd));
+        series.calls.increment(n(calls));
+        series.outbound.increment(n(outbound));
+        series.micro_usd.increment(n(micro_usd));
     }
 
     /// Model tokens a task reported.
     pub fn tokens(&self, tenant: &str, workflow: &str, input: i64, output: i64) {
-        let [tenant, workflow] = self.labels.workflow(tenant, workflow);
-        for (direction, n) in [("input", input), ("output", output)] {
-            counter!(
-                "toolhost_budget_tokens_total",
-                "tenant" => tenant.clone(),
-                "workflow" => workflow.clone(),
-                "direction" => direction,
-            )
-            .increment(u64::try_from(n).unwrap_or(0));
+        let series = self.labels.spend(tenant, workflow);
+        for (i, (direction, n)) in [("input", input), ("output", output)]
+            .into_iter()
+            .enumerate()
+        {
+            let [(_, tenant), (_, workflow)] = &series.labels;
+            series.tokens[i]
+                .get_or_init(|| {
+                    counter!(
+                        "toolhost_budget_tokens_total",
+                        "tenant" => tenant.clone(),
+                        "workflow" => workflow.clone(),
+                        "direction" => direction,
+                    )
+                })
+                .increment(u64::try_from(n).unwrap_or(0));
         }
     }
 
