@@ -311,20 +311,19 @@ impl Host {
         });
         let mediator = Mediator::new(admitted.clone());
         let sandbox_span = observe::trace::child("sandbox");
-        let out = sandbox_span
-            .run(sandbox::run(
-                self.runtime.engine(),
-                Run {
-                    pre: tool.instance_pre(),
-                    export,
-                    params,
-                    result_count: usize::from(function.result.is_some()),
-                    limits: &limits,
-                    grants: &admitted.admission.grants,
-                    mediator: mediator.clone(),
-                },
-            ))
-            .await;
+        let sfut = sandbox::run(
+            self.runtime.engine(),
+            Run {
+                pre: tool.instance_pre(),
+                export,
+                params,
+                result_count: usize::from(function.result.is_some()),
+                limits: &limits,
+                grants: &admitted.admission.grants,
+                mediator: mediator.clone(),
+            },
+        );
+        let out = sandbox_span.run(sfut).await;
         sandbox_span.set(
             "toolhost.fuel",
             i64::try_from(out.fuel_used).unwrap_or(i64::MAX),

@@ -267,13 +267,19 @@ impl Span {
         })
     }
 
-    /// Run `fut` with this span as the current one (children started
-    /// inside it are its children).
-    pub async fn run<F: Future>(&self, fut: F) -> F::Output {
+    /// `fut`, run with this span as the current one (children started
+    /// inside it are its children); `fut` itself when the span records
+    /// nothing. Not an `async fn`: the caller awaits `fut` in place, so a
+    /// large invocation future is not copied into another state machine.
+    pub fn run<F: Future>(
+        &self,
+        fut: F,
+    ) -> tokio_util::either::Either<F, opentelemetry::context::WithContext<F>> {
         use opentelemetry::context::FutureExt;
+        use tokio_util::either::Either;
         match &self.cx {
-            Some(cx) => fut.with_context(cx.clone()).await,
-            None => fut.await,
+            Some(cx) => Either::Right(fut.with_context(cx.clone())),
+            None => Either::Left(fut),
         }
     }
 }

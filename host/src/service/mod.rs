@@ -271,13 +271,16 @@ impl InvocationService {
                 owner: self.instance.id.clone(),
                 lease_until: self.instance.lease_until(),
             };
-            let begun = idempotency::begin(
+            // Boxed, like the replay's audit append below: the keyed path's
+            // futures would otherwise size (and be copied with) every
+            // invocation's.
+            let begun = Box::pin(idempotency::begin(
                 keys.audit.storage().as_ref(),
                 key,
                 &fingerprint,
                 keys.retention,
                 run,
-            )
+            ))
             .await;
             let begun = match begun {
                 Ok(b) => b,
@@ -289,19 +292,18 @@ impl InvocationService {
             if let idempotency::Begin::Replay(response) = begun {
                 running.ended(true);
                 let time_ms = self.instance.now_ms();
-                keys.audit
-                    .append(vec![(
-                        tenant,
-                        time_ms,
-                        json!({
-                            "type": "idempotent_replay",
-                            "invocation_id": response.invocation_id,
-                            "idempotency_key_sha256": canonical::sha256_hex(key.as_bytes()),
-                            "principal": call.context.principal,
-                            "time_ms": time_ms,
-                        }),
-                    )])
-                    .await?;
+                Box::pin(keys.audit.append(vec![(
+                    tenant,
+                    time_ms,
+                    json!({
+                        "type": "idempotent_replay",
+                        "invocation_id": response.invocation_id,
+                        "idempotency_key_sha256": canonical::sha256_hex(key.as_bytes()),
+                        "principal": call.context.principal,
+                        "time_ms": time_ms,
+                    }),
+                )]))
+                .await?;
                 return Ok(Answer::Replayed(response));
             }
         }
