@@ -165,35 +165,12 @@ pub async fn decide(
     };
     let instance = d.service.instance().clone();
     let now = instance.now_ms();
-    let entry = json!({
-        "type": "approval_decision",
-        "approval_id": id,
-        "invocation_id": request.invocation_id,
-        "decision": status,
-        "decided_by": approver,
-        "reason": reason,
-        "time_ms": now,
-        "tool": request.tool,
-        "function": request.function,
-        "args_sha256": request.args_sha256,
-    });
     // One unit of work: the decision (only if still pending and unexpired:
     // of two concurrent decisions exactly one wins), its audit entry, and
     // either the waiting row handed to this host to run (approve) or its
     // final record and callback (deny).
-    let mut work = Work {
-        decide: Some(Decision {
-            tenant: tenant.to_string(),
-            approval_id: id.to_string(),
-            status: status.to_string(),
-            decided_by: Some(approver.to_string()),
-            reason: reason.map(str::to_string),
-            now_ms: now,
-            run: (verdict == Verdict::Approve)
-                .then(|| (instance.id.clone(), instance.lease_until())),
-        }),
-        ..Work::default()
-    };
+    let run = (verdict == Verdict::Approve).then(|| (instance.id.clone(), instance.lease_until()));
+    let (entry, mut work) = decision(&request, status, approver, reason, now, run);
     if verdict == Verdict::Deny {
         let error = Error::new(
             ErrorKind::ApprovalDenied,
@@ -282,30 +259,8 @@ pub async fn withdraw(
             "only the key that requested a call may withdraw its approval request",
         ));
     }
-    let entry = json!({
-        "type": "approval_decision",
-        "approval_id": id,
-        "invocation_id": request.invocation_id,
-        "decision": "withdrawn",
-        "decided_by": requester,
-        "reason": "withdrawn by the requester",
-        "time_ms": now,
-        "tool": request.tool,
-        "function": request.function,
-        "args_sha256": request.args_sha256,
-    });
-    let mut work = Work {
-        decide: Some(Decision {
-            tenant: tenant.to_string(),
-            approval_id: id.to_string(),
-            status: "withdrawn".into(),
-            decided_by: Some(requester.to_string()),
-            reason: Some("withdrawn by the requester".into()),
-            now_ms: now,
-            run: None,
-        }),
-        ..Work::default()
-    };
+    let reason = Some("withdrawn by the requester");
+    let (entry, mut work) = decision(&request, "withdrawn", requester, reason, now, None);
     let error = Error::new(
         ErrorKind::ApprovalWithdrawn,
         "the requester withdrew the approval request before anyone decided it; the call did not run",
@@ -321,6 +276,44 @@ pub async fn withdraw(
         .approval_get(tenant, id)
         .await?
         .ok_or_else(not_found)
+}
+
+/// A decision on `request` by `by` at `now`: its audit entry, and the unit
+/// of work that applies it (only if the request is still pending: see
+/// [`Decision`]); `run`: the waiting row handed to this owner and lease.
+fn decision(
+    request: &ApprovalRecord,
+    status: &str,
+    by: &str,
+    reason: Option<&str>,
+    now: i64,
+    run: Option<(String, i64)>,
+) -> (Value, Work) {
+    let entry = json!({
+        "type": "approval_decision",
+        "approval_id": request.id,
+        "invocation_id": request.invocation_id,
+        "decision": status,
+        "decided_by": by,
+        "reason": reason,
+        "time_ms": now,
+        "tool": request.tool,
+        "function": request.function,
+        "args_sha256": request.args_sha256,
+    });
+    let work = Work {
+        decide: Some(Decision {
+            tenant: request.tenant.clone(),
+            approval_id: request.id.clone(),
+            status: status.to_string(),
+            decided_by: Some(by.to_string()),
+            reason: reason.map(str::to_string),
+            now_ms: now,
+            run,
+        }),
+        ..Work::default()
+    };
+    (entry, work)
 }
 
 /// A decision that ends the waiting invocation without running it (a
@@ -353,18 +346,13 @@ async fn final_refusal(
         used: Some(Vec::new()),
     });
     if let Some(url) = &request.callback_url {
-        work.outbox.push(OutboxMessage {
-            id: 0,
-            tenant: request.tenant.clone(),
-            invocation_id: request.invocation_id.clone(),
-            approval_id: Some(request.id.clone()),
-            url: url.clone(),
-            created_ms: now,
-            attempts: 0,
-            state: "pending".into(),
-            last_error: None,
-            delivered_ms: None,
-        });
+        work.outbox.push(OutboxMessage::new(
+            &request.tenant,
+            &request.invocation_id,
+            &request.id,
+            url,
+            now,
+        ));
     }
     Ok(())
 }

@@ -780,18 +780,13 @@ impl Gate for Governed {
             // An approved call's outcome goes to its callback (delivered from
             // the outbox once this commits).
             if let (Some(approval_id), Some(url)) = (&ctx.approval, &ctx.callback_url) {
-                batch.outbox.push(OutboxMessage {
-                    id: 0,
-                    tenant: chain.clone(),
-                    invocation_id: response.invocation_id.clone(),
-                    approval_id: Some(approval_id.clone()),
-                    url: url.clone(),
-                    created_ms: time_ms,
-                    attempts: 0,
-                    state: "pending".into(),
-                    last_error: None,
-                    delivered_ms: None,
-                });
+                batch.outbox.push(OutboxMessage::new(
+                    &chain,
+                    &response.invocation_id,
+                    approval_id,
+                    url,
+                    time_ms,
+                ));
             }
             self.audit.commit(records, batch).await?;
             if let Some(c) = &charged {

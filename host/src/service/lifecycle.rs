@@ -320,18 +320,13 @@ impl InvocationService {
             ..Work::default()
         };
         if let Some(url) = &a.callback_url {
-            work.outbox.push(OutboxMessage {
-                id: 0,
-                tenant: a.tenant.clone(),
-                invocation_id: a.invocation_id.clone(),
-                approval_id: Some(a.id.clone()),
-                url: url.clone(),
-                created_ms: now,
-                attempts: 0,
-                state: "pending".into(),
-                last_error: None,
-                delivered_ms: None,
-            });
+            work.outbox.push(OutboxMessage::new(
+                &a.tenant,
+                &a.invocation_id,
+                &a.id,
+                url,
+                now,
+            ));
         }
         let entry = json!({
             "type": "approval_decision",
@@ -362,16 +357,5 @@ fn outbox_message(
     url: &str,
     now: i64,
 ) -> OutboxMessage {
-    OutboxMessage {
-        id: 0,
-        tenant: run.tenant.clone(),
-        invocation_id: run.id.clone(),
-        approval_id: Some(approval_id.to_string()),
-        url: url.to_string(),
-        created_ms: now,
-        attempts: 0,
-        state: "pending".into(),
-        last_error: None,
-        delivered_ms: None,
-    }
+    OutboxMessage::new(&run.tenant, &run.id, approval_id, url, now)
 }

@@ -28,6 +28,31 @@ pub struct OutboxMessage {
     pub delivered_ms: Option<i64>,
 }
 
+impl OutboxMessage {
+    /// A new message (pending, not yet attempted) reporting the outcome of
+    /// `invocation_id`, which waited for `approval_id`, to `url`.
+    pub fn new(
+        tenant: &str,
+        invocation_id: &str,
+        approval_id: &str,
+        url: &str,
+        created_ms: i64,
+    ) -> OutboxMessage {
+        OutboxMessage {
+            id: 0,
+            tenant: tenant.to_string(),
+            invocation_id: invocation_id.to_string(),
+            approval_id: Some(approval_id.to_string()),
+            url: url.to_string(),
+            created_ms,
+            attempts: 0,
+            state: "pending".into(),
+            last_error: None,
+            delivered_ms: None,
+        }
+    }
+}
+
 /// How an attempt went.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Attempt {
