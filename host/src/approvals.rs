@@ -184,11 +184,7 @@ pub async fn decide(
     commit_decision(&d.audit, d.storage.as_ref(), tenant, id, now, entry, work).await?;
     crate::observe::metrics::approval_decided(
         tenant,
-        if verdict == Verdict::Approve {
-            "approved"
-        } else {
-            "denied"
-        },
+        status,
         std::time::Duration::from_millis(u64::try_from(now - request.created_ms).unwrap_or(0)),
     );
     let decided = d
@@ -234,7 +230,7 @@ pub async fn decide(
     })
 }
 
-/// Withdraw request `id` of `tenant` as `requester`, the key that asked for
+/// Withdraw `request` (as read) as `requester`, the key that asked for
 /// the call (an MCP client's `tasks/cancel`): like a denial, final, and only
 /// while the request is pending and unexpired (of a withdrawal and a
 /// decision at the same moment exactly one wins: the other is `conflict`).
@@ -244,15 +240,10 @@ pub async fn withdraw(
     storage: &dyn Storage,
     audit: &AuditLog,
     now: i64,
-    tenant: &str,
-    id: &str,
+    request: &ApprovalRecord,
     requester: &str,
-) -> Result<ApprovalRecord> {
-    let not_found = || Error::new(ErrorKind::NotFound, format!("no approval request `{id}`"));
-    let request = storage
-        .approval_get(tenant, id)
-        .await?
-        .ok_or_else(not_found)?;
+) -> Result<()> {
+    let (tenant, id) = (request.tenant.as_str(), request.id.as_str());
     if request.requester.as_deref() != Some(requester) {
         return Err(Error::new(
             ErrorKind::Forbidden,
@@ -260,22 +251,19 @@ pub async fn withdraw(
         ));
     }
     let reason = Some("withdrawn by the requester");
-    let (entry, mut work) = decision(&request, "withdrawn", requester, reason, now, None);
+    let (entry, mut work) = decision(request, "withdrawn", requester, reason, now, None);
     let error = Error::new(
         ErrorKind::ApprovalWithdrawn,
         "the requester withdrew the approval request before anyone decided it; the call did not run",
     );
-    final_refusal(&mut work, storage, &request, error, now).await?;
+    final_refusal(&mut work, storage, request, error, now).await?;
     commit_decision(audit, storage, tenant, id, now, entry, work).await?;
     crate::observe::metrics::approval_decided(
         tenant,
         "withdrawn",
         std::time::Duration::from_millis(u64::try_from(now - request.created_ms).unwrap_or(0)),
     );
-    storage
-        .approval_get(tenant, id)
-        .await?
-        .ok_or_else(not_found)
+    Ok(())
 }
 
 /// A decision on `request` by `by` at `now`: its audit entry, and the unit
@@ -401,9 +389,21 @@ pub async fn current_record(
         return Ok(record);
     }
     let approval_id = record.id.replacen("inv_", "apr_", 1);
-    let now = now_ms();
-    match storage.approval_get(&record.tenant, &approval_id).await? {
-        Some(a) if effective_status(&a, now) == "expired" => {
+    let approval = storage.approval_get(&record.tenant, &approval_id).await?;
+    record_as_of(record, approval.as_ref(), now_ms())
+}
+
+/// [`current_record`] with the record's approval request already read.
+pub fn record_as_of(
+    record: InvocationRecord,
+    approval: Option<&ApprovalRecord>,
+    now: i64,
+) -> Result<InvocationRecord> {
+    match approval {
+        Some(a)
+            if record.status == Status::PendingApproval.as_str()
+                && effective_status(a, now) == "expired" =>
+        {
             let error = Error::new(
                 ErrorKind::ApprovalExpired,
                 "nobody decided the approval request before it expired",

@@ -132,9 +132,8 @@ async fn find(shared: &Shared, caller: &Caller, task_id: &str) -> Result<Found, 
         .await
         .map_err(storage_error)?
         .ok_or_else(|| unknown(task_id))?;
-    let record = approvals::current_record(storage.as_ref(), record)
-        .await
-        .map_err(storage_error)?;
+    let now = shared.service.instance().now_ms();
+    let record = approvals::record_as_of(record, Some(&approval), now).map_err(storage_error)?;
     Ok(Found { record, approval })
 }
 
@@ -151,7 +150,7 @@ pub async fn get(
             task_id.to_string(),
             status,
             format_time(approval.created_ms),
-            format_time(updated.max(approval.created_ms)),
+            format_time(updated),
         );
         if let Some(p) = poll {
             t = t.with_poll_interval_ms(p);
@@ -254,16 +253,8 @@ pub async fn cancel(shared: &Shared, caller: &Caller, task_id: &str) -> Result<(
         return Ok(());
     }
     let audit = shared.governed.audit();
-    match approvals::withdraw(
-        audit.storage().as_ref(),
-        audit,
-        now,
-        &caller.tenant,
-        &approval.id,
-        &caller.principal,
-    )
-    .await
-    {
+    let storage = audit.storage().as_ref();
+    match approvals::withdraw(storage, audit, now, &approval, &caller.principal).await {
         Ok(_) => Ok(()),
         // Decided (or expired) meanwhile: that decision stands.
         Err(e) if e.kind == ErrorKind::Conflict => Ok(()),
