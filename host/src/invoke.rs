@@ -11,7 +11,7 @@ use crate::capability::{CapabilityEvent, Mediator};
 use crate::error::{Error, ErrorKind};
 use crate::gate::{CallContext, Gate, InvocationReport, InvocationRequest};
 use crate::limits::Limits;
-use crate::observe;
+use crate::observe::{self, trace::attr};
 pub use crate::record::{InvocationResponse, Status, Usage};
 use crate::runtime::Runtime;
 use crate::sandbox::{self, Run, stdio::Captured};
@@ -269,15 +269,15 @@ impl Host {
         let admitted = admit.run(self.gate.admit(&request)).await;
         match &admitted {
             _ if !admit.is_on() => {}
-            Ok(a) => {
-                admit.set("toolhost.policy.effect", "allow");
-                admit.set("toolhost.policy.rule", a.rule.clone());
-                admit.set("toolhost.cache.hit", a.cached.is_some());
-            }
-            Err(e) => {
-                admit.set("toolhost.policy.effect", e.kind.as_str());
-                admit.set("toolhost.policy.rule", e.message.clone());
-            }
+            Ok(a) => admit.set_all([
+                attr("toolhost.policy.effect", "allow"),
+                attr("toolhost.policy.rule", a.rule.clone()),
+                attr("toolhost.cache.hit", a.cached.is_some()),
+            ]),
+            Err(e) => admit.set_all([
+                attr("toolhost.policy.effect", e.kind.as_str()),
+                attr("toolhost.policy.rule", e.message.clone()),
+            ]),
         }
         admit.end();
         let admission = match admitted {
@@ -324,15 +324,19 @@ impl Host {
             },
         );
         let out = sandbox_span.run(sfut).await;
-        sandbox_span.set(
-            "toolhost.fuel",
-            i64::try_from(out.fuel_used).unwrap_or(i64::MAX),
-        );
-        sandbox_span.set("toolhost.wall_ms", out.wall.as_millis() as i64);
-        sandbox_span.set(
-            "toolhost.memory_peak_bytes",
-            i64::try_from(out.memory_peak_bytes).unwrap_or(i64::MAX),
-        );
+        if sandbox_span.is_on() {
+            sandbox_span.set_all([
+                attr(
+                    "toolhost.fuel",
+                    i64::try_from(out.fuel_used).unwrap_or(i64::MAX),
+                ),
+                attr("toolhost.wall_ms", out.wall.as_millis() as i64),
+                attr(
+                    "toolhost.memory_peak_bytes",
+                    i64::try_from(out.memory_peak_bytes).unwrap_or(i64::MAX),
+                ),
+            ]);
+        }
         sandbox_span.end();
 
         // Bytes and strings the guest returns are scrubbed as values, before

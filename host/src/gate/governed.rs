@@ -380,9 +380,12 @@ impl Gate for Governed {
             // not a span of its own: a span costs more than the facts.
             let admit_span = observe::trace::current();
             if admit_span.is_on() {
-                admit_span.set("toolhost.budget.tool_calls", worst.tool_calls);
-                admit_span.set("toolhost.budget.outbound_calls", worst.outbound_calls);
-                admit_span.set("toolhost.budget.cost_micro_usd", worst.cost_micro_usd);
+                use observe::trace::attr;
+                admit_span.set_all([
+                    attr("toolhost.budget.tool_calls", worst.tool_calls),
+                    attr("toolhost.budget.outbound_calls", worst.outbound_calls),
+                    attr("toolhost.budget.cost_micro_usd", worst.cost_micro_usd),
+                ]);
             }
             let worst = charges(&document.budget, &scope, admitted_ms, &worst);
             let reserved = self

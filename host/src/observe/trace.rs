@@ -95,11 +95,11 @@ pub fn install(config: &Config) -> Result<String, String> {
         .ok()
         .and_then(|ms| ms.trim().parse::<u64>().ok())
         .map_or(Duration::from_secs(10), Duration::from_millis);
-    let client = client::Client {
-        runtime: tokio::runtime::Handle::try_current()
+    let client = client::Client::new(
+        tokio::runtime::Handle::try_current()
             .map_err(|_| "tracing needs a Tokio runtime".to_string())?,
         timeout,
-    };
+    );
     let mut builder = opentelemetry_otlp::SpanExporter::builder()
         .with_http()
         .with_http_client(client);
@@ -221,6 +221,14 @@ impl Span {
     pub fn set(&self, key: &'static str, value: impl Into<Value>) {
         if let Some(cx) = &self.cx {
             cx.span().set_attribute(KeyValue::new(key, value));
+        }
+    }
+
+    /// Set several attributes at once (one lock of the span, not one per
+    /// attribute).
+    pub fn set_all(&self, attributes: impl IntoIterator<Item = KeyValue>) {
+        if let Some(cx) = &self.cx {
+            cx.span().set_attributes(attributes);
         }
     }
 
@@ -357,19 +365,37 @@ pub fn attr(key: &'static str, value: impl Into<Value>) -> KeyValue {
 
 /// The exporter's HTTP client: hyper HTTP/1.1 over the server's Tokio
 /// runtime (the batch processor's thread only waits for it), TLS with the
-/// webpki roots for `https://` endpoints; capped answer, deadline.
+/// webpki roots for `https://` endpoints; capped answer, deadline. One
+/// connection is kept open between exports (the batch processor exports one
+/// batch at a time) and opened again when the collector closed it.
 mod client {
     use bytes::Bytes;
     use http_body_util::{BodyExt, Full, Limited};
     use opentelemetry_http::{HttpClient, HttpError, Request, Response};
-    use std::sync::Arc;
+    use std::sync::{Arc, Mutex};
     use std::time::Duration;
     use tokio::net::TcpStream;
+
+    type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
+
+    /// The open connection and the `scheme://authority` it is to.
+    type Idle = Arc<Mutex<Option<(String, Sender)>>>;
 
     #[derive(Debug)]
     pub struct Client {
         pub runtime: tokio::runtime::Handle,
         pub timeout: Duration,
+        pub idle: Idle,
+    }
+
+    impl Client {
+        pub fn new(runtime: tokio::runtime::Handle, timeout: Duration) -> Client {
+            Client {
+                runtime,
+                timeout,
+                idle: Idle::default(),
+            }
+        }
     }
 
     /// The largest answer read from a collector.
@@ -379,10 +405,11 @@ mod client {
     impl HttpClient for Client {
         async fn send_bytes(&self, request: Request<Bytes>) -> Result<Response<Bytes>, HttpError> {
             let timeout = self.timeout;
+            let idle = self.idle.clone();
             let sent = self
                 .runtime
                 .spawn(async move {
-                    match tokio::time::timeout(timeout, send(request)).await {
+                    match tokio::time::timeout(timeout, send(request, &idle)).await {
                         Ok(r) => r,
                         Err(_) => Err(format!("no answer within {timeout:?}").into()),
                     }
@@ -416,7 +443,15 @@ mod client {
             .ok_or_else(|| "no TLS configuration".into())
     }
 
-    async fn send(request: Request<Bytes>) -> Result<Response<Bytes>, HttpError> {
+    /// Where a request goes: host, port, TLS or not, `scheme://authority`.
+    struct Target {
+        host: String,
+        port: u16,
+        https: bool,
+        key: String,
+    }
+
+    async fn send(request: Request<Bytes>, idle: &Idle) -> Result<Response<Bytes>, HttpError> {
         let (mut parts, body) = request.into_parts();
         let uri = parts.uri.clone();
         let https = uri.scheme_str() == Some("https");
@@ -426,8 +461,13 @@ mod client {
             .trim_start_matches('[')
             .trim_end_matches(']')
             .to_string();
-        let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
         let authority = uri.authority().map(|a| a.to_string()).unwrap_or_default();
+        let target = Target {
+            port: uri.port_u16().unwrap_or(if https { 443 } else { 80 }),
+            key: format!("{}://{authority}", if https { "https" } else { "http" }),
+            host,
+            https,
+        };
         parts.uri = uri
             .path_and_query()
             .map_or("/", |p| p.as_str())
@@ -437,39 +477,73 @@ mod client {
             http::header::HOST,
             http::HeaderValue::from_str(&authority).map_err(|e| format!("{e}"))?,
         );
-        let request = Request::from_parts(parts, Full::new(body));
-        let stream = TcpStream::connect((host.as_str(), port)).await?;
-        let response = if https {
-            let name = rustls::pki_types::ServerName::try_from(host)?;
+        let rebuild = || {
+            let mut r = Request::new(Full::new(body.clone()));
+            *r.method_mut() = parts.method.clone();
+            *r.uri_mut() = parts.uri.clone();
+            *r.headers_mut() = parts.headers.clone();
+            r
+        };
+        // The kept connection first; if the collector closed it meanwhile
+        // (the request fails before any answer), once more on a new one.
+        let kept = {
+            let mut idle = idle.lock().unwrap_or_else(|e| e.into_inner());
+            idle.take()
+                .filter(|(key, sender)| *key == target.key && !sender.is_closed())
+                .map(|(_, sender)| sender)
+        };
+        if let Some(mut sender) = kept
+            && sender.ready().await.is_ok()
+            && let Ok(response) = sender.send_request(rebuild()).await
+        {
+            return finish(response, sender, target.key, idle).await;
+        }
+        let mut sender = connect(&target).await?;
+        let response = sender.send_request(rebuild()).await?;
+        finish(response, sender, target.key, idle).await
+    }
+
+    async fn connect(target: &Target) -> Result<Sender, HttpError> {
+        let stream = TcpStream::connect((target.host.as_str(), target.port)).await?;
+        let _ = stream.set_nodelay(true);
+        if target.https {
+            let name = rustls::pki_types::ServerName::try_from(target.host.clone())?;
             let stream = tokio_rustls::TlsConnector::from(tls()?)
                 .connect(name, stream)
                 .await?;
-            exchange(stream, request).await?
+            handshake(stream).await
         } else {
-            exchange(stream, request).await?
-        };
-        Ok(response)
+            handshake(stream).await
+        }
     }
 
-    async fn exchange<S>(
-        stream: S,
-        request: Request<Full<Bytes>>,
-    ) -> Result<Response<Bytes>, HttpError>
+    async fn handshake<S>(stream: S) -> Result<Sender, HttpError>
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
     {
-        let (mut sender, conn) =
+        let (sender, conn) =
             hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
-        let conn = tokio::spawn(conn);
-        let response = sender.send_request(request).await?;
+        // Runs until the connection closes: the collector closes it, or the
+        // sender is dropped.
+        tokio::spawn(conn);
+        Ok(sender)
+    }
+
+    /// Read the (capped) answer, then keep the connection for the next
+    /// export.
+    async fn finish(
+        response: hyper::Response<hyper::body::Incoming>,
+        sender: Sender,
+        key: String,
+        idle: &Idle,
+    ) -> Result<Response<Bytes>, HttpError> {
         let (parts, body) = response.into_parts();
         let body = Limited::new(body, MAX_ANSWER)
             .collect()
             .await
             .map_err(|e| format!("reading the collector's answer: {e}"))?
             .to_bytes();
-        drop(sender);
-        conn.abort();
+        *idle.lock().unwrap_or_else(|e| e.into_inner()) = Some((key, sender));
         Ok(Response::from_parts(parts, body))
     }
 }
@@ -477,6 +551,8 @@ mod client {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
 
     #[test]
     fn traceparent_is_parsed_strictly() {
@@ -513,6 +589,87 @@ mod tests {
             "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\u{e9}",
         ] {
             assert!(parse_traceparent(bad).is_none(), "{bad:?}");
+        }
+    }
+
+    /// A collector on a raw socket: answers each request `200`, keeping the
+    /// connection open or closing it after each answer; counts connections.
+    async fn collector(keep_alive: bool) -> (String, Arc<AtomicUsize>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/v1/traces", listener.local_addr().unwrap());
+        let connections = Arc::new(AtomicUsize::new(0));
+        let counted = connections.clone();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                counted.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    loop {
+                        // One request: headers, then content-length bytes.
+                        let mut chunk = [0u8; 4096];
+                        let end = loop {
+                            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                                break i + 4;
+                            }
+                            match stream.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                            }
+                        };
+                        let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
+                        let length: usize = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .map_or(0, |v| v.trim().parse().unwrap());
+                        while buf.len() < end + length {
+                            match stream.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                            }
+                        }
+                        buf.drain(..end + length);
+                        let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n";
+                        if stream.write_all(answer).await.is_err() || !keep_alive {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (url, connections)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_exporter_keeps_its_connection_and_opens_another_when_it_closed() {
+        use opentelemetry_http::HttpClient;
+        for keep_alive in [true, false] {
+            let (url, connections) = collector(keep_alive).await;
+            let client =
+                client::Client::new(tokio::runtime::Handle::current(), Duration::from_secs(5));
+            for i in 0..4 {
+                let request = http::Request::post(url.as_str())
+                    .header("content-type", "application/x-protobuf")
+                    .body(bytes::Bytes::from(vec![i; 100]))
+                    .unwrap();
+                let response = client.send_bytes(request).await.unwrap();
+                assert_eq!(
+                    response.status(),
+                    200,
+                    "keep-alive {keep_alive}, export {i}"
+                );
+                // Give a closing collector's FIN time to arrive, or not: both
+                // ways the next export must go through.
+                if i == 1 {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+            let opened = connections.load(Ordering::SeqCst);
+            if keep_alive {
+                assert_eq!(opened, 1, "one connection for every export");
+            } else {
+                assert_eq!(opened, 4, "a new connection after each close");
+            }
         }
     }
 

@@ -162,9 +162,6 @@ impl InvocationService {
             .spawn(async move {
                 let started = std::time::Instant::now();
                 let span = invocation_span(&tool, &call.function, &call.context);
-                if span.is_on() {
-                    span.set("toolhost.invocation_id", invocation_id.clone());
-                }
                 let running = live.enter(&invocation_id);
                 let outcome = span
                     .run(async {
@@ -178,7 +175,13 @@ impl InvocationService {
                     })
                     .await;
                 running.ended(outcome.error_kind() != Some(ErrorKind::Internal));
-                observed(&span, call.context.tenant.as_deref(), &outcome, started);
+                observed(
+                    &span,
+                    &call.function,
+                    call.context.tenant.as_deref(),
+                    &outcome,
+                    started,
+                );
                 outcome
             })
             .await
@@ -189,12 +192,14 @@ impl InvocationService {
     /// its metrics.
     async fn flow(&self, request: Request) -> Result<Answer> {
         let started = std::time::Instant::now();
-        let function = request.function.as_deref().unwrap_or("");
-        let span = invocation_span(&request.tool, function, &request.context);
+        let function = request.function.clone().unwrap_or_default();
+        let span = invocation_span(&request.tool, &function, &request.context);
         let tenant = request.context.tenant.clone();
         let answer = span.run(self.flow_in_span(request)).await;
         match &answer {
-            Ok(Answer::Done(outcome)) => observed(&span, tenant.as_deref(), outcome, started),
+            Ok(Answer::Done(outcome)) => {
+                observed(&span, &function, tenant.as_deref(), outcome, started)
+            }
             Ok(Answer::Replayed(response)) => {
                 if span.is_on() {
                     span.set("toolhost.invocation_id", response.invocation_id.clone());
@@ -345,6 +350,9 @@ fn invocation_span(tool: &Tool, function: &str, context: &CallContext) -> observ
     if let Some(t) = &context.task_id {
         attributes.push(attr("toolhost.task_id", t.clone()));
     }
+    if !function.is_empty() {
+        attributes.push(attr("toolhost.function", function.to_string()));
+    }
     observe::trace::invocation(
         tool.name(),
         function,
@@ -353,18 +361,26 @@ fn invocation_span(tool: &Tool, function: &str, context: &CallContext) -> observ
     )
 }
 
-/// An invocation's outcome, into its span and the metrics.
+/// An invocation's outcome, into its span and the metrics. `named`: the
+/// function the span was started with (empty: not known then); the span is
+/// renamed only when the call resolved to another.
 fn observed(
     span: &observe::trace::Span,
+    named: &str,
     tenant: Option<&str>,
     outcome: &Outcome,
     started: std::time::Instant,
 ) {
     if span.is_on() {
-        span.rename(format!("invoke {}/{}", outcome.tool, outcome.function));
-        span.set("toolhost.invocation_id", outcome.invocation_id.clone());
-        span.set("toolhost.function", outcome.function.clone());
-        span.set("toolhost.outcome", outcome.status.as_str());
+        use observe::trace::attr;
+        if outcome.function != named {
+            span.rename(format!("invoke {}/{}", outcome.tool, outcome.function));
+            span.set("toolhost.function", outcome.function.clone());
+        }
+        span.set_all([
+            attr("toolhost.invocation_id", outcome.invocation_id.clone()),
+            attr("toolhost.outcome", outcome.status.as_str()),
+        ]);
     }
     if let Some(e) = &outcome.error {
         span.set("toolhost.error_kind", e.kind.as_str());
