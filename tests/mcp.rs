@@ -11,6 +11,7 @@ use rmcp::service::{ClientLifecycleMode, ClientServiceExt, RoleClient, RunningSe
 use rmcp::transport::StreamableHttpClientTransport;
 use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
 use serde_json::{Value, json};
+use std::time::{Duration, Instant};
 
 /// The tests' policy: text-tools' `slugify` is denied; `issue_refund`
 /// always waits for a human; three tool calls per task.
@@ -1307,6 +1308,107 @@ async fn plain_calls_are_answered_exactly_as_rmcp_answers_them() {
 /// declares the tasks extension: `tasks/get` follows it through approval,
 /// denial and the run; `tasks/cancel` withdraws the request; only the key
 /// that made the call sees the task. Without the extension nothing changes.
+/// The `_meta` of a 2026-07-28 request that declares the tasks extension,
+/// with `extra` fields.
+fn tasks_meta(extra: Value) -> Value {
+    let mut m = discover_meta("2026-07-28");
+    m["io.modelcontextprotocol/clientCapabilities"] =
+        json!({"extensions": {"io.modelcontextprotocol/tasks": {}}});
+    m.as_object_mut()
+        .unwrap()
+        .extend(extra.as_object().unwrap().clone());
+    m
+}
+
+/// One JSON-RPC request as a 2026-07-28 client sends it; the answer's
+/// `result` or `error`.
+async fn rpc(raw: &Raw, key: &str, method: &str, name: &str, params: Value) -> Value {
+    let bearer = format!("Bearer {key}");
+    let (status, _, body) = raw
+        .post(
+            &[
+                ("authorization", &bearer),
+                ("mcp-protocol-version", "2026-07-28"),
+                ("mcp-method", method),
+                ("mcp-name", name),
+            ],
+            json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params}),
+        )
+        .await;
+    let v: Value =
+        serde_json::from_str(&body).unwrap_or_else(|_| panic!("{method}: {status} {body}"));
+    v.get("result")
+        .or_else(|| v.get("error"))
+        .cloned()
+        .unwrap_or_else(|| panic!("{method}: {v}"))
+}
+
+/// A task is final only as stored: a request past its expiry may still be
+/// approved by a decision that read the clock before the expiry and
+/// commits after it, so `tasks/get` answers `working` until the reaper
+/// closes the request, and then `completed` with `approval_expired`.
+#[tokio::test]
+async fn an_expired_task_completes_only_once_the_store_closes_it() {
+    let dir = setup("mcp-task-expiry");
+    let k = key(&dir, "acme", &["invoke"]);
+    // The reaper runs every third of the lease: 10 s here, so the request
+    // stays stored pending for seconds after it expired.
+    let server = Server::start(&dir, &["--approval-ttl", "2s", "--lease", "30s"]);
+    let raw = Raw {
+        http: reqwest::Client::new(),
+        url: server.url.clone(),
+    };
+    let params = json!({"name": "refund__issue-refund",
+        "arguments": {"order-id": "ord_1001", "amount-usd": 10.0},
+        "_meta": tasks_meta(json!({}))});
+    let created = rpc(&raw, &k, "tools/call", "refund__issue-refund", params).await;
+    assert_eq!(created["resultType"], "task", "{created}");
+    let id = created["taskId"].as_str().unwrap().to_string();
+    let get = || {
+        let params = json!({"taskId": id, "_meta": tasks_meta(json!({}))});
+        let (raw, k, id) = (&raw, k.clone(), id.clone());
+        async move { rpc(raw, &k, "tasks/get", &id, params).await }
+    };
+    // Whether the reaper's expiry is in the audit trail yet.
+    let closed = || {
+        let out =
+            common::serve::host(&["audit", "export", "--tenant", "acme", "--data-dir", s(&dir)]);
+        let trail = String::from_utf8_lossy(&out.stdout).to_string();
+        // Entry bodies are exported as JSON strings (escaped quotes).
+        async move { trail.contains(r#"\"decision\":\"expired\""#) }
+    };
+    tokio::time::sleep(Duration::from_millis(2300)).await;
+    let mut saw_expired_working = false;
+    let until = Instant::now() + Duration::from_secs(30);
+    let done = loop {
+        // Read the store's state first: a `completed` read after it is
+        // only allowed if the close was already there.
+        let was_closed = closed().await;
+        let got = get().await;
+        match got["status"].as_str() {
+            Some("working") => {
+                let message = got["statusMessage"].as_str().unwrap();
+                assert!(message.contains("expired at"), "{got}");
+                saw_expired_working = true;
+            }
+            Some("completed") => {
+                assert!(
+                    was_closed || closed().await,
+                    "completed before the store closed the request: {got}"
+                );
+                break got;
+            }
+            _ => panic!("{got}"),
+        }
+        assert!(Instant::now() < until, "never closed: {got}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(saw_expired_working, "the request was reaped at once");
+    assert_eq!(done["result"]["isError"], true, "{done}");
+    assert!(done.to_string().contains("approval_expired"), "{done}");
+    server.stop();
+}
+
 #[tokio::test]
 async fn approval_waits_are_tasks_for_clients_that_declare_the_extension() {
     let dir = setup("mcp-tasks");
@@ -1319,37 +1421,6 @@ async fn approval_waits_are_tasks_for_clients_that_declare_the_extension() {
         http: reqwest::Client::new(),
         url: server.url.clone(),
     };
-    let tasks_meta = |extra: Value| {
-        let mut m = discover_meta("2026-07-28");
-        m["io.modelcontextprotocol/clientCapabilities"] =
-            json!({"extensions": {"io.modelcontextprotocol/tasks": {}}});
-        m.as_object_mut()
-            .unwrap()
-            .extend(extra.as_object().unwrap().clone());
-        m
-    };
-    // One JSON-RPC request as a 2026-07-28 client sends it; the answer's
-    // `result` or `error`.
-    async fn rpc(raw: &Raw, key: &str, method: &str, name: &str, params: Value) -> Value {
-        let bearer = format!("Bearer {key}");
-        let (status, _, body) = raw
-            .post(
-                &[
-                    ("authorization", &bearer),
-                    ("mcp-protocol-version", "2026-07-28"),
-                    ("mcp-method", method),
-                    ("mcp-name", name),
-                ],
-                json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params}),
-            )
-            .await;
-        let v: Value =
-            serde_json::from_str(&body).unwrap_or_else(|_| panic!("{method}: {status} {body}"));
-        v.get("result")
-            .or_else(|| v.get("error"))
-            .cloned()
-            .unwrap_or_else(|| panic!("{method}: {v}"))
-    }
     let refund = json!({"order-id": "ord_1001", "amount-usd": 10.0});
     let call = |meta: Value| json!({"name": "refund__issue-refund", "arguments": refund.clone(), "_meta": meta});
     let task_call = |k: &str, progress: bool| {

@@ -10,39 +10,49 @@ use sha2::{Digest, Sha256};
 
 /// The canonical JSON text of a value.
 pub fn canonical_json(v: &Value) -> String {
-    let mut out = String::new();
+    let mut out = Vec::new();
     write(v, &mut out);
-    out
+    // Only serde_json's output and ASCII punctuation were written.
+    String::from_utf8(out).expect("JSON text is UTF-8")
 }
 
-fn write(v: &Value, out: &mut String) {
+/// Keys sorted by their UTF-8 bytes, each value taken with its key (no
+/// lookup per key); strings and scalars escaped and written by serde_json
+/// straight into `out`.
+fn write(v: &Value, out: &mut Vec<u8>) {
     match v {
         Value::Object(map) => {
-            let mut keys: Vec<&String> = map.keys().collect();
-            keys.sort_unstable();
-            out.push('{');
-            for (i, k) in keys.into_iter().enumerate() {
+            let mut entries: Vec<(&String, &Value)> = map.iter().collect();
+            entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
+            out.push(b'{');
+            for (i, (k, v)) in entries.into_iter().enumerate() {
                 if i > 0 {
-                    out.push(',');
+                    out.push(b',');
                 }
-                out.push_str(&serde_json::to_string(k).unwrap_or_default());
-                out.push(':');
-                write(&map[k], out);
+                text(k, out);
+                out.push(b':');
+                write(v, out);
             }
-            out.push('}');
+            out.push(b'}');
         }
         Value::Array(items) => {
-            out.push('[');
+            out.push(b'[');
             for (i, item) in items.iter().enumerate() {
                 if i > 0 {
-                    out.push(',');
+                    out.push(b',');
                 }
                 write(item, out);
             }
-            out.push(']');
+            out.push(b']');
         }
-        other => out.push_str(&other.to_string()),
+        other => text(other, out),
     }
+}
+
+/// A string or scalar as serde_json writes it.
+fn text<T: serde::Serialize + ?Sized>(v: &T, out: &mut Vec<u8>) {
+    // Writing a string or a JSON scalar into memory cannot fail.
+    let _ = serde_json::to_writer(&mut *out, v);
 }
 
 /// Lowercase hex SHA-256 of bytes.
@@ -100,6 +110,25 @@ mod tests {
         let b: Value = serde_json::from_str(r#"{"a":{"x":"s","y":[1,2]},"b":1}"#).unwrap();
         assert_eq!(canonical_json(&a), r#"{"a":{"x":"s","y":[1,2]},"b":1}"#);
         assert_eq!(fingerprint(&a), fingerprint(&b));
+    }
+
+    #[test]
+    fn canonical_text_is_byte_for_byte_what_chains_were_hashed_with() {
+        // Escapes, non-ASCII keys (sorted by UTF-8 bytes, not by chars or
+        // UTF-16), numbers at their limits: the text every stored entry's
+        // hash was computed over must not change.
+        let v = json!({
+            "z": [1, -0.0, 1.5e300, 18446744073709551615u64, -9223372036854775808i64, null, true],
+            "\u{e9}t\u{e9}": "caf\u{e9} \u{1f600}",
+            "\u{ff5e}": 1,
+            "\u{1f600}": 2,
+            "A": {"b\"q": "line\nbreak\ttab\u{0}nul\u{7f}\\", "a": {}},
+            "": []
+        });
+        assert_eq!(
+            canonical_json(&v),
+            "{\"\":[],\"A\":{\"a\":{},\"b\\\"q\":\"line\\nbreak\\ttab\\u0000nul\u{7f}\\\\\"},\"z\":[1,-0.0,1.5e+300,18446744073709551615,-9223372036854775808,null,true],\"\u{e9}t\u{e9}\":\"caf\u{e9} \u{1f600}\",\"\u{ff5e}\":1,\"\u{1f600}\":2}"
+        );
     }
 
     #[test]

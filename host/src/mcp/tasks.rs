@@ -10,7 +10,9 @@
 //!
 //! ```text
 //! invocation (record, approval)               task (tasks/get)
-//! pending_approval, approval pending    ─▶    working  ("waiting for approval apr_…")
+//! pending_approval, approval pending    ─▶    working  ("waiting for approval apr_…";
+//!                                             past its expiry too, until the reaper
+//!                                             closes it: final only as stored)
 //! running (approved, on some replica)   ─▶    working  ("approved by …; running")
 //! ok / error / refused                  ─▶    completed, result = the CallToolResult a
 //!                                             synchronous call gets (denied, expired:
@@ -132,8 +134,11 @@ async fn find(shared: &Shared, caller: &Caller, task_id: &str) -> Result<Found, 
         .await
         .map_err(storage_error)?
         .ok_or_else(|| unknown(task_id))?;
-    let now = shared.service.instance().now_ms();
-    let record = approvals::record_as_of(record, Some(&approval), now).map_err(storage_error)?;
+    // The stored record, not the record as of this replica's clock: a task
+    // is final only once the store says so. A request past its expiry but
+    // still stored pending can yet be approved (by a decision whose clock
+    // read came before the expiry and whose commit lands after it), so it
+    // stays `working` until the reaper closes it (or the approval wins).
     Ok(Found { record, approval })
 }
 
@@ -158,13 +163,22 @@ pub async fn get(
         t
     };
     let detailed = match record.status.as_str() {
-        "pending_approval" => DetailedTask::new(
-            base(TaskStatus::Working, Some(POLL_WAITING_MS)).with_status_message(waiting_message(
-                Some(&approval.id),
-                Some(approval.expires_ms),
-            )),
-            TaskPayload::Working,
-        ),
+        "pending_approval" => {
+            let message = if shared.service.instance().now_ms() >= approval.expires_ms {
+                format!(
+                    "approval request {} expired at {} with no decision; the call has not run. \
+                     This task completes with an isError result once the host closes the request.",
+                    approval.id,
+                    format_time(approval.expires_ms)
+                )
+            } else {
+                waiting_message(Some(&approval.id), Some(approval.expires_ms))
+            };
+            DetailedTask::new(
+                base(TaskStatus::Working, Some(POLL_WAITING_MS)).with_status_message(message),
+                TaskPayload::Working,
+            )
+        }
         "running" => DetailedTask::new(
             base(TaskStatus::Working, Some(POLL_RUNNING_MS)).with_status_message(format!(
                 "approved by {}; the call is running",
