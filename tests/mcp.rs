@@ -1478,6 +1478,42 @@ async fn approval_waits_are_tasks_for_clients_that_declare_the_extension() {
         );
         ids.push(id);
     }
+    // A keyed call replayed: to the key that made it, the same task; to a
+    // colleague's key in the tenant (idempotency keys are per tenant), the
+    // plain answer, since only the caller's key can see its task.
+    let keyed = || {
+        call(tasks_meta(
+            json!({"io.toolhost/idempotency_key": "refund-ord-1001"}),
+        ))
+    };
+    let first = rpc(&raw, &k, "tools/call", "refund__issue-refund", keyed()).await;
+    assert_eq!(first["resultType"], "task", "{first}");
+    let again = rpc(&raw, &k, "tools/call", "refund__issue-refund", keyed()).await;
+    assert_eq!(again["resultType"], "task", "{again}");
+    assert_eq!(again["taskId"], first["taskId"], "{again}");
+    // Created when the approval was requested, whenever it is answered
+    // and whoever reads it with tasks/get.
+    assert_eq!(again["createdAt"], first["createdAt"], "{again}");
+    let got = task("tasks/get", &k, first["taskId"].as_str().unwrap(), true).await;
+    assert_eq!(got["createdAt"], first["createdAt"], "{got}");
+    assert!(
+        first["statusMessage"]
+            .as_str()
+            .unwrap()
+            .contains("expires at"),
+        "{first}"
+    );
+    let theirs = rpc(
+        &raw,
+        &colleague,
+        "tools/call",
+        "refund__issue-refund",
+        keyed(),
+    )
+    .await;
+    assert_eq!(theirs["resultType"], "complete", "{theirs}");
+    assert_eq!(theirs["isError"], true, "{theirs}");
+    assert!(theirs.get("taskId").is_none(), "{theirs}");
     // Not declared: the isError answer naming the approval, as before.
     let plain = rpc(
         &raw,
@@ -1507,6 +1543,34 @@ async fn approval_waits_are_tasks_for_clients_that_declare_the_extension() {
     // tasks/* need the extension declared: -32021.
     let e = task("tasks/get", &k, approved, false).await;
     assert_eq!(e["code"], -32021, "{e}");
+    // Malformed params of a tasks/* method: invalid params (-32602) once
+    // the extension is declared (-32021 before), never "method not found".
+    for method in ["tasks/get", "tasks/cancel", "tasks/update"] {
+        for params in [
+            json!({"taskId": 5}),
+            json!({"taskId": null}),
+            json!({}),
+            json!({"taskId": approved, "inputResponses": "x"}),
+        ] {
+            if method != "tasks/update" && params.get("inputResponses").is_some() {
+                continue;
+            }
+            for (declared, code) in [(true, -32602), (false, -32021)] {
+                let mut p = params.clone();
+                p["_meta"] = if declared {
+                    tasks_meta(json!({}))
+                } else {
+                    discover_meta("2026-07-28")
+                };
+                let name = p["taskId"].as_str().unwrap_or("x").to_string();
+                let e = rpc(&raw, &k, method, &name, p).await;
+                assert_eq!(
+                    e["code"], code,
+                    "{method} {params} declared {declared}: {e}"
+                );
+            }
+        }
+    }
     // Waiting: working, naming the approval and its expiry.
     let got = task("tasks/get", &k, approved, true).await;
     assert_eq!(got["resultType"], "complete", "{got}");

@@ -269,6 +269,10 @@ impl McpServer {
         tasks: bool,
     ) -> CallToolResponse {
         let Call { tool, request } = *call;
+        let (tenant, principal) = (
+            request.context.tenant.clone(),
+            request.context.principal.clone(),
+        );
         match self.shared.service.invoke(request).await {
             Ok(answer) => {
                 if let (Answer::Done(outcome), Some(context)) = (&answer, notify) {
@@ -276,14 +280,44 @@ impl McpServer {
                     send_progress(context, &outcome.progress).await;
                 }
                 let response = answer.response();
-                if tasks && response.status == crate::record::Status::PendingApproval {
-                    let now = self.shared.service.instance().now_ms();
-                    return tasks::created(&response, now).into();
+                if tasks
+                    && response.status == crate::record::Status::PendingApproval
+                    && let Some(approval) = self
+                        .task_approval(&response, tenant.as_deref(), principal.as_deref())
+                        .await
+                {
+                    return tasks::created(&response, &approval).into();
                 }
                 answer::result(&tool, &response).into()
             }
             Err(e) => answer::failed(&e).into(),
         }
+    }
+
+    /// The approval request a parked call's answer is a task of, if it may
+    /// be a task for this caller: a task is returned only if `tasks/get`
+    /// resolves it for the same key (SEP-2663), so only if this key asked
+    /// for the approval (a replay of a keyed call made by a colleague's key
+    /// is not: idempotency keys are per tenant). `None` also when the
+    /// request cannot be read: the plain answer names it.
+    async fn task_approval(
+        &self,
+        response: &crate::record::InvocationResponse,
+        tenant: Option<&str>,
+        principal: Option<&str>,
+    ) -> Option<crate::storage::ApprovalRecord> {
+        let (tenant, principal) = (tenant?, principal?);
+        let approval_id = response.invocation_id.replacen("inv_", "apr_", 1);
+        let storage = self.shared.governed.audit().storage();
+        storage
+            .approval_get(tenant, &approval_id)
+            .await
+            .ok()
+            .flatten()
+            .filter(|a| {
+                a.requester.as_deref() == Some(principal)
+                    && a.invocation_id == response.invocation_id
+            })
     }
 
     fn caller(
@@ -463,6 +497,46 @@ impl rmcp::ServerHandler for McpServer {
     ) -> std::result::Result<(), McpError> {
         let caller = self.caller(&context)?;
         tasks::update(&self.shared, &caller, &request.task_id).await
+    }
+
+    /// A request rmcp could not parse as any method it knows. For a
+    /// `tasks/*` method that is a malformed request (no `taskId`, or not a
+    /// string; `tasks/update` without `inputResponses`): SEP-2663's
+    /// invalid params (`-32602`), after the same capability check as a
+    /// well-formed one, not "method not found" for a method the server
+    /// advertises.
+    async fn on_custom_request(
+        &self,
+        request: rmcp::model::CustomRequest,
+        context: RequestContext<RoleServer>,
+    ) -> std::result::Result<rmcp::model::CustomResult, McpError> {
+        let method = request.method.as_str();
+        if !matches!(method, "tasks/get" | "tasks/cancel" | "tasks/update") {
+            return Err(McpError::new(
+                rmcp::model::ErrorCode::METHOD_NOT_FOUND,
+                request.method,
+                None,
+            ));
+        }
+        let declared = context
+            .client_capabilities()
+            .is_some_and(|c| c.supports_tasks());
+        if !declared {
+            return Err(McpError::missing_required_client_capability(
+                rmcp::model::ClientCapabilities::builder()
+                    .enable_tasks()
+                    .build(),
+            ));
+        }
+        let needs = if method == "tasks/update" {
+            "`taskId` (a string) and `inputResponses` (an object)"
+        } else {
+            "`taskId` (a string)"
+        };
+        Err(McpError::invalid_params(
+            format!("{method}: malformed params: it needs {needs}"),
+            None,
+        ))
     }
 
     /// `subscriptions/listen` (2026-07-28): tool-list changes only.

@@ -57,11 +57,12 @@ pub const POLL_WAITING_MS: u64 = 5_000;
 pub const POLL_RUNNING_MS: u64 = 1_000;
 
 /// The task a call waiting for approval becomes (`r.status` is
-/// `pending_approval`), created at `now_ms`.
-pub fn created(r: &InvocationResponse, now_ms: i64) -> CreateTaskResult {
-    let at = format_time(now_ms);
+/// `pending_approval`; `approval` its request, read from storage): created
+/// when the request was, as `tasks/get` says too.
+pub fn created(r: &InvocationResponse, approval: &ApprovalRecord) -> CreateTaskResult {
+    let at = format_time(approval.created_ms);
     let task = Task::new(r.invocation_id.clone(), TaskStatus::Working, &at, &at)
-        .with_status_message(waiting_message(r.approval_id.as_deref(), None))
+        .with_status_message(waiting_message(&approval.id, approval.expires_ms))
         .with_poll_interval_ms(POLL_WAITING_MS);
     // Records are kept until an operator prunes them: no TTL (`null`).
     let mut meta = MetaObject::new();
@@ -78,11 +79,8 @@ pub fn created(r: &InvocationResponse, now_ms: i64) -> CreateTaskResult {
     CreateTaskResult::new(task).with_meta(meta)
 }
 
-fn waiting_message(approval: Option<&str>, expires_ms: Option<i64>) -> String {
-    let approval = approval.unwrap_or("(unknown)");
-    let until = expires_ms
-        .map(|ms| format!(" (it expires at {})", format_time(ms)))
-        .unwrap_or_default();
+fn waiting_message(approval: &str, expires_ms: i64) -> String {
+    let until = format!(" (it expires at {})", format_time(expires_ms));
     format!(
         "waiting for a human's approval: approval request {approval}{until}; the call has not \
          run. Once it is approved the call runs once by itself, and this task completes with \
@@ -172,7 +170,7 @@ pub async fn get(
                     format_time(approval.expires_ms)
                 )
             } else {
-                waiting_message(Some(&approval.id), Some(approval.expires_ms))
+                waiting_message(&approval.id, approval.expires_ms)
             };
             DetailedTask::new(
                 base(TaskStatus::Working, Some(POLL_WAITING_MS)).with_status_message(message),
