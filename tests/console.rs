@@ -573,6 +573,24 @@ async fn sessions_forms_and_roles_hold_over_http() {
     assert_eq!(r.status, 303);
     assert!(!o.cookies.iter().any(|(n, _)| n == "toolhost_session"));
     assert_eq!(o.get("/console/approvals").await.status, 303);
+    // A cookie planted beside the real one (another port or a sibling host
+    // can set one for this path) that parses with the same key id but does
+    // not verify: a form is checked against the session that verified.
+    let mut p = Browserless::new(&server);
+    let token = p.sign_in(&auditor).await;
+    let real = p
+        .cookies
+        .iter()
+        .find(|(n, _)| n == "toolhost_session")
+        .unwrap()
+        .1
+        .clone();
+    let mut parts: Vec<String> = real.split('.').map(str::to_string).collect();
+    parts[3] = "0".repeat(parts[3].len());
+    p.cookies
+        .insert(0, ("toolhost_session".into(), parts.join(".")));
+    let r = p.post("/console/logout", &[("csrf", &token)], None).await;
+    assert_eq!(r.status, 303, "{}", r.body);
     // An oversized form is refused before it is read whole.
     let big = "x".repeat(64 << 10);
     let r = au
@@ -584,6 +602,56 @@ async fn sessions_forms_and_roles_hold_over_http() {
 
 /// What the browser test needs: node, chromium, and playwright-core
 /// installed in tests/browser. `Err` says what is missing.
+/// Forms whose bodies arrive slowly (or never) hold their connections, not
+/// the console's slots: a signed-in page still answers at once, and each
+/// slow form ends with 408 once its body is overdue.
+#[tokio::test]
+async fn slow_form_bodies_do_not_take_the_console_from_signed_in_users() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = data_dir("console-slow-forms", &tools());
+    let approver = key(&dir, "acme", &["approve"]);
+    let server = Server::start(&dir, &[]);
+    let mut a = Browserless::new(&server);
+    a.sign_in(&approver).await;
+    let addr = server.url.trim_start_matches("http://").to_string();
+    // More slow forms than the console has slots (16): headers promising
+    // 16000 bytes, then a few bytes, then nothing.
+    let mut slow = Vec::new();
+    for _ in 0..24 {
+        let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        let head = format!(
+            "POST /console/login HTTP/1.1\r\nhost: {addr}\r\norigin: {}\r\n\
+             content-type: application/x-www-form-urlencoded\r\ncontent-length: 16000\r\n\r\ncsrf=",
+            server.url
+        );
+        stream.write_all(head.as_bytes()).await.unwrap();
+        slow.push(stream);
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let started = std::time::Instant::now();
+    let page = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        a.get("/console/approvals"),
+    )
+    .await
+    .expect("a signed-in page waited behind slow form bodies");
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    // The slow forms themselves: 408, a clear error, once overdue.
+    let mut answer = Vec::new();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        slow[0].read_to_end(&mut answer),
+    )
+    .await
+    .expect("the slow form was never answered")
+    .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("did not arrive within"), "{answer}");
+    server.stop();
+}
+
 fn browser_setup(browser_dir: &Path) -> Result<(PathBuf, PathBuf), String> {
     let on_path = |name: &str| -> Option<PathBuf> {
         std::env::var_os("PATH").and_then(|paths| {

@@ -258,14 +258,18 @@ fn public(path: &str) -> bool {
     )
 }
 
-/// Around every console request, within the request deadline: a console
-/// slot; the session (signed-in pages redirect to the sign-in form without
-/// one); and for every POST the `Origin` and the form's token (the
-/// session's, or the sign-in form's).
+/// Around every console request, within the request deadline: a POST's
+/// `Origin` and its form body, read within [`FORM_READ`] and before a slot
+/// is taken (a client that sends its body slowly holds a connection, not
+/// one of the console's slots); then a console slot; the session
+/// (signed-in pages redirect to the sign-in form without one); and for
+/// every POST the form's token (the verified session's, or the sign-in
+/// form's).
 async fn guard(State(c): State<Arc<Console>>, request: Request, next: Next) -> Response {
     let deadline = tokio::time::Instant::now() + c.timeout;
     let work =
         async {
+            let request = read_form(request).await?;
             let _slot =
                 c.slots.clone().acquire_owned().await.map_err(|_| {
                     PageError::from(Error::new(ErrorKind::Overloaded, "shutting down"))
@@ -289,6 +293,47 @@ async fn guard(State(c): State<Arc<Console>>, request: Request, next: Next) -> R
     }
 }
 
+/// How long a console form's body may take to arrive.
+pub const FORM_READ: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// A POST's body, read whole (at most [`MAX_FORM`] bytes, within
+/// [`FORM_READ`]) once its `Origin` is this console's; other requests as
+/// they are.
+async fn read_form(request: Request) -> Result<Request, PageError> {
+    if request.method() != Method::POST {
+        return Ok(request);
+    }
+    let (parts, body) = request.into_parts();
+    if !session::same_origin(&parts.headers) {
+        return Err(forbidden_form(
+            "this form was not sent from this console (its Origin is another site's)",
+        ));
+    }
+    let read = tokio::time::timeout(FORM_READ, axum::body::to_bytes(body, MAX_FORM));
+    let body = match read.await {
+        Ok(Ok(body)) => body,
+        Ok(Err(_)) => {
+            return Err(PageError::from(Error::new(
+                ErrorKind::PayloadTooLarge,
+                format!("a console form is at most {MAX_FORM} bytes"),
+            )));
+        }
+        Err(_) => {
+            return Err(PageError {
+                status: StatusCode::REQUEST_TIMEOUT,
+                error: Error::new(
+                    ErrorKind::Timeout,
+                    format!(
+                        "the form's body did not arrive within {} s",
+                        FORM_READ.as_secs()
+                    ),
+                ),
+            });
+        }
+    };
+    Ok(Request::from_parts(parts, axum::body::Body::from(body)))
+}
+
 fn forbidden_form(why: &str) -> PageError {
     PageError {
         status: StatusCode::FORBIDDEN,
@@ -296,6 +341,8 @@ fn forbidden_form(why: &str) -> PageError {
     }
 }
 
+/// The session and the form token, for a request whose form body (if a
+/// POST) [`read_form`] has read.
 async fn guarded(c: &Arc<Console>, request: Request, next: Next) -> Result<Response, PageError> {
     let sessions = c.sessions().await?;
     let path = request.uri().path().to_string();
@@ -303,17 +350,10 @@ async fn guarded(c: &Arc<Console>, request: Request, next: Next) -> Result<Respo
     let now = crate::clock::now_ms();
     let (parts, body) = request.into_parts();
     let body = if post {
-        if !session::same_origin(&parts.headers) {
-            return Err(forbidden_form(
-                "this form was not sent from this console (its Origin is another site's)",
-            ));
-        }
-        axum::body::to_bytes(body, MAX_FORM).await.map_err(|_| {
-            PageError::from(Error::new(
-                ErrorKind::PayloadTooLarge,
-                format!("a console form is at most {MAX_FORM} bytes"),
-            ))
-        })?
+        // Already in memory: this only takes it.
+        axum::body::to_bytes(body, MAX_FORM)
+            .await
+            .map_err(|e| PageError::from(Error::internal(format!("the form body: {e}"))))?
     } else {
         axum::body::Bytes::new()
     };
@@ -331,31 +371,26 @@ async fn guarded(c: &Arc<Console>, request: Request, next: Next) -> Result<Respo
         }
         return Ok(next.run(request).await);
     }
-    let Some(session) = resolve(c, sessions, request.headers(), now).await? else {
+    let Some((session, claims)) = resolve(c, sessions, request.headers(), now).await? else {
         return Ok(view::to_login());
     };
-    if post {
-        let claims = session::cookies(request.headers(), session::SESSION_COOKIE)
-            .find_map(|v| Sessions::parse(v).filter(|cl| cl.key_id == session.caller.key.id));
-        let ok = claims.is_some_and(|cl| sessions.check_csrf(&cl, &token()));
-        if !ok {
-            return Err(forbidden_form(
-                "this form has no valid CSRF token (it is stale, or came from another site); reload the page",
-            ));
-        }
+    // The token of the session cookie that verified, not of any cookie
+    // that merely parses with the same key id.
+    if post && !sessions.check_csrf(&claims, &token()) {
+        return Err(forbidden_form(
+            "this form has no valid CSRF token (it is stale, or came from another site); reload the page",
+        ));
     }
     request.extensions_mut().insert(session);
     Ok(next.run(request).await)
 }
 
-/// The session the request's cookie holds, if valid now: signed by this
-/// deployment, not expired, for a stored key that is not revoked.
 async fn resolve(
     c: &Console,
     sessions: &Sessions,
     headers: &axum::http::HeaderMap,
     now: i64,
-) -> Result<Option<Session>, PageError> {
+) -> Result<Option<(Session, session::Claims)>, PageError> {
     for value in session::cookies(headers, session::SESSION_COOKIE) {
         let Some(claims) = Sessions::parse(value) else {
             continue;
@@ -368,10 +403,13 @@ async fn resolve(
         }
         if let Some(claims) = sessions.check(value, &key, now) {
             let csrf = sessions.csrf(&claims);
-            return Ok(Some(Session {
-                caller: Caller { key },
-                csrf,
-            }));
+            return Ok(Some((
+                Session {
+                    caller: Caller { key },
+                    csrf,
+                },
+                claims,
+            )));
         }
     }
     Ok(None)
