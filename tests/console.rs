@@ -602,6 +602,81 @@ async fn sessions_forms_and_roles_hold_over_http() {
 
 /// What the browser test needs: node, chromium, and playwright-core
 /// installed in tests/browser. `Err` says what is missing.
+/// A call approved in the console runs under the server's concurrency
+/// limits as one approved over the API does: with the only slot busy, the
+/// approval is refused (503, retry later) and nothing runs; once the slot
+/// is free, it goes through.
+#[tokio::test]
+async fn a_console_approval_takes_a_slot_like_the_api() {
+    let dir = data_dir("console-slots", &tools());
+    let agent = key(&dir, "acme", &["invoke"]);
+    let approver = key(&dir, "acme", &["approve"]);
+    let server = Server::start(&dir, &["--max-concurrency", "1", "--max-queue", "0"]);
+    let c = Client::new(&server, Some(&agent));
+    let (status, parked) = c
+        .post(
+            "/v1/tools/refund/issue-refund/invoke",
+            json!({"args": {"order-id": "ord_1002", "amount-usd": 120.0}}),
+        )
+        .await;
+    assert_eq!(status, 202, "{parked}");
+    let approval = parked["approval_id"].as_str().unwrap().to_string();
+    let mut a = Browserless::new(&server);
+    let token = a.sign_in(&approver).await;
+    // The only slot, held by a call that runs until its deadline.
+    let url = server.url.clone();
+    let k = agent.clone();
+    let slow = tokio::spawn(async move {
+        loop {
+            let r = reqwest::Client::new()
+                .post(format!("{url}/v1/tools/hostile/sleep-forever/invoke"))
+                .bearer_auth(&k)
+                .json(&json!({}))
+                .send()
+                .await
+                .unwrap();
+            if r.status().as_u16() != 503 {
+                return r.status().as_u16();
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    });
+    let mut busy = false;
+    for _ in 0..100 {
+        let (status, _) = c
+            .post(
+                "/v1/tools/text-tools/hello/invoke",
+                json!({"args": {"name": "x"}}),
+            )
+            .await;
+        if status == 503 {
+            busy = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(busy, "the slow call never held the slot");
+    let path = format!("/console/approvals/{approval}/approve");
+    let r = a.post(&path, &[("csrf", &token)], None).await;
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert!(r.body.contains("concurrency"), "{}", r.body);
+    // Once the slot is free: nothing was decided, and the same approval
+    // goes through.
+    assert_eq!(slow.await.unwrap(), 200);
+    let approver_client = Client::new(&server, Some(&approver));
+    let (_, pending) = approver_client
+        .get(&format!("/v1/approvals/{approval}"))
+        .await;
+    assert_eq!(pending["status"], "pending", "{pending}");
+    let r = a.post(&path, &[("csrf", &token)], None).await;
+    assert_eq!(r.status, 303, "{}", r.body);
+    let (_, done) = approver_client
+        .get(&format!("/v1/approvals/{approval}"))
+        .await;
+    assert_eq!(done["status"], "approved", "{done}");
+    server.stop();
+}
+
 /// Forms whose bodies arrive slowly (or never) hold their connections, not
 /// the console's slots: a signed-in page still answers at once, and each
 /// slow form ends with 408 once its body is overdue.

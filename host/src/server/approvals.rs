@@ -208,7 +208,14 @@ pub async fn decide_as(
     let approver = caller.key.id.clone();
     // On its own task: once decided, the approved call runs to completion
     // whatever happens to this request.
-    let slot = super::limit::current_slot();
+    // The request's slot (the API's `limit` layer took it); a decision
+    // made elsewhere (the console) takes one as the API would, so an
+    // approved call counts against `--max-concurrency` wherever it was
+    // approved.
+    let slot = match super::limit::current_slot() {
+        Some(slot) => slot,
+        None => app.limiter.slot(&tenant).await?,
+    };
     let decided = app
         .tracker
         .spawn(async move {

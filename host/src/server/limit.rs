@@ -71,19 +71,31 @@ impl Limiter {
         self.timeout
     }
 
+    /// A slot for `tenant`'s work that did not come through [`limit`] (a
+    /// decision made in the console runs the approved call): waited for
+    /// within the request deadline, refused as the API refuses a request.
+    pub async fn slot(&self, tenant: &str) -> Result<Arc<fair::Slot>, ApiError> {
+        let deadline = Instant::now() + self.timeout;
+        match self.slots.acquire(tenant, deadline).await {
+            Ok(slot) => Ok(Arc::new(slot)),
+            Err(fair::Refusal::Tenant) => Err(tenant_overloaded_error(tenant, "request slots")),
+            Err(fair::Refusal::Full | fair::Refusal::Deadline) => Err(overloaded_error()),
+        }
+    }
+
     /// Requests holding a slot, and waiting for one, now.
     pub fn slot_counts(&self) -> (usize, usize) {
         self.slots.counts()
     }
 }
 
-fn refused(kind: ErrorKind, message: String) -> Response {
+fn refused(kind: ErrorKind, message: String) -> ApiError {
     let mut e = ApiError::new(kind, message);
     e.retry_after = Some(1);
-    e.into_response()
+    e
 }
 
-fn overloaded() -> Response {
+fn overloaded_error() -> ApiError {
     crate::observe::metrics::rejected(503, "overloaded");
     refused(
         ErrorKind::Overloaded,
@@ -91,12 +103,20 @@ fn overloaded() -> Response {
     )
 }
 
-fn tenant_overloaded(tenant: &str, what: &str) -> Response {
+fn overloaded() -> Response {
+    overloaded_error().into_response()
+}
+
+fn tenant_overloaded_error(tenant: &str, what: &str) -> ApiError {
     crate::observe::metrics::rejected(429, "tenant_overloaded");
     refused(
         ErrorKind::TenantOverloaded,
         format!("tenant `{tenant}` is at its share of the server's {what}; retry later"),
     )
+}
+
+fn tenant_overloaded(tenant: &str, what: &str) -> Response {
+    tenant_overloaded_error(tenant, what).into_response()
 }
 
 /// The middleware.

@@ -47,6 +47,10 @@ pub const MAX_FORM: usize = 16 << 10;
 /// more).
 pub const MAX_EXPORT: usize = 64 << 20;
 
+/// Audit exports built at once per server (so at most this many times
+/// [`MAX_EXPORT`] of memory).
+pub const MAX_EXPORTS: usize = 2;
+
 /// The console's Content-Security-Policy: only this server's own
 /// stylesheet; no script, no inline style, no frames, forms only to itself.
 pub const CSP: &str = "default-src 'self'; script-src 'none'; style-src 'self'; img-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
@@ -58,6 +62,9 @@ pub struct Console {
     slots: Arc<Semaphore>,
     /// One audit verification at a time (it reads the whole chain).
     verifying: Semaphore,
+    /// Audit exports at once (each is built in memory, up to
+    /// [`MAX_EXPORT`]).
+    exporting: Semaphore,
     timeout: Duration,
 }
 
@@ -197,6 +204,7 @@ pub fn router(app: Arc<App>, config: &super::ServeConfig) -> Router {
         sessions: OnceCell::new(),
         slots: Arc::new(Semaphore::new(MAX_CONCURRENT)),
         verifying: Semaphore::new(1),
+        exporting: Semaphore::new(MAX_EXPORTS),
         timeout: config.request_timeout,
     });
     Router::new()

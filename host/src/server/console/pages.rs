@@ -1081,12 +1081,7 @@ pub async fn verify(
 ) -> Page {
     require(&session.caller, AUDIT)?;
     let Ok(_one) = c.verifying.try_acquire() else {
-        let mut e = PageError::from(Error::new(
-            ErrorKind::Overloaded,
-            "another verification is running on this server; try again shortly",
-        ));
-        e.status = StatusCode::SERVICE_UNAVAILABLE;
-        return Err(e);
+        return Err(busy("another verification is running on this server"));
     };
     let log = c.app.governed.audit();
     let key = crate::audit::verify::parse_key(&log.public_key()).map_err(Error::internal)?;
@@ -1135,6 +1130,16 @@ impl std::io::Write for Capped {
     }
 }
 
+/// A `503` page: `what` is busy, try again shortly.
+fn busy(what: &str) -> PageError {
+    let mut e = PageError::from(Error::new(
+        ErrorKind::Overloaded,
+        format!("{what}; try again shortly"),
+    ));
+    e.status = StatusCode::SERVICE_UNAVAILABLE;
+    e
+}
+
 /// Download the tenant's chain (or a time range of it) as an export file.
 pub async fn export(
     State(c): State<Arc<Console>>,
@@ -1144,6 +1149,12 @@ pub async fn export(
     require(&session.caller, AUDIT)?;
     let since = time_field("since", &q.since)?;
     let until = time_field("until", &q.until)?;
+    let Ok(_slot) = c.exporting.try_acquire() else {
+        return Err(busy(&format!(
+            "{} exports are being built on this server",
+            super::MAX_EXPORTS
+        )));
+    };
     let chain = crate::audit::chain_of(Some(session.caller.tenant()));
     let mut out = Capped(Vec::new());
     if let Err(e) =
