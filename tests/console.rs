@@ -641,20 +641,9 @@ async fn a_console_approval_takes_a_slot_like_the_api() {
             tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
     });
-    let mut busy = false;
-    for _ in 0..100 {
-        let (status, _) = c
-            .post(
-                "/v1/tools/text-tools/hello/invoke",
-                json!({"args": {"name": "x"}}),
-            )
-            .await;
-        if status == 503 {
-            busy = true;
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    let busy = c
+        .hello_until(503, 100, std::time::Duration::from_millis(20))
+        .await;
     assert!(busy, "the slow call never held the slot");
     let path = format!("/console/approvals/{approval}/approve");
     let r = a.post(&path, &[("csrf", &token)], None).await;

@@ -661,20 +661,7 @@ async fn admin_commands_work_while_the_server_runs() {
         "--data-dir",
         s(&dir),
     ]));
-    let mut denied = false;
-    for _ in 0..50 {
-        let (status, _) = c
-            .post(
-                "/v1/tools/text-tools/hello/invoke",
-                json!({"args": {"name": "x"}}),
-            )
-            .await;
-        if status == 403 {
-            denied = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let denied = c.hello_until(403, 50, Duration::from_millis(200)).await;
     assert!(denied, "the stored policy was not put in force");
     // A bad policy is refused before it is stored.
     std::fs::write(dir.join("bad.yaml"), "workflow: [\n").unwrap();

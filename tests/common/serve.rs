@@ -179,6 +179,24 @@ impl Client {
         }
     }
 
+    /// Invoke text-tools' `hello` up to `tries` times, `pause` apart, until
+    /// it is answered `status`: whether it was.
+    pub async fn hello_until(&self, status: u16, tries: usize, pause: Duration) -> bool {
+        for _ in 0..tries {
+            let (got, _) = self
+                .post(
+                    "/v1/tools/text-tools/hello/invoke",
+                    serde_json::json!({"args": {"name": "x"}}),
+                )
+                .await;
+            if got == status {
+                return true;
+            }
+            tokio::time::sleep(pause).await;
+        }
+        false
+    }
+
     fn auth(&self, r: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
         match &self.key {
             Some(k) => r.bearer_auth(k),
