@@ -624,23 +624,7 @@ async fn a_console_approval_takes_a_slot_like_the_api() {
     let mut a = Browserless::new(&server);
     let token = a.sign_in(&approver).await;
     // The only slot, held by a call that runs until its deadline.
-    let url = server.url.clone();
-    let k = agent.clone();
-    let slow = tokio::spawn(async move {
-        loop {
-            let r = reqwest::Client::new()
-                .post(format!("{url}/v1/tools/hostile/sleep-forever/invoke"))
-                .bearer_auth(&k)
-                .json(&json!({}))
-                .send()
-                .await
-                .unwrap();
-            if r.status().as_u16() != 503 {
-                return r.status().as_u16();
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-        }
-    });
+    let slow = c.sleep_forever();
     let busy = c
         .hello_until(503, 100, std::time::Duration::from_millis(20))
         .await;
@@ -651,7 +635,7 @@ async fn a_console_approval_takes_a_slot_like_the_api() {
     assert!(r.body.contains("concurrency"), "{}", r.body);
     // Once the slot is free: nothing was decided, and the same approval
     // goes through.
-    assert_eq!(slow.await.unwrap(), 200);
+    assert_eq!(slow.await.unwrap().status(), 200);
     let approver_client = Client::new(&server, Some(&approver));
     let (_, pending) = approver_client
         .get(&format!("/v1/approvals/{approval}"))

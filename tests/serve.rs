@@ -686,26 +686,8 @@ async fn overload_is_refused_with_retry_after_and_shutdown_finishes_work() {
     let k = key(&dir, "acme", &["invoke"]);
     let server = Server::start(&dir, &["--max-concurrency", "1", "--max-queue", "0"]);
     let url = server.url.clone();
-    let slow = {
-        let k = k.clone();
-        let url = url.clone();
-        // Retried while refused: it may arrive while a probe holds the slot.
-        tokio::spawn(async move {
-            loop {
-                let r = reqwest::Client::new()
-                    .post(format!("{url}/v1/tools/hostile/sleep-forever/invoke"))
-                    .bearer_auth(&k)
-                    .json(&json!({}))
-                    .send()
-                    .await
-                    .unwrap();
-                if r.status().as_u16() != 503 {
-                    return r;
-                }
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        })
-    };
+    // Retried while refused: it may arrive while a probe holds the slot.
+    let slow = Client::new(&server, Some(&k)).sleep_forever();
     // While the slow call holds the only slot, others are refused at once.
     let mut refused = None;
     for _ in 0..40 {

@@ -179,6 +179,27 @@ impl Client {
         }
     }
 
+    /// Invoke hostile's `sleep-forever` (it runs until its deadline) on a
+    /// task of its own, retried while refused `503` (a probe may hold the
+    /// slot it wants); its answer.
+    pub fn sleep_forever(&self) -> tokio::task::JoinHandle<reqwest::Response> {
+        let url = format!("{}/v1/tools/hostile/sleep-forever/invoke", self.url);
+        let (http, key) = (self.http.clone(), self.key.clone());
+        tokio::spawn(async move {
+            loop {
+                let mut r = http.post(&url).json(&serde_json::json!({}));
+                if let Some(k) = &key {
+                    r = r.bearer_auth(k);
+                }
+                let r = r.send().await.unwrap();
+                if r.status().as_u16() != 503 {
+                    return r;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+    }
+
     /// Invoke text-tools' `hello` up to `tries` times, `pause` apart, until
     /// it is answered `status`: whether it was.
     pub async fn hello_until(&self, status: u16, tries: usize, pause: Duration) -> bool {
