@@ -609,6 +609,71 @@ async fn a_decided_approval_is_posted_to_its_allowed_callback() {
     server.stop();
 }
 
+/// Callbacks claimed together are sent together: a receiver that never
+/// answers delays neither another's callback nor the batch past its claim.
+#[tokio::test]
+async fn a_silent_callback_receiver_does_not_hold_up_the_others() {
+    let hooks = TestServer::start().await;
+    // A receiver that takes connections and never answers.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_port = silent.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = silent.accept().await {
+            held.push(stream);
+        }
+    });
+    let dir = data_dir_with("sem-callback-silent", POLICY, &[("refund", "refund")]);
+    let requester = key(&dir, "acme", &["invoke"]);
+    let approver = key(&dir, "acme", &["approve"]);
+    let fast = format!("http://127.0.0.1:{}", hooks.port);
+    let slow = format!("http://127.0.0.1:{silent_port}");
+    let server = Server::start(
+        &dir,
+        &["--callback-allow", &fast, "--callback-allow", &slow],
+    );
+    let c = Client::new(&server, Some(&requester));
+    let mut ids = Vec::new();
+    for (order, url) in [
+        ("ord_1", format!("{slow}/never")),
+        ("ord_2", format!("{fast}/json")),
+    ] {
+        let (status, r) = c
+            .post(
+                "/v1/tools/refund/issue-refund/invoke",
+                json!({"args": {"order-id": order, "amount-usd": 60.0}, "callback_url": url}),
+            )
+            .await;
+        assert_eq!(status, 202, "{r}");
+        ids.push(r["approval_id"].as_str().unwrap().to_string());
+    }
+    // Both decided within one delivery round, the silent one first.
+    for id in &ids {
+        let (status, _) = Client::new(&server, Some(&approver))
+            .post(&format!("/v1/approvals/{id}/deny"), json!({"reason": "no"}))
+            .await;
+        assert_eq!(status, 200);
+    }
+    let decided = std::time::Instant::now();
+    let mut posted = Vec::new();
+    while decided.elapsed() < Duration::from_secs(20) {
+        posted = hooks.requests.lock().unwrap().clone();
+        if !posted.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(posted.len(), 1, "{posted:?}");
+    // Well before the silent receiver's 10 s deadline would have let a
+    // one-by-one sender go on.
+    assert!(
+        decided.elapsed() < Duration::from_secs(5),
+        "the answering receiver waited {:?}",
+        decided.elapsed()
+    );
+    server.stop();
+}
+
 #[tokio::test]
 async fn a_decision_erases_the_stored_arguments() {
     let dir = data_dir_with("sem-erase", POLICY, &[("refund", "refund")]);

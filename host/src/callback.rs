@@ -97,15 +97,25 @@ impl Callbacks {
     }
 
     /// The addresses `host` may be reached at: a literal one if it is not
-    /// restricted or an allow pattern names it; a name's resolved ones that
-    /// are not restricted.
-    async fn vetted(&self, host: &str, port: u16) -> Result<Vec<std::net::SocketAddr>> {
+    /// restricted, or if an allow pattern that matches this very URL
+    /// (scheme, host, port) names it exactly (not one pattern matching by
+    /// a wildcard and another naming the address); a name's resolved ones
+    /// that are not restricted.
+    async fn vetted(
+        &self,
+        scheme: &str,
+        host: &str,
+        port: u16,
+    ) -> Result<Vec<std::net::SocketAddr>> {
         use crate::policy::outbound::{canonical_ip, restricted};
         let bare = host.trim_start_matches('[').trim_end_matches(']');
         if let Ok(ip) = bare.parse::<std::net::IpAddr>() {
             let ip = canonical_ip(ip);
             if let Some(why) = restricted(ip)
-                && !self.allow.iter().any(|p| p.names_exactly(bare))
+                && !self
+                    .allow
+                    .iter()
+                    .any(|p| p.names_exactly(bare) && p.matches(scheme, host, port))
             {
                 return Err(Error::new(
                     ErrorKind::Forbidden,
@@ -161,7 +171,7 @@ impl Callbacks {
             .header(http::header::USER_AGENT, "toolhost-callback/1")
             .body(Full::new(bytes::Bytes::from(body.to_string())))
             .map_err(|e| failed(&e))?;
-        let addrs = self.vetted(&host, port).await?;
+        let addrs = self.vetted(&scheme, &host, port).await?;
         let tcp = tokio::net::TcpStream::connect(addrs.as_slice())
             .await
             .map_err(|e| failed(&e))?;
@@ -231,5 +241,31 @@ mod tests {
         assert!(c.check("ftp://hooks.example.com").is_err());
         assert!(c.check("not a url").is_err());
         assert!(Callbacks::new(&["::bad::".into()]).is_err());
+    }
+
+    #[tokio::test]
+    async fn a_restricted_address_needs_the_pattern_that_matched_to_name_it() {
+        // One pattern opens a local receiver on one port; another is meant
+        // for public hosts. Loopback on another port matches only the
+        // wildcard, which does not name it: refused before any connection.
+        let c = Callbacks::new(&[
+            "http://127.0.0.1:9000".into(),
+            "http://*:*".into(),
+            "http://[::1]:9001".into(),
+        ])
+        .unwrap();
+        for (scheme, host, port) in [
+            ("http", "127.0.0.1", 18443),
+            ("http", "[::1]", 9000),
+            ("http", "169.254.169.254", 80),
+        ] {
+            let e = c.vetted(scheme, host, port).await.unwrap_err();
+            assert_eq!(e.kind, ErrorKind::Forbidden, "{host}:{port}: {}", e.message);
+        }
+        // The pattern naming the address, on its own port: allowed.
+        let ok = c.vetted("http", "127.0.0.1", 9000).await.unwrap();
+        assert_eq!(ok, vec!["127.0.0.1:9000".parse().unwrap()]);
+        let ok = c.vetted("http", "[::1]", 9001).await.unwrap();
+        assert_eq!(ok, vec!["[::1]:9001".parse().unwrap()]);
     }
 }

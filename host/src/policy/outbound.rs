@@ -286,6 +286,21 @@ fn restricted_v6(ip: Ipv6Addr) -> Option<&'static str> {
         Some("link-local")
     } else if ip.is_multicast() {
         Some("multicast")
+    } else if (seg[0] & 0xffc0) == 0xfec0 {
+        Some("site-local")
+    } else if seg[0] == 0x2002 {
+        // 6to4: the IPv4 address is in the second and third segments.
+        let v4 = Ipv4Addr::new(
+            (seg[1] >> 8) as u8,
+            seg[1] as u8,
+            (seg[2] >> 8) as u8,
+            seg[2] as u8,
+        );
+        restricted_v4(v4).map(|_| "6to4 of a restricted IPv4 address")
+    } else if seg[0] == 0x2001 && seg[1] == 0 {
+        // Teredo: a tunnel whose far end (an obfuscated IPv4 address) is not
+        // judged here; refused as a whole.
+        Some("Teredo")
     } else if seg[0] == 0x64 && seg[1] == 0xff9b {
         // NAT64: judge the embedded IPv4 address.
         let v4 = Ipv4Addr::new(
@@ -358,6 +373,10 @@ mod tests {
             "fe80::1",
             "64:ff9b::7f00:1",
             "224.0.0.1",
+            "2002:a9fe:a9fe::1",
+            "2002:7f00:1::",
+            "2001:0:4136:e378:8000:63bf:3fff:fdd2",
+            "fec0::1",
         ] {
             assert!(restricted(ip.parse().unwrap()).is_some(), "{ip}");
         }
@@ -366,6 +385,7 @@ mod tests {
             "8.8.8.8",
             "2606:4700::1111",
             "::ffff:8.8.8.8",
+            "2002:808:808::1",
         ] {
             assert!(restricted(ip.parse().unwrap()).is_none(), "{ip}");
         }

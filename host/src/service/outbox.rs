@@ -24,8 +24,14 @@ pub const POLL: Duration = Duration::from_millis(500);
 /// Attempts before a message is given up.
 pub const MAX_ATTEMPTS: i64 = 12;
 
-/// How long a claim holds (longer than one attempt's deadline).
+/// How long a claim holds: longer than one attempt's deadline, and a
+/// claimed batch is sent all at once, so the batch ends within it too (a
+/// batch sent one message after another could outlast its claim, and
+/// another host would send the rest again).
 const CLAIM_MS: i64 = 30_000;
+
+/// Messages claimed (and sent at once) per round.
+const BATCH: i64 = 16;
 
 /// The delay before attempt `n + 1` after `n` failed.
 pub fn backoff_ms(attempts: i64) -> i64 {
@@ -46,11 +52,18 @@ impl InvocationService {
         let storage = keys.audit.storage().clone();
         let now = self.instance.now_ms();
         let claimed = storage
-            .outbox_claim(&self.instance.id, now, now + CLAIM_MS, 16)
+            .outbox_claim(&self.instance.id, now, now + CLAIM_MS, BATCH)
             .await?;
         let n = claimed.len();
-        for m in claimed {
-            let attempt = self.attempt(&m).await;
+        // All at once: one slow receiver delays neither the others nor the
+        // batch past its claim.
+        let attempts = futures_util::future::join_all(
+            claimed
+                .iter()
+                .map(|m| async move { (m, self.attempt(m).await) }),
+        )
+        .await;
+        for (m, attempt) in attempts {
             let now = self.instance.now_ms();
             match &attempt {
                 Attempt::Delivered { status } => {
