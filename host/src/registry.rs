@@ -410,9 +410,11 @@ impl Registry {
                     Compiled::File(path) => {
                         Tool::load_artifact_file(&runtime, &tool_name, &bytes, &path, &options)
                     }
-                    Compiled::Bytes(artifact) => {
+                    // SAFETY: the compile child's output, just received
+                    // over its pipe; nothing else wrote it.
+                    Compiled::Bytes(artifact) => unsafe {
                         Tool::load_precompiled(&runtime, &tool_name, &bytes, &artifact, &options)
-                    }
+                    },
                 })
                 .await?;
                 (tool, false)

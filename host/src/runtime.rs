@@ -152,16 +152,22 @@ impl Runtime {
     /// Load a tool from an artifact of [`Runtime::precompile`] (or of the
     /// compile child) that this process made: no compiling.
     ///
-    /// Artifacts are native code: never pass bytes that anyone but this host
-    /// could have written (such as bytes read from the database).
-    pub fn load_precompiled(
+    /// # Safety
+    ///
+    /// `artifact` is loaded as native code and run: it must be bytes this
+    /// host produced (by [`Runtime::precompile`] or its compile child) and
+    /// nobody else could have written since, never bytes read from storage
+    /// another party can write (the database). wasmtime refuses an artifact
+    /// of another engine configuration, but not a malicious one.
+    pub unsafe fn load_precompiled(
         &self,
         name: &str,
         bytes: &[u8],
         artifact: &[u8],
         options: &LoadOptions,
     ) -> Result<Tool> {
-        Tool::load_precompiled(self, name, bytes, artifact, options)
+        // SAFETY: the caller's obligation, stated above, is this one's.
+        unsafe { Tool::load_precompiled(self, name, bytes, artifact, options) }
     }
 
     /// Compile a component, in this process and without bounds, to an

@@ -131,7 +131,12 @@ impl Tool {
 
     /// Load from an artifact made by [`Runtime::precompile`] for this engine:
     /// no compilation.
-    pub(crate) fn load_precompiled(
+    ///
+    /// # Safety
+    ///
+    /// As [`Runtime::load_precompiled`]: `artifact` is native code this
+    /// process produced and nobody else could have written.
+    pub(crate) unsafe fn load_precompiled(
         runtime: &Runtime,
         name: &str,
         bytes: &[u8],
@@ -139,9 +144,10 @@ impl Tool {
         options: &LoadOptions,
     ) -> Result<Tool> {
         let (catalog, warnings) = Self::reflect(bytes, options)?;
-        // SAFETY: callers pass only artifacts this process just compiled (in
-        // process or in its compile child), never bytes read from storage; a
-        // mismatched engine is detected by wasmtime and refused.
+        // SAFETY: this function's contract: an artifact this process just
+        // compiled (in process or in its compile child), never bytes read
+        // from storage; a mismatched engine is detected by wasmtime and
+        // refused.
         let component = unsafe { Component::deserialize(runtime.engine(), artifact) }
             .map_err(|e| Error::internal(format!("loading the precompiled artifact: {e:#}")))?;
         Self::assemble(runtime, name, component, catalog, warnings)
