@@ -378,8 +378,18 @@ mod client {
 
     type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
 
-    /// The open connection and the `scheme://authority` it is to.
-    type Idle = Arc<Mutex<Option<(String, Sender)>>>;
+    /// The open connection, the `scheme://authority` it is to, and when it
+    /// was last used.
+    type Idle = Arc<Mutex<Option<(String, Sender, std::time::Instant)>>>;
+
+    /// A kept connection idle longer than this is not reused: a proxy or
+    /// load balancer may have dropped it without closing it, and an export
+    /// sent on it would wait out its deadline.
+    pub(super) const MAX_IDLE: Duration = if cfg!(test) {
+        Duration::from_millis(300)
+    } else {
+        Duration::from_secs(15)
+    };
 
     #[derive(Debug)]
     pub struct Client {
@@ -485,12 +495,16 @@ mod client {
             r
         };
         // The kept connection first; if the collector closed it meanwhile
-        // (the request fails before any answer), once more on a new one.
+        // (the request fails before any answer), once more on a new one. (A
+        // collector that closed it after reading the request gets the batch
+        // twice: export is at least once.)
         let kept = {
             let mut idle = idle.lock().unwrap_or_else(|e| e.into_inner());
             idle.take()
-                .filter(|(key, sender)| *key == target.key && !sender.is_closed())
-                .map(|(_, sender)| sender)
+                .filter(|(key, sender, used)| {
+                    *key == target.key && !sender.is_closed() && used.elapsed() < MAX_IDLE
+                })
+                .map(|(_, sender, _)| sender)
         };
         if let Some(mut sender) = kept
             && sender.ready().await.is_ok()
@@ -543,7 +557,8 @@ mod client {
             .await
             .map_err(|e| format!("reading the collector's answer: {e}"))?
             .to_bytes();
-        *idle.lock().unwrap_or_else(|e| e.into_inner()) = Some((key, sender));
+        *idle.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some((key, sender, std::time::Instant::now()));
         Ok(Response::from_parts(parts, body))
     }
 }
@@ -667,6 +682,14 @@ mod tests {
             let opened = connections.load(Ordering::SeqCst);
             if keep_alive {
                 assert_eq!(opened, 1, "one connection for every export");
+                // Idle past MAX_IDLE: not trusted again (a proxy may have
+                // dropped it silently); the next export opens another.
+                tokio::time::sleep(client::MAX_IDLE + Duration::from_millis(100)).await;
+                let request = http::Request::post(url.as_str())
+                    .body(bytes::Bytes::from_static(b"x"))
+                    .unwrap();
+                assert_eq!(client.send_bytes(request).await.unwrap().status(), 200);
+                assert_eq!(connections.load(Ordering::SeqCst), 2);
             } else {
                 assert_eq!(opened, 4, "a new connection after each close");
             }

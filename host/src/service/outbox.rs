@@ -63,6 +63,7 @@ impl InvocationService {
                 .map(|m| async move { (m, self.attempt(m).await) }),
         )
         .await;
+        let mut failed = None;
         for (m, attempt) in attempts {
             let now = self.instance.now_ms();
             match &attempt {
@@ -73,11 +74,20 @@ impl InvocationService {
                     tracing::warn!(url = %m.url, invocation_id = %m.invocation_id, attempts = m.attempts + 1, "callback failed: {error}")
                 }
             }
-            storage
+            // Every attempt is recorded, whatever happened to the one
+            // before: a message sent but not recorded is sent again.
+            if let Err(e) = storage
                 .outbox_attempt(m.id, &self.instance.id, now, attempt)
-                .await?;
+                .await
+            {
+                tracing::warn!(invocation_id = %m.invocation_id, "recording a callback attempt: {}", e.message);
+                failed.get_or_insert(e);
+            }
         }
-        Ok(n)
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(n),
+        }
     }
 
     async fn attempt(&self, m: &OutboxMessage) -> Attempt {
