@@ -274,6 +274,13 @@ fn restricted_v4(ip: Ipv4Addr) -> Option<&'static str> {
     }
 }
 
+/// The IPv4 address two IPv6 segments carry (6to4, NAT64).
+fn embedded_v4(hi: u16, lo: u16) -> Ipv4Addr {
+    let [a, b] = hi.to_be_bytes();
+    let [c, d] = lo.to_be_bytes();
+    Ipv4Addr::new(a, b, c, d)
+}
+
 fn restricted_v6(ip: Ipv6Addr) -> Option<&'static str> {
     let seg = ip.segments();
     if ip.is_loopback() {
@@ -290,26 +297,14 @@ fn restricted_v6(ip: Ipv6Addr) -> Option<&'static str> {
         Some("site-local")
     } else if seg[0] == 0x2002 {
         // 6to4: the IPv4 address is in the second and third segments.
-        let v4 = Ipv4Addr::new(
-            (seg[1] >> 8) as u8,
-            seg[1] as u8,
-            (seg[2] >> 8) as u8,
-            seg[2] as u8,
-        );
-        restricted_v4(v4).map(|_| "6to4 of a restricted IPv4 address")
+        restricted_v4(embedded_v4(seg[1], seg[2])).map(|_| "6to4 of a restricted IPv4 address")
     } else if seg[0] == 0x2001 && seg[1] == 0 {
         // Teredo: a tunnel whose far end (an obfuscated IPv4 address) is not
         // judged here; refused as a whole.
         Some("Teredo")
     } else if seg[0] == 0x64 && seg[1] == 0xff9b {
         // NAT64: judge the embedded IPv4 address.
-        let v4 = Ipv4Addr::new(
-            (seg[6] >> 8) as u8,
-            seg[6] as u8,
-            (seg[7] >> 8) as u8,
-            seg[7] as u8,
-        );
-        restricted_v4(v4).map(|_| "NAT64 of a restricted IPv4 address")
+        restricted_v4(embedded_v4(seg[6], seg[7])).map(|_| "NAT64 of a restricted IPv4 address")
     } else if seg[0] == 0 && seg[1] == 0 && seg[2] == 0 && seg[3] == 0 && seg[4] == 0 && seg[5] == 0
     {
         // IPv4-compatible (deprecated) ::a.b.c.d
