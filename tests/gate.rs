@@ -303,7 +303,7 @@ cedar: |
     );
     let lookup = async |tenant: Option<&str>| {
         let context = CallContext {
-            tenant: tenant.map(str::to_string),
+            tenant: toolhost::ids::TenantId::or_default(tenant),
             ..task("y")
         };
         g.run(
@@ -344,7 +344,7 @@ policy:
     )
     .await;
     let ctx = |tenant: Option<&str>, wf: Option<&str>| CallContext {
-        tenant: tenant.map(Into::into),
+        tenant: toolhost::ids::TenantId::or_default(tenant),
         workflow: wf.map(Into::into),
         ..task("t")
     };

@@ -11,6 +11,7 @@ use toolhost::audit::AuditLog;
 use toolhost::budget::Ledger;
 use toolhost::clock::ManualClock;
 use toolhost::gate::{CallContext, Governed};
+use toolhost::ids::{InvocationId, TenantId};
 use toolhost::lease::Instance;
 use toolhost::policy::Policy;
 use toolhost::service::{Answer, InvocationService, Keys, Request};
@@ -158,7 +159,7 @@ async fn a_lost_invocation_is_reaped_after_its_lease_not_before() {
 
     let rec = s
         .storage
-        .invocation_get("acme", "inv_dead")
+        .invocation_get(&"acme".into(), &"inv_dead".into())
         .await
         .unwrap()
         .unwrap();
@@ -206,7 +207,7 @@ async fn a_renewed_lease_is_not_reaped() {
     let owner = service(&s);
     let other = service(&s);
     let id = "inv_alive";
-    let _running = owner.instance().live().enter(id);
+    let _running = owner.instance().live().enter(&InvocationId::from(id));
     s.storage
         .invocation_admit(Admit {
             run: run_row(
@@ -252,7 +253,7 @@ async fn an_unadmitted_keyed_invocation_is_forgotten_and_its_key_freed() {
     assert_eq!(svc.reap().await.unwrap(), 1);
     assert!(
         s.storage
-            .invocation_get("acme", "inv_never")
+            .invocation_get(&"acme".into(), &"inv_never".into())
             .await
             .unwrap()
             .is_none()
@@ -270,7 +271,7 @@ async fn an_undecided_approval_expires_and_stays_expired() {
     registry
         .register(
             toolhost::registry::Upload {
-                tenant: "acme",
+                tenant: &TenantId::from("acme"),
                 name: "refund",
                 version: None,
                 bytes: std::fs::read(common::guest("refund")).unwrap(),
@@ -281,9 +282,15 @@ async fn an_undecided_approval_expires_and_stays_expired() {
         )
         .await
         .unwrap();
-    let refund = Arc::new(registry.load("acme", "refund").await.unwrap().tool);
+    let refund = Arc::new(
+        registry
+            .load(&TenantId::from("acme"), "refund")
+            .await
+            .unwrap()
+            .tool,
+    );
     let mut context = CallContext {
-        tenant: Some("acme".into()),
+        tenant: "acme".into(),
         task_id: Some("t1".into()),
         principal: Some("k".into()),
         ..Default::default()
@@ -311,14 +318,14 @@ async fn an_undecided_approval_expires_and_stays_expired() {
     assert_eq!(svc.reap().await.unwrap(), 1);
     let a = s
         .storage
-        .approval_get("acme", &approval_id)
+        .approval_get(&TenantId::from("acme"), &approval_id)
         .await
         .unwrap()
         .unwrap();
     assert_eq!(a.status, "expired");
     let rec = s
         .storage
-        .invocation_get("acme", &outcome.invocation_id)
+        .invocation_get(&TenantId::from("acme"), &outcome.invocation_id)
         .await
         .unwrap()
         .unwrap();
@@ -334,7 +341,7 @@ async fn an_abandoned_invocation_is_reaped_at_once() {
     let s = store().await;
     let svc = service(&s);
     let id = "inv_abandoned";
-    let running = svc.instance().live().enter(id);
+    let running = svc.instance().live().enter(&InvocationId::from(id));
     s.storage
         .invocation_admit(Admit {
             run: run_row(id, &svc.instance().id, svc.instance().lease_until(), None),
@@ -346,7 +353,12 @@ async fn an_abandoned_invocation_is_reaped_at_once() {
         .unwrap();
     drop(running); // as a panic would
     assert_eq!(svc.reap().await.unwrap(), 1, "the lease has not run out");
-    let rec = s.storage.invocation_get("acme", id).await.unwrap().unwrap();
+    let rec = s
+        .storage
+        .invocation_get(&"acme".into(), &id.into())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(rec.error_kind.as_deref(), Some("host_lost"));
 }
 
@@ -357,7 +369,7 @@ async fn an_ordinary_invocation_leaves_nothing_running() {
     let svc = service(&s);
     let mut c = call("hello", json!({"name": "x"}));
     c.context = CallContext {
-        tenant: Some("acme".into()),
+        tenant: "acme".into(),
         workflow: Some("w".into()),
         task_id: Some("t1".into()),
         principal: Some("k".into()),

@@ -8,6 +8,7 @@ use serde_json::json;
 use std::path::Path;
 use std::sync::Arc;
 use toolhost::gate::SandboxOnly;
+use toolhost::ids::TenantId;
 use toolhost::registry::{Registry, RegistryOptions, Upload};
 use toolhost::storage::prelude::*;
 use toolhost::storage::sqlite::SqliteStorage;
@@ -43,7 +44,7 @@ async fn reg(
     deploy: bool,
 ) -> toolhost::Result<toolhost::registry::Registration> {
     let upload = Upload {
-        tenant,
+        tenant: &TenantId::from(tenant),
         name,
         version,
         bytes,
@@ -79,7 +80,10 @@ async fn registered_tools_survive_a_restart_without_recompiling() {
         );
     }
     let (registry, _, runtime) = open(&dir).await;
-    let loaded = registry.load("acme", "refund").await.unwrap();
+    let loaded = registry
+        .load(&TenantId::from("acme"), "refund")
+        .await
+        .unwrap();
     assert!(
         loaded.from_artifact,
         "a restart loads the precompiled artifact"
@@ -104,7 +108,11 @@ async fn registered_tools_survive_a_restart_without_recompiling() {
         .await;
     assert_eq!(out.result.unwrap()["ok"]["id"], "ord_1001");
     // Tenants do not see each other's tools.
-    let other = registry.load("globex", "refund").await.err().unwrap();
+    let other = registry
+        .load(&TenantId::from("globex"), "refund")
+        .await
+        .err()
+        .unwrap();
     assert_eq!(other.kind, ErrorKind::NotFound);
 }
 
@@ -143,17 +151,20 @@ async fn versions_are_immutable_and_names_deploy_and_roll_back() {
     assert_eq!(v2.version, "2");
     assert!(
         registry
-            .load("_", "t")
+            .load(&TenantId::from("_"), "t")
             .await
             .unwrap()
             .tool
             .function("hello")
             .is_ok()
     );
-    registry.deploy("_", "t", "1").await.unwrap();
+    registry
+        .deploy(&TenantId::from("_"), "t", "1")
+        .await
+        .unwrap();
     assert!(
         registry
-            .load("_", "t")
+            .load(&TenantId::from("_"), "t")
             .await
             .unwrap()
             .tool
@@ -161,7 +172,12 @@ async fn versions_are_immutable_and_names_deploy_and_roll_back() {
             .is_ok()
     );
     assert_eq!(
-        registry.deploy("_", "t", "9").await.err().unwrap().kind,
+        registry
+            .deploy(&TenantId::from("_"), "t", "9")
+            .await
+            .err()
+            .unwrap()
+            .kind,
         ErrorKind::NotFound
     );
     // Registering without deploying leaves the pointer alone.
@@ -177,16 +193,43 @@ async fn versions_are_immutable_and_names_deploy_and_roll_back() {
     .await
     .unwrap();
     assert!(!v3.deployed);
-    assert_eq!(registry.describe("_", "t").await.unwrap().0.current, "1");
-    assert_eq!(registry.describe("_", "t").await.unwrap().1.len(), 3);
-    // Disabled tools do not load.
-    registry.set_disabled("_", "t", true).await.unwrap();
     assert_eq!(
-        registry.load("_", "t").await.err().unwrap().kind,
+        registry
+            .describe(&TenantId::from("_"), "t")
+            .await
+            .unwrap()
+            .0
+            .current,
+        "1"
+    );
+    assert_eq!(
+        registry
+            .describe(&TenantId::from("_"), "t")
+            .await
+            .unwrap()
+            .1
+            .len(),
+        3
+    );
+    // Disabled tools do not load.
+    registry
+        .set_disabled(&TenantId::from("_"), "t", true)
+        .await
+        .unwrap();
+    assert_eq!(
+        registry
+            .load(&TenantId::from("_"), "t")
+            .await
+            .err()
+            .unwrap()
+            .kind,
         ErrorKind::ToolDisabled
     );
-    registry.set_disabled("_", "t", false).await.unwrap();
-    assert!(registry.load("_", "t").await.is_ok());
+    registry
+        .set_disabled(&TenantId::from("_"), "t", false)
+        .await
+        .unwrap();
+    assert!(registry.load(&TenantId::from("_"), "t").await.is_ok());
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -205,8 +248,11 @@ async fn bad_uploads_are_refused_and_leave_stored_state_untouched() {
     .await
     .unwrap();
     let before = (
-        storage.tool_list("_").await.unwrap(),
-        storage.tool_versions("_", "good").await.unwrap(),
+        storage.tool_list(&TenantId::from("_")).await.unwrap(),
+        storage
+            .tool_versions(&TenantId::from("_"), "good")
+            .await
+            .unwrap(),
     );
     let cases: Vec<(&str, Vec<u8>, ErrorKind)> = vec![
         (
@@ -249,11 +295,14 @@ async fn bad_uploads_are_refused_and_leave_stored_state_untouched() {
     .unwrap();
     assert_eq!(bad_version.kind, ErrorKind::InvalidArgs);
     let after = (
-        storage.tool_list("_").await.unwrap(),
-        storage.tool_versions("_", "good").await.unwrap(),
+        storage.tool_list(&TenantId::from("_")).await.unwrap(),
+        storage
+            .tool_versions(&TenantId::from("_"), "good")
+            .await
+            .unwrap(),
     );
     assert_eq!(before, after);
-    assert!(registry.load("_", "good").await.is_ok());
+    assert!(registry.load(&TenantId::from("_"), "good").await.is_ok());
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -269,9 +318,9 @@ async fn a_node_without_the_artifact_compiles_once_and_keeps_it() {
     // another engine) has only the database.
     std::fs::remove_dir_all(dir.join("artifacts")).unwrap();
     let (registry, _, _) = open(&dir).await;
-    let first = registry.load("_", "t").await.unwrap();
+    let first = registry.load(&TenantId::from("_"), "t").await.unwrap();
     assert!(!first.from_artifact, "compiled on this node");
-    let second = registry.load("_", "t").await.unwrap();
+    let second = registry.load(&TenantId::from("_"), "t").await.unwrap();
     assert!(second.from_artifact, "and kept");
 }
 

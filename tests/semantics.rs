@@ -7,6 +7,7 @@ use common::serve::{Client, Server, data_dir_with, host, key, ok, s};
 use common::{TestServer, guest};
 use serde_json::{Value, json};
 use std::time::Duration;
+use toolhost::ids::TenantId;
 
 const POLICY: &str = r#"
 workflow: "*"
@@ -701,7 +702,11 @@ async fn a_decision_erases_the_stored_arguments() {
         .await
         .unwrap();
     use toolhost::storage::prelude::*;
-    let a = storage.approval_get("acme", id).await.unwrap().unwrap();
+    let a = storage
+        .approval_get(&"acme".into(), &id.into())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(a.status, "denied");
     assert_eq!(a.args, "", "the arguments survived the decision");
     assert!(
@@ -710,7 +715,7 @@ async fn a_decision_erases_the_stored_arguments() {
         a.args_redacted
     );
     let rec = storage
-        .invocation_get("acme", &a.invocation_id)
+        .invocation_get(&TenantId::from("acme"), &a.invocation_id)
         .await
         .unwrap()
         .unwrap();

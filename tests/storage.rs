@@ -7,6 +7,7 @@ mod common;
 use serde_json::json;
 use std::sync::Arc;
 use toolhost::audit::AuditLog;
+use toolhost::ids::{InvocationId, TenantId};
 use toolhost::storage::prelude::*;
 use toolhost::storage::*;
 
@@ -256,7 +257,11 @@ async fn an_end_settles_by_the_rows_own_charges() {
             .unwrap();
         assert_eq!(reserved(&s, "fuel").await, (57, 0), "{name}");
         assert_eq!(reserved(&s, "tool_calls").await, (2, 0), "{name}");
-        let rec = s.invocation_get("acme", "inv_b").await.unwrap().unwrap();
+        let rec = s
+            .invocation_get(&"acme".into(), &"inv_b".into())
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(rec.status, "error", "{name}");
     }
 }
@@ -372,7 +377,11 @@ async fn idempotency_keys_follow_their_invocation() {
             IdempotencyBegin::Started,
             "{name}"
         );
-        let rows = s.invocation_running("inv_1").await.unwrap().unwrap();
+        let rows = s
+            .invocation_running(&InvocationId::from("inv_1"))
+            .await
+            .unwrap()
+            .unwrap();
         assert!(!rows.admitted, "{name}: written, not admitted");
         assert_eq!(
             s.idempotency_begin(begin("fp", "inv_2")).await.unwrap(),
@@ -386,15 +395,21 @@ async fn idempotency_keys_follow_their_invocation() {
         );
         // Forgotten before it ran (its host died): the key starts again.
         assert!(
-            !s.invocation_forget("inv_1", Expect::Expired { now_ms: 500 })
-                .await
-                .unwrap(),
+            !s.invocation_forget(
+                &InvocationId::from("inv_1"),
+                Expect::Expired { now_ms: 500 }
+            )
+            .await
+            .unwrap(),
             "{name}: the lease has not run out"
         );
         assert!(
-            s.invocation_forget("inv_1", Expect::Expired { now_ms: 2000 })
-                .await
-                .unwrap(),
+            s.invocation_forget(
+                &InvocationId::from("inv_1"),
+                Expect::Expired { now_ms: 2000 }
+            )
+            .await
+            .unwrap(),
             "{name}"
         );
         assert_eq!(
@@ -415,9 +430,12 @@ async fn idempotency_keys_follow_their_invocation() {
         .unwrap()
         .unwrap();
         assert!(
-            !s.invocation_forget("inv_3", Expect::Expired { now_ms: 2000 })
-                .await
-                .unwrap(),
+            !s.invocation_forget(
+                &InvocationId::from("inv_3"),
+                Expect::Expired { now_ms: 2000 }
+            )
+            .await
+            .unwrap(),
             "{name}"
         );
         // Its end answers the key.
@@ -529,10 +547,18 @@ async fn one_decision_wins_and_approval_hands_the_row_over() {
             }
         }
         assert_eq!(wins, 1, "{name}");
-        let a = s.approval_get("acme", "apr_1").await.unwrap().unwrap();
+        let a = s
+            .approval_get(&"acme".into(), &"apr_1".into())
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(a.args, "", "{name}: the arguments are erased once decided");
         if a.status == "approved" {
-            let row = s.invocation_running("inv_1").await.unwrap().unwrap();
+            let row = s
+                .invocation_running(&InvocationId::from("inv_1"))
+                .await
+                .unwrap()
+                .unwrap();
             assert!(row.run.owner.starts_with("hst_"), "{name}: {row:?}");
             assert_eq!(row.run.lease_until, 5000, "{name}");
             assert!(!row.admitted, "{name}");
@@ -765,8 +791,8 @@ async fn samples_and_time_filters_read_the_records() {
                 response["charged"] = json!({"tool_calls": 1, "cost_micro_usd": c});
             }
             let rec = InvocationRecord {
-                id: id.to_string(),
-                tenant: tenant.to_string(),
+                id: (*id).into(),
+                tenant: (*tenant).into(),
                 tool: tool.to_string(),
                 function: function.to_string(),
                 version: None,
@@ -794,7 +820,11 @@ async fn samples_and_time_filters_read_the_records() {
         }
         let samples = |f: SampleFilter| {
             let s = s.clone();
-            async move { s.invocation_samples("acme", f).await.unwrap() }
+            async move {
+                s.invocation_samples(&TenantId::from("acme"), f)
+                    .await
+                    .unwrap()
+            }
         };
         let all = SampleFilter {
             since_ms: 0,
@@ -863,12 +893,15 @@ async fn samples_and_time_filters_read_the_records() {
         let list = |f: InvocationFilter| {
             let s = s.clone();
             async move {
-                s.invocation_list("acme", InvocationFilter { limit: 100, ..f })
-                    .await
-                    .unwrap()
-                    .into_iter()
-                    .map(|(_, r)| r.id)
-                    .collect::<Vec<_>>()
+                s.invocation_list(
+                    &TenantId::from("acme"),
+                    InvocationFilter { limit: 100, ..f },
+                )
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|(_, r)| r.id)
+                .collect::<Vec<_>>()
             }
         };
         assert_eq!(

@@ -18,6 +18,7 @@ use crate::audit::AuditLog;
 use crate::clock::now_ms;
 use crate::error::{Error, ErrorKind, Result};
 use crate::gate::CallContext;
+use crate::ids::{ApprovalId, TenantId};
 use crate::invoke::{Call, Outcome, Status};
 use crate::limits::Limits;
 use crate::registry::Registry;
@@ -40,7 +41,7 @@ pub use crate::storage::effective_status;
 /// [`cursor`] of the previous page's last request).
 pub async fn list(
     storage: &dyn Storage,
-    tenant: &str,
+    tenant: &TenantId,
     status: Option<&str>,
     cursor: Option<&str>,
     limit: i64,
@@ -108,8 +109,8 @@ pub struct Decided {
 /// Decide request `id` of `tenant` as `approver` (a key id, or `cli:…`).
 pub async fn decide(
     d: &Decider,
-    tenant: &str,
-    id: &str,
+    tenant: &TenantId,
+    id: &ApprovalId,
     approver: &str,
     verdict: Verdict,
     reason: Option<&str>,
@@ -205,7 +206,7 @@ pub async fn decide(
                 args,
                 limits: d.limits.clone(),
                 context: CallContext {
-                    tenant: Some(tenant.to_string()),
+                    tenant: tenant.clone(),
                     workflow: decided.workflow.clone(),
                     task_id: decided.task_id.clone(),
                     principal: decided.requester.clone(),
@@ -243,7 +244,7 @@ pub async fn withdraw(
     request: &ApprovalRecord,
     requester: &str,
 ) -> Result<()> {
-    let (tenant, id) = (request.tenant.as_str(), request.id.as_str());
+    let (tenant, id) = (&request.tenant, &request.id);
     if request.requester.as_deref() != Some(requester) {
         return Err(Error::new(
             ErrorKind::Forbidden,
@@ -351,8 +352,8 @@ async fn final_refusal(
 async fn commit_decision(
     audit: &AuditLog,
     storage: &dyn Storage,
-    tenant: &str,
-    id: &str,
+    tenant: &TenantId,
+    id: &ApprovalId,
     now: i64,
     entry: Value,
     work: Work,
@@ -388,7 +389,7 @@ pub async fn current_record(
     if record.status != Status::PendingApproval.as_str() {
         return Ok(record);
     }
-    let approval_id = record.id.replacen("inv_", "apr_", 1);
+    let approval_id = record.id.approval();
     let approval = storage.approval_get(&record.tenant, &approval_id).await?;
     record_as_of(record, approval.as_ref(), now_ms())
 }

@@ -10,6 +10,7 @@ use crate::capability::log::{LogLine, Progress};
 use crate::capability::{CapabilityEvent, Mediator};
 use crate::error::{Error, ErrorKind};
 use crate::gate::{CallContext, Gate, InvocationReport, InvocationRequest};
+use crate::ids::{ApprovalId, InvocationId};
 use crate::limits::Limits;
 use crate::observe::{self, trace::attr};
 pub use crate::record::{InvocationResponse, Status, Usage};
@@ -38,7 +39,7 @@ pub struct Call {
 #[derive(Debug, Clone, Serialize)]
 pub struct Outcome {
     /// Unique id of this invocation (in the audit trail too).
-    pub invocation_id: String,
+    pub invocation_id: InvocationId,
     pub ok: bool,
     pub status: Status,
     pub tool: String,
@@ -46,7 +47,7 @@ pub struct Outcome {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub version: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub approval_id: Option<String>,
+    pub approval_id: Option<ApprovalId>,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub cached: bool,
     /// The function's result as JSON (`null` for a function without one).
@@ -75,7 +76,12 @@ fn is_zero(n: &u64) -> bool {
 
 impl Outcome {
     /// An outcome where nothing ran (yet): no output, no usage.
-    fn without_run(tool: &Tool, function: &str, invocation_id: String, status: Status) -> Outcome {
+    fn without_run(
+        tool: &Tool,
+        function: &str,
+        invocation_id: InvocationId,
+        status: Status,
+    ) -> Outcome {
         Outcome {
             invocation_id,
             approval_id: None,
@@ -99,7 +105,7 @@ impl Outcome {
         }
     }
 
-    fn refused(tool: &Tool, function: &str, invocation_id: String, error: Error) -> Outcome {
+    fn refused(tool: &Tool, function: &str, invocation_id: InvocationId, error: Error) -> Outcome {
         // An approval refusal parks a registered tool's call (an approver
         // can run that version later): its approval id is derived from the
         // invocation's. A file run with `host run` is simply refused.
@@ -111,7 +117,7 @@ impl Outcome {
         };
         let mut outcome = Outcome::without_run(tool, function, invocation_id, status);
         if pending {
-            outcome.approval_id = Some(outcome.invocation_id.replacen("inv_", "apr_", 1));
+            outcome.approval_id = Some(outcome.invocation_id.approval());
         }
         outcome.error = Some(error);
         outcome
@@ -214,11 +220,17 @@ impl Host {
 
     /// Run one invocation of `tool` through the gate and the sandbox.
     pub async fn invoke(&self, tool: &Tool, call: &Call) -> Outcome {
-        self.invoke_with_id(new_invocation_id(), tool, call).await
+        self.invoke_with_id(InvocationId::generate(), tool, call)
+            .await
     }
 
     /// [`Host::invoke`] under a given invocation id.
-    pub async fn invoke_with_id(&self, invocation_id: String, tool: &Tool, call: &Call) -> Outcome {
+    pub async fn invoke_with_id(
+        &self,
+        invocation_id: InvocationId,
+        tool: &Tool,
+        call: &Call,
+    ) -> Outcome {
         match prepare(tool, &call.function, &call.args) {
             Ok(prepared) => {
                 self.invoke_prepared(invocation_id, tool, &prepared, call)
@@ -232,7 +244,7 @@ impl Host {
     /// function, invalid arguments): the gate records it too.
     pub async fn refuse_unprepared(
         &self,
-        invocation_id: String,
+        invocation_id: InvocationId,
         tool: &Tool,
         function: &str,
         call: &Call,
@@ -246,7 +258,7 @@ impl Host {
     /// are `prepared.args` (canonical); `call.args` is not read.
     pub async fn invoke_prepared(
         &self,
-        invocation_id: String,
+        invocation_id: InvocationId,
         tool: &Tool,
         prepared: &Prepared<'_>,
         call: &Call,
@@ -455,7 +467,7 @@ impl Host {
         function: &str,
         call: &Call,
         args: &serde_json::Value,
-        invocation_id: String,
+        invocation_id: InvocationId,
         admission: crate::gate::Admission,
         result: serde_json::Value,
     ) -> Outcome {
@@ -481,7 +493,7 @@ impl Host {
         tool: &Tool,
         function: &str,
         call: &Call,
-        invocation_id: String,
+        invocation_id: InvocationId,
         refusal: Error,
     ) -> Outcome {
         self.refuse_with(tool, function, call, &call.args, invocation_id, refusal)
@@ -496,7 +508,7 @@ impl Host {
         function: &str,
         call: &Call,
         args: &serde_json::Value,
-        invocation_id: String,
+        invocation_id: InvocationId,
         refusal: Error,
     ) -> Outcome {
         let mut outcome = Outcome::refused(tool, function, invocation_id, refusal);
@@ -554,19 +566,4 @@ pub fn prepare<'t>(
         export,
         args,
     })
-}
-
-/// A new invocation id: `inv_` and 32 hex digits, the first 12 the
-/// creation time in milliseconds and the rest 80 random bits (the layout of
-/// UUIDv7 and ULID): ids sort by time, and records written together land
-/// together in the store's index instead of on one random page each.
-pub fn new_invocation_id() -> String {
-    use rand_core::RngCore;
-    let mut bytes = [0u8; 16];
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64);
-    bytes[..6].copy_from_slice(&now_ms.to_be_bytes()[2..]);
-    rand_core::OsRng.fill_bytes(&mut bytes[6..]);
-    format!("inv_{}", hex::encode(bytes))
 }

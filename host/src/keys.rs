@@ -7,6 +7,7 @@
 
 use crate::audit::canonical::sha256_hex;
 use crate::error::{Error, ErrorKind, Result};
+use crate::ids::TenantId;
 use crate::storage::{ApiKeyRecord, Storage};
 use rand_core::RngCore;
 use serde::Serialize;
@@ -48,25 +49,9 @@ pub struct NewKey {
     pub record: ApiKeyRecord,
 }
 
-/// Check a tenant name: 1 to 64 letters, digits, `-`, `_` or `.`, starting
-/// with a letter or digit; or `_`, the default tenant of `host register` and
-/// `host tools` without `--tenant`.
+/// Check a tenant name ([`TenantId::parse`]).
 pub fn validate_tenant(tenant: &str) -> Result<()> {
-    // `_` is the tenant of commands run without `--tenant`.
-    let ok = tenant == "_"
-        || !tenant.is_empty()
-            && tenant.len() <= 64
-            && tenant.starts_with(|c: char| c.is_ascii_alphanumeric())
-            && tenant
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::invalid_args(format!(
-            "tenant `{tenant}`: use 1 to 64 letters, digits, `-`, `_` or `.`, starting with a letter or digit"
-        )))
-    }
+    TenantId::parse(tenant).map(drop)
 }
 
 /// Make a key for `tenant` with `roles`, and store it.
@@ -76,7 +61,7 @@ pub async fn create(
     roles: &[Role],
     label: Option<&str>,
 ) -> Result<NewKey> {
-    validate_tenant(tenant)?;
+    let tenant = TenantId::parse(tenant)?;
     if roles.is_empty() {
         return Err(Error::invalid_args("a key needs at least one role"));
     }
@@ -89,8 +74,8 @@ pub async fn create(
     names.sort();
     names.dedup();
     let record = ApiKeyRecord {
-        id: id.clone(),
-        tenant: tenant.to_string(),
+        id: id.clone().into(),
+        tenant,
         roles: names,
         hash: sha256_hex(secret.as_bytes()),
         label: label.map(str::to_string),
@@ -143,7 +128,7 @@ pub fn check(record: &ApiKeyRecord, presented: &str) -> Result<()> {
 pub async fn authenticate(storage: &dyn Storage, presented: &str) -> Result<ApiKeyRecord> {
     let bad = || Error::new(ErrorKind::Unauthenticated, "the API key is not valid");
     let id = key_id(presented).ok_or_else(bad)?;
-    let record = storage.key_get(id).await?.ok_or_else(bad)?;
+    let record = storage.key_get(&id.into()).await?.ok_or_else(bad)?;
     check(&record, presented)?;
     Ok(record)
 }
@@ -188,7 +173,7 @@ mod tests {
     #[test]
     fn admin_holds_every_role() {
         let key = ApiKeyRecord {
-            id: "0".repeat(16),
+            id: "0".repeat(16).into(),
             tenant: "t".into(),
             roles: vec!["admin".into()],
             hash: String::new(),

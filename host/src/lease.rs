@@ -8,6 +8,7 @@
 //! decides liveness from how long something "should" take.
 
 use crate::clock::{Clock, SystemClock};
+use crate::ids::InvocationId;
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -71,34 +72,34 @@ impl std::fmt::Debug for Instance {
 /// renewed runs out.
 #[derive(Debug, Default)]
 pub struct Live {
-    ids: Mutex<HashSet<String>>,
+    ids: Mutex<HashSet<InvocationId>>,
     /// Invocations whose task ended without recording their end (a host
     /// fault, a panic): the reaper finishes them at once.
-    abandoned: Mutex<Vec<String>>,
+    abandoned: Mutex<Vec<InvocationId>>,
     /// Wakes the reaper when something is abandoned.
     pub wake: tokio::sync::Notify,
 }
 
 impl Live {
     /// Note `id` as running until the guard drops.
-    pub fn enter(self: &Arc<Self>, id: &str) -> Running {
+    pub fn enter(self: &Arc<Self>, id: &InvocationId) -> Running {
         self.ids
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(id.to_string());
+            .insert(id.clone());
         Running {
             live: self.clone(),
-            id: id.to_string(),
+            id: id.clone(),
             recorded: false,
         }
     }
 
     /// Take the ids abandoned since the last call.
-    pub fn take_abandoned(&self) -> Vec<String> {
+    pub fn take_abandoned(&self) -> Vec<InvocationId> {
         std::mem::take(&mut *self.abandoned.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
-    pub fn ids(&self) -> Vec<String> {
+    pub fn ids(&self) -> Vec<InvocationId> {
         self.ids
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -122,12 +123,12 @@ impl Live {
 #[derive(Debug)]
 pub struct Running {
     live: Arc<Live>,
-    id: String,
+    id: InvocationId,
     recorded: bool,
 }
 
 impl Running {
-    pub fn id(&self) -> &str {
+    pub fn id(&self) -> &InvocationId {
         &self.id
     }
 

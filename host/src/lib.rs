@@ -15,6 +15,7 @@ pub mod datadir;
 pub mod error;
 pub mod gate;
 pub mod idempotency;
+pub mod ids;
 pub mod invoke;
 pub mod keys;
 pub mod lease;

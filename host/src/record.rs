@@ -7,6 +7,7 @@
 //! accept every version up to it (fields are added, never renamed).
 
 use crate::error::Error;
+use crate::ids::{ApprovalId, InvocationId};
 use serde::{Deserialize, Serialize};
 
 /// The version of the stored record format.
@@ -52,7 +53,8 @@ impl Status {
 /// What the HTTP API answers for an invocation, and what its record keeps.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct InvocationResponse {
-    pub invocation_id: String,
+    #[schema(value_type = String)]
+    pub invocation_id: InvocationId,
     pub status: Status,
     pub tool: String,
     /// The function's full name (`crm/divide`).
@@ -72,7 +74,8 @@ pub struct InvocationResponse {
     /// With `status: pending_approval`: the approval request to decide
     /// (`/v1/approvals/{approval_id}`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub approval_id: Option<String>,
+    #[schema(value_type = Option<String>)]
+    pub approval_id: Option<ApprovalId>,
     /// True when the result came from the result cache (nothing ran).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub cached: bool,

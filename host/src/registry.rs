@@ -27,6 +27,7 @@ pub use compile::{CompileLimits, Compiler};
 use crate::audit::canonical::sha256_hex;
 use crate::clock::now_ms;
 use crate::error::{Error, ErrorKind, Result};
+use crate::ids::TenantId;
 use crate::runtime::Runtime;
 use crate::storage::{Registered, Storage, ToolEntry, ToolVersion};
 use crate::tool::docs::WitSource;
@@ -74,7 +75,7 @@ pub struct Registry {
 /// What a registration did.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Registration {
-    pub tenant: String,
+    pub tenant: TenantId,
     pub name: String,
     pub version: String,
     pub digest: String,
@@ -89,7 +90,7 @@ pub struct Registration {
 /// A component to register.
 #[derive(Debug, Clone)]
 pub struct Upload<'a> {
-    pub tenant: &'a str,
+    pub tenant: &'a TenantId,
     pub name: &'a str,
     /// The version; default: the next number (or the existing version of
     /// the same bytes).
@@ -267,7 +268,7 @@ impl Registry {
         let compile_ms = started.elapsed().as_millis() as u64;
         self.storage.blob_put(&digest, &bytes).await?;
         let record = ToolVersion {
-            tenant: tenant.to_string(),
+            tenant: tenant.clone(),
             name: name.to_string(),
             version: version.clone(),
             digest: digest.clone(),
@@ -284,7 +285,7 @@ impl Registry {
             Registered::Conflict { digest: other } => return Err(conflict(name, &version, &other)),
         };
         Ok(Registration {
-            tenant: tenant.to_string(),
+            tenant: tenant.clone(),
             name: name.to_string(),
             version,
             digest,
@@ -315,13 +316,13 @@ impl Registry {
     }
 
     /// Load the version a name points at.
-    pub async fn load(&self, tenant: &str, name: &str) -> Result<Loaded> {
+    pub async fn load(&self, tenant: &TenantId, name: &str) -> Result<Loaded> {
         let entry = self.enabled_entry(tenant, name).await?;
         self.load_entry(entry).await
     }
 
     /// A name's entry, if it exists and is enabled.
-    async fn enabled_entry(&self, tenant: &str, name: &str) -> Result<ToolEntry> {
+    async fn enabled_entry(&self, tenant: &TenantId, name: &str) -> Result<ToolEntry> {
         let entry = self
             .storage
             .tool_get(tenant, name)
@@ -332,7 +333,12 @@ impl Registry {
     }
 
     /// Load one version of an enabled tool (whichever the name points at).
-    pub async fn load_version(&self, tenant: &str, name: &str, version: &str) -> Result<Loaded> {
+    pub async fn load_version(
+        &self,
+        tenant: &TenantId,
+        name: &str,
+        version: &str,
+    ) -> Result<Loaded> {
         let mut entry = self.enabled_entry(tenant, name).await?;
         entry.current = version.to_string();
         self.load_entry(entry).await
@@ -341,7 +347,7 @@ impl Registry {
     /// Load the version an entry points at (whether or not it is disabled).
     pub async fn load_entry(&self, entry: ToolEntry) -> Result<Loaded> {
         let (tenant, name) = (entry.tenant.clone(), entry.name.clone());
-        let (tenant, name) = (tenant.as_str(), name.as_str());
+        let (tenant, name) = (&tenant, name.as_str());
         let version = self
             .storage
             .tool_version(tenant, name, &entry.current)
@@ -429,7 +435,7 @@ impl Registry {
     }
 
     /// A tenant's tools with their current versions.
-    pub async fn list(&self, tenant: &str) -> Result<Vec<(ToolEntry, Option<ToolVersion>)>> {
+    pub async fn list(&self, tenant: &TenantId) -> Result<Vec<(ToolEntry, Option<ToolVersion>)>> {
         let mut out = Vec::new();
         for entry in self.storage.tool_list(tenant).await? {
             let version = self
@@ -444,7 +450,7 @@ impl Registry {
     /// A tool's entry and all its versions.
     pub async fn describe(
         &self,
-        tenant: &str,
+        tenant: &TenantId,
         name: &str,
     ) -> Result<(ToolEntry, Vec<ToolVersion>)> {
         let entry = self
@@ -457,7 +463,7 @@ impl Registry {
     }
 
     /// Point a name at an existing version (deploy or roll back).
-    pub async fn deploy(&self, tenant: &str, name: &str, version: &str) -> Result<()> {
+    pub async fn deploy(&self, tenant: &TenantId, name: &str, version: &str) -> Result<()> {
         if self
             .storage
             .tool_update(tenant, name, Some(version), None)
@@ -473,7 +479,7 @@ impl Registry {
     }
 
     /// Disable or enable a name.
-    pub async fn set_disabled(&self, tenant: &str, name: &str, disabled: bool) -> Result<()> {
+    pub async fn set_disabled(&self, tenant: &TenantId, name: &str, disabled: bool) -> Result<()> {
         if self
             .storage
             .tool_update(tenant, name, None, Some(disabled))

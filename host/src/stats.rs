@@ -28,6 +28,7 @@
 //!   policy keeps one (it does when it sets a per-task limit).
 
 use crate::error::{Error, ErrorKind, Result};
+use crate::ids::TenantId;
 use crate::storage::{InvocationSample, SampleFilter, Storage};
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
@@ -416,7 +417,7 @@ pub fn series(samples: &[InvocationSample], since_ms: i64, until_ms: i64) -> Ser
 /// `[since_ms, until_ms)`, `truncated` when the store had more than it
 /// returned. Task ledgers are not filled in.
 pub fn aggregate(
-    tenant: &str,
+    tenant: &TenantId,
     filter: Filter,
     since_ms: i64,
     until_ms: i64,
@@ -483,7 +484,7 @@ pub fn range_of(query: &Query, now_ms: i64) -> Result<(i64, i64)> {
 /// invocations and the ledgers of the tasks it lists.
 pub async fn report(
     storage: &dyn Storage,
-    tenant: &str,
+    tenant: &TenantId,
     query: &Query,
     now_ms: i64,
 ) -> Result<Report> {
@@ -720,7 +721,7 @@ mod tests {
         assert_eq!(s.buckets.len(), 24);
         assert_eq!(s.buckets.iter().map(|b| b.count).sum::<u64>(), 31);
         assert_eq!(s.buckets[23].failures, 1);
-        let r = aggregate("acme", Filter::default(), 0, 3000, &samples, true);
+        let r = aggregate(&"acme".into(), Filter::default(), 0, 3000, &samples, true);
         assert_eq!(r.sample_size, 31);
         assert_eq!(r.covered_since_ms, 0);
         assert_eq!(r.range.since, "1970-01-01T00:00:00Z");

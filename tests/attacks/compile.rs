@@ -16,6 +16,7 @@ use crate::common::{guest, tempdir};
 use serde_json::json;
 use std::sync::Arc;
 use toolhost::ErrorKind;
+use toolhost::ids::TenantId;
 use toolhost::registry::{Registry, StructureLimits, Upload};
 use toolhost::storage::Storage;
 use toolhost::storage::memory::MemoryStorage;
@@ -228,7 +229,7 @@ async fn register(bytes: Vec<u8>) -> toolhost::Result<toolhost::registry::Regist
     let storage: Arc<dyn Storage> = Arc::new(MemoryStorage::new());
     let registry = Registry::new(storage, crate::common::runtime());
     let upload = Upload {
-        tenant: "_",
+        tenant: &TenantId::from("_"),
         name: "crafted",
         version: None,
         bytes,

@@ -4,6 +4,7 @@
 use serde_json::json;
 use std::sync::Arc;
 use toolhost::audit::AuditLog;
+use toolhost::ids::InvocationId;
 use toolhost::storage::prelude::*;
 use toolhost::storage::*;
 
@@ -84,9 +85,12 @@ async fn a_forgotten_keyed_invocation_is_not_admitted_afterwards() {
         );
         // The reaper (any host) finds the lease expired and forgets it.
         assert!(
-            s.invocation_forget("inv_1", Expect::Expired { now_ms: 2000 })
-                .await
-                .unwrap()
+            s.invocation_forget(
+                &InvocationId::from("inv_1"),
+                Expect::Expired { now_ms: 2000 }
+            )
+            .await
+            .unwrap()
         );
         // The owner, still alive, reaches admission for the row it began.
         let admitted = s
@@ -120,9 +124,12 @@ async fn an_end_answers_only_the_key_that_points_at_it() {
         let log = AuditLog::open(s.clone(), &dir).await.unwrap();
         s.idempotency_begin(begin("inv_1")).await.unwrap();
         assert!(
-            s.invocation_forget("inv_1", Expect::Expired { now_ms: 2000 })
-                .await
-                .unwrap()
+            s.invocation_forget(
+                &InvocationId::from("inv_1"),
+                Expect::Expired { now_ms: 2000 }
+            )
+            .await
+            .unwrap()
         );
         // A retry with the key starts inv_2 (the key now points at it).
         assert_eq!(
@@ -320,7 +327,7 @@ tools:
 
 fn context() -> toolhost::gate::CallContext {
     toolhost::gate::CallContext {
-        tenant: Some("acme".into()),
+        tenant: "acme".into(),
         principal: Some("k".into()),
         ..Default::default()
     }
@@ -501,7 +508,7 @@ async fn a_host_does_not_reap_what_it_is_running() {
     let n = node("review-self-reap").await;
     let owner = service(&n);
     let id = "inv_live";
-    let _running = owner.instance().live().enter(id);
+    let _running = owner.instance().live().enter(&InvocationId::from(id));
     n.storage
         .idempotency_begin(KeyBegin {
             tenant: "acme".into(),

@@ -88,9 +88,10 @@ pub fn legacy_checkpoint_message(chain: &str, seq: i64, hash: &str, time_ms: i64
     format!("toolhost-audit-checkpoint/v1\n{chain}\n{seq}\n{hash}\n{time_ms}")
 }
 
-/// The audit chain of a tenant (`_` when there is none).
+/// The audit chain of a tenant (`_` when there is none): chains are named
+/// by their [`crate::ids::TenantId`].
 pub fn chain_of(tenant: Option<&str>) -> String {
-    tenant.filter(|t| !t.is_empty()).unwrap_or("_").to_string()
+    crate::ids::TenantId::or_default(tenant).into_string()
 }
 
 /// Load the signing key from the data dir, creating it (mode 0600) if absent.

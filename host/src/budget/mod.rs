@@ -10,6 +10,7 @@
 //! a task over its token budget may run no further tools.
 
 use crate::error::{Error, ErrorKind, Result};
+use crate::ids::TenantId;
 use crate::policy::file::{Budget, Limits, Price};
 use crate::storage::{Charge, Exceeded, Storage};
 use serde::Serialize;
@@ -99,7 +100,7 @@ fn limit_name(metric: &str) -> &'static str {
 /// Whose ledgers an invocation is charged to.
 #[derive(Debug, Clone)]
 pub struct Scope {
-    pub tenant: String,
+    pub tenant: TenantId,
     pub workflow: String,
     pub task: Option<String>,
 }

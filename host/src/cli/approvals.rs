@@ -10,6 +10,7 @@ use toolhost::audit::AuditLog;
 use toolhost::budget::Ledger;
 use toolhost::clock::now_ms;
 use toolhost::gate::Governed;
+use toolhost::ids::TenantId;
 use toolhost::policy::Policy;
 use toolhost::secrets::FileAndEnv;
 use toolhost::service::{InvocationService, Keys};
@@ -19,8 +20,8 @@ use toolhost::{Error, ErrorKind, Host};
 pub enum Command {
     /// Approval requests, newest first.
     List {
-        #[arg(long)]
-        tenant: String,
+        #[arg(long, value_parser = TenantId::parse)]
+        tenant: TenantId,
         /// pending, approved, denied, expired (default: all).
         #[arg(long)]
         status: Option<String>,
@@ -32,8 +33,8 @@ pub enum Command {
     /// Approve a request: the call runs now, once; prints its result.
     Approve {
         id: String,
-        #[arg(long)]
-        tenant: String,
+        #[arg(long, value_parser = TenantId::parse)]
+        tenant: TenantId,
         #[arg(long)]
         reason: Option<String>,
         /// Secrets for the policy's grants, as for `host serve`.
@@ -45,8 +46,8 @@ pub enum Command {
     /// Deny a request (final).
     Deny {
         id: String,
-        #[arg(long)]
-        tenant: String,
+        #[arg(long, value_parser = TenantId::parse)]
+        tenant: TenantId,
         #[arg(long)]
         reason: Option<String>,
         #[command(flatten)]
@@ -159,7 +160,7 @@ async fn run(cmd: Command) -> toolhost::Result<i32> {
             let decided = approvals::decide(
                 &d,
                 &tenant,
-                &id,
+                &id.as_str().into(),
                 &approver(),
                 Verdict::Approve,
                 reason.as_deref(),
@@ -189,7 +190,7 @@ async fn run(cmd: Command) -> toolhost::Result<i32> {
             let decided = approvals::decide(
                 &d,
                 &tenant,
-                &id,
+                &id.as_str().into(),
                 &approver(),
                 Verdict::Deny,
                 reason.as_deref(),

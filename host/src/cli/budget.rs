@@ -3,6 +3,7 @@
 use super::data::{DataDir, governed};
 use std::path::PathBuf;
 use toolhost::gate::CallContext;
+use toolhost::ids::TenantId;
 
 #[derive(Debug, clap::Subcommand)]
 pub enum Command {
@@ -15,8 +16,8 @@ pub enum Command {
         policy: PathBuf,
         #[arg(long)]
         task: String,
-        #[arg(long)]
-        tenant: Option<String>,
+        #[arg(long, value_parser = TenantId::parse)]
+        tenant: Option<TenantId>,
         #[arg(long)]
         workflow: Option<String>,
         #[arg(long, default_value_t = 0)]
@@ -48,7 +49,7 @@ pub async fn main(cmd: Command) -> i32 {
             } => {
                 let gate = governed(&data, &policy, None).await?;
                 let ctx = CallContext {
-                    tenant,
+                    tenant: tenant.unwrap_or_default(),
                     workflow,
                     task_id: Some(task),
                     principal: Some("cli".into()),

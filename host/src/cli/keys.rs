@@ -1,6 +1,7 @@
 //! `host keys create | list | revoke`.
 
 use super::data::DataDir;
+use toolhost::ids::TenantId;
 use toolhost::keys::{self, Role};
 
 #[derive(Debug, clap::Subcommand)]
@@ -8,8 +9,8 @@ pub enum Command {
     /// Make an API key; prints only the key (shown once, stored hashed).
     Create {
         /// The tenant the key acts for.
-        #[arg(long)]
-        tenant: String,
+        #[arg(long, value_parser = TenantId::parse)]
+        tenant: TenantId,
         /// A role (repeat for several): invoke, approve, admin, audit.
         #[arg(long = "role", value_enum, required = true)]
         roles: Vec<Role>,
@@ -21,8 +22,8 @@ pub enum Command {
     },
     /// List keys (ids, tenants, roles; never the secrets).
     List {
-        #[arg(long)]
-        tenant: Option<String>,
+        #[arg(long, value_parser = TenantId::parse)]
+        tenant: Option<TenantId>,
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -55,7 +56,7 @@ async fn run(cmd: Command) -> toolhost::Result<i32> {
         }
         Command::List { tenant, json, data } => {
             let storage = data.storage().await?;
-            let list = storage.key_list(tenant.as_deref()).await?;
+            let list = storage.key_list(tenant.as_ref()).await?;
             if json {
                 println!(
                     "{}",
@@ -82,7 +83,7 @@ async fn run(cmd: Command) -> toolhost::Result<i32> {
         Command::Revoke { id, data } => {
             let storage = data.storage().await?;
             let now = toolhost::clock::now_ms();
-            if storage.key_revoke(&id, now).await? {
+            if storage.key_revoke(&id.as_str().into(), now).await? {
                 eprintln!("revoked {id}");
                 Ok(0)
             } else {

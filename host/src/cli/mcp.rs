@@ -9,6 +9,7 @@ use std::sync::Arc;
 use toolhost::audit::AuditLog;
 use toolhost::budget::Ledger;
 use toolhost::gate::Governed;
+use toolhost::ids::TenantId;
 use toolhost::mcp::changes::Changes;
 use toolhost::mcp::{Caller, McpServer, Shared};
 use toolhost::policy::Policy;
@@ -21,8 +22,8 @@ use toolhost::{Error, ErrorKind, Result};
 pub struct Args {
     /// The tenant whose tools are offered and charged (`_`: tools
     /// registered without --tenant).
-    #[arg(long, value_name = "TENANT")]
-    tenant: String,
+    #[arg(long, value_name = "TENANT", value_parser = TenantId::parse)]
+    tenant: TenantId,
     /// The policy to apply (default: the data dir's stored policy, `host
     /// policy set`).
     #[arg(long, value_name = "FILE")]
@@ -49,7 +50,6 @@ pub async fn main(args: Args) -> i32 {
 }
 
 async fn run(args: Args) -> Result<()> {
-    toolhost::keys::validate_tenant(&args.tenant)?;
     let storage = args.data.storage().await?;
     // A file given is the policy for the whole session; the stored one is
     // followed: a `host policy set` while a client is connected takes
@@ -157,7 +157,7 @@ async fn run(args: Args) -> Result<()> {
 
 /// `notifications/tools/list_changed` to a session's client whenever the
 /// tenant's tool list changes.
-async fn push_changes(changes: Arc<Changes>, tenant: String, peer: rmcp::Peer<rmcp::RoleServer>) {
+async fn push_changes(changes: Arc<Changes>, tenant: TenantId, peer: rmcp::Peer<rmcp::RoleServer>) {
     let mut listener = match changes.listen(&tenant) {
         Ok(l) => l,
         Err(e) => return tracing::warn!("tool-list changes: {}", e.message),

@@ -5,6 +5,7 @@ use std::io::Read;
 use std::path::PathBuf;
 use std::sync::Arc;
 use toolhost::gate::{CallContext, SandboxOnly};
+use toolhost::ids::TenantId;
 use toolhost::limits::{parse_bytes, parse_duration};
 use toolhost::service::{Answer, InvocationService, Keys, Request};
 use toolhost::{Error, ErrorKind, Host, Limits};
@@ -44,8 +45,8 @@ pub struct Args {
     #[arg(long, value_name = "FILE")]
     policy: Option<PathBuf>,
     /// The tenant the call is made for.
-    #[arg(long)]
-    tenant: Option<String>,
+    #[arg(long, value_parser = TenantId::parse)]
+    tenant: Option<TenantId>,
     /// The workflow (default: the policy's only workflow).
     #[arg(long)]
     workflow: Option<String>,
@@ -167,7 +168,7 @@ pub async fn main(args: Args) -> i32 {
         return 2;
     }
     let context = CallContext {
-        tenant: args.tenant.clone(),
+        tenant: args.tenant.clone().unwrap_or_default(),
         workflow: args.workflow.clone(),
         task_id: args.task.clone(),
         principal: Some("cli".into()),
@@ -238,7 +239,7 @@ pub async fn main(args: Args) -> i32 {
             .await
             .unwrap_or_default();
         for e in entries {
-            if e.body.contains(&outcome.invocation_id) {
+            if e.body.contains(outcome.invocation_id.as_str()) {
                 records.push(serde_json::json!({
                     "chain": e.chain, "seq": e.seq, "hash": e.hash, "prev_hash": e.prev_hash,
                     "record": serde_json::from_str::<serde_json::Value>(&e.body).unwrap_or_default(),

@@ -3,14 +3,15 @@
 
 use super::data::DataDir;
 use toolhost::clock::now_ms;
+use toolhost::ids::TenantId;
 use toolhost::stats::{self, Report};
 use toolhost::{Error, ErrorKind};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// The tenant (`_` for invocations run without one).
-    #[arg(long, default_value = "_")]
-    tenant: String,
+    #[arg(long, default_value = "_", value_parser = TenantId::parse)]
+    tenant: TenantId,
     /// Only this tool.
     #[arg(long)]
     tool: Option<String>,

@@ -3,6 +3,7 @@
 use super::data::DataDir;
 use std::io::Write;
 use std::path::PathBuf;
+use toolhost::ids::TenantId;
 use toolhost::registry::Registry;
 
 /// `host register`.
@@ -20,8 +21,8 @@ pub struct RegisterArgs {
     #[arg(long, value_name = "DIR")]
     wit: Option<PathBuf>,
     /// The tenant that owns the tool (default: `_`, single-tenant).
-    #[arg(long, default_value = "_")]
-    tenant: String,
+    #[arg(long, default_value = "_", value_parser = TenantId::parse)]
+    tenant: TenantId,
     /// Store the version without pointing the name at it.
     #[arg(long)]
     no_deploy: bool,
@@ -38,8 +39,8 @@ pub struct RegisterArgs {
 pub enum Command {
     /// The tenant's tools and their current versions.
     List {
-        #[arg(long, default_value = "_")]
-        tenant: String,
+        #[arg(long, default_value = "_", value_parser = TenantId::parse)]
+        tenant: TenantId,
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -48,8 +49,8 @@ pub enum Command {
     /// A tool's versions and functions.
     Describe {
         name: String,
-        #[arg(long, default_value = "_")]
-        tenant: String,
+        #[arg(long, default_value = "_", value_parser = TenantId::parse)]
+        tenant: TenantId,
         #[command(flatten)]
         data: DataDir,
     },
@@ -57,24 +58,24 @@ pub enum Command {
     Deploy {
         name: String,
         version: String,
-        #[arg(long, default_value = "_")]
-        tenant: String,
+        #[arg(long, default_value = "_", value_parser = TenantId::parse)]
+        tenant: TenantId,
         #[command(flatten)]
         data: DataDir,
     },
     /// Stop a tool from being invoked (it stays registered).
     Disable {
         name: String,
-        #[arg(long, default_value = "_")]
-        tenant: String,
+        #[arg(long, default_value = "_", value_parser = TenantId::parse)]
+        tenant: TenantId,
         #[command(flatten)]
         data: DataDir,
     },
     /// Allow a disabled tool again.
     Enable {
         name: String,
-        #[arg(long, default_value = "_")]
-        tenant: String,
+        #[arg(long, default_value = "_", value_parser = TenantId::parse)]
+        tenant: TenantId,
         #[command(flatten)]
         data: DataDir,
     },

@@ -6,7 +6,7 @@ use super::{
     Admission, BoxFuture, Gate, Grants, HttpPermit, InvocationReport, InvocationRequest,
     OutboundCall, Preopen, Verdict,
 };
-use crate::audit::{AuditLog, canonical, chain_of};
+use crate::audit::{AuditLog, canonical};
 use crate::budget::{Ledger, Scope, Spend, charges};
 use crate::error::{Error, ErrorKind, Result};
 use crate::lease::Instance;
@@ -190,7 +190,7 @@ impl Governed {
         let policy = self.policy();
         let workflow = workflow_in(&policy, context.workflow.as_deref());
         let doc = policy
-            .document(context.tenant.as_deref(), workflow.as_deref())
+            .document(Some(context.tenant.as_str()), workflow.as_deref())
             .ok_or_else(|| {
                 Error::new(
                     ErrorKind::PolicyDenied,
@@ -208,7 +208,7 @@ impl Governed {
             )
             .await?;
         observe::metrics::tokens(
-            &chain_of(context.tenant.as_deref()),
+            context.tenant.as_str(),
             workflow.as_deref().unwrap_or("*"),
             input,
             output,
@@ -292,7 +292,7 @@ impl Gate for Governed {
             let policy = self.policy();
             let workflow = workflow_in(&policy, r.context.workflow.as_deref());
             let decision = policy.decide(&Subject {
-                tenant: r.context.tenant.as_deref(),
+                tenant: Some(r.context.tenant.as_str()),
                 workflow: workflow.as_deref(),
                 task_id: r.context.task_id.as_deref(),
                 principal: r.context.principal.as_deref().unwrap_or("anonymous"),
@@ -317,7 +317,7 @@ impl Gate for Governed {
                 }
             }
             let document = policy
-                .document(r.context.tenant.as_deref(), workflow.as_deref())
+                .document(Some(r.context.tenant.as_str()), workflow.as_deref())
                 .cloned()
                 .ok_or_else(|| Error::internal("an allowed call has no governing document"))?;
             let settings = tool_settings(&document, r.tool, r.function)
@@ -335,7 +335,7 @@ impl Gate for Governed {
                     0
                 });
 
-            let tenant = chain_of(r.context.tenant.as_deref());
+            let tenant = r.context.tenant.clone();
             let cache_key = match (&settings.cache, r.digest) {
                 (Some(_), Some(digest)) => Some(cache_key(
                     digest,
@@ -392,7 +392,7 @@ impl Gate for Governed {
                 .ledger
                 .admit(Admit {
                     run: NewRun {
-                        id: r.invocation_id.to_string(),
+                        id: r.invocation_id.clone(),
                         tenant: tenant.clone(),
                         tool: r.tool.to_string(),
                         function: r.function.name.clone(),
@@ -583,7 +583,7 @@ impl Gate for Governed {
                 Some(s) => Some(s.document.clone()),
                 None => self
                     .policy()
-                    .document(ctx.tenant.as_deref(), workflow.as_deref())
+                    .document(Some(ctx.tenant.as_str()), workflow.as_deref())
                     .cloned(),
             };
             let redact: &[String] = document.as_ref().map_or(&[], |d| &d.logging.redact_fields);
@@ -617,11 +617,11 @@ impl Gate for Governed {
                 (None, Some(e)) => json!({"effect": e.kind, "rule": e.message}),
                 (None, None) => json!({"effect": "allow", "rule": ""}),
             };
-            let chain = chain_of(ctx.tenant.as_deref());
+            let chain = ctx.tenant.clone();
             let args_redacted = canonical::redact(report.args, redact);
             let args_sha256 = canonical::fingerprint(report.args);
             let mut records = vec![(
-                chain.clone(),
+                chain.to_string(),
                 time_ms,
                 json!({
                     "type": "invocation",
@@ -662,7 +662,7 @@ impl Gate for Governed {
                     obj.insert("time_ms".into(), json!(time_ms));
                     obj.remove("at_ms").map(|at| obj.insert("at_ms".into(), at));
                 }
-                records.push((chain.clone(), time_ms, record));
+                records.push((chain.to_string(), time_ms, record));
             }
             // The caller's own record: what they were answered (already
             // scrubbed of injected secrets by the host), redacted as the
@@ -817,7 +817,7 @@ fn workflow_in(policy: &Policy, requested: Option<&str>) -> Option<String> {
 /// The budget scope of a call context under its resolved workflow.
 fn scope_of(context: &super::CallContext, workflow: Option<&str>) -> Scope {
     Scope {
-        tenant: context.tenant.clone().unwrap_or_else(|| "_".into()),
+        tenant: context.tenant.clone(),
         workflow: workflow.unwrap_or("*").to_string(),
         task: context.task_id.clone(),
     }

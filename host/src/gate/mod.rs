@@ -22,6 +22,7 @@ pub mod governed;
 
 use crate::capability::CapabilityEvent;
 use crate::error::Result;
+use crate::ids::{ApprovalId, InvocationId, TenantId};
 use crate::limits::Limits;
 use crate::secrets::Secret;
 use crate::tool::FunctionInfo;
@@ -34,7 +35,8 @@ pub use governed::Governed;
 /// Who is calling, on whose behalf, as part of what.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct CallContext {
-    pub tenant: Option<String>,
+    /// Whose call it is (`_`, the default, for calls made without one).
+    pub tenant: TenantId,
     pub workflow: Option<String>,
     pub task_id: Option<String>,
     /// The caller's identity (an API key id; `cli` for `host run`).
@@ -45,7 +47,7 @@ pub struct CallContext {
     pub idempotency_key: Option<String>,
     /// Set only by the host when it runs an invocation a human approved
     /// (the approval's id): policy sees `context.approved == true`.
-    pub approval: Option<String>,
+    pub approval: Option<ApprovalId>,
     /// Where to POST the outcome if the call waits for approval (checked
     /// against the server's allowlist before it gets here).
     pub callback_url: Option<String>,
@@ -66,7 +68,7 @@ impl CallContext {
 
 /// An invocation about to run, as the gate sees it.
 pub struct InvocationRequest<'a> {
-    pub invocation_id: &'a str,
+    pub invocation_id: &'a InvocationId,
     /// The tool's name (registered name, or the file name for `host run`).
     pub tool: &'a str,
     /// The registered version (none for a file run with `host run`).

@@ -26,6 +26,7 @@
 //!   held open past shutdown.
 
 use crate::error::{Error, ErrorKind, Result};
+use crate::ids::TenantId;
 use crate::storage::Storage;
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
@@ -44,7 +45,7 @@ pub struct Changes {
     storage: Arc<dyn Storage>,
     every: Duration,
     stop: CancellationToken,
-    tenants: Mutex<HashMap<String, watch::Sender<u64>>>,
+    tenants: Mutex<HashMap<TenantId, watch::Sender<u64>>>,
 }
 
 /// One stream's view of its tenant's tool list.
@@ -75,7 +76,7 @@ impl Changes {
 
     /// A listener for `tenant`'s tool list: `tenant_overloaded` or
     /// `overloaded` past the bounds.
-    pub fn listen(self: &Arc<Self>, tenant: &str) -> Result<Listener> {
+    pub fn listen(self: &Arc<Self>, tenant: &TenantId) -> Result<Listener> {
         let mut tenants = self.tenants.lock().unwrap_or_else(|e| e.into_inner());
         let total: usize = tenants.values().map(watch::Sender::receiver_count).sum();
         if total >= MAX_STREAMS {
@@ -99,8 +100,8 @@ impl Changes {
             return Ok(Listener { rx: tx.subscribe() });
         }
         let (tx, rx) = watch::channel(0);
-        tenants.insert(tenant.to_string(), tx);
-        tokio::spawn(self.clone().watch(tenant.to_string()));
+        tenants.insert(tenant.clone(), tx);
+        tokio::spawn(self.clone().watch(tenant.clone()));
         Ok(Listener { rx })
     }
 
@@ -117,7 +118,7 @@ impl Changes {
     /// What a tenant's tool list is now, as a hash of its registry entries
     /// and the stored policy's version (the policy decides the tools'
     /// annotations).
-    async fn fingerprint(&self, tenant: &str) -> Result<u64> {
+    async fn fingerprint(&self, tenant: &TenantId) -> Result<u64> {
         let policy = self.storage.policy_current().await?.map(|p| p.version);
         let mut entries: Vec<(String, String, bool)> = self
             .storage
@@ -132,7 +133,7 @@ impl Changes {
         Ok(h.finish())
     }
 
-    async fn watch(self: Arc<Self>, tenant: String) {
+    async fn watch(self: Arc<Self>, tenant: TenantId) {
         let mut last = self.fingerprint(&tenant).await.ok();
         loop {
             tokio::select! {

@@ -68,7 +68,7 @@ pub const META_IDEMPOTENCY_KEY: &str = "io.toolhost/idempotency_key";
 /// Who is calling, as the transport established it.
 #[derive(Clone)]
 pub struct Caller {
-    pub tenant: String,
+    pub tenant: crate::ids::TenantId,
     /// The caller's identity in records (an API key id; `stdio`).
     pub principal: String,
     /// Held until the invocation ends (the HTTP adapter's request slot).
@@ -130,15 +130,19 @@ pub type Listing = Vec<(String, Arc<Tool>)>;
 /// Where the tenant's tools come from (the server's loaded-tool cache).
 pub trait Tools: Send + Sync + 'static {
     /// The tenant's enabled tools.
-    fn list<'a>(&'a self, tenant: &'a str) -> BoxFuture<'a, Result<Listing>>;
+    fn list<'a>(&'a self, tenant: &'a crate::ids::TenantId) -> BoxFuture<'a, Result<Listing>>;
     /// The enabled tool `name` points at now (`not_found`,
     /// `tool_disabled` otherwise).
-    fn get<'a>(&'a self, tenant: &'a str, name: &'a str) -> BoxFuture<'a, Result<Arc<Tool>>>;
+    fn get<'a>(
+        &'a self,
+        tenant: &'a crate::ids::TenantId,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<Arc<Tool>>>;
     /// Version `version` of tool `name`, enabled or not (to show the
     /// result of a call that ran with it).
     fn version<'a>(
         &'a self,
-        tenant: &'a str,
+        tenant: &'a crate::ids::TenantId,
         name: &'a str,
         version: &'a str,
     ) -> BoxFuture<'a, Result<Arc<Tool>>>;
@@ -243,7 +247,7 @@ impl McpServer {
             args: arguments(params),
             limits: self.shared.limits.clone(),
             context: CallContext {
-                tenant: Some(caller.tenant.clone()),
+                tenant: caller.tenant.clone(),
                 workflow,
                 task_id,
                 principal: Some(caller.principal.clone()),
@@ -283,7 +287,7 @@ impl McpServer {
                 if tasks
                     && response.status == crate::record::Status::PendingApproval
                     && let Some(approval) = self
-                        .task_approval(&response, tenant.as_deref(), principal.as_deref())
+                        .task_approval(&response, &tenant, principal.as_deref())
                         .await
                 {
                     return tasks::created(&response, &approval).into();
@@ -303,11 +307,11 @@ impl McpServer {
     async fn task_approval(
         &self,
         response: &crate::record::InvocationResponse,
-        tenant: Option<&str>,
+        tenant: &crate::ids::TenantId,
         principal: Option<&str>,
     ) -> Option<crate::storage::ApprovalRecord> {
-        let (tenant, principal) = (tenant?, principal?);
-        let approval_id = response.invocation_id.replacen("inv_", "apr_", 1);
+        let principal = principal?;
+        let approval_id = response.invocation_id.approval();
         let storage = self.shared.governed.audit().storage();
         storage
             .approval_get(tenant, &approval_id)

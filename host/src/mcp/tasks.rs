@@ -119,7 +119,8 @@ async fn find(shared: &Shared, caller: &Caller, task_id: &str) -> Result<Found, 
         return Err(unknown(task_id));
     }
     let storage = shared.governed.audit().storage();
-    let approval_id = task_id.replacen("inv_", "apr_", 1);
+    let task_id = &crate::ids::InvocationId::from(task_id);
+    let approval_id = task_id.approval();
     let approval = storage
         .approval_get(&caller.tenant, &approval_id)
         .await

@@ -11,6 +11,7 @@
 //! counts the values folded into `other`.
 
 use crate::error::ErrorKind;
+use crate::ids::TenantId;
 use crate::record::{InvocationResponse, Status, Usage};
 use metrics::{Counter, Histogram, counter, gauge, histogram};
 use metrics_exporter_prometheus::{
@@ -601,18 +602,18 @@ fn with(f: impl FnOnce(&Metrics)) {
 }
 
 /// One invocation's answer (see [`Metrics::invocation`]).
-pub fn invocation(tenant: Option<&str>, invocation: &Invocation<'_>, elapsed: Duration) {
-    with(|m| m.invocation(tenant.unwrap_or("_"), invocation, elapsed));
+pub fn invocation(tenant: &TenantId, invocation: &Invocation<'_>, elapsed: Duration) {
+    with(|m| m.invocation(tenant, invocation, elapsed));
 }
 
 /// An idempotent replay.
-pub fn replay(tenant: Option<&str>, response: &InvocationResponse) {
-    with(|m| m.replay(tenant.unwrap_or("_"), response));
+pub fn replay(tenant: &TenantId, response: &InvocationResponse) {
+    with(|m| m.replay(tenant, response));
 }
 
 /// An outbound call and its decision.
-pub fn outbound(tenant: Option<&str>, host: &str, allowed: bool) {
-    with(|m| m.outbound(tenant.unwrap_or("_"), host, allowed));
+pub fn outbound(tenant: &TenantId, host: &str, allowed: bool) {
+    with(|m| m.outbound(tenant, host, allowed));
 }
 
 /// What an invocation was charged.

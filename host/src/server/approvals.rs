@@ -106,7 +106,7 @@ pub async fn get_one(
     caller.require_any(READERS)?;
     let a = app
         .storage
-        .approval_get(caller.tenant(), &id)
+        .approval_get(caller.tenant(), &id.as_str().into())
         .await?
         .ok_or_else(|| ApiError::new(ErrorKind::NotFound, format!("no approval request `{id}`")))?;
     Ok(Json(approvals::view(&a, now_ms())))
@@ -204,8 +204,8 @@ pub async fn decide_as(
         audit: app.governed.audit().clone(),
         limits: app.limits.clone(),
     };
-    let tenant = caller.tenant().to_string();
-    let approver = caller.key.id.clone();
+    let tenant = caller.tenant().clone();
+    let approver = caller.key.id.to_string();
     // On its own task: once decided, the approved call runs to completion
     // whatever happens to this request.
     // The request's slot (the API's `limit` layer took it); a decision
@@ -223,7 +223,7 @@ pub async fn decide_as(
             approvals::decide(
                 &decider,
                 &tenant,
-                &id,
+                &id.as_str().into(),
                 &approver,
                 verdict,
                 reason.as_deref(),

@@ -8,6 +8,7 @@
 use super::App;
 use super::problem::ApiError;
 use crate::error::ErrorKind;
+use crate::ids::{KeyId, TenantId};
 use crate::keys::{self, Role};
 use crate::storage::ApiKeyRecord;
 use axum::extract::FromRequestParts;
@@ -29,7 +30,7 @@ use std::time::{Duration, Instant};
 /// table.
 pub struct KeyCache {
     ttl: Duration,
-    keys: Mutex<HashMap<String, (ApiKeyRecord, Instant)>>,
+    keys: Mutex<HashMap<KeyId, (ApiKeyRecord, Instant)>>,
     missing: Mutex<HashMap<String, Instant>>,
 }
 
@@ -73,7 +74,7 @@ impl KeyCache {
         if known_missing {
             return Err(bad());
         }
-        let Some(record) = storage.key_get(id).await? else {
+        let Some(record) = storage.key_get(&KeyId::from(id)).await? else {
             self.remember_missing(id);
             return Err(bad());
         };
@@ -149,7 +150,7 @@ pub struct Caller {
 }
 
 impl Caller {
-    pub fn tenant(&self) -> &str {
+    pub fn tenant(&self) -> &TenantId {
         &self.key.tenant
     }
 

@@ -211,10 +211,10 @@ async fn run(
             .unwrap_or_else(|| serde_json::Value::Object(Default::default())),
         limits: app.limits.clone(),
         context: CallContext {
-            tenant: Some(caller.tenant().to_string()),
+            tenant: caller.tenant().clone(),
             workflow: request.workflow,
             task_id: request.task_id,
-            principal: Some(caller.key.id.clone()),
+            principal: Some(caller.key.id.to_string()),
             idempotency_key,
             approval: None,
             callback_url: request.callback_url,

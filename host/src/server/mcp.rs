@@ -73,13 +73,16 @@ pub struct McpConfig {
 /// The tools of a tenant, from a loaded-tool cache (the server's; `host
 /// mcp`'s own).
 impl mcp::Tools for ToolCache {
-    fn list<'a>(&'a self, tenant: &'a str) -> crate::BoxFuture<'a, Result<mcp::Listing>> {
+    fn list<'a>(
+        &'a self,
+        tenant: &'a crate::ids::TenantId,
+    ) -> crate::BoxFuture<'a, Result<mcp::Listing>> {
         Box::pin(self.enabled(tenant))
     }
 
     fn get<'a>(
         &'a self,
-        tenant: &'a str,
+        tenant: &'a crate::ids::TenantId,
         name: &'a str,
     ) -> crate::BoxFuture<'a, Result<Arc<Tool>>> {
         Box::pin(ToolCache::get(self, tenant, name))
@@ -87,7 +90,7 @@ impl mcp::Tools for ToolCache {
 
     fn version<'a>(
         &'a self,
-        tenant: &'a str,
+        tenant: &'a crate::ids::TenantId,
         name: &'a str,
         version: &'a str,
     ) -> crate::BoxFuture<'a, Result<Arc<Tool>>> {
@@ -99,13 +102,16 @@ impl mcp::Tools for ToolCache {
 struct AppTools(Arc<App>);
 
 impl mcp::Tools for AppTools {
-    fn list<'a>(&'a self, tenant: &'a str) -> crate::BoxFuture<'a, Result<mcp::Listing>> {
+    fn list<'a>(
+        &'a self,
+        tenant: &'a crate::ids::TenantId,
+    ) -> crate::BoxFuture<'a, Result<mcp::Listing>> {
         Box::pin(self.0.tools.enabled(tenant))
     }
 
     fn get<'a>(
         &'a self,
-        tenant: &'a str,
+        tenant: &'a crate::ids::TenantId,
         name: &'a str,
     ) -> crate::BoxFuture<'a, Result<Arc<Tool>>> {
         Box::pin(self.0.tools.get(tenant, name))
@@ -113,7 +119,7 @@ impl mcp::Tools for AppTools {
 
     fn version<'a>(
         &'a self,
-        tenant: &'a str,
+        tenant: &'a crate::ids::TenantId,
         name: &'a str,
         version: &'a str,
     ) -> crate::BoxFuture<'a, Result<Arc<Tool>>> {
@@ -213,11 +219,11 @@ async fn identity(State(app): State<Arc<App>>, mut request: Request, next: Next)
     let recheck = KeyRecheck {
         app,
         authorization,
-        tenant: caller.tenant().to_string(),
+        tenant: caller.tenant().clone(),
     };
     request.extensions_mut().insert(mcp::Caller {
-        tenant: caller.tenant().to_string(),
-        principal: caller.key.id.clone(),
+        tenant: caller.tenant().clone(),
+        principal: caller.key.id.to_string(),
         hold,
         recheck: Some(Arc::new(recheck)),
     });
@@ -229,7 +235,7 @@ async fn identity(State(app): State<Arc<App>>, mut request: Request, next: Next)
 struct KeyRecheck {
     app: Arc<App>,
     authorization: HeaderMap,
-    tenant: String,
+    tenant: crate::ids::TenantId,
 }
 
 impl mcp::Recheck for KeyRecheck {
@@ -237,7 +243,7 @@ impl mcp::Recheck for KeyRecheck {
         Box::pin(async move {
             let access = super::route_access(&http::Method::POST, "/mcp");
             match super::auth::authenticate(&self.app, &self.authorization).await {
-                Ok(c) => c.tenant() == self.tenant && access.is_some_and(|a| c.allowed(a).is_ok()),
+                Ok(c) => *c.tenant() == self.tenant && access.is_some_and(|a| c.allowed(a).is_ok()),
                 Err(_) => false,
             }
         })

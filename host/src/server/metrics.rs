@@ -79,7 +79,13 @@ async fn refresh_pending(s: &Scrape) {
     let now = crate::clock::now_ms();
     for tenant in tenants.iter().take(PENDING_TENANTS) {
         match storage
-            .approval_list(tenant, Some("pending"), now, None, PENDING_CAP)
+            .approval_list(
+                &tenant.as_str().into(),
+                Some("pending"),
+                now,
+                None,
+                PENDING_CAP,
+            )
             .await
         {
             Ok(pending) => observe::metrics::approvals_pending(tenant, pending.len()),

@@ -71,7 +71,7 @@ pub async fn get_one(
     caller.require_any(READERS)?;
     let record = app
         .storage
-        .invocation_get(caller.tenant(), &id)
+        .invocation_get(caller.tenant(), &id.as_str().into())
         .await?
         .ok_or_else(|| ApiError::new(ErrorKind::NotFound, format!("no invocation `{id}`")))?;
     let record = crate::approvals::current_record(app.storage.as_ref(), record).await?;
@@ -211,10 +211,10 @@ pub async fn report_usage(
     caller.require(Role::Invoke)?;
     let body: TokenUsage = super::problem::parse_json(&body.map_err(rejection)?, "usage report")?;
     let context = CallContext {
-        tenant: Some(caller.tenant().to_string()),
+        tenant: caller.tenant().clone(),
         workflow: body.workflow,
         task_id: Some(task_id.clone()),
-        principal: Some(caller.key.id.clone()),
+        principal: Some(caller.key.id.to_string()),
         ..CallContext::default()
     };
     for (field, n) in [

@@ -5,6 +5,7 @@ use super::App;
 use super::auth::Caller;
 use super::problem::{ApiError, rejection};
 use crate::error::{Error, ErrorKind, Result};
+use crate::ids::TenantId;
 use crate::keys::Role;
 use crate::registry::{Registry, Upload};
 use crate::schema;
@@ -41,7 +42,7 @@ pub struct ToolCache {
     loaded: Arc<Mutex<Loaded>>,
     bounds: CacheBounds,
     /// Names' entries (current version, disabled), remembered for `ttl`.
-    entries: Mutex<HashMap<(String, String), (ToolEntry, std::time::Instant)>>,
+    entries: Mutex<HashMap<(TenantId, String), (ToolEntry, std::time::Instant)>>,
     ttl: std::time::Duration,
 }
 
@@ -64,7 +65,7 @@ impl Default for CacheBounds {
 }
 
 /// (tenant, name, version).
-type Key = (String, String, String);
+type Key = (TenantId, String, String);
 
 /// The result of a load, shared by everyone waiting for it.
 type Shared = Option<std::result::Result<Arc<Tool>, Error>>;
@@ -136,16 +137,16 @@ impl ToolCache {
     }
 
     /// Forget a name's entry (it was just changed).
-    pub fn invalidate(&self, tenant: &str, name: &str) {
+    pub fn invalidate(&self, tenant: &TenantId, name: &str) {
         self.entries
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .remove(&(tenant.to_string(), name.to_string()));
+            .remove(&(tenant.clone(), name.to_string()));
     }
 
     /// The tool a tenant's name points at now.
-    pub async fn get(&self, tenant: &str, name: &str) -> Result<Arc<Tool>> {
-        let key = (tenant.to_string(), name.to_string());
+    pub async fn get(&self, tenant: &TenantId, name: &str) -> Result<Arc<Tool>> {
+        let key = (tenant.clone(), name.to_string());
         let cached = self
             .entries
             .lock()
@@ -175,9 +176,14 @@ impl ToolCache {
 
     /// Version `version` of a tenant's tool `name`, enabled or not (loaded
     /// once per version, as any other).
-    pub async fn get_version(&self, tenant: &str, name: &str, version: &str) -> Result<Arc<Tool>> {
+    pub async fn get_version(
+        &self,
+        tenant: &TenantId,
+        name: &str,
+        version: &str,
+    ) -> Result<Arc<Tool>> {
         self.get_entry(ToolEntry {
-            tenant: tenant.to_string(),
+            tenant: tenant.clone(),
             name: name.to_string(),
             current: version.to_string(),
             disabled: false,
@@ -188,7 +194,7 @@ impl ToolCache {
 
     /// The tenant's enabled tools, loaded, by name. A tool that does not
     /// load is left out (and logged): it does not hide the others.
-    pub async fn enabled(&self, tenant: &str) -> Result<Vec<(String, Arc<Tool>)>> {
+    pub async fn enabled(&self, tenant: &TenantId) -> Result<Vec<(String, Arc<Tool>)>> {
         let mut out = Vec::new();
         for entry in self.storage.tool_list(tenant).await? {
             if entry.disabled {

@@ -17,6 +17,7 @@
 use super::InvocationService;
 use crate::audit::canonical;
 use crate::error::{Error, ErrorKind, Result};
+use crate::ids::{ApprovalId, InvocationId};
 use crate::record::{InvocationResponse, Status, Usage, ended};
 use crate::storage::{
     ApprovalRecord, Decision, End, Expect, IdempotencyDone, InvocationRecord, Lost, OutboxMessage,
@@ -141,7 +142,7 @@ impl InvocationService {
         if !storage.lead("reaper").await? {
             return Ok(done);
         }
-        let live: std::collections::HashSet<String> =
+        let live: std::collections::HashSet<InvocationId> =
             self.instance.live().ids().into_iter().collect();
         let mut mine = Vec::new();
         for lost in storage.invocation_expired(now, REAP_BATCH).await? {
@@ -273,7 +274,7 @@ impl InvocationService {
         });
         match keys
             .audit
-            .commit(vec![(run.tenant.clone(), now, entry)], work)
+            .commit(vec![(run.tenant.to_string(), now, entry)], work)
             .await
         {
             Ok(_) => {
@@ -341,7 +342,7 @@ impl InvocationService {
         });
         match keys
             .audit
-            .commit(vec![(a.tenant.clone(), now, entry)], work)
+            .commit(vec![(a.tenant.to_string(), now, entry)], work)
             .await
         {
             Ok(_) => Ok(true),
@@ -353,7 +354,7 @@ impl InvocationService {
 
 fn outbox_message(
     run: &crate::storage::NewRun,
-    approval_id: &str,
+    approval_id: &ApprovalId,
     url: &str,
     now: i64,
 ) -> OutboxMessage {

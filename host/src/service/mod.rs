@@ -32,7 +32,8 @@ use crate::audit::{AuditLog, canonical};
 use crate::error::{Error, ErrorKind, Result};
 use crate::gate::CallContext;
 use crate::idempotency;
-use crate::invoke::{Call, Host, InvocationResponse, Outcome, new_invocation_id, prepare};
+use crate::ids::{InvocationId, TenantId};
+use crate::invoke::{Call, Host, InvocationResponse, Outcome, prepare};
 use crate::lease::Instance;
 use crate::limits::Limits;
 use crate::observe;
@@ -152,7 +153,7 @@ impl InvocationService {
     /// Run a call a human approved, under the invocation id that waited.
     pub async fn run_approved(
         self: &Arc<Self>,
-        invocation_id: String,
+        invocation_id: InvocationId,
         tool: Arc<Tool>,
         call: Call,
     ) -> Result<Outcome> {
@@ -178,7 +179,7 @@ impl InvocationService {
                 observed(
                     &span,
                     &call.function,
-                    call.context.tenant.as_deref(),
+                    &call.context.tenant,
                     &outcome,
                     started,
                 );
@@ -197,15 +198,13 @@ impl InvocationService {
         let tenant = request.context.tenant.clone();
         let answer = span.run(self.flow_in_span(request)).await;
         match &answer {
-            Ok(Answer::Done(outcome)) => {
-                observed(&span, &function, tenant.as_deref(), outcome, started)
-            }
+            Ok(Answer::Done(outcome)) => observed(&span, &function, &tenant, outcome, started),
             Ok(Answer::Replayed(response)) => {
                 if span.is_on() {
-                    span.set("toolhost.invocation_id", response.invocation_id.clone());
+                    span.set("toolhost.invocation_id", response.invocation_id.to_string());
                 }
                 span.set("toolhost.outcome", "replayed");
-                observe::metrics::replay(tenant.as_deref(), response);
+                observe::metrics::replay(&tenant, response);
             }
             Err(e) => {
                 span.set("toolhost.error_kind", e.kind.as_str());
@@ -242,7 +241,7 @@ impl InvocationService {
             Ok(p) => (p.function.name.clone(), &p.args.json),
             Err((f, _)) => (f.clone(), &call.args),
         };
-        let id = new_invocation_id();
+        let id = InvocationId::generate();
         // Renewed while it runs; handed to the reaper if this task ends
         // without recording its end.
         let running = self.instance.live().enter(&id);
@@ -260,7 +259,7 @@ impl InvocationService {
                 call.context.workflow.as_deref(),
                 call.context.task_id.as_deref(),
             );
-            let tenant = crate::audit::chain_of(call.context.tenant.as_deref());
+            let tenant = call.context.tenant.clone();
             let run = NewRun {
                 id: id.clone(),
                 tenant: tenant.clone(),
@@ -298,7 +297,7 @@ impl InvocationService {
                 running.ended(true);
                 let time_ms = self.instance.now_ms();
                 Box::pin(keys.audit.append(vec![(
-                    tenant,
+                    tenant.to_string(),
                     time_ms,
                     json!({
                         "type": "idempotent_replay",
@@ -335,10 +334,7 @@ fn invocation_span(tool: &Tool, function: &str, context: &CallContext) -> observ
     use observe::trace::attr;
     let mut attributes = vec![
         attr("toolhost.tool", tool.name().to_string()),
-        attr(
-            "toolhost.tenant",
-            context.tenant.clone().unwrap_or_else(|| "_".into()),
-        ),
+        attr("toolhost.tenant", context.tenant.to_string()),
         attr("toolhost.transport", context.transport().to_string()),
     ];
     if let Some(v) = tool.version() {
@@ -367,7 +363,7 @@ fn invocation_span(tool: &Tool, function: &str, context: &CallContext) -> observ
 fn observed(
     span: &observe::trace::Span,
     named: &str,
-    tenant: Option<&str>,
+    tenant: &TenantId,
     outcome: &Outcome,
     started: std::time::Instant,
 ) {
@@ -378,7 +374,7 @@ fn observed(
             span.set("toolhost.function", outcome.function.clone());
         }
         span.set_all([
-            attr("toolhost.invocation_id", outcome.invocation_id.clone()),
+            attr("toolhost.invocation_id", outcome.invocation_id.to_string()),
             attr("toolhost.outcome", outcome.status.as_str()),
         ]);
     }

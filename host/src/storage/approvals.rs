@@ -11,10 +11,10 @@ use serde::Serialize;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ApprovalRecord {
     /// `apr_…`.
-    pub id: String,
-    pub tenant: String,
+    pub id: ApprovalId,
+    pub tenant: TenantId,
     /// The invocation that waits (its record is `pending_approval`).
-    pub invocation_id: String,
+    pub invocation_id: InvocationId,
     /// `pending`, `approved` (and run), `denied`, `withdrawn` (by its
     /// requester), `expired` (finished by the reaper); a stored `pending`
     /// past `expires_ms` is expired too.
@@ -50,8 +50,8 @@ pub struct ApprovalRecord {
 /// concurrent decisions exactly one wins. Its stored arguments are erased.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Decision {
-    pub tenant: String,
-    pub approval_id: String,
+    pub tenant: TenantId,
+    pub approval_id: ApprovalId,
     /// `approved`, `denied`, `withdrawn` or `expired`.
     pub status: String,
     pub decided_by: Option<String>,
@@ -85,8 +85,11 @@ pub fn may_decide(decision: &Decision, status: &str, expires_ms: i64) -> bool {
 /// Human-approval requests.
 pub trait ApprovalStore: Send + Sync {
     /// An approval request.
-    fn approval_get(&self, tenant: &str, id: &str)
-    -> BoxFuture<'_, Result<Option<ApprovalRecord>>>;
+    fn approval_get(
+        &self,
+        tenant: &TenantId,
+        id: &ApprovalId,
+    ) -> BoxFuture<'_, Result<Option<ApprovalRecord>>>;
     /// A tenant's approval requests with an effective status as of `now_ms`
     /// (all when `None`), newest first: `pending` is stored pending and not
     /// yet expired, `expired` stored pending past `expires_ms`, `approved`
@@ -95,7 +98,7 @@ pub trait ApprovalStore: Send + Sync {
     /// id)` descending; `before` continues after that position.
     fn approval_list(
         &self,
-        tenant: &str,
+        tenant: &TenantId,
         status: Option<&str>,
         now_ms: i64,
         before: Option<(i64, String)>,

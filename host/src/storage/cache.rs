@@ -10,7 +10,7 @@ use serde::Serialize;
 /// A cached result.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CacheEntry {
-    pub tenant: String,
+    pub tenant: TenantId,
     pub key: String,
     /// The result JSON.
     pub result: String,
@@ -22,7 +22,7 @@ pub trait CacheStore: Send + Sync {
     /// A cached result, if present and not expired.
     fn cache_get(
         &self,
-        tenant: &str,
+        tenant: &TenantId,
         key: &str,
         now_ms: i64,
     ) -> BoxFuture<'_, Result<Option<String>>>;

@@ -14,11 +14,11 @@ use serde::Serialize;
 /// The final response of an idempotent request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IdempotencyDone {
-    pub tenant: String,
+    pub tenant: TenantId,
     pub key: String,
     /// The invocation that answers it: the key is answered only while it
     /// still points at this invocation.
-    pub invocation_id: String,
+    pub invocation_id: InvocationId,
     /// The answer ([`crate::record::InvocationResponse`] JSON); each
     /// transport derives its own status from it.
     pub response: String,
@@ -27,7 +27,7 @@ pub struct IdempotencyDone {
 /// Starting a keyed request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyBegin {
-    pub tenant: String,
+    pub tenant: TenantId,
     pub key: String,
     pub fingerprint: String,
     pub now_ms: i64,

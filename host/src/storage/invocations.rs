@@ -27,8 +27,8 @@ use serde::Serialize;
 /// An invocation's record, as the API reports it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct InvocationRecord {
-    pub id: String,
-    pub tenant: String,
+    pub id: InvocationId,
+    pub tenant: TenantId,
     pub tool: String,
     pub function: String,
     /// The tool version that ran (registered tools only).
@@ -120,8 +120,8 @@ pub fn sample_of(r: &InvocationRecord) -> InvocationSample {
 /// What identifies a new running row.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewRun {
-    pub id: String,
-    pub tenant: String,
+    pub id: InvocationId,
+    pub tenant: TenantId,
     pub tool: String,
     pub function: String,
     pub version: Option<String>,
@@ -170,7 +170,7 @@ pub struct Lost {
     /// Whether it was admitted (it may have run): if not, nothing ran.
     pub admitted: bool,
     /// The approval it runs under, with the callback URL to notify.
-    pub approval_id: Option<String>,
+    pub approval_id: Option<ApprovalId>,
     pub callback_url: Option<String>,
 }
 
@@ -228,15 +228,15 @@ pub trait InvocationStore: Send + Sync {
     /// One of a tenant's invocation records.
     fn invocation_get(
         &self,
-        tenant: &str,
-        id: &str,
+        tenant: &TenantId,
+        id: &InvocationId,
     ) -> BoxFuture<'_, Result<Option<InvocationRecord>>>;
 
     /// A tenant's invocation records, newest first, each with its position
     /// (for [`InvocationFilter::before`]).
     fn invocation_list(
         &self,
-        tenant: &str,
+        tenant: &TenantId,
         filter: InvocationFilter,
     ) -> BoxFuture<'_, Result<Vec<(i64, InvocationRecord)>>>;
 
@@ -246,7 +246,7 @@ pub trait InvocationStore: Send + Sync {
     /// aggregate.
     fn invocation_samples(
         &self,
-        tenant: &str,
+        tenant: &TenantId,
         filter: SampleFilter,
     ) -> BoxFuture<'_, Result<Vec<InvocationSample>>>;
 
@@ -264,7 +264,7 @@ pub trait InvocationStore: Send + Sync {
     fn invocation_renew(
         &self,
         owner: &str,
-        ids: Vec<String>,
+        ids: Vec<InvocationId>,
         lease_until: i64,
     ) -> BoxFuture<'_, Result<u64>>;
 
@@ -272,10 +272,10 @@ pub trait InvocationStore: Send + Sync {
     fn invocation_expired(&self, now_ms: i64, limit: i64) -> BoxFuture<'_, Result<Vec<Lost>>>;
 
     /// A running row, as the reaper would see it if it were lost.
-    fn invocation_running(&self, id: &str) -> BoxFuture<'_, Result<Option<Lost>>>;
+    fn invocation_running(&self, id: &InvocationId) -> BoxFuture<'_, Result<Option<Lost>>>;
 
     /// Delete an unadmitted running row (nothing ran) if `expect` holds,
     /// with the Idempotency-Key that started it (a retry runs anew).
     /// Returns whether it was deleted.
-    fn invocation_forget(&self, id: &str, expect: Expect) -> BoxFuture<'_, Result<bool>>;
+    fn invocation_forget(&self, id: &InvocationId, expect: Expect) -> BoxFuture<'_, Result<bool>>;
 }

@@ -11,8 +11,8 @@ use serde::Serialize;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct ApiKeyRecord {
     /// The public id (the `thk_<id>_` prefix of the key).
-    pub id: String,
-    pub tenant: String,
+    pub id: KeyId,
+    pub tenant: TenantId,
     /// `invoke`, `approve`, `admin`, `audit`.
     pub roles: Vec<String>,
     /// SHA-256 (hex) of the key's secret part.
@@ -28,9 +28,9 @@ pub trait KeyStore: Send + Sync {
     /// Store a new API key.
     fn key_put(&self, key: ApiKeyRecord) -> BoxFuture<'_, Result<()>>;
     /// An API key by id.
-    fn key_get(&self, id: &str) -> BoxFuture<'_, Result<Option<ApiKeyRecord>>>;
+    fn key_get(&self, id: &KeyId) -> BoxFuture<'_, Result<Option<ApiKeyRecord>>>;
     /// All keys (of one tenant, or of all).
-    fn key_list(&self, tenant: Option<&str>) -> BoxFuture<'_, Result<Vec<ApiKeyRecord>>>;
+    fn key_list(&self, tenant: Option<&TenantId>) -> BoxFuture<'_, Result<Vec<ApiKeyRecord>>>;
     /// Revoke a key; returns false when there is no such active key.
-    fn key_revoke(&self, id: &str, time_ms: i64) -> BoxFuture<'_, Result<bool>>;
+    fn key_revoke(&self, id: &KeyId, time_ms: i64) -> BoxFuture<'_, Result<bool>>;
 }

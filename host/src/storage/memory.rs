@@ -22,21 +22,21 @@ struct Inner {
     budget: BTreeMap<(String, String, String), (i64, i64)>,
     meta: HashMap<String, String>,
     blobs: HashMap<String, Vec<u8>>,
-    versions: BTreeMap<(String, String, String), ToolVersion>,
-    tools: BTreeMap<(String, String), ToolEntry>,
-    keys: BTreeMap<String, ApiKeyRecord>,
+    versions: BTreeMap<(TenantId, String, String), ToolVersion>,
+    tools: BTreeMap<(TenantId, String), ToolEntry>,
+    keys: BTreeMap<KeyId, ApiKeyRecord>,
     /// By position.
     invocations: BTreeMap<i64, Row>,
     /// Invocation id → position.
-    invocation_pos: HashMap<String, i64>,
+    invocation_pos: HashMap<InvocationId, i64>,
     policies: Vec<StoredPolicy>,
     /// (tenant, key) → the key.
-    idempotency: HashMap<(String, String), Idem>,
+    idempotency: HashMap<(TenantId, String), Idem>,
     /// By id: the message, when it is next due, and its claim.
     outbox: BTreeMap<i64, Queued>,
-    approvals: BTreeMap<String, ApprovalRecord>,
+    approvals: BTreeMap<ApprovalId, ApprovalRecord>,
     /// (tenant, key) → (result, expires).
-    cache: HashMap<(String, String), (String, i64)>,
+    cache: HashMap<(TenantId, String), (String, i64)>,
 }
 
 /// A message in the outbox: when it is next due, and who claimed it until
@@ -47,7 +47,7 @@ struct Idem {
     fingerprint: String,
     done: Option<String>,
     expires_ms: i64,
-    invocation_id: String,
+    invocation_id: InvocationId,
 }
 
 /// An invocation row: its record and its lifecycle.
@@ -425,8 +425,8 @@ impl AuditStore for MemoryStorage {
         let mut tenants: Vec<String> = inner
             .invocations
             .values()
-            .map(|r| r.record.tenant.clone())
-            .chain(inner.approvals.values().map(|a| a.tenant.clone()))
+            .map(|r| r.record.tenant.to_string())
+            .chain(inner.approvals.values().map(|a| a.tenant.to_string()))
             .collect();
         tenants.sort();
         tenants.dedup();
@@ -576,18 +576,22 @@ impl RegistryStore for MemoryStorage {
     }
     fn tool_version(
         &self,
-        tenant: &str,
+        tenant: &TenantId,
         name: &str,
         version: &str,
     ) -> BoxFuture<'_, Result<Option<ToolVersion>>> {
         let found = self
             .lock()
             .versions
-            .get(&(tenant.to_string(), name.to_string(), version.to_string()))
+            .get(&(tenant.clone(), name.to_string(), version.to_string()))
             .cloned();
         Box::pin(async move { Ok(found) })
     }
-    fn tool_versions(&self, tenant: &str, name: &str) -> BoxFuture<'_, Result<Vec<ToolVersion>>> {
+    fn tool_versions(
+        &self,
+        tenant: &TenantId,
+        name: &str,
+    ) -> BoxFuture<'_, Result<Vec<ToolVersion>>> {
         let mut found: Vec<ToolVersion> = self
             .lock()
             .versions
@@ -598,15 +602,15 @@ impl RegistryStore for MemoryStorage {
         found.sort_by(|a, b| (a.created_ms, &a.version).cmp(&(b.created_ms, &b.version)));
         Box::pin(async move { Ok(found) })
     }
-    fn tool_get(&self, tenant: &str, name: &str) -> BoxFuture<'_, Result<Option<ToolEntry>>> {
+    fn tool_get(&self, tenant: &TenantId, name: &str) -> BoxFuture<'_, Result<Option<ToolEntry>>> {
         let found = self
             .lock()
             .tools
-            .get(&(tenant.to_string(), name.to_string()))
+            .get(&(tenant.clone(), name.to_string()))
             .cloned();
         Box::pin(async move { Ok(found) })
     }
-    fn tool_list(&self, tenant: &str) -> BoxFuture<'_, Result<Vec<ToolEntry>>> {
+    fn tool_list(&self, tenant: &TenantId) -> BoxFuture<'_, Result<Vec<ToolEntry>>> {
         let found = self
             .lock()
             .tools
@@ -618,13 +622,13 @@ impl RegistryStore for MemoryStorage {
     }
     fn tool_update(
         &self,
-        tenant: &str,
+        tenant: &TenantId,
         name: &str,
         version: Option<&str>,
         disabled: Option<bool>,
     ) -> BoxFuture<'_, Result<bool>> {
         let mut inner = self.lock();
-        let key = (tenant.to_string(), name.to_string());
+        let key = (tenant.clone(), name.to_string());
         let ok = version.is_none_or(|v| {
             inner
                 .versions
@@ -648,17 +652,17 @@ impl RegistryStore for MemoryStorage {
     }
     fn tool_set_artifact(
         &self,
-        tenant: &str,
+        tenant: &TenantId,
         name: &str,
         version: &str,
         artifact: &str,
         engine: &str,
     ) -> BoxFuture<'_, Result<()>> {
-        if let Some(v) = self.lock().versions.get_mut(&(
-            tenant.to_string(),
-            name.to_string(),
-            version.to_string(),
-        )) {
+        if let Some(v) =
+            self.lock()
+                .versions
+                .get_mut(&(tenant.clone(), name.to_string(), version.to_string()))
+        {
             v.artifact = Some(artifact.to_string());
             v.engine = Some(engine.to_string());
         }
@@ -677,11 +681,11 @@ impl KeyStore for MemoryStorage {
         };
         Box::pin(async move { result })
     }
-    fn key_get(&self, id: &str) -> BoxFuture<'_, Result<Option<ApiKeyRecord>>> {
+    fn key_get(&self, id: &KeyId) -> BoxFuture<'_, Result<Option<ApiKeyRecord>>> {
         let found = self.lock().keys.get(id).cloned();
         Box::pin(async move { Ok(found) })
     }
-    fn key_list(&self, tenant: Option<&str>) -> BoxFuture<'_, Result<Vec<ApiKeyRecord>>> {
+    fn key_list(&self, tenant: Option<&TenantId>) -> BoxFuture<'_, Result<Vec<ApiKeyRecord>>> {
         let found = self
             .lock()
             .keys
@@ -691,7 +695,7 @@ impl KeyStore for MemoryStorage {
             .collect();
         Box::pin(async move { Ok(found) })
     }
-    fn key_revoke(&self, id: &str, time_ms: i64) -> BoxFuture<'_, Result<bool>> {
+    fn key_revoke(&self, id: &KeyId, time_ms: i64) -> BoxFuture<'_, Result<bool>> {
         let revoked = match self.lock().keys.get_mut(id) {
             Some(k) if k.revoked_ms.is_none() => {
                 k.revoked_ms = Some(time_ms);
@@ -706,8 +710,8 @@ impl KeyStore for MemoryStorage {
 impl InvocationStore for MemoryStorage {
     fn invocation_get(
         &self,
-        tenant: &str,
-        id: &str,
+        tenant: &TenantId,
+        id: &InvocationId,
     ) -> BoxFuture<'_, Result<Option<InvocationRecord>>> {
         let found = self
             .lock()
@@ -719,7 +723,7 @@ impl InvocationStore for MemoryStorage {
 
     fn invocation_list(
         &self,
-        tenant: &str,
+        tenant: &TenantId,
         f: InvocationFilter,
     ) -> BoxFuture<'_, Result<Vec<(i64, InvocationRecord)>>> {
         let eq = |want: &Option<String>, have: &Option<String>| {
@@ -749,7 +753,7 @@ impl InvocationStore for MemoryStorage {
 
     fn invocation_samples(
         &self,
-        tenant: &str,
+        tenant: &TenantId,
         f: SampleFilter,
     ) -> BoxFuture<'_, Result<Vec<InvocationSample>>> {
         let eq = |want: &Option<String>, have: Option<&String>| {
@@ -819,7 +823,7 @@ impl InvocationStore for MemoryStorage {
     fn invocation_renew(
         &self,
         owner: &str,
-        ids: Vec<String>,
+        ids: Vec<InvocationId>,
         lease_until: i64,
     ) -> BoxFuture<'_, Result<u64>> {
         let mut inner = self.lock();
@@ -848,7 +852,7 @@ impl InvocationStore for MemoryStorage {
         Box::pin(async move { Ok(found) })
     }
 
-    fn invocation_running(&self, id: &str) -> BoxFuture<'_, Result<Option<Lost>>> {
+    fn invocation_running(&self, id: &InvocationId) -> BoxFuture<'_, Result<Option<Lost>>> {
         let inner = self.lock();
         let found = inner
             .row(id)
@@ -857,7 +861,7 @@ impl InvocationStore for MemoryStorage {
         Box::pin(async move { Ok(found) })
     }
 
-    fn invocation_forget(&self, id: &str, expect: Expect) -> BoxFuture<'_, Result<bool>> {
+    fn invocation_forget(&self, id: &InvocationId, expect: Expect) -> BoxFuture<'_, Result<bool>> {
         let mut inner = self.lock();
         let forgotten = match inner.row(id).cloned() {
             Some(row) if !row.admitted && check(&expect, Some(&row.state())) => {
@@ -925,8 +929,8 @@ impl IdempotencyStore for MemoryStorage {
 impl ApprovalStore for MemoryStorage {
     fn approval_get(
         &self,
-        tenant: &str,
-        id: &str,
+        tenant: &TenantId,
+        id: &ApprovalId,
     ) -> BoxFuture<'_, Result<Option<ApprovalRecord>>> {
         let found = self
             .lock()
@@ -938,7 +942,7 @@ impl ApprovalStore for MemoryStorage {
     }
     fn approval_list(
         &self,
-        tenant: &str,
+        tenant: &TenantId,
         status: Option<&str>,
         now_ms: i64,
         before: Option<(i64, String)>,
@@ -953,7 +957,7 @@ impl ApprovalStore for MemoryStorage {
                     && status.is_none_or(|s| effective_status(a, now_ms) == s)
                     && before
                         .as_ref()
-                        .is_none_or(|(ms, id)| (a.created_ms, &a.id) < (*ms, id))
+                        .is_none_or(|(ms, id)| (a.created_ms, a.id.as_str()) < (*ms, id.as_str()))
             })
             .cloned()
             .collect();
@@ -979,14 +983,14 @@ impl ApprovalStore for MemoryStorage {
 impl CacheStore for MemoryStorage {
     fn cache_get(
         &self,
-        tenant: &str,
+        tenant: &TenantId,
         key: &str,
         now_ms: i64,
     ) -> BoxFuture<'_, Result<Option<String>>> {
         let found = self
             .lock()
             .cache
-            .get(&(tenant.to_string(), key.to_string()))
+            .get(&(tenant.clone(), key.to_string()))
             .filter(|(_, expires)| *expires > now_ms)
             .map(|(r, _)| r.clone());
         Box::pin(async move { Ok(found) })

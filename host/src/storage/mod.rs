@@ -27,6 +27,7 @@ mod approvals;
 mod audit;
 mod budget;
 mod cache;
+mod columns;
 mod idempotency;
 mod invocations;
 mod keys;
@@ -47,6 +48,7 @@ pub use outbox::*;
 pub use policies::*;
 pub use registry::*;
 
+pub use crate::ids::{ApprovalId, InvocationId, KeyId, TenantId};
 use std::sync::Arc;
 
 /// The store traits, for calling their methods on a concrete backend.

@@ -13,11 +13,11 @@ use serde::Serialize;
 pub struct OutboxMessage {
     /// Assigned by the store (0 when new).
     pub id: i64,
-    pub tenant: String,
+    pub tenant: TenantId,
     /// The invocation whose outcome it reports.
-    pub invocation_id: String,
+    pub invocation_id: InvocationId,
     /// The approval it concerns.
-    pub approval_id: Option<String>,
+    pub approval_id: Option<ApprovalId>,
     pub url: String,
     pub created_ms: i64,
     /// Delivery attempts so far.
@@ -32,17 +32,17 @@ impl OutboxMessage {
     /// A new message (pending, not yet attempted) reporting the outcome of
     /// `invocation_id`, which waited for `approval_id`, to `url`.
     pub fn new(
-        tenant: &str,
-        invocation_id: &str,
-        approval_id: &str,
+        tenant: &TenantId,
+        invocation_id: &InvocationId,
+        approval_id: &ApprovalId,
         url: &str,
         created_ms: i64,
     ) -> OutboxMessage {
         OutboxMessage {
             id: 0,
-            tenant: tenant.to_string(),
-            invocation_id: invocation_id.to_string(),
-            approval_id: Some(approval_id.to_string()),
+            tenant: tenant.clone(),
+            invocation_id: invocation_id.clone(),
+            approval_id: Some(approval_id.clone()),
             url: url.to_string(),
             created_ms,
             attempts: 0,

@@ -10,7 +10,7 @@ use serde::Serialize;
 /// One immutable version of a registered tool.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct ToolVersion {
-    pub tenant: String,
+    pub tenant: TenantId,
     pub name: String,
     pub version: String,
     /// SHA-256 of the component bytes (the blob key).
@@ -29,7 +29,7 @@ pub struct ToolVersion {
 /// A tool name: which version it points at, and whether it is disabled.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct ToolEntry {
-    pub tenant: String,
+    pub tenant: TenantId,
     pub name: String,
     pub current: String,
     pub disabled: bool,
@@ -63,21 +63,25 @@ pub trait RegistryStore: Send + Sync {
     /// A version of a tool.
     fn tool_version(
         &self,
-        tenant: &str,
+        tenant: &TenantId,
         name: &str,
         version: &str,
     ) -> BoxFuture<'_, Result<Option<ToolVersion>>>;
     /// All versions of a tool, oldest first.
-    fn tool_versions(&self, tenant: &str, name: &str) -> BoxFuture<'_, Result<Vec<ToolVersion>>>;
+    fn tool_versions(
+        &self,
+        tenant: &TenantId,
+        name: &str,
+    ) -> BoxFuture<'_, Result<Vec<ToolVersion>>>;
     /// A tool name's entry.
-    fn tool_get(&self, tenant: &str, name: &str) -> BoxFuture<'_, Result<Option<ToolEntry>>>;
+    fn tool_get(&self, tenant: &TenantId, name: &str) -> BoxFuture<'_, Result<Option<ToolEntry>>>;
     /// A tenant's tools, by name.
-    fn tool_list(&self, tenant: &str) -> BoxFuture<'_, Result<Vec<ToolEntry>>>;
+    fn tool_list(&self, tenant: &TenantId) -> BoxFuture<'_, Result<Vec<ToolEntry>>>;
     /// Re-point a name at an existing version and/or (dis)able it. Returns
     /// false when the tool or version does not exist.
     fn tool_update(
         &self,
-        tenant: &str,
+        tenant: &TenantId,
         name: &str,
         version: Option<&str>,
         disabled: Option<bool>,
@@ -85,7 +89,7 @@ pub trait RegistryStore: Send + Sync {
     /// Record a (re)built precompiled artifact for a version.
     fn tool_set_artifact(
         &self,
-        tenant: &str,
+        tenant: &TenantId,
         name: &str,
         version: &str,
         artifact: &str,

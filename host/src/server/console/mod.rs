@@ -403,7 +403,12 @@ async fn resolve(
         let Some(claims) = Sessions::parse(value) else {
             continue;
         };
-        let Some(key) = c.app.storage.key_get(&claims.key_id).await? else {
+        let Some(key) = c
+            .app
+            .storage
+            .key_get(&claims.key_id.as_str().into())
+            .await?
+        else {
             continue;
         };
         if key.revoked_ms.is_some() {

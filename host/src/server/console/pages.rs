@@ -326,7 +326,7 @@ pub async fn approval(
     let a = c
         .app
         .storage
-        .approval_get(tenant, &id)
+        .approval_get(tenant, &id.as_str().into())
         .await?
         .ok_or_else(|| not_found_error(format!("no approval request `{id}`")))?;
     let now = now_ms();
@@ -553,7 +553,7 @@ pub async fn invocation(
     let record = c
         .app
         .storage
-        .invocation_get(tenant, &id)
+        .invocation_get(tenant, &id.as_str().into())
         .await?
         .ok_or_else(|| not_found_error(format!("no invocation `{id}`")))?;
     let record = approvals::current_record(c.app.storage.as_ref(), record).await?;
@@ -934,7 +934,7 @@ pub async fn budgets(
     Extension(session): Extension<Session>,
 ) -> Page {
     require(&session.caller, BUDGETS)?;
-    let tenant = session.caller.tenant().to_string();
+    let tenant = session.caller.tenant().clone();
     let now = now_ms();
     let report = crate::stats::report(
         c.app.storage.as_ref(),

@@ -139,7 +139,7 @@ impl Sessions {
         let claims = Sessions::parse(value)?;
         let tag = value.rsplit('.').next()?;
         let expires = claims.expires_ms.to_string();
-        let genuine = claims.key_id == key.id
+        let genuine = key.id == claims.key_id
             && self.verify(
                 "session",
                 &[&key.id, &expires, &claims.nonce, &key.hash],
@@ -270,7 +270,7 @@ mod tests {
         let k = key("00112233445566aa", "h1");
         let cookie = s.issue(&k, 1000);
         let claims = s.check(&cookie, &k, 2000).expect("valid");
-        assert_eq!(claims.key_id, k.id);
+        assert_eq!(k.id, claims.key_id);
         // Expired.
         assert!(s.check(&cookie, &k, 1000 + SESSION_TTL_MS).is_none());
         // Another secret (another deployment) did not sign it.

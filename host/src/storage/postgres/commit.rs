@@ -12,6 +12,7 @@
 use super::{PostgresStorage, transact};
 use crate::audit::link::{HeadRow, link, refused, vet};
 use crate::error::Result;
+use crate::ids::{ApprovalId, InvocationId, TenantId};
 use crate::storage::{
     Admit, Charge, Decision, End, IdempotencyBegin, KeyBegin, KeyRow, NewEntry, NewRun, Notary,
     Refused, RowState, Signed, StoredEntry, Work, check, decide, end_charges, exceeds, may_decide,
@@ -120,10 +121,10 @@ struct Inv {
 /// An approval as a batch sees it.
 #[derive(Debug, Clone)]
 struct Apr {
-    tenant: String,
+    tenant: TenantId,
     status: String,
     expires_ms: i64,
-    invocation_id: String,
+    invocation_id: InvocationId,
 }
 
 async fn read_heads(
@@ -203,13 +204,13 @@ pub(super) async fn commit_in(
     let (heads, bad) = vet(&rows, registry.as_ref(), notary);
 
     // 2. The approvals decided and the invocation rows moved, locked.
-    let approval_ids: Vec<String> = works
+    let approval_ids: Vec<ApprovalId> = works
         .iter()
         .filter_map(|w| w.decide.as_ref().map(|d| d.approval_id.clone()))
         .collect::<BTreeSet<_>>()
         .into_iter()
         .collect();
-    let mut approvals: BTreeMap<String, Apr> = BTreeMap::new();
+    let mut approvals: BTreeMap<ApprovalId, Apr> = BTreeMap::new();
     if !approval_ids.is_empty() {
         for r in sqlx::query(
             "SELECT id, tenant, status, expires_ms, invocation_id FROM approvals WHERE id = ANY($1)",
@@ -229,14 +230,14 @@ pub(super) async fn commit_in(
             );
         }
     }
-    let inv_ids: Vec<String> = works
+    let inv_ids: Vec<InvocationId> = works
         .iter()
         .filter_map(|w| w.end.as_ref().map(|e| e.record.id.clone()))
         .chain(approvals.values().map(|a| a.invocation_id.clone()))
         .collect::<BTreeSet<_>>()
         .into_iter()
         .collect();
-    let mut invs: BTreeMap<String, Inv> = BTreeMap::new();
+    let mut invs: BTreeMap<InvocationId, Inv> = BTreeMap::new();
     if !inv_ids.is_empty() {
         for r in sqlx::query(
             "SELECT id, status, owner, lease_until, worst FROM invocations
@@ -269,7 +270,7 @@ pub(super) async fn commit_in(
         .fetch_all(&mut *tx)
         .await?
         {
-            if let Some(a) = approvals.get_mut(&r.get::<String, _>(0)) {
+            if let Some(a) = approvals.get_mut(&r.get::<ApprovalId, _>(0)) {
                 a.status = r.get(1);
             }
         }
@@ -278,7 +279,7 @@ pub(super) async fn commit_in(
     // 3. Decide, in order, each work seeing the ones accepted before it.
     let mut taken: Vec<std::result::Result<(), crate::Error>> = Vec::with_capacity(works.len());
     let mut decisions: Vec<&Decision> = Vec::new();
-    let mut records: BTreeMap<String, &End> = BTreeMap::new();
+    let mut records: BTreeMap<InvocationId, &End> = BTreeMap::new();
     let mut release: Vec<Charge> = Vec::new();
     let mut charge: Vec<Charge> = Vec::new();
     for w in works {
@@ -302,7 +303,7 @@ pub(super) async fn commit_in(
             continue;
         }
         // The decision's effect on the row, as this work's end sees it.
-        let mut after: Option<(String, Inv)> = None;
+        let mut after: Option<(InvocationId, Inv)> = None;
         if let Some(d) = &w.decide
             && let Some((owner, lease_until)) = &d.run
         {
@@ -519,7 +520,7 @@ async fn decide_in(tx: &mut PgConnection, d: &Decision) -> std::result::Result<(
 /// no-op when its arrays are empty.
 async fn write_batch(
     tx: &mut PgConnection,
-    ends: &BTreeMap<String, &End>,
+    ends: &BTreeMap<InvocationId, &End>,
     release: &[Charge],
     charge: &[Charge],
     linked: &crate::audit::link::Linked,
@@ -532,8 +533,8 @@ async fn write_batch(
         return Ok(());
     }
     let r: Vec<&crate::storage::InvocationRecord> = ends.values().map(|e| &e.record).collect();
-    let s = |f: fn(&crate::storage::InvocationRecord) -> &String| -> Vec<String> {
-        r.iter().map(|x| f(x).clone()).collect()
+    let s = |f: fn(&crate::storage::InvocationRecord) -> &str| -> Vec<String> {
+        r.iter().map(|x| f(x).to_owned()).collect()
     };
     let o = |f: fn(&crate::storage::InvocationRecord) -> &Option<String>| -> Vec<Option<String>> {
         r.iter().map(|x| f(x).clone()).collect()
@@ -661,7 +662,7 @@ pub(super) enum Admitted {
     Answers(Vec<std::result::Result<(), Refused>>),
     /// These new rows' ids were found taken when inserted (roll back, and
     /// decide again with them refused).
-    Taken(BTreeSet<String>),
+    Taken(BTreeSet<InvocationId>),
 }
 
 /// A budget line's key.
@@ -702,7 +703,7 @@ impl<'a> Columns<'a> {
 pub(super) async fn admit_in(
     tx: &mut PgConnection,
     admits: &[Admit],
-    taken: &BTreeSet<String>,
+    taken: &BTreeSet<InvocationId>,
 ) -> std::result::Result<Admitted, sqlx::Error> {
     // 1. Rows written before admission.
     let existing: Vec<&str> = admits
@@ -712,7 +713,7 @@ pub(super) async fn admit_in(
         .collect::<BTreeSet<_>>()
         .into_iter()
         .collect();
-    let mut rows: BTreeMap<String, (String, Option<String>, bool)> = BTreeMap::new();
+    let mut rows: BTreeMap<InvocationId, (String, Option<String>, bool)> = BTreeMap::new();
     if !existing.is_empty() {
         for r in sqlx::query(
             "SELECT id, status, owner, admitted FROM invocations WHERE id = ANY($1) ORDER BY id FOR UPDATE",
@@ -818,13 +819,13 @@ pub(super) async fn admit_in(
     let fresh: Vec<&Admit> = admitted.iter().copied().filter(|a| !a.existing).collect();
     let old: Vec<&Admit> = admitted.iter().copied().filter(|a| a.existing).collect();
     let worst = |a: &Admit| serde_json::to_string(&a.worst).unwrap_or_default();
-    let s = |f: fn(&NewRun) -> &String, v: &[&Admit]| -> Vec<String> {
-        v.iter().map(|a| f(&a.run).clone()).collect()
+    let s = |f: fn(&NewRun) -> &str, v: &[&Admit]| -> Vec<String> {
+        v.iter().map(|a| f(&a.run).to_owned()).collect()
     };
     let o = |f: fn(&NewRun) -> &Option<String>, v: &[&Admit]| -> Vec<Option<String>> {
         v.iter().map(|a| f(&a.run).clone()).collect()
     };
-    let inserted: Vec<String> = sqlx::query_scalar(
+    let inserted: Vec<InvocationId> = sqlx::query_scalar(
         "WITH lines AS (
            UPDATE budget b SET reserved = x.r
            FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bigint[]) AS x(s, w, m, r)
@@ -870,7 +871,7 @@ pub(super) async fn admit_in(
     .fetch_all(&mut *tx)
     .await?;
     if inserted.len() < fresh.len() {
-        let inserted: BTreeSet<&str> = inserted.iter().map(String::as_str).collect();
+        let inserted: BTreeSet<&str> = inserted.iter().map(|i| i.as_str()).collect();
         return Ok(Admitted::Taken(
             fresh
                 .iter()

@@ -313,7 +313,7 @@ impl RegistryStore for PostgresStorage {
     }
     fn tool_version(
         &self,
-        tenant: &str,
+        tenant: &TenantId,
         name: &str,
         version: &str,
     ) -> BoxFuture<'_, Result<Option<ToolVersion>>> {
@@ -331,7 +331,11 @@ impl RegistryStore for PostgresStorage {
             Ok(row.as_ref().map(tool_version_row))
         })
     }
-    fn tool_versions(&self, tenant: &str, name: &str) -> BoxFuture<'_, Result<Vec<ToolVersion>>> {
+    fn tool_versions(
+        &self,
+        tenant: &TenantId,
+        name: &str,
+    ) -> BoxFuture<'_, Result<Vec<ToolVersion>>> {
         let (tenant, name) = (tenant.to_string(), name.to_string());
         Box::pin(async move {
             let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
@@ -346,7 +350,7 @@ impl RegistryStore for PostgresStorage {
             Ok(rows.iter().map(tool_version_row).collect())
         })
     }
-    fn tool_get(&self, tenant: &str, name: &str) -> BoxFuture<'_, Result<Option<ToolEntry>>> {
+    fn tool_get(&self, tenant: &TenantId, name: &str) -> BoxFuture<'_, Result<Option<ToolEntry>>> {
         let (tenant, name) = (tenant.to_string(), name.to_string());
         Box::pin(async move {
             let row = sqlx::query(
@@ -360,7 +364,7 @@ impl RegistryStore for PostgresStorage {
             Ok(row.as_ref().map(tool_entry_row))
         })
     }
-    fn tool_list(&self, tenant: &str) -> BoxFuture<'_, Result<Vec<ToolEntry>>> {
+    fn tool_list(&self, tenant: &TenantId) -> BoxFuture<'_, Result<Vec<ToolEntry>>> {
         let tenant = tenant.to_string();
         Box::pin(async move {
             let rows = sqlx::query(
@@ -376,7 +380,7 @@ impl RegistryStore for PostgresStorage {
     }
     fn tool_update(
         &self,
-        tenant: &str,
+        tenant: &TenantId,
         name: &str,
         version: Option<&str>,
         disabled: Option<bool>,
@@ -409,7 +413,7 @@ impl RegistryStore for PostgresStorage {
     }
     fn tool_set_artifact(
         &self,
-        tenant: &str,
+        tenant: &TenantId,
         name: &str,
         version: &str,
         artifact: &str,
@@ -454,7 +458,7 @@ impl KeyStore for PostgresStorage {
             Ok(())
         })
     }
-    fn key_get(&self, id: &str) -> BoxFuture<'_, Result<Option<ApiKeyRecord>>> {
+    fn key_get(&self, id: &KeyId) -> BoxFuture<'_, Result<Option<ApiKeyRecord>>> {
         let id = id.to_string();
         Box::pin(async move {
             let row = sqlx::query(
@@ -467,8 +471,8 @@ impl KeyStore for PostgresStorage {
             Ok(row.as_ref().map(key_row))
         })
     }
-    fn key_list(&self, tenant: Option<&str>) -> BoxFuture<'_, Result<Vec<ApiKeyRecord>>> {
-        let tenant = tenant.map(str::to_string);
+    fn key_list(&self, tenant: Option<&TenantId>) -> BoxFuture<'_, Result<Vec<ApiKeyRecord>>> {
+        let tenant = tenant.cloned();
         Box::pin(async move {
             let rows = sqlx::query(
                 "SELECT id, tenant, roles, hash, label, created_ms, revoked_ms FROM api_keys
@@ -481,7 +485,7 @@ impl KeyStore for PostgresStorage {
             Ok(rows.iter().map(key_row).collect())
         })
     }
-    fn key_revoke(&self, id: &str, time_ms: i64) -> BoxFuture<'_, Result<bool>> {
+    fn key_revoke(&self, id: &KeyId, time_ms: i64) -> BoxFuture<'_, Result<bool>> {
         let id = id.to_string();
         Box::pin(async move {
             let n = sqlx::query(
@@ -543,8 +547,8 @@ const LOST_SELECT: &str = "SELECT i.id, i.tenant, i.tool, i.function, i.version,
 impl InvocationStore for PostgresStorage {
     fn invocation_get(
         &self,
-        tenant: &str,
-        id: &str,
+        tenant: &TenantId,
+        id: &InvocationId,
     ) -> BoxFuture<'_, Result<Option<InvocationRecord>>> {
         let (tenant, id) = (tenant.to_string(), id.to_string());
         Box::pin(async move {
@@ -561,7 +565,7 @@ impl InvocationStore for PostgresStorage {
     }
     fn invocation_list(
         &self,
-        tenant: &str,
+        tenant: &TenantId,
         f: InvocationFilter,
     ) -> BoxFuture<'_, Result<Vec<(i64, InvocationRecord)>>> {
         let tenant = tenant.to_string();
@@ -593,7 +597,7 @@ impl InvocationStore for PostgresStorage {
     }
     fn invocation_samples(
         &self,
-        tenant: &str,
+        tenant: &TenantId,
         f: SampleFilter,
     ) -> BoxFuture<'_, Result<Vec<InvocationSample>>> {
         let tenant = tenant.to_string();
@@ -632,7 +636,7 @@ impl InvocationStore for PostgresStorage {
     fn invocation_renew(
         &self,
         owner: &str,
-        ids: Vec<String>,
+        ids: Vec<InvocationId>,
         lease_until: i64,
     ) -> BoxFuture<'_, Result<u64>> {
         let owner = owner.to_string();
@@ -667,7 +671,7 @@ impl InvocationStore for PostgresStorage {
             Ok(rows.iter().filter_map(lost_row).collect())
         })
     }
-    fn invocation_running(&self, id: &str) -> BoxFuture<'_, Result<Option<Lost>>> {
+    fn invocation_running(&self, id: &InvocationId) -> BoxFuture<'_, Result<Option<Lost>>> {
         let id = id.to_string();
         Box::pin(async move {
             let row = sqlx::query(sqlx::AssertSqlSafe(format!(
@@ -680,7 +684,7 @@ impl InvocationStore for PostgresStorage {
             Ok(row.as_ref().and_then(lost_row))
         })
     }
-    fn invocation_forget(&self, id: &str, expect: Expect) -> BoxFuture<'_, Result<bool>> {
+    fn invocation_forget(&self, id: &InvocationId, expect: Expect) -> BoxFuture<'_, Result<bool>> {
         let id = id.to_string();
         Box::pin(async move {
             transact!(self, true, |tx| {
@@ -770,8 +774,8 @@ impl IdempotencyStore for PostgresStorage {
 impl ApprovalStore for PostgresStorage {
     fn approval_get(
         &self,
-        tenant: &str,
-        id: &str,
+        tenant: &TenantId,
+        id: &ApprovalId,
     ) -> BoxFuture<'_, Result<Option<ApprovalRecord>>> {
         let (tenant, id) = (tenant.to_string(), id.to_string());
         Box::pin(async move {
@@ -788,7 +792,7 @@ impl ApprovalStore for PostgresStorage {
     }
     fn approval_list(
         &self,
-        tenant: &str,
+        tenant: &TenantId,
         status: Option<&str>,
         now_ms: i64,
         before: Option<(i64, String)>,
@@ -843,7 +847,7 @@ impl ApprovalStore for PostgresStorage {
 impl CacheStore for PostgresStorage {
     fn cache_get(
         &self,
-        tenant: &str,
+        tenant: &TenantId,
         key: &str,
         now_ms: i64,
     ) -> BoxFuture<'_, Result<Option<String>>> {

@@ -6,8 +6,8 @@ use super::*;
 impl ApprovalStore for SqliteStorage {
     fn approval_get(
         &self,
-        tenant: &str,
-        id: &str,
+        tenant: &TenantId,
+        id: &ApprovalId,
     ) -> BoxFuture<'_, Result<Option<ApprovalRecord>>> {
         let (tenant, id) = (tenant.to_string(), id.to_string());
         Box::pin(async move {
@@ -24,7 +24,7 @@ impl ApprovalStore for SqliteStorage {
     }
     fn approval_list(
         &self,
-        tenant: &str,
+        tenant: &TenantId,
         status: Option<&str>,
         now_ms: i64,
         before: Option<(i64, String)>,

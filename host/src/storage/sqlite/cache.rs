@@ -6,7 +6,7 @@ use super::*;
 impl CacheStore for SqliteStorage {
     fn cache_get(
         &self,
-        tenant: &str,
+        tenant: &TenantId,
         key: &str,
         now_ms: i64,
     ) -> BoxFuture<'_, Result<Option<String>>> {

@@ -62,7 +62,7 @@ fn may_decide_in(tx: &Connection, d: &Decision) -> rusqlite::Result<bool> {
         .prepare_cached(
             "SELECT status, expires_ms, invocation_id FROM approvals WHERE tenant = ? AND id = ?",
         )?
-        .query_row([&d.tenant, &d.approval_id], |r| {
+        .query_row(rusqlite::params![d.tenant, d.approval_id], |r| {
             Ok((r.get(0)?, r.get(1)?, r.get(2)?))
         })
         .optional()?;
@@ -525,7 +525,7 @@ pub(super) fn idempotency_begin(
              FROM idempotency k LEFT JOIN invocations i ON i.id = k.invocation_id
              WHERE k.tenant = ? AND k.key = ?",
         )?
-        .query_row([&b.tenant, &b.key], |r| {
+        .query_row(rusqlite::params![b.tenant, b.key], |r| {
             let state: String = r.get(2)?;
             let response: Option<String> = r.get(4)?;
             Ok(KeyRow {

@@ -50,8 +50,8 @@ fn lost_row(r: &sqlx::sqlite::SqliteRow) -> Option<Lost> {
 impl InvocationStore for SqliteStorage {
     fn invocation_get(
         &self,
-        tenant: &str,
-        id: &str,
+        tenant: &TenantId,
+        id: &InvocationId,
     ) -> BoxFuture<'_, Result<Option<InvocationRecord>>> {
         let (tenant, id) = (tenant.to_string(), id.to_string());
         Box::pin(async move {
@@ -68,7 +68,7 @@ impl InvocationStore for SqliteStorage {
     }
     fn invocation_list(
         &self,
-        tenant: &str,
+        tenant: &TenantId,
         f: InvocationFilter,
     ) -> BoxFuture<'_, Result<Vec<(i64, InvocationRecord)>>> {
         let tenant = tenant.to_string();
@@ -101,7 +101,7 @@ impl InvocationStore for SqliteStorage {
 
     fn invocation_samples(
         &self,
-        tenant: &str,
+        tenant: &TenantId,
         f: SampleFilter,
     ) -> BoxFuture<'_, Result<Vec<InvocationSample>>> {
         let tenant = tenant.to_string();
@@ -161,7 +161,7 @@ impl InvocationStore for SqliteStorage {
     fn invocation_renew(
         &self,
         owner: &str,
-        ids: Vec<String>,
+        ids: Vec<InvocationId>,
         lease_until: i64,
     ) -> BoxFuture<'_, Result<u64>> {
         let owner = owner.to_string();
@@ -203,7 +203,7 @@ impl InvocationStore for SqliteStorage {
         })
     }
 
-    fn invocation_running(&self, id: &str) -> BoxFuture<'_, Result<Option<Lost>>> {
+    fn invocation_running(&self, id: &InvocationId) -> BoxFuture<'_, Result<Option<Lost>>> {
         let id = id.to_string();
         Box::pin(async move {
             let row = sqlx::query(sqlx::AssertSqlSafe(format!(
@@ -217,7 +217,7 @@ impl InvocationStore for SqliteStorage {
         })
     }
 
-    fn invocation_forget(&self, id: &str, expect: Expect) -> BoxFuture<'_, Result<bool>> {
+    fn invocation_forget(&self, id: &InvocationId, expect: Expect) -> BoxFuture<'_, Result<bool>> {
         let id = id.to_string();
         Box::pin(self.writer.run(move |w| {
             let tx = w

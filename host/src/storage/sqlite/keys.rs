@@ -22,7 +22,7 @@ impl KeyStore for SqliteStorage {
             Ok(())
         })
     }
-    fn key_get(&self, id: &str) -> BoxFuture<'_, Result<Option<ApiKeyRecord>>> {
+    fn key_get(&self, id: &KeyId) -> BoxFuture<'_, Result<Option<ApiKeyRecord>>> {
         let id = id.to_string();
         Box::pin(async move {
             let row = sqlx::query(
@@ -35,8 +35,8 @@ impl KeyStore for SqliteStorage {
             Ok(row.as_ref().map(key_row))
         })
     }
-    fn key_list(&self, tenant: Option<&str>) -> BoxFuture<'_, Result<Vec<ApiKeyRecord>>> {
-        let tenant = tenant.map(str::to_string);
+    fn key_list(&self, tenant: Option<&TenantId>) -> BoxFuture<'_, Result<Vec<ApiKeyRecord>>> {
+        let tenant = tenant.cloned();
         Box::pin(async move {
             let rows = sqlx::query(
                 "SELECT id, tenant, roles, hash, label, created_ms, revoked_ms FROM api_keys WHERE ?1 IS NULL OR tenant = ?1 ORDER BY tenant, created_ms",
@@ -48,7 +48,7 @@ impl KeyStore for SqliteStorage {
             Ok(rows.iter().map(key_row).collect())
         })
     }
-    fn key_revoke(&self, id: &str, time_ms: i64) -> BoxFuture<'_, Result<bool>> {
+    fn key_revoke(&self, id: &KeyId, time_ms: i64) -> BoxFuture<'_, Result<bool>> {
         let id = id.to_string();
         Box::pin(async move {
             let n = sqlx::query(

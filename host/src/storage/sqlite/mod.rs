@@ -422,7 +422,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!(
             "toolhost-health-{}-{}",
             std::process::id(),
-            crate::invoke::new_invocation_id()
+            crate::ids::InvocationId::generate()
         ));
         let storage = SqliteStorage::open(&dir).await.unwrap();
         storage.health().await.unwrap();

@@ -81,7 +81,7 @@ impl RegistryStore for SqliteStorage {
     }
     fn tool_version(
         &self,
-        tenant: &str,
+        tenant: &TenantId,
         name: &str,
         version: &str,
     ) -> BoxFuture<'_, Result<Option<ToolVersion>>> {
@@ -100,7 +100,11 @@ impl RegistryStore for SqliteStorage {
             Ok(row.as_ref().map(tool_version_row))
         })
     }
-    fn tool_versions(&self, tenant: &str, name: &str) -> BoxFuture<'_, Result<Vec<ToolVersion>>> {
+    fn tool_versions(
+        &self,
+        tenant: &TenantId,
+        name: &str,
+    ) -> BoxFuture<'_, Result<Vec<ToolVersion>>> {
         let (tenant, name) = (tenant.to_string(), name.to_string());
         Box::pin(async move {
             let sql = format!(
@@ -115,7 +119,7 @@ impl RegistryStore for SqliteStorage {
             Ok(rows.iter().map(tool_version_row).collect())
         })
     }
-    fn tool_get(&self, tenant: &str, name: &str) -> BoxFuture<'_, Result<Option<ToolEntry>>> {
+    fn tool_get(&self, tenant: &TenantId, name: &str) -> BoxFuture<'_, Result<Option<ToolEntry>>> {
         let (tenant, name) = (tenant.to_string(), name.to_string());
         Box::pin(async move {
             let row = sqlx::query(
@@ -129,7 +133,7 @@ impl RegistryStore for SqliteStorage {
             Ok(row.as_ref().map(tool_entry_row))
         })
     }
-    fn tool_list(&self, tenant: &str) -> BoxFuture<'_, Result<Vec<ToolEntry>>> {
+    fn tool_list(&self, tenant: &TenantId) -> BoxFuture<'_, Result<Vec<ToolEntry>>> {
         let tenant = tenant.to_string();
         Box::pin(async move {
             let rows = sqlx::query(
@@ -144,7 +148,7 @@ impl RegistryStore for SqliteStorage {
     }
     fn tool_update(
         &self,
-        tenant: &str,
+        tenant: &TenantId,
         name: &str,
         version: Option<&str>,
         disabled: Option<bool>,
@@ -189,7 +193,7 @@ impl RegistryStore for SqliteStorage {
     }
     fn tool_set_artifact(
         &self,
-        tenant: &str,
+        tenant: &TenantId,
         name: &str,
         version: &str,
         artifact: &str,
