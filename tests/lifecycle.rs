@@ -163,7 +163,7 @@ async fn a_lost_invocation_is_reaped_after_its_lease_not_before() {
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(rec.status, "error");
+    assert_eq!(rec.status, toolhost::storage::Status::Error);
     assert_eq!(rec.error_kind.as_deref(), Some("host_lost"));
     assert_eq!(
         calls(&s).await,
@@ -322,14 +322,14 @@ async fn an_undecided_approval_expires_and_stays_expired() {
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(a.status, "expired");
+    assert_eq!(a.status, toolhost::storage::ApprovalStatus::Expired);
     let rec = s
         .storage
         .invocation_get(&TenantId::from("acme"), &outcome.invocation_id)
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(rec.status, "refused");
+    assert_eq!(rec.status, toolhost::storage::Status::Refused);
     assert_eq!(rec.error_kind.as_deref(), Some("approval_expired"));
     assert!(verify(&s).await.ok);
 }

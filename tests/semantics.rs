@@ -707,7 +707,7 @@ async fn a_decision_erases_the_stored_arguments() {
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(a.status, "denied");
+    assert_eq!(a.status, toolhost::storage::ApprovalStatus::Denied);
     assert_eq!(a.args, "", "the arguments survived the decision");
     assert!(
         !a.args_redacted.contains(secret_order),

@@ -75,7 +75,7 @@ fn record(id: &str, status: &str) -> InvocationRecord {
         workflow: None,
         task_id: Some("task".into()),
         principal: Some("k".into()),
-        status: status.into(),
+        status: toolhost::storage::Status::parse(status).unwrap(),
         error_kind: None,
         created_ms: 1,
         response: json!({"invocation_id": id, "status": status, "tool": "t", "function": "f",
@@ -262,7 +262,7 @@ async fn an_end_settles_by_the_rows_own_charges() {
             .await
             .unwrap()
             .unwrap();
-        assert_eq!(rec.status, "error", "{name}");
+        assert_eq!(rec.status, toolhost::storage::Status::Error, "{name}");
     }
 }
 
@@ -473,7 +473,7 @@ fn approval(id: &str, invocation_id: &str, expires_ms: i64) -> ApprovalRecord {
         id: id.into(),
         tenant: "acme".into(),
         invocation_id: invocation_id.into(),
-        status: "pending".into(),
+        status: toolhost::storage::ApprovalStatus::Pending,
         tool: "t".into(),
         function: "f".into(),
         version: Some("1".into()),
@@ -520,7 +520,7 @@ async fn one_decision_wins_and_approval_hands_the_row_over() {
             decide: Some(Decision {
                 tenant: "acme".into(),
                 approval_id: apr.into(),
-                status: status.into(),
+                status: toolhost::storage::ApprovalStatus::parse(status).unwrap(),
                 decided_by: Some("boss".into()),
                 reason: None,
                 now_ms,
@@ -553,7 +553,7 @@ async fn one_decision_wins_and_approval_hands_the_row_over() {
             .unwrap()
             .unwrap();
         assert_eq!(a.args, "", "{name}: the arguments are erased once decided");
-        if a.status == "approved" {
+        if a.status == toolhost::storage::ApprovalStatus::Approved {
             let row = s
                 .invocation_running(&InvocationId::from("inv_1"))
                 .await
@@ -563,7 +563,11 @@ async fn one_decision_wins_and_approval_hands_the_row_over() {
             assert_eq!(row.run.lease_until, 5000, "{name}");
             assert!(!row.admitted, "{name}");
         } else {
-            assert_eq!(a.status, "denied", "{name}");
+            assert_eq!(
+                a.status,
+                toolhost::storage::ApprovalStatus::Denied,
+                "{name}"
+            );
         }
         // Expiry: not before its deadline, then once.
         assert!(
@@ -799,7 +803,7 @@ async fn samples_and_time_filters_read_the_records() {
                 workflow: workflow.map(str::to_string),
                 task_id: Some(format!("t{}", i % 2)),
                 principal: None,
-                status: status.to_string(),
+                status: toolhost::storage::Status::parse(status).unwrap(),
                 error_kind: kind.map(str::to_string),
                 created_ms: *created,
                 response: response.to_string(),

@@ -23,6 +23,7 @@ use crate::invoke::{Call, Outcome, Status};
 use crate::limits::Limits;
 use crate::registry::Registry;
 use crate::service::InvocationService;
+use crate::storage::ApprovalStatus;
 use crate::storage::{
     ApprovalRecord, Decision, End, Expect, InvocationRecord, OutboxMessage, Storage, Work,
 };
@@ -60,19 +61,17 @@ pub async fn list(
                 })?,
         ),
     };
-    if let Some(other) = status.filter(|s| {
-        !matches!(
-            *s,
-            "pending" | "expired" | "approved" | "denied" | "withdrawn"
-        )
-    }) {
-        return Err(Error::new(
-            ErrorKind::InvalidRequest,
-            format!(
-                "unknown approval status `{other}`: use pending, approved, denied, expired or withdrawn"
-            ),
-        ));
-    }
+    let status = match status {
+        None => None,
+        Some(s) => Some(ApprovalStatus::parse(s).ok_or_else(|| {
+            Error::new(
+                ErrorKind::InvalidRequest,
+                format!(
+                    "unknown approval status `{s}`: use pending, approved, denied, expired or withdrawn"
+                ),
+            )
+        })?),
+    };
     storage
         .approval_list(tenant, status, now_ms(), before, limit)
         .await
@@ -148,7 +147,7 @@ pub async fn decide(
     let approved_args: Option<Value> = match verdict {
         // (A request already decided has no arguments left: the decision
         // below is refused as `conflict`.)
-        Verdict::Approve if request.status == "pending" => {
+        Verdict::Approve if request.status == crate::storage::ApprovalStatus::Pending => {
             let args: Value = serde_json::from_str(&request.args)
                 .map_err(|e| Error::corrupt(format!("stored arguments: {e}")))?;
             if crate::audit::canonical::fingerprint(&args) != request.args_sha256 {
@@ -161,8 +160,8 @@ pub async fn decide(
         _ => None,
     };
     let status = match verdict {
-        Verdict::Approve => "approved",
-        Verdict::Deny => "denied",
+        Verdict::Approve => ApprovalStatus::Approved,
+        Verdict::Deny => ApprovalStatus::Denied,
     };
     let instance = d.service.instance().clone();
     let now = instance.now_ms();
@@ -185,7 +184,7 @@ pub async fn decide(
     commit_decision(&d.audit, d.storage.as_ref(), tenant, id, now, entry, work).await?;
     crate::observe::metrics::approval_decided(
         tenant,
-        status,
+        status.as_str(),
         std::time::Duration::from_millis(u64::try_from(now - request.created_ms).unwrap_or(0)),
     );
     let decided = d
@@ -252,7 +251,14 @@ pub async fn withdraw(
         ));
     }
     let reason = Some("withdrawn by the requester");
-    let (entry, mut work) = decision(request, "withdrawn", requester, reason, now, None);
+    let (entry, mut work) = decision(
+        request,
+        ApprovalStatus::Withdrawn,
+        requester,
+        reason,
+        now,
+        None,
+    );
     let error = Error::new(
         ErrorKind::ApprovalWithdrawn,
         "the requester withdrew the approval request before anyone decided it; the call did not run",
@@ -272,7 +278,7 @@ pub async fn withdraw(
 /// [`Decision`]); `run`: the waiting row handed to this owner and lease.
 fn decision(
     request: &ApprovalRecord,
-    status: &str,
+    status: ApprovalStatus,
     by: &str,
     reason: Option<&str>,
     now: i64,
@@ -294,7 +300,7 @@ fn decision(
         decide: Some(Decision {
             tenant: request.tenant.clone(),
             approval_id: request.id.clone(),
-            status: status.to_string(),
+            status,
             decided_by: Some(by.to_string()),
             reason: reason.map(str::to_string),
             now_ms: now,
@@ -326,7 +332,7 @@ async fn final_refusal(
         })?;
     work.end = Some(End {
         record: InvocationRecord {
-            status: Status::Refused.as_str().into(),
+            status: Status::Refused,
             error_kind: Some(error.kind.as_str().into()),
             response: crate::record::ended(&existing.response, Status::Refused, error)?,
             ..existing
@@ -386,7 +392,7 @@ pub async fn current_record(
     storage: &dyn Storage,
     record: InvocationRecord,
 ) -> Result<InvocationRecord> {
-    if record.status != Status::PendingApproval.as_str() {
+    if record.status != Status::PendingApproval {
         return Ok(record);
     }
     let approval_id = record.id.approval();
@@ -402,15 +408,15 @@ pub fn record_as_of(
 ) -> Result<InvocationRecord> {
     match approval {
         Some(a)
-            if record.status == Status::PendingApproval.as_str()
-                && effective_status(a, now) == "expired" =>
+            if record.status == Status::PendingApproval
+                && effective_status(a, now) == ApprovalStatus::Expired =>
         {
             let error = Error::new(
                 ErrorKind::ApprovalExpired,
                 "nobody decided the approval request before it expired",
             );
             Ok(InvocationRecord {
-                status: Status::Refused.as_str().into(),
+                status: Status::Refused,
                 error_kind: Some(error.kind.as_str().into()),
                 response: crate::record::ended(&record.response, Status::Refused, error)?,
                 ..record

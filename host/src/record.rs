@@ -39,6 +39,24 @@ pub enum Status {
 }
 
 impl Status {
+    pub const ALL: [Status; 5] = [
+        Status::Ok,
+        Status::Error,
+        Status::Refused,
+        Status::PendingApproval,
+        Status::Running,
+    ];
+
+    /// The status a stored name means (`None`: no status has that name).
+    pub fn parse(s: &str) -> Option<Status> {
+        Status::ALL.into_iter().find(|v| v.as_str() == s)
+    }
+
+    /// Whether it is where an invocation ends (`ok`, `error`, `refused`).
+    pub fn is_final(self) -> bool {
+        matches!(self, Status::Ok | Status::Error | Status::Refused)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Status::Ok => "ok",

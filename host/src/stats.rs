@@ -225,11 +225,11 @@ fn usd(micro: i64) -> f64 {
 }
 
 fn ran(s: &InvocationSample) -> bool {
-    s.status == "ok" || s.status == "error"
+    s.status == crate::storage::Status::Ok || s.status == crate::storage::Status::Error
 }
 
 fn failed(s: &InvocationSample) -> bool {
-    s.status == "error" || s.status == "refused"
+    s.status == crate::storage::Status::Error || s.status == crate::storage::Status::Refused
 }
 
 /// Totals of a set of samples.
@@ -641,7 +641,7 @@ mod tests {
             function: "f".into(),
             workflow: Some("w".into()),
             task_id: Some(format!("task-{}", at % 3)),
-            status: status.into(),
+            status: crate::storage::Status::parse(status).unwrap(),
             error_kind: kind.map(str::to_string),
             created_ms: at,
             wall_ms: Some(wall),

@@ -4,7 +4,7 @@
 use serde_json::json;
 use std::sync::Arc;
 use toolhost::audit::AuditLog;
-use toolhost::ids::InvocationId;
+use toolhost::ids::{InvocationId, TenantId};
 use toolhost::storage::prelude::*;
 use toolhost::storage::*;
 
@@ -50,7 +50,7 @@ fn record(id: &str, status: &str) -> InvocationRecord {
         workflow: None,
         task_id: Some("task".into()),
         principal: Some("k".into()),
-        status: status.into(),
+        status: toolhost::storage::Status::parse(status).unwrap(),
         error_kind: None,
         created_ms: 1,
         response: json!({"invocation_id": id, "status": status}).to_string(),
@@ -567,6 +567,50 @@ async fn a_poisoned_row_does_not_kill_the_reaper() {
         "the reaper panicked on a row it could not decode: {:?}",
         reaped.err()
     );
+}
+
+/// A status no host writes (a hand-edited row) reads as a `corrupt` error
+/// that names it: never a panic, never passed on as if it meant something.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unknown_stored_status_is_an_error_that_names_it() {
+    let n = node("review-status").await;
+    n.storage
+        .idempotency_begin(KeyBegin {
+            tenant: "acme".into(),
+            key: "k".into(),
+            fingerprint: "fp".into(),
+            now_ms: T0,
+            expires_ms: T0 + 86_400_000,
+            run: run("inv_odd", "hst_1", T0 + 15_000, Some("k")),
+        })
+        .await
+        .unwrap();
+    use sqlx::Connection;
+    let url = format!("sqlite://{}", n.dir.join("toolhost.db").display());
+    let mut c = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    sqlx::query("UPDATE invocations SET status = 'finished?' WHERE id = 'inv_odd'")
+        .execute(&mut c)
+        .await
+        .unwrap();
+    let (tenant, id) = (TenantId::from("acme"), InvocationId::from("inv_odd"));
+    let storage = n.storage.clone();
+    let got = tokio::spawn(async move { storage.invocation_get(&tenant, &id).await })
+        .await
+        .expect("reading the row panicked");
+    let err = got.expect_err("a status no host writes was read as a record");
+    assert_eq!(err.kind, toolhost::ErrorKind::Corrupt, "{}", err.message);
+    assert!(err.message.contains("finished?"), "{}", err.message);
+    let listed = n
+        .storage
+        .invocation_list(
+            &"acme".into(),
+            InvocationFilter {
+                limit: 10,
+                ..InvocationFilter::default()
+            },
+        )
+        .await;
+    assert_eq!(listed.unwrap_err().kind, toolhost::ErrorKind::Corrupt);
 }
 
 /// Finding 8. `host run --policy` (the CLI, on the server's data dir)

@@ -260,8 +260,8 @@ pub async fn get(
 pub async fn cancel(shared: &Shared, caller: &Caller, task_id: &str) -> Result<(), McpError> {
     let Found { record, approval } = find(shared, caller, task_id).await?;
     let now = shared.service.instance().now_ms();
-    if record.status != Status::PendingApproval.as_str()
-        || effective_status(&approval, now) != "pending"
+    if record.status != Status::PendingApproval
+        || effective_status(&approval, now) != crate::storage::ApprovalStatus::Pending
     {
         return Ok(());
     }

@@ -7,6 +7,7 @@ use crate::approvals::{self, Decider, Verdict};
 use crate::clock::now_ms;
 use crate::error::ErrorKind;
 use crate::keys::Role;
+use crate::storage::ApprovalStatus;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
@@ -16,30 +17,6 @@ use serde_json::{Value, json};
 use std::sync::Arc;
 
 const READERS: &[Role] = &[Role::Approve, Role::Audit];
-
-/// An approval request's status.
-#[derive(Debug, Clone, Copy, Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum ApprovalStatus {
-    Pending,
-    Approved,
-    Denied,
-    Expired,
-    /// Withdrawn by its requester before anyone decided it.
-    Withdrawn,
-}
-
-impl ApprovalStatus {
-    fn as_str(self) -> &'static str {
-        match self {
-            ApprovalStatus::Pending => "pending",
-            ApprovalStatus::Approved => "approved",
-            ApprovalStatus::Denied => "denied",
-            ApprovalStatus::Expired => "expired",
-            ApprovalStatus::Withdrawn => "withdrawn",
-        }
-    }
-}
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]

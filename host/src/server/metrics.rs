@@ -81,7 +81,7 @@ async fn refresh_pending(s: &Scrape) {
         match storage
             .approval_list(
                 &tenant.as_str().into(),
-                Some("pending"),
+                Some(crate::storage::ApprovalStatus::Pending),
                 now,
                 None,
                 PENDING_CAP,

@@ -42,7 +42,7 @@ use utoipa::{Modify, OpenApi};
         tools::DeployRequest,
         records::TokenUsage,
         approvals::DecisionRequest,
-        approvals::ApprovalStatus,
+        crate::storage::ApprovalStatus,
         tools::ListFormat,
     )),
     modifiers(&Bearer, &Problems),

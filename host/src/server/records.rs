@@ -40,7 +40,7 @@ pub fn show(r: &InvocationRecord) -> Value {
         obj.insert("status".into(), json!(r.status));
         obj.entry("tool").or_insert_with(|| json!(r.tool));
         obj.entry("function").or_insert_with(|| json!(r.function));
-        if r.status == "running" {
+        if r.status == crate::storage::Status::Running {
             obj.insert("version".into(), json!(r.version));
             obj.remove("error");
             obj.remove("approval_id");
@@ -154,7 +154,7 @@ pub async fn list(
             caller.tenant(),
             InvocationFilter {
                 tool: q.tool,
-                status: q.status.map(|s| s.as_str().to_string()),
+                status: q.status,
                 workflow: q.workflow,
                 task_id: q.task_id,
                 error_kind: q.kind,

@@ -224,7 +224,7 @@ impl InvocationService {
             workflow: run.workflow.clone(),
             task_id: run.task_id.clone(),
             principal: run.principal.clone(),
-            status: Status::Error.as_str().into(),
+            status: Status::Error,
             error_kind: Some(ErrorKind::HostLost.as_str().into()),
             created_ms: run.created_ms,
             response: body.clone(),
@@ -298,7 +298,7 @@ impl InvocationService {
             "nobody decided the approval request before it expired",
         );
         let record = InvocationRecord {
-            status: Status::Refused.as_str().into(),
+            status: Status::Refused,
             error_kind: Some(error.kind.as_str().into()),
             response: ended(&existing.response, Status::Refused, error)?,
             ..existing
@@ -307,7 +307,7 @@ impl InvocationService {
             decide: Some(Decision {
                 tenant: a.tenant.clone(),
                 approval_id: a.id.clone(),
-                status: "expired".into(),
+                status: crate::storage::ApprovalStatus::Expired,
                 decided_by: None,
                 reason: None,
                 now_ms: now,

@@ -7,6 +7,53 @@ use crate::error::Result;
 #[allow(unused_imports)]
 use serde::Serialize;
 
+/// An approval request's status. `expired` is stored once the reaper
+/// finishes a request; a stored `pending` past its expiry is expired too
+/// ([`effective_status`]).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum ApprovalStatus {
+    Pending,
+    Approved,
+    Denied,
+    Expired,
+    /// Withdrawn by its requester before anyone decided it.
+    Withdrawn,
+}
+
+impl ApprovalStatus {
+    pub const ALL: [ApprovalStatus; 5] = [
+        ApprovalStatus::Pending,
+        ApprovalStatus::Approved,
+        ApprovalStatus::Denied,
+        ApprovalStatus::Expired,
+        ApprovalStatus::Withdrawn,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ApprovalStatus::Pending => "pending",
+            ApprovalStatus::Approved => "approved",
+            ApprovalStatus::Denied => "denied",
+            ApprovalStatus::Expired => "expired",
+            ApprovalStatus::Withdrawn => "withdrawn",
+        }
+    }
+
+    /// The status a stored name means (`None`: no status has that name).
+    pub fn parse(s: &str) -> Option<ApprovalStatus> {
+        ApprovalStatus::ALL.into_iter().find(|v| v.as_str() == s)
+    }
+}
+
+impl std::fmt::Display for ApprovalStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// A human-approval request: the decision packet, and the call to run.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ApprovalRecord {
@@ -18,7 +65,7 @@ pub struct ApprovalRecord {
     /// `pending`, `approved` (and run), `denied`, `withdrawn` (by its
     /// requester), `expired` (finished by the reaper); a stored `pending`
     /// past `expires_ms` is expired too.
-    pub status: String,
+    pub status: ApprovalStatus,
     pub tool: String,
     pub function: String,
     pub version: Option<String>,
@@ -53,7 +100,7 @@ pub struct Decision {
     pub tenant: TenantId,
     pub approval_id: ApprovalId,
     /// `approved`, `denied`, `withdrawn` or `expired`.
-    pub status: String,
+    pub status: ApprovalStatus,
     pub decided_by: Option<String>,
     pub reason: Option<String>,
     pub now_ms: i64,
@@ -64,20 +111,20 @@ pub struct Decision {
 
 /// The effective status of a request as of `now_ms`: a pending one past its
 /// expiry is `expired`. The one rule every backend and reader applies.
-pub fn effective_status(a: &ApprovalRecord, now_ms: i64) -> &str {
-    if a.status == "pending" && now_ms >= a.expires_ms {
-        "expired"
+pub fn effective_status(a: &ApprovalRecord, now_ms: i64) -> ApprovalStatus {
+    if a.status == ApprovalStatus::Pending && now_ms >= a.expires_ms {
+        ApprovalStatus::Expired
     } else {
-        &a.status
+        a.status
     }
 }
 
 /// Whether `decision` may be applied to a request now `status` (as stored)
 /// that expires at `expires_ms`.
-pub fn may_decide(decision: &Decision, status: &str, expires_ms: i64) -> bool {
-    status == "pending"
-        && match decision.status.as_str() {
-            "expired" => decision.now_ms >= expires_ms,
+pub fn may_decide(decision: &Decision, status: ApprovalStatus, expires_ms: i64) -> bool {
+    status == ApprovalStatus::Pending
+        && match decision.status {
+            ApprovalStatus::Expired => decision.now_ms >= expires_ms,
             _ => decision.now_ms < expires_ms,
         }
 }
@@ -99,7 +146,7 @@ pub trait ApprovalStore: Send + Sync {
     fn approval_list(
         &self,
         tenant: &TenantId,
-        status: Option<&str>,
+        status: Option<ApprovalStatus>,
         now_ms: i64,
         before: Option<(i64, String)>,
         limit: i64,

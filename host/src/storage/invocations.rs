@@ -21,6 +21,7 @@
 use super::*;
 use crate::BoxFuture;
 use crate::error::Result;
+pub use crate::record::Status;
 #[allow(unused_imports)]
 use serde::Serialize;
 
@@ -38,7 +39,7 @@ pub struct InvocationRecord {
     pub principal: Option<String>,
     /// `running`, `pending_approval`, `ok`, `error` (the tool ran and
     /// failed, or its host was lost) or `refused` (it never ran).
-    pub status: String,
+    pub status: Status,
     pub error_kind: Option<String>,
     pub created_ms: i64,
     /// The response body (JSON) the caller was given (`{}` while running).
@@ -49,7 +50,7 @@ pub struct InvocationRecord {
 #[derive(Debug, Clone, Default)]
 pub struct InvocationFilter {
     pub tool: Option<String>,
-    pub status: Option<String>,
+    pub status: Option<Status>,
     pub workflow: Option<String>,
     pub task_id: Option<String>,
     /// The error kind (`error_kind` column).
@@ -83,7 +84,7 @@ pub struct InvocationSample {
     pub function: String,
     pub workflow: Option<String>,
     pub task_id: Option<String>,
-    pub status: String,
+    pub status: Status,
     pub error_kind: Option<String>,
     pub created_ms: i64,
     /// The response's `usage.wall_ms` (none while running).
@@ -105,7 +106,7 @@ pub fn sample_of(r: &InvocationRecord) -> InvocationSample {
         function: r.function.clone(),
         workflow: r.workflow.clone(),
         task_id: r.task_id.clone(),
-        status: r.status.clone(),
+        status: r.status,
         error_kind: r.error_kind.clone(),
         created_ms: r.created_ms,
         wall_ms: v
@@ -202,7 +203,7 @@ pub struct End {
 /// The row's state, as [`check`] sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RowState {
-    pub status: String,
+    pub status: Status,
     pub owner: Option<String>,
     pub lease_until: Option<i64>,
 }
@@ -213,12 +214,14 @@ pub fn check(expect: &Expect, state: Option<&RowState>) -> bool {
     match (expect, state) {
         (Expect::Mine { .. }, None) => true,
         (Expect::Mine { owner } | Expect::Abandoned { owner }, Some(s)) => {
-            s.status == "running" && s.owner.as_deref() == Some(owner.as_str())
+            s.status == crate::storage::Status::Running
+                && s.owner.as_deref() == Some(owner.as_str())
         }
         (Expect::Expired { now_ms }, Some(s)) => {
-            s.status == "running" && s.lease_until.is_some_and(|l| l < *now_ms)
+            s.status == crate::storage::Status::Running
+                && s.lease_until.is_some_and(|l| l < *now_ms)
         }
-        (Expect::Pending, Some(s)) => s.status == "pending_approval",
+        (Expect::Pending, Some(s)) => s.status == crate::storage::Status::PendingApproval,
         _ => false,
     }
 }

@@ -65,7 +65,7 @@ struct Row {
 impl Row {
     fn state(&self) -> RowState {
         RowState {
-            status: self.record.status.clone(),
+            status: self.record.status,
             owner: self.owner.clone(),
             lease_until: self.lease_until,
         }
@@ -117,7 +117,7 @@ fn running_record(run: &NewRun) -> InvocationRecord {
         workflow: run.workflow.clone(),
         task_id: run.task_id.clone(),
         principal: run.principal.clone(),
-        status: "running".into(),
+        status: crate::storage::Status::Running,
         error_kind: None,
         created_ms: run.created_ms,
         response: "{}".into(),
@@ -164,11 +164,11 @@ impl Inner {
             return false;
         };
         a.tenant == d.tenant
-            && may_decide(d, &a.status, a.expires_ms)
+            && may_decide(d, a.status, a.expires_ms)
             && (d.run.is_none()
                 || self
                     .row(&a.invocation_id)
-                    .is_some_and(|r| r.record.status == "pending_approval"))
+                    .is_some_and(|r| r.record.status == crate::storage::Status::PendingApproval))
     }
 
     /// Apply a decision [`Inner::may_decide`] allowed.
@@ -183,7 +183,7 @@ impl Inner {
         if let Some((owner, lease_until)) = &d.run
             && let Some(row) = self.row_mut(&invocation_id)
         {
-            row.record.status = "running".into();
+            row.record.status = Status::Running;
             row.owner = Some(owner.clone());
             row.lease_until = Some(*lease_until);
             row.admitted = false;
@@ -192,7 +192,7 @@ impl Inner {
             .approvals
             .get_mut(&d.approval_id)
             .expect("checked above");
-        a.status = d.status.clone();
+        a.status = d.status;
         a.decided_by = d.decided_by.clone();
         a.decided_ms = Some(d.now_ms);
         a.reason = d.reason.clone();
@@ -793,7 +793,7 @@ impl InvocationStore for MemoryStorage {
                 None if admit.existing => return Err(Refused::Taken),
                 None => {}
                 Some(r)
-                    if r.record.status == "running"
+                    if r.record.status == crate::storage::Status::Running
                         && !r.admitted
                         && r.owner.as_deref() == Some(admit.run.owner.as_str()) => {}
                 Some(_) => return Err(Refused::Taken),
@@ -830,7 +830,7 @@ impl InvocationStore for MemoryStorage {
         let mut n = 0;
         for id in ids {
             if let Some(row) = inner.row_mut(&id)
-                && row.record.status == "running"
+                && row.record.status == crate::storage::Status::Running
                 && row.owner.as_deref() == Some(owner)
             {
                 row.lease_until = Some(lease_until);
@@ -845,7 +845,10 @@ impl InvocationStore for MemoryStorage {
         let found = inner
             .invocations
             .values()
-            .filter(|r| r.record.status == "running" && r.lease_until.is_some_and(|l| l < now_ms))
+            .filter(|r| {
+                r.record.status == crate::storage::Status::Running
+                    && r.lease_until.is_some_and(|l| l < now_ms)
+            })
             .take(usize::try_from(limit).unwrap_or(0))
             .filter_map(|r| lost_of(&inner, r))
             .collect();
@@ -856,7 +859,7 @@ impl InvocationStore for MemoryStorage {
         let inner = self.lock();
         let found = inner
             .row(id)
-            .filter(|r| r.record.status == "running")
+            .filter(|r| r.record.status == crate::storage::Status::Running)
             .and_then(|r| lost_of(&inner, r));
         Box::pin(async move { Ok(found) })
     }
@@ -907,7 +910,9 @@ impl IdempotencyStore for MemoryStorage {
             fingerprint: e.fingerprint.clone(),
             expires_ms: e.expires_ms,
             answer: e.done.clone(),
-            invocation: inner.row(&e.invocation_id).map(|r| r.record.status.clone()),
+            invocation: inner
+                .row(&e.invocation_id)
+                .map(|r| r.record.status.as_str().to_string()),
         });
         let answer = decide(stored.as_ref(), &begin.fingerprint, now);
         if answer == IdempotencyBegin::Started {
@@ -943,7 +948,7 @@ impl ApprovalStore for MemoryStorage {
     fn approval_list(
         &self,
         tenant: &TenantId,
-        status: Option<&str>,
+        status: Option<ApprovalStatus>,
         now_ms: i64,
         before: Option<(i64, String)>,
         limit: i64,
@@ -971,7 +976,9 @@ impl ApprovalStore for MemoryStorage {
             .lock()
             .approvals
             .values()
-            .filter(|a| a.status == "pending" && a.expires_ms <= now_ms)
+            .filter(|a| {
+                a.status == crate::storage::ApprovalStatus::Pending && a.expires_ms <= now_ms
+            })
             .cloned()
             .collect();
         found.sort_by_key(|a| a.expires_ms);

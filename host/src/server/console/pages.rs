@@ -11,6 +11,7 @@ use crate::clock::now_ms;
 use crate::error::{Error, ErrorKind};
 use crate::keys::Role;
 use crate::storage::{ApprovalRecord, InvocationFilter};
+use crate::storage::{ApprovalStatus, Status};
 use axum::Extension;
 use axum::Form;
 use axum::extract::{Path, Query, State};
@@ -240,7 +241,7 @@ fn packet(a: &ApprovalRecord, now: i64) -> Markup {
 fn decision_forms(session: &Session, a: &ApprovalRecord, now: i64) -> Markup {
     let effective = approvals::effective_status(a, now);
     html! {
-        @if effective == "pending" {
+        @if effective == ApprovalStatus::Pending {
             @if !may(&session.caller, DECIDE) {
                 p.muted { "Your key cannot decide (it needs the approve role)." }
             } @else if a.requester.as_deref() == Some(session.caller.key.id.as_str()) {
@@ -302,7 +303,7 @@ pub async fn approvals(
             article.card.approval {
                 h2 {
                     a href=(format!("/console/approvals/{}", enc(&a.id))) { (a.tool) " · " (a.function) }
-                    " " (status(approvals::effective_status(a, now)))
+                    " " (status(approvals::effective_status(a, now).as_str()))
                 }
                 (packet(a, now))
                 (decision_forms(&session, a, now))
@@ -341,7 +342,7 @@ pub async fn approval(
     };
     let shown = record.as_ref().map(crate::server::records::show);
     let body = html! {
-        p { (status(approvals::effective_status(&a, now))) " " code { (a.id) } }
+        p { (status(approvals::effective_status(&a, now).as_str())) " " code { (a.id) } }
         (packet(&a, now))
         (decision_forms(&session, &a, now))
         @if let Some(r) = &shown {
@@ -428,8 +429,6 @@ pub struct InvocationsQuery {
     cursor: Option<String>,
 }
 
-const STATUSES: [&str; 5] = ["ok", "error", "refused", "pending_approval", "running"];
-
 fn time_field(name: &str, v: &Option<String>) -> Result<Option<i64>, PageError> {
     given(v)
         .map(|s| {
@@ -447,12 +446,13 @@ pub async fn invocations(
 ) -> Page {
     require(&session.caller, INVOCATIONS)?;
     let status_filter = given(&q.status);
-    if let Some(s) = status_filter.as_deref().filter(|s| !STATUSES.contains(s)) {
-        return Err(bad_request(format!(
-            "unknown status `{s}`: use {}",
-            STATUSES.join(", ")
-        )));
-    }
+    let wanted = match status_filter.as_deref() {
+        None => None,
+        Some(s) => Some(Status::parse(s).ok_or_else(|| {
+            let names: Vec<&str> = Status::ALL.iter().map(|s| s.as_str()).collect();
+            bad_request(format!("unknown status `{s}`: use {}", names.join(", ")))
+        })?),
+    };
     let before = given(&q.cursor)
         .map(|c| {
             c.parse::<i64>()
@@ -467,7 +467,7 @@ pub async fn invocations(
             session.caller.tenant(),
             InvocationFilter {
                 tool: given(&q.tool),
-                status: status_filter.clone(),
+                status: wanted,
                 workflow: given(&q.workflow),
                 task_id: given(&q.task_id),
                 error_kind: given(&q.kind),
@@ -495,7 +495,7 @@ pub async fn invocations(
             label { "status "
                 select name="status" {
                     option value="" { "any" }
-                    @for s in STATUSES {
+                    @for s in Status::ALL.map(Status::as_str) {
                         option value=(s) selected[status_filter.as_deref() == Some(s)] { (s) }
                     }
                 }
@@ -564,9 +564,12 @@ pub async fn invocation(
         .get("approval_id")
         .map(text)
         .filter(|s| !s.is_empty())
-        .or_else(|| (record.status == "pending_approval").then(|| id.replacen("inv_", "apr_", 1)));
+        .or_else(|| {
+            (record.status == crate::storage::Status::PendingApproval)
+                .then(|| record.id.approval().into_string())
+        });
     let body = html! {
-        p { code { (id) } " " (status(&record.status)) }
+        p { code { (id) } " " (status(record.status.as_str())) }
         dl.packet {
             dt { "Tool" } dd { code { (record.tool) } }
             dt { "Function" } dd { code { (record.function) } }

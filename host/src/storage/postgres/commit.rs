@@ -13,6 +13,7 @@ use super::{PostgresStorage, transact};
 use crate::audit::link::{HeadRow, link, refused, vet};
 use crate::error::Result;
 use crate::ids::{ApprovalId, InvocationId, TenantId};
+use crate::storage::ApprovalStatus;
 use crate::storage::{
     Admit, Charge, Decision, End, IdempotencyBegin, KeyBegin, KeyRow, NewEntry, NewRun, Notary,
     Refused, RowState, Signed, StoredEntry, Work, check, decide, end_charges, exceeds, may_decide,
@@ -122,7 +123,7 @@ struct Inv {
 #[derive(Debug, Clone)]
 struct Apr {
     tenant: TenantId,
-    status: String,
+    status: ApprovalStatus,
     expires_ms: i64,
     invocation_id: InvocationId,
 }
@@ -223,7 +224,7 @@ pub(super) async fn commit_in(
                 r.get(0),
                 Apr {
                     tenant: r.get(1),
-                    status: r.get(2),
+                    status: r.try_get(2)?,
                     expires_ms: r.get(3),
                     invocation_id: r.get(4),
                 },
@@ -251,7 +252,7 @@ pub(super) async fn commit_in(
                 r.get(0),
                 Inv {
                     state: RowState {
-                        status: r.get(1),
+                        status: r.try_get(1)?,
                         owner: r.get(2),
                         lease_until: r.get(3),
                     },
@@ -271,7 +272,7 @@ pub(super) async fn commit_in(
         .await?
         {
             if let Some(a) = approvals.get_mut(&r.get::<ApprovalId, _>(0)) {
-                a.status = r.get(1);
+                a.status = r.try_get(1)?;
             }
         }
     }
@@ -290,11 +291,11 @@ pub(super) async fn commit_in(
         let decide_ok = match &w.decide {
             Some(d) => approvals.get(&d.approval_id).is_some_and(|a| {
                 a.tenant == d.tenant
-                    && may_decide(d, &a.status, a.expires_ms)
+                    && may_decide(d, a.status, a.expires_ms)
                     && (d.run.is_none()
-                        || invs
-                            .get(&a.invocation_id)
-                            .is_some_and(|i| i.state.status == "pending_approval"))
+                        || invs.get(&a.invocation_id).is_some_and(|i| {
+                            i.state.status == crate::storage::Status::PendingApproval
+                        }))
             }),
             None => true,
         };
@@ -310,7 +311,7 @@ pub(super) async fn commit_in(
             let id = approvals[&d.approval_id].invocation_id.clone();
             let mut inv = invs[&id].clone();
             inv.state = RowState {
-                status: "running".into(),
+                status: crate::storage::Status::Running,
                 owner: Some(owner.clone()),
                 lease_until: Some(*lease_until),
             };
@@ -334,7 +335,7 @@ pub(super) async fn commit_in(
         // Accepted: apply to the batch's view.
         if let Some(d) = &w.decide {
             if let Some(a) = approvals.get_mut(&d.approval_id) {
-                a.status = d.status.clone();
+                a.status = d.status;
             }
             decisions.push(d);
         }
@@ -355,7 +356,7 @@ pub(super) async fn commit_in(
                 e.record.id.clone(),
                 Inv {
                     state: RowState {
-                        status: e.record.status.clone(),
+                        status: e.record.status,
                         owner: None,
                         lease_until: None,
                     },
@@ -489,7 +490,7 @@ async fn decide_in(tx: &mut PgConnection, d: &Decision) -> std::result::Result<(
         "UPDATE approvals SET status = $1, decided_by = $2, decided_ms = $3, reason = $4, args = ''
          WHERE tenant = $5 AND id = $6",
     )
-    .bind(&d.status)
+    .bind(d.status)
     .bind(&d.decided_by)
     .bind(d.now_ms)
     .bind(&d.reason)
@@ -583,7 +584,7 @@ async fn write_batch(
     .bind(o(|x| &x.workflow))
     .bind(o(|x| &x.task_id))
     .bind(o(|x| &x.principal))
-    .bind(s(|x| &x.status))
+    .bind(r.iter().map(|x| x.status).collect::<Vec<_>>())
     .bind(o(|x| &x.error_kind))
     .bind(r.iter().map(|x| x.created_ms).collect::<Vec<_>>())
     .bind(s(|x| &x.response))
@@ -624,7 +625,7 @@ fn insert_approval<'a>(
         .bind(&a.id)
         .bind(&a.tenant)
         .bind(&a.invocation_id)
-        .bind(&a.status)
+        .bind(a.status)
         .bind(&a.tool)
         .bind(&a.function)
         .bind(&a.version)

@@ -560,7 +560,10 @@ impl InvocationStore for PostgresStorage {
             .fetch_optional(&self.pool)
             .await
             .map_err(db)?;
-            Ok(row.as_ref().map(|r| invocation_row(r).1))
+            row.as_ref()
+                .map(|r| invocation_row(r).map(|(_, rec)| rec))
+                .transpose()
+                .map_err(db)
         })
     }
     fn invocation_list(
@@ -592,7 +595,10 @@ impl InvocationStore for PostgresStorage {
             .fetch_all(&self.pool)
             .await
             .map_err(db)?;
-            Ok(rows.iter().map(invocation_row).collect())
+            rows.iter()
+                .map(invocation_row)
+                .collect::<std::result::Result<_, _>>()
+                .map_err(db)
         })
     }
     fn invocation_samples(
@@ -621,10 +627,10 @@ impl InvocationStore for PostgresStorage {
             .fetch_all(&self.pool)
             .await
             .map_err(db)?;
-            Ok(rows
-                .iter()
-                .map(|r| sample_of(&invocation_row(r).1))
-                .collect())
+            rows.iter()
+                .map(|r| invocation_row(r).map(|(_, rec)| sample_of(&rec)))
+                .collect::<std::result::Result<_, _>>()
+                .map_err(db)
         })
     }
     fn invocation_admit(
@@ -787,13 +793,13 @@ impl ApprovalStore for PostgresStorage {
             .fetch_optional(&self.pool)
             .await
             .map_err(db)?;
-            Ok(row.as_ref().map(approval_row))
+            row.as_ref().map(approval_row).transpose().map_err(db)
         })
     }
     fn approval_list(
         &self,
         tenant: &TenantId,
-        status: Option<&str>,
+        status: Option<ApprovalStatus>,
         now_ms: i64,
         before: Option<(i64, String)>,
         limit: i64,
@@ -801,14 +807,14 @@ impl ApprovalStore for PostgresStorage {
         // $1 tenant, $2 stored status, $3 now, $4 limit, $5/$6 the cursor.
         let (stored, when) = match status {
             None => (None, ""),
-            Some("pending") => (Some("pending"), "AND expires_ms > $3"),
-            Some("expired") => (
+            Some(ApprovalStatus::Pending) => (status, "AND expires_ms > $3"),
+            Some(ApprovalStatus::Expired) => (
                 None,
                 "AND (status = 'expired' OR (status = 'pending' AND expires_ms <= $3))",
             ),
-            Some(s) => (Some(s), ""),
+            Some(_) => (status, ""),
         };
-        let (tenant, stored) = (tenant.to_string(), stored.map(str::to_string));
+        let tenant = tenant.clone();
         Box::pin(async move {
             let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
                 "SELECT {APPROVAL_COLUMNS} FROM approvals
@@ -825,7 +831,10 @@ impl ApprovalStore for PostgresStorage {
             .fetch_all(&self.pool)
             .await
             .map_err(db)?;
-            Ok(rows.iter().map(approval_row).collect())
+            rows.iter()
+                .map(approval_row)
+                .collect::<std::result::Result<_, _>>()
+                .map_err(db)
         })
     }
     fn approvals_due(&self, now_ms: i64, limit: i64) -> BoxFuture<'_, Result<Vec<ApprovalRecord>>> {
@@ -839,7 +848,10 @@ impl ApprovalStore for PostgresStorage {
             .fetch_all(&self.pool)
             .await
             .map_err(db)?;
-            Ok(rows.iter().map(approval_row).collect())
+            rows.iter()
+                .map(approval_row)
+                .collect::<std::result::Result<_, _>>()
+                .map_err(db)
         })
     }
 }

@@ -19,13 +19,13 @@ impl ApprovalStore for SqliteStorage {
             .fetch_optional(&self.pool)
             .await
             .map_err(db)?;
-            Ok(row.as_ref().map(approval_row))
+            row.as_ref().map(approval_row).transpose().map_err(db)
         })
     }
     fn approval_list(
         &self,
         tenant: &TenantId,
-        status: Option<&str>,
+        status: Option<ApprovalStatus>,
         now_ms: i64,
         before: Option<(i64, String)>,
         limit: i64,
@@ -34,14 +34,14 @@ impl ApprovalStore for SqliteStorage {
         // (`expired`: stored so by the reaper, or pending past its expiry.)
         let (stored, when) = match status {
             None => (None, ""),
-            Some("pending") => (Some("pending"), "AND expires_ms > ?3"),
-            Some("expired") => (
+            Some(ApprovalStatus::Pending) => (status, "AND expires_ms > ?3"),
+            Some(ApprovalStatus::Expired) => (
                 None,
                 "AND (status = 'expired' OR (status = 'pending' AND expires_ms <= ?3))",
             ),
-            Some(s) => (Some(s), ""),
+            Some(_) => (status, ""),
         };
-        let (tenant, stored) = (tenant.to_string(), stored.map(str::to_string));
+        let tenant = tenant.clone();
         Box::pin(async move {
             let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
                 "SELECT {APPROVAL_COLUMNS} FROM approvals
@@ -58,7 +58,10 @@ impl ApprovalStore for SqliteStorage {
             .fetch_all(&self.pool)
             .await
             .map_err(db)?;
-            Ok(rows.iter().map(approval_row).collect())
+            rows.iter()
+                .map(approval_row)
+                .collect::<std::result::Result<_, _>>()
+                .map_err(db)
         })
     }
 
@@ -73,7 +76,10 @@ impl ApprovalStore for SqliteStorage {
             .fetch_all(&self.pool)
             .await
             .map_err(db)?;
-            Ok(rows.iter().map(approval_row).collect())
+            rows.iter()
+                .map(approval_row)
+                .collect::<std::result::Result<_, _>>()
+                .map_err(db)
         })
     }
 }

@@ -9,6 +9,7 @@
 
 use crate::audit::link::{HeadRow, link, refused, vet};
 use crate::error::Result;
+use crate::storage::ApprovalStatus;
 use crate::storage::{
     Admit, ApprovalRecord, Charge, Decision, End, IdempotencyBegin, IdempotencyDone, KeyBegin,
     KeyRow, NewEntry, NewRun, Notary, Refused, RowState, Signed, StoredEntry, Work, check, decide,
@@ -58,7 +59,7 @@ fn row_state(tx: &Connection, id: &str) -> rusqlite::Result<Option<(RowState, Op
 
 /// Whether a decision may be applied now (read in the transaction).
 fn may_decide_in(tx: &Connection, d: &Decision) -> rusqlite::Result<bool> {
-    let found: Option<(String, i64, String)> = tx
+    let found: Option<(ApprovalStatus, i64, String)> = tx
         .prepare_cached(
             "SELECT status, expires_ms, invocation_id FROM approvals WHERE tenant = ? AND id = ?",
         )?
@@ -69,12 +70,12 @@ fn may_decide_in(tx: &Connection, d: &Decision) -> rusqlite::Result<bool> {
     let Some((status, expires_ms, invocation_id)) = found else {
         return Ok(false);
     };
-    if !may_decide(d, &status, expires_ms) {
+    if !may_decide(d, status, expires_ms) {
         return Ok(false);
     }
     if d.run.is_some() {
         let row = row_state(tx, &invocation_id)?;
-        return Ok(row.is_some_and(|(r, _)| r.status == "pending_approval"));
+        return Ok(row.is_some_and(|(r, _)| r.status == crate::storage::Status::PendingApproval));
     }
     Ok(true)
 }

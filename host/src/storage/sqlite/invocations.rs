@@ -63,7 +63,10 @@ impl InvocationStore for SqliteStorage {
             .fetch_optional(&self.pool)
             .await
             .map_err(db)?;
-            Ok(row.as_ref().map(|r| invocation_row(r).1))
+            row.as_ref()
+                .map(|r| invocation_row(r).map(|(_, rec)| rec))
+                .transpose()
+                .map_err(db)
         })
     }
     fn invocation_list(
@@ -95,7 +98,10 @@ impl InvocationStore for SqliteStorage {
             .fetch_all(&self.pool)
             .await
             .map_err(db)?;
-            Ok(rows.iter().map(invocation_row).collect())
+            rows.iter()
+                .map(invocation_row)
+                .collect::<std::result::Result<_, _>>()
+                .map_err(db)
         })
     }
 
