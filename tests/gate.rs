@@ -472,7 +472,10 @@ async fn exactly_max_tool_calls_run_under_concurrency() {
     }
     assert_eq!(ran, 4);
     let usage = g.gate.ledger().usage("task:_/race").await.unwrap();
-    let calls = usage.iter().find(|u| u.metric == "tool_calls").unwrap();
+    let calls = usage
+        .iter()
+        .find(|u| u.metric == toolhost::budget::Metric::ToolCalls)
+        .unwrap();
     assert_eq!(
         (calls.used, calls.reserved),
         (4, 0),

@@ -101,7 +101,7 @@ async fn calls(s: &Host2) -> (i64, i64) {
         .await
         .unwrap()
         .iter()
-        .find(|u| u.metric == "tool_calls")
+        .find(|u| u.metric == toolhost::budget::Metric::ToolCalls)
         .map_or((0, 0), |u| (u.used, u.reserved))
 }
 
@@ -122,7 +122,7 @@ async fn a_lost_invocation_is_reaped_after_its_lease_not_before() {
     let charge = |amount, limit| toolhost::storage::Charge {
         scope: "task:acme/t1".into(),
         window: "all".into(),
-        metric: "tool_calls".into(),
+        metric: toolhost::budget::Metric::ToolCalls,
         amount,
         limit,
     };

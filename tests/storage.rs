@@ -59,7 +59,7 @@ fn line(metric: &str, amount: i64, limit: Option<i64>) -> Charge {
     Charge {
         scope: "task:acme/t".into(),
         window: "all".into(),
-        metric: metric.into(),
+        metric: toolhost::budget::Metric::parse(metric).unwrap(),
         amount,
         limit,
     }
@@ -89,7 +89,7 @@ async fn reserved(s: &Arc<dyn Storage>, metric: &str) -> (i64, i64) {
         .await
         .unwrap()
         .iter()
-        .find(|u| u.metric == metric)
+        .find(|u| u.metric.as_str() == metric)
         .map_or((0, 0), |u| (u.used, u.reserved))
 }
 

@@ -38,29 +38,89 @@ impl Spend {
         self
     }
 
-    fn metrics(&self) -> [(&'static str, i64); 7] {
+    fn metrics(&self) -> [(Metric, i64); 7] {
         [
-            ("tool_calls", self.tool_calls),
-            ("outbound_calls", self.outbound_calls),
-            ("fuel", self.fuel),
-            ("wall_ms", self.wall_ms),
-            ("cost_micro_usd", self.cost_micro_usd),
-            ("input_tokens", self.input_tokens),
-            ("output_tokens", self.output_tokens),
+            (Metric::ToolCalls, self.tool_calls),
+            (Metric::OutboundCalls, self.outbound_calls),
+            (Metric::Fuel, self.fuel),
+            (Metric::WallMs, self.wall_ms),
+            (Metric::CostMicroUsd, self.cost_micro_usd),
+            (Metric::InputTokens, self.input_tokens),
+            (Metric::OutputTokens, self.output_tokens),
         ]
     }
 }
 
-/// The ledger metrics, in the order [`Spend`] lists them.
-pub const METRICS: [&str; 7] = [
-    "tool_calls",
-    "outbound_calls",
-    "fuel",
-    "wall_ms",
-    "cost_micro_usd",
-    "input_tokens",
-    "output_tokens",
-];
+/// What a ledger line counts. Stored and shown by its snake_case name
+/// (`tool_calls`, `cost_micro_usd`, ...).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Metric {
+    ToolCalls,
+    OutboundCalls,
+    Fuel,
+    WallMs,
+    /// USD in micro-USD.
+    CostMicroUsd,
+    InputTokens,
+    OutputTokens,
+}
+
+impl Metric {
+    /// Every metric, in the order [`Spend`] lists them.
+    pub const ALL: [Metric; 7] = [
+        Metric::ToolCalls,
+        Metric::OutboundCalls,
+        Metric::Fuel,
+        Metric::WallMs,
+        Metric::CostMicroUsd,
+        Metric::InputTokens,
+        Metric::OutputTokens,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Metric::ToolCalls => "tool_calls",
+            Metric::OutboundCalls => "outbound_calls",
+            Metric::Fuel => "fuel",
+            Metric::WallMs => "wall_ms",
+            Metric::CostMicroUsd => "cost_micro_usd",
+            Metric::InputTokens => "input_tokens",
+            Metric::OutputTokens => "output_tokens",
+        }
+    }
+
+    /// The metric a stored name means (`None`: no metric has that name).
+    pub fn parse(s: &str) -> Option<Metric> {
+        Metric::ALL.into_iter().find(|m| m.as_str() == s)
+    }
+
+    /// The policy name of its limit (`max_tool_calls`, `max_cost_usd`, ...).
+    pub fn limit_name(self) -> &'static str {
+        match self {
+            Metric::ToolCalls => "max_tool_calls",
+            Metric::OutboundCalls => "max_outbound_calls",
+            Metric::Fuel => "max_fuel",
+            Metric::WallMs => "max_wall_ms",
+            Metric::CostMicroUsd => "max_cost_usd",
+            Metric::InputTokens => "max_input_tokens",
+            Metric::OutputTokens => "max_output_tokens",
+        }
+    }
+
+    /// Model tokens (reported by the orchestrator, not measured here).
+    pub fn is_tokens(self) -> bool {
+        matches!(self, Metric::InputTokens | Metric::OutputTokens)
+    }
+}
+
+impl std::fmt::Display for Metric {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 /// USD in micro-USD, rounded up.
 pub fn micro_usd(usd: f64) -> i64 {
@@ -69,31 +129,16 @@ pub fn micro_usd(usd: f64) -> i64 {
 
 /// The limit `limits` sets on a ledger metric, in the ledger's unit
 /// (`cost_micro_usd` in micro-USD).
-pub fn limit_of(limits: &Limits, metric: &str) -> Option<i64> {
+pub fn limit_of(limits: &Limits, metric: Metric) -> Option<i64> {
     let clamp = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
     match metric {
-        "tool_calls" => limits.max_tool_calls.map(clamp),
-        "outbound_calls" => limits.max_outbound_calls.map(clamp),
-        "fuel" => limits.max_fuel.map(clamp),
-        "wall_ms" => limits.max_wall_ms.map(clamp),
-        "cost_micro_usd" => limits.max_cost_usd.map(|u| (u * 1e6).floor() as i64),
-        "input_tokens" => limits.max_input_tokens.map(clamp),
-        "output_tokens" => limits.max_output_tokens.map(clamp),
-        _ => None,
-    }
-}
-
-/// The policy name of a metric's limit.
-fn limit_name(metric: &str) -> &'static str {
-    match metric {
-        "tool_calls" => "max_tool_calls",
-        "outbound_calls" => "max_outbound_calls",
-        "fuel" => "max_fuel",
-        "wall_ms" => "max_wall_ms",
-        "cost_micro_usd" => "max_cost_usd",
-        "input_tokens" => "max_input_tokens",
-        "output_tokens" => "max_output_tokens",
-        _ => "limit",
+        Metric::ToolCalls => limits.max_tool_calls.map(clamp),
+        Metric::OutboundCalls => limits.max_outbound_calls.map(clamp),
+        Metric::Fuel => limits.max_fuel.map(clamp),
+        Metric::WallMs => limits.max_wall_ms.map(clamp),
+        Metric::CostMicroUsd => limits.max_cost_usd.map(|u| (u * 1e6).floor() as i64),
+        Metric::InputTokens => limits.max_input_tokens.map(clamp),
+        Metric::OutputTokens => limits.max_output_tokens.map(clamp),
     }
 }
 
@@ -165,7 +210,7 @@ pub fn charges(budget: &Budget, scope: &Scope, now_ms: i64, spend: &Spend) -> Ve
                 out.push(Charge {
                     scope: scope.clone(),
                     window: window.clone(),
-                    metric: metric.into(),
+                    metric,
                     amount,
                     limit,
                 });
@@ -177,9 +222,9 @@ pub fn charges(budget: &Budget, scope: &Scope, now_ms: i64, spend: &Spend) -> Ve
 
 /// The error for a refused reservation, naming the limit and what remains.
 pub fn exceeded_error(e: &Exceeded) -> Error {
-    let name = limit_name(&e.metric);
+    let name = e.metric.limit_name();
     let fmt = |v: i64| {
-        if e.metric == "cost_micro_usd" {
+        if e.metric == Metric::CostMicroUsd {
             format!("{:.6} USD", v as f64 / 1e6)
         } else {
             v.to_string()
@@ -249,7 +294,7 @@ impl Ledger {
         let charges = charges(budget, scope, now_ms, &spend);
         self.storage.budget_charge(charges.clone()).await?;
         let mut over = Vec::new();
-        for c in charges.iter().filter(|c| c.metric.ends_with("_tokens")) {
+        for c in charges.iter().filter(|c| c.metric.is_tokens()) {
             if let Some(limit) = c.limit {
                 let usage = self.storage.budget_usage(&c.scope).await?;
                 if let Some(u) = usage
@@ -260,7 +305,7 @@ impl Ledger {
                     over.push(exceeded_error(&Exceeded {
                         scope: c.scope.clone(),
                         window: c.window.clone(),
-                        metric: c.metric.clone(),
+                        metric: c.metric,
                         limit,
                         used: u.used,
                         reserved: u.reserved,
@@ -281,6 +326,32 @@ impl Ledger {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn metrics_keep_their_stored_names() {
+        let names: Vec<&str> = Metric::ALL.iter().map(|m| m.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "tool_calls",
+                "outbound_calls",
+                "fuel",
+                "wall_ms",
+                "cost_micro_usd",
+                "input_tokens",
+                "output_tokens"
+            ]
+        );
+        for m in Metric::ALL {
+            assert_eq!(Metric::parse(m.as_str()), Some(m));
+            assert_eq!(serde_json::to_value(m).unwrap(), m.as_str());
+            assert_eq!(
+                m.limit_name(),
+                format!("max_{}", m.as_str()).replace("_micro_usd", "_usd")
+            );
+        }
+        assert_eq!(Metric::parse("calls"), None);
+    }
 
     #[test]
     fn calendar() {

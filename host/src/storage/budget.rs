@@ -3,6 +3,7 @@
 #[allow(unused_imports)]
 use super::*;
 use crate::BoxFuture;
+pub use crate::budget::Metric;
 use crate::error::Result;
 #[allow(unused_imports)]
 use serde::Serialize;
@@ -14,9 +15,7 @@ pub struct Charge {
     pub scope: String,
     /// `all`, `day:2026-11-26`, `month:2026-11`.
     pub window: String,
-    /// `tool_calls`, `outbound_calls`, `fuel`, `wall_ms`, `cost_micro_usd`,
-    /// `input_tokens`, `output_tokens`.
-    pub metric: String,
+    pub metric: Metric,
     pub amount: i64,
     /// The limit, if any: a reservation that would pass it fails.
     pub limit: Option<i64>,
@@ -27,7 +26,7 @@ pub struct Charge {
 pub struct Exceeded {
     pub scope: String,
     pub window: String,
-    pub metric: String,
+    pub metric: Metric,
     pub limit: i64,
     pub used: i64,
     pub reserved: i64,
@@ -39,7 +38,7 @@ pub struct Exceeded {
 pub struct Usage {
     pub scope: String,
     pub window: String,
-    pub metric: String,
+    pub metric: Metric,
     pub used: i64,
     pub reserved: i64,
 }
@@ -59,7 +58,7 @@ pub fn exceeds(charge: &Charge, used: i64, reserved: i64) -> Option<Exceeded> {
     (used.saturating_add(reserved).saturating_add(charge.amount) > limit).then(|| Exceeded {
         scope: charge.scope.clone(),
         window: charge.window.clone(),
-        metric: charge.metric.clone(),
+        metric: charge.metric,
         limit,
         used,
         reserved,
@@ -75,7 +74,7 @@ pub fn reservations(worst: &[Charge]) -> Vec<Charge> {
         std::collections::BTreeMap::new();
     for c in worst.iter().filter(|c| c.limit.is_some()) {
         lines
-            .entry((&c.scope, &c.window, &c.metric))
+            .entry((&c.scope, &c.window, c.metric.as_str()))
             .and_modify(|m| {
                 m.amount = m.amount.saturating_add(c.amount);
                 m.limit = c.limit;
@@ -94,10 +93,16 @@ pub fn settlement<'a>(
     let mut lines: std::collections::BTreeMap<(&str, &str, &str), (i64, i64)> =
         std::collections::BTreeMap::new();
     for c in release.iter().filter(|c| c.amount != 0) {
-        lines.entry((&c.scope, &c.window, &c.metric)).or_default().1 += c.amount;
+        lines
+            .entry((&c.scope, &c.window, c.metric.as_str()))
+            .or_default()
+            .1 += c.amount;
     }
     for c in charge.iter().filter(|c| c.amount != 0) {
-        lines.entry((&c.scope, &c.window, &c.metric)).or_default().0 += c.amount;
+        lines
+            .entry((&c.scope, &c.window, c.metric.as_str()))
+            .or_default()
+            .0 += c.amount;
     }
     lines
 }

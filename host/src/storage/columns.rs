@@ -141,7 +141,8 @@ macro_rules! name_column {
 
 name_column!(
     crate::record::Status => "invocation status",
-    crate::storage::ApprovalStatus => "approval status"
+    crate::storage::ApprovalStatus => "approval status",
+    crate::budget::Metric => "budget metric"
 );
 
 /// A stored name that no host writes.

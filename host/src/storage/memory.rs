@@ -268,7 +268,11 @@ impl MemoryStorage {
 }
 
 fn key(c: &Charge) -> (String, String, String) {
-    (c.scope.clone(), c.window.clone(), c.metric.clone())
+    (
+        c.scope.clone(),
+        c.window.clone(),
+        c.metric.as_str().to_string(),
+    )
 }
 
 fn settle(inner: &mut Inner, release: &[Charge], charge: &[Charge]) {
@@ -515,12 +519,14 @@ impl BudgetStore for MemoryStorage {
                 .budget
                 .iter()
                 .filter(|((s, _, _), _)| *s == scope)
-                .map(|((s, w, m), (used, reserved))| Usage {
-                    scope: s.clone(),
-                    window: w.clone(),
-                    metric: m.clone(),
-                    used: *used,
-                    reserved: *reserved,
+                .filter_map(|((s, w, m), (used, reserved))| {
+                    Some(Usage {
+                        scope: s.clone(),
+                        window: w.clone(),
+                        metric: Metric::parse(m)?,
+                        used: *used,
+                        reserved: *reserved,
+                    })
                 })
                 .collect())
         })

@@ -7,6 +7,7 @@ use super::view::{
 };
 use super::{Console, MAX_EXPORT, Mirror, PageError, Session, may, require, session};
 use crate::approvals::{self, Verdict};
+use crate::budget::Metric;
 use crate::clock::now_ms;
 use crate::error::{Error, ErrorKind};
 use crate::keys::Role;
@@ -860,25 +861,25 @@ pub async fn enable(
 
 /// One ledger line against its limit.
 struct Line {
-    metric: &'static str,
+    metric: Metric,
     used: i64,
     reserved: i64,
     limit: Option<i64>,
 }
 
-fn amount_text(metric: &str, v: i64) -> String {
-    if metric == "cost_micro_usd" {
+fn amount_text(metric: Metric, v: i64) -> String {
+    if metric == Metric::CostMicroUsd {
         usd(v)
     } else {
         v.to_string()
     }
 }
 
-fn metric_name(metric: &str) -> &str {
-    if metric == "cost_micro_usd" {
+fn metric_name(metric: Metric) -> &'static str {
+    if metric == Metric::CostMicroUsd {
         "cost"
     } else {
-        metric
+        metric.as_str()
     }
 }
 
@@ -890,12 +891,12 @@ async fn ledger_lines(
     limits: &crate::policy::file::Limits,
 ) -> crate::Result<Vec<Line>> {
     let usage = c.app.governed.ledger().usage(scope).await?;
-    Ok(crate::budget::METRICS
-        .iter()
+    Ok(Metric::ALL
+        .into_iter()
         .filter_map(|metric| {
             let u = usage
                 .iter()
-                .find(|u| u.window == window && u.metric == *metric);
+                .find(|u| u.window == window && u.metric == metric);
             let (used, reserved) = u.map_or((0, 0), |u| (u.used, u.reserved));
             let limit = crate::budget::limit_of(limits, metric);
             (limit.is_some() || used != 0 || reserved != 0).then_some(Line {

@@ -732,7 +732,11 @@ pub(super) async fn admit_in(
     let mut limits: BTreeMap<Line, Option<i64>> = BTreeMap::new();
     for c in wanted.iter().flatten() {
         limits.insert(
-            (c.scope.clone(), c.window.clone(), c.metric.clone()),
+            (
+                c.scope.clone(),
+                c.window.clone(),
+                c.metric.as_str().to_string(),
+            ),
             c.limit,
         );
     }
@@ -779,7 +783,11 @@ pub(super) async fn admit_in(
             continue;
         }
         let refusal = want.iter().find_map(|c| {
-            let key = (c.scope.clone(), c.window.clone(), c.metric.clone());
+            let key = (
+                c.scope.clone(),
+                c.window.clone(),
+                c.metric.as_str().to_string(),
+            );
             let (used, held) = lines.get(&key).copied().unwrap_or((0, 0));
             exceeds(c, used, held)
         });
@@ -789,7 +797,11 @@ pub(super) async fn admit_in(
         }
         for c in want {
             let line = lines
-                .entry((c.scope.clone(), c.window.clone(), c.metric.clone()))
+                .entry((
+                    c.scope.clone(),
+                    c.window.clone(),
+                    c.metric.as_str().to_string(),
+                ))
                 .or_default();
             line.1 = line.1.saturating_add(c.amount);
         }

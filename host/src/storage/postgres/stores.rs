@@ -217,16 +217,18 @@ impl BudgetStore for PostgresStorage {
             .fetch_all(&self.pool)
             .await
             .map_err(db)?;
-            Ok(rows
-                .iter()
-                .map(|r| Usage {
-                    scope: r.get(0),
-                    window: r.get(1),
-                    metric: r.get(2),
-                    used: r.get(3),
-                    reserved: r.get(4),
+            rows.iter()
+                .map(|r| {
+                    Ok(Usage {
+                        scope: r.try_get(0)?,
+                        window: r.try_get(1)?,
+                        metric: r.try_get(2)?,
+                        used: r.try_get(3)?,
+                        reserved: r.try_get(4)?,
+                    })
                 })
-                .collect())
+                .collect::<std::result::Result<_, sqlx::Error>>()
+                .map_err(db)
         })
     }
 }
