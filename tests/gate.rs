@@ -471,7 +471,7 @@ async fn exactly_max_tool_calls_run_under_concurrency() {
         }
     }
     assert_eq!(ran, 4);
-    let usage = g.gate.ledger().usage("task:_/race").await.unwrap();
+    let usage = g.gate.ledger().usage(&"task:_/race".into()).await.unwrap();
     let calls = usage
         .iter()
         .find(|u| u.metric == toolhost::budget::Metric::ToolCalls)
@@ -899,7 +899,7 @@ async fn calls_that_never_run_are_audited_too() {
     assert!(
         g.gate
             .ledger()
-            .usage("task:_/x")
+            .usage(&"task:_/x".into())
             .await
             .unwrap()
             .iter()

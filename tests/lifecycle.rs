@@ -11,7 +11,7 @@ use toolhost::audit::AuditLog;
 use toolhost::budget::Ledger;
 use toolhost::clock::ManualClock;
 use toolhost::gate::{CallContext, Governed};
-use toolhost::ids::{InvocationId, TenantId};
+use toolhost::ids::{ApprovalId, InvocationId, TenantId};
 use toolhost::lease::Instance;
 use toolhost::policy::Policy;
 use toolhost::service::{Answer, InvocationService, Keys, Request};
@@ -38,6 +38,7 @@ struct Host2 {
     storage: Arc<dyn Storage>,
     clock: Arc<ManualClock>,
     audit: Arc<AuditLog>,
+    dir: std::path::PathBuf,
 }
 
 /// A store on a manual clock, and a service (a "host") on it.
@@ -53,6 +54,7 @@ async fn store() -> Host2 {
         storage,
         clock: ManualClock::new(T0),
         audit,
+        dir,
     }
 }
 
@@ -97,7 +99,7 @@ fn run_row(id: &str, owner: &str, lease_until: i64, key: Option<&str>) -> NewRun
 
 async fn calls(s: &Host2) -> (i64, i64) {
     s.storage
-        .budget_usage("task:acme/t1")
+        .budget_usage(&"task:acme/t1".into())
         .await
         .unwrap()
         .iter()
@@ -267,6 +269,36 @@ async fn an_unadmitted_keyed_invocation_is_forgotten_and_its_key_freed() {
 async fn an_undecided_approval_expires_and_stays_expired() {
     let s = store().await;
     let svc = service(&s);
+    let (outcome, approval_id) = park_refund(&s, &svc, "o1").await;
+    s.clock
+        .advance(toolhost::gate::governed::DEFAULT_APPROVAL_TTL_MS - 1);
+    assert_eq!(svc.reap().await.unwrap(), 0);
+    s.clock.advance(1);
+    assert_eq!(svc.reap().await.unwrap(), 1);
+    let a = s
+        .storage
+        .approval_get(&TenantId::from("acme"), &approval_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(a.status, toolhost::storage::ApprovalStatus::Expired);
+    let rec = s
+        .storage
+        .invocation_get(&TenantId::from("acme"), &outcome.invocation_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(rec.status, toolhost::storage::Status::Refused);
+    assert_eq!(rec.error_kind.as_deref(), Some("approval_expired"));
+    assert!(verify(&s).await.ok);
+}
+
+/// A refund above the approval threshold, parked for a human.
+async fn park_refund(
+    s: &Host2,
+    svc: &Arc<InvocationService>,
+    order: &str,
+) -> (toolhost::Outcome, ApprovalId) {
     let registry = toolhost::registry::Registry::new(s.storage.clone(), runtime());
     registry
         .register(
@@ -300,7 +332,7 @@ async fn an_undecided_approval_expires_and_stays_expired() {
         .invoke(Request {
             tool: refund,
             function: Some("issue-refund".into()),
-            args: json!({"order-id": "o1", "amount-usd": 80.0}),
+            args: json!({"order-id": order, "amount-usd": 80.0}),
             limits: toolhost::Limits::default(),
             context,
             hold: None,
@@ -311,27 +343,37 @@ async fn an_undecided_approval_expires_and_stays_expired() {
         panic!("no approval asked")
     };
     let approval_id = outcome.approval_id.clone().expect("parked for approval");
+    (*outcome, approval_id)
+}
+
+/// A request whose invocation row cannot be finished (its status hand-edited
+/// to a name no host writes) does not stop the reaper from expiring the
+/// others.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_poisoned_request_does_not_stop_the_others_expiring() {
+    let s = store().await;
+    let svc = service(&s);
+    let (poisoned, _) = park_refund(&s, &svc, "o1").await;
+    s.clock.advance(10);
+    let (_, fine) = park_refund(&s, &svc, "o2").await;
+    use sqlx::Connection;
+    let url = format!("sqlite://{}", s.dir.join("toolhost.db").display());
+    let mut c = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    sqlx::query("UPDATE invocations SET status = 'parked?' WHERE id = ?")
+        .bind(poisoned.invocation_id.as_str())
+        .execute(&mut c)
+        .await
+        .unwrap();
     s.clock
-        .advance(toolhost::gate::governed::DEFAULT_APPROVAL_TTL_MS - 1);
-    assert_eq!(svc.reap().await.unwrap(), 0);
-    s.clock.advance(1);
-    assert_eq!(svc.reap().await.unwrap(), 1);
+        .advance(toolhost::gate::governed::DEFAULT_APPROVAL_TTL_MS);
+    assert_eq!(svc.reap().await.unwrap(), 1, "the other request expires");
     let a = s
         .storage
-        .approval_get(&TenantId::from("acme"), &approval_id)
+        .approval_get(&TenantId::from("acme"), &fine)
         .await
         .unwrap()
         .unwrap();
     assert_eq!(a.status, toolhost::storage::ApprovalStatus::Expired);
-    let rec = s
-        .storage
-        .invocation_get(&TenantId::from("acme"), &outcome.invocation_id)
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(rec.status, toolhost::storage::Status::Refused);
-    assert_eq!(rec.error_kind.as_deref(), Some("approval_expired"));
-    assert!(verify(&s).await.ok);
 }
 
 /// A task that ends without recording its end hands its row to the reaper

@@ -363,4 +363,45 @@ fn the_cli_registers_lists_and_describes() {
     let out = host(&["tools", "disable", "nope", "--data-dir", &d]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("error[not_found]"));
+    // Data is made only under tenant names that are checked; what is stored
+    // stays reachable by any name (names were not checked before).
+    let out = host(&[
+        "register",
+        &refund,
+        "--name",
+        "refund",
+        "--tenant",
+        "Acme Corp",
+        "--data-dir",
+        &d,
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("tenant `Acme Corp`"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = host(&[
+        "tools",
+        "list",
+        "--tenant",
+        "Acme Corp",
+        "--data-dir",
+        &d,
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap(),
+        serde_json::json!([])
+    );
 }

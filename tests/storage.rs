@@ -85,7 +85,7 @@ fn record(id: &str, status: &str) -> InvocationRecord {
 }
 
 async fn reserved(s: &Arc<dyn Storage>, metric: &str) -> (i64, i64) {
-    s.budget_usage("task:acme/t")
+    s.budget_usage(&"task:acme/t".into())
         .await
         .unwrap()
         .iter()

@@ -145,6 +145,21 @@ id! {
     KeyId
 }
 
+id! {
+    /// A budget ledger's scope: whose spending it counts
+    /// (`task:<tenant>/<task>`, `workflow:<tenant>/<workflow>`,
+    /// `tenant:<tenant>`). Made by [`crate::budget`]'s constructors, or
+    /// read back from storage.
+    LedgerScope
+}
+
+id! {
+    /// A budget ledger's window: `all`, `day:2026-11-26` or `month:2026-11`
+    /// (UTC). Made by [`crate::budget`]'s constructors, or read back from
+    /// storage.
+    Window
+}
+
 /// The name of the tenant of calls made without one.
 pub const DEFAULT_TENANT: &str = "_";
 
@@ -172,6 +187,17 @@ impl TenantId {
                 "tenant `{tenant}`: use 1 to 64 letters, digits, `-`, `_` or `.`, starting with a letter or digit"
             )))
         }
+    }
+
+    /// A tenant named to reach what is already stored under it (listing,
+    /// deciding, disabling): any name that is not empty, since data stored
+    /// before names were checked must stay reachable. Data is made only
+    /// under names [`TenantId::parse`] accepts.
+    pub fn existing(tenant: &str) -> Result<TenantId> {
+        if tenant.is_empty() {
+            return Err(Error::invalid_args("tenant: the name is empty"));
+        }
+        Ok(TenantId(tenant.to_string()))
     }
 
     /// The tenant of a value that may name none (`None` or empty: `_`).
@@ -221,6 +247,8 @@ mod tests {
             let err = TenantId::parse(bad).unwrap_err().to_string();
             assert!(err.contains("tenant"), "{bad:?}: {err}");
         }
+        assert_eq!(TenantId::existing("Acme Corp").unwrap(), "Acme Corp");
+        assert!(TenantId::existing("").is_err());
         assert_eq!(TenantId::or_default(None), TenantId::default());
         assert_eq!(TenantId::or_default(Some("")), TenantId::default());
         assert_eq!(TenantId::or_default(Some("acme")), "acme");

@@ -524,7 +524,7 @@ pub async fn report(
 pub fn ledger_of(lines: &[crate::storage::Usage]) -> Option<TaskLedger> {
     let mut ledger = TaskLedger::default();
     let mut any = false;
-    for u in lines.iter().filter(|u| u.window == "all") {
+    for u in lines.iter().filter(|u| u.window.is_all()) {
         any = true;
         match u.metric.as_str() {
             "tool_calls" => ledger.tool_calls = u.used,

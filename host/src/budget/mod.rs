@@ -10,7 +10,7 @@
 //! a task over its token budget may run no further tools.
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::ids::TenantId;
+use crate::ids::{LedgerScope, TenantId, Window};
 use crate::policy::file::{Budget, Limits, Price};
 use crate::storage::{Charge, Exceeded, Storage};
 use serde::Serialize;
@@ -150,9 +150,50 @@ pub struct Scope {
     pub task: Option<String>,
 }
 
+impl LedgerScope {
+    /// The ledger of a tenant's task.
+    pub fn task(tenant: &str, task: &str) -> LedgerScope {
+        format!("task:{tenant}/{task}").into()
+    }
+
+    /// The ledger of a tenant's workflow.
+    pub fn workflow(tenant: &str, workflow: &str) -> LedgerScope {
+        format!("workflow:{tenant}/{workflow}").into()
+    }
+
+    /// The ledger of a whole tenant.
+    pub fn tenant(tenant: &str) -> LedgerScope {
+        format!("tenant:{tenant}").into()
+    }
+}
+
 /// The ledger scope of a tenant's task.
-pub fn task_scope(tenant: &str, task: &str) -> String {
-    format!("task:{tenant}/{task}")
+pub fn task_scope(tenant: &str, task: &str) -> LedgerScope {
+    LedgerScope::task(tenant, task)
+}
+
+impl Window {
+    /// The whole life of the ledger (tasks).
+    pub fn all() -> Window {
+        "all".into()
+    }
+
+    /// The UTC day `unix_ms` falls in.
+    pub fn day(unix_ms: i64) -> Window {
+        let (y, m, d) = civil_date(unix_ms);
+        format!("day:{y:04}-{m:02}-{d:02}").into()
+    }
+
+    /// The UTC month `unix_ms` falls in.
+    pub fn month(unix_ms: i64) -> Window {
+        let (y, m, _) = civil_date(unix_ms);
+        format!("month:{y:04}-{m:02}").into()
+    }
+
+    /// Whether it is the whole life of the ledger.
+    pub fn is_all(&self) -> bool {
+        self.as_str() == "all"
+    }
 }
 
 /// A UTC calendar date from Unix milliseconds: (year, month, day).
@@ -174,20 +215,18 @@ pub fn civil_date(unix_ms: i64) -> (i64, u32, u32) {
 /// to, with their limits: the task's (`all`), the workflow's and the
 /// tenant's (the current `day:` and `month:` windows) where the budget sets
 /// limits.
-pub fn levels(budget: &Budget, scope: &Scope, now_ms: i64) -> Vec<(String, String, Limits)> {
-    let (y, m, d) = civil_date(now_ms);
-    let day = format!("day:{y:04}-{m:02}-{d:02}");
-    let month = format!("month:{y:04}-{m:02}");
-    let mut levels: Vec<(String, String, Limits)> = Vec::new();
+pub fn levels(budget: &Budget, scope: &Scope, now_ms: i64) -> Vec<(LedgerScope, Window, Limits)> {
+    let (day, month) = (Window::day(now_ms), Window::month(now_ms));
+    let mut levels: Vec<(LedgerScope, Window, Limits)> = Vec::new();
     if let Some(task) = &scope.task {
         levels.push((
-            task_scope(&scope.tenant, task),
-            "all".into(),
+            LedgerScope::task(&scope.tenant, task),
+            Window::all(),
             budget.per_task(),
         ));
     }
-    let wf = format!("workflow:{}/{}", scope.tenant, scope.workflow);
-    let tn = format!("tenant:{}", scope.tenant);
+    let wf = LedgerScope::workflow(&scope.tenant, &scope.workflow);
+    let tn = LedgerScope::tenant(&scope.tenant);
     for (s, windows) in [(wf, &budget.per_workflow), (tn, &budget.per_tenant)] {
         if let Some(l) = &windows.day {
             levels.push((s.clone(), day.clone(), l.clone()));
@@ -231,7 +270,7 @@ pub fn exceeded_error(e: &Exceeded) -> Error {
         }
     };
     let remaining = (e.limit - e.used - e.reserved).max(0);
-    let window = if e.window == "all" {
+    let window = if e.window.is_all() {
         String::new()
     } else {
         format!(" ({})", e.window)
@@ -318,7 +357,7 @@ impl Ledger {
     }
 
     /// The ledger lines of a scope (`task:<tenant>/<task>`, ...).
-    pub async fn usage(&self, scope: &str) -> Result<Vec<crate::storage::Usage>> {
+    pub async fn usage(&self, scope: &LedgerScope) -> Result<Vec<crate::storage::Usage>> {
         self.storage.budget_usage(scope).await
     }
 }
@@ -351,6 +390,19 @@ mod tests {
             );
         }
         assert_eq!(Metric::parse("calls"), None);
+    }
+
+    #[test]
+    fn ledgers_keep_their_stored_names() {
+        // 2026-11-26T00:00:00Z
+        let t = 1_795_651_200_000;
+        assert_eq!(LedgerScope::task("acme", "t/1"), "task:acme/t/1");
+        assert_eq!(LedgerScope::workflow("acme", "*"), "workflow:acme/*");
+        assert_eq!(LedgerScope::tenant("_"), "tenant:_");
+        assert_eq!(Window::day(t), "day:2026-11-26");
+        assert_eq!(Window::day(t - 1), "day:2026-11-25");
+        assert_eq!(Window::month(t), "month:2026-11");
+        assert!(Window::all().is_all() && !Window::day(t).is_all());
     }
 
     #[test]

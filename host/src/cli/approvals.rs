@@ -20,7 +20,7 @@ use toolhost::{Error, ErrorKind, Host};
 pub enum Command {
     /// Approval requests, newest first.
     List {
-        #[arg(long, value_parser = TenantId::parse)]
+        #[arg(long, value_parser = TenantId::existing)]
         tenant: TenantId,
         /// pending, approved, denied, expired (default: all).
         #[arg(long)]
@@ -33,7 +33,7 @@ pub enum Command {
     /// Approve a request: the call runs now, once; prints its result.
     Approve {
         id: String,
-        #[arg(long, value_parser = TenantId::parse)]
+        #[arg(long, value_parser = TenantId::existing)]
         tenant: TenantId,
         #[arg(long)]
         reason: Option<String>,
@@ -46,7 +46,7 @@ pub enum Command {
     /// Deny a request (final).
     Deny {
         id: String,
-        #[arg(long, value_parser = TenantId::parse)]
+        #[arg(long, value_parser = TenantId::existing)]
         tenant: TenantId,
         #[arg(long)]
         reason: Option<String>,

@@ -22,7 +22,7 @@ pub enum Command {
     },
     /// List keys (ids, tenants, roles; never the secrets).
     List {
-        #[arg(long, value_parser = TenantId::parse)]
+        #[arg(long, value_parser = TenantId::existing)]
         tenant: Option<TenantId>,
         #[arg(long)]
         json: bool,

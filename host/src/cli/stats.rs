@@ -10,7 +10,7 @@ use toolhost::{Error, ErrorKind};
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// The tenant (`_` for invocations run without one).
-    #[arg(long, default_value = "_", value_parser = TenantId::parse)]
+    #[arg(long, default_value = "_", value_parser = TenantId::existing)]
     tenant: TenantId,
     /// Only this tool.
     #[arg(long)]

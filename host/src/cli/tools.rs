@@ -39,7 +39,7 @@ pub struct RegisterArgs {
 pub enum Command {
     /// The tenant's tools and their current versions.
     List {
-        #[arg(long, default_value = "_", value_parser = TenantId::parse)]
+        #[arg(long, default_value = "_", value_parser = TenantId::existing)]
         tenant: TenantId,
         #[arg(long)]
         json: bool,
@@ -49,7 +49,7 @@ pub enum Command {
     /// A tool's versions and functions.
     Describe {
         name: String,
-        #[arg(long, default_value = "_", value_parser = TenantId::parse)]
+        #[arg(long, default_value = "_", value_parser = TenantId::existing)]
         tenant: TenantId,
         #[command(flatten)]
         data: DataDir,
@@ -58,7 +58,7 @@ pub enum Command {
     Deploy {
         name: String,
         version: String,
-        #[arg(long, default_value = "_", value_parser = TenantId::parse)]
+        #[arg(long, default_value = "_", value_parser = TenantId::existing)]
         tenant: TenantId,
         #[command(flatten)]
         data: DataDir,
@@ -66,7 +66,7 @@ pub enum Command {
     /// Stop a tool from being invoked (it stays registered).
     Disable {
         name: String,
-        #[arg(long, default_value = "_", value_parser = TenantId::parse)]
+        #[arg(long, default_value = "_", value_parser = TenantId::existing)]
         tenant: TenantId,
         #[command(flatten)]
         data: DataDir,
@@ -74,7 +74,7 @@ pub enum Command {
     /// Allow a disabled tool again.
     Enable {
         name: String,
-        #[arg(long, default_value = "_", value_parser = TenantId::parse)]
+        #[arg(long, default_value = "_", value_parser = TenantId::existing)]
         tenant: TenantId,
         #[command(flatten)]
         data: DataDir,

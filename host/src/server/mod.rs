@@ -521,8 +521,9 @@ async fn enforce_retention(app: Arc<App>, every: Duration) {
         match app.storage.audit_chains().await {
             Ok(chains) => {
                 for chain in chains {
-                    let tenant = (chain != "_").then_some(chain.as_str());
-                    let Some(days) = policy.retain_days(tenant) else {
+                    // A chain is its tenant's, `_` included (documents may
+                    // name `_` like any other tenant).
+                    let Some(days) = policy.retain_days(Some(chain.as_str())) else {
                         continue;
                     };
                     match audit.prune(&chain, days, crate::clock::now_ms()).await {

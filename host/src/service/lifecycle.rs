@@ -161,7 +161,17 @@ impl InvocationService {
                 .await?;
         }
         for a in storage.approvals_due(now, REAP_BATCH).await? {
-            done += usize::from(self.expire(&a, now).await?);
+            // One request that cannot be finished (a hand-edited row) must
+            // not hold up the others, or the sweeps below.
+            match self.expire(&a, now).await {
+                Ok(ended) => done += usize::from(ended),
+                Err(e) => tracing::warn!(
+                    approval_id = %a.id,
+                    kind = e.kind.as_str(),
+                    "reaper: could not expire an approval request: {}",
+                    e.message
+                ),
+            }
         }
         // What only grows otherwise: expired cache entries, delivered or
         // given-up callbacks after a week (at most once a minute).

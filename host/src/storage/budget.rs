@@ -5,16 +5,15 @@ use super::*;
 use crate::BoxFuture;
 pub use crate::budget::Metric;
 use crate::error::Result;
+pub use crate::ids::{LedgerScope, Window};
 #[allow(unused_imports)]
 use serde::Serialize;
 
 /// One charge against a budget ledger.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Charge {
-    /// `task:<tenant>/<task>`, `workflow:<tenant>/<workflow>`, `tenant:<tenant>`.
-    pub scope: String,
-    /// `all`, `day:2026-11-26`, `month:2026-11`.
-    pub window: String,
+    pub scope: LedgerScope,
+    pub window: Window,
     pub metric: Metric,
     pub amount: i64,
     /// The limit, if any: a reservation that would pass it fails.
@@ -24,8 +23,8 @@ pub struct Charge {
 /// A reservation refused: which limit, and what was left.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Exceeded {
-    pub scope: String,
-    pub window: String,
+    pub scope: LedgerScope,
+    pub window: Window,
     pub metric: Metric,
     pub limit: i64,
     pub used: i64,
@@ -36,8 +35,8 @@ pub struct Exceeded {
 /// A ledger line.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Usage {
-    pub scope: String,
-    pub window: String,
+    pub scope: LedgerScope,
+    pub window: Window,
     pub metric: Metric,
     pub used: i64,
     pub reserved: i64,
@@ -48,7 +47,7 @@ pub trait BudgetStore: Send + Sync {
     /// Record usage outside any invocation (reported model tokens).
     fn budget_charge(&self, used: Vec<Charge>) -> BoxFuture<'_, Result<()>>;
     /// Ledger lines of a scope.
-    fn budget_usage(&self, scope: &str) -> BoxFuture<'_, Result<Vec<Usage>>>;
+    fn budget_usage(&self, scope: &LedgerScope) -> BoxFuture<'_, Result<Vec<Usage>>>;
 }
 
 /// The budget check every backend applies when reserving: `charge` on a

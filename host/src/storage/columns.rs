@@ -4,7 +4,7 @@
 //! Reading one back takes the text as stored; the column is where the value
 //! was checked on its way in.
 
-use crate::ids::{ApprovalId, InvocationId, KeyId, TenantId};
+use crate::ids::{ApprovalId, InvocationId, KeyId, LedgerScope, TenantId, Window};
 use sqlx::error::BoxDynError;
 use sqlx::postgres::{PgHasArrayType, PgTypeInfo};
 
@@ -70,7 +70,14 @@ macro_rules! text_column {
     )*};
 }
 
-text_column!(TenantId, InvocationId, ApprovalId, KeyId);
+text_column!(
+    TenantId,
+    InvocationId,
+    ApprovalId,
+    KeyId,
+    LedgerScope,
+    Window
+);
 
 /// The statuses are stored by name; a name no host writes is an error
 /// naming it (a hand-edited row), never a guess.

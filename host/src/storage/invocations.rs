@@ -203,7 +203,9 @@ pub struct End {
 /// The row's state, as [`check`] sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RowState {
-    pub status: Status,
+    /// `None`: a stored status no host writes (a hand-edited row); no
+    /// expectation matches it, so nothing moves it.
+    pub status: Option<Status>,
     pub owner: Option<String>,
     pub lease_until: Option<i64>,
 }
@@ -214,14 +216,12 @@ pub fn check(expect: &Expect, state: Option<&RowState>) -> bool {
     match (expect, state) {
         (Expect::Mine { .. }, None) => true,
         (Expect::Mine { owner } | Expect::Abandoned { owner }, Some(s)) => {
-            s.status == crate::storage::Status::Running
-                && s.owner.as_deref() == Some(owner.as_str())
+            s.status == Some(Status::Running) && s.owner.as_deref() == Some(owner.as_str())
         }
         (Expect::Expired { now_ms }, Some(s)) => {
-            s.status == crate::storage::Status::Running
-                && s.lease_until.is_some_and(|l| l < *now_ms)
+            s.status == Some(Status::Running) && s.lease_until.is_some_and(|l| l < *now_ms)
         }
-        (Expect::Pending, Some(s)) => s.status == crate::storage::Status::PendingApproval,
+        (Expect::Pending, Some(s)) => s.status == Some(Status::PendingApproval),
         _ => false,
     }
 }

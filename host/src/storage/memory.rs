@@ -19,7 +19,7 @@ struct Inner {
     heads: HashMap<String, Checkpoint>,
     checkpoints: HashMap<String, Vec<Checkpoint>>,
     registry: Option<Signed>,
-    budget: BTreeMap<(String, String, String), (i64, i64)>,
+    budget: BTreeMap<(LedgerScope, Window, String), (i64, i64)>,
     meta: HashMap<String, String>,
     blobs: HashMap<String, Vec<u8>>,
     versions: BTreeMap<(TenantId, String, String), ToolVersion>,
@@ -65,7 +65,7 @@ struct Row {
 impl Row {
     fn state(&self) -> RowState {
         RowState {
-            status: self.record.status,
+            status: Some(self.record.status),
             owner: self.owner.clone(),
             lease_until: self.lease_until,
         }
@@ -267,7 +267,7 @@ impl MemoryStorage {
     }
 }
 
-fn key(c: &Charge) -> (String, String, String) {
+fn key(c: &Charge) -> (LedgerScope, Window, String) {
     (
         c.scope.clone(),
         c.window.clone(),
@@ -511,7 +511,7 @@ impl BudgetStore for MemoryStorage {
         Box::pin(async { Ok(()) })
     }
 
-    fn budget_usage(&self, scope: &str) -> BoxFuture<'_, Result<Vec<Usage>>> {
+    fn budget_usage(&self, scope: &LedgerScope) -> BoxFuture<'_, Result<Vec<Usage>>> {
         let scope = scope.to_string();
         Box::pin(async move {
             Ok(self

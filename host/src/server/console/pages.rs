@@ -10,6 +10,7 @@ use crate::approvals::{self, Verdict};
 use crate::budget::Metric;
 use crate::clock::now_ms;
 use crate::error::{Error, ErrorKind};
+use crate::ids::{LedgerScope, Window};
 use crate::keys::Role;
 use crate::storage::{ApprovalRecord, InvocationFilter};
 use crate::storage::{ApprovalStatus, Status};
@@ -886,8 +887,8 @@ fn metric_name(metric: Metric) -> &'static str {
 /// The lines of ledger (scope, window) with the limits in force.
 async fn ledger_lines(
     c: &Console,
-    scope: &str,
-    window: &str,
+    scope: &LedgerScope,
+    window: &Window,
     limits: &crate::policy::file::Limits,
 ) -> crate::Result<Vec<Line>> {
     let usage = c.app.governed.ledger().usage(scope).await?;
@@ -896,7 +897,7 @@ async fn ledger_lines(
         .filter_map(|metric| {
             let u = usage
                 .iter()
-                .find(|u| u.window == window && u.metric == metric);
+                .find(|u| u.window == *window && u.metric == metric);
             let (used, reserved) = u.map_or((0, 0), |u| (u.used, u.reserved));
             let limit = crate::budget::limit_of(limits, metric);
             (limit.is_some() || used != 0 || reserved != 0).then_some(Line {
@@ -957,8 +958,9 @@ pub async fn budgets(
     workflows.sort();
     workflows.dedup();
     // (scope, window) → limits, in order: tenant, workflows, tasks.
-    let mut ledgers: Vec<(String, String, crate::policy::file::Limits)> = Vec::new();
-    let mut push = |levels: Vec<(String, String, crate::policy::file::Limits)>, prefix: &str| {
+    type Ledger = (LedgerScope, Window, crate::policy::file::Limits);
+    let mut ledgers: Vec<Ledger> = Vec::new();
+    let mut push = |levels: Vec<Ledger>, prefix: &str| {
         for l in levels.into_iter().filter(|(s, _, _)| s.starts_with(prefix)) {
             if !ledgers.iter().any(|(s, w, _)| *s == l.0 && *w == l.1) {
                 ledgers.push(l);

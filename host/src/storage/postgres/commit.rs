@@ -13,12 +13,12 @@ use super::{PostgresStorage, transact};
 use crate::audit::link::{HeadRow, link, refused, vet};
 use crate::error::Result;
 use crate::ids::{ApprovalId, InvocationId, TenantId};
-use crate::storage::ApprovalStatus;
 use crate::storage::{
     Admit, Charge, Decision, End, IdempotencyBegin, KeyBegin, KeyRow, NewEntry, NewRun, Notary,
     Refused, RowState, Signed, StoredEntry, Work, check, decide, end_charges, exceeds, may_decide,
     reservations, settlement,
 };
+use crate::storage::{ApprovalStatus, LedgerScope, Status, Window};
 use sqlx::{PgConnection, Row};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -123,7 +123,8 @@ struct Inv {
 #[derive(Debug, Clone)]
 struct Apr {
     tenant: TenantId,
-    status: ApprovalStatus,
+    /// `None`: a status no host writes (decided by no one).
+    status: Option<ApprovalStatus>,
     expires_ms: i64,
     invocation_id: InvocationId,
 }
@@ -224,7 +225,7 @@ pub(super) async fn commit_in(
                 r.get(0),
                 Apr {
                     tenant: r.get(1),
-                    status: r.try_get(2)?,
+                    status: ApprovalStatus::parse(&r.try_get::<String, _>(2)?),
                     expires_ms: r.get(3),
                     invocation_id: r.get(4),
                 },
@@ -252,7 +253,7 @@ pub(super) async fn commit_in(
                 r.get(0),
                 Inv {
                     state: RowState {
-                        status: r.try_get(1)?,
+                        status: Status::parse(&r.try_get::<String, _>(1)?),
                         owner: r.get(2),
                         lease_until: r.get(3),
                     },
@@ -272,7 +273,7 @@ pub(super) async fn commit_in(
         .await?
         {
             if let Some(a) = approvals.get_mut(&r.get::<ApprovalId, _>(0)) {
-                a.status = r.try_get(1)?;
+                a.status = ApprovalStatus::parse(&r.try_get::<String, _>(1)?);
             }
         }
     }
@@ -291,11 +292,11 @@ pub(super) async fn commit_in(
         let decide_ok = match &w.decide {
             Some(d) => approvals.get(&d.approval_id).is_some_and(|a| {
                 a.tenant == d.tenant
-                    && may_decide(d, a.status, a.expires_ms)
+                    && a.status.is_some_and(|s| may_decide(d, s, a.expires_ms))
                     && (d.run.is_none()
-                        || invs.get(&a.invocation_id).is_some_and(|i| {
-                            i.state.status == crate::storage::Status::PendingApproval
-                        }))
+                        || invs
+                            .get(&a.invocation_id)
+                            .is_some_and(|i| i.state.status == Some(Status::PendingApproval)))
             }),
             None => true,
         };
@@ -311,7 +312,7 @@ pub(super) async fn commit_in(
             let id = approvals[&d.approval_id].invocation_id.clone();
             let mut inv = invs[&id].clone();
             inv.state = RowState {
-                status: crate::storage::Status::Running,
+                status: Some(Status::Running),
                 owner: Some(owner.clone()),
                 lease_until: Some(*lease_until),
             };
@@ -335,7 +336,7 @@ pub(super) async fn commit_in(
         // Accepted: apply to the batch's view.
         if let Some(d) = &w.decide {
             if let Some(a) = approvals.get_mut(&d.approval_id) {
-                a.status = d.status;
+                a.status = Some(d.status);
             }
             decisions.push(d);
         }
@@ -356,7 +357,7 @@ pub(super) async fn commit_in(
                 e.record.id.clone(),
                 Inv {
                     state: RowState {
-                        status: e.record.status,
+                        status: Some(e.record.status),
                         owner: None,
                         lease_until: None,
                     },
@@ -667,7 +668,7 @@ pub(super) enum Admitted {
 }
 
 /// A budget line's key.
-type Line = (String, String, String);
+type Line = (LedgerScope, Window, String);
 
 /// Budget lines' keys as columns (bound as arrays, for `UNNEST`).
 #[derive(Default)]

@@ -10,8 +10,8 @@ impl BudgetStore for SqliteStorage {
                 .run_durable(move |w| commit::charge_alone(&mut w.conn, &used).map_err(writer::db)),
         )
     }
-    fn budget_usage(&self, scope: &str) -> BoxFuture<'_, Result<Vec<Usage>>> {
-        let scope = scope.to_string();
+    fn budget_usage(&self, scope: &LedgerScope) -> BoxFuture<'_, Result<Vec<Usage>>> {
+        let scope = scope.clone();
         Box::pin(async move {
             let rows = sqlx::query(
                 "SELECT scope, window, metric, used, reserved FROM budget WHERE scope = ? ORDER BY window, metric",
@@ -21,17 +21,26 @@ impl BudgetStore for SqliteStorage {
             .await
             .map_err(db)?;
             rows.iter()
-                .map(|r| {
-                    Ok(Usage {
-                        scope: r.try_get(0)?,
-                        window: r.try_get(1)?,
-                        metric: r.try_get(2)?,
-                        used: r.try_get(3)?,
-                        reserved: r.try_get(4)?,
-                    })
-                })
+                .filter_map(|r| usage_row(r).transpose())
                 .collect::<std::result::Result<_, sqlx::Error>>()
                 .map_err(db)
         })
     }
+}
+
+/// A ledger line; `None` for a metric no host writes (a hand-edited row),
+/// left out with a warning as the in-memory backend leaves it out.
+fn usage_row(r: &sqlx::sqlite::SqliteRow) -> std::result::Result<Option<Usage>, sqlx::Error> {
+    let name: String = r.try_get(2)?;
+    let Some(metric) = crate::budget::Metric::parse(&name) else {
+        tracing::warn!(metric = %name, "budget: a ledger line with an unknown metric is left out");
+        return Ok(None);
+    };
+    Ok(Some(Usage {
+        scope: r.try_get(0)?,
+        window: r.try_get(1)?,
+        metric,
+        used: r.try_get(3)?,
+        reserved: r.try_get(4)?,
+    }))
 }

@@ -9,12 +9,12 @@
 
 use crate::audit::link::{HeadRow, link, refused, vet};
 use crate::error::Result;
-use crate::storage::ApprovalStatus;
 use crate::storage::{
     Admit, ApprovalRecord, Charge, Decision, End, IdempotencyBegin, IdempotencyDone, KeyBegin,
     KeyRow, NewEntry, NewRun, Notary, Refused, RowState, Signed, StoredEntry, Work, check, decide,
     end_charges, exceeds, may_decide, reservations, settlement,
 };
+use crate::storage::{ApprovalStatus, Status};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use std::collections::BTreeMap;
 
@@ -47,7 +47,7 @@ fn row_state(tx: &Connection, id: &str) -> rusqlite::Result<Option<(RowState, Op
         .query_row([id], |r| {
             Ok((
                 RowState {
-                    status: r.get(0)?,
+                    status: Status::parse(&r.get::<_, String>(0)?),
                     owner: r.get(1)?,
                     lease_until: r.get(2)?,
                 },
@@ -59,7 +59,7 @@ fn row_state(tx: &Connection, id: &str) -> rusqlite::Result<Option<(RowState, Op
 
 /// Whether a decision may be applied now (read in the transaction).
 fn may_decide_in(tx: &Connection, d: &Decision) -> rusqlite::Result<bool> {
-    let found: Option<(ApprovalStatus, i64, String)> = tx
+    let found: Option<(String, i64, String)> = tx
         .prepare_cached(
             "SELECT status, expires_ms, invocation_id FROM approvals WHERE tenant = ? AND id = ?",
         )?
@@ -70,12 +70,16 @@ fn may_decide_in(tx: &Connection, d: &Decision) -> rusqlite::Result<bool> {
     let Some((status, expires_ms, invocation_id)) = found else {
         return Ok(false);
     };
+    // A status no host writes (a hand-edited row) is decided by no one.
+    let Some(status) = ApprovalStatus::parse(&status) else {
+        return Ok(false);
+    };
     if !may_decide(d, status, expires_ms) {
         return Ok(false);
     }
     if d.run.is_some() {
         let row = row_state(tx, &invocation_id)?;
-        return Ok(row.is_some_and(|(r, _)| r.status == crate::storage::Status::PendingApproval));
+        return Ok(row.is_some_and(|(r, _)| r.status == Some(Status::PendingApproval)));
     }
     Ok(true)
 }

@@ -140,20 +140,22 @@ impl InvocationStore for SqliteStorage {
                 // JSON) or text; only whole numbers count.
                 r.try_get::<Option<i64>, _>(i).ok().flatten()
             };
-            Ok(rows
-                .iter()
-                .map(|r| InvocationSample {
-                    tool: r.get(0),
-                    function: r.get(1),
-                    workflow: r.get(2),
-                    task_id: r.get(3),
-                    status: r.get(4),
-                    error_kind: r.get(5),
-                    created_ms: r.get(6),
-                    wall_ms: int(r, 7),
-                    cost_micro_usd: int(r, 8),
+            rows.iter()
+                .map(|r| {
+                    Ok(InvocationSample {
+                        tool: r.try_get(0)?,
+                        function: r.try_get(1)?,
+                        workflow: r.try_get(2)?,
+                        task_id: r.try_get(3)?,
+                        status: r.try_get(4)?,
+                        error_kind: r.try_get(5)?,
+                        created_ms: r.try_get(6)?,
+                        wall_ms: int(r, 7),
+                        cost_micro_usd: int(r, 8),
+                    })
                 })
-                .collect())
+                .collect::<std::result::Result<_, sqlx::Error>>()
+                .map_err(db)
         })
     }
 
@@ -238,7 +240,7 @@ impl InvocationStore for SqliteStorage {
                     |r| {
                         Ok((
                             RowState {
-                                status: r.get(0)?,
+                                status: Status::parse(&r.get::<_, String>(0)?),
                                 owner: r.get(1)?,
                                 lease_until: r.get(2)?,
                             },
