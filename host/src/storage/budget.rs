@@ -42,6 +42,32 @@ pub struct Usage {
     pub reserved: i64,
 }
 
+/// A stored ledger line as the backends read it; `None` for a metric no
+/// host writes (a hand-edited row), left out with a warning by every
+/// backend.
+pub fn usage_line(
+    scope: LedgerScope,
+    window: Window,
+    metric: &str,
+    used: i64,
+    reserved: i64,
+) -> Option<Usage> {
+    let Some(metric) = Metric::parse(metric) else {
+        tracing::warn!(
+            metric,
+            "budget: a ledger line with an unknown metric is left out"
+        );
+        return None;
+    };
+    Some(Usage {
+        scope,
+        window,
+        metric,
+        used,
+        reserved,
+    })
+}
+
 /// Budget ledgers: reservations (taken at admission), settlements, usage.
 pub trait BudgetStore: Send + Sync {
     /// Record usage outside any invocation (reported model tokens).

@@ -520,13 +520,7 @@ impl BudgetStore for MemoryStorage {
                 .iter()
                 .filter(|((s, _, _), _)| *s == scope)
                 .filter_map(|((s, w, m), (used, reserved))| {
-                    Some(Usage {
-                        scope: s.clone(),
-                        window: w.clone(),
-                        metric: Metric::parse(m)?,
-                        used: *used,
-                        reserved: *reserved,
-                    })
+                    usage_line(s.clone(), w.clone(), m, *used, *reserved)
                 })
                 .collect())
         })

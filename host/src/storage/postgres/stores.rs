@@ -1060,19 +1060,14 @@ fn outbox_row(r: &PgRow) -> OutboxMessage {
     }
 }
 
-/// A ledger line; `None` for a metric no host writes (a hand-edited row),
-/// left out with a warning as the in-memory backend leaves it out.
+/// A ledger line ([`usage_line`]).
 fn usage_row(r: &sqlx::postgres::PgRow) -> std::result::Result<Option<Usage>, sqlx::Error> {
-    let name: String = r.try_get(2)?;
-    let Some(metric) = crate::budget::Metric::parse(&name) else {
-        tracing::warn!(metric = %name, "budget: a ledger line with an unknown metric is left out");
-        return Ok(None);
-    };
-    Ok(Some(Usage {
-        scope: r.try_get(0)?,
-        window: r.try_get(1)?,
-        metric,
-        used: r.try_get(3)?,
-        reserved: r.try_get(4)?,
-    }))
+    let metric: String = r.try_get(2)?;
+    Ok(usage_line(
+        r.try_get(0)?,
+        r.try_get(1)?,
+        &metric,
+        r.try_get(3)?,
+        r.try_get(4)?,
+    ))
 }
