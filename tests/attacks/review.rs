@@ -533,6 +533,29 @@ async fn a_host_does_not_reap_what_it_is_running() {
     );
 }
 
+/// A keyed invocation `id` running on `owner`, then its row edited by hand
+/// (`update`, straight into the SQLite file).
+async fn keyed_row_edited(n: &Node, id: &str, owner: &str, update: &str) {
+    n.storage
+        .idempotency_begin(KeyBegin {
+            tenant: "acme".into(),
+            key: "k".into(),
+            fingerprint: "fp".into(),
+            now_ms: T0,
+            expires_ms: T0 + 86_400_000,
+            run: run(id, owner, T0 + 15_000, Some("k")),
+        })
+        .await
+        .unwrap();
+    use sqlx::Connection;
+    let url = format!("sqlite://{}", n.dir.join("toolhost.db").display());
+    let mut c = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(update.to_string()))
+        .execute(&mut c)
+        .await
+        .unwrap();
+}
+
 /// Finding 7. A value in the database that does not decode (sqlx `Row::get`
 /// panics) kills the reaper task for good: `start_lifecycle` spawns `loop {
 /// reap().await }` and a panic ends the loop. One poisoned row — written
@@ -542,24 +565,13 @@ async fn a_host_does_not_reap_what_it_is_running() {
 async fn a_poisoned_row_does_not_kill_the_reaper() {
     let n = node("review-poison").await;
     let svc = service(&n);
-    n.storage
-        .idempotency_begin(KeyBegin {
-            tenant: "acme".into(),
-            key: "k".into(),
-            fingerprint: "fp".into(),
-            now_ms: T0,
-            expires_ms: T0 + 86_400_000,
-            run: run("inv_dead", "hst_dead", T0 + 15_000, Some("k")),
-        })
-        .await
-        .unwrap();
-    use sqlx::Connection;
-    let url = format!("sqlite://{}", n.dir.join("toolhost.db").display());
-    let mut c = sqlx::SqliteConnection::connect(&url).await.unwrap();
-    sqlx::query("UPDATE invocations SET admitted = 'yes' WHERE id = 'inv_dead'")
-        .execute(&mut c)
-        .await
-        .unwrap();
+    keyed_row_edited(
+        &n,
+        "inv_dead",
+        "hst_dead",
+        "UPDATE invocations SET admitted = 'yes' WHERE id = 'inv_dead'",
+    )
+    .await;
     n.clock.advance(20_000);
     let reaped = tokio::spawn(async move { svc.reap().await.map_err(|e| e.message) }).await;
     assert!(
@@ -574,24 +586,13 @@ async fn a_poisoned_row_does_not_kill_the_reaper() {
 #[tokio::test(flavor = "multi_thread")]
 async fn an_unknown_stored_status_is_an_error_that_names_it() {
     let n = node("review-status").await;
-    n.storage
-        .idempotency_begin(KeyBegin {
-            tenant: "acme".into(),
-            key: "k".into(),
-            fingerprint: "fp".into(),
-            now_ms: T0,
-            expires_ms: T0 + 86_400_000,
-            run: run("inv_odd", "hst_1", T0 + 15_000, Some("k")),
-        })
-        .await
-        .unwrap();
-    use sqlx::Connection;
-    let url = format!("sqlite://{}", n.dir.join("toolhost.db").display());
-    let mut c = sqlx::SqliteConnection::connect(&url).await.unwrap();
-    sqlx::query("UPDATE invocations SET status = 'finished?' WHERE id = 'inv_odd'")
-        .execute(&mut c)
-        .await
-        .unwrap();
+    keyed_row_edited(
+        &n,
+        "inv_odd",
+        "hst_1",
+        "UPDATE invocations SET status = 'finished?' WHERE id = 'inv_odd'",
+    )
+    .await;
     let (tenant, id) = (TenantId::from("acme"), InvocationId::from("inv_odd"));
     let storage = n.storage.clone();
     let got = tokio::spawn(async move { storage.invocation_get(&tenant, &id).await })

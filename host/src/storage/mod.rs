@@ -35,6 +35,7 @@ mod meta;
 mod outbox;
 mod policies;
 mod registry;
+mod rows;
 
 pub use approvals::*;
 pub use audit::*;
@@ -49,6 +50,9 @@ pub use policies::*;
 pub use registry::*;
 
 pub use crate::ids::{ApprovalId, InvocationId, KeyId, TenantId};
+pub(crate) use rows::{
+    APPROVAL_COLUMNS, INVOCATION_COLUMNS, approval_row, invocation_row, usage_row,
+};
 use std::sync::Arc;
 
 /// The store traits, for calling their methods on a concrete backend.

@@ -1059,15 +1059,3 @@ fn outbox_row(r: &PgRow) -> OutboxMessage {
         delivered_ms: r.get(9),
     }
 }
-
-/// A ledger line ([`usage_line`]).
-fn usage_row(r: &sqlx::postgres::PgRow) -> std::result::Result<Option<Usage>, sqlx::Error> {
-    let metric: String = r.try_get(2)?;
-    Ok(usage_line(
-        r.try_get(0)?,
-        r.try_get(1)?,
-        &metric,
-        r.try_get(3)?,
-        r.try_get(4)?,
-    ))
-}

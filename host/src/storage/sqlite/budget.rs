@@ -27,15 +27,3 @@ impl BudgetStore for SqliteStorage {
         })
     }
 }
-
-/// A ledger line ([`usage_line`]).
-fn usage_row(r: &sqlx::sqlite::SqliteRow) -> std::result::Result<Option<Usage>, sqlx::Error> {
-    let metric: String = r.try_get(2)?;
-    Ok(usage_line(
-        r.try_get(0)?,
-        r.try_get(1)?,
-        &metric,
-        r.try_get(3)?,
-        r.try_get(4)?,
-    ))
-}

@@ -311,33 +311,6 @@ impl SqliteStorage {
     }
 }
 
-const APPROVAL_COLUMNS: &str = "id, tenant, invocation_id, status, tool, function, version, workflow, task_id, args, args_redacted, args_sha256, rule, requester, created_ms, expires_ms, decided_by, decided_ms, reason, callback_url";
-
-fn approval_row(r: &sqlx::sqlite::SqliteRow) -> std::result::Result<ApprovalRecord, sqlx::Error> {
-    Ok(ApprovalRecord {
-        id: r.try_get(0)?,
-        tenant: r.try_get(1)?,
-        invocation_id: r.try_get(2)?,
-        status: r.try_get(3)?,
-        tool: r.try_get(4)?,
-        function: r.try_get(5)?,
-        version: r.try_get(6)?,
-        workflow: r.try_get(7)?,
-        task_id: r.try_get(8)?,
-        args: r.try_get(9)?,
-        args_redacted: r.try_get(10)?,
-        args_sha256: r.try_get(11)?,
-        rule: r.try_get(12)?,
-        requester: r.try_get(13)?,
-        created_ms: r.try_get(14)?,
-        expires_ms: r.try_get(15)?,
-        decided_by: r.try_get(16)?,
-        decided_ms: r.try_get(17)?,
-        reason: r.try_get(18)?,
-        callback_url: r.try_get(19)?,
-    })
-}
-
 fn entry(row: &sqlx::sqlite::SqliteRow) -> StoredEntry {
     StoredEntry {
         chain: row.get(0),
@@ -391,28 +364,6 @@ fn key_row(r: &sqlx::sqlite::SqliteRow) -> ApiKeyRecord {
         created_ms: r.get(5),
         revoked_ms: r.get(6),
     }
-}
-
-fn invocation_row(
-    r: &sqlx::sqlite::SqliteRow,
-) -> std::result::Result<(i64, InvocationRecord), sqlx::Error> {
-    Ok((
-        r.try_get(0)?,
-        InvocationRecord {
-            id: r.try_get(1)?,
-            tenant: r.try_get(2)?,
-            tool: r.try_get(3)?,
-            function: r.try_get(4)?,
-            version: r.try_get(5)?,
-            workflow: r.try_get(6)?,
-            task_id: r.try_get(7)?,
-            principal: r.try_get(8)?,
-            status: r.try_get(9)?,
-            error_kind: r.try_get(10)?,
-            created_ms: r.try_get(11)?,
-            response: r.try_get(12)?,
-        },
-    ))
 }
 
 #[cfg(test)]

@@ -1,0 +1,89 @@
+//! Row readers every SQL backend shares: the same columns, in the same
+//! order, read the same way from a PostgreSQL or a SQLite row. Every column
+//! is read with `try_get`, so a hand-edited value is an error, never a panic.
+
+use crate::storage::{ApprovalRecord, InvocationRecord, Usage, usage_line};
+
+/// The columns [`approval_row`] reads, in order.
+pub(crate) const APPROVAL_COLUMNS: &str = "id, tenant, invocation_id, status, tool, function, version, workflow, task_id, args, args_redacted, args_sha256, rule, requester, created_ms, expires_ms, decided_by, decided_ms, reason, callback_url";
+
+/// The columns [`invocation_row`] reads, in order.
+pub(crate) const INVOCATION_COLUMNS: &str = "pos, id, tenant, tool, function, version, workflow, task_id, principal, status, error_kind, created_ms, response";
+
+/// An approval request ([`APPROVAL_COLUMNS`]).
+pub(crate) fn approval_row<R>(r: &R) -> Result<ApprovalRecord, sqlx::Error>
+where
+    R: sqlx::Row,
+    usize: sqlx::ColumnIndex<R>,
+    String: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    i64: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    Ok(ApprovalRecord {
+        id: r.try_get(0)?,
+        tenant: r.try_get(1)?,
+        invocation_id: r.try_get(2)?,
+        status: r.try_get(3)?,
+        tool: r.try_get(4)?,
+        function: r.try_get(5)?,
+        version: r.try_get(6)?,
+        workflow: r.try_get(7)?,
+        task_id: r.try_get(8)?,
+        args: r.try_get(9)?,
+        args_redacted: r.try_get(10)?,
+        args_sha256: r.try_get(11)?,
+        rule: r.try_get(12)?,
+        requester: r.try_get(13)?,
+        created_ms: r.try_get(14)?,
+        expires_ms: r.try_get(15)?,
+        decided_by: r.try_get(16)?,
+        decided_ms: r.try_get(17)?,
+        reason: r.try_get(18)?,
+        callback_url: r.try_get(19)?,
+    })
+}
+
+/// An invocation record and its position ([`INVOCATION_COLUMNS`]).
+pub(crate) fn invocation_row<R>(r: &R) -> Result<(i64, InvocationRecord), sqlx::Error>
+where
+    R: sqlx::Row,
+    usize: sqlx::ColumnIndex<R>,
+    String: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    i64: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    Ok((
+        r.try_get(0)?,
+        InvocationRecord {
+            id: r.try_get(1)?,
+            tenant: r.try_get(2)?,
+            tool: r.try_get(3)?,
+            function: r.try_get(4)?,
+            version: r.try_get(5)?,
+            workflow: r.try_get(6)?,
+            task_id: r.try_get(7)?,
+            principal: r.try_get(8)?,
+            status: r.try_get(9)?,
+            error_kind: r.try_get(10)?,
+            created_ms: r.try_get(11)?,
+            response: r.try_get(12)?,
+        },
+    ))
+}
+
+/// A ledger line (scope, window, metric, used, reserved), `None` when
+/// [`usage_line`] leaves it out.
+pub(crate) fn usage_row<R>(r: &R) -> Result<Option<Usage>, sqlx::Error>
+where
+    R: sqlx::Row,
+    usize: sqlx::ColumnIndex<R>,
+    String: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    i64: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    let metric: String = r.try_get(2)?;
+    Ok(usage_line(
+        r.try_get(0)?,
+        r.try_get(1)?,
+        &metric,
+        r.try_get(3)?,
+        r.try_get(4)?,
+    ))
+}
