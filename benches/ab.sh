@@ -7,6 +7,9 @@
 #
 # Needs: wrk, curl, python3; the guests built (benches/serve.sh builds them).
 # Extra `host serve` flags per side: SERVE_ARGS_A, SERVE_ARGS_B.
+# DB_A, DB_B: run that side on PostgreSQL (a database URL; each side needs
+# a database of its own, emptied first: `scripts/pg-test-server.sh NAME`
+# makes one), with a shared audit key file in the work dir.
 # AB_PAIRED=1: load both sides at the same time (c/2 connections each)
 # instead of one after the other: runs taken seconds apart on a VM differ
 # by more than most changes do (benches/RESULTS.md, issue 14 round 3).
@@ -32,8 +35,15 @@ YAML
 
 pids=()
 trap 'kill "${pids[@]}" 2>/dev/null || true' EXIT
-start() { # name binary -> sets url_<name>
-  local name=$1 host=$2 extra=$3 data="$work/$1"
+start() { # name binary extra-args database-url
+  local name=$1 host=$2 extra=$3 db=${4:-} data="$work/$1"
+  if [ -n "$db" ]; then
+    psql -qAtX "$db" -c "DROP SCHEMA public CASCADE" -c "CREATE SCHEMA public" >/dev/null
+    [ -f "$work/audit.key" ] || { od -An -tx1 -N32 /dev/urandom | tr -d ' \n' > "$work/audit.key"; chmod 600 "$work/audit.key"; }
+    export TOOLHOST_DATABASE_URL=$db TOOLHOST_AUDIT_KEY=$work/audit.key
+  else
+    unset TOOLHOST_DATABASE_URL TOOLHOST_AUDIT_KEY
+  fi
   $host register $tools/text_tools.wasm --name text-tools --tenant bench --data-dir "$data" >/dev/null
   local key; key=$($host keys create --tenant bench --role invoke --data-dir "$data")
   cat > "$work/$name.lua" <<LUA
@@ -50,8 +60,9 @@ LUA
   curl -sf -H "Authorization: Bearer $key" -d '{"args": {"name": "world"}}' "$url" >/dev/null
   echo "$url" > "$work/$name.target"
 }
-start a "$a" "${SERVE_ARGS_A:-}"
-start b "$b" "${SERVE_ARGS_B:-}"
+start a "$a" "${SERVE_ARGS_A:-}" "${DB_A:-}"
+start b "$b" "${SERVE_ARGS_B:-}" "${DB_B:-}"
+unset TOOLHOST_DATABASE_URL TOOLHOST_AUDIT_KEY
 : > "$work/results"
 for c in $concs; do
   threads=$(( c < 2 ? 1 : 2 ))

@@ -140,26 +140,88 @@ async fn read_heads(
     .bind(chains)
     .fetch_all(&mut *tx)
     .await?;
-    Ok(rows
-        .iter()
-        .map(|r| {
-            let statement: Option<String> = r.get(3);
-            let signature: Option<String> = r.get(4);
-            (
-                r.get::<String, _>(0),
-                HeadRow {
-                    seq: r.get(1),
-                    hash: r.get(2),
-                    signed: statement
-                        .zip(signature)
-                        .map(|(statement, signature)| Signed {
-                            statement,
-                            signature,
-                        }),
-                },
-            )
-        })
-        .collect())
+    rows.iter().map(|r| head_row(r, 0)).collect()
+}
+
+/// A chain's head: (chain, seq, hash, signed statement, signature) from
+/// column `at` on.
+fn head_row(
+    r: &sqlx::postgres::PgRow,
+    at: usize,
+) -> std::result::Result<(String, HeadRow), sqlx::Error> {
+    let statement: Option<String> = r.try_get(at + 3)?;
+    let signature: Option<String> = r.try_get(at + 4)?;
+    Ok((
+        r.try_get(at)?,
+        HeadRow {
+            seq: r.try_get(at + 1)?,
+            hash: r.try_get(at + 2)?,
+            signed: statement
+                .zip(signature)
+                .map(|(statement, signature)| Signed {
+                    statement,
+                    signature,
+                }),
+        },
+    ))
+}
+
+/// An invocation row: (id, status, owner, lease_until, worst) from column
+/// `at` on.
+fn inv_row(
+    r: &sqlx::postgres::PgRow,
+    at: usize,
+) -> std::result::Result<(InvocationId, Inv), sqlx::Error> {
+    Ok((
+        r.try_get(at)?,
+        Inv {
+            state: RowState {
+                status: Status::parse(&r.try_get::<String, _>(at + 1)?),
+                owner: r.try_get(at + 2)?,
+                lease_until: r.try_get(at + 3)?,
+            },
+            worst: r.try_get(at + 4)?,
+        },
+    ))
+}
+
+/// The heads of `chains` and the invocation rows `ids`, locked in that
+/// order (heads in chain order, then rows in id order, as every unit of work
+/// locks them), in one round trip.
+async fn lock_heads_and_rows(
+    tx: &mut PgConnection,
+    chains: &[String],
+    ids: &[InvocationId],
+) -> std::result::Result<(BTreeMap<String, HeadRow>, BTreeMap<InvocationId, Inv>), sqlx::Error> {
+    // An append runs its branches in order, and each CTE locks its rows
+    // as its sort hands them out: heads first, each set in key order. A
+    // head fills columns 1-5, a row 6-10.
+    let rows = sqlx::query(
+        "WITH h AS (
+           SELECT chain, seq, hash, signed_statement, signature FROM audit_heads
+           WHERE chain = ANY($1) ORDER BY chain FOR UPDATE),
+         i AS (
+           SELECT id, status, owner, lease_until, worst FROM invocations
+           WHERE id = ANY($2) ORDER BY id FOR UPDATE)
+         SELECT 0 AS k, h.*, NULL, NULL, NULL, NULL::bigint, NULL FROM h
+         UNION ALL
+         SELECT 1, NULL, NULL::bigint, NULL, NULL, NULL, i.* FROM i",
+    )
+    .bind(chains)
+    .bind(ids)
+    .fetch_all(&mut *tx)
+    .await?;
+    let (mut heads, mut invs) = (BTreeMap::new(), BTreeMap::new());
+    for r in &rows {
+        if r.try_get::<i32, _>(0)? == 0 {
+            let (chain, head) = head_row(r, 1)?;
+            heads.insert(chain, head);
+        } else {
+            let (id, inv) = inv_row(r, 6)?;
+            invs.insert(id, inv);
+        }
+    }
+    Ok((heads, invs))
 }
 
 /// Commit units of work inside the caller's transaction (see the module
@@ -178,7 +240,22 @@ pub(super) async fn commit_in(
         .collect::<BTreeSet<_>>()
         .into_iter()
         .collect();
-    let mut found = if chains.is_empty() {
+    // Without decisions, the rows to lock are known now: heads and rows in
+    // one round trip. (A decision names its invocation only once its
+    // approval is read.)
+    let ended: Vec<InvocationId> = works
+        .iter()
+        .filter_map(|w| w.end.as_ref().map(|e| e.record.id.clone()))
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let decides = works.iter().any(|w| w.decide.is_some());
+    let mut locked_rows = None;
+    let mut found = if !decides && !chains.is_empty() && !ended.is_empty() {
+        let (heads, invs) = lock_heads_and_rows(tx, &chains, &ended).await?;
+        locked_rows = Some(invs);
+        heads
+    } else if chains.is_empty() {
         BTreeMap::new()
     } else {
         read_heads(tx, &chains).await?
@@ -232,35 +309,27 @@ pub(super) async fn commit_in(
             );
         }
     }
-    let inv_ids: Vec<InvocationId> = works
-        .iter()
-        .filter_map(|w| w.end.as_ref().map(|e| e.record.id.clone()))
+    let inv_ids: Vec<InvocationId> = ended
+        .into_iter()
         .chain(approvals.values().map(|a| a.invocation_id.clone()))
         .collect::<BTreeSet<_>>()
         .into_iter()
         .collect();
     let mut invs: BTreeMap<InvocationId, Inv> = BTreeMap::new();
-    if !inv_ids.is_empty() {
-        for r in sqlx::query(
+    if let Some(locked) = locked_rows {
+        invs = locked;
+    } else if !inv_ids.is_empty() {
+        let rows = sqlx::query(
             "SELECT id, status, owner, lease_until, worst FROM invocations
              WHERE id = ANY($1) ORDER BY id FOR UPDATE",
         )
         .bind(&inv_ids)
         .fetch_all(&mut *tx)
-        .await?
-        {
-            invs.insert(
-                r.get(0),
-                Inv {
-                    state: RowState {
-                        status: Status::parse(&r.try_get::<String, _>(1)?),
-                        owner: r.get(2),
-                        lease_until: r.get(3),
-                    },
-                    worst: r.get(4),
-                },
-            );
-        }
+        .await?;
+        invs = rows
+            .iter()
+            .map(|r| inv_row(r, 0))
+            .collect::<std::result::Result<_, _>>()?;
     }
     if !approval_ids.is_empty() {
         // Re-read the approvals under their locks (a decision elsewhere
