@@ -242,7 +242,11 @@ pub(super) async fn commit_in(
         .collect();
     // Without decisions, the rows to lock are known now: heads and rows in
     // one round trip. (A decision names its invocation only once its
-    // approval is read.)
+    // approval is read.) When a chain is new, the registry and the new
+    // head are then locked after the rows, not before: a cycle needs
+    // another batch moving one of these very rows (a reaper racing its
+    // owner) while creating a chain; PostgreSQL breaks it and `transact!`
+    // retries the loser.
     let ended: Vec<InvocationId> = works
         .iter()
         .filter_map(|w| w.end.as_ref().map(|e| e.record.id.clone()))
