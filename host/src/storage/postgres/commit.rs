@@ -4,10 +4,12 @@
 //!
 //! A batch of units of work is one transaction of a fixed number of
 //! statements whatever its size: the touched chains' heads locked `FOR
-//! UPDATE` in chain order, the invocation rows and approvals they move
-//! locked likewise, every precondition decided in memory by the shared
-//! rules ([`check`], [`may_decide`]) in order (each work seeing the ones
-//! accepted before it), then all writes as multi-row statements.
+//! UPDATE` in chain order, then the invocation rows they move (in the same
+//! statement when no approval is decided), the registry and new heads when
+//! a chain is new, the approvals decided; every batch takes its locks in
+//! this one order. Every precondition is then decided in memory by the
+//! shared rules ([`check`], [`may_decide`]) in order (each work seeing the
+//! ones accepted before it), and all writes go out as multi-row statements.
 
 use super::{PostgresStorage, transact};
 use crate::audit::link::{HeadRow, link, refused, vet};
@@ -193,16 +195,17 @@ async fn lock_heads_and_rows(
     chains: &[String],
     ids: &[InvocationId],
 ) -> std::result::Result<(BTreeMap<String, HeadRow>, BTreeMap<InvocationId, Inv>), sqlx::Error> {
-    // An append runs its branches in order, and each CTE locks its rows
-    // as its sort hands them out: heads first, each set in key order. A
-    // head fills columns 1-5, a row 6-10.
+    // Each CTE locks its rows as its sort hands them out (key order); `i`
+    // reads `h` to the end before it starts, so heads are locked first
+    // however the append is run. A head fills columns 1-5, a row 6-10.
     let rows = sqlx::query(
         "WITH h AS (
            SELECT chain, seq, hash, signed_statement, signature FROM audit_heads
            WHERE chain = ANY($1) ORDER BY chain FOR UPDATE),
          i AS (
            SELECT id, status, owner, lease_until, worst FROM invocations
-           WHERE id = ANY($2) ORDER BY id FOR UPDATE)
+           WHERE id = ANY($2) AND (SELECT count(*) FROM h) >= 0
+           ORDER BY id FOR UPDATE)
          SELECT 0 AS k, h.*, NULL, NULL, NULL, NULL::bigint, NULL FROM h
          UNION ALL
          SELECT 1, NULL, NULL::bigint, NULL, NULL, NULL, i.* FROM i",
@@ -231,8 +234,7 @@ pub(super) async fn commit_in(
     works: &[Work],
     notary: &Notary,
 ) -> std::result::Result<Committed, sqlx::Error> {
-    // 1. The touched chains' heads, locked in chain order; the registry
-    // (locked: chains are added one commit at a time) when one is new.
+    // 1. The touched chains' heads there are, locked in chain order.
     let chains: Vec<String> = works
         .iter()
         .flat_map(|w| &w.entries)
@@ -242,11 +244,9 @@ pub(super) async fn commit_in(
         .collect();
     // Without decisions, the rows to lock are known now: heads and rows in
     // one round trip. (A decision names its invocation only once its
-    // approval is read.) When a chain is new, the registry and the new
-    // head are then locked after the rows, not before: a cycle needs
-    // another batch moving one of these very rows (a reaper racing its
-    // owner) while creating a chain; PostgreSQL breaks it and `transact!`
-    // retries the loser.
+    // approval is read.) Either way every batch locks in one order: the
+    // heads there are, the invocation rows, the registry and new heads
+    // (a new chain), the approvals.
     let ended: Vec<InvocationId> = works
         .iter()
         .filter_map(|w| w.end.as_ref().map(|e| e.record.id.clone()))
@@ -264,28 +264,6 @@ pub(super) async fn commit_in(
     } else {
         read_heads(tx, &chains).await?
     };
-    let mut registry = None;
-    if chains.iter().any(|c| !found.contains_key(c)) {
-        registry = sqlx::query_scalar::<_, String>(
-            "SELECT value FROM meta WHERE key = 'audit.registry' FOR UPDATE",
-        )
-        .fetch_optional(&mut *tx)
-        .await?
-        .and_then(|text| serde_json::from_str::<Signed>(&text).ok());
-        // Created by a commit that held the registry before us?
-        let missing: Vec<String> = chains
-            .iter()
-            .filter(|c| !found.contains_key(*c))
-            .cloned()
-            .collect();
-        found.extend(read_heads(tx, &missing).await?);
-    }
-    let rows: BTreeMap<String, Option<HeadRow>> = chains
-        .iter()
-        .map(|c| (c.clone(), found.remove(c)))
-        .collect();
-    let (heads, bad) = vet(&rows, registry.as_ref(), notary);
-
     // 2. The approvals decided and the invocation rows moved, locked.
     let approval_ids: Vec<ApprovalId> = works
         .iter()
@@ -335,6 +313,30 @@ pub(super) async fn commit_in(
             .map(|r| inv_row(r, 0))
             .collect::<std::result::Result<_, _>>()?;
     }
+    // A new chain: the registry (chains are added one commit at a time),
+    // then the heads of chains created by a commit that held it before us.
+    let mut registry = None;
+    if chains.iter().any(|c| !found.contains_key(c)) {
+        registry = sqlx::query_scalar::<_, String>(
+            "SELECT value FROM meta WHERE key = 'audit.registry' FOR UPDATE",
+        )
+        .fetch_optional(&mut *tx)
+        .await?
+        .and_then(|text| serde_json::from_str::<Signed>(&text).ok());
+        // Created by a commit that held the registry before us?
+        let missing: Vec<String> = chains
+            .iter()
+            .filter(|c| !found.contains_key(*c))
+            .cloned()
+            .collect();
+        found.extend(read_heads(tx, &missing).await?);
+    }
+    let head_rows: BTreeMap<String, Option<HeadRow>> = chains
+        .iter()
+        .map(|c| (c.clone(), found.remove(c)))
+        .collect();
+    let (heads, bad) = vet(&head_rows, registry.as_ref(), notary);
+
     if !approval_ids.is_empty() {
         // Re-read the approvals under their locks (a decision elsewhere
         // may have committed since the first read).

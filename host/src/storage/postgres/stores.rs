@@ -644,9 +644,13 @@ impl InvocationStore for PostgresStorage {
             // Not durable on its own: a renewal lost with a database crash
             // is renewed again a third of a lease later.
             transact!(self, false, |tx| {
+                // Rows locked in id order, as a completion batch locks them
+                // (an UPDATE alone would lock them in scan order).
                 let n = sqlx::query(
                     "UPDATE invocations SET lease_until = $1
-                     WHERE id = ANY($2) AND owner = $3 AND status = 'running'",
+                     WHERE id IN (SELECT id FROM invocations
+                                  WHERE id = ANY($2) AND owner = $3 AND status = 'running'
+                                  ORDER BY id FOR UPDATE)",
                 )
                 .bind(lease_until)
                 .bind(&ids)
