@@ -1,5 +1,5 @@
-//! Identifiers: which tenant, invocation, approval request or API key a
-//! value names.
+//! Identifiers: which tenant, invocation, approval request, API key or
+//! budget ledger (its scope and window) a value names.
 //!
 //! Each is a newtype over its text, so a function that takes a tenant cannot
 //! be handed an invocation id. They read as `&str` (through `Deref`) for
@@ -7,9 +7,9 @@
 //! value *is* where it is made and where it is passed.
 //!
 //! Invariants:
-//! * A [`TenantId`] made from outside input is checked by [`TenantId::parse`];
-//!   one read back from storage is taken as stored (storage is where it was
-//!   checked on the way in). [`TenantId::default`] is `_`, the tenant of
+//! * A [`TenantId`] that data is made under is checked by
+//!   [`TenantId::parse`]; one that only reaches stored data
+//!   ([`TenantId::existing`]) or is read back from storage is taken as given. [`TenantId::default`] is `_`, the tenant of
 //!   calls made without one: the one way to say "no tenant". It is a tenant
 //!   like any other to everything downstream: its audit chain, its ledgers,
 //!   its registry and the policy documents that name it are `_`'s.
