@@ -614,6 +614,44 @@ async fn an_unknown_stored_status_is_an_error_that_names_it() {
     assert_eq!(listed.unwrap_err().kind, toolhost::ErrorKind::Corrupt);
 }
 
+/// A value of the wrong type in a hand-edited row (text where a number is
+/// stored) reads as a `corrupt` error: API keys, tool versions and audit
+/// entries are read with `try_get`, never `Row::get`, which panics.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_mistyped_column_is_an_error_not_a_panic() {
+    let n = node("review-mistyped").await;
+    n.storage
+        .key_put(ApiKeyRecord {
+            id: "0123456789abcdef".into(),
+            tenant: "acme".into(),
+            roles: vec!["invoke".into()],
+            hash: "00".repeat(32),
+            label: None,
+            created_ms: T0,
+            revoked_ms: None,
+        })
+        .await
+        .unwrap();
+    use sqlx::Connection;
+    let url = format!("sqlite://{}", n.dir.join("toolhost.db").display());
+    let mut c = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    sqlx::query("UPDATE api_keys SET created_ms = 'yesterday'")
+        .execute(&mut c)
+        .await
+        .unwrap();
+    let storage = n.storage.clone();
+    let got = tokio::spawn(async move { storage.key_get(&"0123456789abcdef".into()).await })
+        .await
+        .expect("reading the key panicked");
+    let err = got.expect_err("a mistyped row was read as a key");
+    assert_eq!(err.kind, toolhost::ErrorKind::Corrupt, "{}", err.message);
+    let storage = n.storage.clone();
+    let listed = tokio::spawn(async move { storage.key_list(None).await })
+        .await
+        .expect("listing the keys panicked");
+    assert_eq!(listed.unwrap_err().kind, toolhost::ErrorKind::Corrupt);
+}
+
 /// Finding 8. `host run --policy` (the CLI, on the server's data dir)
 /// starts the whole lifecycle, outbox deliverer included, but never sets a
 /// callback allowlist: the deliverer claims every due callback, `check`

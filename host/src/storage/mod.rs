@@ -51,7 +51,8 @@ pub use registry::*;
 
 pub use crate::ids::{ApprovalId, InvocationId, KeyId, TenantId};
 pub(crate) use rows::{
-    APPROVAL_COLUMNS, INVOCATION_COLUMNS, approval_row, invocation_row, usage_row,
+    APPROVAL_COLUMNS, INVOCATION_COLUMNS, OUTBOX_COLUMNS, VERSION_COLUMNS, approval_row, entry_row,
+    invocation_row, key_row, outbox_row, tool_version_row, usage_row,
 };
 use std::sync::Arc;
 

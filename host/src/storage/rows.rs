@@ -2,7 +2,17 @@
 //! order, read the same way from a PostgreSQL or a SQLite row. Every column
 //! is read with `try_get`, so a hand-edited value is an error, never a panic.
 
-use crate::storage::{ApprovalRecord, InvocationRecord, Usage, usage_line};
+use crate::storage::{
+    ApiKeyRecord, ApprovalRecord, InvocationRecord, OutboxMessage, StoredEntry, ToolVersion, Usage,
+    usage_line,
+};
+
+/// The columns [`tool_version_row`] reads, in order.
+pub(crate) const VERSION_COLUMNS: &str =
+    "tenant, name, version, digest, docs, artifact, engine, functions, created_ms";
+
+/// The columns [`outbox_row`] reads, in order.
+pub(crate) const OUTBOX_COLUMNS: &str = "id, tenant, invocation_id, approval_id, url, created_ms, attempts, state, last_error, delivered_ms";
 
 /// The columns [`approval_row`] reads, in order.
 pub(crate) const APPROVAL_COLUMNS: &str = "id, tenant, invocation_id, status, tool, function, version, workflow, task_id, args, args_redacted, args_sha256, rule, requester, created_ms, expires_ms, decided_by, decided_ms, reason, callback_url";
@@ -86,4 +96,91 @@ where
         r.try_get(3)?,
         r.try_get(4)?,
     ))
+}
+
+/// An audit entry (chain, seq, time_ms, body, prev_hash, hash).
+pub(crate) fn entry_row<R>(r: &R) -> Result<StoredEntry, sqlx::Error>
+where
+    R: sqlx::Row,
+    usize: sqlx::ColumnIndex<R>,
+    String: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    i64: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    Ok(StoredEntry {
+        chain: r.try_get(0)?,
+        seq: r.try_get(1)?,
+        time_ms: r.try_get(2)?,
+        body: r.try_get(3)?,
+        prev_hash: r.try_get(4)?,
+        hash: r.try_get(5)?,
+    })
+}
+
+/// A registered tool version ([`VERSION_COLUMNS`]); unreadable stored
+/// function metadata reads as none (the component is the truth).
+pub(crate) fn tool_version_row<R>(r: &R) -> Result<ToolVersion, sqlx::Error>
+where
+    R: sqlx::Row,
+    usize: sqlx::ColumnIndex<R>,
+    String: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    i64: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    Vec<u8>: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    Ok(ToolVersion {
+        tenant: r.try_get(0)?,
+        name: r.try_get(1)?,
+        version: r.try_get(2)?,
+        digest: r.try_get(3)?,
+        docs: r.try_get(4)?,
+        artifact: r.try_get(5)?,
+        engine: r.try_get(6)?,
+        functions: serde_json::from_str(&r.try_get::<String, _>(7)?).unwrap_or_default(),
+        created_ms: r.try_get(8)?,
+    })
+}
+
+/// An API key (id, tenant, roles, hash, label, created_ms, revoked_ms).
+pub(crate) fn key_row<R>(r: &R) -> Result<ApiKeyRecord, sqlx::Error>
+where
+    R: sqlx::Row,
+    usize: sqlx::ColumnIndex<R>,
+    String: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    i64: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    let roles: String = r.try_get(2)?;
+    Ok(ApiKeyRecord {
+        id: r.try_get(0)?,
+        tenant: r.try_get(1)?,
+        roles: roles
+            .split(',')
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+            .collect(),
+        hash: r.try_get(3)?,
+        label: r.try_get(4)?,
+        created_ms: r.try_get(5)?,
+        revoked_ms: r.try_get(6)?,
+    })
+}
+
+/// An outbox message ([`OUTBOX_COLUMNS`]).
+pub(crate) fn outbox_row<R>(r: &R) -> Result<OutboxMessage, sqlx::Error>
+where
+    R: sqlx::Row,
+    usize: sqlx::ColumnIndex<R>,
+    String: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    i64: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    Ok(OutboxMessage {
+        id: r.try_get(0)?,
+        tenant: r.try_get(1)?,
+        invocation_id: r.try_get(2)?,
+        approval_id: r.try_get(3)?,
+        url: r.try_get(4)?,
+        created_ms: r.try_get(5)?,
+        attempts: r.try_get(6)?,
+        state: r.try_get(7)?,
+        last_error: r.try_get(8)?,
+        delivered_ms: r.try_get(9)?,
+    })
 }

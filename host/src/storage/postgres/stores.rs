@@ -96,7 +96,10 @@ impl AuditStore for PostgresStorage {
             .fetch_all(&self.pool)
             .await
             .map_err(db)?;
-            Ok(rows.iter().map(entry).collect())
+            rows.iter()
+                .map(entry_row)
+                .collect::<std::result::Result<_, _>>()
+                .map_err(db)
         })
     }
     fn audit_range(
@@ -117,7 +120,10 @@ impl AuditStore for PostgresStorage {
             .fetch_all(&self.pool)
             .await
             .map_err(db)?;
-            Ok(rows.iter().map(entry).collect())
+            rows.iter()
+                .map(entry_row)
+                .collect::<std::result::Result<_, _>>()
+                .map_err(db)
         })
     }
     fn audit_chains(&self) -> BoxFuture<'_, Result<Vec<String>>> {
@@ -322,7 +328,7 @@ impl RegistryStore for PostgresStorage {
             .fetch_optional(&self.pool)
             .await
             .map_err(db)?;
-            Ok(row.as_ref().map(tool_version_row))
+            row.as_ref().map(tool_version_row).transpose().map_err(db)
         })
     }
     fn tool_versions(
@@ -341,7 +347,10 @@ impl RegistryStore for PostgresStorage {
             .fetch_all(&self.pool)
             .await
             .map_err(db)?;
-            Ok(rows.iter().map(tool_version_row).collect())
+            rows.iter()
+                .map(tool_version_row)
+                .collect::<std::result::Result<_, _>>()
+                .map_err(db)
         })
     }
     fn tool_get(&self, tenant: &TenantId, name: &str) -> BoxFuture<'_, Result<Option<ToolEntry>>> {
@@ -355,7 +364,7 @@ impl RegistryStore for PostgresStorage {
             .fetch_optional(&self.pool)
             .await
             .map_err(db)?;
-            Ok(row.as_ref().map(tool_entry_row))
+            row.as_ref().map(tool_entry_row).transpose().map_err(db)
         })
     }
     fn tool_list(&self, tenant: &TenantId) -> BoxFuture<'_, Result<Vec<ToolEntry>>> {
@@ -369,7 +378,10 @@ impl RegistryStore for PostgresStorage {
             .fetch_all(&self.pool)
             .await
             .map_err(db)?;
-            Ok(rows.iter().map(tool_entry_row).collect())
+            rows.iter()
+                .map(tool_entry_row)
+                .collect::<std::result::Result<_, _>>()
+                .map_err(db)
         })
     }
     fn tool_update(
@@ -462,7 +474,7 @@ impl KeyStore for PostgresStorage {
             .fetch_optional(&self.pool)
             .await
             .map_err(db)?;
-            Ok(row.as_ref().map(key_row))
+            row.as_ref().map(key_row).transpose().map_err(db)
         })
     }
     fn key_list(&self, tenant: Option<&TenantId>) -> BoxFuture<'_, Result<Vec<ApiKeyRecord>>> {
@@ -476,7 +488,10 @@ impl KeyStore for PostgresStorage {
             .fetch_all(&self.pool)
             .await
             .map_err(db)?;
-            Ok(rows.iter().map(key_row).collect())
+            rows.iter()
+                .map(key_row)
+                .collect::<std::result::Result<_, _>>()
+                .map_err(db)
         })
     }
     fn key_revoke(&self, id: &KeyId, time_ms: i64) -> BoxFuture<'_, Result<bool>> {
@@ -978,7 +993,11 @@ impl OutboxStore for PostgresStorage {
             .fetch_all(&self.pool)
             .await
             .map_err(db)?;
-            let mut out: Vec<OutboxMessage> = rows.iter().map(outbox_row).collect();
+            let mut out: Vec<OutboxMessage> = rows
+                .iter()
+                .map(outbox_row)
+                .collect::<std::result::Result<_, _>>()
+                .map_err(db)?;
             out.sort_by_key(|m| m.id);
             Ok(out)
         })
@@ -1042,24 +1061,10 @@ impl OutboxStore for PostgresStorage {
             .fetch_all(&self.pool)
             .await
             .map_err(db)?;
-            Ok(rows.iter().map(outbox_row).collect())
+            rows.iter()
+                .map(outbox_row)
+                .collect::<std::result::Result<_, _>>()
+                .map_err(db)
         })
-    }
-}
-
-const OUTBOX_COLUMNS: &str = "id, tenant, invocation_id, approval_id, url, created_ms, attempts, state, last_error, delivered_ms";
-
-fn outbox_row(r: &PgRow) -> OutboxMessage {
-    OutboxMessage {
-        id: r.get(0),
-        tenant: r.get(1),
-        invocation_id: r.get(2),
-        approval_id: r.get(3),
-        url: r.get(4),
-        created_ms: r.get(5),
-        attempts: r.get(6),
-        state: r.get(7),
-        last_error: r.get(8),
-        delivered_ms: r.get(9),
     }
 }

@@ -86,7 +86,10 @@ impl AuditStore for SqliteStorage {
             .fetch_all(&self.pool)
             .await
             .map_err(db)?;
-            Ok(rows.iter().map(entry).collect())
+            rows.iter()
+                .map(entry_row)
+                .collect::<std::result::Result<_, _>>()
+                .map_err(db)
         })
     }
     fn audit_range(
@@ -158,7 +161,10 @@ impl AuditStore for SqliteStorage {
                     .fetch_all(&self.pool)
                     .await
                     .map_err(db)?;
-                    Ok(rows.iter().map(entry).collect())
+                    rows.iter()
+                        .map(entry_row)
+                        .collect::<std::result::Result<_, _>>()
+                        .map_err(db)
                 }
             }
         })

@@ -32,7 +32,7 @@ impl KeyStore for SqliteStorage {
                 .fetch_optional(&self.pool)
                 .await
                 .map_err(db)?;
-            Ok(row.as_ref().map(key_row))
+            row.as_ref().map(key_row).transpose().map_err(db)
         })
     }
     fn key_list(&self, tenant: Option<&TenantId>) -> BoxFuture<'_, Result<Vec<ApiKeyRecord>>> {
@@ -45,7 +45,10 @@ impl KeyStore for SqliteStorage {
             .fetch_all(&self.pool)
             .await
             .map_err(db)?;
-            Ok(rows.iter().map(key_row).collect())
+            rows.iter()
+                .map(key_row)
+                .collect::<std::result::Result<_, _>>()
+                .map_err(db)
         })
     }
     fn key_revoke(&self, id: &KeyId, time_ms: i64) -> BoxFuture<'_, Result<bool>> {

@@ -311,59 +311,14 @@ impl SqliteStorage {
     }
 }
 
-fn entry(row: &sqlx::sqlite::SqliteRow) -> StoredEntry {
-    StoredEntry {
-        chain: row.get(0),
-        seq: row.get(1),
-        time_ms: row.get(2),
-        body: row.get(3),
-        prev_hash: row.get(4),
-        hash: row.get(5),
-    }
-}
-
-fn tool_version_row(r: &sqlx::sqlite::SqliteRow) -> ToolVersion {
-    ToolVersion {
-        tenant: r.get(0),
-        name: r.get(1),
-        version: r.get(2),
-        digest: r.get(3),
-        docs: r.get(4),
-        artifact: r.get(5),
-        engine: r.get(6),
-        functions: serde_json::from_str(&r.get::<String, _>(7)).unwrap_or_default(),
-        created_ms: r.get(8),
-    }
-}
-
-fn tool_entry_row(r: &sqlx::sqlite::SqliteRow) -> ToolEntry {
-    ToolEntry {
-        tenant: r.get(0),
-        name: r.get(1),
-        current: r.get(2),
-        disabled: r.get::<i64, _>(3) != 0,
-        updated_ms: r.get(4),
-    }
-}
-
-const VERSION_COLUMNS: &str =
-    "tenant, name, version, digest, docs, artifact, engine, functions, created_ms";
-
-fn key_row(r: &sqlx::sqlite::SqliteRow) -> ApiKeyRecord {
-    let roles: String = r.get(2);
-    ApiKeyRecord {
-        id: r.get(0),
-        tenant: r.get(1),
-        roles: roles
-            .split(',')
-            .filter(|s| !s.is_empty())
-            .map(str::to_string)
-            .collect(),
-        hash: r.get(3),
-        label: r.get(4),
-        created_ms: r.get(5),
-        revoked_ms: r.get(6),
-    }
+fn tool_entry_row(r: &sqlx::sqlite::SqliteRow) -> std::result::Result<ToolEntry, sqlx::Error> {
+    Ok(ToolEntry {
+        tenant: r.try_get(0)?,
+        name: r.try_get(1)?,
+        current: r.try_get(2)?,
+        disabled: r.try_get::<i64, _>(3)? != 0,
+        updated_ms: r.try_get(4)?,
+    })
 }
 
 #[cfg(test)]

@@ -3,23 +3,6 @@
 #[allow(unused_imports)]
 use super::*;
 
-const OUTBOX_COLUMNS: &str = "id, tenant, invocation_id, approval_id, url, created_ms, attempts, state, last_error, delivered_ms";
-
-fn outbox_row(r: &sqlx::sqlite::SqliteRow) -> OutboxMessage {
-    OutboxMessage {
-        id: r.get(0),
-        tenant: r.get(1),
-        invocation_id: r.get(2),
-        approval_id: r.get(3),
-        url: r.get(4),
-        created_ms: r.get(5),
-        attempts: r.get(6),
-        state: r.get(7),
-        last_error: r.get(8),
-        delivered_ms: r.get(9),
-    }
-}
-
 impl OutboxStore for SqliteStorage {
     fn outbox_claim(
         &self,
@@ -43,7 +26,10 @@ impl OutboxStore for SqliteStorage {
             .fetch_all(&self.pool)
             .await
             .map_err(db)?;
-            Ok(rows.iter().map(outbox_row).collect())
+            rows.iter()
+                .map(outbox_row)
+                .collect::<std::result::Result<_, _>>()
+                .map_err(db)
         })
     }
 
@@ -108,7 +94,10 @@ impl OutboxStore for SqliteStorage {
             .fetch_all(&self.pool)
             .await
             .map_err(db)?;
-            Ok(rows.iter().map(outbox_row).collect())
+            rows.iter()
+                .map(outbox_row)
+                .collect::<std::result::Result<_, _>>()
+                .map_err(db)
         })
     }
 }

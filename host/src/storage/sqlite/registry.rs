@@ -97,7 +97,7 @@ impl RegistryStore for SqliteStorage {
                 .fetch_optional(&self.pool)
                 .await
                 .map_err(db)?;
-            Ok(row.as_ref().map(tool_version_row))
+            row.as_ref().map(tool_version_row).transpose().map_err(db)
         })
     }
     fn tool_versions(
@@ -116,7 +116,10 @@ impl RegistryStore for SqliteStorage {
                 .fetch_all(&self.pool)
                 .await
                 .map_err(db)?;
-            Ok(rows.iter().map(tool_version_row).collect())
+            rows.iter()
+                .map(tool_version_row)
+                .collect::<std::result::Result<_, _>>()
+                .map_err(db)
         })
     }
     fn tool_get(&self, tenant: &TenantId, name: &str) -> BoxFuture<'_, Result<Option<ToolEntry>>> {
@@ -130,7 +133,7 @@ impl RegistryStore for SqliteStorage {
             .fetch_optional(&self.pool)
             .await
             .map_err(db)?;
-            Ok(row.as_ref().map(tool_entry_row))
+            row.as_ref().map(tool_entry_row).transpose().map_err(db)
         })
     }
     fn tool_list(&self, tenant: &TenantId) -> BoxFuture<'_, Result<Vec<ToolEntry>>> {
@@ -143,7 +146,10 @@ impl RegistryStore for SqliteStorage {
             .fetch_all(&self.pool)
             .await
             .map_err(db)?;
-            Ok(rows.iter().map(tool_entry_row).collect())
+            rows.iter()
+                .map(tool_entry_row)
+                .collect::<std::result::Result<_, _>>()
+                .map_err(db)
         })
     }
     fn tool_update(
