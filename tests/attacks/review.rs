@@ -650,6 +650,20 @@ async fn a_mistyped_column_is_an_error_not_a_panic() {
         .await
         .expect("listing the keys panicked");
     assert_eq!(listed.unwrap_err().kind, toolhost::ErrorKind::Corrupt);
+    // The policy in force, likewise.
+    n.storage
+        .policy_put("p.yaml", "workflow: w", T0)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE policies SET created_ms = 'yesterday'")
+        .execute(&mut c)
+        .await
+        .unwrap();
+    let storage = n.storage.clone();
+    let policy = tokio::spawn(async move { storage.policy_current().await })
+        .await
+        .expect("reading the policy panicked");
+    assert_eq!(policy.unwrap_err().kind, toolhost::ErrorKind::Corrupt);
 }
 
 /// Finding 8. `host run --policy` (the CLI, on the server's data dir)

@@ -198,18 +198,20 @@ impl AuditStore for SqliteStorage {
             .fetch_all(&self.pool)
             .await
             .map_err(db)?;
-            Ok(rows
-                .iter()
-                .map(|r| Checkpoint {
-                    chain: r.get(0),
-                    seq: r.get(1),
-                    hash: r.get(2),
-                    time_ms: r.get(3),
-                    signature: r.get(4),
-                    kind: r.get(5),
-                    statement: r.get::<Option<String>, _>(6).unwrap_or_default(),
+            rows.iter()
+                .map(|r| {
+                    Ok(Checkpoint {
+                        chain: r.try_get(0)?,
+                        seq: r.try_get(1)?,
+                        hash: r.try_get(2)?,
+                        time_ms: r.try_get(3)?,
+                        signature: r.try_get(4)?,
+                        kind: r.try_get(5)?,
+                        statement: r.try_get::<Option<String>, _>(6)?.unwrap_or_default(),
+                    })
                 })
-                .collect())
+                .collect::<std::result::Result<_, sqlx::Error>>()
+                .map_err(db)
         })
     }
     fn audit_prune(&self, anchor: Checkpoint) -> BoxFuture<'_, Result<u64>> {

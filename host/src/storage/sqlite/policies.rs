@@ -27,12 +27,16 @@ impl PolicyStore for SqliteStorage {
             .fetch_optional(&self.pool)
             .await
             .map_err(db)?;
-            Ok(row.map(|r| StoredPolicy {
-                version: r.get(0),
-                name: r.get(1),
-                text: r.get(2),
-                created_ms: r.get(3),
-            }))
+            row.map(|r| {
+                Ok(StoredPolicy {
+                    version: r.try_get(0)?,
+                    name: r.try_get(1)?,
+                    text: r.try_get(2)?,
+                    created_ms: r.try_get(3)?,
+                })
+            })
+            .transpose()
+            .map_err(|e: sqlx::Error| db(e))
         })
     }
 }
