@@ -334,6 +334,13 @@ fn the_cli_registers_lists_and_describes() {
             .output()
             .unwrap()
     };
+    let succeeded = |out: &std::process::Output| {
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    };
     let refund = guest("refund").display().to_string();
     let out = host(&[
         "register",
@@ -344,11 +351,7 @@ fn the_cli_registers_lists_and_describes() {
         &d,
         "--json",
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    succeeded(&out);
     let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(
         (r["name"].as_str(), r["version"].as_str()),
@@ -395,11 +398,7 @@ fn the_cli_registers_lists_and_describes() {
         &d,
         "--json",
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    succeeded(&out);
     assert_eq!(
         serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap(),
         serde_json::json!([])

@@ -512,7 +512,7 @@ pub async fn report(
     let mut report = aggregate(tenant, filter, since, until, &samples, truncated);
     for task in &mut report.tasks {
         let lines = storage
-            .budget_usage(&crate::budget::task_scope(tenant, &task.task_id))
+            .budget_usage(&crate::ids::LedgerScope::task(tenant, &task.task_id))
             .await?;
         task.ledger = ledger_of(&lines);
     }

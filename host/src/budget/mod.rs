@@ -167,11 +167,6 @@ impl LedgerScope {
     }
 }
 
-/// The ledger scope of a tenant's task.
-pub fn task_scope(tenant: &str, task: &str) -> LedgerScope {
-    LedgerScope::task(tenant, task)
-}
-
 impl Window {
     /// The whole life of the ledger (tasks).
     pub fn all() -> Window {

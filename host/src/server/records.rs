@@ -235,7 +235,7 @@ pub async fn report_usage(
     let usage = app
         .governed
         .ledger()
-        .usage(&crate::budget::task_scope(caller.tenant(), &task_id))
+        .usage(&crate::ids::LedgerScope::task(caller.tenant(), &task_id))
         .await?;
     Ok(Json(json!({
         "task_id": task_id,
@@ -259,7 +259,7 @@ pub async fn get_usage(
     let usage = app
         .governed
         .ledger()
-        .usage(&crate::budget::task_scope(caller.tenant(), &task_id))
+        .usage(&crate::ids::LedgerScope::task(caller.tenant(), &task_id))
         .await?;
     Ok(Json(json!({"task_id": task_id, "usage": usage})))
 }
