@@ -1004,6 +1004,121 @@ async fn postgres_replicas_append_one_chain_and_share_limits() {
     assert_eq!(reserved(&b, "tool_calls").await, (0, 4));
 }
 
+/// A replica that wrote a chain head, a budget line and a running row last
+/// writes its next batch without reading them first; when another replica
+/// moved any of them meanwhile, it must find out and decide on what is
+/// there: no limit passed, no chain forked, no row taken back from whoever
+/// ended it.
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_a_replica_never_acts_on_what_another_moved() {
+    let Some((a, b, _)) = two_replicas("conf-pg-stale").await else {
+        return;
+    };
+    let dir = common::tempdir("conf-pg-stale");
+    std::fs::write(dir.join("key"), "42".repeat(32)).unwrap();
+    let key = toolhost::audit::KeySource::File(dir.join("key"));
+    let la = AuditLog::open(a.clone(), key.clone()).await.unwrap();
+    let lb = AuditLog::open(b.clone(), key).await.unwrap();
+    let admit = |s: &Arc<dyn Storage>, id: String, owner: &'static str| {
+        let s = s.clone();
+        async move {
+            s.invocation_admit(Admit {
+                run: run(&id, owner, 1000),
+                worst: vec![line("tool_calls", 1, Some(10))],
+                existing: false,
+            })
+            .await
+            .unwrap()
+        }
+    };
+    // `a` alone for a while: it admits, runs and ends, one at a time.
+    for i in 0..4 {
+        let id = format!("inv_a{i}");
+        admit(&a, id.clone(), "hst_a").await.unwrap();
+        let end = Work {
+            end: Some(End {
+                record: record(&id, "ok"),
+                expect: Expect::Mine {
+                    owner: "hst_a".into(),
+                },
+                used: None,
+            }),
+            ..Work::default()
+        };
+        let entries = vec![
+            ("acme".into(), i, json!({"a": i})),
+            ("own".into(), i, json!({"a": i})),
+        ];
+        la.commit(entries, end).await.unwrap();
+    }
+    assert_eq!(reserved(&a, "tool_calls").await, (4, 0));
+    // `a` admits one more and keeps it running; then `b` reserves on the
+    // same line, appends to the same chain, and ends `a`'s row as lost.
+    admit(&a, "inv_held".into(), "hst_a").await.unwrap();
+    for i in 0..4 {
+        admit(&b, format!("inv_b{i}"), "hst_b").await.unwrap();
+    }
+    lb.append(vec![("acme".into(), 10, json!({"b": 1}))])
+        .await
+        .unwrap();
+    lb.commit(
+        vec![("acme".into(), 11, json!({"reaped": "inv_held"}))],
+        Work {
+            end: Some(End {
+                record: record("inv_held", "error"),
+                expect: Expect::Expired { now_ms: 2000 },
+                used: None,
+            }),
+            ..Work::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(reserved(&a, "tool_calls").await, (5, 4));
+    // `a`'s end of the row `b` ended is refused, and settles nothing.
+    let late = Work {
+        end: Some(End {
+            record: record("inv_held", "ok"),
+            expect: Expect::Mine {
+                owner: "hst_a".into(),
+            },
+            used: Some(vec![]),
+        }),
+        ..Work::default()
+    };
+    let refused = la
+        .commit(vec![("own".into(), 12, json!({"late": 1}))], late)
+        .await
+        .unwrap_err();
+    assert_eq!(refused.kind, toolhost::ErrorKind::Conflict);
+    assert_eq!(reserved(&a, "tool_calls").await, (5, 4));
+    // `a` decides on the line as it is (9 of 10), not as it saw it (5).
+    let two = a
+        .invocation_admit(Admit {
+            run: run("inv_c0", "hst_a", 1000),
+            worst: vec![line("tool_calls", 2, Some(10))],
+            existing: false,
+        })
+        .await
+        .unwrap();
+    assert!(
+        matches!(two, Err(toolhost::storage::Refused::Exceeded(_))),
+        "{two:?}"
+    );
+    assert!(admit(&a, "inv_c1".into(), "hst_a").await.is_ok());
+    assert!(admit(&a, "inv_c2".into(), "hst_a").await.is_err());
+    assert_eq!(reserved(&b, "tool_calls").await, (5, 5));
+    // And appends after `b`'s entries: one chain.
+    la.append(vec![("acme".into(), 13, json!({"a": "after"}))])
+        .await
+        .unwrap();
+    let report = toolhost::audit::verify::verify(&a, la.notary().public_key(), None)
+        .await
+        .unwrap();
+    assert!(report.ok, "{report:?}");
+    assert_eq!(report.entries, 4 + 4 + 1 + 1 + 1);
+}
+
 /// Fleet roles: one store leads a role at a time; when the leader's
 /// connection goes (it died), another takes over.
 #[tokio::test(flavor = "multi_thread")]

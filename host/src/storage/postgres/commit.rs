@@ -11,16 +11,17 @@
 //! shared rules ([`check`], [`may_decide`]) in order (each work seeing the
 //! ones accepted before it), and all writes go out as multi-row statements.
 
+use super::seen::{Guard, Line, SeenRow};
 use super::{PostgresStorage, transact};
-use crate::audit::link::{HeadRow, link, refused, vet};
+use crate::audit::link::{Head, HeadRow, link, refused, vet};
 use crate::error::Result;
 use crate::ids::{ApprovalId, InvocationId, TenantId};
 use crate::storage::{
-    Admit, Charge, Decision, End, IdempotencyBegin, KeyBegin, KeyRow, NewEntry, NewRun, Notary,
-    Refused, RowState, Signed, StoredEntry, Work, check, decide, end_charges, exceeds, may_decide,
-    reservations, settlement,
+    Admit, Charge, Decision, End, Expect, IdempotencyBegin, IdempotencyDone, KeyBegin, KeyRow,
+    NewEntry, NewRun, Notary, Refused, RowState, Signed, StoredEntry, Work, check, decide,
+    end_charges, exceeds, may_decide, reservations, settlement,
 };
-use crate::storage::{ApprovalStatus, LedgerScope, Status, Window};
+use crate::storage::{ApprovalStatus, Status};
 use sqlx::{PgConnection, Row};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -65,10 +66,19 @@ impl PostgresStorage {
                 let notary = batch[0].1.clone();
                 let sizes: Vec<usize> = batch.iter().map(|(w, _)| w.len()).collect();
                 let works: Vec<Work> = batch.into_iter().flat_map(|(w, _)| w).collect();
-                let answers = transact!(self, true, |tx| (
-                    commit_in(&mut tx, &works, &notary).await?,
-                    true
-                ))?;
+                let answers = match self.commit_seen(&works, &notary).await? {
+                    Some(answers) => answers,
+                    None => {
+                        let w = transact!(self, true, |tx| (
+                            commit_in(&mut tx, &works, &notary).await?,
+                            true
+                        ))?;
+                        let key = notary_key(&notary);
+                        self.seen.heads_committed(key, Some(&w.read), &w.heads);
+                        self.seen.ended(w.ended.iter());
+                        w.answers
+                    }
+                };
                 let mut answers = answers.into_iter();
                 Ok(sizes
                     .into_iter()
@@ -89,15 +99,26 @@ impl PostgresStorage {
         let take = |q: &[Admit]| q.len().min(MAX_ADMITS);
         let commit = |batch: Vec<Admit>| -> crate::BoxFuture<'_, Result<Vec<Answer>>> {
             Box::pin(async move {
+                if let Some(answers) = self.admit_seen(&batch).await? {
+                    return Ok(answers);
+                }
                 let mut taken = BTreeSet::new();
                 loop {
                     let answer = transact!(self, false, |tx| {
                         let out = admit_in(&mut tx, &batch, &taken).await?;
-                        let keep = matches!(out, Admitted::Answers(_));
+                        let keep = matches!(out, Admitted::Answers { .. });
                         (out, keep)
                     })?;
                     match answer {
-                        Admitted::Answers(answers) => return Ok(answers),
+                        Admitted::Answers {
+                            answers,
+                            read,
+                            written,
+                        } => {
+                            self.seen.lines_committed(Some(&read), &written);
+                            self.seen.admitted(admitted_rows(&batch, &answers));
+                            return Ok(answers);
+                        }
                         // Ids found taken when their rows were inserted
                         // (never, with fresh ids): decide again without them.
                         Admitted::Taken(ids) if !ids.is_subset(&taken) => taken.extend(ids),
@@ -227,32 +248,179 @@ async fn lock_heads_and_rows(
     Ok((heads, invs))
 }
 
-/// Commit units of work inside the caller's transaction (see the module
-/// docs). Answers each work: its stored entries, or why it was left out.
-pub(super) async fn commit_in(
-    tx: &mut PgConnection,
-    works: &[Work],
-    notary: &Notary,
-) -> std::result::Result<Committed, sqlx::Error> {
-    // 1. The touched chains' heads there are, locked in chain order.
-    let chains: Vec<String> = works
+/// What a batch sees before it decides.
+struct View {
+    /// Each touched chain's head as [`vet`] decided it (`None`: new).
+    heads: BTreeMap<String, Option<Head>>,
+    /// Chains that cannot be continued, and why.
+    bad: BTreeMap<String, String>,
+    registry: Option<Signed>,
+    approvals: BTreeMap<ApprovalId, Apr>,
+    invs: BTreeMap<InvocationId, Inv>,
+}
+
+/// What a batch decided.
+struct Plan<'w> {
+    /// Each work's answer: accepted, or why not.
+    taken: Vec<std::result::Result<(), crate::Error>>,
+    decisions: Vec<&'w Decision>,
+    records: BTreeMap<InvocationId, &'w End>,
+    release: Vec<Charge>,
+    charge: Vec<Charge>,
+}
+
+/// A batch written.
+pub(super) struct Written {
+    pub answers: Committed,
+    /// The heads its locks found.
+    pub read: BTreeMap<String, Option<Head>>,
+    /// The chains' new heads.
+    pub heads: Vec<(String, Head)>,
+    /// The rows its works ended or found moved.
+    pub ended: Vec<InvocationId>,
+}
+
+/// The chains a batch appends to, in chain order.
+fn chains_of(works: &[Work]) -> Vec<String> {
+    works
         .iter()
         .flat_map(|w| &w.entries)
         .map(|e| e.chain.clone())
         .collect::<BTreeSet<_>>()
         .into_iter()
-        .collect();
+        .collect()
+}
+
+/// The rows a batch's works end, in id order.
+fn ended_of(works: &[Work]) -> Vec<InvocationId> {
+    works
+        .iter()
+        .filter_map(|w| w.end.as_ref().map(|e| e.record.id.clone()))
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect()
+}
+
+/// Who signs a batch's heads, as [`Seen`](super::seen::Seen) tells them
+/// apart.
+fn notary_key(notary: &Arc<Notary>) -> usize {
+    Arc::as_ptr(notary) as usize
+}
+
+impl PostgresStorage {
+    /// Commit a batch as one statement when every hot row it touches is as
+    /// this replica last saw it (see [`super::seen`]): `None` when it
+    /// cannot be (it needs the locking path), or the database refused it
+    /// (nothing was written).
+    async fn commit_seen(&self, works: &[Work], notary: &Arc<Notary>) -> Result<Option<Committed>> {
+        // Decisions, approvals, cached results and callbacks: the locking
+        // path (rare, and they read rows this replica does not keep).
+        let plain = works.iter().all(|w| {
+            w.decide.is_none()
+                && w.approvals.is_empty()
+                && w.cache.is_empty()
+                && w.outbox.is_empty()
+                && w.end
+                    .as_ref()
+                    .is_none_or(|e| matches!(e.expect, Expect::Mine { .. }))
+        });
+        if !plain {
+            return Ok(None);
+        }
+        let chains = chains_of(works);
+        let ids = ended_of(works);
+        let key = notary_key(notary);
+        let (Some(heads), Some(rows)) = (self.seen.heads(&chains, key), self.seen.rows(&ids))
+        else {
+            return Ok(None);
+        };
+        let guard = Guard {
+            heads: heads
+                .iter()
+                .map(|(c, h)| (c.clone(), h.seq, h.hash.clone()))
+                .collect(),
+            rows: ids
+                .iter()
+                .zip(&rows)
+                .map(|(id, r)| (id.clone(), r.owner.clone(), r.worst.clone()))
+                .collect(),
+        };
+        let mut view = View {
+            heads: heads.into_iter().map(|(c, h)| (c, Some(h))).collect(),
+            bad: BTreeMap::new(),
+            registry: None,
+            approvals: BTreeMap::new(),
+            invs: ids
+                .iter()
+                .cloned()
+                .zip(rows)
+                .map(|(id, r)| {
+                    let inv = Inv {
+                        state: RowState {
+                            status: Some(Status::Running),
+                            owner: Some(r.owner),
+                            lease_until: None,
+                        },
+                        worst: Some(r.worst),
+                    };
+                    (id, inv)
+                })
+                .collect(),
+        };
+        let plan = plan(works, &mut view);
+        let mut conn = self.pool.acquire().await.map_err(super::db)?;
+        match write(&mut conn, works, plan, view, notary, &guard).await {
+            Ok(Some(w)) => {
+                self.seen.heads_committed(key, None, &w.heads);
+                self.seen.ended(w.ended.iter());
+                Ok(Some(w.answers))
+            }
+            // Refused by its guard, or failed as a statement (a deadlock, a
+            // conflict): nothing was written.
+            Ok(None) => {
+                self.seen.contended(chains.iter(), std::iter::empty());
+                Ok(None)
+            }
+            Err(e @ sqlx::Error::Database(_)) if !super::lost(&e) => {
+                tracing::debug!("a speculative commit failed, taking the locking path: {e}");
+                self.seen.contended(chains.iter(), std::iter::empty());
+                Ok(None)
+            }
+            // Anything else may have committed: never write it twice.
+            Err(e) => Err(super::db(e)),
+        }
+    }
+}
+
+/// Commit units of work inside the caller's transaction (see the module
+/// docs). Answers each work: its stored entries, or why it was left out.
+pub(super) async fn commit_in(
+    tx: &mut PgConnection,
+    works: &[Work],
+    notary: &Arc<Notary>,
+) -> std::result::Result<Written, sqlx::Error> {
+    let view = gather(tx, works, notary).await?;
+    let mut view = view;
+    let plan = plan(works, &mut view);
+    let written = write(tx, works, plan, view, notary, &Guard::default()).await?;
+    written.ok_or_else(|| sqlx::Error::Protocol("an unguarded batch was refused".into()))
+}
+
+/// Read and lock what a batch moves, in the one lock order (see the module
+/// docs), and vet its chains' heads.
+async fn gather(
+    tx: &mut PgConnection,
+    works: &[Work],
+    notary: &Notary,
+) -> std::result::Result<View, sqlx::Error> {
+    // 1. The touched chains' heads there are, locked in chain order.
+    let chains = chains_of(works);
     // Without decisions, the rows to lock are known now: heads and rows in
     // one round trip. (A decision names its invocation only once its
     // approval is read.) Either way every batch locks in one order: the
     // heads there are, the invocation rows, the registry and new heads
     // (a new chain), the approvals.
-    let ended: Vec<InvocationId> = works
-        .iter()
-        .filter_map(|w| w.end.as_ref().map(|e| e.record.id.clone()))
-        .collect::<BTreeSet<_>>()
-        .into_iter()
-        .collect();
+    let ended = ended_of(works);
     let decides = works.iter().any(|w| w.decide.is_some());
     let mut locked_rows = None;
     let mut found = if !decides && !chains.is_empty() && !ended.is_empty() {
@@ -352,8 +520,23 @@ pub(super) async fn commit_in(
             }
         }
     }
+    Ok(View {
+        heads,
+        bad,
+        registry,
+        approvals,
+        invs,
+    })
+}
 
-    // 3. Decide, in order, each work seeing the ones accepted before it.
+/// Decide, in order, each work seeing the ones accepted before it.
+fn plan<'w>(works: &'w [Work], view: &mut View) -> Plan<'w> {
+    let View {
+        bad,
+        approvals,
+        invs,
+        ..
+    } = view;
     let mut taken: Vec<std::result::Result<(), crate::Error>> = Vec::with_capacity(works.len());
     let mut decisions: Vec<&Decision> = Vec::new();
     let mut records: BTreeMap<InvocationId, &End> = BTreeMap::new();
@@ -444,8 +627,32 @@ pub(super) async fn commit_in(
         charge.extend(w.charge.iter().cloned());
         taken.push(Ok(()));
     }
+    Plan {
+        taken,
+        decisions,
+        records,
+        release,
+        charge,
+    }
+}
 
-    // 4. Write.
+/// Write what [`plan`] accepted. `None`: `guard` did not hold (nothing
+/// was written; only a speculative batch has a guard).
+async fn write(
+    tx: &mut PgConnection,
+    works: &[Work],
+    plan: Plan<'_>,
+    view: View,
+    notary: &Notary,
+    guard: &Guard,
+) -> std::result::Result<Option<Written>, sqlx::Error> {
+    let Plan {
+        taken,
+        decisions,
+        records,
+        release,
+        charge,
+    } = plan;
     for d in &decisions {
         decide_in(tx, d).await?;
     }
@@ -456,29 +663,34 @@ pub(super) async fn commit_in(
         .flat_map(|(w, _)| w.entries.iter().cloned())
         .collect();
     let now = entries.last().map_or(0, |e| e.time_ms);
-    let linked = link(&entries, &heads, registry.as_ref(), notary, now);
-    write_batch(tx, &records, &release, &charge, &linked, now).await?;
-    for c in &linked.checkpoints {
-        sqlx::query(
-            "INSERT INTO audit_checkpoints (chain, seq, hash, time_ms, signature, kind, statement)
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
-        )
-        .bind(&c.chain)
-        .bind(c.seq)
-        .bind(&c.hash)
-        .bind(c.time_ms)
-        .bind(&c.signature)
-        .bind(&c.kind)
-        .bind(&c.statement)
-        .execute(&mut *tx)
-        .await?;
+    let linked = link(&entries, &view.heads, view.registry.as_ref(), notary, now);
+    let done_keys: Vec<&IdempotencyDone> = works
+        .iter()
+        .zip(&taken)
+        .filter(|(_, ok)| ok.is_ok())
+        .flat_map(|(w, _)| &w.idempotency)
+        .collect();
+    let batch = Batch {
+        ends: &records,
+        release: &release,
+        charge: &charge,
+        linked: &linked,
+        keys: &done_keys,
+        now,
+    };
+    if !write_batch(tx, &batch, guard).await? {
+        return Ok(None);
     }
     if let Some(r) = &linked.registry {
         registry_put(tx, r).await?;
     }
+    let heads = linked
+        .heads
+        .iter()
+        .map(|(c, h, _)| (c.clone(), h.clone()))
+        .collect();
     let mut stored = linked.entries.into_iter();
     let mut answers = Vec::with_capacity(works.len());
-    let mut done_keys = Vec::new();
     for (w, ok) in works.iter().zip(taken) {
         if let Err(e) = ok {
             answers.push(Err(e));
@@ -487,7 +699,6 @@ pub(super) async fn commit_in(
         for a in &w.approvals {
             insert_approval(tx, a).await?;
         }
-        done_keys.extend(w.idempotency.iter());
         for c in &w.cache {
             sqlx::query(
                 "INSERT INTO result_cache (tenant, key, result, expires_ms) VALUES ($1, $2, $3, $4)
@@ -515,25 +726,12 @@ pub(super) async fn commit_in(
         }
         answers.push(Ok(stored.by_ref().take(w.entries.len()).collect()));
     }
-    if !done_keys.is_empty() {
-        let d = &done_keys;
-        sqlx::query(
-            "UPDATE idempotency k SET state = 'done', response = x.r
-             FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[]) AS x(t, k, i, r)
-             WHERE k.tenant = x.t AND k.key = x.k AND k.invocation_id = x.i",
-        )
-        .bind(d.iter().map(|x| x.tenant.clone()).collect::<Vec<_>>())
-        .bind(d.iter().map(|x| x.key.clone()).collect::<Vec<_>>())
-        .bind(
-            d.iter()
-                .map(|x| x.invocation_id.clone())
-                .collect::<Vec<_>>(),
-        )
-        .bind(d.iter().map(|x| x.response.clone()).collect::<Vec<_>>())
-        .execute(&mut *tx)
-        .await?;
-    }
-    Ok(answers)
+    Ok(Some(Written {
+        answers,
+        read: view.heads,
+        heads,
+        ended: ended_of(works),
+    }))
 }
 
 /// The answer to a work whose precondition failed.
@@ -590,26 +788,47 @@ async fn decide_in(tx: &mut PgConnection, d: &Decision) -> std::result::Result<(
     Ok(())
 }
 
-/// A batch's common writes as one statement (one round trip, whatever the
-/// batch holds): the records of the ends it accepted (one per row: the
-/// last), the settlement of their budget lines (locked in line order), the
-/// linked audit entries and the chains' new signed heads. Each part is a
-/// no-op when its arrays are empty.
+/// What a batch writes in [`write_batch`].
+struct Batch<'a> {
+    /// The records of the ends it accepted (one per row: the last).
+    ends: &'a BTreeMap<InvocationId, &'a End>,
+    release: &'a [Charge],
+    charge: &'a [Charge],
+    linked: &'a crate::audit::link::Linked,
+    /// Idempotency keys whose answer is now final.
+    keys: &'a [&'a IdempotencyDone],
+    now: i64,
+}
+
+/// A batch's writes as one statement (one round trip, whatever the batch
+/// holds): the records of the ends it accepted, the settlement of their
+/// budget lines (locked in line order), the linked audit entries, the
+/// chains' new signed heads and checkpoints, the idempotency answers. Each
+/// part is a no-op when its arrays are empty.
+///
+/// With a non-empty `guard` (a speculative batch, outside any transaction)
+/// the statement first locks the guarded heads, then rows, as every batch
+/// does, and writes only if each is as the guard says; it answers whether
+/// it wrote.
 async fn write_batch(
     tx: &mut PgConnection,
-    ends: &BTreeMap<InvocationId, &End>,
-    release: &[Charge],
-    charge: &[Charge],
-    linked: &crate::audit::link::Linked,
-    now: i64,
-) -> std::result::Result<(), sqlx::Error> {
-    let lines = settlement(release, charge);
-    let e = &linked.entries;
-    let h = &linked.heads;
-    if ends.is_empty() && lines.is_empty() && e.is_empty() && h.is_empty() {
-        return Ok(());
+    b: &Batch<'_>,
+    guard: &Guard,
+) -> std::result::Result<bool, sqlx::Error> {
+    let lines = settlement(b.release, b.charge);
+    let e = &b.linked.entries;
+    let h = &b.linked.heads;
+    let c = &b.linked.checkpoints;
+    if b.ends.is_empty()
+        && lines.is_empty()
+        && e.is_empty()
+        && h.is_empty()
+        && c.is_empty()
+        && b.keys.is_empty()
+    {
+        return Ok(true);
     }
-    let r: Vec<&crate::storage::InvocationRecord> = ends.values().map(|e| &e.record).collect();
+    let r: Vec<&crate::storage::InvocationRecord> = b.ends.values().map(|e| &e.record).collect();
     let s = |f: fn(&crate::storage::InvocationRecord) -> &str| -> Vec<String> {
         r.iter().map(|x| f(x).to_owned()).collect()
     };
@@ -623,12 +842,30 @@ async fn write_batch(
         used.push(u);
         released.push(-r);
     }
-    sqlx::query(
-        "WITH records AS (
+    let keys = b.keys;
+    // `h` locks the guarded heads in chain order; `i` reads `h` to the end
+    // before it locks the guarded rows in id order; every write waits for
+    // `ok`, which reads both, so the lines are locked after them.
+    sqlx::query_scalar(
+        "WITH h AS (
+           SELECT chain, seq, hash FROM audit_heads WHERE chain = ANY($31) ORDER BY chain FOR UPDATE
+         ), i AS (
+           SELECT id, status, owner, worst FROM invocations
+           WHERE id = ANY($34) AND (SELECT count(*) FROM h) >= 0 ORDER BY id FOR UPDATE
+         ), ok AS MATERIALIZED (
+           SELECT (SELECT count(*) FROM h
+                   JOIN UNNEST($31::text[], $32::bigint[], $33::text[]) AS x(c, s, hh)
+                     ON h.chain = x.c AND h.seq = x.s AND h.hash = x.hh) = cardinality($31::text[])
+              AND (SELECT count(*) FROM i
+                   JOIN UNNEST($34::text[], $35::text[], $36::text[]) AS x(id, o, w)
+                     ON i.id = x.id AND i.status = 'running' AND i.owner = x.o
+                        AND i.worst IS NOT DISTINCT FROM x.w) = cardinality($34::text[]) AS ok
+         ), records AS (
            INSERT INTO invocations (id, tenant, tool, function, version, workflow, task_id, principal,
                                     status, error_kind, created_ms, response, record_version)
            SELECT *, $13 FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
                                      $7::text[], $8::text[], $9::text[], $10::text[], $11::bigint[], $12::text[])
+           WHERE (SELECT ok FROM ok)
            ON CONFLICT (id) DO UPDATE SET version = excluded.version, status = excluded.status,
              error_kind = excluded.error_kind, response = excluded.response,
              record_version = excluded.record_version, owner = NULL, lease_until = NULL, worst = NULL
@@ -636,21 +873,35 @@ async fn write_batch(
            INSERT INTO budget AS b (scope, win, metric, used, reserved)
            SELECT * FROM UNNEST($14::text[], $15::text[], $16::text[], $17::bigint[], $18::bigint[])
              AS x(s, w, m, u, r)
+           WHERE (SELECT ok FROM ok)
            ORDER BY s COLLATE \"C\", w COLLATE \"C\", m COLLATE \"C\"
            ON CONFLICT (scope, win, metric) DO UPDATE
            SET used = b.used + excluded.used, reserved = greatest(0, b.reserved + excluded.reserved)
          ), entries AS (
            INSERT INTO audit_entries (chain, seq, time_ms, body, prev_hash, hash)
            SELECT * FROM UNNEST($19::text[], $20::bigint[], $21::bigint[], $22::text[], $23::text[], $24::text[])
+           WHERE (SELECT ok FROM ok)
+         ), heads AS (
+           INSERT INTO audit_heads (chain, seq, hash, signed_seq, signed_hash, signed_time_ms, signature,
+                                    signed_statement)
+           SELECT c, s, h, s, h, $25, sig, st
+           FROM UNNEST($26::text[], $27::bigint[], $28::text[], $29::text[], $30::text[]) AS x(c, s, h, sig, st)
+           WHERE (SELECT ok FROM ok)
+           ON CONFLICT (chain) DO UPDATE SET seq = excluded.seq, hash = excluded.hash,
+             signed_seq = excluded.signed_seq, signed_hash = excluded.signed_hash,
+             signed_time_ms = excluded.signed_time_ms, signature = excluded.signature,
+             signed_statement = excluded.signed_statement
+         ), checkpoints AS (
+           INSERT INTO audit_checkpoints (chain, seq, hash, time_ms, signature, kind, statement)
+           SELECT * FROM UNNEST($37::text[], $38::bigint[], $39::text[], $40::bigint[], $41::text[],
+                                $42::text[], $43::text[])
+           WHERE (SELECT ok FROM ok)
+         ), keys AS (
+           UPDATE idempotency k SET state = 'done', response = x.r
+           FROM UNNEST($44::text[], $45::text[], $46::text[], $47::text[]) AS x(t, k, i, r)
+           WHERE (SELECT ok FROM ok) AND k.tenant = x.t AND k.key = x.k AND k.invocation_id = x.i
          )
-         INSERT INTO audit_heads (chain, seq, hash, signed_seq, signed_hash, signed_time_ms, signature,
-                                  signed_statement)
-         SELECT c, s, h, s, h, $25, sig, st
-         FROM UNNEST($26::text[], $27::bigint[], $28::text[], $29::text[], $30::text[]) AS x(c, s, h, sig, st)
-         ON CONFLICT (chain) DO UPDATE SET seq = excluded.seq, hash = excluded.hash,
-           signed_seq = excluded.signed_seq, signed_hash = excluded.signed_hash,
-           signed_time_ms = excluded.signed_time_ms, signature = excluded.signature,
-           signed_statement = excluded.signed_statement",
+         SELECT ok FROM ok",
     )
     .bind(s(|x| &x.id))
     .bind(s(|x| &x.tenant))
@@ -676,15 +927,31 @@ async fn write_batch(
     .bind(e.iter().map(|x| x.body.as_str()).collect::<Vec<_>>())
     .bind(e.iter().map(|x| x.prev_hash.as_str()).collect::<Vec<_>>())
     .bind(e.iter().map(|x| x.hash.as_str()).collect::<Vec<_>>())
-    .bind(now)
+    .bind(b.now)
     .bind(h.iter().map(|x| x.0.as_str()).collect::<Vec<_>>())
     .bind(h.iter().map(|x| x.1.seq).collect::<Vec<_>>())
     .bind(h.iter().map(|x| x.1.hash.as_str()).collect::<Vec<_>>())
     .bind(h.iter().map(|x| x.2.signature.as_str()).collect::<Vec<_>>())
     .bind(h.iter().map(|x| x.2.statement.as_str()).collect::<Vec<_>>())
-    .execute(&mut *tx)
-    .await?;
-    Ok(())
+    .bind(guard.heads.iter().map(|x| x.0.as_str()).collect::<Vec<_>>())
+    .bind(guard.heads.iter().map(|x| x.1).collect::<Vec<_>>())
+    .bind(guard.heads.iter().map(|x| x.2.as_str()).collect::<Vec<_>>())
+    .bind(guard.rows.iter().map(|x| x.0.as_str()).collect::<Vec<_>>())
+    .bind(guard.rows.iter().map(|x| x.1.as_str()).collect::<Vec<_>>())
+    .bind(guard.rows.iter().map(|x| x.2.as_str()).collect::<Vec<_>>())
+    .bind(c.iter().map(|x| x.chain.as_str()).collect::<Vec<_>>())
+    .bind(c.iter().map(|x| x.seq).collect::<Vec<_>>())
+    .bind(c.iter().map(|x| x.hash.as_str()).collect::<Vec<_>>())
+    .bind(c.iter().map(|x| x.time_ms).collect::<Vec<_>>())
+    .bind(c.iter().map(|x| x.signature.as_str()).collect::<Vec<_>>())
+    .bind(c.iter().map(|x| x.kind.as_str()).collect::<Vec<_>>())
+    .bind(c.iter().map(|x| x.statement.as_str()).collect::<Vec<_>>())
+    .bind(keys.iter().map(|x| x.tenant.as_str()).collect::<Vec<_>>())
+    .bind(keys.iter().map(|x| x.key.as_str()).collect::<Vec<_>>())
+    .bind(keys.iter().map(|x| x.invocation_id.as_str()).collect::<Vec<_>>())
+    .bind(keys.iter().map(|x| x.response.as_str()).collect::<Vec<_>>())
+    .fetch_one(&mut *tx)
+    .await
 }
 
 fn insert_approval<'a>(
@@ -730,20 +997,33 @@ pub(super) async fn settle(
     charge: &[Charge],
 ) -> std::result::Result<(), sqlx::Error> {
     let linked = crate::audit::link::Linked::default();
-    write_batch(tx, &BTreeMap::new(), release, charge, &linked, 0).await
+    let batch = Batch {
+        ends: &BTreeMap::new(),
+        release,
+        charge,
+        linked: &linked,
+        keys: &[],
+        now: 0,
+    };
+    write_batch(tx, &batch, &Guard::default()).await.map(|_| ())
 }
+
+/// An admission's answer.
+type Answer = std::result::Result<(), Refused>;
 
 /// What deciding a batch of admissions came to.
 pub(super) enum Admitted {
-    /// Each admission's answer, in order (commit).
-    Answers(Vec<std::result::Result<(), Refused>>),
+    /// Each admission's answer, in order (commit), with the lines' balances
+    /// as locked (`read`) and after the batch (`written`).
+    Answers {
+        answers: Vec<Answer>,
+        read: BTreeMap<Line, (i64, i64)>,
+        written: Vec<(Line, i64, i64)>,
+    },
     /// These new rows' ids were found taken when inserted (roll back, and
     /// decide again with them refused).
     Taken(BTreeSet<InvocationId>),
 }
-
-/// A budget line's key.
-type Line = (LedgerScope, Window, String);
 
 /// Budget lines' keys as columns (bound as arrays, for `UNNEST`).
 #[derive(Default)]
@@ -758,6 +1038,120 @@ impl<'a> Columns<'a> {
         self.scope.push(scope);
         self.window.push(window);
         self.metric.push(metric);
+    }
+}
+
+/// A charge's line.
+fn line_of(c: &Charge) -> Line {
+    (
+        c.scope.clone(),
+        c.window.clone(),
+        c.metric.as_str().to_string(),
+    )
+}
+
+/// The `worst` column of an admission's row.
+fn worst_text(a: &Admit) -> String {
+    serde_json::to_string(&a.worst).unwrap_or_default()
+}
+
+/// The rows a batch admitted, as [`Seen`](super::seen::Seen) keeps them.
+fn admitted_rows<'a>(
+    admits: &'a [Admit],
+    answers: &'a [Answer],
+) -> impl Iterator<Item = (InvocationId, SeenRow)> + 'a {
+    admits
+        .iter()
+        .zip(answers)
+        .filter(|(_, ok)| ok.is_ok())
+        .map(|(a, _)| {
+            let row = SeenRow {
+                owner: a.run.owner.clone(),
+                worst: worst_text(a),
+            };
+            (a.run.id.clone(), row)
+        })
+}
+
+/// Each admission's reservations, and every limited line they touch with
+/// its limit.
+fn wanted_lines(admits: &[Admit]) -> (Vec<Vec<Charge>>, BTreeMap<Line, Option<i64>>) {
+    let wanted: Vec<Vec<Charge>> = admits.iter().map(|a| reservations(&a.worst)).collect();
+    let limits = wanted
+        .iter()
+        .flatten()
+        .map(|c| (line_of(c), c.limit))
+        .collect();
+    (wanted, limits)
+}
+
+impl PostgresStorage {
+    /// Admit a batch as one statement when its lines are as this replica
+    /// last saw them and every admission fits them (see [`super::seen`]):
+    /// `None` when it cannot be (the locking path decides), or the database
+    /// refused it (nothing was written).
+    async fn admit_seen(&self, admits: &[Admit]) -> Result<Option<Vec<Answer>>> {
+        if admits.iter().any(|a| a.existing) {
+            return Ok(None);
+        }
+        let (wanted, limits) = wanted_lines(admits);
+        let Some(before) = self.seen.lines(limits.keys()) else {
+            return Ok(None);
+        };
+        let mut lines = before.clone();
+        let mut answers = decide_admits(
+            admits,
+            &wanted,
+            &mut BTreeMap::new(),
+            &mut lines,
+            &BTreeSet::new(),
+        );
+        // A refusal is decided on the locked balances, never on these.
+        if answers.iter().any(Result::is_err) {
+            return Ok(None);
+        }
+        let mut conn = self.pool.acquire().await.map_err(super::db)?;
+        let change = Change {
+            before: &before,
+            after: &lines,
+            limits: &limits,
+            guarded: true,
+        };
+        match write_admits(&mut conn, admits, &answers, &change).await {
+            Ok(Some((inserted, written))) => {
+                self.seen.lines_committed(None, &written);
+                if inserted.len() < admits.len() {
+                    // A fresh id was taken (never, with fresh ids): its
+                    // reservation is given back, and it is refused.
+                    let inserted: BTreeSet<InvocationId> = inserted.into_iter().collect();
+                    let mut release = Vec::new();
+                    for ((a, want), answer) in admits.iter().zip(&wanted).zip(answers.iter_mut()) {
+                        if !inserted.contains(&a.run.id) {
+                            release.extend(want.iter().cloned());
+                            *answer = Err(Refused::Taken);
+                        }
+                    }
+                    self.seen.contended(std::iter::empty(), limits.keys());
+                    transact!(self, false, |tx| (
+                        settle(&mut tx, &release, &[]).await?,
+                        true
+                    ))?;
+                }
+                self.seen.admitted(admitted_rows(admits, &answers));
+                Ok(Some(answers))
+            }
+            Ok(None) => {
+                self.seen.contended(std::iter::empty(), limits.keys());
+                Ok(None)
+            }
+            Err(e @ sqlx::Error::Database(_)) if !super::lost(&e) => {
+                tracing::debug!("a speculative admission failed, taking the locking path: {e}");
+                self.seen.contended(std::iter::empty(), limits.keys());
+                Ok(None)
+            }
+            // Anything else may have committed: never reserve twice.
+            Err(e) => Err(super::db(e)),
+        }
     }
 }
 
@@ -804,18 +1198,7 @@ pub(super) async fn admit_in(
     }
 
     // 2. The lines, locked in line order (the order `settle` locks them).
-    let wanted: Vec<Vec<Charge>> = admits.iter().map(|a| reservations(&a.worst)).collect();
-    let mut limits: BTreeMap<Line, Option<i64>> = BTreeMap::new();
-    for c in wanted.iter().flatten() {
-        limits.insert(
-            (
-                c.scope.clone(),
-                c.window.clone(),
-                c.metric.as_str().to_string(),
-            ),
-            c.limit,
-        );
-    }
+    let (wanted, limits) = wanted_lines(admits);
     let mut lines: BTreeMap<Line, (i64, i64)> = BTreeMap::new();
     if !limits.is_empty() {
         let mut k = Columns::default();
@@ -843,9 +1226,53 @@ pub(super) async fn admit_in(
     let before = lines.clone();
 
     // 3. Decide, in order.
+    let answers = decide_admits(admits, &wanted, &mut rows, &mut lines, taken);
+
+    // 4. Write.
+    let change = Change {
+        before: &before,
+        after: &lines,
+        limits: &limits,
+        guarded: false,
+    };
+    let Some((inserted, written)) = write_admits(tx, admits, &answers, &change).await? else {
+        return Err(sqlx::Error::Protocol(
+            "an unguarded admission was refused".into(),
+        ));
+    };
+    let fresh = admits
+        .iter()
+        .zip(&answers)
+        .filter(|(a, ok)| ok.is_ok() && !a.existing);
+    if inserted.len() < fresh.clone().count() {
+        let inserted: BTreeSet<&InvocationId> = inserted.iter().collect();
+        return Ok(Admitted::Taken(
+            fresh
+                .filter(|(a, _)| !inserted.contains(&a.run.id))
+                .map(|(a, _)| a.run.id.clone())
+                .collect(),
+        ));
+    }
+    Ok(Admitted::Answers {
+        answers,
+        read: before,
+        written,
+    })
+}
+
+/// Each admission decided in order against `lines` (the balances, which it
+/// updates as it admits) and `rows` (rows written before admission):
+/// all of its lines fit, or it is refused and reserves nothing.
+fn decide_admits(
+    admits: &[Admit],
+    wanted: &[Vec<Charge>],
+    rows: &mut BTreeMap<InvocationId, (String, Option<String>, bool)>,
+    lines: &mut BTreeMap<Line, (i64, i64)>,
+    taken: &BTreeSet<InvocationId>,
+) -> Vec<Answer> {
     let mut answers = Vec::with_capacity(admits.len());
     let mut fresh_ids: BTreeSet<&str> = BTreeSet::new();
-    for (a, want) in admits.iter().zip(&wanted) {
+    for (a, want) in admits.iter().zip(wanted) {
         let mine = !taken.contains(&a.run.id)
             && (a.existing || fresh_ids.insert(&a.run.id))
             && (!a.existing
@@ -859,12 +1286,7 @@ pub(super) async fn admit_in(
             continue;
         }
         let refusal = want.iter().find_map(|c| {
-            let key = (
-                c.scope.clone(),
-                c.window.clone(),
-                c.metric.as_str().to_string(),
-            );
-            let (used, held) = lines.get(&key).copied().unwrap_or((0, 0));
+            let (used, held) = lines.get(&line_of(c)).copied().unwrap_or((0, 0));
             exceeds(c, used, held)
         });
         if let Some(e) = refusal {
@@ -872,13 +1294,7 @@ pub(super) async fn admit_in(
             continue;
         }
         for c in want {
-            let line = lines
-                .entry((
-                    c.scope.clone(),
-                    c.window.clone(),
-                    c.metric.as_str().to_string(),
-                ))
-                .or_default();
+            let line = lines.entry(line_of(c)).or_default();
             line.1 = line.1.saturating_add(c.amount);
         }
         if a.existing {
@@ -889,58 +1305,108 @@ pub(super) async fn admit_in(
         }
         answers.push(Ok(()));
     }
+    answers
+}
 
-    // 4. Write: the reservations, the new rows, the existing rows.
-    let mut changed = Columns::default();
-    let mut reserved_now = Vec::new();
-    for (key, (_, reserved)) in &lines {
-        if before.get(key).map(|b| b.1) != Some(*reserved) {
-            changed.push(&key.0, &key.1, &key.2);
-            reserved_now.push(*reserved);
+/// What a batch of admissions does to its lines.
+struct Change<'a> {
+    /// The balances it was decided on.
+    before: &'a BTreeMap<Line, (i64, i64)>,
+    /// The balances after it.
+    after: &'a BTreeMap<Line, (i64, i64)>,
+    limits: &'a BTreeMap<Line, Option<i64>>,
+    /// Whether the balances were seen rather than locked: then each line
+    /// must not have grown past `before` (or nothing is written).
+    guarded: bool,
+}
+
+/// The lines' new reservations, the existing rows admitted and the new
+/// rows, as one statement (committed without waiting for the WAL flush).
+/// `None`: a guarded line had grown, nothing was written; else the ids of
+/// the new rows inserted and the lines' balances after.
+async fn write_admits(
+    tx: &mut PgConnection,
+    admits: &[Admit],
+    answers: &[Answer],
+    change: &Change<'_>,
+) -> std::result::Result<Option<(Vec<InvocationId>, Vec<(Line, i64, i64)>)>, sqlx::Error> {
+    let mut k = Columns::default();
+    let (mut delta, mut seen, mut limit) = (Vec::new(), Vec::new(), Vec::new());
+    for (key, (_, reserved)) in change.after {
+        let (used0, reserved0) = change.before.get(key).copied().unwrap_or((0, 0));
+        if reserved0 != *reserved {
+            k.push(&key.0, &key.1, &key.2);
+            delta.push(reserved.saturating_sub(reserved0));
+            seen.push(change.guarded.then(|| used0.saturating_add(reserved0)));
+            limit.push(change.limits.get(key).copied().flatten());
         }
     }
     let admitted: Vec<&Admit> = admits
         .iter()
-        .zip(&answers)
+        .zip(answers)
         .filter(|(_, ok)| ok.is_ok())
         .map(|(a, _)| a)
         .collect();
     let fresh: Vec<&Admit> = admitted.iter().copied().filter(|a| !a.existing).collect();
     let old: Vec<&Admit> = admitted.iter().copied().filter(|a| a.existing).collect();
-    let worst = |a: &Admit| serde_json::to_string(&a.worst).unwrap_or_default();
     let s = |f: fn(&NewRun) -> &str, v: &[&Admit]| -> Vec<String> {
         v.iter().map(|a| f(&a.run).to_owned()).collect()
     };
     let o = |f: fn(&NewRun) -> &Option<String>, v: &[&Admit]| -> Vec<Option<String>> {
         v.iter().map(|a| f(&a.run).clone()).collect()
     };
-    let inserted: Vec<InvocationId> = sqlx::query_scalar(
-        "WITH lines AS (
-           UPDATE budget b SET reserved = x.r
-           FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bigint[]) AS x(s, w, m, r)
-           WHERE b.scope = x.s AND b.win = x.w AND b.metric = x.m
+    // `b` locks the lines in line order; every write waits for `ok`, which
+    // reads them all. A row per line after, and per new row inserted.
+    let rows = sqlx::query(
+        "WITH x AS (
+           SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[], $6::bigint[])
+             AS x(s, w, m, d, seen, lim)
+         ), b AS (
+           SELECT b.scope, b.win, b.metric, b.used, b.reserved
+           FROM budget b JOIN x ON b.scope = x.s AND b.win = x.w AND b.metric = x.m
+           ORDER BY b.scope COLLATE \"C\", b.win COLLATE \"C\", b.metric COLLATE \"C\" FOR UPDATE OF b
+         ), ok AS MATERIALIZED (
+           SELECT (SELECT count(*) FROM b JOIN x ON b.scope = x.s AND b.win = x.w AND b.metric = x.m
+                   WHERE x.seen IS NULL OR b.used::numeric + b.reserved <= x.seen)
+                  = cardinality($1::text[]) AS ok
+         ), lines AS (
+           UPDATE budget t SET reserved = LEAST(t.reserved::numeric + x.d, 9223372036854775807)::bigint,
+             lim = x.lim
+           FROM x WHERE (SELECT ok FROM ok) AND t.scope = x.s AND t.win = x.w AND t.metric = x.m
+           RETURNING t.scope, t.win, t.metric, t.used, t.reserved
          ), old AS (
            UPDATE invocations i SET admitted = true, worst = x.w, lease_until = x.l
-           FROM UNNEST($5::text[], $6::text[], $7::bigint[]) AS x(id, w, l)
-           WHERE i.id = x.id
+           FROM UNNEST($7::text[], $8::text[], $9::bigint[]) AS x(id, w, l)
+           WHERE (SELECT ok FROM ok) AND i.id = x.id
+         ), new AS (
+           INSERT INTO invocations (id, tenant, tool, function, version, workflow, task_id, principal,
+                                    status, created_ms, response, owner, lease_until, admitted, worst,
+                                    transport, idempotency_key, record_version)
+           SELECT id, te, tl, f, v, wf, t, p, 'running', c, '{}', ow, l, true, w, tr, k, $24
+           FROM UNNEST($10::text[], $11::text[], $12::text[], $13::text[], $14::text[], $15::text[],
+                       $16::text[], $17::text[], $18::bigint[], $19::text[], $20::bigint[], $21::text[],
+                       $22::text[], $23::text[])
+             AS x(id, te, tl, f, v, wf, t, p, c, ow, l, w, tr, k)
+           WHERE (SELECT ok FROM ok)
+           ON CONFLICT (id) DO NOTHING
+           RETURNING id
          )
-         INSERT INTO invocations (id, tenant, tool, function, version, workflow, task_id, principal,
-                                  status, created_ms, response, owner, lease_until, admitted, worst,
-                                  transport, idempotency_key, record_version)
-         SELECT id, te, tl, f, v, wf, t, p, 'running', c, '{}', ow, l, true, w, tr, k, $22
-         FROM UNNEST($8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[],
-                     $14::text[], $15::text[], $16::bigint[], $17::text[], $18::bigint[], $19::text[],
-                     $20::text[], $21::text[])
-           AS x(id, te, tl, f, v, wf, t, p, c, ow, l, w, tr, k)
-         ON CONFLICT (id) DO NOTHING
-         RETURNING id",
+         SELECT 0 AS k, ok::int AS n, NULL AS s, NULL AS w, NULL AS m, NULL::bigint AS u, NULL::bigint AS r,
+                set_config('synchronous_commit', 'off', true) AS id
+         FROM ok
+         UNION ALL
+         SELECT 1, 0, scope, win, metric, used, reserved, NULL FROM lines
+         UNION ALL
+         SELECT 2, 0, NULL, NULL, NULL, NULL, NULL, id FROM new",
     )
-    .bind(changed.scope)
-    .bind(changed.window)
-    .bind(changed.metric)
-    .bind(reserved_now)
+    .bind(k.scope)
+    .bind(k.window)
+    .bind(k.metric)
+    .bind(delta)
+    .bind(seen)
+    .bind(limit)
     .bind(s(|r| &r.id, &old))
-    .bind(old.iter().map(|a| worst(a)).collect::<Vec<_>>())
+    .bind(old.iter().map(|a| worst_text(a)).collect::<Vec<_>>())
     .bind(old.iter().map(|a| a.run.lease_until).collect::<Vec<_>>())
     .bind(s(|r| &r.id, &fresh))
     .bind(s(|r| &r.tenant, &fresh))
@@ -953,23 +1419,25 @@ pub(super) async fn admit_in(
     .bind(fresh.iter().map(|a| a.run.created_ms).collect::<Vec<_>>())
     .bind(s(|r| &r.owner, &fresh))
     .bind(fresh.iter().map(|a| a.run.lease_until).collect::<Vec<_>>())
-    .bind(fresh.iter().map(|a| worst(a)).collect::<Vec<_>>())
+    .bind(fresh.iter().map(|a| worst_text(a)).collect::<Vec<_>>())
     .bind(s(|r| &r.transport, &fresh))
     .bind(o(|r| &r.idempotency_key, &fresh))
     .bind(i32::try_from(crate::record::RECORD_VERSION).unwrap_or(i32::MAX))
     .fetch_all(&mut *tx)
     .await?;
-    if inserted.len() < fresh.len() {
-        let inserted: BTreeSet<&str> = inserted.iter().map(|i| i.as_str()).collect();
-        return Ok(Admitted::Taken(
-            fresh
-                .iter()
-                .filter(|a| !inserted.contains(a.run.id.as_str()))
-                .map(|a| a.run.id.clone())
-                .collect(),
-        ));
+    let (mut ok, mut inserted, mut written) = (false, Vec::new(), Vec::new());
+    for r in &rows {
+        match r.try_get::<i32, _>(0)? {
+            0 => ok = r.try_get::<i32, _>(1)? == 1,
+            1 => written.push((
+                (r.try_get(2)?, r.try_get(3)?, r.try_get(4)?),
+                r.try_get(5)?,
+                r.try_get(6)?,
+            )),
+            _ => inserted.push(r.try_get(7)?),
+        }
     }
-    Ok(Admitted::Answers(answers))
+    Ok(ok.then_some((inserted, written)))
 }
 
 /// Write a new running row; false if the id is taken.

@@ -41,6 +41,7 @@ use std::time::Duration;
 
 mod commit;
 mod group;
+mod seen;
 mod stores;
 
 /// Schema migrations, in order; `toolhost_schema.version` records how many
@@ -331,6 +332,8 @@ pub struct PostgresStorage {
     /// admitter ([`group`]).
     works: group::Group<commit::Pending, commit::Committed>,
     admits: group::Group<Admit, std::result::Result<(), Refused>>,
+    /// What this replica last saw of its hot rows ([`seen`]).
+    seen: seen::Seen,
     /// Fleet roles this process leads, each on a connection of its own.
     leaders: tokio::sync::Mutex<std::collections::HashMap<String, sqlx::PgConnection>>,
 }
@@ -390,6 +393,7 @@ impl PostgresStorage {
             pool,
             works: group::Group::new(),
             admits: group::Group::new(),
+            seen: seen::Seen::default(),
             leaders: tokio::sync::Mutex::new(std::collections::HashMap::new()),
         };
         storage.migrate().await?;
