@@ -332,6 +332,7 @@ impl PostgresStorage {
         let key = notary_key(notary);
         let (Some(heads), Some(rows)) = (self.seen.heads(&chains, key), self.seen.rows(&ids))
         else {
+            tracing::trace!("a batch takes the locking path: a head or a row is not seen alone");
             return Ok(None);
         };
         let guard = Guard {
@@ -378,6 +379,7 @@ impl PostgresStorage {
             // Refused by its guard, or failed as a statement (a deadlock, a
             // conflict): nothing was written.
             Ok(None) => {
+                tracing::debug!("a speculative commit was refused: a head or a row moved");
                 self.seen.contended(chains.iter(), std::iter::empty());
                 Ok(None)
             }
@@ -1096,6 +1098,7 @@ impl PostgresStorage {
         }
         let (wanted, limits) = wanted_lines(admits);
         let Some(before) = self.seen.lines(limits.keys()) else {
+            tracing::trace!("admissions take the locking path: a line is not seen alone");
             return Ok(None);
         };
         let mut lines = before.clone();
@@ -1108,6 +1111,7 @@ impl PostgresStorage {
         );
         // A refusal is decided on the locked balances, never on these.
         if answers.iter().any(Result::is_err) {
+            tracing::trace!("admissions take the locking path: one is refused on what was seen");
             return Ok(None);
         }
         let mut conn = self.pool.acquire().await.map_err(super::db)?;
@@ -1141,6 +1145,7 @@ impl PostgresStorage {
                 Ok(Some(answers))
             }
             Ok(None) => {
+                tracing::debug!("a speculative admission was refused: a line grew");
                 self.seen.contended(std::iter::empty(), limits.keys());
                 Ok(None)
             }
