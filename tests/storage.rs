@@ -1119,6 +1119,65 @@ async fn postgres_a_replica_never_acts_on_what_another_moved() {
     assert_eq!(report.entries, 4 + 4 + 1 + 1 + 1);
 }
 
+/// A row someone edited by hand (schema included) to hold NULL where
+/// Toolhost never writes one is an error that says so, not a panic of the
+/// committer (which would leave every caller batched with it waiting on
+/// nothing).
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_a_null_where_none_is_written_is_an_error() {
+    use sqlx::Connection;
+    let Some((a, _, url)) = two_replicas("conf-pg-null").await else {
+        return;
+    };
+    let dir = common::tempdir("conf-pg-null");
+    std::fs::write(dir.join("key"), "42".repeat(32)).unwrap();
+    let log = AuditLog::open(a.clone(), toolhost::audit::KeySource::File(dir.join("key")))
+        .await
+        .unwrap();
+    let park = Work {
+        end: Some(End {
+            record: record("inv_1", "pending_approval"),
+            expect: Expect::Mine {
+                owner: "hst_a".into(),
+            },
+            used: Some(vec![]),
+        }),
+        approvals: vec![approval("apr_1", "inv_1", 1000)],
+        ..Work::default()
+    };
+    log.commit(vec![("acme".into(), 1, json!({"park": 1}))], park)
+        .await
+        .unwrap();
+    let mut db = sqlx::PgConnection::connect(&url).await.unwrap();
+    for edit in [
+        "ALTER TABLE approvals ALTER COLUMN invocation_id DROP NOT NULL",
+        "UPDATE approvals SET invocation_id = NULL WHERE id = 'apr_1'",
+    ] {
+        sqlx::query(edit).execute(&mut db).await.unwrap();
+    }
+    let decide = Work {
+        decide: Some(Decision {
+            tenant: "acme".into(),
+            approval_id: "apr_1".into(),
+            status: toolhost::storage::ApprovalStatus::Approved,
+            decided_by: Some("boss".into()),
+            reason: None,
+            now_ms: 10,
+            run: Some(("hst_b".into(), 5000)),
+        }),
+        ..Work::default()
+    };
+    let err = log
+        .commit(vec![("acme".into(), 2, json!({"decide": 1}))], decide)
+        .await
+        .unwrap_err();
+    assert_ne!(err.kind, toolhost::ErrorKind::Conflict, "{err:?}");
+    // The committer is still there for everyone else.
+    log.append(vec![("acme".into(), 3, json!({"after": 1}))])
+        .await
+        .unwrap();
+}
+
 /// Fleet roles: one store leads a role at a time; when the leader's
 /// connection goes (it died), another takes over.
 #[tokio::test(flavor = "multi_thread")]

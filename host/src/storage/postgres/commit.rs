@@ -451,12 +451,12 @@ async fn gather(
         .await?
         {
             approvals.insert(
-                r.get(0),
+                r.try_get(0)?,
                 Apr {
-                    tenant: r.get(1),
+                    tenant: r.try_get(1)?,
                     status: ApprovalStatus::parse(&r.try_get::<String, _>(2)?),
-                    expires_ms: r.get(3),
-                    invocation_id: r.get(4),
+                    expires_ms: r.try_get(3)?,
+                    invocation_id: r.try_get(4)?,
                 },
             );
         }
@@ -517,7 +517,7 @@ async fn gather(
         .fetch_all(&mut *tx)
         .await?
         {
-            if let Some(a) = approvals.get_mut(&r.get::<ApprovalId, _>(0)) {
+            if let Some(a) = approvals.get_mut(&r.try_get::<ApprovalId, _>(0)?) {
                 a.status = ApprovalStatus::parse(&r.try_get::<String, _>(1)?);
             }
         }
@@ -1198,7 +1198,7 @@ pub(super) async fn admit_in(
         .fetch_all(&mut *tx)
         .await?
         {
-            rows.insert(r.get(0), (r.get(1), r.get(2), r.get(3)));
+            rows.insert(r.try_get(0)?, (r.try_get(1)?, r.try_get(2)?, r.try_get(3)?));
         }
     }
 
@@ -1225,7 +1225,10 @@ pub(super) async fn admit_in(
         .fetch_all(&mut *tx)
         .await?
         {
-            lines.insert((r.get(0), r.get(1), r.get(2)), (r.get(3), r.get(4)));
+            lines.insert(
+                (r.try_get(0)?, r.try_get(1)?, r.try_get(2)?),
+                (r.try_get(3)?, r.try_get(4)?),
+            );
         }
     }
     let before = lines.clone();
@@ -1498,16 +1501,18 @@ pub(super) async fn idempotency_begin_in(
     .bind(&b.key)
     .fetch_optional(&mut *tx)
     .await?;
-    let stored = row.map(|r| {
-        let state: String = r.get(2);
-        let response: Option<String> = r.get(3);
-        KeyRow {
-            fingerprint: r.get(0),
-            expires_ms: r.get(1),
-            answer: (state == "done").then(|| response.unwrap_or_default()),
-            invocation: r.get(4),
-        }
-    });
+    let stored = row
+        .map(|r| -> std::result::Result<KeyRow, sqlx::Error> {
+            let state: String = r.try_get(2)?;
+            let response: Option<String> = r.try_get(3)?;
+            Ok(KeyRow {
+                fingerprint: r.try_get(0)?,
+                expires_ms: r.try_get(1)?,
+                answer: (state == "done").then(|| response.unwrap_or_default()),
+                invocation: r.try_get(4)?,
+            })
+        })
+        .transpose()?;
     let answer = decide(stored.as_ref(), &b.fingerprint, b.now_ms);
     if answer == IdempotencyBegin::Started {
         // A new key: a concurrent first use of the same key makes this

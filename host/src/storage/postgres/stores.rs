@@ -155,18 +155,20 @@ impl AuditStore for PostgresStorage {
             .fetch_all(&self.pool)
             .await
             .map_err(db)?;
-            Ok(rows
-                .iter()
-                .map(|r| Checkpoint {
-                    chain: r.get(0),
-                    seq: r.get::<Option<i64>, _>(1).unwrap_or(0),
-                    hash: r.get::<Option<String>, _>(2).unwrap_or_default(),
-                    time_ms: r.get::<Option<i64>, _>(3).unwrap_or(0),
-                    signature: r.get(4),
-                    kind: r.get(5),
-                    statement: r.get::<Option<String>, _>(6).unwrap_or_default(),
+            rows.iter()
+                .map(|r| {
+                    Ok(Checkpoint {
+                        chain: r.try_get(0)?,
+                        seq: r.try_get::<Option<i64>, _>(1)?.unwrap_or(0),
+                        hash: r.try_get::<Option<String>, _>(2)?.unwrap_or_default(),
+                        time_ms: r.try_get::<Option<i64>, _>(3)?.unwrap_or(0),
+                        signature: r.try_get(4)?,
+                        kind: r.try_get(5)?,
+                        statement: r.try_get::<Option<String>, _>(6)?.unwrap_or_default(),
+                    })
                 })
-                .collect())
+                .collect::<std::result::Result<_, sqlx::Error>>()
+                .map_err(db)
         })
     }
     fn audit_prune(&self, anchor: Checkpoint) -> BoxFuture<'_, Result<u64>> {
@@ -719,15 +721,15 @@ impl InvocationStore for PostgresStorage {
                     Some(r) => {
                         let state = RowState {
                             status: Status::parse(&r.try_get::<String, _>(0)?),
-                            owner: r.get(1),
-                            lease_until: r.get(2),
+                            owner: r.try_get(1)?,
+                            lease_until: r.try_get(2)?,
                         };
-                        let admitted: bool = r.get(3);
+                        let admitted: bool = r.try_get(3)?;
                         if admitted || !check(&expect, Some(&state)) {
                             (false, false)
                         } else {
-                            let tenant: String = r.get(4);
-                            let key: Option<String> = r.get(5);
+                            let tenant: String = r.try_get(4)?;
+                            let key: Option<String> = r.try_get(5)?;
                             sqlx::query("DELETE FROM invocations WHERE id = $1")
                                 .bind(&id)
                                 .execute(&mut *tx)
@@ -774,12 +776,16 @@ impl PolicyStore for PostgresStorage {
             .fetch_optional(&self.pool)
             .await
             .map_err(db)?;
-            Ok(row.map(|r| StoredPolicy {
-                version: r.get(0),
-                name: r.get(1),
-                text: r.get(2),
-                created_ms: r.get(3),
-            }))
+            row.map(|r| {
+                Ok(StoredPolicy {
+                    version: r.try_get(0)?,
+                    name: r.try_get(1)?,
+                    text: r.try_get(2)?,
+                    created_ms: r.try_get(3)?,
+                })
+            })
+            .transpose()
+            .map_err(db)
         })
     }
 }
