@@ -3,8 +3,8 @@
 //! is read with `try_get`, so a hand-edited value is an error, never a panic.
 
 use crate::storage::{
-    ApiKeyRecord, ApprovalRecord, InvocationRecord, OutboxMessage, StoredEntry, ToolVersion, Usage,
-    usage_line,
+    ApiKeyRecord, ApprovalRecord, InvocationRecord, OutboxMessage, StoredEntry, StoredPolicy,
+    ToolVersion, Usage, usage_line,
 };
 
 /// The columns [`tool_version_row`] reads, in order.
@@ -13,6 +13,10 @@ pub(crate) const VERSION_COLUMNS: &str =
 
 /// The columns [`outbox_row`] reads, in order.
 pub(crate) const OUTBOX_COLUMNS: &str = "id, tenant, invocation_id, approval_id, url, created_ms, attempts, state, last_error, delivered_ms";
+
+/// The query [`policy_row`] reads: the policy in force.
+pub(crate) const POLICY_CURRENT: &str =
+    "SELECT version, name, text, created_ms FROM policies ORDER BY version DESC LIMIT 1";
 
 /// The columns [`approval_row`] reads, in order.
 pub(crate) const APPROVAL_COLUMNS: &str = "id, tenant, invocation_id, status, tool, function, version, workflow, task_id, args, args_redacted, args_sha256, rule, requester, created_ms, expires_ms, decided_by, decided_ms, reason, callback_url";
@@ -182,5 +186,21 @@ where
         state: r.try_get(7)?,
         last_error: r.try_get(8)?,
         delivered_ms: r.try_get(9)?,
+    })
+}
+
+/// A stored policy document ([`POLICY_CURRENT`]).
+pub(crate) fn policy_row<R>(r: &R) -> Result<StoredPolicy, sqlx::Error>
+where
+    R: sqlx::Row,
+    usize: sqlx::ColumnIndex<R>,
+    String: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    i64: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    Ok(StoredPolicy {
+        version: r.try_get(0)?,
+        name: r.try_get(1)?,
+        text: r.try_get(2)?,
+        created_ms: r.try_get(3)?,
     })
 }

@@ -21,22 +21,14 @@ impl PolicyStore for SqliteStorage {
     }
     fn policy_current(&self) -> BoxFuture<'_, Result<Option<StoredPolicy>>> {
         Box::pin(async move {
-            let row = sqlx::query(
-                "SELECT version, name, text, created_ms FROM policies ORDER BY version DESC LIMIT 1",
-            )
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(db)?;
-            row.map(|r| {
-                Ok(StoredPolicy {
-                    version: r.try_get(0)?,
-                    name: r.try_get(1)?,
-                    text: r.try_get(2)?,
-                    created_ms: r.try_get(3)?,
-                })
-            })
-            .transpose()
-            .map_err(|e: sqlx::Error| db(e))
+            let row = sqlx::query(crate::storage::POLICY_CURRENT)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(db)?;
+            row.as_ref()
+                .map(crate::storage::policy_row)
+                .transpose()
+                .map_err(db)
         })
     }
 }
