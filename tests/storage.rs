@@ -1011,9 +1011,17 @@ async fn postgres_replicas_append_one_chain_and_share_limits() {
 /// ended it.
 #[tokio::test(flavor = "multi_thread")]
 async fn postgres_a_replica_never_acts_on_what_another_moved() {
-    let Some((a, b, _)) = two_replicas("conf-pg-stale").await else {
+    use sqlx::Connection;
+    use toolhost::storage::postgres::{PostgresOptions, PostgresStorage};
+    let Some((b, _, url)) = two_replicas("conf-pg-stale").await else {
         return;
     };
+    let pa = Arc::new(
+        PostgresStorage::open(&PostgresOptions::new(&url))
+            .await
+            .unwrap(),
+    );
+    let a: Arc<dyn Storage> = pa.clone();
     let dir = common::tempdir("conf-pg-stale");
     std::fs::write(dir.join("key"), "42".repeat(32)).unwrap();
     let key = toolhost::audit::KeySource::File(dir.join("key"));
@@ -1052,6 +1060,9 @@ async fn postgres_a_replica_never_acts_on_what_another_moved() {
         la.commit(entries, end).await.unwrap();
     }
     assert_eq!(reserved(&a, "tool_calls").await, (4, 0));
+    let (seen, refused) = pa.seen_batches();
+    assert!(seen >= 4, "alone, `a` writes as it saw: {seen}");
+    assert_eq!(refused, 0);
     // `a` admits one more and keeps it running; then `b` reserves on the
     // same line, appends to the same chain, and ends `a`'s row as lost.
     admit(&a, "inv_held".into(), "hst_a").await.unwrap();
@@ -1117,6 +1128,56 @@ async fn postgres_a_replica_never_acts_on_what_another_moved() {
         .unwrap();
     assert!(report.ok, "{report:?}");
     assert_eq!(report.entries, 4 + 4 + 1 + 1 + 1);
+    assert!(pa.seen_batches().1 >= 2, "{:?}", pa.seen_batches());
+
+    // A limited line `a` reserves nothing on is still checked: once another
+    // replica charged it past its limit, a zero charge is refused.
+    let on_z = |amount| Charge {
+        scope: "task:acme/z".into(),
+        window: "all".into(),
+        metric: toolhost::budget::Metric::ToolCalls,
+        amount,
+        limit: Some(10),
+    };
+    for i in 0..3 {
+        a.invocation_admit(Admit {
+            run: run(&format!("inv_z{i}"), "hst_a", 1000),
+            worst: vec![on_z(1)],
+            existing: false,
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    }
+    b.budget_charge(vec![on_z(20)]).await.unwrap();
+    let zero = a
+        .invocation_admit(Admit {
+            run: run("inv_z_free", "hst_a", 1000),
+            worst: vec![on_z(0)],
+            existing: false,
+        })
+        .await
+        .unwrap();
+    assert!(
+        matches!(zero, Err(toolhost::storage::Refused::Exceeded(_))),
+        "{zero:?}"
+    );
+
+    // A head whose signature was edited is vetted (and refused), never
+    // signed over.
+    la.append(vec![("own".into(), 20, json!({"a": "again"}))])
+        .await
+        .unwrap();
+    let mut db = sqlx::PgConnection::connect(&url).await.unwrap();
+    sqlx::query("UPDATE audit_heads SET signature = repeat('0', 128) WHERE chain = 'own'")
+        .execute(&mut db)
+        .await
+        .unwrap();
+    let tampered = la
+        .append(vec![("own".into(), 21, json!({"a": "tampered"}))])
+        .await
+        .unwrap_err();
+    assert_eq!(tampered.kind, toolhost::ErrorKind::Corrupt, "{tampered:?}");
 }
 
 /// A row someone edited by hand (schema included) to hold NULL where

@@ -11,7 +11,7 @@
 //! shared rules ([`check`], [`may_decide`]) in order (each work seeing the
 //! ones accepted before it), and all writes go out as multi-row statements.
 
-use super::seen::{Guard, Line, SeenRow};
+use super::seen::{Guard, Line, NotaryKey, SeenRow};
 use super::{PostgresStorage, transact};
 use crate::audit::link::{Head, HeadRow, link, refused, vet};
 use crate::error::Result;
@@ -74,7 +74,10 @@ impl PostgresStorage {
                             true
                         ))?;
                         let key = notary_key(&notary);
-                        self.seen.heads_committed(key, Some(&w.read), &w.heads);
+                        self.seen.heads_committed(&key, Some(&w.read), &w.heads);
+                        // Chains it could not continue are looked at
+                        // under lock until they are continued again.
+                        self.seen.contended(w.refused.iter(), std::iter::empty());
                         self.seen.ended(w.ended.iter());
                         w.answers
                     }
@@ -275,7 +278,9 @@ pub(super) struct Written {
     /// The heads its locks found.
     pub read: BTreeMap<String, Option<Head>>,
     /// The chains' new heads.
-    pub heads: Vec<(String, Head)>,
+    pub heads: Vec<(String, Head, Signed)>,
+    /// The chains it could not continue (their works were refused).
+    pub refused: Vec<String>,
     /// The rows its works ended or found moved.
     pub ended: Vec<InvocationId>,
 }
@@ -303,8 +308,8 @@ fn ended_of(works: &[Work]) -> Vec<InvocationId> {
 
 /// Who signs a batch's heads, as [`Seen`](super::seen::Seen) tells them
 /// apart.
-fn notary_key(notary: &Arc<Notary>) -> usize {
-    Arc::as_ptr(notary) as usize
+fn notary_key(notary: &Notary) -> NotaryKey {
+    notary.public_key().to_bytes()
 }
 
 impl PostgresStorage {
@@ -330,7 +335,7 @@ impl PostgresStorage {
         let chains = chains_of(works);
         let ids = ended_of(works);
         let key = notary_key(notary);
-        let (Some(heads), Some(rows)) = (self.seen.heads(&chains, key), self.seen.rows(&ids))
+        let (Some(heads), Some(rows)) = (self.seen.heads(&chains, &key), self.seen.rows(&ids))
         else {
             tracing::trace!("a batch takes the locking path: a head or a row is not seen alone");
             return Ok(None);
@@ -338,7 +343,7 @@ impl PostgresStorage {
         let guard = Guard {
             heads: heads
                 .iter()
-                .map(|(c, h)| (c.clone(), h.seq, h.hash.clone()))
+                .map(|(c, (h, s))| (c.clone(), h.clone(), s.clone()))
                 .collect(),
             rows: ids
                 .iter()
@@ -347,7 +352,7 @@ impl PostgresStorage {
                 .collect(),
         };
         let mut view = View {
-            heads: heads.into_iter().map(|(c, h)| (c, Some(h))).collect(),
+            heads: heads.into_iter().map(|(c, (h, _))| (c, Some(h))).collect(),
             bad: BTreeMap::new(),
             registry: None,
             approvals: BTreeMap::new(),
@@ -370,9 +375,11 @@ impl PostgresStorage {
         };
         let plan = plan(works, &mut view);
         let mut conn = self.pool.acquire().await.map_err(super::db)?;
-        match write(&mut conn, works, plan, view, notary, &guard).await {
+        let written = write(&mut conn, works, plan, view, notary, &guard).await;
+        self.seen.count(!matches!(written, Ok(Some(_))));
+        match written {
             Ok(Some(w)) => {
-                self.seen.heads_committed(key, None, &w.heads);
+                self.seen.heads_committed(&key, None, &w.heads);
                 self.seen.ended(w.ended.iter());
                 Ok(Some(w.answers))
             }
@@ -686,11 +693,8 @@ async fn write(
     if let Some(r) = &linked.registry {
         registry_put(tx, r).await?;
     }
-    let heads = linked
-        .heads
-        .iter()
-        .map(|(c, h, _)| (c.clone(), h.clone()))
-        .collect();
+    let heads = linked.heads.clone();
+    let refused = view.bad.keys().cloned().collect();
     let mut stored = linked.entries.into_iter();
     let mut answers = Vec::with_capacity(works.len());
     for (w, ok) in works.iter().zip(taken) {
@@ -732,6 +736,7 @@ async fn write(
         answers,
         read: view.heads,
         heads,
+        refused,
         ended: ended_of(works),
     }))
 }
@@ -827,6 +832,8 @@ async fn write_batch(
         && h.is_empty()
         && c.is_empty()
         && b.keys.is_empty()
+        && guard.heads.is_empty()
+        && guard.rows.is_empty()
     {
         return Ok(true);
     }
@@ -850,14 +857,18 @@ async fn write_batch(
     // `ok`, which reads both, so the lines are locked after them.
     sqlx::query_scalar(
         "WITH h AS (
-           SELECT chain, seq, hash FROM audit_heads WHERE chain = ANY($31) ORDER BY chain FOR UPDATE
+           SELECT chain, seq, hash, signed_statement, signature FROM audit_heads
+           WHERE chain = ANY($31) ORDER BY chain FOR UPDATE
          ), i AS (
            SELECT id, status, owner, worst FROM invocations
            WHERE id = ANY($34) AND (SELECT count(*) FROM h) >= 0 ORDER BY id FOR UPDATE
          ), ok AS MATERIALIZED (
            SELECT (SELECT count(*) FROM h
-                   JOIN UNNEST($31::text[], $32::bigint[], $33::text[]) AS x(c, s, hh)
-                     ON h.chain = x.c AND h.seq = x.s AND h.hash = x.hh) = cardinality($31::text[])
+                   JOIN UNNEST($31::text[], $32::bigint[], $33::text[], $48::text[], $49::text[])
+                     AS x(c, s, hh, st, sig)
+                     ON h.chain = x.c AND h.seq = x.s AND h.hash = x.hh
+                        AND h.signed_statement = x.st AND h.signature = x.sig)
+                  = cardinality($31::text[])
               AND (SELECT count(*) FROM i
                    JOIN UNNEST($34::text[], $35::text[], $36::text[]) AS x(id, o, w)
                      ON i.id = x.id AND i.status = 'running' AND i.owner = x.o
@@ -936,8 +947,8 @@ async fn write_batch(
     .bind(h.iter().map(|x| x.2.signature.as_str()).collect::<Vec<_>>())
     .bind(h.iter().map(|x| x.2.statement.as_str()).collect::<Vec<_>>())
     .bind(guard.heads.iter().map(|x| x.0.as_str()).collect::<Vec<_>>())
-    .bind(guard.heads.iter().map(|x| x.1).collect::<Vec<_>>())
-    .bind(guard.heads.iter().map(|x| x.2.as_str()).collect::<Vec<_>>())
+    .bind(guard.heads.iter().map(|x| x.1.seq).collect::<Vec<_>>())
+    .bind(guard.heads.iter().map(|x| x.1.hash.as_str()).collect::<Vec<_>>())
     .bind(guard.rows.iter().map(|x| x.0.as_str()).collect::<Vec<_>>())
     .bind(guard.rows.iter().map(|x| x.1.as_str()).collect::<Vec<_>>())
     .bind(guard.rows.iter().map(|x| x.2.as_str()).collect::<Vec<_>>())
@@ -952,6 +963,8 @@ async fn write_batch(
     .bind(keys.iter().map(|x| x.key.as_str()).collect::<Vec<_>>())
     .bind(keys.iter().map(|x| x.invocation_id.as_str()).collect::<Vec<_>>())
     .bind(keys.iter().map(|x| x.response.as_str()).collect::<Vec<_>>())
+    .bind(guard.heads.iter().map(|x| x.2.statement.as_str()).collect::<Vec<_>>())
+    .bind(guard.heads.iter().map(|x| x.2.signature.as_str()).collect::<Vec<_>>())
     .fetch_one(&mut *tx)
     .await
 }
@@ -1121,7 +1134,9 @@ impl PostgresStorage {
             limits: &limits,
             guarded: true,
         };
-        match write_admits(&mut conn, admits, &answers, &change).await {
+        let written = write_admits(&mut conn, admits, &answers, &change).await;
+        self.seen.count(!matches!(written, Ok(Some(_))));
+        match written {
             Ok(Some((inserted, written))) => {
                 self.seen.lines_committed(None, &written);
                 if inserted.len() < admits.len() {
@@ -1323,8 +1338,8 @@ struct Change<'a> {
     /// The balances after it.
     after: &'a BTreeMap<Line, (i64, i64)>,
     limits: &'a BTreeMap<Line, Option<i64>>,
-    /// Whether the balances were seen rather than locked: then each line
-    /// must not have grown past `before` (or nothing is written).
+    /// Whether the balances were seen rather than locked: then every line
+    /// in `before` must not have grown past it (or nothing is written).
     guarded: bool,
 }
 
@@ -1342,7 +1357,10 @@ async fn write_admits(
     let (mut delta, mut seen, mut limit) = (Vec::new(), Vec::new(), Vec::new());
     for (key, (_, reserved)) in change.after {
         let (used0, reserved0) = change.before.get(key).copied().unwrap_or((0, 0));
-        if reserved0 != *reserved {
+        // Guarded, every line decided on is checked, those it reserves
+        // nothing on too (a zero charge on a limited line is refused once
+        // the line is past its limit).
+        if change.guarded || reserved0 != *reserved {
             k.push(&key.0, &key.1, &key.2);
             delta.push(reserved.saturating_sub(reserved0));
             seen.push(change.guarded.then(|| used0.saturating_add(reserved0)));

@@ -463,6 +463,16 @@ impl PostgresStorage {
     }
 }
 
+impl PostgresStorage {
+    /// Batches this replica wrote on what it saw of their rows (one
+    /// statement each, see [`seen`]), and how many of those the database
+    /// refused because another replica had moved a row (each then took the
+    /// locking path). Many refusals: replicas share hot rows.
+    pub fn seen_batches(&self) -> (u64, u64) {
+        self.seen.counts()
+    }
+}
+
 /// Wait before retrying a transaction (a few ms, growing, with jitter).
 pub(super) async fn backoff(attempt: u32) {
     let jitter = u64::from(rand_core::RngCore::next_u32(&mut rand_core::OsRng) % 8);

@@ -28,6 +28,7 @@
 
 use crate::audit::link::Head;
 use crate::ids::InvocationId;
+use crate::storage::Signed;
 use crate::storage::{LedgerScope, Window};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
@@ -38,13 +39,20 @@ pub(super) type Line = (LedgerScope, Window, String);
 /// Most entries in each map.
 const MAX_SEEN: usize = 1 << 16;
 
+/// Who signs a batch's heads: its public key.
+pub(super) type NotaryKey = [u8; 32];
+
 /// A chain head this replica committed.
 #[derive(Debug, Clone)]
 struct SeenHead {
     head: Head,
-    /// The notary that signed it (its address: batches are grouped by
-    /// notary, and a head is continued only by the one that signed it).
-    notary: usize,
+    /// Its signed statement as written (the guard checks it too: a head
+    /// whose signature was edited is vetted on the locking path, never
+    /// overwritten).
+    signed: Signed,
+    /// The notary that signed it: a head is continued only by the one
+    /// that signed it.
+    notary: NotaryKey,
     alone: bool,
 }
 
@@ -65,12 +73,12 @@ pub(super) struct SeenRow {
 }
 
 /// What a speculative write must find under its locks to go ahead: the
-/// heads, the rows and the lines as they were seen. Empty on the locking
-/// path (which holds its locks already).
+/// heads and the rows as they were seen. Empty on the locking path (which
+/// holds its locks already).
 #[derive(Debug, Default)]
 pub(super) struct Guard {
-    /// (chain, seq, hash).
-    pub heads: Vec<(String, i64, String)>,
+    /// (chain, seq, hash, signed head) as this replica wrote them.
+    pub heads: Vec<(String, Head, Signed)>,
     /// (id, owner, worst) of rows that must still be running.
     pub rows: Vec<(InvocationId, String, String)>,
 }
@@ -81,6 +89,9 @@ pub(super) struct Seen {
     heads: Mutex<HashMap<String, SeenHead>>,
     lines: Mutex<HashMap<Line, SeenLine>>,
     rows: Mutex<HashMap<InvocationId, SeenRow>>,
+    /// Batches written as seen, and those of them the database refused.
+    written: std::sync::atomic::AtomicU64,
+    refused: std::sync::atomic::AtomicU64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -94,17 +105,36 @@ fn bounded<K: Eq + std::hash::Hash, V>(map: &mut HashMap<K, V>) {
 }
 
 impl Seen {
-    /// The heads of `chains`, if this replica committed each last, with
-    /// `notary`, and nobody else is writing them.
-    pub(super) fn heads(&self, chains: &[String], notary: usize) -> Option<BTreeMap<String, Head>> {
+    /// The heads of `chains` with their signed statements, if this replica
+    /// committed each last, with `notary`, and nobody else is writing them.
+    pub(super) fn heads(
+        &self,
+        chains: &[String],
+        notary: &NotaryKey,
+    ) -> Option<BTreeMap<String, (Head, Signed)>> {
         let heads = lock(&self.heads);
         chains
             .iter()
             .map(|c| {
-                let s = heads.get(c).filter(|s| s.alone && s.notary == notary)?;
-                Some((c.clone(), s.head.clone()))
+                let s = heads.get(c).filter(|s| s.alone && s.notary == *notary)?;
+                Some((c.clone(), (s.head.clone(), s.signed.clone())))
             })
             .collect()
+    }
+
+    /// Count a batch written as seen (`refused`: the database refused it).
+    pub(super) fn count(&self, refused: bool) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.written.fetch_add(1, Relaxed);
+        if refused {
+            self.refused.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// Batches written as seen so far, and how many of them were refused.
+    pub(super) fn counts(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (self.written.load(Relaxed), self.refused.load(Relaxed))
     }
 
     /// A batch committed: `read` is what its locks found (`None`: read
@@ -112,25 +142,26 @@ impl Seen {
     /// heads.
     pub(super) fn heads_committed(
         &self,
-        notary: usize,
+        notary: &NotaryKey,
         read: Option<&BTreeMap<String, Option<Head>>>,
-        written: &[(String, Head)],
+        written: &[(String, Head, Signed)],
     ) {
         let mut heads = lock(&self.heads);
-        bounded(&mut heads);
-        for (chain, head) in written {
+        for (chain, head, signed) in written {
             let alone = match read {
                 None => true,
                 // Nobody appended since this replica did.
                 Some(read) => heads.get(chain).is_some_and(|s| {
-                    s.notary == notary && read.get(chain).and_then(Option::as_ref) == Some(&s.head)
+                    s.notary == *notary && read.get(chain).and_then(Option::as_ref) == Some(&s.head)
                 }),
             };
+            bounded(&mut heads);
             heads.insert(
                 chain.clone(),
                 SeenHead {
                     head: head.clone(),
-                    notary,
+                    signed: signed.clone(),
+                    notary: *notary,
                     alone,
                 },
             );
@@ -160,8 +191,8 @@ impl Seen {
         written: &[(Line, i64, i64)],
     ) {
         let mut lines = lock(&self.lines);
-        bounded(&mut lines);
         for (key, used, reserved) in written {
+            bounded(&mut lines);
             let alone = match read {
                 None => true,
                 // Not grown since this replica saw it: nobody else reserved.
@@ -242,42 +273,50 @@ mod tests {
             seq,
             hash: format!("h{seq}"),
         };
+        let w = |chain: &String, seq| {
+            let signed = Signed {
+                statement: format!("s{seq}"),
+                signature: format!("g{seq}"),
+            };
+            [(chain.clone(), h(seq), signed)]
+        };
+        let (one, two) = ([1u8; 32], [2u8; 32]);
         let chain = "t".to_string();
         // First commit on the locking path: nothing was seen before.
         seen.heads_committed(
-            1,
+            &one,
             Some(&BTreeMap::from([(chain.clone(), None)])),
-            &[(chain.clone(), h(1))],
+            &w(&chain, 1),
         );
-        assert!(seen.heads(std::slice::from_ref(&chain), 1).is_none());
+        assert!(seen.heads(std::slice::from_ref(&chain), &one).is_none());
         // The next finds the head this replica wrote: alone.
         seen.heads_committed(
-            1,
+            &one,
             Some(&BTreeMap::from([(chain.clone(), Some(h(1)))])),
-            &[(chain.clone(), h(2))],
+            &w(&chain, 2),
         );
         assert_eq!(
-            seen.heads(std::slice::from_ref(&chain), 1).unwrap()[&chain],
+            seen.heads(std::slice::from_ref(&chain), &one).unwrap()[&chain].0,
             h(2)
         );
         // Another notary does not continue it.
-        assert!(seen.heads(std::slice::from_ref(&chain), 2).is_none());
+        assert!(seen.heads(std::slice::from_ref(&chain), &two).is_none());
         // Someone else appended (read 5, not 2): contended.
         seen.heads_committed(
-            1,
+            &one,
             Some(&BTreeMap::from([(chain.clone(), Some(h(5)))])),
-            &[(chain.clone(), h(6))],
+            &w(&chain, 6),
         );
-        assert!(seen.heads(std::slice::from_ref(&chain), 1).is_none());
+        assert!(seen.heads(std::slice::from_ref(&chain), &one).is_none());
         // A refused speculative write marks it too.
         seen.heads_committed(
-            1,
+            &one,
             Some(&BTreeMap::from([(chain.clone(), Some(h(6)))])),
-            &[(chain.clone(), h(7))],
+            &w(&chain, 7),
         );
-        assert!(seen.heads(std::slice::from_ref(&chain), 1).is_some());
+        assert!(seen.heads(std::slice::from_ref(&chain), &one).is_some());
         seen.contended(std::iter::once(&chain), std::iter::empty());
-        assert!(seen.heads(std::slice::from_ref(&chain), 1).is_none());
+        assert!(seen.heads(std::slice::from_ref(&chain), &one).is_none());
     }
 
     #[test]
