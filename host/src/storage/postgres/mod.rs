@@ -39,8 +39,10 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
+mod admit;
 mod commit;
 mod group;
+mod keys;
 mod seen;
 mod stores;
 
@@ -465,9 +467,9 @@ impl PostgresStorage {
 
 impl PostgresStorage {
     /// Batches this replica wrote on what it saw of their rows (one
-    /// statement each, see [`seen`]), and how many of those the database
-    /// refused because another replica had moved a row (each then took the
-    /// locking path). Many refusals: replicas share hot rows.
+    /// guarded statement each), and how many of those the database refused
+    /// because another replica had moved a row (each then took the locking
+    /// path). Many refusals: replicas share hot rows.
     pub fn seen_batches(&self) -> (u64, u64) {
         self.seen.counts()
     }
