@@ -158,43 +158,30 @@ impl PostgresStorage {
             guarded: true,
         };
         let written = write_admits(&mut conn, admits, &answers, &change).await;
-        self.seen.count(!matches!(written, Ok(Some(_))));
-        match written {
-            Ok(Some((inserted, written))) => {
-                self.seen.lines_committed(None, &written);
-                if inserted.len() < admits.len() {
-                    // A fresh id was taken (never, with fresh ids): its
-                    // reservation is given back, and it is refused.
-                    let inserted: BTreeSet<InvocationId> = inserted.into_iter().collect();
-                    let mut release = Vec::new();
-                    for ((a, want), answer) in admits.iter().zip(&wanted).zip(answers.iter_mut()) {
-                        if !inserted.contains(&a.run.id) {
-                            release.extend(want.iter().cloned());
-                            *answer = Err(Refused::Taken);
-                        }
-                    }
-                    self.seen.contended(std::iter::empty(), limits.keys());
-                    transact!(self, false, |tx| (
-                        settle(&mut tx, &release, &[]).await?,
-                        true
-                    ))?;
+        let contended = || self.seen.contended(std::iter::empty(), limits.keys());
+        let Some((inserted, written)) = self.seen_outcome(written, "admission", contended)? else {
+            return Ok(None);
+        };
+        self.seen.lines_committed(None, &written);
+        if inserted.len() < admits.len() {
+            // A fresh id was taken (never, with fresh ids): its reservation
+            // is given back, and it is refused.
+            let inserted: BTreeSet<InvocationId> = inserted.into_iter().collect();
+            let mut release = Vec::new();
+            for ((a, want), answer) in admits.iter().zip(&wanted).zip(answers.iter_mut()) {
+                if !inserted.contains(&a.run.id) {
+                    release.extend(want.iter().cloned());
+                    *answer = Err(Refused::Taken);
                 }
-                self.seen.admitted(admitted_rows(admits, &answers));
-                Ok(Some(answers))
             }
-            Ok(None) => {
-                tracing::debug!("a speculative admission was refused: a line grew");
-                self.seen.contended(std::iter::empty(), limits.keys());
-                Ok(None)
-            }
-            Err(e @ sqlx::Error::Database(_)) if !super::lost(&e) => {
-                tracing::debug!("a speculative admission failed, taking the locking path: {e}");
-                self.seen.contended(std::iter::empty(), limits.keys());
-                Ok(None)
-            }
-            // Anything else may have committed: never reserve twice.
-            Err(e) => Err(super::db(e)),
+            self.seen.contended(std::iter::empty(), limits.keys());
+            transact!(self, false, |tx| (
+                settle(&mut tx, &release, &[]).await?,
+                true
+            ))?;
         }
+        self.seen.admitted(admitted_rows(admits, &answers));
+        Ok(Some(answers))
     }
 }
 

@@ -331,26 +331,38 @@ impl PostgresStorage {
         let plan = plan(works, &mut view);
         let mut conn = self.pool.acquire().await.map_err(super::db)?;
         let written = write(&mut conn, works, plan, view, notary, &guard).await;
+        let contended = || self.seen.contended(chains.iter(), std::iter::empty());
+        let Some(w) = self.seen_outcome(written, "commit", contended)? else {
+            return Ok(None);
+        };
+        self.seen.heads_committed(&key, None, &w.heads);
+        self.seen.ended(w.ended.iter());
+        Ok(Some(w.answers))
+    }
+
+    /// What a write on what this replica saw came to, counted: written
+    /// (`Some`); refused by its guard or failed as a statement (`None`:
+    /// nothing was written, `contended` marks what it relied on); or an
+    /// error after which it may have committed (never written again).
+    pub(super) fn seen_outcome<T>(
+        &self,
+        written: std::result::Result<Option<T>, sqlx::Error>,
+        what: &str,
+        contended: impl FnOnce(),
+    ) -> Result<Option<T>> {
         self.seen.count(!matches!(written, Ok(Some(_))));
         match written {
-            Ok(Some(w)) => {
-                self.seen.heads_committed(&key, None, &w.heads);
-                self.seen.ended(w.ended.iter());
-                Ok(Some(w.answers))
-            }
-            // Refused by its guard, or failed as a statement (a deadlock, a
-            // conflict): nothing was written.
+            Ok(Some(w)) => Ok(Some(w)),
             Ok(None) => {
-                tracing::debug!("a speculative commit was refused: a head or a row moved");
-                self.seen.contended(chains.iter(), std::iter::empty());
+                tracing::debug!("a {what} written as seen was refused: a row it saw had moved");
+                contended();
                 Ok(None)
             }
             Err(e @ sqlx::Error::Database(_)) if !super::lost(&e) => {
-                tracing::debug!("a speculative commit failed, taking the locking path: {e}");
-                self.seen.contended(chains.iter(), std::iter::empty());
+                tracing::debug!("a {what} written as seen failed, taking the locking path: {e}");
+                contended();
                 Ok(None)
             }
-            // Anything else may have committed: never write it twice.
             Err(e) => Err(super::db(e)),
         }
     }
