@@ -52,8 +52,8 @@ pub use registry::*;
 pub use crate::ids::{ApprovalId, InvocationId, KeyId, TenantId};
 pub(crate) use rows::{
     APPROVAL_COLUMNS, INVOCATION_COLUMNS, OUTBOX_COLUMNS, POLICY_CURRENT, VERSION_COLUMNS,
-    approval_row, entry_row, invocation_row, key_row, outbox_row, policy_row, tool_version_row,
-    usage_row,
+    approval_row, entry_row, invocation_row, key_row, outbox_row, policy_row, tool_entry_row,
+    tool_version_row, usage_row,
 };
 use std::sync::Arc;
 

@@ -4,7 +4,7 @@
 
 use crate::storage::{
     ApiKeyRecord, ApprovalRecord, InvocationRecord, OutboxMessage, StoredEntry, StoredPolicy,
-    ToolVersion, Usage, usage_line,
+    ToolEntry, ToolVersion, Usage, usage_line,
 };
 
 /// The columns [`tool_version_row`] reads, in order.
@@ -202,5 +202,25 @@ where
         name: r.try_get(1)?,
         text: r.try_get(2)?,
         created_ms: r.try_get(3)?,
+    })
+}
+
+/// A tool's entry: its current version and whether it is disabled
+/// (`tenant, name, current, disabled, updated_ms`; `disabled` a boolean,
+/// or SQLite's integer).
+pub(crate) fn tool_entry_row<R>(r: &R) -> Result<ToolEntry, sqlx::Error>
+where
+    R: sqlx::Row,
+    usize: sqlx::ColumnIndex<R>,
+    String: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    bool: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    i64: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    Ok(ToolEntry {
+        tenant: r.try_get(0)?,
+        name: r.try_get(1)?,
+        current: r.try_get(2)?,
+        disabled: r.try_get(3)?,
+        updated_ms: r.try_get(4)?,
     })
 }

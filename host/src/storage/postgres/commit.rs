@@ -660,7 +660,7 @@ async fn write(
     if let Some(r) = &linked.registry {
         registry_put(tx, r).await?;
     }
-    let heads = linked.heads.clone();
+    let heads = linked.heads;
     let refused = view.bad.keys().cloned().collect();
     let mut stored = linked.entries.into_iter();
     let mut answers = Vec::with_capacity(works.len());

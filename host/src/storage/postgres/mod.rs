@@ -34,7 +34,7 @@ use super::*;
 use crate::BoxFuture;
 use crate::error::{Error, ErrorKind, Result};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
-use sqlx::{Postgres, Row, Transaction};
+use sqlx::{Postgres, Transaction};
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -557,16 +557,6 @@ impl PostgresStorage {
         }
         Ok(got)
     }
-}
-
-fn tool_entry_row(r: &PgRow) -> std::result::Result<ToolEntry, sqlx::Error> {
-    Ok(ToolEntry {
-        tenant: r.try_get(0)?,
-        name: r.try_get(1)?,
-        current: r.try_get(2)?,
-        disabled: r.try_get(3)?,
-        updated_ms: r.try_get(4)?,
-    })
 }
 
 #[cfg(test)]

@@ -311,16 +311,6 @@ impl SqliteStorage {
     }
 }
 
-fn tool_entry_row(r: &sqlx::sqlite::SqliteRow) -> std::result::Result<ToolEntry, sqlx::Error> {
-    Ok(ToolEntry {
-        tenant: r.try_get(0)?,
-        name: r.try_get(1)?,
-        current: r.try_get(2)?,
-        disabled: r.try_get::<i64, _>(3)? != 0,
-        updated_ms: r.try_get(4)?,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
