@@ -418,3 +418,65 @@ async fn the_in_memory_backend_keeps_the_same_contract() {
     assert!(r.ok, "{:#?}", problems(&r));
     assert_eq!(r.chains[0].first_seq, Some(1001));
 }
+
+/// `host audit prune --policy` prunes each chain as `host serve` does: to
+/// the longest retention of the documents that may govern its tenant. A
+/// tenant whose own document keeps records for years loses none of them
+/// because the file's tenant-less document keeps a week.
+#[tokio::test(flavor = "multi_thread")]
+async fn pruning_by_policy_keeps_each_tenant_its_own_retention() {
+    let dir = tempdir("audit-prune-cli");
+    {
+        let storage: Arc<dyn Storage> = Arc::new(SqliteStorage::open(&dir).await.unwrap());
+        let log = AuditLog::open(storage, &dir).await.unwrap();
+        for i in 1..=5 {
+            for tenant in ["acme", "globex"] {
+                log.append(vec![(
+                    tenant.into(),
+                    T0 + i * 86_400_000,
+                    json!({"type": "invocation", "n": i}),
+                )])
+                .await
+                .unwrap();
+            }
+        }
+    }
+    let policy = dir.join("policy.yaml");
+    std::fs::write(
+        &policy,
+        "workflow: \"*\"\nlogging: {retain_days: 7}\npolicy: {allow_tools: [hello]}\n---\n\
+         workflow: \"*\"\ntenant: globex\nlogging: {retain_days: 36500}\npolicy: {allow_tools: [hello]}\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_host"))
+        .args(["audit", "prune", "--policy"])
+        .arg(&policy)
+        .arg("--data-dir")
+        .arg(&dir)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let storage: Arc<dyn Storage> = Arc::new(SqliteStorage::open(&dir).await.unwrap());
+    let log = AuditLog::open(storage, &dir).await.unwrap();
+    let r = check(&log).await;
+    assert!(r.ok, "{:#?}", problems(&r));
+    let entries = |chain: &str| {
+        r.chains
+            .iter()
+            .find(|c| c.chain == chain)
+            .map_or(0, |c| c.entries)
+    };
+    // acme's records are months old and its retention is a week: gone.
+    assert!(entries("acme") < 5, "{stdout}");
+    // globex keeps a century: nothing of it is pruned.
+    assert_eq!(entries("globex"), 5, "{stdout}");
+    assert!(
+        stdout.contains("chain globex: pruned 0 records older than 36500 days"),
+        "{stdout}"
+    );
+}

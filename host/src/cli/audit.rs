@@ -51,7 +51,9 @@ pub enum Command {
         /// Keep this many days (default: the policy's logging.retain_days).
         #[arg(long)]
         days: Option<u32>,
-        /// The policy whose logging.retain_days applies.
+        /// The policy whose logging.retain_days applies: each chain is pruned
+        /// as `host serve` would, to the longest retention of the documents
+        /// that may govern its tenant (kept whole if one of them sets none).
         #[arg(long, value_name = "FILE")]
         policy: Option<PathBuf>,
         #[arg(long)]
@@ -194,19 +196,13 @@ async fn run(cmd: Command) -> toolhost::Result<i32> {
             policy,
             tenant,
         } => {
-            let days = match (days, policy) {
-                (Some(d), _) => d,
-                (None, Some(p)) => {
-                    let policy = toolhost::policy::Policy::load(&p)?;
-                    policy
-                        .document(tenant.as_deref(), policy.default_workflow())
-                        .and_then(|d| d.logging.retain_days)
-                        .ok_or_else(|| {
-                            Error::invalid_args(
-                                "the policy sets no logging.retain_days; pass --days",
-                            )
-                        })?
-                }
+            // `--days` for every chain; or, from `--policy`, what `host serve`
+            // prunes a chain to: the longest `logging.retain_days` of the
+            // documents that may govern its tenant, and nothing when one of
+            // them keeps records forever.
+            let policy = match (days, policy) {
+                (Some(_), _) => None,
+                (None, Some(p)) => Some(toolhost::policy::Policy::load(&p)?),
                 (None, None) => return Err(Error::invalid_args("pass --days N or --policy FILE")),
             };
             let log = data.audit().await?;
@@ -215,9 +211,23 @@ async fn run(cmd: Command) -> toolhost::Result<i32> {
                 Some(t) => vec![chain_of(Some(t))],
                 None => log.storage().audit_chains().await?,
             };
-            for chain in chains {
-                let n = log.prune(&chain, days, now).await?;
+            let mut pruned_any = false;
+            for chain in &chains {
+                let retain = days.or_else(|| policy.as_ref()?.retain_days(Some(chain)));
+                let Some(days) = retain else {
+                    println!(
+                        "chain {chain}: kept whole (a policy document that may govern it sets no logging.retain_days)"
+                    );
+                    continue;
+                };
+                pruned_any = true;
+                let n = log.prune(chain, days, now).await?;
                 println!("chain {chain}: pruned {n} records older than {days} days");
+            }
+            if !pruned_any && !chains.is_empty() {
+                return Err(Error::invalid_args(
+                    "the policy sets no logging.retain_days for these chains; pass --days",
+                ));
             }
             Ok(0)
         }
