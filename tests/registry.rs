@@ -404,3 +404,64 @@ fn the_cli_registers_lists_and_describes() {
         serde_json::json!([])
     );
 }
+
+/// A file in the artifact cache that the cache could not have written
+/// (writable by others, or a symlink, even to a valid artifact) is native
+/// code someone else may have put there: it is never loaded; the component
+/// is compiled again and the cache holds the host's own file after.
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread")]
+async fn an_artifact_the_cache_did_not_write_is_never_loaded() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempdir("registry-artifact-owner");
+    {
+        let (registry, _, _) = open(&dir).await;
+        reg(&registry, "_", "t", None, bytes("text-tools"), None, true)
+            .await
+            .unwrap();
+    }
+    let artifact = || {
+        let engines = std::fs::read_dir(dir.join("artifacts")).unwrap();
+        let files: Vec<_> = engines
+            .flatten()
+            .flat_map(|e| std::fs::read_dir(e.path()).unwrap().flatten())
+            .map(|f| f.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "cwasm"))
+            .collect();
+        assert_eq!(files.len(), 1, "{files:?}");
+        files[0].clone()
+    };
+    let path = artifact();
+    let load = || async {
+        let (registry, _, _) = open(&dir).await;
+        registry.load(&TenantId::from("_"), "t").await.unwrap()
+    };
+    assert!(load().await.from_artifact, "the host's own file is used");
+
+    // Writable by the group and others: anyone could have rewritten it.
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let tool = load().await;
+    assert!(!tool.from_artifact, "a world-writable artifact was loaded");
+    let mode = std::fs::symlink_metadata(artifact())
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "replaced by the host's own file");
+    assert!(load().await.from_artifact);
+
+    // A symlink, even to a valid artifact of the same component.
+    let elsewhere = dir.join("planted.cwasm");
+    std::fs::copy(&path, &elsewhere).unwrap();
+    std::fs::remove_file(&path).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, &path).unwrap();
+    let tool = load().await;
+    assert!(
+        !tool.from_artifact,
+        "an artifact behind a symlink was loaded"
+    );
+    assert!(
+        std::fs::symlink_metadata(artifact()).unwrap().is_file(),
+        "the symlink is gone"
+    );
+    assert!(load().await.from_artifact);
+}

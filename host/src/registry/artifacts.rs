@@ -8,7 +8,9 @@
 //! * `<dir>/<engine fingerprint>/<component sha256>.cwasm`: keyed by what
 //!   the code depends on, so an engine with other settings, another
 //!   wasmtime, or other bytes never finds a stale file;
-//! * directories 0700, files 0600 (only the host's user can plant one);
+//! * directories 0700, files 0600 (only the host's user can plant one), and
+//!   a file found otherwise (a symlink, another user's, writable by others)
+//!   is deleted, never loaded;
 //! * written to a temporary file, fsynced, then renamed into place, never
 //!   modified after: a reader sees a whole artifact or none;
 //! * bounded: past `max_bytes` in total, the least recently used files (by
@@ -69,17 +71,53 @@ impl ArtifactCache {
     }
 
     /// The artifact file of `digest`, if this node has one; marks it used.
+    ///
+    /// Only a file this cache could have written is used: a regular file
+    /// (not a symlink to something else), with the cache directory's owner,
+    /// writable by no one else. Anything else there (planted while the
+    /// directory was open to others, or left by a mistaken `chmod`) is
+    /// deleted and the component compiled again.
     pub fn get(&self, digest: &str) -> Result<Option<PathBuf>> {
         let path = self.path(digest)?;
-        match File::open(&path) {
-            Ok(f) => {
-                // Recently used files are evicted last.
-                let _ = f.set_modified(SystemTime::now());
-                Ok(Some(path))
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(io("opening", &path, e)),
+        let meta = match fs::symlink_metadata(&path) {
+            Ok(meta) => meta,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io("reading", &path, e)),
+        };
+        if let Err(why) = self.trusted(&meta) {
+            tracing::warn!(
+                path = %path.display(),
+                "artifact cache: not using a file this host did not write ({why}); compiling again"
+            );
+            fs::remove_file(&path).map_err(|e| io("removing", &path, e))?;
+            return Ok(None);
         }
+        // Recently used files are evicted last.
+        if let Ok(f) = File::open(&path) {
+            let _ = f.set_modified(SystemTime::now());
+        }
+        Ok(Some(path))
+    }
+
+    /// Whether a file found in the cache is one it wrote (see [`Self::get`]).
+    fn trusted(&self, meta: &fs::Metadata) -> std::result::Result<(), &'static str> {
+        if !meta.is_file() {
+            return Err("not a regular file");
+        }
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::MetadataExt;
+            let owner = fs::metadata(&self.dir)
+                .map_err(|_| "the cache directory is unreadable")?
+                .uid();
+            if meta.uid() != owner {
+                return Err("another user's file");
+            }
+            if meta.mode() & 0o022 != 0 {
+                return Err("writable by other users");
+            }
+        }
+        Ok(())
     }
 
     /// Keep `artifact` as the artifact of `digest`; returns its path. Then
