@@ -480,3 +480,105 @@ async fn pruning_by_policy_keeps_each_tenant_its_own_retention() {
         "{stdout}"
     );
 }
+
+/// Rewrite entry `seq`'s body and recompute every hash from it to the head
+/// row: what a database writer without the signing key can do.
+async fn rewrite_with_hashes(dir: &Path, seq: i64) {
+    use sqlx::Connection;
+    let url = format!("sqlite://{}", dir.join("toolhost.db").display());
+    let mut c = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    let rows: Vec<(i64, i64, String, String)> = sqlx::query_as(
+        "SELECT seq, time_ms, body, prev_hash FROM audit_entries WHERE seq >= ? ORDER BY seq",
+    )
+    .bind(seq)
+    .fetch_all(&mut c)
+    .await
+    .unwrap();
+    let mut prev = rows[0].3.clone();
+    for (s, time_ms, body, _) in rows {
+        let body = if s == seq {
+            json!({"type": "invocation", "n": "forged"}).to_string()
+        } else {
+            body
+        };
+        let hash = chain_hash(&prev, time_ms, &body);
+        sqlx::query("UPDATE audit_entries SET body = ?, prev_hash = ?, hash = ? WHERE seq = ?")
+            .bind(&body)
+            .bind(&prev)
+            .bind(&hash)
+            .bind(s)
+            .execute(&mut c)
+            .await
+            .unwrap();
+        prev = hash;
+    }
+    sqlx::query("UPDATE audit_heads SET hash = ?")
+        .bind(&prev)
+        .execute(&mut c)
+        .await
+        .unwrap();
+}
+
+async fn entry_count(dir: &Path) -> i64 {
+    use sqlx::Connection;
+    let url = format!("sqlite://{}", dir.join("toolhost.db").display());
+    let mut c = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    sqlx::query_scalar("SELECT COUNT(*) FROM audit_entries")
+        .fetch_one(&mut c)
+        .await
+        .unwrap()
+}
+
+/// The host signs a prune anchor or an export only over a chain that
+/// verifies up to its signed head. Someone who can write the database (but
+/// not read the key) and ages recent records, cuts the chain's end, or
+/// rewrites a record with every later hash recomputed gets `corrupt`:
+/// nothing is deleted, and no export of the forgery is signed.
+#[tokio::test(flavor = "multi_thread")]
+async fn nothing_is_signed_over_a_chain_that_does_not_verify() {
+    use toolhost::ErrorKind;
+    let now = T0 + 11 * 86_400_000;
+    let refused = |e: toolhost::Error| {
+        assert_eq!(e.kind, ErrorKind::Corrupt, "{}", e.message);
+        assert!(e.message.contains("does not verify"), "{}", e.message);
+    };
+    let export = |log: Arc<AuditLog>| async move {
+        verify::export(&log, "acme", None, None, &mut Vec::new()).await
+    };
+
+    // Aged by hand: every record looks 100 days older than it is.
+    let (dir, log) = trail(10).await;
+    sql(
+        &dir,
+        &["UPDATE audit_entries SET time_ms = time_ms - 8640000000"],
+    )
+    .await;
+    refused(log.prune("acme", 5, now).await.unwrap_err());
+    assert_eq!(entry_count(&dir).await, 10, "nothing pruned");
+    refused(export(log).await.unwrap_err());
+
+    // The end cut off, the head row moved back onto the new end.
+    let (dir, log) = trail(10).await;
+    sql(
+        &dir,
+        &[
+            "DELETE FROM audit_entries WHERE seq = 10",
+            "UPDATE audit_heads SET seq = 9, hash = (SELECT hash FROM audit_entries WHERE seq = 9)",
+        ],
+    )
+    .await;
+    refused(export(log).await.unwrap_err());
+
+    // A record rewritten, its hash and every later one recomputed.
+    let (dir, log) = trail(10).await;
+    rewrite_with_hashes(&dir, 5).await;
+    refused(export(log.clone()).await.unwrap_err());
+    refused(log.prune("acme", 5, now).await.unwrap_err());
+    assert_eq!(entry_count(&dir).await, 10, "nothing pruned");
+
+    // Untouched, the same calls work.
+    let (dir, log) = trail(10).await;
+    assert_eq!(export(log.clone()).await.unwrap(), 10);
+    assert_eq!(log.prune("acme", 5, now).await.unwrap(), 5);
+    assert_eq!(entry_count(&dir).await, 5);
+}

@@ -551,7 +551,8 @@ impl AuditLog {
     /// Delete entries older than `retain_days` from `chain`, keeping
     /// verification of the rest intact with a signed `prune` anchor that
     /// states what was deleted, when, and under which retention. Returns
-    /// how many entries were deleted.
+    /// how many entries were deleted. A chain that does not verify (up to
+    /// its signed head) is not pruned: `corrupt`. This reads the whole chain.
     pub async fn prune(&self, chain: &str, retain_days: u32, now_ms: i64) -> Result<u64> {
         let cutoff_ms = now_ms.saturating_sub(i64::from(retain_days) * statement::DAY_MS);
         let first_seq = self.first_seq(chain).await?;
@@ -575,6 +576,10 @@ impl AuditLog {
             }
         }
         let Some(anchor) = last_old else { return Ok(0) };
+        // Only a chain that verifies is pruned, at an anchor as verification
+        // read it: `time_ms` edited by hand (to age recent records) or a
+        // forged prune row must not be signed over as a retention.
+        verify::vouch(&self.storage, self.notary.public_key(), chain, &[&anchor]).await?;
         let statement = Statement::Prune {
             chain: chain.to_string(),
             first_seq,
@@ -599,7 +604,7 @@ impl AuditLog {
             .filter(|c| c.kind == "prune")
             .map(|c| c.seq)
             .max();
-        Ok(anchor.unwrap_or(0) + 1)
+        Ok(anchor.unwrap_or(0).saturating_add(1))
     }
 }
 

@@ -364,7 +364,7 @@ pub async fn verify(
     }
     let mut reports = Vec::new();
     for chain in chains.into_iter().filter(|c| present.contains(c)) {
-        reports.push(verify_chain(storage, key, &chain).await?);
+        reports.push(verify_chain(storage, key, &chain, &[]).await?.0);
     }
     let entries = reports.iter().map(|r| r.entries).sum();
     Ok(Report {
@@ -376,11 +376,34 @@ pub async fn verify(
     })
 }
 
+/// An entry as verification read it: what the host may sign about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Seen {
+    pub seq: i64,
+    pub prev_hash: String,
+    pub hash: String,
+    pub time_ms: i64,
+}
+
+/// Verify `chain`, and return the entries at `probes` as that verification
+/// read them.
 async fn verify_chain(
     storage: &Arc<dyn Storage>,
     key: &VerifyingKey,
     chain: &str,
-) -> Result<ChainReport> {
+    probes: &[i64],
+) -> Result<(ChainReport, Vec<Seen>)> {
+    let mut seen = Vec::new();
+    let mut probe = |e: &StoredEntry| {
+        if probes.contains(&e.seq) {
+            seen.push(Seen {
+                seq: e.seq,
+                prev_hash: e.prev_hash.clone(),
+                hash: e.hash.clone(),
+                time_ms: e.time_ms,
+            });
+        }
+    };
     let rows = storage.checkpoints(chain).await?;
     let mut row_problems = Vec::new();
     let mut statements = Vec::new();
@@ -463,6 +486,7 @@ async fn verify_chain(
         }
         let (page, ok) = pending.await.map_err(joined)??;
         for (e, ok) in page.into_iter().zip(ok) {
+            probe(&e);
             check.push_hashed(e, ok);
         }
     }
@@ -472,13 +496,54 @@ async fn verify_chain(
         let Some(last) = page.last() else { break };
         after = last.seq;
         for e in page {
+            probe(&e);
             check.push(e);
         }
     }
-    Ok(check.finish(
+    let report = check.finish(
         tip.as_ref().map(|(seq, hash)| (*seq, hash.as_str())),
         head.as_ref(),
-    ))
+    );
+    Ok((report, seen))
+}
+
+/// Verify `chain` before the host signs something about it (a prune
+/// anchor, an export): the whole chain, up to its signed head, and the
+/// entries at `probes` exactly as the statement will name them. A store
+/// someone edited is refused (`corrupt`), never vouched for: a signature
+/// over a forged or emptied chain would make the forgery verify.
+pub(crate) async fn vouch(
+    storage: &Arc<dyn Storage>,
+    key: &VerifyingKey,
+    chain: &str,
+    probes: &[&StoredEntry],
+) -> Result<()> {
+    let seqs: Vec<i64> = probes.iter().map(|e| e.seq).collect();
+    let (report, seen) = verify_chain(storage, key, chain, &seqs).await?;
+    if let Some(problem) = report.problems.first() {
+        return Err(Error::corrupt(format!(
+            "the audit chain `{chain}` does not verify ({problem}{}); nothing was signed: run `host audit verify`",
+            match report.problems.len() {
+                1 => String::new(),
+                n => format!(", and {} more problems", n - 1),
+            }
+        )));
+    }
+    for e in probes {
+        let as_read = Seen {
+            seq: e.seq,
+            prev_hash: e.prev_hash.clone(),
+            hash: e.hash.clone(),
+            time_ms: e.time_ms,
+        };
+        if !seen.contains(&as_read) {
+            return Err(Error::corrupt(format!(
+                "the audit chain `{chain}`: entry {} changed while it was being read; nothing was signed",
+                e.seq
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Write an export of `chain`'s entries with `since_ms <= time_ms < until_ms`
@@ -540,6 +605,9 @@ pub async fn export<W: Write + ?Sized>(
             }
         }
     }
+    // Signed only over a chain that verifies, and over these very entries.
+    let ends: Vec<&StoredEntry> = first.iter().chain(last.iter()).collect();
+    vouch(storage, log.notary().public_key(), chain, &ends).await?;
     // Always signed, an empty range too: a file without its statement, or
     // cut at either end, does not verify.
     let c = log.sign_export(
