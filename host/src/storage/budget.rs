@@ -117,17 +117,19 @@ pub fn settlement<'a>(
 ) -> std::collections::BTreeMap<(&'a str, &'a str, &'a str), (i64, i64)> {
     let mut lines: std::collections::BTreeMap<(&str, &str, &str), (i64, i64)> =
         std::collections::BTreeMap::new();
+    // Saturating: amounts may come from a stored row (a reaped invocation's
+    // worst case), and a row edited to i64::MAX must not wrap to a credit.
     for c in release.iter().filter(|c| c.amount != 0) {
-        lines
+        let line = lines
             .entry((&c.scope, &c.window, c.metric.as_str()))
-            .or_default()
-            .1 += c.amount;
+            .or_default();
+        line.1 = line.1.saturating_add(c.amount);
     }
     for c in charge.iter().filter(|c| c.amount != 0) {
-        lines
+        let line = lines
             .entry((&c.scope, &c.window, c.metric.as_str()))
-            .or_default()
-            .0 += c.amount;
+            .or_default();
+        line.0 = line.0.saturating_add(c.amount);
     }
     lines
 }
@@ -143,4 +145,27 @@ pub fn end_charges(worst: &[Charge], used: Option<&[Charge]>) -> (Vec<Charge>, V
         .collect();
     let charged = used.map_or_else(|| worst.to_vec(), <[Charge]>::to_vec);
     (reserved, charged)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::{LedgerScope, Window};
+
+    /// A stored worst case edited to amounts that overflow saturates: it is
+    /// never wrapped into a credit that lowers the ledger.
+    #[test]
+    fn a_settlement_of_huge_stored_amounts_saturates() {
+        let c = Charge {
+            scope: LedgerScope::tenant("acme"),
+            window: Window::all(),
+            metric: Metric::ToolCalls,
+            amount: i64::MAX,
+            limit: Some(5),
+        };
+        let twice = [c.clone(), c];
+        let lines = settlement(&twice, &twice);
+        let (used, released) = lines.values().next().copied().unwrap();
+        assert_eq!((used, released), (i64::MAX, i64::MAX));
+    }
 }
