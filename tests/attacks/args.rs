@@ -135,5 +135,31 @@ async fn a_key_repeated_in_the_arguments_is_refused() {
         )
         .await;
     assert_eq!(status, 400);
+    // A second document after the first (or any trailing bytes): a reader
+    // that takes the last one would run something else.
+    for trailing in [
+        &br#"{"args": {"order_id": "A-1"}}{"args": {"order_id": "B-2"}}"#[..],
+        &br#"{"args": {"order_id": "A-1"}} garbage"#[..],
+        &br#"{"args": {"order_id": "A-1"}}]"#[..],
+    ] {
+        let (status, p) = c
+            .post_raw(
+                "/v1/tools/refund/lookup-order/invoke",
+                trailing.to_vec(),
+                "application/json",
+            )
+            .await;
+        assert_eq!(status, 400, "{p}");
+        assert_eq!(p["kind"], "invalid_request", "{p}");
+    }
+    // Trailing whitespace is still one document.
+    let (status, p) = c
+        .post_raw(
+            "/v1/tools/refund/lookup-order/invoke",
+            b"{\"args\": {\"order_id\": \"A-1\"}} \n".to_vec(),
+            "application/json",
+        )
+        .await;
+    assert_ne!(status, 400, "{p}");
     server.stop();
 }

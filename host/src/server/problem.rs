@@ -114,7 +114,7 @@ pub async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri
 /// taken: curl's default form type included.)
 pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8], what: &str) -> Result<T, ApiError> {
     let de = &mut serde_json::Deserializer::from_slice(body);
-    serde_path_to_error::deserialize(de).map_err(|e| {
+    let value = serde_path_to_error::deserialize(&mut *de).map_err(|e| {
         let path = e.path().to_string();
         let at = if path == "." {
             String::new()
@@ -125,7 +125,16 @@ pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8], what: &str) -> Re
             ErrorKind::InvalidRequest,
             format!("the request body is not a valid {what}{at}: {}", e.inner()),
         )
-    })
+    })?;
+    // One document: bytes after it (a second object, garbage) are not
+    // silently dropped, as a parser in front of the host might read them.
+    de.end().map_err(|e| {
+        ApiError::new(
+            ErrorKind::InvalidRequest,
+            format!("the request body is not a valid {what}: {e} (after the JSON document)"),
+        )
+    })?;
+    Ok(value)
 }
 
 /// Deserialize a whole JSON number (`567` or `567.0`, as JSON Schema's
