@@ -165,6 +165,32 @@ async fn argument_errors_name_the_json_path() {
     );
     let msg = bad_args("echo-s8", json!({"v": 1.5})).await;
     assert!(msg.starts_with("args.v: expected an integer"), "{msg}");
+    // Integers past 2^53 spelled so that they parse as doubles were another
+    // integer before rounding: refused, never taken as the rounded value.
+    for text in [
+        "-9223372036854775809",
+        "-9223372036854775808.5",
+        "12345678901234567890.0",
+        "1e19",
+    ] {
+        let v: Value = serde_json::from_str(text).unwrap();
+        let f = if text.starts_with('-') {
+            "echo-s64"
+        } else {
+            "echo-u64"
+        };
+        let msg = bad_args(f, json!({ "v": v })).await;
+        assert!(
+            msg.starts_with("args.v: expected an integer") && msg.contains("2^53"),
+            "{text}: {msg}"
+        );
+    }
+    // Below it, a whole number written as a float is that integer.
+    assert_eq!(echo("echo-s8", json!(5.0)).await, json!(5));
+    assert_eq!(
+        echo("echo-s64", json!(-9_007_199_254_740_992.0)).await,
+        json!(-9_007_199_254_740_992_i64)
+    );
     let msg = bad_args("echo-list", json!({"v": [["a"], ["b", 3]]})).await;
     assert!(msg.starts_with("args.v[1][1]: expected a string"), "{msg}");
     let msg = bad_args("echo-tuple", json!({"v": [1, "x"]})).await;

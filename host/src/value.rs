@@ -200,6 +200,9 @@ fn param_list(params: &[Param]) -> String {
         .join(", ")
 }
 
+/// The largest magnitude up to which every integer is a double (2^53).
+const MAX_EXACT_FLOAT: f64 = 9_007_199_254_740_992.0;
+
 fn int<T: TryFrom<i128>>(
     v: &Value,
     path: &Path,
@@ -212,15 +215,32 @@ fn int<T: TryFrom<i128>>(
             .as_i64()
             .map(i128::from)
             .or_else(|| n.as_u64().map(i128::from))
+            // Spelled as a float (`5.0`, `1e3`): taken only where every
+            // double is exactly the integer it reads as (|n| <= 2^53, as
+            // JavaScript's safe integers). Past it the text may have been
+            // another integer, rounded by parsing (-2^63 - 1 reads as -2^63).
             .or_else(|| {
                 n.as_f64()
-                    .filter(|f| f.fract() == 0.0 && f.is_finite() && f.abs() < 1.8e19)
+                    .filter(|f| f.fract() == 0.0 && f.is_finite() && f.abs() <= MAX_EXACT_FLOAT)
                     .map(|f| f as i128)
             }),
         _ => None,
     };
-    let n =
-        n.ok_or_else(|| path.err(format!("expected an integer ({name}), got {}", describe(v))))?;
+    let n = n.ok_or_else(|| {
+        let hint = match v {
+            Value::Number(n)
+                if n.as_f64()
+                    .is_some_and(|f| f.fract() == 0.0 && f.is_finite()) =>
+            {
+                " (an integer past 2^53 must be written without a fraction or exponent)"
+            }
+            _ => "",
+        };
+        path.err(format!(
+            "expected an integer ({name}), got {}{hint}",
+            describe(v)
+        ))
+    })?;
     if n < min || n > max {
         return Err(path.err(format!("{n} is out of range for {name} ({min}..={max})")));
     }
