@@ -1120,12 +1120,13 @@ pub struct ExportQuery {
     until: Option<String>,
 }
 
-/// A writer that refuses to grow past a cap.
-struct Capped(Vec<u8>);
+/// A writer that refuses to grow past a cap (and remembers it did).
+struct Capped(Vec<u8>, bool);
 
 impl std::io::Write for Capped {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        if self.0.len() + buf.len() > MAX_EXPORT {
+        if self.0.len().saturating_add(buf.len()) > MAX_EXPORT {
+            self.1 = true;
             return Err(std::io::Error::other("too large"));
         }
         self.0.extend_from_slice(buf);
@@ -1134,6 +1135,21 @@ impl std::io::Write for Capped {
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
     }
+}
+
+/// The page for an export that failed: `413` when it outgrew the cap
+/// (whatever the size of the write that found it), else the error.
+fn export_failed(out: &Capped, e: Error) -> PageError {
+    if out.1 {
+        return PageError::from(Error::new(
+            ErrorKind::PayloadTooLarge,
+            format!(
+                "the export is larger than the console hands out ({} MiB): narrow the range, or use `host audit export`",
+                MAX_EXPORT >> 20
+            ),
+        ));
+    }
+    e.into()
 }
 
 /// A `503` page: `what` is busy, try again shortly.
@@ -1162,20 +1178,11 @@ pub async fn export(
         )));
     };
     let chain = crate::audit::chain_of(Some(session.caller.tenant()));
-    let mut out = Capped(Vec::new());
+    let mut out = Capped(Vec::new(), false);
     if let Err(e) =
         crate::audit::verify::export(c.app.governed.audit(), &chain, since, until, &mut out).await
     {
-        if out.0.len() + 4096 > MAX_EXPORT {
-            return Err(PageError::from(Error::new(
-                ErrorKind::PayloadTooLarge,
-                format!(
-                    "the export is larger than the console hands out ({} MiB): narrow the range, or use `host audit export`",
-                    MAX_EXPORT >> 20
-                ),
-            )));
-        }
-        return Err(e.into());
+        return Err(export_failed(&out, e));
     }
     let name = format!(
         "attachment; filename=\"toolhost-audit-{}-{}.jsonl\"",
@@ -1290,6 +1297,23 @@ pub async fn stats(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An export that outgrows the cap is a `413` with its explanation,
+    /// also when the write that found it was one large line (a record with
+    /// big arguments) far from the cap, not a `500`.
+    #[test]
+    fn an_export_past_the_cap_is_too_large_whatever_the_write() {
+        use std::io::Write;
+        let mut out = Capped(vec![0; MAX_EXPORT - 100_000], false);
+        let e = out.write_all(&[b'x'; 200_000]).unwrap_err();
+        let page = export_failed(&out, Error::internal(format!("writing the export: {e}")));
+        assert_eq!(page.status, StatusCode::PAYLOAD_TOO_LARGE);
+        assert!(page.error.message.contains("narrow the range"));
+        // Any other failure stays what it was.
+        let out = Capped(Vec::new(), false);
+        let page = export_failed(&out, Error::corrupt("the chain does not verify"));
+        assert_ne!(page.status, StatusCode::PAYLOAD_TOO_LARGE);
+    }
 
     #[test]
     fn every_mirrored_api_route_exists() {
