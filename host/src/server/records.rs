@@ -148,35 +148,55 @@ pub async fn list(
             )
         })?),
     };
-    let rows = app
-        .storage
-        .invocation_list(
-            caller.tenant(),
-            InvocationFilter {
-                tool: q.tool,
-                status: q.status,
-                workflow: q.workflow,
-                task_id: q.task_id,
-                error_kind: q.kind,
-                since_ms: time_param("since", q.since.as_deref())?,
-                until_ms: time_param("until", q.until.as_deref())?,
-                before,
-                limit,
-            },
-        )
-        .await?;
-    let next = (rows.len() as i64 == limit)
-        .then(|| rows.last().map(|(pos, _)| pos.to_string()))
-        .flatten();
-    let mut invocations = Vec::with_capacity(rows.len());
-    for (_, r) in rows {
-        let r = crate::approvals::current_record(app.storage.as_ref(), r).await?;
-        invocations.push(show(&r));
+    let mut filter = InvocationFilter {
+        tool: q.tool,
+        status: q.status,
+        workflow: q.workflow,
+        task_id: q.task_id,
+        error_kind: q.kind,
+        since_ms: time_param("since", q.since.as_deref())?,
+        until_ms: time_param("until", q.until.as_deref())?,
+        before,
+        limit,
+    };
+    // Read in growing chunks and stop past MAX_LIST_BYTES of records: a page
+    // of 500 records of a megabyte each would otherwise be read, held and
+    // sent whole (one tenant's read costing the server gigabytes). A page
+    // cut short still has a `next_cursor`.
+    let mut invocations = Vec::new();
+    let mut bytes = 0usize;
+    let mut next = None;
+    let mut chunk = limit.min(8);
+    'pages: loop {
+        filter.limit = chunk;
+        let rows = app
+            .storage
+            .invocation_list(caller.tenant(), filter.clone())
+            .await?;
+        let more = rows.len() as i64 == chunk;
+        for (pos, r) in rows {
+            bytes = bytes.saturating_add(r.response.len());
+            let r = crate::approvals::current_record(app.storage.as_ref(), r).await?;
+            invocations.push(show(&r));
+            filter.before = Some(pos);
+            if invocations.len() as i64 == limit || bytes >= MAX_LIST_BYTES {
+                next = Some(pos.to_string());
+                break 'pages;
+            }
+        }
+        if !more {
+            break;
+        }
+        chunk = (chunk * 2).min(limit - invocations.len() as i64);
     }
     Ok(Json(
         json!({"invocations": invocations, "next_cursor": next}),
     ))
 }
+
+/// Past this many bytes of stored records, a list page ends early (its
+/// `next_cursor` goes on from there).
+const MAX_LIST_BYTES: usize = 8 << 20;
 
 /// Tokens an orchestrator's model used for a task.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
