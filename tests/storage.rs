@@ -266,6 +266,60 @@ async fn an_end_settles_by_the_rows_own_charges() {
     }
 }
 
+/// Ledgers saturate at the largest integer instead of overflowing: an
+/// operator's "unlimited" (a fuel limit of 2^64 - 1 under a budget of
+/// i64::MAX) reserves and charges i64::MAX per call, and several such calls
+/// leave a ledger that still reads, settles and admits, never an integer
+/// the database turned into a float (`corrupt`) or refused (`out of range`).
+#[tokio::test(flavor = "multi_thread")]
+async fn ledgers_saturate_instead_of_overflowing() {
+    for (name, s, dir) in backends("conf-saturate").await {
+        let log = audit(&s, &dir).await;
+        let worst = vec![line("fuel", i64::MAX, Some(i64::MAX))];
+        for id in ["inv_a", "inv_b", "inv_c"] {
+            s.invocation_admit(Admit {
+                run: run(id, "hst_a", 1000),
+                worst: worst.clone(),
+                existing: false,
+            })
+            .await
+            .unwrap()
+            .unwrap_or_else(|e| panic!("{name}: {id}: {e:?}"));
+        }
+        assert_eq!(reserved(&s, "fuel").await, (0, i64::MAX), "{name}");
+        // Two lost (the worst charged), one ended by its owner.
+        for (i, id) in ["inv_a", "inv_b"].into_iter().enumerate() {
+            let work = Work {
+                end: Some(End {
+                    record: record(id, "error"),
+                    expect: Expect::Expired { now_ms: 2000 },
+                    used: None,
+                }),
+                ..Work::default()
+            };
+            log.commit(vec![("acme".into(), 2 + i as i64, json!({"n": id}))], work)
+                .await
+                .unwrap_or_else(|e| panic!("{name}: {id}: {e}"));
+        }
+        let work = Work {
+            end: Some(End {
+                record: record("inv_c", "ok"),
+                expect: Expect::Mine {
+                    owner: "hst_a".into(),
+                },
+                used: Some(vec![line("fuel", 5, Some(i64::MAX))]),
+            }),
+            ..Work::default()
+        };
+        log.commit(vec![("acme".into(), 4, json!({"n": "c"}))], work)
+            .await
+            .unwrap_or_else(|e| panic!("{name}: inv_c: {e}"));
+        let (used, reserved_now) = reserved(&s, "fuel").await;
+        assert_eq!(used, i64::MAX, "{name}");
+        assert!(reserved_now >= 0, "{name}: {reserved_now}");
+    }
+}
+
 /// Two movers of one row never both win: the end whose precondition no
 /// longer holds is refused (`conflict`) and writes nothing — no entries, no
 /// settlement — while the other works of the same commit go through.

@@ -279,10 +279,11 @@ fn settle(inner: &mut Inner, release: &[Charge], charge: &[Charge]) {
     // (the net of both, as the SQL backends apply it)
     for c in release {
         let line = inner.budget.entry(key(c)).or_default();
-        line.1 = (line.1 - c.amount).max(0);
+        line.1 = line.1.saturating_sub(c.amount).max(0);
     }
     for c in charge {
-        inner.budget.entry(key(c)).or_default().0 += c.amount;
+        let line = inner.budget.entry(key(c)).or_default();
+        line.0 = line.0.saturating_add(c.amount);
     }
 }
 
@@ -806,7 +807,8 @@ impl InvocationStore for MemoryStorage {
                 }
             }
             for c in &lines {
-                inner.budget.entry(key(c)).or_default().1 += c.amount;
+                let line = inner.budget.entry(key(c)).or_default();
+                line.1 = line.1.saturating_add(c.amount);
             }
             if inner.row(&admit.run.id).is_none() {
                 inner.new_running(&admit.run);

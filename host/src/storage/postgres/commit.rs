@@ -856,7 +856,8 @@ async fn write_batch(
            WHERE (SELECT ok FROM ok)
            ORDER BY s COLLATE \"C\", w COLLATE \"C\", m COLLATE \"C\"
            ON CONFLICT (scope, win, metric) DO UPDATE
-           SET used = b.used + excluded.used, reserved = greatest(0, b.reserved + excluded.reserved)
+           SET used = LEAST(b.used::numeric + excluded.used, 9223372036854775807)::bigint,
+               reserved = GREATEST(0, b.reserved + excluded.reserved)
          ), entries AS (
            INSERT INTO audit_entries (chain, seq, time_ms, body, prev_hash, hash)
            SELECT * FROM UNNEST($19::text[], $20::bigint[], $21::bigint[], $22::text[], $23::text[], $24::text[])

@@ -394,7 +394,9 @@ fn settle(conn: &Connection, release: &[Charge], charge: &[Charge]) -> rusqlite:
     let mut upsert = conn.prepare_cached(
         "INSERT INTO budget (scope, window, metric, used, reserved) VALUES (?, ?, ?, ?, ?)
          ON CONFLICT (scope, window, metric) DO UPDATE
-         SET used = used + excluded.used, reserved = max(0, reserved + excluded.reserved)",
+         SET used = CASE WHEN excluded.used > 9223372036854775807 - used
+                         THEN 9223372036854775807 ELSE used + excluded.used END,
+             reserved = max(0, reserved + excluded.reserved)",
     )?;
     for ((scope, window, metric), (used, released)) in lines {
         upsert.execute(params![scope, window, metric, used, -released])?;
@@ -428,7 +430,9 @@ pub(super) fn admit_in(
     let mut reserve = tx.prepare_cached(
         "INSERT INTO budget (scope, window, metric, used, reserved, lim) VALUES (?, ?, ?, 0, ?, ?)
          ON CONFLICT (scope, window, metric) DO UPDATE
-         SET reserved = reserved + excluded.reserved, lim = excluded.lim",
+         SET reserved = CASE WHEN excluded.reserved > 9223372036854775807 - reserved
+                             THEN 9223372036854775807 ELSE reserved + excluded.reserved END,
+             lim = excluded.lim",
     )?;
     for a in admits {
         let existing: Option<(String, Option<String>, i64)> = tx
