@@ -1301,6 +1301,44 @@ async fn plain_calls_are_answered_exactly_as_rmcp_answers_them() {
     .await;
     assert_eq!(status, 400, "{body}");
     assert!(body.contains("-32020"), "{body}");
+    // One key twice, plain or through rmcp (a progress token), at the top
+    // of the arguments or nested: refused as on `/v1` (this server would
+    // read the last value, a proxy in front may read the first).
+    let meta = discover_meta("2026-07-28").to_string();
+    let progress = {
+        let mut m = discover_meta("2026-07-28");
+        m["progressToken"] = json!("p");
+        m.to_string()
+    };
+    for (meta, arguments) in [
+        (&meta, r#"{"text": "a", "text": "a b c"}"#),
+        (&progress, r#"{"text": "a", "text": "a b c"}"#),
+        (&meta, r#"{"text": "a"}, "arguments": {"text": "a b c"}"#),
+    ] {
+        let body = format!(
+            r#"{{"jsonrpc": "2.0", "id": "d-1", "method": "tools/call", "params": {{"name": "text-tools__word-count", "arguments": {arguments}, "_meta": {meta}}}}}"#
+        );
+        let r = raw
+            .http
+            .post(format!("{}/mcp", server.url))
+            .header("authorization", &bearer)
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream")
+            .header("mcp-protocol-version", "2026-07-28")
+            .header("mcp-method", "tools/call")
+            .header("mcp-name", "text-tools__word-count")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        let text = r.text().await.unwrap();
+        assert_eq!(status, 400, "{arguments}: {text}");
+        assert!(
+            text.contains("-32600") && text.contains("appears twice"),
+            "{text}"
+        );
+    }
     server.stop();
 }
 

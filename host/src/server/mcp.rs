@@ -316,15 +316,28 @@ async fn plain_call(State(server): State<McpServer>, request: Request, next: Nex
         && accepts("application/json")
         && accepts("text/event-stream");
     let caller = request.extensions().get::<mcp::Caller>().cloned();
-    let (Some(caller), true) = (caller, plain_headers) else {
+    let Some(caller) = caller else {
         return next.run(request).await;
     };
+    if !(json_body && request.method() == http::Method::POST) {
+        return next.run(request).await;
+    }
     let (parts, body) = request.into_parts();
     // `limit` read the body into memory: collecting it copies nothing.
     let Ok(bytes) = body.collect().await.map(|c| c.to_bytes()) else {
         return super::problem::ApiError::new(ErrorKind::InvalidRequest, "unreadable body")
             .into_response();
     };
+    // A message naming one key twice is refused, as on `/v1`: this server
+    // (and rmcp) would read the last, a proxy in front may read the first.
+    if let Some(why) = repeated_key(&bytes) {
+        return invalid_message(why);
+    }
+    if !plain_headers {
+        return next
+            .run(Request::from_parts(parts, axum::body::Body::from(bytes)))
+            .await;
+    }
     let call = serde_json::from_slice::<PlainRequest>(&bytes)
         .ok()
         .filter(|c| {
@@ -358,6 +371,27 @@ async fn plain_call(State(server): State<McpServer>, request: Request, next: Nex
         )
         .into_response(),
     }
+}
+
+/// Why a JSON message is refused for naming one key twice in an object
+/// (anywhere in it), if it does. Invalid JSON is left to the MCP layer.
+fn repeated_key(body: &[u8]) -> Option<String> {
+    if serde_json::from_slice::<serde::de::IgnoredAny>(body).is_err() {
+        return None;
+    }
+    let de = &mut serde_json::Deserializer::from_slice(body);
+    crate::value::strict_json(de).err().map(|e| e.to_string())
+}
+
+/// A JSON-RPC `Invalid Request` answer (HTTP 400) for a message this server
+/// will not read.
+fn invalid_message(why: String) -> Response {
+    let body = serde_json::json!({
+        "jsonrpc": "2.0",
+        "id": null,
+        "error": {"code": -32600, "message": format!("Invalid Request: {why}")},
+    });
+    (StatusCode::BAD_REQUEST, axum::Json(body)).into_response()
 }
 
 fn forbidden(message: String) -> Response {
