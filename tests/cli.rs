@@ -621,3 +621,35 @@ fn run_with_an_idempotency_key_runs_once() {
     ]);
     assert_eq!(out.status.code(), Some(2));
 }
+
+/// A command whose reader stops reading (`host inspect x.wasm | head`)
+/// ends quietly, as a Unix tool does: no panic, no exit code 101.
+#[cfg(unix)]
+#[test]
+fn a_closed_stdout_ends_a_printing_command_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    use std::process::Stdio;
+    let wasm = guest("text-tools");
+    for args in [
+        vec!["inspect", path(&wasm)],
+        vec!["inspect", path(&wasm), "--format", "json"],
+    ] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_host"))
+            .args(&args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // The reader is gone before the first line is written.
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert_ne!(out.status.code(), Some(101), "{args:?}: {stderr}");
+        assert_eq!(
+            out.status.signal(),
+            Some(libc::SIGPIPE),
+            "{args:?}: {stderr}"
+        );
+    }
+}

@@ -93,6 +93,19 @@ impl ComponentArgs {
 /// Run the command line; returns the process exit code.
 pub async fn main() -> i32 {
     let cli = Cli::parse();
+    if matches!(
+        cli.command,
+        Command::Inspect(_)
+            | Command::Docs(_)
+            | Command::Audit(_)
+            | Command::Budget(_)
+            | Command::Keys(_)
+            | Command::Policy(_)
+            | Command::Approvals(_)
+            | Command::Stats(_)
+    ) {
+        stop_on_closed_stdout();
+    }
     match cli.command {
         Command::Inspect(args) => inspect::main(args),
         Command::Run(args) => run::main(*args).await,
@@ -108,6 +121,20 @@ pub async fn main() -> i32 {
         Command::Approvals(cmd) => approvals::main(cmd).await,
         Command::Compile(args) => compile::main(args),
         Command::Stats(args) => stats::main(*args).await,
+    }
+}
+
+/// A command that only prints ends quietly when what reads its output
+/// stops reading (`host inspect x.wasm | head`), as a Unix tool does: the
+/// default `SIGPIPE` action, not Rust's ignored one that turns the next
+/// `println!` into a panic. Not for commands that write to a child's pipe
+/// (compiling) or serve: sockets are written with `MSG_NOSIGNAL` either way.
+fn stop_on_closed_stdout() {
+    #[cfg(unix)]
+    // SAFETY: setting a signal's disposition to its default, before any
+    // other thread of this process writes to a pipe.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
 
