@@ -465,3 +465,26 @@ async fn an_artifact_the_cache_did_not_write_is_never_loaded() {
     );
     assert!(load().await.from_artifact);
 }
+
+/// A version row whose stored function list cannot be read is an error
+/// (`corrupt`), never shown as a tool with no functions.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unreadable_function_list_is_an_error_not_an_empty_one() {
+    use sqlx::Connection;
+    let dir = tempdir("registry-functions");
+    let (registry, storage, _) = open(&dir).await;
+    reg(&registry, "_", "t", None, bytes("text-tools"), None, true)
+        .await
+        .unwrap();
+    let url = format!("sqlite://{}", dir.join("toolhost.db").display());
+    let mut c = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    sqlx::query("UPDATE tool_versions SET functions = 'not json'")
+        .execute(&mut c)
+        .await
+        .unwrap();
+    let e = storage
+        .tool_versions(&TenantId::from("_"), "t")
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Corrupt, "{}", e.message);
+}

@@ -138,7 +138,13 @@ where
         docs: r.try_get(4)?,
         artifact: r.try_get(5)?,
         engine: r.try_get(6)?,
-        functions: serde_json::from_str(&r.try_get::<String, _>(7)?).unwrap_or_default(),
+        // Unreadable is an error, never "no functions".
+        functions: serde_json::from_str(&r.try_get::<String, _>(7)?).map_err(|e| {
+            sqlx::Error::ColumnDecode {
+                index: "functions".into(),
+                source: Box::new(e),
+            }
+        })?,
         created_ms: r.try_get(8)?,
     })
 }
