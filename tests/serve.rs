@@ -932,3 +932,38 @@ async fn large_records_page_by_size() {
     assert_eq!(seen, ids, "every record once, newest first");
     server.stop();
 }
+
+/// An invocation's audit entry names the code that ran: the SHA-256 of the
+/// registered component's bytes, not only its version number (a version
+/// row a database writer re-points would otherwise leave no trace).
+#[tokio::test]
+async fn the_audit_names_the_digest_of_the_code_that_ran() {
+    let dir = data_dir("serve-digest", &[("text-tools", "text_tools")]);
+    let k = key(&dir, "acme", &["invoke"]);
+    let server = Server::start(&dir, &[]);
+    let c = Client::new(&server, Some(&k));
+    let (status, r) = c
+        .post(
+            "/v1/tools/text-tools/hello/invoke",
+            json!({"args": {"name": "Ada"}}),
+        )
+        .await;
+    assert_eq!(status, 200, "{r}");
+    server.stop();
+    let out = host(&["audit", "export", "--tenant", "acme", "--data-dir", s(&dir)]);
+    assert!(out.status.success());
+    let export = String::from_utf8(out.stdout).unwrap();
+    let entry: Value = export
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|l| l["type"] == "entry")
+        .map(|l| serde_json::from_str(l["body"].as_str().unwrap()).unwrap())
+        .find(|b: &Value| b["invocation_id"] == r["invocation_id"])
+        .expect("the invocation's entry");
+    let wasm = std::fs::read(guest("text-tools")).unwrap();
+    assert_eq!(
+        entry["digest"].as_str(),
+        Some(toolhost::audit::canonical::sha256_hex(&wasm).as_str()),
+        "{entry}"
+    );
+}

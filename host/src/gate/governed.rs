@@ -56,6 +56,10 @@ struct State {
     max_outbound: u32,
     /// The cache key, when the function is cacheable.
     cache_key: Option<String>,
+    /// The sha256 of the registered component that runs (none for a tool
+    /// not from the registry): the audit names the code, not only its
+    /// version, which a database writer could re-point.
+    digest: Option<String>,
     /// Whether the result came from the cache.
     cache_hit: bool,
     /// The prefix of the Idempotency-Key derived for outbound requests.
@@ -426,6 +430,7 @@ impl Gate for Governed {
                 max_outbound,
                 cache_hit: cached.is_some(),
                 cache_key,
+                digest: r.digest.map(str::to_string),
                 outbound_key: r
                     .context
                     .idempotency_key
@@ -633,6 +638,7 @@ impl Gate for Governed {
                     "principal": ctx.principal,
                     "tool": response.tool,
                     "version": response.version,
+                    "digest": state.and_then(|s| s.digest.as_deref()),
                     "function": response.function,
                     "args_sha256": args_sha256,
                     "args": args_redacted,
