@@ -1381,3 +1381,61 @@ async fn postgres_tls_is_required_when_asked() {
         assert!(e.message.contains("cannot reach the database"), "{e}");
     }
 }
+
+/// An idempotency key row in a state this host never writes (an unknown
+/// state, or done without its answer) is an error (`corrupt`), not read as
+/// a call still running (409 until it expired) or an empty replay.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_idempotency_key_in_an_unknown_state_is_an_error() {
+    use sqlx::Connection;
+    let dir = common::tempdir("conf-idem-state");
+    let sqlite: Arc<dyn Storage> = Arc::new(
+        toolhost::storage::sqlite::SqliteStorage::open(&dir)
+            .await
+            .unwrap(),
+    );
+    let sqlite_url = format!("sqlite://{}", dir.join("toolhost.db").display());
+    let mut all: Vec<(&str, Arc<dyn Storage>, String)> = vec![("sqlite", sqlite, sqlite_url)];
+    if let Some(url) = common::pg::fresh_database("conf-idem-state").await {
+        let pg: Arc<dyn Storage> = Arc::new(
+            toolhost::storage::postgres::PostgresStorage::open(
+                &toolhost::storage::postgres::PostgresOptions::new(&url),
+            )
+            .await
+            .unwrap(),
+        );
+        all.push(("postgres", pg, url));
+    }
+    for (name, s, url) in all {
+        let begin = |id: &str| KeyBegin {
+            tenant: "acme".into(),
+            key: "k1".into(),
+            fingerprint: "fp".into(),
+            now_ms: 10,
+            expires_ms: 100_000,
+            run: NewRun {
+                idempotency_key: Some("k1".into()),
+                ..run(id, "hst_a", 1000)
+            },
+        };
+        assert_eq!(
+            s.idempotency_begin(begin("inv_1")).await.unwrap(),
+            IdempotencyBegin::Started,
+            "{name}"
+        );
+        for edit in [
+            "UPDATE idempotency SET state = 'bogus'",
+            "UPDATE idempotency SET state = 'done', response = NULL",
+        ] {
+            if name == "sqlite" {
+                let mut c = sqlx::SqliteConnection::connect(&url).await.unwrap();
+                sqlx::query(edit).execute(&mut c).await.unwrap();
+            } else {
+                let mut c = sqlx::PgConnection::connect(&url).await.unwrap();
+                sqlx::query(edit).execute(&mut c).await.unwrap();
+            }
+            let e = s.idempotency_begin(begin("inv_2")).await.unwrap_err();
+            assert_eq!(e.kind, toolhost::ErrorKind::Corrupt, "{name}: {edit}: {e}");
+        }
+    }
+}

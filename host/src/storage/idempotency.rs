@@ -62,6 +62,22 @@ pub struct KeyRow {
     pub invocation: Option<String>,
 }
 
+/// A stored key's answer from its `state` and `response` columns: `None`
+/// while it runs, the answer once done. Anything else is not a row this
+/// host wrote (an unknown state would read as running until it expired; a
+/// done key without its answer would replay nothing): an error.
+pub fn stored_answer(
+    state: &str,
+    response: Option<String>,
+) -> std::result::Result<Option<String>, String> {
+    match (state, response) {
+        ("running", _) => Ok(None),
+        ("done", Some(answer)) => Ok(Some(answer)),
+        ("done", None) => Err("a done idempotency key has no stored answer".into()),
+        (other, _) => Err(format!("unknown idempotency key state {other:?}")),
+    }
+}
+
 /// The idempotency state machine, shared by every backend: what a keyed
 /// request with `fingerprint` gets, given the stored key (`None`: none).
 pub fn decide(stored: Option<&KeyRow>, fingerprint: &str, now_ms: i64) -> IdempotencyBegin {

@@ -62,11 +62,16 @@ pub(super) async fn idempotency_begin_in(
     let stored = row
         .map(|r| -> std::result::Result<KeyRow, sqlx::Error> {
             let state: String = r.try_get(2)?;
-            let response: Option<String> = r.try_get(3)?;
+            let answer = crate::storage::stored_answer(&state, r.try_get(3)?).map_err(|e| {
+                sqlx::Error::ColumnDecode {
+                    index: "state".into(),
+                    source: e.into(),
+                }
+            })?;
             Ok(KeyRow {
                 fingerprint: r.try_get(0)?,
                 expires_ms: r.try_get(1)?,
-                answer: (state == "done").then(|| response.unwrap_or_default()),
+                answer,
                 invocation: r.try_get(4)?,
             })
         })

@@ -536,11 +536,13 @@ pub(super) fn idempotency_begin(
         )?
         .query_row(rusqlite::params![b.tenant, b.key], |r| {
             let state: String = r.get(2)?;
-            let response: Option<String> = r.get(4)?;
+            let answer = crate::storage::stored_answer(&state, r.get(4)?).map_err(|e| {
+                rusqlite::Error::FromSqlConversionFailure(2, rusqlite::types::Type::Text, e.into())
+            })?;
             Ok(KeyRow {
                 fingerprint: r.get(0)?,
                 expires_ms: r.get(1)?,
-                answer: (state == "done").then(|| response.unwrap_or_default()),
+                answer,
                 invocation: r.get(5)?,
             })
         })
