@@ -86,50 +86,66 @@ pub fn parse_bytes(s: &str) -> Result<u64, String> {
 
 /// Parse a duration: `2s`, `500ms`, `1m`, `1.5s`, `250` (milliseconds).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let t = s.trim();
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("`{s}` is not a duration (try 2s or 500ms)"))?;
-    let secs = match unit.trim() {
-        "ms" | "" => n / 1000.0,
-        "s" => n,
-        "m" | "min" => n * 60.0,
-        "h" => n * 3600.0,
-        other => {
-            return Err(format!(
-                "unknown duration unit `{other}` in `{s}` (use ms, s, m, h)"
-            ));
-        }
-    };
-    if !secs.is_finite() || secs <= 0.0 || secs > 86_400.0 {
+    let secs = seconds(s, false)?;
+    if secs > 86_400.0 {
         return Err(format!("duration `{s}` must be above zero and at most 24h"));
     }
     Ok(Duration::from_secs_f64(secs))
 }
 
 /// Parse a retention period or TTL: like [`parse_duration`], also in days
-/// (`7d`), from 1 s to 366 days.
+/// (`7d`), from 1 s to 366 days (`48h` as well as `2d`).
 pub fn parse_period(s: &str) -> Result<Duration, String> {
-    let t = s.trim();
-    if let Some(days) = t.strip_suffix('d') {
-        let n: f64 = days
-            .trim()
-            .parse()
-            .map_err(|_| format!("`{s}` is not a period (try 24h or 7d)"))?;
-        if !n.is_finite() || n <= 0.0 || n > 366.0 {
-            return Err(format!("period `{s}` must be above zero and at most 366d"));
-        }
-        return Ok(Duration::from_secs_f64(n * 86_400.0));
+    let secs = seconds(s, true)?;
+    if secs > 366.0 * 86_400.0 {
+        return Err(format!("period `{s}` must be above zero and at most 366d"));
     }
-    let d = parse_duration(t)?;
-    if d < Duration::from_secs(1) {
+    if secs < 1.0 {
         return Err(format!("period `{s}` must be at least 1s"));
     }
-    Ok(d)
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// The seconds `s` names (`500ms`, `2s`, `5m`, `1h`, and `7d` when `days`),
+/// above zero and finite; a bare number is milliseconds.
+fn seconds(s: &str, days: bool) -> Result<f64, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: f64 = num.parse().map_err(|_| {
+        if days {
+            format!("`{s}` is not a period (try 24h or 7d)")
+        } else {
+            format!("`{s}` is not a duration (try 2s or 500ms)")
+        }
+    })?;
+    let secs = match unit.trim() {
+        "ms" | "" => n / 1000.0,
+        "s" => n,
+        "m" | "min" => n * 60.0,
+        "h" => n * 3600.0,
+        "d" if days => n * 86_400.0,
+        other if days => {
+            return Err(format!(
+                "unknown period unit `{other}` in `{s}` (use ms, s, m, h, d)"
+            ));
+        }
+        other => {
+            return Err(format!(
+                "unknown duration unit `{other}` in `{s}` (use ms, s, m, h)"
+            ));
+        }
+    };
+    if !secs.is_finite() || secs <= 0.0 {
+        return Err(if days {
+            format!("period `{s}` must be above zero and at most 366d")
+        } else {
+            format!("duration `{s}` must be above zero and at most 24h")
+        });
+    }
+    Ok(secs)
 }
 
 #[cfg(test)]
@@ -153,6 +169,14 @@ mod tests {
         assert_eq!(parse_period("24h"), Ok(Duration::from_secs(86_400)));
         assert!(parse_period("500ms").is_err());
         assert!(parse_period("400d").is_err());
+        // Hours past a day are a period too (`--approval-ttl 48h`), up to 366d.
+        assert_eq!(parse_period("48h"), Ok(Duration::from_secs(2 * 86_400)));
+        assert_eq!(parse_period("8784h"), Ok(Duration::from_secs(366 * 86_400)));
+        assert!(parse_period("8785h").is_err());
+        assert_eq!(parse_period("1.5d"), Ok(Duration::from_secs(129_600)));
+        assert!(parse_period("0d").is_err());
+        assert!(parse_duration("2d").is_err());
+        assert!(parse_duration("25h").is_err());
         assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
         assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
         assert!(parse_duration("0s").is_err());

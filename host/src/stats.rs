@@ -616,12 +616,31 @@ pub fn parse_time(s: &str, now_ms: i64) -> std::result::Result<i64, String> {
                 ms = digits.parse().map_err(|_| bad())?;
             }
         }
-        if !(1..=12).contains(&m) || !(1..=31).contains(&d) || h > 23 || min > 59 || sec > 60 {
+        let leap = y % 4 == 0 && (y % 100 != 0 || y % 400 == 0);
+        let days_in_month = match m {
+            2 if leap => 29,
+            2 => 28,
+            4 | 6 | 9 | 11 => 30,
+            _ => 31,
+        };
+        if !(1..=12).contains(&m)
+            || !(1..=days_in_month).contains(&d)
+            || h > 23
+            || min > 59
+            || sec > 60
+        {
             return Err(bad());
         }
         return Ok(unix_ms(y, m, d, h, min, sec, ms));
     }
-    let period = crate::limits::parse_period(t).map_err(|_| bad())?;
+    // A period past its bounds says so; anything else is not a time.
+    let period = crate::limits::parse_period(t).map_err(|e| {
+        if e.contains("must be") {
+            format!("`{s}`: {e}")
+        } else {
+            bad()
+        }
+    })?;
     Ok(now_ms.saturating_sub(i64::try_from(period.as_millis()).unwrap_or(i64::MAX)))
 }
 
@@ -743,10 +762,20 @@ mod tests {
         );
         assert_eq!(parse_time("24h", now), Ok(now - 86_400_000));
         assert_eq!(parse_time("7d", now), Ok(now - 7 * 86_400_000));
+        assert_eq!(parse_time("48h", now), Ok(now - 2 * 86_400_000));
+        assert!(
+            parse_time("400d", now)
+                .unwrap_err()
+                .contains("at most 366d")
+        );
+        assert!(parse_time("2028-02-29", now).is_ok());
         for bad in [
             "",
             "yesterday",
             "2026-13-01",
+            "2026-02-30",
+            "2026-02-29",
+            "2026-04-31",
             "2026-11-26T10:00",
             "2026-11-26T10:00:00+01:00",
             "-5",
