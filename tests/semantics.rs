@@ -897,3 +897,29 @@ async fn the_cli_and_the_api_agree_on_idempotency() {
         assert_eq!(replays, 2, "{chain}: {text}");
     }
 }
+
+/// A keyed retry that asks for the outcome at another callback URL is
+/// another request (422), not silently the first; the same URL replays.
+#[tokio::test]
+async fn a_keyed_retry_with_another_callback_is_a_mismatch() {
+    let dir = data_dir_with("sem-callback-key", POLICY, &[("refund", "refund")]);
+    let requester = key(&dir, "acme", &["invoke"]);
+    let server = Server::start(&dir, &["--callback-allow", "http://127.0.0.1:9"]);
+    let c = Client::new(&server, Some(&requester));
+    let request = async |url: &str| {
+        c.post_with(
+            "/v1/tools/refund/issue-refund/invoke",
+            json!({"args": {"order-id": "ord_1", "amount-usd": 60.0}, "callback_url": url}),
+            &[("idempotency-key", "refund-ord_1")],
+        )
+        .await
+    };
+    let (status, first, _) = request("http://127.0.0.1:9/a").await;
+    assert_eq!(status, 202, "{first}");
+    let (status, other, _) = request("http://127.0.0.1:9/b").await;
+    assert_eq!(status, 422, "{other}");
+    let (status, again, _) = request("http://127.0.0.1:9/a").await;
+    assert_eq!(status, 202, "{again}");
+    assert_eq!(again["approval_id"], first["approval_id"], "{again}");
+    server.stop();
+}

@@ -41,21 +41,29 @@ pub fn validate_key(key: &str) -> Result<()> {
     }
 }
 
-/// The fingerprint of a request.
+/// The fingerprint of a request: what a retry under the same key must
+/// repeat. A `callback_url` counts when there is one (a retry that asks for
+/// the outcome elsewhere is another request, not silently the first); a
+/// request without one fingerprints as before callbacks counted.
 pub fn fingerprint(
     tool: &str,
     function: &str,
     args: &serde_json::Value,
     workflow: Option<&str>,
     task_id: Option<&str>,
+    callback_url: Option<&str>,
 ) -> String {
-    canonical::fingerprint(&json!({
+    let mut request = json!({
         "tool": tool,
         "function": function,
         "args": args,
         "workflow": workflow,
         "task_id": task_id,
-    }))
+    });
+    if let Some(url) = callback_url {
+        request["callback_url"] = json!(url);
+    }
+    canonical::fingerprint(&request)
 }
 
 /// What to do with a keyed request.

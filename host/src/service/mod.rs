@@ -258,6 +258,7 @@ impl InvocationService {
                 fingerprint_args,
                 call.context.workflow.as_deref(),
                 call.context.task_id.as_deref(),
+                call.context.callback_url.as_deref(),
             );
             let tenant = call.context.tenant.clone();
             let run = NewRun {
