@@ -149,6 +149,21 @@ fn args_may_come_from_a_file() {
     ]);
     assert!(out.status.success());
     assert_eq!(stdout_json(&out), json!("Hello, file!"));
+    // A file without end (or a huge one) is refused past a bound, not read
+    // until memory runs out.
+    #[cfg(unix)]
+    {
+        let out = host(&[
+            "run",
+            path(&guest("text-tools")),
+            "hello",
+            "--args",
+            "@/dev/zero",
+        ]);
+        assert!(!out.status.success());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("more than 64 MiB"), "{stderr}");
+    }
 }
 
 #[test]

@@ -101,15 +101,30 @@ fn limits(args: &Args) -> Result<Limits, String> {
     })
 }
 
+/// The most `--args` read from a file or stdin (`/dev/zero` must not fill
+/// memory).
+const MAX_ARGS: u64 = 64 << 20;
+
 fn read_args(spec: &str) -> Result<serde_json::Value, String> {
-    let text = if spec == "-" {
+    let capped = |from: &str, r: &mut dyn std::io::Read| -> Result<String, String> {
         let mut s = String::new();
-        std::io::stdin()
+        r.take(MAX_ARGS + 1)
             .read_to_string(&mut s)
-            .map_err(|e| format!("--args: reading stdin: {e}"))?;
-        s
+            .map_err(|e| format!("--args: reading {from}: {e}"))?;
+        if s.len() as u64 > MAX_ARGS {
+            return Err(format!(
+                "--args: {from} holds more than {} MiB of arguments",
+                MAX_ARGS >> 20
+            ));
+        }
+        Ok(s)
+    };
+    let text = if spec == "-" {
+        capped("stdin", &mut std::io::stdin().lock())?
     } else if let Some(path) = spec.strip_prefix('@') {
-        std::fs::read_to_string(path).map_err(|e| format!("--args: reading {path}: {e}"))?
+        let mut f =
+            std::fs::File::open(path).map_err(|e| format!("--args: reading {path}: {e}"))?;
+        capped(path, &mut f)?
     } else {
         spec.to_string()
     };
