@@ -582,3 +582,51 @@ async fn nothing_is_signed_over_a_chain_that_does_not_verify() {
     assert_eq!(log.prune("acme", 5, now).await.unwrap(), 5);
     assert_eq!(entry_count(&dir).await, 5);
 }
+
+/// A chain someone tampered with refuses only its own works: in one commit
+/// group, another tenant's work still commits. (An entry inserted past a
+/// head would collide with the next one; a head row of the wrong type
+/// could not be read: either failed the whole transaction.)
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tampered_chain_refuses_only_its_own_works() {
+    use toolhost::storage::{NewEntry, Work};
+    for edit in [
+        "INSERT INTO audit_entries SELECT chain, seq + 1, time_ms + 1, body, hash, hash \
+         FROM audit_entries WHERE chain = 'acme' AND seq = 3",
+        "UPDATE audit_heads SET seq = 'abc' WHERE chain = 'acme'",
+    ] {
+        let dir = tempdir("audit-isolated");
+        let storage: Arc<dyn Storage> = Arc::new(SqliteStorage::open(&dir).await.unwrap());
+        let log = AuditLog::open(storage.clone(), &dir).await.unwrap();
+        for i in 1..=3 {
+            for tenant in ["acme", "globex"] {
+                log.append(vec![(tenant.into(), T0 + i, json!({"n": i}))])
+                    .await
+                    .unwrap();
+            }
+        }
+        sql(&dir, &[edit]).await;
+        let work = |chain: &str| Work {
+            entries: vec![NewEntry {
+                chain: chain.into(),
+                time_ms: T0 + 10,
+                body: json!({"n": "next"}).to_string(),
+            }],
+            ..Work::default()
+        };
+        let answers = storage
+            .audit_commit(vec![work("acme"), work("globex")], log.notary().clone())
+            .await
+            .unwrap_or_else(|e| panic!("{edit}: the whole group failed: {e}"));
+        let e = answers[0].as_ref().unwrap_err();
+        assert_eq!(e.kind, toolhost::ErrorKind::Corrupt, "{edit}: {e}");
+        assert!(answers[1].is_ok(), "{edit}: {:?}", answers[1]);
+        let key = verify::parse_key(&log.public_key()).unwrap();
+        let r = verify::verify(log.storage(), &key, Some("globex"))
+            .await
+            .unwrap();
+        let globex = r.chains.iter().find(|c| c.chain == "globex").unwrap();
+        assert!(globex.problems.is_empty(), "{edit}: {:?}", globex.problems);
+        assert_eq!(globex.entries, 4, "{edit}");
+    }
+}

@@ -165,12 +165,16 @@ pub(super) fn commit_in(
     // The touched chains' heads, as their signatures say (vet): a work on a
     // chain that fails is refused before anything of it is applied.
     let mut rows: BTreeMap<String, Option<HeadRow>> = BTreeMap::new();
+    // Chains whose head row cannot even be read (a column of the wrong
+    // type): refused like any chain `vet` refuses, never failing the
+    // transaction (and with it other tenants' works).
+    let mut unreadable: BTreeMap<String, String> = BTreeMap::new();
     {
         let mut read = tx.prepare_cached(
             "SELECT seq, hash, signed_statement, signature FROM audit_heads WHERE chain = ?",
         )?;
         for e in works.iter().flat_map(|w| &w.entries) {
-            if !rows.contains_key(e.chain.as_str()) {
+            if !rows.contains_key(e.chain.as_str()) && !unreadable.contains_key(e.chain.as_str()) {
                 let row = read
                     .query_row([&e.chain], |r| {
                         let statement: Option<String> = r.get(2)?;
@@ -186,8 +190,22 @@ pub(super) fn commit_in(
                                 }),
                         })
                     })
-                    .optional()?;
-                rows.insert(e.chain.clone(), row);
+                    .optional();
+                match row {
+                    Ok(row) => {
+                        rows.insert(e.chain.clone(), row);
+                    }
+                    Err(
+                        e2 @ (rusqlite::Error::FromSqlConversionFailure(..)
+                        | rusqlite::Error::InvalidColumnType(..)),
+                    ) => {
+                        unreadable.insert(
+                            e.chain.clone(),
+                            format!("its head row cannot be read ({e2})"),
+                        );
+                    }
+                    Err(other) => return Err(other),
+                }
             }
         }
     }
@@ -199,7 +217,27 @@ pub(super) fn commit_in(
     } else {
         None
     };
-    let (heads, bad) = vet(&rows, registry.as_ref(), notary);
+    let (heads, mut bad) = vet(&rows, registry.as_ref(), notary);
+    bad.extend(unreadable);
+    // Entries past a chain's signed head were not written by a host (every
+    // commit moves the head with its entries): continuing the chain would
+    // collide with them and fail the whole transaction.
+    {
+        let mut stray = tx.prepare_cached(
+            "SELECT EXISTS (SELECT 1 FROM audit_entries WHERE chain = ? AND seq > ?)",
+        )?;
+        for (chain, head) in &heads {
+            let after = head.as_ref().map_or(0, |h| h.seq);
+            if stray.query_row(params![chain, after], |r| r.get::<_, bool>(0))? {
+                bad.insert(
+                    chain.clone(),
+                    format!(
+                        "it has entries past its signed head at entry {after} (inserted outside Toolhost)"
+                    ),
+                );
+            }
+        }
+    }
     let mut taken: Vec<std::result::Result<(), crate::Error>> = Vec::with_capacity(works.len());
     for w in works {
         if let Some(e) = w.entries.iter().find(|e| bad.contains_key(&e.chain)) {
