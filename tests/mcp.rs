@@ -1339,6 +1339,32 @@ async fn plain_calls_are_answered_exactly_as_rmcp_answers_them() {
             "{text}"
         );
     }
+    // A second Content-Type header does not skip the check (rmcp reads the
+    // first).
+    let body = format!(
+        r#"{{"jsonrpc": "2.0", "id": "d-2", "method": "tools/call", "params": {{"name": "text-tools__word-count", "arguments": {{"text": "a", "text": "a b c"}}, "_meta": {progress}}}}}"#
+    );
+    let r = raw
+        .http
+        .post(format!("{}/mcp", server.url))
+        .header("authorization", &bearer)
+        .header("content-type", "application/json")
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-protocol-version", "2026-07-28")
+        .header("mcp-method", "tools/call")
+        .header("mcp-name", "text-tools__word-count")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    let text = r.text().await.unwrap();
+    assert!(
+        !text.contains("\"words\":3"),
+        "ran with the last value: {text}"
+    );
+    assert_ne!(status, 200, "{text}");
     server.stop();
 }
 

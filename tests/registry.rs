@@ -464,6 +464,14 @@ async fn an_artifact_the_cache_did_not_write_is_never_loaded() {
         "the symlink is gone"
     );
     assert!(load().await.from_artifact);
+
+    // Not a file at all: cleared, and the tool still loads.
+    let path = artifact();
+    std::fs::remove_file(&path).unwrap();
+    std::fs::create_dir(&path).unwrap();
+    std::fs::write(path.join("x"), b"x").unwrap();
+    assert!(!load().await.from_artifact);
+    assert!(std::fs::symlink_metadata(artifact()).unwrap().is_file());
 }
 
 /// A version row whose stored function list cannot be read is an error

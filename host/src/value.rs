@@ -200,7 +200,7 @@ fn param_list(params: &[Param]) -> String {
         .join(", ")
 }
 
-/// The largest magnitude up to which every integer is a double (2^53).
+/// 2^53: below it, a double that is an integer was parsed from that integer.
 const MAX_EXACT_FLOAT: f64 = 9_007_199_254_740_992.0;
 
 fn int<T: TryFrom<i128>>(
@@ -215,13 +215,14 @@ fn int<T: TryFrom<i128>>(
             .as_i64()
             .map(i128::from)
             .or_else(|| n.as_u64().map(i128::from))
-            // Spelled as a float (`5.0`, `1e3`): taken only where every
-            // double is exactly the integer it reads as (|n| <= 2^53, as
-            // JavaScript's safe integers). Past it the text may have been
-            // another integer, rounded by parsing (-2^63 - 1 reads as -2^63).
+            // Spelled as a float (`5.0`, `1e3`): taken only below 2^53
+            // (JavaScript's safe integers), where no other integer's text
+            // parses to the same double. From 2^53 on the text may have been
+            // another integer, rounded by parsing (2^53 + 1 reads as 2^53,
+            // -2^63 - 1 as -2^63).
             .or_else(|| {
                 n.as_f64()
-                    .filter(|f| f.fract() == 0.0 && f.is_finite() && f.abs() <= MAX_EXACT_FLOAT)
+                    .filter(|f| f.fract() == 0.0 && f.is_finite() && f.abs() < MAX_EXACT_FLOAT)
                     .map(|f| f as i128)
             }),
         _ => None,
@@ -232,7 +233,7 @@ fn int<T: TryFrom<i128>>(
                 if n.as_f64()
                     .is_some_and(|f| f.fract() == 0.0 && f.is_finite()) =>
             {
-                " (an integer past 2^53 must be written without a fraction or exponent)"
+                " (an integer from 2^53 on must be written without a fraction or exponent)"
             }
             _ => "",
         };
@@ -597,6 +598,86 @@ pub fn strict_json<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Value, D::E
     <Strict as serde::Deserialize>::deserialize(d).map(|s| s.0)
 }
 
+/// The first key a JSON document names twice in one object (anywhere in
+/// it), in one pass that builds nothing: `Some(why)`. `None` when there is
+/// none, and for a document that is not valid JSON (its reader says so).
+pub fn repeated_key(body: &[u8]) -> Option<String> {
+    use serde::de::{Deserializer as _, MapAccess, SeqAccess, Visitor};
+    use std::borrow::Cow;
+    const TWICE: &str = "appears twice in one object";
+    struct Unique;
+    impl<'de> serde::Deserialize<'de> for Unique {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Unique, D::Error> {
+            d.deserialize_any(Unique)
+        }
+    }
+    impl<'de> Visitor<'de> for Unique {
+        type Value = Unique;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("any JSON value")
+        }
+        fn visit_bool<E>(self, _: bool) -> Result<Unique, E> {
+            Ok(Unique)
+        }
+        fn visit_i64<E>(self, _: i64) -> Result<Unique, E> {
+            Ok(Unique)
+        }
+        fn visit_u64<E>(self, _: u64) -> Result<Unique, E> {
+            Ok(Unique)
+        }
+        fn visit_f64<E>(self, _: f64) -> Result<Unique, E> {
+            Ok(Unique)
+        }
+        fn visit_str<E>(self, _: &str) -> Result<Unique, E> {
+            Ok(Unique)
+        }
+        fn visit_unit<E>(self) -> Result<Unique, E> {
+            Ok(Unique)
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Unique, A::Error> {
+            while seq.next_element::<Unique>()?.is_some() {}
+            Ok(Unique)
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Unique, A::Error> {
+            let mut keys: std::collections::HashSet<Cow<'de, str>> =
+                std::collections::HashSet::new();
+            while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
+                if keys.contains(&key) {
+                    return Err(serde::de::Error::custom(format!("the key `{key}` {TWICE}")));
+                }
+                keys.insert(key);
+                map.next_value::<Unique>()?;
+            }
+            Ok(Unique)
+        }
+    }
+    /// A key, borrowed from the body unless it had escapes.
+    struct Key<'de>(Cow<'de, str>);
+    impl<'de> serde::Deserialize<'de> for Key<'de> {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Key<'de>, D::Error> {
+            struct V;
+            impl<'de> Visitor<'de> for V {
+                type Value = Key<'de>;
+                fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                    f.write_str("a key")
+                }
+                fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Key<'de>, E> {
+                    Ok(Key(Cow::Borrowed(v)))
+                }
+                fn visit_str<E>(self, v: &str) -> Result<Key<'de>, E> {
+                    Ok(Key(Cow::Owned(v.to_string())))
+                }
+            }
+            d.deserialize_str(V)
+        }
+    }
+    let mut de = serde_json::Deserializer::from_slice(body);
+    match de.deserialize_any(Unique) {
+        Err(e) if e.to_string().contains(TWICE) => Some(e.to_string()),
+        _ => None,
+    }
+}
+
 /// [`strict_json`] for an optional field.
 pub fn strict_json_opt<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
     strict_json(d).map(|v| (!v.is_null()).then_some(v))
@@ -872,4 +953,39 @@ pub fn val_to_json(ty: &Ty, val: &Val, budget: &mut usize) -> Result<Value, Over
         // produced for this function; render nothing rather than panic.
         _ => Value::Null,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::repeated_key;
+
+    #[test]
+    fn repeated_keys_are_found_anywhere_and_only_within_one_object() {
+        for twice in [
+            r#"{"a": 1, "a": 2}"#,
+            r#"{"p": {"args": {"x": [1, {"k": 1, "k": 2}]}}}"#,
+            // The same key once escaped: every decoding reader sees it twice.
+            r#"{"a": 1, "\u0061": 2}"#,
+        ] {
+            let why = repeated_key(twice.as_bytes()).unwrap_or_else(|| panic!("{twice}"));
+            assert!(why.contains("appears twice"), "{why}");
+        }
+        for once in [
+            r#"{"a": {"x": 1}, "b": {"x": 2}}"#,
+            r#"[{"a": 1}, {"a": 2}]"#,
+            r#""plain""#,
+            // Not JSON at all: its reader's to refuse.
+            r#"{"a": 1,"#,
+        ] {
+            assert_eq!(repeated_key(once.as_bytes()), None, "{once}");
+        }
+        // Many keys: one pass, not quadratic.
+        let many: String = (0..50_000)
+            .map(|i| format!("\"k{i}\": 0"))
+            .collect::<Vec<_>>()
+            .join(",");
+        assert_eq!(repeated_key(format!("{{{many}}}").as_bytes()), None);
+        let with_dup = format!("{{{many}, \"k7\": 1}}");
+        assert!(repeated_key(with_dup.as_bytes()).is_some());
+    }
 }

@@ -212,6 +212,7 @@ async fn run(cmd: Command) -> toolhost::Result<i32> {
                 None => log.storage().audit_chains().await?,
             };
             let mut pruned_any = false;
+            let mut failed = 0;
             for chain in &chains {
                 let retain = days.or_else(|| policy.as_ref()?.retain_days(Some(chain)));
                 let Some(days) = retain else {
@@ -221,15 +222,22 @@ async fn run(cmd: Command) -> toolhost::Result<i32> {
                     continue;
                 };
                 pruned_any = true;
-                let n = log.prune(chain, days, now).await?;
-                println!("chain {chain}: pruned {n} records older than {days} days");
+                // One chain that cannot be pruned (it does not verify) does
+                // not keep the others from their retention.
+                match log.prune(chain, days, now).await {
+                    Ok(n) => println!("chain {chain}: pruned {n} records older than {days} days"),
+                    Err(e) => {
+                        failed += 1;
+                        eprintln!("chain {chain}: NOT pruned: error[{}]: {}", e.kind, e.message);
+                    }
+                }
             }
             if !pruned_any && !chains.is_empty() {
                 return Err(Error::invalid_args(
                     "the policy sets no logging.retain_days for these chains; pass --days",
                 ));
             }
-            Ok(0)
+            Ok(if failed == 0 { 0 } else { 1 })
         }
         Command::Upgrade { data } => {
             let done =

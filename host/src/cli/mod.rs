@@ -93,17 +93,7 @@ impl ComponentArgs {
 /// Run the command line; returns the process exit code.
 pub async fn main() -> i32 {
     let cli = Cli::parse();
-    if matches!(
-        cli.command,
-        Command::Inspect(_)
-            | Command::Docs(_)
-            | Command::Audit(_)
-            | Command::Budget(_)
-            | Command::Keys(_)
-            | Command::Policy(_)
-            | Command::Approvals(_)
-            | Command::Stats(_)
-    ) {
+    if matches!(cli.command, Command::Inspect(_) | Command::Docs(_)) {
         stop_on_closed_stdout();
     }
     match cli.command {
@@ -124,11 +114,12 @@ pub async fn main() -> i32 {
     }
 }
 
-/// A command that only prints ends quietly when what reads its output
-/// stops reading (`host inspect x.wasm | head`), as a Unix tool does: the
-/// default `SIGPIPE` action, not Rust's ignored one that turns the next
-/// `println!` into a panic. Not for commands that write to a child's pipe
-/// (compiling) or serve: sockets are written with `MSG_NOSIGNAL` either way.
+/// A command that only reads files and prints ends quietly when what reads
+/// its output stops reading (`host inspect x.wasm | head`), as a Unix tool
+/// does: the default `SIGPIPE` action, not Rust's ignored one that turns the
+/// next `println!` into a panic. Only for such commands: one that writes to
+/// a child's pipe (compiling) or a socket (a database over a Unix socket)
+/// must get the write's error, not die of the signal.
 fn stop_on_closed_stdout() {
     #[cfg(unix)]
     // SAFETY: setting a signal's disposition to its default, before any

@@ -73,8 +73,8 @@ impl ArtifactCache {
     /// The artifact file of `digest`, if this node has one; marks it used.
     ///
     /// Only a file this cache could have written is used: a regular file
-    /// (not a symlink to something else), with the cache directory's owner,
-    /// writable by no one else. Anything else there (planted while the
+    /// (not a symlink to something else), owned by the user the host runs
+    /// as, writable by no one else. Anything else there (planted while the
     /// directory was open to others, or left by a mistaken `chmod`) is
     /// deleted and the component compiled again.
     pub fn get(&self, digest: &str) -> Result<Option<PathBuf>> {
@@ -89,7 +89,12 @@ impl ArtifactCache {
                 path = %path.display(),
                 "artifact cache: not using a file this host did not write ({why}); compiling again"
             );
-            fs::remove_file(&path).map_err(|e| io("removing", &path, e))?;
+            let removed = if meta.is_dir() {
+                fs::remove_dir_all(&path)
+            } else {
+                fs::remove_file(&path)
+            };
+            removed.map_err(|e| io("removing", &path, e))?;
             return Ok(None);
         }
         // Recently used files are evicted last.
@@ -107,10 +112,9 @@ impl ArtifactCache {
         #[cfg(unix)]
         {
             use std::os::unix::fs::MetadataExt;
-            let owner = fs::metadata(&self.dir)
-                .map_err(|_| "the cache directory is unreadable")?
-                .uid();
-            if meta.uid() != owner {
+            // SAFETY: geteuid has no preconditions and cannot fail.
+            let host = unsafe { libc::geteuid() };
+            if meta.uid() != host {
                 return Err("another user's file");
             }
             if meta.mode() & 0o022 != 0 {

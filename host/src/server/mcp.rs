@@ -319,7 +319,19 @@ async fn plain_call(State(server): State<McpServer>, request: Request, next: Nex
     let Some(caller) = caller else {
         return next.run(request).await;
     };
-    if !(json_body && request.method() == http::Method::POST) {
+    // The first Content-Type, as rmcp reads it (`json_body` wants exactly
+    // one): a second header must not skip the check below.
+    let first_json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|c| c.to_str().ok())
+        .is_some_and(|c| {
+            c.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .eq_ignore_ascii_case("application/json")
+        });
+    if !((json_body || first_json) && request.method() == http::Method::POST) {
         return next.run(request).await;
     }
     let (parts, body) = request.into_parts();
@@ -376,11 +388,7 @@ async fn plain_call(State(server): State<McpServer>, request: Request, next: Nex
 /// Why a JSON message is refused for naming one key twice in an object
 /// (anywhere in it), if it does. Invalid JSON is left to the MCP layer.
 fn repeated_key(body: &[u8]) -> Option<String> {
-    if serde_json::from_slice::<serde::de::IgnoredAny>(body).is_err() {
-        return None;
-    }
-    let de = &mut serde_json::Deserializer::from_slice(body);
-    crate::value::strict_json(de).err().map(|e| e.to_string())
+    crate::value::repeated_key(body)
 }
 
 /// A JSON-RPC `Invalid Request` answer (HTTP 400) for a message this server

@@ -187,7 +187,14 @@ pub async fn list(
         if !more {
             break;
         }
-        chunk = (chunk * 2).min(limit - invocations.len() as i64);
+        // Grow while records are small; never ask for more than the bytes
+        // left would hold at the average size seen so far.
+        let seen = invocations.len().max(1);
+        let fit = (MAX_LIST_BYTES - bytes) / (bytes / seen).max(1) + 1;
+        chunk = (chunk * 2)
+            .min(limit - invocations.len() as i64)
+            .min(i64::try_from(fit).unwrap_or(i64::MAX))
+            .max(1);
     }
     Ok(Json(
         json!({"invocations": invocations, "next_cursor": next}),

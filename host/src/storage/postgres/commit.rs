@@ -816,7 +816,7 @@ async fn write_batch(
     for ((scope, window, metric), (u, r)) in lines {
         k.push(scope, window, metric);
         used.push(u);
-        released.push(-r);
+        released.push(r.saturating_neg());
     }
     let keys = b.keys;
     // `h` locks the guarded heads in chain order; `i` reads `h` to the end
@@ -857,7 +857,8 @@ async fn write_batch(
            ORDER BY s COLLATE \"C\", w COLLATE \"C\", m COLLATE \"C\"
            ON CONFLICT (scope, win, metric) DO UPDATE
            SET used = LEAST(b.used::numeric + excluded.used, 9223372036854775807)::bigint,
-               reserved = GREATEST(0, b.reserved + excluded.reserved)
+               reserved = GREATEST(0, LEAST(b.reserved::numeric + excluded.reserved,
+                                            9223372036854775807))::bigint
          ), entries AS (
            INSERT INTO audit_entries (chain, seq, time_ms, body, prev_hash, hash)
            SELECT * FROM UNNEST($19::text[], $20::bigint[], $21::bigint[], $22::text[], $23::text[], $24::text[])
