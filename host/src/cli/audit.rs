@@ -228,7 +228,10 @@ async fn run(cmd: Command) -> toolhost::Result<i32> {
                     Ok(n) => println!("chain {chain}: pruned {n} records older than {days} days"),
                     Err(e) => {
                         failed += 1;
-                        eprintln!("chain {chain}: NOT pruned: error[{}]: {}", e.kind, e.message);
+                        eprintln!(
+                            "chain {chain}: NOT pruned: error[{}]: {}",
+                            e.kind, e.message
+                        );
                     }
                 }
             }

@@ -437,7 +437,13 @@ fn settle(conn: &Connection, release: &[Charge], charge: &[Charge]) -> rusqlite:
              reserved = max(0, reserved + excluded.reserved)",
     )?;
     for ((scope, window, metric), (used, released)) in lines {
-        upsert.execute(params![scope, window, metric, used, released.saturating_neg()])?;
+        upsert.execute(params![
+            scope,
+            window,
+            metric,
+            used,
+            released.saturating_neg()
+        ])?;
     }
     Ok(())
 }
