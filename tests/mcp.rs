@@ -1310,19 +1310,25 @@ async fn plain_calls_are_answered_exactly_as_rmcp_answers_them() {
         m["progressToken"] = json!("p");
         m.to_string()
     };
-    for (meta, arguments) in [
-        (&meta, r#"{"text": "a", "text": "a b c"}"#),
-        (&progress, r#"{"text": "a", "text": "a b c"}"#),
-        (&meta, r#"{"text": "a"}, "arguments": {"text": "a b c"}"#),
+    // The last case sends Content-Type twice: that does not skip the check
+    // (rmcp reads the first).
+    for (meta, arguments, content_types) in [
+        (&meta, r#"{"text": "a", "text": "a b c"}"#, 1),
+        (&progress, r#"{"text": "a", "text": "a b c"}"#, 1),
+        (&meta, r#"{"text": "a"}, "arguments": {"text": "a b c"}"#, 1),
+        (&progress, r#"{"text": "a", "text": "a b c"}"#, 2),
     ] {
         let body = format!(
             r#"{{"jsonrpc": "2.0", "id": "d-1", "method": "tools/call", "params": {{"name": "text-tools__word-count", "arguments": {arguments}, "_meta": {meta}}}}}"#
         );
-        let r = raw
+        let mut request = raw
             .http
             .post(format!("{}/mcp", server.url))
-            .header("authorization", &bearer)
-            .header("content-type", "application/json")
+            .header("authorization", &bearer);
+        for _ in 0..content_types {
+            request = request.header("content-type", "application/json");
+        }
+        let r = request
             .header("accept", "application/json, text/event-stream")
             .header("mcp-protocol-version", "2026-07-28")
             .header("mcp-method", "tools/call")
@@ -1333,38 +1339,12 @@ async fn plain_calls_are_answered_exactly_as_rmcp_answers_them() {
             .unwrap();
         let status = r.status().as_u16();
         let text = r.text().await.unwrap();
-        assert_eq!(status, 400, "{arguments}: {text}");
+        assert_eq!(status, 400, "{arguments} ({content_types}): {text}");
         assert!(
             text.contains("-32600") && text.contains("appears twice"),
             "{text}"
         );
     }
-    // A second Content-Type header does not skip the check (rmcp reads the
-    // first).
-    let body = format!(
-        r#"{{"jsonrpc": "2.0", "id": "d-2", "method": "tools/call", "params": {{"name": "text-tools__word-count", "arguments": {{"text": "a", "text": "a b c"}}, "_meta": {progress}}}}}"#
-    );
-    let r = raw
-        .http
-        .post(format!("{}/mcp", server.url))
-        .header("authorization", &bearer)
-        .header("content-type", "application/json")
-        .header("content-type", "application/json")
-        .header("accept", "application/json, text/event-stream")
-        .header("mcp-protocol-version", "2026-07-28")
-        .header("mcp-method", "tools/call")
-        .header("mcp-name", "text-tools__word-count")
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    let status = r.status().as_u16();
-    let text = r.text().await.unwrap();
-    assert!(
-        !text.contains("\"words\":3"),
-        "ran with the last value: {text}"
-    );
-    assert_ne!(status, 200, "{text}");
     server.stop();
 }
 

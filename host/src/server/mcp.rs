@@ -298,13 +298,21 @@ async fn plain_call(State(server): State<McpServer>, request: Request, next: Nex
             .flat_map(|v| v.split(','))
             .any(|v| v.trim().eq_ignore_ascii_case(t))
     };
-    let json_body = one_header(headers, "content-type").is_some_and(|c| {
+    let is_json = |c: &str| {
         c.split(';')
             .next()
             .unwrap_or("")
             .trim()
             .eq_ignore_ascii_case("application/json")
-    });
+    };
+    // The plain path wants exactly one Content-Type; the duplicate-key check
+    // below goes by the first, as rmcp reads it (a second header must not
+    // skip it).
+    let json_body = one_header(headers, "content-type").is_some_and(is_json);
+    let first_json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|c| c.to_str().ok())
+        .is_some_and(is_json);
     let plain_headers = request.method() == http::Method::POST
         && one_header(headers, "mcp-protocol-version") == Some("2026-07-28")
         && one_header(headers, "mcp-method") == Some("tools/call")
@@ -319,19 +327,7 @@ async fn plain_call(State(server): State<McpServer>, request: Request, next: Nex
     let Some(caller) = caller else {
         return next.run(request).await;
     };
-    // The first Content-Type, as rmcp reads it (`json_body` wants exactly
-    // one): a second header must not skip the check below.
-    let first_json = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|c| c.to_str().ok())
-        .is_some_and(|c| {
-            c.split(';')
-                .next()
-                .unwrap_or("")
-                .trim()
-                .eq_ignore_ascii_case("application/json")
-        });
-    if !((json_body || first_json) && request.method() == http::Method::POST) {
+    if !(first_json && request.method() == http::Method::POST) {
         return next.run(request).await;
     }
     let (parts, body) = request.into_parts();
@@ -342,7 +338,7 @@ async fn plain_call(State(server): State<McpServer>, request: Request, next: Nex
     };
     // A message naming one key twice is refused, as on `/v1`: this server
     // (and rmcp) would read the last, a proxy in front may read the first.
-    if let Some(why) = repeated_key(&bytes) {
+    if let Some(why) = crate::value::repeated_key(&bytes) {
         return invalid_message(why);
     }
     if !plain_headers {
@@ -383,12 +379,6 @@ async fn plain_call(State(server): State<McpServer>, request: Request, next: Nex
         )
         .into_response(),
     }
-}
-
-/// Why a JSON message is refused for naming one key twice in an object
-/// (anywhere in it), if it does. Invalid JSON is left to the MCP layer.
-fn repeated_key(body: &[u8]) -> Option<String> {
-    crate::value::repeated_key(body)
 }
 
 /// A JSON-RPC `Invalid Request` answer (HTTP 400) for a message this server

@@ -1121,15 +1121,19 @@ pub struct ExportQuery {
 }
 
 /// A writer that refuses to grow past a cap (and remembers it did).
-struct Capped(Vec<u8>, bool);
+struct Capped {
+    bytes: Vec<u8>,
+    /// A write was refused for passing the cap.
+    overflowed: bool,
+}
 
 impl std::io::Write for Capped {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        if self.0.len().saturating_add(buf.len()) > MAX_EXPORT {
-            self.1 = true;
+        if self.bytes.len().saturating_add(buf.len()) > MAX_EXPORT {
+            self.overflowed = true;
             return Err(std::io::Error::other("too large"));
         }
-        self.0.extend_from_slice(buf);
+        self.bytes.extend_from_slice(buf);
         Ok(buf.len())
     }
     fn flush(&mut self) -> std::io::Result<()> {
@@ -1140,7 +1144,7 @@ impl std::io::Write for Capped {
 /// The page for an export that failed: `413` when it outgrew the cap
 /// (whatever the size of the write that found it), else the error.
 fn export_failed(out: &Capped, e: Error) -> PageError {
-    if out.1 {
+    if out.overflowed {
         return PageError::from(Error::new(
             ErrorKind::PayloadTooLarge,
             format!(
@@ -1178,7 +1182,10 @@ pub async fn export(
         )));
     };
     let chain = crate::audit::chain_of(Some(session.caller.tenant()));
-    let mut out = Capped(Vec::new(), false);
+    let mut out = Capped {
+        bytes: Vec::new(),
+        overflowed: false,
+    };
     if let Err(e) =
         crate::audit::verify::export(c.app.governed.audit(), &chain, since, until, &mut out).await
     {
@@ -1194,7 +1201,7 @@ pub async fn export(
             (header::CONTENT_TYPE, "application/x-ndjson".to_string()),
             (header::CONTENT_DISPOSITION, name),
         ],
-        out.0,
+        out.bytes,
     )
         .into_response())
 }
@@ -1304,13 +1311,19 @@ mod tests {
     #[test]
     fn an_export_past_the_cap_is_too_large_whatever_the_write() {
         use std::io::Write;
-        let mut out = Capped(vec![0; MAX_EXPORT - 100_000], false);
+        let mut out = Capped {
+            bytes: vec![0; MAX_EXPORT - 100_000],
+            overflowed: false,
+        };
         let e = out.write_all(&[b'x'; 200_000]).unwrap_err();
         let page = export_failed(&out, Error::internal(format!("writing the export: {e}")));
         assert_eq!(page.status, StatusCode::PAYLOAD_TOO_LARGE);
         assert!(page.error.message.contains("narrow the range"));
         // Any other failure stays what it was.
-        let out = Capped(Vec::new(), false);
+        let out = Capped {
+            bytes: Vec::new(),
+            overflowed: false,
+        };
         let page = export_failed(&out, Error::corrupt("the chain does not verify"));
         assert_ne!(page.status, StatusCode::PAYLOAD_TOO_LARGE);
     }
