@@ -668,3 +668,81 @@ fn a_closed_stdout_ends_a_printing_command_quietly() {
         );
     }
 }
+
+/// The same for the commands over a data dir (which may hold a database
+/// connection, so they do not die of the signal): a reader that is gone
+/// ends them with status 141 and no panic, whatever they were printing.
+#[cfg(unix)]
+#[test]
+fn a_closed_stdout_ends_a_data_dir_command_with_status_141() {
+    use std::process::Stdio;
+    let data = tempdir();
+    let d = data.display().to_string();
+    let wasm = guest("text-tools");
+    let out = host(&[
+        "register",
+        path(&wasm),
+        "--name",
+        "text-tools",
+        "--tenant",
+        "a",
+        "--data-dir",
+        &d,
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = host(&[
+        "keys",
+        "create",
+        "--tenant",
+        "a",
+        "--role",
+        "invoke",
+        "--data-dir",
+        &d,
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // No trail was opened on this store yet (nothing invoked): that is not
+    // a deleted one.
+    let out = host(&["audit", "verify", "--data-dir", &d]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).ends_with("verified\n"));
+    for args in [
+        vec!["audit", "verify", "--data-dir", &d],
+        vec!["audit", "verify", "--data-dir", &d, "--json"],
+        vec!["tools", "list", "--tenant", "a", "--data-dir", &d],
+        vec![
+            "tools",
+            "describe",
+            "text-tools",
+            "--tenant",
+            "a",
+            "--data-dir",
+            &d,
+        ],
+        vec!["keys", "list", "--data-dir", &d],
+    ] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_host"))
+            .args(&args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert_eq!(out.status.code(), Some(141), "{args:?}: {stderr}");
+    }
+}

@@ -305,7 +305,17 @@ pub async fn verify(
 ) -> Result<Report> {
     let present = storage.audit_chains().await?;
     let mut problems = Vec::new();
+    let audited = storage.audited_tenants().await?;
     let registered: Option<Vec<String>> = match storage.audit_registry().await? {
+        // A store no trail was ever opened on (tools registered and keys
+        // made, nothing invoked): no key pinned, no chain, no record. (The
+        // first opening pins the key and signs the registry together.)
+        None if present.is_empty()
+            && audited.is_empty()
+            && storage.meta_get("audit.public_key").await?.is_none() =>
+        {
+            Some(Vec::new())
+        }
         None => {
             problems.push("the signed registry of chains is missing (deleted)".to_string());
             None
@@ -330,7 +340,7 @@ pub async fn verify(
         None => {
             let mut all = present.clone();
             all.extend(registered.iter().flatten().cloned());
-            all.extend(storage.audited_tenants().await?);
+            all.extend(audited.iter().cloned());
             all.sort();
             all.dedup();
             all
@@ -347,7 +357,6 @@ pub async fn verify(
             }
         }
     }
-    let audited = storage.audited_tenants().await?;
     for chain in &chains {
         if present.contains(chain) {
             continue;

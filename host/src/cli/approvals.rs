@@ -126,13 +126,13 @@ async fn run(cmd: Command) -> toolhost::Result<i32> {
             let now = now_ms();
             if json {
                 let list: Vec<_> = found.iter().map(|a| approvals::view(a, now)).collect();
-                println!(
+                out!(
                     "{}",
                     serde_json::to_string_pretty(&list).unwrap_or_default()
                 );
             } else {
                 for a in &found {
-                    println!(
+                    out!(
                         "{}  {:8}  {}/{}  args={}  rule: {}  requested by {}",
                         a.id,
                         approvals::effective_status(a, now),
@@ -174,7 +174,7 @@ async fn run(cmd: Command) -> toolhost::Result<i32> {
                 return Err(Error::internal("an approval ran nothing"));
             };
             notify(&decided);
-            println!(
+            out!(
                 "{}",
                 serde_json::to_string_pretty(&outcome.response()).unwrap_or_default()
             );

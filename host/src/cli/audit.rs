@@ -122,13 +122,13 @@ async fn run(cmd: Command) -> toolhost::Result<i32> {
                 }
             };
             if json {
-                println!(
+                out!(
                     "{}",
                     serde_json::to_string_pretty(&report).unwrap_or_default()
                 );
             } else {
                 for p in &report.problems {
-                    println!("trail: {p}");
+                    out!("trail: {p}");
                 }
                 for c in &report.chains {
                     let status = if c.problems.is_empty() {
@@ -136,12 +136,12 @@ async fn run(cmd: Command) -> toolhost::Result<i32> {
                     } else {
                         "TAMPERED"
                     };
-                    println!("chain {}: {} records: {status}", c.chain, c.entries);
+                    out!("chain {}: {} records: {status}", c.chain, c.entries);
                     for p in &c.problems {
-                        println!("  - {p}");
+                        out!("  - {p}");
                     }
                 }
-                println!(
+                out!(
                     "{}",
                     if report.ok {
                         "verified"
@@ -216,7 +216,7 @@ async fn run(cmd: Command) -> toolhost::Result<i32> {
             for chain in &chains {
                 let retain = days.or_else(|| policy.as_ref()?.retain_days(Some(chain)));
                 let Some(days) = retain else {
-                    println!(
+                    out!(
                         "chain {chain}: kept whole (a policy document that may govern it sets no logging.retain_days)"
                     );
                     continue;
@@ -225,7 +225,7 @@ async fn run(cmd: Command) -> toolhost::Result<i32> {
                 // One chain that cannot be pruned (it does not verify) does
                 // not keep the others from their retention.
                 match log.prune(chain, days, now).await {
-                    Ok(n) => println!("chain {chain}: pruned {n} records older than {days} days"),
+                    Ok(n) => out!("chain {chain}: pruned {n} records older than {days} days"),
                     Err(e) => {
                         failed += 1;
                         eprintln!(
@@ -247,12 +247,12 @@ async fn run(cmd: Command) -> toolhost::Result<i32> {
                 toolhost::audit::AuditLog::upgrade_legacy(data.storage().await?, data.key_source())
                     .await?;
             for c in &done.chains {
-                println!("chain {c}: re-signed");
+                out!("chain {c}: re-signed");
             }
             for (c, why) in &done.refused {
-                println!("chain {c}: NOT upgraded: {why}");
+                out!("chain {c}: NOT upgraded: {why}");
             }
-            println!("{} statements signed", done.checkpoints);
+            out!("{} statements signed", done.checkpoints);
             Ok(if done.refused.is_empty() { 0 } else { 1 })
         }
     }

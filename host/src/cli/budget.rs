@@ -66,7 +66,7 @@ pub async fn main(cmd: Command) -> i32 {
             Command::Show { data, scope } => {
                 let storage = data.storage().await?;
                 for u in storage.budget_usage(&scope.as_str().into()).await? {
-                    println!("{}", serde_json::to_string(&u).unwrap_or_default());
+                    out!("{}", serde_json::to_string(&u).unwrap_or_default());
                 }
                 Ok(0)
             }

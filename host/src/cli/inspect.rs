@@ -27,7 +27,7 @@ pub fn main(args: Args) -> i32 {
         Ok(t) => t,
         Err(e) => {
             if matches!(args.format, Format::Json) {
-                println!("{}", json!({"ok": false, "error": e}));
+                out!("{}", json!({"ok": false, "error": e}));
             }
             super::report(&e);
             return 1;
@@ -37,7 +37,7 @@ pub fn main(args: Args) -> i32 {
         eprintln!("warning: {w}");
     }
     match args.format {
-        Format::Json => println!("{:#}", describe(&tool)),
+        Format::Json => out!("{:#}", describe(&tool)),
         Format::Human => print_human(&tool),
     }
     0
@@ -77,7 +77,7 @@ pub fn describe(tool: &Tool) -> serde_json::Value {
 
 fn print_human(tool: &Tool) {
     let catalog = tool.catalog();
-    println!(
+    out!(
         "{} — {} function{}",
         tool.name(),
         catalog.functions.len(),
@@ -88,19 +88,19 @@ fn print_human(tool: &Tool) {
         }
     );
     if let Some(d) = &catalog.docs {
-        println!("{}", d.trim());
+        out!("{}", d.trim());
     }
     for f in &catalog.functions {
-        println!();
-        println!("{}", f.signature());
+        out!();
+        out!("{}", f.signature());
         match &f.docs {
             Some(d) => {
                 for line in d.trim().lines() {
-                    println!("    {line}");
+                    out!("    {line}");
                 }
             }
             None => {
-                println!("    (no description: embed docs with `host docs embed`, or pass --wit)")
+                out!("    (no description: embed docs with `host docs embed`, or pass --wit)")
             }
         }
         let indent = |v: serde_json::Value| {
@@ -111,11 +111,11 @@ fn print_human(tool: &Tool) {
                 .collect::<Vec<_>>()
                 .join("\n")
         };
-        println!("    parameters:\n{}", indent(schema::parameters(f)));
-        println!("    result:\n{}", indent(schema::result(f)));
+        out!("    parameters:\n{}", indent(schema::parameters(f)));
+        out!("    result:\n{}", indent(schema::result(f)));
     }
     if !catalog.imports.is_empty() {
-        println!();
-        println!("imports: {}", catalog.imports.join(", "));
+        out!();
+        out!("imports: {}", catalog.imports.join(", "));
     }
 }

@@ -51,20 +51,20 @@ async fn run(cmd: Command) -> toolhost::Result<i32> {
         } => {
             let storage = data.storage().await?;
             let key = keys::create(storage.as_ref(), &tenant, &roles, label.as_deref()).await?;
-            println!("{}", key.key);
+            out!("{}", key.key);
             Ok(0)
         }
         Command::List { tenant, json, data } => {
             let storage = data.storage().await?;
             let list = storage.key_list(tenant.as_ref()).await?;
             if json {
-                println!(
+                out!(
                     "{}",
                     serde_json::to_string_pretty(&list).unwrap_or_default()
                 );
             } else {
                 for k in list {
-                    println!(
+                    out!(
                         "{}  tenant={}  roles={}{}{}",
                         k.id,
                         k.tenant,

@@ -2,6 +2,20 @@
 //! stdout and its exit codes (0 success, 1 the invocation or command failed,
 //! 2 bad usage).
 
+/// `println!` for a command's output: when what reads it stops reading
+/// (`host tools list | head -1`, a closed pipe), the command ends quietly
+/// with status 141, as a Unix tool the signal stops, instead of panicking
+/// (Rust ignores `SIGPIPE`, so `println!` would). Every command prints
+/// through it (or [`out_str`]).
+macro_rules! out {
+    () => {
+        $crate::cli::out_str("\n")
+    };
+    ($($arg:tt)*) => {
+        $crate::cli::out_str(&format!("{}\n", format_args!($($arg)*)))
+    };
+}
+
 mod approvals;
 mod audit;
 mod budget;
@@ -126,6 +140,23 @@ fn stop_on_closed_stdout() {
     // other thread of this process writes to a pipe.
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
+/// Write `text` to stdout: see [`out!`]. Any other failure to write (a full
+/// disk behind a redirect) ends the command with status 1, saying so.
+pub fn out_str(text: &str) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    if let Err(e) = stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(141);
+        }
+        eprintln!("error: cannot write to stdout: {e}");
+        std::process::exit(1);
     }
 }
 

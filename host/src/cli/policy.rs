@@ -58,7 +58,7 @@ async fn run(cmd: Command) -> toolhost::Result<()> {
             match storage.policy_current().await? {
                 Some(p) => {
                     eprintln!("# version {} ({})", p.version, p.name);
-                    print!("{}", p.text);
+                    super::out_str(&p.text);
                     Ok(())
                 }
                 None => Err(Error::new(ErrorKind::NotFound, "no policy is stored")),

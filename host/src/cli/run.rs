@@ -141,18 +141,18 @@ fn replay(json: bool, response: &toolhost::invoke::InvocationResponse) -> i32 {
         let mut v = serde_json::to_value(response).unwrap_or_default();
         v["ok"] = serde_json::json!(response.status == toolhost::invoke::Status::Ok);
         v["replayed"] = serde_json::json!(true);
-        println!("{v}");
+        out!("{v}");
     } else if let Some(e) = &response.error {
         super::report(e);
     } else if let Some(r) = &response.result {
-        println!("{}", serde_json::to_string_pretty(r).unwrap_or_default());
+        out!("{}", serde_json::to_string_pretty(r).unwrap_or_default());
     }
     i32::from(response.status != toolhost::invoke::Status::Ok)
 }
 
 fn fail(json: bool, e: Error) -> i32 {
     if json {
-        println!("{}", serde_json::json!({"ok": false, "error": e}));
+        out!("{}", serde_json::json!({"ok": false, "error": e}));
     }
     super::report(&e);
     1
@@ -267,7 +267,7 @@ pub async fn main(args: Args) -> i32 {
         if args.audit {
             v["audit"] = serde_json::Value::Array(records);
         }
-        println!("{v}");
+        out!("{v}");
     } else {
         for r in &records {
             eprintln!("audit: {r}");
@@ -289,7 +289,7 @@ pub async fn main(args: Args) -> i32 {
         }
         match (&outcome.result, &outcome.error) {
             (_, Some(e)) => super::report(e),
-            (Some(r), None) => println!("{}", serde_json::to_string_pretty(r).unwrap_or_default()),
+            (Some(r), None) => out!("{}", serde_json::to_string_pretty(r).unwrap_or_default()),
             (None, None) => {}
         }
     }

@@ -61,12 +61,12 @@ async fn run(args: Args) -> toolhost::Result<i32> {
     let storage = args.data.storage().await?;
     let report = stats::report(storage.as_ref(), &args.tenant, &query, now).await?;
     if args.json {
-        println!(
+        out!(
             "{}",
             serde_json::to_string_pretty(&report).unwrap_or_default()
         );
     } else {
-        print!("{}", text(&report));
+        super::out_str(&text(&report));
     }
     Ok(0)
 }

@@ -132,9 +132,9 @@ pub async fn register(args: RegisterArgs) -> i32 {
     match result {
         Ok(r) => {
             if args.json {
-                println!("{}", serde_json::to_string(&r).unwrap_or_default());
+                out!("{}", serde_json::to_string(&r).unwrap_or_default());
             } else {
-                println!(
+                out!(
                     "{} {}@{} (sha256:{}), {} function{}{}",
                     if r.created {
                         "registered"
@@ -153,7 +153,7 @@ pub async fn register(args: RegisterArgs) -> i32 {
         }
         Err(e) => {
             if args.json {
-                println!("{}", serde_json::json!({"ok": false, "error": e}));
+                out!("{}", serde_json::json!({"ok": false, "error": e}));
             }
             super::report(&e);
             1
@@ -171,11 +171,11 @@ pub async fn main(cmd: Command) -> i32 {
                         .iter()
                         .map(|(e, v)| serde_json::json!({"tool": e, "current": v}))
                         .collect();
-                    println!("{}", serde_json::Value::Array(list));
+                    out!("{}", serde_json::Value::Array(list));
                 } else {
                     for (e, v) in &tools {
                         let functions = v.as_ref().map_or(0, |v| v.functions.len());
-                        println!(
+                        out!(
                             "{}@{}{}  {functions} functions",
                             e.name,
                             e.current,
@@ -186,16 +186,16 @@ pub async fn main(cmd: Command) -> i32 {
             }
             Command::Describe { name, tenant, data } => {
                 let (entry, versions) = registry(&data).await?.describe(&tenant, &name).await?;
-                println!(
+                out!(
                     "{}{}",
                     entry.name,
                     if entry.disabled { " (disabled)" } else { "" }
                 );
                 for v in versions {
                     let mark = if v.version == entry.current { "*" } else { " " };
-                    println!("{mark} {} sha256:{}", v.version, v.digest);
+                    out!("{mark} {} sha256:{}", v.version, v.digest);
                     for f in &v.functions {
-                        println!("      {f}");
+                        out!("      {f}");
                     }
                 }
             }
@@ -209,21 +209,21 @@ pub async fn main(cmd: Command) -> i32 {
                     .await?
                     .deploy(&tenant, &name, &version)
                     .await?;
-                println!("{name} now points at {version}");
+                out!("{name} now points at {version}");
             }
             Command::Disable { name, tenant, data } => {
                 registry(&data)
                     .await?
                     .set_disabled(&tenant, &name, true)
                     .await?;
-                println!("{name} disabled");
+                out!("{name} disabled");
             }
             Command::Enable { name, tenant, data } => {
                 registry(&data)
                     .await?
                     .set_disabled(&tenant, &name, false)
                     .await?;
-                println!("{name} enabled");
+                out!("{name} enabled");
             }
         }
         Ok(())
