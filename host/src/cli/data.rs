@@ -101,6 +101,17 @@ impl DataDir {
                 {
                     options.max_connections = n;
                 }
+                if let Ok(v) = std::env::var("TOOLHOST_DATABASE_KEEP_PLANS") {
+                    options.keep_plans = match v.as_str() {
+                        "1" | "true" | "on" => true,
+                        "0" | "false" | "off" => false,
+                        other => {
+                            return Err(Error::invalid_args(format!(
+                                "TOOLHOST_DATABASE_KEEP_PLANS is `{other}`: use 1 or 0"
+                            )));
+                        }
+                    };
+                }
                 if let Some(s) = std::env::var("TOOLHOST_DATABASE_CONNECT_TIMEOUT")
                     .ok()
                     .and_then(|s| toolhost::limits::parse_duration(&s).ok())

@@ -329,7 +329,7 @@ impl PostgresStorage {
                 .collect(),
         };
         let plan = plan(works, &mut view);
-        let mut conn = self.pool.acquire().await.map_err(super::db)?;
+        let mut conn = self.seen_pool.acquire().await.map_err(super::db)?;
         let written = write(&mut conn, works, plan, view, notary, &guard).await;
         let contended = || self.seen.contended(chains.iter(), std::iter::empty());
         let Some(w) = self.seen_outcome(written, "commit", contended)? else {

@@ -295,6 +295,10 @@ pub struct PostgresOptions {
     /// How long to keep trying to reach a database that is down at start
     /// (with backoff) before giving up.
     pub connect_deadline: Duration,
+    /// Open the connections that write batches with `plan_cache_mode =
+    /// force_generic_plan` and `enable_seqscan = off` (as startup options:
+    /// a pooler in front of the database must pass them on).
+    pub keep_plans: bool,
 }
 
 impl PostgresOptions {
@@ -303,6 +307,7 @@ impl PostgresOptions {
             url: url.to_string(),
             max_connections: 32,
             connect_deadline: Duration::from_secs(60),
+            keep_plans: true,
         }
     }
 }
@@ -330,6 +335,16 @@ pub fn redact(url: &str) -> String {
 /// PostgreSQL storage.
 pub struct PostgresStorage {
     pool: PgPool,
+    /// Two connections for the batches written on what was seen ([`seen`]:
+    /// one statement each, one admission batch and one completion batch at
+    /// a time), on which PostgreSQL plans each statement once per
+    /// connection and keeps the plan (`plan_cache_mode =
+    /// force_generic_plan`), with `enable_seqscan = off` so that a plan
+    /// made while the tables are small still goes by their keys. With the
+    /// default, PostgreSQL planned the admission statement afresh on nearly
+    /// every execution, and planning it cost almost as much of the
+    /// database's CPU as executing it (`benches/RESULTS.md`, round 8).
+    seen_pool: PgPool,
     /// Units of work waiting for the committer, admissions for the
     /// admitter ([`group`]).
     works: group::Group<commit::Pending, commit::Committed>,
@@ -352,8 +367,20 @@ impl PostgresStorage {
                 ))
             })?
             .application_name("toolhost");
+        let seen_pool = PgPoolOptions::new()
+            .max_connections(2)
+            .min_connections(0)
+            .acquire_timeout(Duration::from_secs(15))
+            .connect_lazy_with(if options.keep_plans {
+                connect.clone().options([
+                    ("plan_cache_mode", "force_generic_plan"),
+                    ("enable_seqscan", "off"),
+                ])
+            } else {
+                connect.clone()
+            });
         let pool = PgPoolOptions::new()
-            .max_connections(options.max_connections.max(2))
+            .max_connections(options.max_connections.saturating_sub(2).max(2))
             .min_connections(2.min(options.max_connections))
             // A request waits this long for a connection when all are busy
             // (under load: other requests' short transactions); a database
@@ -393,6 +420,7 @@ impl PostgresStorage {
         }
         let storage = PostgresStorage {
             pool,
+            seen_pool,
             works: group::Group::new(),
             admits: group::Group::new(),
             seen: seen::Seen::default(),
