@@ -285,6 +285,9 @@ pub(super) fn db(e: sqlx::Error) -> Error {
     Error::new(kind, format!("database: {e}")).caused_by(e)
 }
 
+/// A batch connection idle this long is checked before it is used.
+const SEEN_IDLE_CHECK: Duration = Duration::from_secs(1);
+
 /// How to reach the database.
 #[derive(Debug, Clone)]
 pub struct PostgresOptions {
@@ -371,6 +374,19 @@ impl PostgresStorage {
             .max_connections(2)
             .min_connections(0)
             .acquire_timeout(Duration::from_secs(15))
+            // Checked (a round trip) only when it has been idle: under load
+            // a batch would otherwise wait for a ping before every
+            // statement. (One the server closed within that second fails
+            // its batch, which is then answered `unavailable`.)
+            .test_before_acquire(false)
+            .before_acquire(|conn, meta| {
+                Box::pin(async move {
+                    if meta.idle_for >= SEEN_IDLE_CHECK {
+                        sqlx::Connection::ping(conn).await?;
+                    }
+                    Ok(true)
+                })
+            })
             .connect_lazy_with(if options.keep_plans {
                 connect.clone().options([
                     ("plan_cache_mode", "force_generic_plan"),
