@@ -637,29 +637,34 @@ fn run_with_an_idempotency_key_runs_once() {
     assert_eq!(out.status.code(), Some(2));
 }
 
+/// `host args` with its reader gone before the first line is written: its
+/// output, and its stderr (checked to hold no panic).
+fn with_stdout_closed(args: &[&str]) -> (Output, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_host"))
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    (out, stderr)
+}
+
 /// A command whose reader stops reading (`host inspect x.wasm | head`)
 /// ends quietly, as a Unix tool does: no panic, no exit code 101.
 #[cfg(unix)]
 #[test]
 fn a_closed_stdout_ends_a_printing_command_quietly() {
     use std::os::unix::process::ExitStatusExt;
-    use std::process::Stdio;
     let wasm = guest("text-tools");
     for args in [
         vec!["inspect", path(&wasm)],
         vec!["inspect", path(&wasm), "--format", "json"],
     ] {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_host"))
-            .args(&args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        // The reader is gone before the first line is written.
-        drop(child.stdout.take());
-        let out = child.wait_with_output().unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        let (out, stderr) = with_stdout_closed(&args);
         assert_ne!(out.status.code(), Some(101), "{args:?}: {stderr}");
         assert_eq!(
             out.status.signal(),
@@ -675,49 +680,25 @@ fn a_closed_stdout_ends_a_printing_command_quietly() {
 #[cfg(unix)]
 #[test]
 fn a_closed_stdout_ends_a_data_dir_command_with_status_141() {
-    use std::process::Stdio;
     let data = tempdir();
     let d = data.display().to_string();
     let wasm = guest("text-tools");
-    let out = host(&[
-        "register",
-        path(&wasm),
-        "--name",
-        "text-tools",
-        "--tenant",
-        "a",
-        "--data-dir",
-        &d,
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let out = host(&[
-        "keys",
-        "create",
-        "--tenant",
-        "a",
-        "--role",
-        "invoke",
-        "--data-dir",
-        &d,
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let w = path(&wasm);
+    for mut args in [
+        vec!["register", w, "--name", "text-tools", "--tenant", "a"],
+        vec!["keys", "create", "--tenant", "a", "--role", "invoke"],
+    ] {
+        args.extend(["--data-dir", &d]);
+        let out = host(&args);
+        assert!(out.status.success(), "{args:?}: {out:?}");
+    }
     // No trail was opened on this store yet (nothing invoked): that is not
     // a deleted one.
     let out = host(&["audit", "verify", "--data-dir", &d]);
     assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
+        out.status.success() && String::from_utf8_lossy(&out.stdout).ends_with("verified\n"),
+        "{out:?}"
     );
-    assert!(String::from_utf8_lossy(&out.stdout).ends_with("verified\n"));
     for args in [
         vec!["audit", "verify", "--data-dir", &d],
         vec!["audit", "verify", "--data-dir", &d, "--json"],
@@ -733,16 +714,7 @@ fn a_closed_stdout_ends_a_data_dir_command_with_status_141() {
         ],
         vec!["keys", "list", "--data-dir", &d],
     ] {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_host"))
-            .args(&args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        drop(child.stdout.take());
-        let out = child.wait_with_output().unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        let (out, stderr) = with_stdout_closed(&args);
         assert_eq!(out.status.code(), Some(141), "{args:?}: {stderr}");
     }
 }
