@@ -718,3 +718,31 @@ fn a_closed_stdout_ends_a_data_dir_command_with_status_141() {
         assert_eq!(out.status.code(), Some(141), "{args:?}: {stderr}");
     }
 }
+
+/// A database setting in the environment that cannot be read is an error
+/// naming it, before anything connects; never quietly the default.
+#[test]
+fn a_bad_database_setting_is_named() {
+    let data = tempdir();
+    for (name, value) in [
+        ("TOOLHOST_DATABASE_POOL", "lots"),
+        ("TOOLHOST_DATABASE_POOL", "0"),
+        ("TOOLHOST_DATABASE_KEEP_PLANS", "maybe"),
+        ("TOOLHOST_DATABASE_CONNECT_TIMEOUT", "soon"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_host"))
+            .args(["tools", "list", "--data-dir", path(&data)])
+            // Nothing listens there: a setting that is read gets this far.
+            .env("TOOLHOST_DATABASE_URL", "postgres://u:p@127.0.0.1:1/db")
+            .env("TOOLHOST_DATABASE_CONNECT_TIMEOUT", "1s")
+            .env(name, value)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{name}={value}: {stderr}");
+        assert!(
+            stderr.contains(name) && stderr.contains(&format!("`{value}`")),
+            "{name}={value}: {stderr}"
+        );
+    }
+}

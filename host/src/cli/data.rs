@@ -95,28 +95,28 @@ impl DataDir {
         match self.database_url()? {
             Some(url) => {
                 let mut options = postgres::PostgresOptions::new(&url);
-                if let Some(n) = std::env::var("TOOLHOST_DATABASE_POOL")
-                    .ok()
-                    .and_then(|n| n.parse().ok())
-                {
+                if let Some(n) = setting(
+                    "TOOLHOST_DATABASE_POOL",
+                    "a number of connections (1 or more)",
+                    |v| v.parse::<u32>().ok().filter(|n| *n > 0),
+                )? {
                     options.max_connections = n;
                 }
-                if let Ok(v) = std::env::var("TOOLHOST_DATABASE_KEEP_PLANS") {
-                    options.keep_plans = match v.as_str() {
-                        "1" | "true" | "on" => true,
-                        "0" | "false" | "off" => false,
-                        other => {
-                            return Err(Error::invalid_args(format!(
-                                "TOOLHOST_DATABASE_KEEP_PLANS is `{other}`: use 1 or 0"
-                            )));
-                        }
-                    };
-                }
-                if let Some(s) = std::env::var("TOOLHOST_DATABASE_CONNECT_TIMEOUT")
-                    .ok()
-                    .and_then(|s| toolhost::limits::parse_duration(&s).ok())
+                if let Some(keep) =
+                    setting("TOOLHOST_DATABASE_KEEP_PLANS", "1 or 0", |v| match v {
+                        "1" | "true" | "on" => Some(true),
+                        "0" | "false" | "off" => Some(false),
+                        _ => None,
+                    })?
                 {
-                    options.connect_deadline = s;
+                    options.keep_plans = keep;
+                }
+                if let Some(d) = setting(
+                    "TOOLHOST_DATABASE_CONNECT_TIMEOUT",
+                    "a duration (60s, 2m)",
+                    |v| toolhost::limits::parse_duration(v).ok(),
+                )? {
+                    options.connect_deadline = d;
                 }
                 Ok(Arc::new(postgres::PostgresStorage::open(&options).await?))
             }
@@ -126,6 +126,22 @@ impl DataDir {
 
     pub async fn audit(&self) -> Result<Arc<AuditLog>> {
         AuditLog::open(self.storage().await?, self.key_source()).await
+    }
+}
+
+/// The environment variable `name` read by `parse`, if it is set; a value
+/// `parse` refuses is an error naming the variable and what it takes (never
+/// ignored: a pool or timeout silently left at its default is a surprise
+/// found under load).
+fn setting<T>(name: &str, takes: &str, parse: impl Fn(&str) -> Option<T>) -> Result<Option<T>> {
+    match std::env::var(name) {
+        Err(std::env::VarError::NotPresent) => Ok(None),
+        Err(std::env::VarError::NotUnicode(_)) => Err(Error::invalid_args(format!(
+            "{name} is not valid UTF-8: it takes {takes}"
+        ))),
+        Ok(v) => parse(v.trim())
+            .map(Some)
+            .ok_or_else(|| Error::invalid_args(format!("{name} is `{v}`: it takes {takes}"))),
     }
 }
 
