@@ -285,8 +285,10 @@ pub(super) fn db(e: sqlx::Error) -> Error {
     Error::new(kind, format!("database: {e}")).caused_by(e)
 }
 
-/// A batch connection idle this long is checked before it is used.
-const SEEN_IDLE_CHECK: Duration = Duration::from_secs(1);
+/// A batch connection idle this long is checked before it is used: under
+/// load they are never idle that long; at a few requests a second, one the
+/// database closed (a restart, a failover) is found by the check.
+const SEEN_IDLE_CHECK: Duration = Duration::from_millis(100);
 
 /// How to reach the database.
 #[derive(Debug, Clone)]
@@ -376,8 +378,8 @@ impl PostgresStorage {
             .acquire_timeout(Duration::from_secs(15))
             // Checked (a round trip) only when it has been idle: under load
             // a batch would otherwise wait for a ping before every
-            // statement. (One the server closed within that second fails
-            // its batch, which is then answered `unavailable`.)
+            // statement. (One the server closed while it was idle for less
+            // fails its batch, which is then answered `unavailable`.)
             .test_before_acquire(false)
             .before_acquire(|conn, meta| {
                 Box::pin(async move {
