@@ -136,6 +136,8 @@ impl DataDir {
 fn setting<T>(name: &str, takes: &str, parse: impl Fn(&str) -> Option<T>) -> Result<Option<T>> {
     match std::env::var(name) {
         Err(std::env::VarError::NotPresent) => Ok(None),
+        // Set empty (a template's blank): unset, as the database URL.
+        Ok(v) if v.trim().is_empty() => Ok(None),
         Err(std::env::VarError::NotUnicode(_)) => Err(Error::invalid_args(format!(
             "{name} is not valid UTF-8: it takes {takes}"
         ))),

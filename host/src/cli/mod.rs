@@ -5,8 +5,9 @@
 /// `println!` for a command's output: when what reads it stops reading
 /// (`host tools list | head -1`, a closed pipe), the command ends quietly
 /// with status 141, as a Unix tool the signal stops, instead of panicking
-/// (Rust ignores `SIGPIPE`, so `println!` would). Every command prints
-/// through it (or [`out_str`]).
+/// (Rust ignores `SIGPIPE`, so `println!` would). Every command's printed
+/// lines go through it (or [`out_str`]); `audit export` streams to its
+/// writer and reports a failed write as an error.
 macro_rules! out {
     () => {
         $crate::cli::out_str("\n")

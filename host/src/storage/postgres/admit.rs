@@ -150,7 +150,9 @@ impl PostgresStorage {
             tracing::trace!("admissions take the locking path: one is refused on what was seen");
             return Ok(None);
         }
-        let mut conn = self.seen_pool.acquire().await.map_err(super::db)?;
+        let Some(mut conn) = self.seen_connection().await else {
+            return Ok(None);
+        };
         let change = Change {
             before: &before,
             after: &lines,

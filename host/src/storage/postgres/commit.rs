@@ -329,7 +329,9 @@ impl PostgresStorage {
                 .collect(),
         };
         let plan = plan(works, &mut view);
-        let mut conn = self.seen_pool.acquire().await.map_err(super::db)?;
+        let Some(mut conn) = self.seen_connection().await else {
+            return Ok(None);
+        };
         let written = write(&mut conn, works, plan, view, notary, &guard).await;
         let contended = || self.seen.contended(chains.iter(), std::iter::empty());
         let Some(w) = self.seen_outcome(written, "commit", contended)? else {

@@ -290,6 +290,11 @@ pub(super) fn db(e: sqlx::Error) -> Error {
 /// database closed (a restart, a failover) is found by the check.
 const SEEN_IDLE_CHECK: Duration = Duration::from_millis(100);
 
+/// How long a batch waits for a batch connection, and how long the seen
+/// path then rests when it could not have one.
+const SEEN_ACQUIRE: Duration = Duration::from_secs(2);
+const SEEN_REST: Duration = Duration::from_secs(10);
+
 /// How to reach the database.
 #[derive(Debug, Clone)]
 pub struct PostgresOptions {
@@ -350,6 +355,9 @@ pub struct PostgresStorage {
     /// every execution, and planning it cost almost as much of the
     /// database's CPU as executing it (`benches/RESULTS.md`, round 8).
     seen_pool: PgPool,
+    /// Until when the seen path is not tried: a batch connection could not
+    /// be had (the locking path on the main pool serves meanwhile).
+    seen_off_until: std::sync::Mutex<Option<std::time::Instant>>,
     /// Units of work waiting for the committer, admissions for the
     /// admitter ([`group`]).
     works: group::Group<commit::Pending, commit::Committed>,
@@ -372,10 +380,12 @@ impl PostgresStorage {
                 ))
             })?
             .application_name("toolhost");
+        // Below four connections in all, the batches share the one pool.
+        let own_seen = options.max_connections >= 4;
         let seen_pool = PgPoolOptions::new()
             .max_connections(2)
             .min_connections(0)
-            .acquire_timeout(Duration::from_secs(15))
+            .acquire_timeout(SEEN_ACQUIRE)
             // Checked (a round trip) only when it has been idle: under load
             // a batch would otherwise wait for a ping before every
             // statement. (One the server closed while it was idle for less
@@ -398,7 +408,11 @@ impl PostgresStorage {
                 connect.clone()
             });
         let pool = PgPoolOptions::new()
-            .max_connections(options.max_connections.saturating_sub(2).max(2))
+            .max_connections(if own_seen {
+                options.max_connections - 2
+            } else {
+                options.max_connections.max(2)
+            })
             .min_connections(2.min(options.max_connections))
             // A request waits this long for a connection when all are busy
             // (under load: other requests' short transactions); a database
@@ -436,9 +450,18 @@ impl PostgresStorage {
                 }
             }
         }
+        let seen_pool = if own_seen { seen_pool } else { pool.clone() };
+        if own_seen && let Err(e) = seen_pool.acquire().await {
+            tracing::warn!(
+                "the batch connections did not open ({e}); batches take the locking path \
+                 until they do (behind a pooler that refuses startup options, set \
+                 TOOLHOST_DATABASE_KEEP_PLANS=0)"
+            );
+        }
         let storage = PostgresStorage {
             pool,
             seen_pool,
+            seen_off_until: std::sync::Mutex::new(None),
             works: group::Group::new(),
             admits: group::Group::new(),
             seen: seen::Seen::default(),
@@ -446,6 +469,30 @@ impl PostgresStorage {
         };
         storage.migrate().await?;
         Ok(storage)
+    }
+
+    /// A batch connection for the seen path, or `None` (the batch takes
+    /// the locking path): none could be had now or lately. A seen batch
+    /// never fails for want of one.
+    pub(super) async fn seen_connection(&self) -> Option<sqlx::pool::PoolConnection<Postgres>> {
+        let off = || {
+            self.seen_off_until
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+        };
+        if off().is_some_and(|until| std::time::Instant::now() < until) {
+            return None;
+        }
+        match self.seen_pool.acquire().await {
+            Ok(conn) => Some(conn),
+            Err(e) => {
+                tracing::warn!(
+                    "no batch connection ({e}); batches take the locking path for {SEEN_REST:?}"
+                );
+                *off() = Some(std::time::Instant::now() + SEEN_REST);
+                None
+            }
+        }
     }
 
     /// The connection pool (for LISTEN/NOTIFY and advisory locks).
