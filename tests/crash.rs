@@ -293,12 +293,7 @@ async fn a_panic_in_the_host_call_path_leaks_no_reservation() {
     for line in usage["usage"].as_array().unwrap() {
         assert_eq!(line["reserved"], 0, "{line}");
     }
-    let (status, ok) = c
-        .post(
-            "/v1/tools/text-tools/hello/invoke",
-            json!({"args": {"name": "x"}}),
-        )
-        .await;
+    let (status, ok) = c.hello("x").await;
     assert_eq!(status, 200, "{ok}");
     server.stop();
 }

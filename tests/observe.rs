@@ -311,12 +311,7 @@ async fn metrics_count_what_happened_by_tenant_tool_and_outcome_within_the_label
         assert!(Instant::now() < until, "the slow call never ran");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let (status, r) = c
-        .post(
-            "/v1/tools/text-tools/hello/invoke",
-            json!({"args": {"name": "x"}}),
-        )
-        .await;
+    let (status, r) = c.hello("x").await;
     assert_eq!((status, &r["kind"]), (503, &json!("overloaded")), "{r}");
     let (status, _) = slow.await.unwrap();
     assert_eq!(status, 200);

@@ -798,12 +798,7 @@ async fn a_slowly_sent_body_does_not_hold_an_invocation_slot() {
     // The only slot is free for others meanwhile: no 503.
     let c = Client::new(&server, Some(&k));
     for _ in 0..3 {
-        let (status, r) = c
-            .post(
-                "/v1/tools/text-tools/hello/invoke",
-                json!({"args": {"name": "x"}}),
-            )
-            .await;
+        let (status, r) = c.hello("x").await;
         assert_eq!(status, 200, "{r}");
     }
     // The slow request completes once its body arrives.
@@ -942,12 +937,7 @@ async fn the_audit_names_the_digest_of_the_code_that_ran() {
     let k = key(&dir, "acme", &["invoke"]);
     let server = Server::start(&dir, &[]);
     let c = Client::new(&server, Some(&k));
-    let (status, r) = c
-        .post(
-            "/v1/tools/text-tools/hello/invoke",
-            json!({"args": {"name": "Ada"}}),
-        )
-        .await;
+    let (status, r) = c.hello("Ada").await;
     assert_eq!(status, 200, "{r}");
     server.stop();
     let out = host(&["audit", "export", "--tenant", "acme", "--data-dir", s(&dir)]);

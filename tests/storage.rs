@@ -415,17 +415,7 @@ async fn a_stale_end_is_refused_whole_and_alone() {
 async fn idempotency_keys_follow_their_invocation() {
     for (name, s, dir) in backends("conf-idem").await {
         let log = audit(&s, &dir).await;
-        let begin = |fp: &str, id: &str| KeyBegin {
-            tenant: "acme".into(),
-            key: "k1".into(),
-            fingerprint: fp.into(),
-            now_ms: 10,
-            expires_ms: 100_000,
-            run: NewRun {
-                idempotency_key: Some("k1".into()),
-                ..run(id, "hst_a", 1000)
-            },
-        };
+        let begin = key_k1;
         assert_eq!(
             s.idempotency_begin(begin("fp", "inv_1")).await.unwrap(),
             IdempotencyBegin::Started,
@@ -1407,17 +1397,7 @@ async fn an_idempotency_key_in_an_unknown_state_is_an_error() {
         all.push(("postgres", pg, url));
     }
     for (name, s, url) in all {
-        let begin = |id: &str| KeyBegin {
-            tenant: "acme".into(),
-            key: "k1".into(),
-            fingerprint: "fp".into(),
-            now_ms: 10,
-            expires_ms: 100_000,
-            run: NewRun {
-                idempotency_key: Some("k1".into()),
-                ..run(id, "hst_a", 1000)
-            },
-        };
+        let begin = |id: &str| key_k1("fp", id);
         assert_eq!(
             s.idempotency_begin(begin("inv_1")).await.unwrap(),
             IdempotencyBegin::Started,
@@ -1437,5 +1417,21 @@ async fn an_idempotency_key_in_an_unknown_state_is_an_error() {
             let e = s.idempotency_begin(begin("inv_2")).await.unwrap_err();
             assert_eq!(e.kind, toolhost::ErrorKind::Corrupt, "{name}: {edit}: {e}");
         }
+    }
+}
+
+/// Acme's key `k1` begun with fingerprint `fp` for invocation `id` (owner
+/// `hst_a`, lease until 1000) at 10 ms, kept until 100 s.
+fn key_k1(fp: &str, id: &str) -> KeyBegin {
+    KeyBegin {
+        tenant: "acme".into(),
+        key: "k1".into(),
+        fingerprint: fp.into(),
+        now_ms: 10,
+        expires_ms: 100_000,
+        run: NewRun {
+            idempotency_key: Some("k1".into()),
+            ..run(id, "hst_a", 1000)
+        },
     }
 }

@@ -315,12 +315,7 @@ async fn an_invocation_keeps_its_slot_after_its_request_ends() {
     // number of invocations past its cap (and the server's) by letting its
     // requests end.
     let c = Client::new(&server, Some(&a));
-    let (status, r) = c
-        .post(
-            "/v1/tools/text-tools/hello/invoke",
-            json!({"args": {"name": "a"}}),
-        )
-        .await;
+    let (status, r) = c.hello("a").await;
     assert_eq!(
         (status, &r["kind"]),
         (429, &json!("tenant_overloaded")),
@@ -329,12 +324,7 @@ async fn an_invocation_keeps_its_slot_after_its_request_ends() {
     // Once the invocation ends, the slot is free.
     hold.release(1);
     for _ in 0..500 {
-        let (status, _) = c
-            .post(
-                "/v1/tools/text-tools/hello/invoke",
-                json!({"args": {"name": "a"}}),
-            )
-            .await;
+        let (status, _) = c.hello("a").await;
         if status == 200 {
             server.stop();
             return;

@@ -200,16 +200,20 @@ impl Client {
         })
     }
 
+    /// Invoke text-tools' `hello` with `name`: the answer.
+    pub async fn hello(&self, name: &str) -> (u16, Value) {
+        self.post(
+            "/v1/tools/text-tools/hello/invoke",
+            serde_json::json!({"args": {"name": name}}),
+        )
+        .await
+    }
+
     /// Invoke text-tools' `hello` up to `tries` times, `pause` apart, until
     /// it is answered `status`: whether it was.
     pub async fn hello_until(&self, status: u16, tries: usize, pause: Duration) -> bool {
         for _ in 0..tries {
-            let (got, _) = self
-                .post(
-                    "/v1/tools/text-tools/hello/invoke",
-                    serde_json::json!({"args": {"name": "x"}}),
-                )
-                .await;
+            let (got, _) = self.hello("x").await;
             if got == status {
                 return true;
             }
