@@ -61,7 +61,7 @@ impl PostgresStorage {
             }
             q.len()
         };
-        let commit = |batch: Vec<Pending>| -> crate::BoxFuture<'_, Result<Vec<Committed>>> {
+        let commit = |batch: Vec<Pending>| -> crate::BoxFuture<'_, Result<Vec<(Committed, u64)>>> {
             Box::pin(async move {
                 let notary = batch[0].1.clone();
                 let sizes: Vec<usize> = batch.iter().map(|(w, _)| w.len()).collect();
@@ -82,14 +82,21 @@ impl PostgresStorage {
                         w.answers
                     }
                 };
+                // Committed without waiting for the WAL flush: the turn
+                // is not held through it, nor are the hot rows' locks.
+                let ticket = self.flush.deferred();
                 let mut answers = answers.into_iter();
                 Ok(sizes
                     .into_iter()
-                    .map(|n| answers.by_ref().take(n).collect())
+                    .map(|n| (answers.by_ref().take(n).collect(), ticket))
                     .collect())
             })
         };
-        self.works.submit((works, notary), take, commit).await
+        let (answers, ticket) = self.works.submit((works, notary), take, commit).await?;
+        // Nobody is answered before the batch is as durable as the
+        // server's `synchronous_commit` makes a commit.
+        self.flushed(ticket).await?;
+        Ok(answers)
     }
 }
 
@@ -655,6 +662,7 @@ async fn write(
         linked: &linked,
         keys: &done_keys,
         now,
+        defer_flush: true,
     };
     if !write_batch(tx, &batch, guard).await? {
         return Ok(None);
@@ -774,6 +782,10 @@ struct Batch<'a> {
     /// Idempotency keys whose answer is now final.
     keys: &'a [&'a IdempotencyDone],
     now: i64,
+    /// Commit without waiting for the WAL flush: the caller waits for a
+    /// flush barrier ([`super::PostgresStorage::flushed`]) before it
+    /// answers anyone.
+    defer_flush: bool,
 }
 
 /// A batch's writes as one statement (one round trip, whatever the batch
@@ -885,7 +897,7 @@ async fn write_batch(
            FROM UNNEST($44::text[], $45::text[], $46::text[], $47::text[]) AS x(t, k, i, r)
            WHERE (SELECT ok FROM ok) AND k.tenant = x.t AND k.key = x.k AND k.invocation_id = x.i
          )
-         SELECT ok FROM ok",
+         SELECT ok AND (NOT $50 OR set_config('synchronous_commit', 'off', true) = 'off') FROM ok",
     )
     .bind(s(|x| &x.id))
     .bind(s(|x| &x.tenant))
@@ -936,6 +948,7 @@ async fn write_batch(
     .bind(keys.iter().map(|x| x.response.as_str()).collect::<Vec<_>>())
     .bind(guard.heads.iter().map(|x| x.2.statement.as_str()).collect::<Vec<_>>())
     .bind(guard.heads.iter().map(|x| x.2.signature.as_str()).collect::<Vec<_>>())
+    .bind(b.defer_flush)
     .fetch_one(&mut *tx)
     .await
 }
@@ -990,6 +1003,7 @@ pub(super) async fn settle(
         linked: &linked,
         keys: &[],
         now: 0,
+        defer_flush: false,
     };
     write_batch(tx, &batch, &Guard::default()).await.map(|_| ())
 }
