@@ -1283,6 +1283,62 @@ async fn postgres_a_null_where_none_is_written_is_an_error() {
         .unwrap();
 }
 
+/// An entry someone inserted by hand past a chain's head refuses that
+/// chain's works alone, saying why: other tenants' works committed in the
+/// same batches still commit (a stray row failed every batch it was in,
+/// whoever's works were there).
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_a_stray_entry_refuses_its_chain_alone() {
+    use sqlx::Connection;
+    let Some((a, _, url)) = two_replicas("conf-pg-stray").await else {
+        return;
+    };
+    let dir = common::tempdir("conf-pg-stray");
+    std::fs::write(dir.join("key"), "42".repeat(32)).unwrap();
+    let log = AuditLog::open(a.clone(), toolhost::audit::KeySource::File(dir.join("key")))
+        .await
+        .unwrap();
+    for chain in ["acme", "globex"] {
+        log.append(vec![(chain.into(), 1, json!({"first": chain}))])
+            .await
+            .unwrap();
+    }
+    let mut db = sqlx::PgConnection::connect(&url).await.unwrap();
+    sqlx::query(
+        "INSERT INTO audit_entries (chain, seq, time_ms, body, prev_hash, hash)
+         SELECT chain, seq + 1, time_ms, body, hash, hash FROM audit_entries
+         WHERE chain = 'acme' ORDER BY seq DESC LIMIT 1",
+    )
+    .execute(&mut db)
+    .await
+    .unwrap();
+    for round in 0..3 {
+        let mut tasks = Vec::new();
+        for i in 0..30i64 {
+            let log = log.clone();
+            let chain = if i % 2 == 0 { "acme" } else { "globex" };
+            tasks.push(tokio::spawn(async move {
+                let r = log
+                    .append(vec![(chain.into(), 2 + i, json!({"round": round, "n": i}))])
+                    .await;
+                (chain, r)
+            }));
+        }
+        for t in tasks {
+            match t.await.unwrap() {
+                ("globex", r) => {
+                    r.unwrap();
+                }
+                (_, r) => {
+                    let e = r.unwrap_err();
+                    assert_eq!(e.kind, toolhost::ErrorKind::Corrupt, "{e:?}");
+                    assert!(e.message.contains("past its signed head"), "{e:?}");
+                }
+            }
+        }
+    }
+}
+
 /// Fleet roles: one store leads a role at a time; when the leader's
 /// connection goes (it died), another takes over.
 #[tokio::test(flavor = "multi_thread")]

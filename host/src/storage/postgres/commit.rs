@@ -131,6 +131,30 @@ async fn read_heads(
     rows.iter().map(|r| head_row(r, 0)).collect()
 }
 
+/// The chains of `heads` (each with its head's entry number, 0 for a new
+/// chain) that have an entry past it, in one round trip.
+async fn stray_entries(
+    tx: &mut PgConnection,
+    heads: &BTreeMap<String, Option<Head>>,
+) -> std::result::Result<Vec<(String, i64)>, sqlx::Error> {
+    if heads.is_empty() {
+        return Ok(Vec::new());
+    }
+    let chains: Vec<&str> = heads.keys().map(String::as_str).collect();
+    let seqs: Vec<i64> = heads
+        .values()
+        .map(|h| h.as_ref().map_or(0, |h| h.seq))
+        .collect();
+    sqlx::query_as(
+        "SELECT x.c, x.s FROM UNNEST($1::text[], $2::bigint[]) AS x(c, s)
+         WHERE EXISTS (SELECT 1 FROM audit_entries e WHERE e.chain = x.c AND e.seq > x.s)",
+    )
+    .bind(chains)
+    .bind(seqs)
+    .fetch_all(&mut *tx)
+    .await
+}
+
 /// A chain's head: (chain, seq, hash, signed statement, signature) from
 /// column `at` on.
 fn head_row(
@@ -488,7 +512,19 @@ async fn gather(
         .iter()
         .map(|c| (c.clone(), found.remove(c)))
         .collect();
-    let (heads, bad) = vet(&head_rows, registry.as_ref(), notary);
+    let (heads, mut bad) = vet(&head_rows, registry.as_ref(), notary);
+    // Entries past a chain's head were not written by a host (every commit
+    // moves the head with its entries): appending would collide with them
+    // and fail the whole batch, other tenants' works with it. That chain
+    // alone is refused, as on SQLite.
+    for (chain, after) in stray_entries(tx, &heads).await? {
+        bad.insert(
+            chain,
+            format!(
+                "it has entries past its signed head at entry {after} (inserted outside Toolhost)"
+            ),
+        );
+    }
 
     if !approval_ids.is_empty() {
         // Re-read the approvals under their locks (a decision elsewhere
