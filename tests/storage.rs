@@ -1283,6 +1283,42 @@ async fn postgres_a_null_where_none_is_written_is_an_error() {
         .unwrap();
 }
 
+/// A unit of work is durable when its caller is answered: the WAL is
+/// flushed past its commit. (Units of work commit without waiting for the
+/// flush and their callers wait for a flush barrier; a barrier that wrote
+/// no WAL, such as a bare `txid_current()`, would answer them before it.)
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_a_commit_is_flushed_when_answered() {
+    use sqlx::Connection;
+    let Some((a, _, url)) = two_replicas("conf-pg-flush").await else {
+        return;
+    };
+    let dir = common::tempdir("conf-pg-flush");
+    std::fs::write(dir.join("key"), "42".repeat(32)).unwrap();
+    let log = AuditLog::open(a.clone(), toolhost::audit::KeySource::File(dir.join("key")))
+        .await
+        .unwrap();
+    let mut db = sqlx::PgConnection::connect(&url).await.unwrap();
+    for i in 0..20i64 {
+        let before: String = sqlx::query_scalar("SELECT pg_current_wal_insert_lsn()::text")
+            .fetch_one(&mut db)
+            .await
+            .unwrap();
+        log.append(vec![("acme".into(), i, json!({"n": i}))])
+            .await
+            .unwrap();
+        let flushed: bool = sqlx::query_scalar("SELECT pg_current_wal_flush_lsn() > $1::pg_lsn")
+            .bind(&before)
+            .fetch_one(&mut db)
+            .await
+            .unwrap();
+        assert!(
+            flushed,
+            "entry {i} was answered before the WAL was flushed past it"
+        );
+    }
+}
+
 /// An entry someone inserted by hand past a chain's head refuses that
 /// chain's works alone, saying why: other tenants' works committed in the
 /// same batches still commit (a stray row failed every batch it was in,

@@ -70,7 +70,7 @@ impl PostgresStorage {
                     Some(answers) => answers,
                     None => {
                         let w = transact!(self, true, |tx| (
-                            commit_in(&mut tx, &works, &notary).await?,
+                            commit_in(&mut tx, &works, &notary, self.defer_flush).await?,
                             true
                         ))?;
                         let key = notary_key(&notary);
@@ -84,7 +84,12 @@ impl PostgresStorage {
                 };
                 // Committed without waiting for the WAL flush: the turn
                 // is not held through it, nor are the hot rows' locks.
-                let ticket = self.flush.deferred();
+                // (Ticket 0: committed with the server's setting.)
+                let ticket = if self.defer_flush {
+                    self.flush.deferred()
+                } else {
+                    0
+                };
                 let mut answers = answers.into_iter();
                 Ok(sizes
                     .into_iter()
@@ -363,7 +368,16 @@ impl PostgresStorage {
         let Some(mut conn) = self.seen_connection().await else {
             return Ok(None);
         };
-        let written = write(&mut conn, works, plan, view, notary, &guard).await;
+        let written = write(
+            &mut conn,
+            works,
+            plan,
+            view,
+            notary,
+            &guard,
+            self.defer_flush,
+        )
+        .await;
         let contended = || self.seen.contended(chains.iter(), std::iter::empty());
         let Some(w) = self.seen_outcome(written, "commit", contended)? else {
             return Ok(None);
@@ -407,11 +421,21 @@ pub(super) async fn commit_in(
     tx: &mut PgConnection,
     works: &[Work],
     notary: &Arc<Notary>,
+    defer_flush: bool,
 ) -> std::result::Result<Written, sqlx::Error> {
     let view = gather(tx, works, notary).await?;
     let mut view = view;
     let plan = plan(works, &mut view);
-    let written = write(tx, works, plan, view, notary, &Guard::default()).await?;
+    let written = write(
+        tx,
+        works,
+        plan,
+        view,
+        notary,
+        &Guard::default(),
+        defer_flush,
+    )
+    .await?;
     written.ok_or_else(|| sqlx::Error::Protocol("an unguarded batch was refused".into()))
 }
 
@@ -658,7 +682,9 @@ fn plan<'w>(works: &'w [Work], view: &mut View) -> Plan<'w> {
 }
 
 /// Write what [`plan`] accepted. `None`: `guard` did not hold (nothing
-/// was written; only a speculative batch has a guard).
+/// was written; only a speculative batch has a guard). `defer_flush`:
+/// commit without waiting for the WAL flush (the caller waits for a flush
+/// barrier).
 async fn write(
     tx: &mut PgConnection,
     works: &[Work],
@@ -666,6 +692,7 @@ async fn write(
     view: View,
     notary: &Notary,
     guard: &Guard,
+    defer_flush: bool,
 ) -> std::result::Result<Option<Written>, sqlx::Error> {
     let Plan {
         taken,
@@ -698,7 +725,7 @@ async fn write(
         linked: &linked,
         keys: &done_keys,
         now,
-        defer_flush: true,
+        defer_flush,
     };
     if !write_batch(tx, &batch, guard).await? {
         return Ok(None);

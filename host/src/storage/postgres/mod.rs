@@ -368,6 +368,9 @@ pub struct PostgresStorage {
     /// Units of work commit without waiting for the WAL flush; their
     /// callers wait for a barrier ([`flush`]).
     flush: flush::Flush,
+    /// Whether the barrier runs on this database (else units of work
+    /// commit with the server's setting).
+    defer_flush: bool,
     admits: group::Group<Admit, std::result::Result<(), Refused>>,
     /// What this replica last saw of its hot rows ([`seen`]).
     seen: seen::Seen,
@@ -465,7 +468,9 @@ impl PostgresStorage {
                  TOOLHOST_DATABASE_KEEP_PLANS=0)"
             );
         }
+        let defer_flush = PostgresStorage::probe_barrier(&pool).await;
         let storage = PostgresStorage {
+            defer_flush,
             pool,
             seen_pool,
             seen_off_until: std::sync::Mutex::new(None),
