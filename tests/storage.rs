@@ -1284,9 +1284,10 @@ async fn postgres_a_null_where_none_is_written_is_an_error() {
 }
 
 /// A unit of work is durable when its caller is answered: the WAL is
-/// flushed past its commit. (Units of work commit without waiting for the
-/// flush and their callers wait for a flush barrier; a barrier that wrote
-/// no WAL, such as a bare `txid_current()`, would answer them before it.)
+/// flushed past its commit. (Round 9 tried committing units of work without
+/// waiting for the flush and answering after a later barrier commit; a
+/// barrier that writes no WAL, such as a bare `txid_current()`, answers
+/// before the flush, and this test caught it.)
 #[tokio::test(flavor = "multi_thread")]
 async fn postgres_a_commit_is_flushed_when_answered() {
     use sqlx::Connection;

@@ -61,7 +61,7 @@ impl PostgresStorage {
             }
             q.len()
         };
-        let commit = |batch: Vec<Pending>| -> crate::BoxFuture<'_, Result<Vec<(Committed, u64)>>> {
+        let commit = |batch: Vec<Pending>| -> crate::BoxFuture<'_, Result<Vec<Committed>>> {
             Box::pin(async move {
                 let notary = batch[0].1.clone();
                 let sizes: Vec<usize> = batch.iter().map(|(w, _)| w.len()).collect();
@@ -70,7 +70,7 @@ impl PostgresStorage {
                     Some(answers) => answers,
                     None => {
                         let w = transact!(self, true, |tx| (
-                            commit_in(&mut tx, &works, &notary, self.defer_flush).await?,
+                            commit_in(&mut tx, &works, &notary).await?,
                             true
                         ))?;
                         let key = notary_key(&notary);
@@ -82,26 +82,14 @@ impl PostgresStorage {
                         w.answers
                     }
                 };
-                // Committed without waiting for the WAL flush: the turn
-                // is not held through it, nor are the hot rows' locks.
-                // (Ticket 0: committed with the server's setting.)
-                let ticket = if self.defer_flush {
-                    self.flush.deferred()
-                } else {
-                    0
-                };
                 let mut answers = answers.into_iter();
                 Ok(sizes
                     .into_iter()
-                    .map(|n| (answers.by_ref().take(n).collect(), ticket))
+                    .map(|n| answers.by_ref().take(n).collect())
                     .collect())
             })
         };
-        let (answers, ticket) = self.works.submit((works, notary), take, commit).await?;
-        // Nobody is answered before the batch is as durable as the
-        // server's `synchronous_commit` makes a commit.
-        self.flushed(ticket).await?;
-        Ok(answers)
+        self.works.submit((works, notary), take, commit).await
     }
 }
 
@@ -368,16 +356,7 @@ impl PostgresStorage {
         let Some(mut conn) = self.seen_connection().await else {
             return Ok(None);
         };
-        let written = write(
-            &mut conn,
-            works,
-            plan,
-            view,
-            notary,
-            &guard,
-            self.defer_flush,
-        )
-        .await;
+        let written = write(&mut conn, works, plan, view, notary, &guard).await;
         let contended = || self.seen.contended(chains.iter(), std::iter::empty());
         let Some(w) = self.seen_outcome(written, "commit", contended)? else {
             return Ok(None);
@@ -421,21 +400,11 @@ pub(super) async fn commit_in(
     tx: &mut PgConnection,
     works: &[Work],
     notary: &Arc<Notary>,
-    defer_flush: bool,
 ) -> std::result::Result<Written, sqlx::Error> {
     let view = gather(tx, works, notary).await?;
     let mut view = view;
     let plan = plan(works, &mut view);
-    let written = write(
-        tx,
-        works,
-        plan,
-        view,
-        notary,
-        &Guard::default(),
-        defer_flush,
-    )
-    .await?;
+    let written = write(tx, works, plan, view, notary, &Guard::default()).await?;
     written.ok_or_else(|| sqlx::Error::Protocol("an unguarded batch was refused".into()))
 }
 
@@ -682,9 +651,7 @@ fn plan<'w>(works: &'w [Work], view: &mut View) -> Plan<'w> {
 }
 
 /// Write what [`plan`] accepted. `None`: `guard` did not hold (nothing
-/// was written; only a speculative batch has a guard). `defer_flush`:
-/// commit without waiting for the WAL flush (the caller waits for a flush
-/// barrier).
+/// was written; only a speculative batch has a guard).
 async fn write(
     tx: &mut PgConnection,
     works: &[Work],
@@ -692,7 +659,6 @@ async fn write(
     view: View,
     notary: &Notary,
     guard: &Guard,
-    defer_flush: bool,
 ) -> std::result::Result<Option<Written>, sqlx::Error> {
     let Plan {
         taken,
@@ -725,7 +691,6 @@ async fn write(
         linked: &linked,
         keys: &done_keys,
         now,
-        defer_flush,
     };
     if !write_batch(tx, &batch, guard).await? {
         return Ok(None);
@@ -845,10 +810,6 @@ struct Batch<'a> {
     /// Idempotency keys whose answer is now final.
     keys: &'a [&'a IdempotencyDone],
     now: i64,
-    /// Commit without waiting for the WAL flush: the caller waits for a
-    /// flush barrier ([`super::PostgresStorage::flushed`]) before it
-    /// answers anyone.
-    defer_flush: bool,
 }
 
 /// A batch's writes as one statement (one round trip, whatever the batch
@@ -960,7 +921,7 @@ async fn write_batch(
            FROM UNNEST($44::text[], $45::text[], $46::text[], $47::text[]) AS x(t, k, i, r)
            WHERE (SELECT ok FROM ok) AND k.tenant = x.t AND k.key = x.k AND k.invocation_id = x.i
          )
-         SELECT ok AND (NOT $50 OR set_config('synchronous_commit', 'off', true) = 'off') FROM ok",
+         SELECT ok FROM ok",
     )
     .bind(s(|x| &x.id))
     .bind(s(|x| &x.tenant))
@@ -1011,7 +972,6 @@ async fn write_batch(
     .bind(keys.iter().map(|x| x.response.as_str()).collect::<Vec<_>>())
     .bind(guard.heads.iter().map(|x| x.2.statement.as_str()).collect::<Vec<_>>())
     .bind(guard.heads.iter().map(|x| x.2.signature.as_str()).collect::<Vec<_>>())
-    .bind(b.defer_flush)
     .fetch_one(&mut *tx)
     .await
 }
@@ -1066,7 +1026,6 @@ pub(super) async fn settle(
         linked: &linked,
         keys: &[],
         now: 0,
-        defer_flush: false,
     };
     write_batch(tx, &batch, &Guard::default()).await.map(|_| ())
 }

@@ -25,10 +25,7 @@
 //!   flush, the hot budget lines locked once for all of it). Admissions
 //!   and idempotency keys commit with `synchronous_commit = off` (the same promise as SQLite's: a crash of the database loses
 //!   them only together with everything after them, and the reaper ends
-//!   what a lost host left). Units of work commit the same way, so their
-//!   locks on the hot rows are not held through the WAL flush, and their
-//!   callers are answered only after a **flush barrier** ([`flush`]): a
-//!   later commit with the server's setting, which makes them durable.
+//!   what a lost host left); units of work with the server's setting (on).
 //! * **Migrations** are versioned (`toolhost_schema`), taken under an
 //!   advisory lock; a database migrated by a newer Toolhost refuses an older
 //!   one.
@@ -44,7 +41,6 @@ use std::time::Duration;
 
 mod admit;
 mod commit;
-mod flush;
 mod group;
 mod keys;
 mod seen;
@@ -364,13 +360,7 @@ pub struct PostgresStorage {
     seen_off_until: std::sync::Mutex<Option<std::time::Instant>>,
     /// Units of work waiting for the committer, admissions for the
     /// admitter ([`group`]).
-    works: group::Group<commit::Pending, (commit::Committed, u64)>,
-    /// Units of work commit without waiting for the WAL flush; their
-    /// callers wait for a barrier ([`flush`]).
-    flush: flush::Flush,
-    /// Whether the barrier runs on this database (else units of work
-    /// commit with the server's setting).
-    defer_flush: bool,
+    works: group::Group<commit::Pending, commit::Committed>,
     admits: group::Group<Admit, std::result::Result<(), Refused>>,
     /// What this replica last saw of its hot rows ([`seen`]).
     seen: seen::Seen,
@@ -468,14 +458,11 @@ impl PostgresStorage {
                  TOOLHOST_DATABASE_KEEP_PLANS=0)"
             );
         }
-        let defer_flush = PostgresStorage::probe_barrier(&pool).await;
         let storage = PostgresStorage {
-            defer_flush,
             pool,
             seen_pool,
             seen_off_until: std::sync::Mutex::new(None),
             works: group::Group::new(),
-            flush: flush::Flush::default(),
             admits: group::Group::new(),
             seen: seen::Seen::default(),
             leaders: tokio::sync::Mutex::new(std::collections::HashMap::new()),
