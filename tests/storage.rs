@@ -974,6 +974,18 @@ async fn samples_and_time_filters_read_the_records() {
     }
 }
 
+/// One PostgreSQL store on a fresh database, its audit log signing with a
+/// fixed key, and the database's URL (to edit rows by hand).
+async fn pg_audit_log(tag: &str) -> Option<(Arc<AuditLog>, String)> {
+    let (a, _, url) = two_replicas(tag).await?;
+    let dir = common::tempdir(tag);
+    std::fs::write(dir.join("key"), "42".repeat(32)).unwrap();
+    let log = AuditLog::open(a, toolhost::audit::KeySource::File(dir.join("key")))
+        .await
+        .unwrap();
+    Some((log, url))
+}
+
 /// Two PostgreSQL stores on one database (two replicas), fresh.
 async fn two_replicas(tag: &str) -> Option<(Arc<dyn Storage>, Arc<dyn Storage>, String)> {
     use toolhost::storage::postgres::{PostgresOptions, PostgresStorage};
@@ -1231,14 +1243,9 @@ async fn postgres_a_replica_never_acts_on_what_another_moved() {
 #[tokio::test(flavor = "multi_thread")]
 async fn postgres_a_null_where_none_is_written_is_an_error() {
     use sqlx::Connection;
-    let Some((a, _, url)) = two_replicas("conf-pg-null").await else {
+    let Some((log, url)) = pg_audit_log("conf-pg-null").await else {
         return;
     };
-    let dir = common::tempdir("conf-pg-null");
-    std::fs::write(dir.join("key"), "42".repeat(32)).unwrap();
-    let log = AuditLog::open(a.clone(), toolhost::audit::KeySource::File(dir.join("key")))
-        .await
-        .unwrap();
     let park = Work {
         end: Some(End {
             record: record("inv_1", "pending_approval"),
@@ -1291,14 +1298,9 @@ async fn postgres_a_null_where_none_is_written_is_an_error() {
 #[tokio::test(flavor = "multi_thread")]
 async fn postgres_a_commit_is_flushed_when_answered() {
     use sqlx::Connection;
-    let Some((a, _, url)) = two_replicas("conf-pg-flush").await else {
+    let Some((log, url)) = pg_audit_log("conf-pg-flush").await else {
         return;
     };
-    let dir = common::tempdir("conf-pg-flush");
-    std::fs::write(dir.join("key"), "42".repeat(32)).unwrap();
-    let log = AuditLog::open(a.clone(), toolhost::audit::KeySource::File(dir.join("key")))
-        .await
-        .unwrap();
     let mut db = sqlx::PgConnection::connect(&url).await.unwrap();
     for i in 0..20i64 {
         let before: String = sqlx::query_scalar("SELECT pg_current_wal_insert_lsn()::text")
@@ -1327,14 +1329,9 @@ async fn postgres_a_commit_is_flushed_when_answered() {
 #[tokio::test(flavor = "multi_thread")]
 async fn postgres_a_stray_entry_refuses_its_chain_alone() {
     use sqlx::Connection;
-    let Some((a, _, url)) = two_replicas("conf-pg-stray").await else {
+    let Some((log, url)) = pg_audit_log("conf-pg-stray").await else {
         return;
     };
-    let dir = common::tempdir("conf-pg-stray");
-    std::fs::write(dir.join("key"), "42".repeat(32)).unwrap();
-    let log = AuditLog::open(a.clone(), toolhost::audit::KeySource::File(dir.join("key")))
-        .await
-        .unwrap();
     for chain in ["acme", "globex"] {
         log.append(vec![(chain.into(), 1, json!({"first": chain}))])
             .await
